@@ -1,0 +1,1 @@
+"""Data for every stage: text cleaning, token datasets and batching, task data."""
