@@ -88,8 +88,21 @@ def rng(seed=None):
     return xp.random.default_rng(seed)
 
 
-def is_float(a) -> bool:
-    return np.dtype(a.dtype).kind == "f"
+_global_rng = None
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the global generator that dropout and sampling use when given none of their own."""
+    global _global_rng
+    _global_rng = rng(seed)
+
+
+def global_rng():
+    """The global random generator (seeded with 0 until ``manual_seed`` is called)."""
+    global _global_rng
+    if _global_rng is None or (device == "cuda") != (not isinstance(_global_rng, np.random.Generator)):
+        _global_rng = rng(0)
+    return _global_rng
 
 
 if os.environ.get("TINYLLM_DEVICE"):

@@ -1,0 +1,119 @@
+"""Linear layer, embedding lookup, GELU and dropout."""
+
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ..autograd import Tensor
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x Wᵀ + b, over the last axis of x.
+
+    Shapes: x (..., C_in), weight (C_out, C_in) — PyTorch's layout — bias (C_out,), y (..., C_out).
+    With x flattened to X (N, C_in) and dY (N, C_out):
+        dX = dY W          (N, C_out) @ (C_out, C_in)
+        dW = dYᵀ X         (C_out, N) @ (N, C_in)
+        db = Σ_n dY[n]
+    Saves nothing beyond its inputs (x and W are needed anyway).
+    """
+    c_out, c_in = weight.shape
+    if x.shape[-1] != c_in:
+        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1]} features but the weight {weight.shape} expects {c_in}")
+    if bias is not None and bias.shape != (c_out,):
+        raise ValueError(f"linear: bias of shape {bias.shape} does not match the weight's {c_out} outputs")
+    x2d = x.data.reshape(-1, c_in)                            # (N, C_in)
+    y = x2d @ weight.data.T                                   # (N, C_out)
+    if bias is not None:
+        y += bias.data
+
+    def backward(dy):
+        dy2d = dy.reshape(-1, c_out)                          # (N, C_out)
+        dx = (dy2d @ weight.data).reshape(x.shape) if x.requires_grad else None
+        dw = dy2d.T @ x2d if weight.requires_grad else None
+        db = dy2d.sum(axis=0) if bias is not None and bias.requires_grad else None
+        return dx, dw, db
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor._make(y.reshape(*x.shape[:-1], c_out), parents, backward)
+
+
+def embedding(idx, weight: Tensor) -> Tensor:
+    """y[..., :] = W[idx[...], :] — a row lookup.
+
+    Shapes: idx (...) integers in [0, V), weight (V, C), y (..., C).
+    Each row of W receives the sum of the output gradients of every position that looked it up (a row may be
+    looked up many times), a scatter-add: dW[v] = Σ_{n: idx[n]=v} dY[n]. Saves the indices only.
+    """
+    xp = backend.xp
+    idx = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"embedding: indices must be integers, got dtype {idx.dtype}")
+    vocab, channels = weight.shape
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= vocab):
+        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+        raise ValueError(f"embedding: index {bad} is out of range for a table of {vocab} rows")
+
+    def backward(dy):
+        dw = xp.zeros_like(weight.data)
+        xp.add.at(dw, idx.reshape(-1), dy.reshape(-1, channels))
+        return (dw,)
+
+    return Tensor._make(weight.data[idx], (weight,), backward)
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GPT-2's GELU, tanh form: y = ½ x (1 + tanh u),  u = √(2/π) (x + 0.044715 x³).
+
+    dy/dx = ½ (1 + t) + ½ x (1 - t²) · √(2/π) (1 + 3·0.044715 x²),  with t = tanh u.
+    Saves x and t (two arrays of x's size).
+    """
+    xp = backend.xp
+    a = x.data
+    t = a * a                                                 # one buffer reused: x² → u → tanh u
+    t *= 0.044715
+    t += 1.0
+    t *= a
+    t *= _GELU_C
+    xp.tanh(t, out=t)
+    y = t + 1.0
+    y *= a
+    y *= 0.5
+
+    def backward(dy):
+        # ½ (1 + t) + ½ x (1 - t²) √(2/π) (1 + 3·0.044715 x²), built in place in one buffer.
+        du_dx = a * a
+        du_dx *= 3 * 0.044715
+        du_dx += 1.0
+        du_dx *= _GELU_C
+        one_minus_t2 = 1.0 - t * t
+        du_dx *= one_minus_t2
+        du_dx *= a
+        du_dx += 1.0
+        du_dx += t
+        du_dx *= 0.5
+        du_dx *= dy
+        return (du_dx,)
+
+    return Tensor._make(y, (x,), backward)
+
+
+def dropout(x: Tensor, p: float, training: bool = True, generator=None) -> Tensor:
+    """Zero each element with probability p and scale the survivors by 1/(1-p) (inverted dropout).
+
+    y = x · m with m ∈ {0, 1/(1-p)}, so dx = dy · m. Saves the mask. The identity when not training or p == 0.
+    ``generator`` is an ``xp`` random Generator (the backend's global one by default).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    generator = generator if generator is not None else backend.global_rng()
+    mask = generator.random(x.shape, dtype=x.dtype) >= p
+    mask = mask.astype(x.dtype)
+    mask *= 1.0 / (1.0 - p)
+    return Tensor._make(x.data * mask, (x,), lambda dy: (dy * mask,))

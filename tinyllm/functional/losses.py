@@ -1,0 +1,110 @@
+"""Softmax, log-softmax and the fused softmax + cross-entropy loss."""
+
+from __future__ import annotations
+
+from .. import backend
+from ..autograd import Tensor
+
+
+def _softmax_array(x, axis):
+    """softmax of a raw array, stable: exp(x - max) / Σ exp(x - max). Returns a new array."""
+    xp = backend.xp
+    p = x - x.max(axis=axis, keepdims=True)
+    xp.exp(p, out=p)
+    p /= p.sum(axis=axis, keepdims=True)
+    return p
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """p = exp(x) / Σ exp(x) along ``axis``.
+
+    Jacobian dp_i/dx_j = p_i (δ_ij - p_j), so dx = p · (dp - Σ_j dp_j p_j). Saves p.
+    """
+    p = _softmax_array(x.data, axis)
+
+    def backward(dp):
+        dx = dp - (dp * p).sum(axis=axis, keepdims=True)
+        dx *= p
+        return (dx,)
+
+    return Tensor._make(p, (x,), backward)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """y = x - log Σ exp(x) along ``axis``.
+
+    dy_i/dx_j = δ_ij - p_j, so dx = dy - p · Σ dy. Saves y (p = exp y is recomputed in the backward).
+    """
+    xp = backend.xp
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(dy):
+        return (dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True),)
+
+    return Tensor._make(y, (x,), backward)
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Softmax followed by the negative log-likelihood of the targets, fused.
+
+    Shapes: logits (..., V), targets (...) integers in [0, V) or ``ignore_index``.
+    Per position n with target t:  loss_n = log Σ_v exp(z_nv) - z_nt,  and  dloss_n/dz_n = p_n - onehot(t).
+    reduction="mean" averages over the non-ignored positions (so dz = (p - onehot) / N_valid on those rows and
+    0 on ignored rows); "sum" adds them; "none" returns the per-position losses (0 where ignored).
+    If every target is ignored, "mean" returns 0 with a zero gradient (nothing to learn from the batch).
+    Saves the probabilities p (the logits' size) and turns them into the gradient in place.
+    """
+    xp = backend.xp
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
+    vocab = logits.shape[-1]
+    z = logits.data.reshape(-1, vocab)                        # (N, V)
+    t = targets.reshape(-1)                                   # (N,)
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= vocab))
+    if bool(bad.any()):
+        position = int(xp.argmax(bad))
+        raise ValueError(
+            f"cross_entropy: target {int(t[position])} at position {position} is outside [0, {vocab}) "
+            f"(and is not ignore_index={ignore_index})"
+        )
+    rows = xp.arange(t.size)
+    safe_t = xp.where(valid, t, 0)
+
+    # log Σ exp(z) computed stably; probs become p = softmax(z) in place.
+    zmax = z.max(axis=1, keepdims=True)                       # (N, 1)
+    probs = z - zmax
+    target_logit = probs[rows, safe_t]                        # (N,)  z_t - max
+    xp.exp(probs, out=probs)
+    sum_exp = probs.sum(axis=1)                               # (N,)
+    losses = xp.log(sum_exp) - target_logit                   # (N,)
+    losses *= valid
+    probs /= sum_exp[:, None]
+
+    n_valid = int(valid.sum())
+    if reduction == "mean":
+        out = losses.sum() / max(n_valid, 1)
+    elif reduction == "sum":
+        out = losses.sum()
+    else:
+        out = losses.reshape(targets.shape)
+
+    def backward(dloss):
+        # dz = (p - onehot(t)) · dloss_n, with dloss_n = 0 on ignored rows.
+        if reduction == "none":
+            row_scale = dloss.reshape(-1) * valid
+        else:
+            scale = dloss / max(n_valid, 1) if reduction == "mean" else dloss
+            row_scale = valid * scale
+        dz = probs
+        dz[rows, safe_t] -= 1.0
+        dz *= row_scale.astype(dz.dtype)[:, None]
+        return (dz.reshape(logits.shape),)
+
+    return Tensor._make(xp.asarray(out, dtype=logits.dtype), (logits,), backward)

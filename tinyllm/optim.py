@@ -1,0 +1,156 @@
+"""Optimizers, gradient clipping and learning-rate schedules.
+
+Every update works in place on the parameters' arrays, with at most one scratch array per parameter.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import backend
+
+
+def _groups(params, defaults):
+    """Accept a list of parameters or a list of dicts {"params": [...], <setting>: value} (param groups)."""
+    params = list(params)
+    if not params:
+        raise ValueError("the optimizer got an empty parameter list")
+    groups = params if isinstance(params[0], dict) else [{"params": params}]
+    return [{**defaults, **g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+
+
+class Optimizer:
+    def __init__(self, params, defaults):
+        self.groups = _groups(params, defaults)
+        self.lr = defaults["lr"]  # the schedule sets this each step; a group's "lr_scale" multiplies it
+        self.step_count = 0
+
+    def parameters(self):
+        return [p for g in self.groups for p in g["params"]]
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+
+class SGD(Optimizer):
+    """p ← p - lr · (g + momentum · velocity) style heavy-ball SGD: v ← μ v + g,  p ← p - lr v."""
+
+    def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.velocity = [None] * len(self.parameters())
+
+    def step(self) -> None:
+        self.step_count += 1
+        i = 0
+        for g in self.groups:
+            lr = self.lr * g.get("lr_scale", 1.0)
+            for p in g["params"]:
+                if p.grad is not None:
+                    grad = p.grad + g["weight_decay"] * p.data if g["weight_decay"] else p.grad
+                    if g["momentum"]:
+                        if self.velocity[i] is None:
+                            self.velocity[i] = backend.xp.array(grad, copy=True)
+                        else:
+                            self.velocity[i] *= g["momentum"]
+                            self.velocity[i] += grad
+                        grad = self.velocity[i]
+                    p.data -= lr * grad
+                i += 1
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter).
+
+        m ← β₁ m + (1-β₁) g          v ← β₂ v + (1-β₂) g²
+        p ← p - lr·wd·p - lr · (m / (1-β₁ᵗ)) / (√(v / (1-β₂ᵗ)) + ε)
+
+    Decay is per group, so biases, norms and embeddings can skip it: pass
+    ``[{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}]``.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        xp = backend.xp
+        self.exp_avg = [xp.zeros_like(p.data) for p in self.parameters()]
+        self.exp_avg_sq = [xp.zeros_like(p.data) for p in self.parameters()]
+
+    def step(self) -> None:
+        xp = backend.xp
+        self.step_count += 1
+        i = 0
+        for g in self.groups:
+            beta1, beta2 = g["betas"]
+            lr = self.lr * g.get("lr_scale", 1.0)
+            step_size = lr / (1 - beta1 ** self.step_count)
+            inv_sqrt_bc2 = 1.0 / math.sqrt(1 - beta2 ** self.step_count)
+            for p in g["params"]:
+                grad, m, v = p.grad, self.exp_avg[i], self.exp_avg_sq[i]
+                i += 1
+                if grad is None:
+                    continue
+                if g["weight_decay"]:
+                    p.data *= 1 - lr * g["weight_decay"]
+                scratch = grad * (1 - beta1)
+                m *= beta1
+                m += scratch
+                xp.multiply(grad, grad, out=scratch)
+                scratch *= 1 - beta2
+                v *= beta2
+                v += scratch
+                xp.sqrt(v, out=scratch)                       # √v̂ + ε, then m̂ / (√v̂ + ε)
+                scratch *= inv_sqrt_bc2
+                scratch += g["eps"]
+                xp.divide(m, scratch, out=scratch)
+                scratch *= step_size
+                p.data -= scratch
+
+    def state_dict(self) -> dict:
+        """Arrays (``exp_avg.{i}``, ``exp_avg_sq.{i}`` in parameter order) plus ``step`` and ``lr``."""
+        state = {"step": self.step_count, "lr": self.lr}
+        for i, (m, v) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
+            state[f"exp_avg.{i}"] = m
+            state[f"exp_avg_sq.{i}"] = v
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(self.exp_avg)
+        saved = sum(1 for k in state if k.startswith("exp_avg."))
+        if saved != n:
+            raise ValueError(f"optimizer state has {saved} parameters but this optimizer has {n}")
+        for i in range(n):
+            for name, buffers in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                array = state[f"{name}.{i}"]
+                if tuple(array.shape) != buffers[i].shape:
+                    raise ValueError(f"optimizer state {name}.{i} has shape {tuple(array.shape)}, parameter has {buffers[i].shape}")
+                buffers[i][...] = backend.xp.asarray(array)
+        self.step_count = int(state["step"])
+        self.lr = float(state["lr"])
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Scale all gradients together so that their global L2 norm is at most ``max_norm``; returns the norm
+    before clipping (useful to log; inf or nan means the step should be skipped)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = math.sqrt(sum(float(backend.xp.vdot(g.ravel(), g.ravel())) for g in grads))
+    if max_norm is not None and total > max_norm and math.isfinite(total):
+        scale = max_norm / (total + 1e-6)
+        for p in params:
+            if p.grad is not None:
+                p.grad = p.grad * p.grad.dtype.type(scale)  # not in place: a gradient may be shared
+    return total
+
+
+def warmup_cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup from 0 to ``max_lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at
+    ``total_steps`` (and ``min_lr`` after). ``step`` counts from 0."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def constant_lr(step: int, max_lr: float, **_) -> float:
+    return max_lr
