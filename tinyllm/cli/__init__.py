@@ -10,9 +10,10 @@ import argparse
 import sys
 
 from . import tokenizer as _tokenizer
+from . import train as _train
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_tokenizer]
+STAGES = [_tokenizer, _train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,125 @@
+"""Run directories: everything a run learns, in files other tools can read, written so a crash never corrupts them.
+
+    runs/NAME/
+      config.json              {"model": GPTConfig fields, "tokenizer": "tokenizer.json", ...later stages' keys}
+      model.safetensors        the weights, named like ``blocks.0.attn.qkv.weight``; metadata {"step": "N"}
+      tokenizer.json           the tokenizer (BPE or char), human-readable
+      train_state.safetensors  what ``--resume`` needs: AdamW's moments, plus metadata JSON with the step,
+                               the random generators' states and the training settings
+      log.jsonl, loss.svg      the training log and its picture
+
+Every file is written atomically (temp file, fsync, rename: see ``tinyllm.files``). The weights and the
+train state each record the step they belong to, and resuming checks that they agree. Nothing is ever
+unpickled: safetensors is a JSON header plus raw bytes, read with NumPy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import backend
+from .files import atomic_write_json, read_json
+from .model import GPT, GPTConfig
+from .safetensors import load_file, load_metadata, save_file
+
+CONFIG, WEIGHTS, TOKENIZER, TRAIN_STATE = "config.json", "model.safetensors", "tokenizer.json", "train_state.safetensors"
+
+
+def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict | None = None) -> None:
+    """Write the weights, the config (merged with ``extra_config``) and the tokenizer into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights = {name: backend.to_numpy(array) for name, array in model.state_dict().items()}
+    save_file(weights, run_dir / WEIGHTS, metadata={"format": "tinyllm", "step": str(step)})
+    config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
+    config.update(extra_config or {})
+    config["model"] = model.config.to_dict()
+    if tokenizer is not None:
+        tokenizer.save(run_dir / TOKENIZER)
+        config["tokenizer"] = TOKENIZER
+    atomic_write_json(run_dir / CONFIG, config)
+
+
+def save_train_state(run_dir, optimizer, state: dict) -> None:
+    """Write the optimizer's moment arrays and ``state`` (JSON-able: step, RNG states, settings)."""
+    arrays, scalars = {}, {}
+    for key, value in optimizer.state_dict().items():
+        if hasattr(value, "shape"):
+            arrays[f"optimizer.{key}"] = backend.to_numpy(value)
+        else:
+            scalars[key] = value
+    metadata = {"format": "tinyllm-train-state", "state": json.dumps({**state, "optimizer": scalars})}
+    save_file(arrays, Path(run_dir) / TRAIN_STATE, metadata=metadata)
+
+
+def load_train_state(run_dir, optimizer) -> dict:
+    """Restore the optimizer from ``run_dir`` and return the saved state dict (checked against the weights)."""
+    run_dir = Path(run_dir)
+    path = run_dir / TRAIN_STATE
+    if not path.exists():
+        raise FileNotFoundError(f"cannot resume: no {TRAIN_STATE} in '{run_dir}' (was the run saved with a training state?)")
+    metadata = load_metadata(path)
+    if metadata.get("format") != "tinyllm-train-state" or "state" not in metadata:
+        raise ValueError(f"{path} is not a tinyllm training state (its metadata lacks format/state)")
+    state = json.loads(metadata["state"])
+    weights_step = load_metadata(run_dir / WEIGHTS).get("step")
+    if weights_step != str(state["step"]):
+        raise ValueError(
+            f"cannot resume: {WEIGHTS} is from step {weights_step} but {TRAIN_STATE} is from step {state['step']} "
+            "(a save was interrupted between the two files)"
+        )
+    arrays = {k[len("optimizer."):]: v for k, v in load_file(path).items()}
+    optimizer.load_state_dict({**arrays, **state.pop("optimizer")})
+    return state
+
+
+def load_config(path) -> dict:
+    """The ``config.json`` of a run directory (or of the directory holding a ``model.safetensors``)."""
+    return read_json(_run_dir(path) / CONFIG, what="run config")
+
+
+def _run_dir(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at '{path}' (expected a run directory or a {WEIGHTS} file)")
+    return path.parent if path.is_file() else path
+
+
+def load_weights(model, path) -> int:
+    """Load weights into ``model`` from a run directory or a ``.safetensors`` file; returns the saved step."""
+    path = Path(path)
+    file = path if path.is_file() else path / WEIGHTS
+    if not file.exists():
+        raise FileNotFoundError(f"no weights file at '{file}'")
+    try:
+        model.load_state_dict(load_file(file))
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
+    return int(load_metadata(file).get("step", 0))
+
+
+def load_tokenizer_of(path):
+    """The tokenizer saved in a run directory."""
+    from .tokenizer import load_tokenizer
+    run_dir = _run_dir(path)
+    name = load_config(run_dir).get("tokenizer", TOKENIZER)
+    return load_tokenizer(run_dir / name)
+
+
+def load_pretrained(path):
+    """(model, tokenizer) from a run directory (or its ``model.safetensors``), ready for any later stage."""
+    run_dir = _run_dir(path)
+    config = load_config(run_dir)
+    if "model" not in config:
+        raise ValueError(f"{run_dir / CONFIG} has no 'model' section; is '{run_dir}' a tinyllm run directory?")
+    model = GPT(GPTConfig.from_dict(config["model"]))
+    load_weights(model, path)
+    tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer", TOKENIZER)).exists() else None
+    return model, tokenizer
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """'key: saved vs current' for every key whose value differs (for resume and load errors)."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in keys if saved.get(k) != current.get(k)]

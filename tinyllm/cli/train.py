@@ -1,0 +1,204 @@
+"""``tinyllm pretrain``, ``tinyllm eval``, ``tinyllm plot`` and ``tinyllm demo``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from .. import backend
+
+DEMO_MINUTES = 5
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("pretrain", help="train a GPT on a text file or directory (next-token prediction)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Pretrain a GPT from scratch. Writes config.json, model.safetensors, tokenizer.json, "
+                                   "train_state.safetensors, log.jsonl and loss.svg into --out.")
+    add_model_and_training_flags(p)
+    p.add_argument("--out", default="runs/pretrain", help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=run_pretrain)
+
+    p = sub.add_parser("eval", help="loss and perplexity of a checkpoint on a text",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="run directory (or its model.safetensors)")
+    p.add_argument("--data", default=None, help="text file or directory (default: the built-in corpus's validation split)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batches", type=int, default=None, help="evaluate on at most this many batches")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="with the built-in corpus: the held-out tail evaluated")
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser("plot", help="draw the loss curves of a run as an SVG picture")
+    p.add_argument("run", help="run directory holding log.jsonl")
+    p.add_argument("--out", default=None, help="output file (default: RUN/loss.svg)")
+    p.set_defaults(func=run_plot)
+
+    p = sub.add_parser("demo", help=f"the whole pretraining stage in about {DEMO_MINUTES} minutes on a laptop CPU",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train a BPE tokenizer and a small GPT on text that ships with Python "
+                                   "(pydoc_data.topics), report validation perplexity before and after, write the "
+                                   "loss curve and print a few sampled continuations.")
+    p.add_argument("--out", default="runs/demo", help="run directory to write")
+    p.add_argument("--steps", type=int, default=600, help="training steps")
+    p.add_argument("--seed", type=int, default=1337)
+    p.set_defaults(func=run_demo)
+
+
+def add_model_and_training_flags(p) -> None:
+    from ..model import PRESETS
+    from ..train import TrainConfig
+    d = TrainConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help="UTF-8 text file or directory of .txt files (default: Python's own "
+                                                 "pydoc_data.topics text, ~465 KB)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="the tail of the data held out for validation")
+    g.add_argument("--tokenizer", default="bpe", help="'bpe' (trained on the data), 'char', or a tokenizer.json to reuse")
+    g.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size when training one")
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="mini", choices=sorted(PRESETS), help="model shape; the flags below override it")
+    g.add_argument("--n-layer", type=int, default=None)
+    g.add_argument("--n-head", type=int, default=None)
+    g.add_argument("--n-embd", type=int, default=None)
+    g.add_argument("--context", type=int, default=None, help="context length (block_size)")
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="biases in linear and norm layers")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine decay")
+    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
+    g.add_argument("--beta1", type=float, default=d.beta1)
+    g.add_argument("--beta2", type=float, default=d.beta2)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0 = off)")
+    g.add_argument("--eval-interval", type=int, default=d.eval_interval)
+    g.add_argument("--eval-iters", type=int, default=d.eval_iters, help="validation batches per evaluation")
+    g.add_argument("--log-interval", type=int, default=d.log_interval)
+    g.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens sampled at each evaluation")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+
+
+def _load_text(data):
+    from ..data.text import builtin_corpus
+    from ..data.tokens import read_text
+    return builtin_corpus() if data is None else read_text(data)
+
+
+def _make_tokenizer(choice, text, vocab_size, out):
+    from ..tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+    if choice == "char":
+        return CharTokenizer.from_text(text)
+    if choice == "bpe":
+        t0 = time.perf_counter()
+        tok = BPETokenizer.train(text, vocab_size, pattern="gpt4", special_tokens=("<|endoftext|>",))
+        print(f"trained a BPE tokenizer: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f}s")
+        return tok
+    return load_tokenizer(choice)
+
+
+def run_pretrain(args) -> int:
+    from ..checkpoint import load_tokenizer_of
+    from ..data.tokens import split_train_val, tokenize
+    from ..model import GPT, preset
+    from ..train import TrainConfig, pretrain
+
+    backend.set_device(args.device)
+    backend.set_dtype(args.dtype)
+    out = Path(args.out)
+    if out.exists() and (out / "model.safetensors").exists() and not args.resume:
+        raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    text = _load_text(args.data)
+    tokenizer = load_tokenizer_of(out) if args.resume else _make_tokenizer(args.tokenizer, text, args.vocab_size, out)
+    ids = tokenize(text, tokenizer, cache_dir=out / "cache")
+    train_ids, val_ids = split_train_val(ids, args.val_fraction)
+    overrides = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                                       block_size=args.context).items() if v is not None}
+    config = preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=args.dropout, bias=args.bias, **overrides)
+    model = GPT(config, seed=args.seed)
+    train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    print(f"data: {len(ids):,} tokens ({len(train_ids):,} train / {len(val_ids):,} val); "
+          f"model: {model.num_parameters():,} parameters, {config.n_layer} layers, {config.n_head} heads, "
+          f"{config.n_embd} dims, context {config.block_size}")
+    summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer, resume=args.resume)
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(summary, out):
+    first, last = summary.get("first_val"), summary["last_val"]
+    before = f"{first['loss']:.4f} (perplexity {first['ppl']:.1f}) → " if first else ""
+    print(f"done: {summary['steps']} steps in {summary['seconds']:.0f}s ({summary['tokens_per_s']:,.0f} tokens/s); "
+          f"val loss {before}{last['loss']:.4f} (perplexity {last['ppl']:.1f})")
+    print(f"run saved in {out}/ (loss curve: {summary['plot']})")
+
+
+def run_eval(args) -> int:
+    from ..checkpoint import load_pretrained
+    from ..data.tokens import split_train_val, tokenize
+    from ..train import evaluate
+    model, tokenizer = load_pretrained(args.ckpt)
+    if tokenizer is None:
+        raise ValueError(f"'{args.ckpt}' has no tokenizer.json, so text cannot be encoded for it")
+    ids = tokenize(_load_text(args.data), tokenizer)
+    if args.data is None:
+        ids = split_train_val(ids, args.val_fraction)[1]
+    result = evaluate(model, ids, args.batch_size, model.config.block_size, args.max_batches)
+    print(f"loss {result['loss']:.4f} | perplexity {result['ppl']:.2f} | {result['tokens']:,} tokens evaluated")
+    return 0
+
+
+def run_plot(args) -> int:
+    from ..plot import plot_run
+    print(plot_run(args.run, args.out))
+    return 0
+
+
+def run_demo(args) -> int:
+    """Tokenizer → GPT → pretraining → evaluation → samples, on the built-in corpus."""
+    from ..data.text import builtin_corpus
+    from ..data.tokens import split_train_val, tokenize
+    from ..generate import generate
+    from ..model import GPT, preset
+    from ..tokenizer import BPETokenizer
+    from ..train import TrainConfig, pretrain
+
+    out = Path(args.out)
+    print(f"tinyllm demo: tokenizer, GPT and pretraining on Python's own documentation text (~{DEMO_MINUTES} min)\n")
+    text = builtin_corpus()
+    t0 = time.perf_counter()
+    tokenizer = BPETokenizer.train(text, 2048, pattern="gpt4", special_tokens=("<|endoftext|>",))
+    ids = tokenize(text, tokenizer, cache_dir=out / "cache")
+    print(f"1. tokenizer: byte-level BPE with {tokenizer.vocab_size} tokens, trained in {time.perf_counter() - t0:.1f}s; "
+          f"{len(text):,} characters → {len(ids):,} tokens ({len(text) / len(ids):.2f} characters per token)")
+    train_ids, val_ids = split_train_val(ids, 0.1)
+    config = preset("mini", vocab_size=tokenizer.vocab_size, block_size=128, dropout=0.1)
+    model = GPT(config, seed=args.seed)
+    print(f"2. model: GPT with {model.num_parameters():,} parameters ({config.n_layer} layers, {config.n_head} heads, "
+          f"{config.n_embd} dims, context {config.block_size})")
+    train_config = TrainConfig(steps=args.steps, batch_size=16, lr=2e-3, min_lr=2e-4, warmup=50, beta2=0.99,
+                               eval_interval=max(args.steps // 4, 1), eval_iters=10, log_interval=25, seed=args.seed)
+    print(f"3. pretraining for {args.steps} steps of {train_config.batch_size}×{config.block_size} tokens "
+          f"({len(train_ids):,} training / {len(val_ids):,} validation tokens)")
+    if out.exists() and (out / "model.safetensors").exists():
+        print(f"   (overwriting the earlier demo run in {out}/)")
+        for name in ("log.jsonl", "train_state.safetensors"):
+            (out / name).unlink(missing_ok=True)
+    summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer)
+    first, last = summary["first_val"], summary["last_val"]
+    print(f"\n4. validation perplexity {first['ppl']:.1f} → {last['ppl']:.1f} "
+          f"(loss {first['loss']:.3f} → {last['loss']:.3f}) in {summary['seconds']:.0f}s; loss curve: {summary['plot']}")
+    print("5. samples (temperature 0.8, top-k 40):")
+    model.eval()
+    for i, prompt in enumerate(["The \"if\" statement", "A list is", "def "]):
+        prompt_ids = tokenizer.encode(prompt)
+        new = generate(model, prompt_ids, 40, temperature=0.8, top_k=40, seed=args.seed + i)
+        print(f"   --- {prompt!r}\n   {tokenizer.decode(prompt_ids + list(new))!r}")
+    print(f"\nnext: tinyllm generate --ckpt {out} --prompt \"The for statement\"   (or tinyllm eval --ckpt {out})")
+    return 0

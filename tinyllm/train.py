@@ -1,0 +1,226 @@
+"""Pretraining: next-token prediction on unlabeled text, with evaluation, logging and resumable checkpoints.
+
+One step:   x, y = random windows of the training ids      (B, T) each, y = x shifted by one
+            loss = cross_entropy(model(x), y)                mean over B·T positions
+            loss.backward()                                   (× grad_accum micro-batches, each scaled 1/grad_accum)
+            clip the global gradient norm, set the scheduled learning rate, AdamW step
+
+Every ``eval_interval`` steps the mean loss on a fixed set of validation windows (and perplexity = e^loss)
+is logged, a short sample is printed and the run is saved. ``resume=True`` restores weights, AdamW moments
+and the random generators' states, so a resumed run reproduces the uninterrupted one exactly on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .autograd import no_grad
+from .checkpoint import config_differences, load_config, load_train_state, load_weights, save_model, save_train_state
+from .data.tokens import TokenWindows, check_length, random_batch
+from .files import append_jsonl
+from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 12
+    grad_accum: int = 1            # micro-batches per optimizer step
+    lr: float = 1e-3               # peak learning rate, reached after warmup
+    min_lr: float = 1e-4           # floor of the cosine decay, reached at the last step
+    warmup: int = 100
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.1      # on matrices only; biases and norm weights are not decayed
+    grad_clip: float = 1.0         # max global gradient norm (0 = no clipping)
+    eval_interval: int = 250
+    eval_iters: int = 20           # validation batches per evaluation
+    log_interval: int = 10
+    sample_tokens: int = 40        # length of the sample printed at each evaluation (0 = none)
+    seed: int = 1337
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN/Inf; the run directory keeps the last good checkpoint."""
+
+
+def param_groups(model, weight_decay):
+    """Decay matrices (weights of linear layers and embeddings); leave vectors (biases, norm gains) alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def evaluate(model, ids, batch_size: int, context: int, max_batches: int | None = None) -> dict:
+    """Mean next-token loss over non-overlapping windows of ``ids`` (the first ``max_batches`` batches of
+    windows spread evenly across the data), and its perplexity e^loss."""
+    windows = TokenWindows(ids, context)
+    if max_batches is not None and len(windows) > max_batches * batch_size:
+        keep = np.linspace(0, len(windows) - 1, max_batches * batch_size).astype(int)
+        windows.starts = windows.starts[keep]
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with no_grad():
+        for x, y in windows.batches(batch_size):
+            _, loss = model(x, y)
+            total += loss.item() * y.size
+            count += y.size
+    model.train(was_training)
+    mean = total / count
+    return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": count}
+
+
+class Progress:
+    """One live status line on a terminal (rewritten in place); plain lines every ``every`` steps otherwise."""
+
+    def __init__(self, total: int, every: int, stream=None):
+        self.total, self.every = total, max(1, every)
+        self.stream = stream or sys.stderr
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.started = time.perf_counter()
+        self.start_step = None
+
+    def update(self, step: int, text: str) -> None:
+        if self.start_step is None:
+            self.start_step = step
+        done = step - self.start_step + 1
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / done * (self.total - step - 1)
+        line = f"step {step + 1}/{self.total} | {text} | ETA {_duration(eta)}"
+        if self.live:
+            self.stream.write("\r" + line.ljust(100)[:120])
+            self.stream.flush()
+        elif (step + 1) % self.every == 0 or step + 1 == self.total:
+            print(line, file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.live:
+            self.stream.write("\r" + " " * 120 + "\r")
+        print(text, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, tokenizer=None,
+             resume: bool = False, progress=True, extra_config=None) -> dict:
+    """Train ``model`` on ``train_ids`` and return a summary (first/last validation loss, time, tokens/s).
+
+    With ``run_dir``, writes ``log.jsonl``, checkpoints at every evaluation and at the end, and ``loss.svg``;
+    ``resume=True`` continues the run saved there.
+    """
+    context = model.config.block_size
+    check_length(train_ids, context, "the training split")
+    check_length(val_ids, context, "the validation split")
+    run_dir = Path(run_dir) if run_dir is not None else None
+    optimizer = AdamW(param_groups(model, config.weight_decay), lr=config.lr,
+                      betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
+    data_rng = np.random.default_rng(config.seed)
+    backend.manual_seed(config.seed)
+    start = 0
+    train_settings = dataclasses.asdict(config)
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume needs a run directory")
+        saved = load_config(run_dir)
+        differences = config_differences(saved.get("model", {}), model.config.to_dict())
+        if differences:
+            raise ValueError(f"cannot resume '{run_dir}' with a different model config: {'; '.join(differences)}")
+        load_weights(model, run_dir)
+        state = load_train_state(run_dir, optimizer)
+        differences = config_differences({k: v for k, v in state["train_config"].items() if k != "steps"},
+                                         {k: v for k, v in train_settings.items() if k != "steps"})
+        if differences:
+            raise ValueError(f"cannot resume '{run_dir}' with different training settings: {'; '.join(differences)}")
+        start = state["step"]
+        data_rng.bit_generator.state = state["data_rng"]
+        if state.get("dropout_rng") is not None and isinstance(backend.global_rng(), np.random.Generator):
+            backend.global_rng().bit_generator.state = state["dropout_rng"]
+        if start >= config.steps:
+            raise ValueError(f"the run in '{run_dir}' already finished {start} steps; ask for more with --steps")
+
+    def save(step):
+        if run_dir is None:
+            return
+        save_train_state(run_dir, optimizer, {
+            "step": step, "train_config": train_settings, "data_rng": data_rng.bit_generator.state,
+            "dropout_rng": backend.global_rng().bit_generator.state if isinstance(backend.global_rng(), np.random.Generator) else None,
+        })
+        save_model(run_dir, model, tokenizer, step, extra_config)
+
+    def log(record):
+        if run_dir is not None:
+            append_jsonl(run_dir / "log.jsonl", record)
+
+    bar = Progress(config.steps, config.log_interval) if progress else None
+    say = bar.message if bar else (lambda text: None)
+    tokens_per_step = config.batch_size * config.grad_accum * context
+    model.train()
+    summary = {"start_step": start}
+
+    def run_eval(step):
+        val = evaluate(model, val_ids, config.batch_size, context, config.eval_iters)
+        train = evaluate(model, train_ids, config.batch_size, context, config.eval_iters)
+        log({"kind": "eval", "step": step, "val_loss": val["loss"], "val_ppl": val["ppl"], "train_loss": train["loss"]})
+        say(f"step {step}: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}, val perplexity {val['ppl']:.2f}")
+        summary.setdefault("first_val", val)
+        summary["last_val"] = val
+        if tokenizer is not None and config.sample_tokens:
+            say("  sample: " + repr(_sample(model, tokenizer, val_ids[:8], config.sample_tokens, config.seed + step)))
+
+    if start == 0:
+        run_eval(0)
+    started = time.perf_counter()
+    step_time = None
+    for step in range(start, config.steps):
+        t0 = time.perf_counter()
+        lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, config.steps)
+        optimizer.lr = lr
+        loss_sum = 0.0
+        for _ in range(config.grad_accum):
+            x, y = random_batch(train_ids, config.batch_size, context, data_rng)
+            _, loss = model(x, y)
+            loss.backward(backend.xp.asarray(1.0 / config.grad_accum, dtype=loss.dtype))
+            loss_sum += loss.item()
+        loss_value = loss_sum / config.grad_accum
+        grad_norm = clip_grad_norm(optimizer.parameters(), config.grad_clip or None)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            model.zero_grad()
+            kept = f"; the last good checkpoint in '{run_dir}' is kept" if run_dir is not None else ""
+            raise TrainingDiverged(f"training diverged at step {step + 1}: loss {loss_value}, gradient norm {grad_norm}{kept}. "
+                                   "Try a lower --lr or stronger --grad-clip")
+        optimizer.step()
+        model.zero_grad()
+        step_time = time.perf_counter() - t0
+        tokens_per_s = tokens_per_step / step_time
+        log({"kind": "train", "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+             "tokens_per_s": tokens_per_s})
+        if bar:
+            bar.update(step, f"loss {loss_value:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s")
+        if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
+            run_eval(step + 1)
+            save(step + 1)
+    elapsed = time.perf_counter() - started
+    steps_done = config.steps - start
+    summary.update(steps=steps_done, seconds=elapsed, tokens_per_s=steps_done * tokens_per_step / max(elapsed, 1e-9))
+    if run_dir is not None:
+        from .plot import plot_run
+        summary["plot"] = plot_run(run_dir)
+    return summary
+
+
+def _sample(model, tokenizer, prompt_ids, max_new_tokens, seed) -> str:
+    from .generate import generate
+    prompt = [int(i) for i in prompt_ids]
+    new = generate(model, prompt, max_new_tokens, temperature=0.8, top_k=40, seed=seed)
+    return tokenizer.decode(prompt + list(new))
