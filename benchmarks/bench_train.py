@@ -1,0 +1,178 @@
+"""Training-step speed: tinyllm vs PyTorch eager on the same GPT shapes.
+
+    python benchmarks/bench_train.py                 # mini and medium presets, float32, batch 8
+    python benchmarks/bench_train.py --json out.json --steps 5
+
+For each model it times full training steps (forward + backward + gradient clipping + AdamW) after a
+warm-up step and reports the median ms/step, tokens/s and the peak resident memory of a process that did
+only that. Each measurement runs in its own subprocess so that peak RSS belongs to one framework and one
+model. When PyTorch is installed, an equivalent eager PyTorch GPT (same shapes, same initial weights, same
+AdamW settings) is timed too, and the ratio tinyllm / PyTorch is printed (below 1 means tinyllm is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = {
+    # name: GPTConfig fields (batch 8 for all)
+    "mini": dict(n_layer=6, n_head=6, n_embd=192, block_size=256, vocab_size=8192),
+    "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192),
+}
+BATCH = 8
+
+
+def tinyllm_step_fn(config, seed=0):
+    import numpy as np
+    from tinyllm.model import GPT, GPTConfig
+    from tinyllm.optim import AdamW, clip_grad_norm
+    from tinyllm.train import param_groups
+
+    model = GPT(GPTConfig(**config), seed=seed)
+    optimizer = AdamW(param_groups(model, 0.1), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))
+    y = rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))
+
+    def step():
+        _, loss = model(x, y)
+        loss.backward()
+        clip_grad_norm(optimizer.parameters(), 1.0)
+        optimizer.step()
+        model.zero_grad()
+        return loss.item()
+    return step, model
+
+
+def torch_step_fn(config, seed=0):
+    """A minimal nanoGPT-style model in PyTorch eager, initialised from tinyllm's weights."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self, c, h):
+            super().__init__()
+            self.h = h
+            self.ln_1, self.ln_2 = nn.LayerNorm(c), nn.LayerNorm(c)
+            self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+            self.fc, self.fc_proj = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+
+        def forward(self, x):
+            b, t, c = x.shape
+            q, k, v = self.qkv(self.ln_1(x)).split(c, dim=2)
+            q, k, v = (z.view(b, t, self.h, c // self.h).transpose(1, 2) for z in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+            return x + self.fc_proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+    class TorchGPT(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.wte = nn.Embedding(cfg["vocab_size"], cfg["n_embd"])
+            self.wpe = nn.Embedding(cfg["block_size"], cfg["n_embd"])
+            self.blocks = nn.ModuleList(Block(cfg["n_embd"], cfg["n_head"]) for _ in range(cfg["n_layer"]))
+            self.ln_f = nn.LayerNorm(cfg["n_embd"])
+
+        def forward(self, idx, targets):
+            pos = torch.arange(idx.shape[1])
+            x = self.wte(idx) + self.wpe(pos)
+            for block in self.blocks:
+                x = block(x)
+            logits = self.ln_f(x) @ self.wte.weight.T
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    _, tiny = tinyllm_step_fn(config, seed)
+    model = TorchGPT(config)
+    names = {"blocks.{i}.mlp.fc": "blocks.{i}.fc", "blocks.{i}.mlp.proj": "blocks.{i}.fc_proj",
+             "blocks.{i}.attn.qkv": "blocks.{i}.qkv", "blocks.{i}.attn.proj": "blocks.{i}.proj"}
+    state = {}
+    for name, array in tiny.state_dict().items():
+        torch_name = name
+        for pattern, target in names.items():
+            for i in range(config["n_layer"]):
+                torch_name = torch_name.replace(pattern.format(i=i) + ".", target.format(i=i) + ".")
+        state[torch_name] = torch.from_numpy(np.array(array))
+    model.load_state_dict(state)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=3e-4, betas=(0.9, 0.95))
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
+    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
+
+    def step():
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+    return step, model
+
+
+def worker(framework, model_name, steps):
+    config = MODELS[model_name]
+    step, model = (tinyllm_step_fn if framework == "tinyllm" else torch_step_fn)(config)
+    first_loss = step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    ms = statistics.median(times) * 1e3
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n_params = sum(int(p.numel() if hasattr(p, "numel") else p.size) for p in model.parameters())
+    print(json.dumps({"framework": framework, "model": model_name, "ms_per_step": ms, "min_ms": min(times) * 1e3,
+                      "tokens_per_s": BATCH * config["block_size"] / (ms / 1e3), "peak_rss_mb": peak_mb,
+                      "params": n_params, "first_loss": first_loss}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after one warm-up)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(*args.worker, args.steps)
+
+    try:
+        import torch  # noqa: F401
+        frameworks = ["tinyllm", "torch"]
+    except ImportError:
+        frameworks = ["tinyllm"]
+        print("(PyTorch is not installed: timing tinyllm only)")
+    results = []
+    for model_name in args.models:
+        for framework in frameworks:
+            out = subprocess.run([sys.executable, __file__, "--worker", framework, model_name, "--steps", str(args.steps)],
+                                 capture_output=True, text=True, env=os.environ)
+            if out.returncode:
+                sys.exit(f"{framework} / {model_name} failed:\n{out.stderr}")
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    print(f"\ntraining step (forward + backward + clip + AdamW), batch {BATCH}, float32, median of {args.steps} steps")
+    print(f"{'model':8} {'params':>11} {'framework':10} {'ms/step':>9} {'tokens/s':>10} {'peak RSS MB':>12} {'vs torch':>9}")
+    for r in results:
+        torch_ms = next((t["ms_per_step"] for t in results if t["framework"] == "torch" and t["model"] == r["model"]), None)
+        ratio = f"{r['ms_per_step'] / torch_ms:.2f}x" if torch_ms and r["framework"] == "tinyllm" else ""
+        print(f"{r['model']:8} {r['params']:>11,} {r['framework']:10} {r['ms_per_step']:>9.0f} {r['tokens_per_s']:>10,.0f} "
+              f"{r['peak_rss_mb']:>12,.0f} {ratio:>9}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
