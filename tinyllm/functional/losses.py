@@ -53,7 +53,7 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     reduction="mean" averages over the non-ignored positions (so dz = (p - onehot) / N_valid on those rows and
     0 on ignored rows); "sum" adds them; "none" returns the per-position losses (0 where ignored).
     If every target is ignored, "mean" returns 0 with a zero gradient (nothing to learn from the batch).
-    Saves the probabilities p (the logits' size) and turns them into the gradient in place.
+    Saves exp(z - max) (the logits' size) and its row sums, and turns them into the gradient in place.
     """
     xp = backend.xp
     if reduction not in ("mean", "sum", "none"):
@@ -77,15 +77,15 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     rows = xp.arange(t.size)
     safe_t = xp.where(valid, t, 0)
 
-    # log Σ exp(z) computed stably; probs become p = softmax(z) in place.
+    # log Σ exp(z), computed stably by shifting each row by its max. The exponentials are kept
+    # unnormalised: the backward divides by their sum in the same pass that scales the rows.
     zmax = z.max(axis=1, keepdims=True)                       # (N, 1)
-    probs = z - zmax
-    target_logit = probs[rows, safe_t]                        # (N,)  z_t - max
-    xp.exp(probs, out=probs)
-    sum_exp = probs.sum(axis=1)                               # (N,)
+    exp_z = z - zmax                                          # (N, V)
+    target_logit = exp_z[rows, safe_t]                        # (N,)  z_t - max
+    xp.exp(exp_z, out=exp_z)
+    sum_exp = exp_z.sum(axis=1)                               # (N,)
     losses = xp.log(sum_exp) - target_logit                   # (N,)
     losses *= valid
-    probs /= sum_exp[:, None]
 
     n_valid = int(valid.sum())
     if reduction == "mean":
@@ -102,9 +102,10 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
         else:
             scale = dloss / max(n_valid, 1) if reduction == "mean" else dloss
             row_scale = valid * scale
-        dz = probs
-        dz[rows, safe_t] -= 1.0
-        dz *= row_scale.astype(dz.dtype)[:, None]
+        row_scale = row_scale.astype(exp_z.dtype)
+        dz = exp_z                                            # p · scale = exp_z · (scale / Σ exp), in place
+        dz *= (row_scale / sum_exp)[:, None]
+        dz[rows, safe_t] -= row_scale                         # - onehot(t) · scale
         return (dz.reshape(logits.shape),)
 
     return Tensor._make(xp.asarray(out, dtype=logits.dtype), (logits,), backward)

@@ -21,8 +21,10 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     channels = x.shape[-1]
     if weight is not None and weight.shape != (channels,):
         raise ValueError(f"layer_norm: weight of shape {weight.shape} does not match the {channels} channels of x {x.shape}")
+    if bias is not None and bias.shape != (channels,):
+        raise ValueError(f"layer_norm: bias of shape {bias.shape} does not match the {channels} channels of x {x.shape}")
     x_hat = x.data - x.data.mean(axis=-1, keepdims=True)     # (..., C)
-    var = (x_hat * x_hat).mean(axis=-1, keepdims=True)        # (..., 1)
+    var = xp.einsum("...c,...c->...", x_hat, x_hat)[..., None] / channels   # (..., 1), no (..., C) temporary
     rstd = 1.0 / xp.sqrt(var + eps)                           # (..., 1)
     x_hat *= rstd
     y = x_hat * weight.data if weight is not None else x_hat.copy()
@@ -37,7 +39,7 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         if x.requires_grad:
             g = dy * weight.data if weight is not None else dy.copy()
             mean_g = g.mean(axis=-1, keepdims=True)
-            mean_g_xhat = (g * x_hat).mean(axis=-1, keepdims=True)
+            mean_g_xhat = xp.einsum("...c,...c->...", g, x_hat)[..., None] / channels
             g -= mean_g
             g -= x_hat * mean_g_xhat
             g *= rstd
