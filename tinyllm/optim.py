@@ -131,6 +131,7 @@ class AdamW(Optimizer):
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale all gradients together so that their global L2 norm is at most ``max_norm``; returns the norm
     before clipping (useful to log; inf or nan means the step should be skipped)."""
+    params = list(params)  # a generator would be used up by the norm, and then nothing would be scaled
     grads = [p.grad for p in params if p.grad is not None]
     total = math.sqrt(sum(float(backend.xp.vdot(g.ravel(), g.ravel())) for g in grads))
     if max_norm is not None and total > max_norm and math.isfinite(total):

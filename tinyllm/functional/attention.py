@@ -73,10 +73,12 @@ def _check_mask(mask, expected):
     mask = backend.xp.asarray(mask.data if isinstance(mask, Tensor) else mask)
     if mask.dtype != bool:
         raise ValueError(f"attention mask must be boolean (True = may attend), got dtype {mask.dtype}")
-    try:
-        backend.xp.broadcast_shapes(mask.shape, expected)
+    try:  # must broadcast *to* the scores' shape, not merely with it (a (4, 1, 1, T) mask for B=1 would grow y)
+        fits = backend.xp.broadcast_shapes(mask.shape, expected) == tuple(expected)
     except ValueError:
-        raise ValueError(f"attention mask of shape {mask.shape} does not broadcast to the scores' shape {expected}") from None
+        fits = False
+    if not fits:
+        raise ValueError(f"attention mask of shape {mask.shape} does not broadcast to the scores' shape {expected}")
     return mask
 
 
@@ -86,7 +88,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     Shapes: q (B, H, Tq, D), k and v (B, H, Tk, D) → (B, H, Tq, D). ``mask``: boolean, broadcastable to
     (B, H, Tq, Tk), True where a query may attend to a key (e.g. a padding mask of shape (B, 1, 1, Tk)).
     """
-    if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"attention expects q (B, H, Tq, D) and k, v (B, H, Tk, D) with matching B, H and D; "
             f"got q {q.shape}, k {k.shape}, v {v.shape}"
