@@ -21,7 +21,7 @@ from pathlib import Path
 from . import backend
 from .files import atomic_write_json, read_json
 from .model import GPT, GPTConfig
-from .safetensors import load_file, load_metadata, save_file
+from .safetensors import load_file, load_metadata, read_header, save_file
 
 CONFIG, WEIGHTS, TOKENIZER, TRAIN_STATE = "config.json", "model.safetensors", "tokenizer.json", "train_state.safetensors"
 
@@ -86,14 +86,20 @@ def _run_dir(path) -> Path:
     return path.parent if path.is_file() else path
 
 
-def load_weights(model, path) -> int:
-    """Load weights into ``model`` from a run directory or a ``.safetensors`` file; returns the saved step."""
+def _weights_file(path) -> Path:
     path = Path(path)
     file = path if path.is_file() else path / WEIGHTS
     if not file.exists():
         raise FileNotFoundError(f"no weights file at '{file}'")
+    return file
+
+
+def load_weights(model, path) -> int:
+    """Load weights into ``model`` from a run directory or a ``.safetensors`` file; returns the saved step."""
+    file = _weights_file(path)
+    weights = load_file(file)                   # its errors name the file already
     try:
-        model.load_state_dict(load_file(file))
+        model.load_state_dict(weights)
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
     return int(load_metadata(file).get("step", 0))
@@ -107,14 +113,27 @@ def load_tokenizer_of(path):
     return load_tokenizer(run_dir / name)
 
 
-def load_pretrained(path):
-    """(model, tokenizer) from a run directory (or its ``model.safetensors``), ready for any later stage."""
+def load_pretrained(path, dtype=None):
+    """(model, tokenizer) from a run directory (or its ``model.safetensors``), ready for any later stage.
+
+    ``dtype``: "float32" or "float64"; by default the one the weights were saved in (float64 when they all
+    are, else float32), so a float64 run is not silently rounded to float32 on loading.
+    """
     run_dir = _run_dir(path)
     config = load_config(run_dir)
     if "model" not in config:
         raise ValueError(f"{run_dir / CONFIG} has no 'model' section; is '{run_dir}' a tinyllm run directory?")
-    model = GPT(GPTConfig.from_dict(config["model"]))
-    load_weights(model, path)
+    file = _weights_file(path)
+    if dtype is None:
+        saved = {info.dtype for info in read_header(file).tensors.values()}
+        dtype = "float64" if saved == {"F64"} else "float32"
+    with backend.default_dtype(dtype):
+        model = GPT(GPTConfig.from_dict(config["model"]))
+    if "quantization" in config:               # written by `tinyllm compress --int8`: int8 weights + scales
+        from .quantize import load_quantized_weights
+        load_quantized_weights(model, file, config["quantization"])
+    else:
+        load_weights(model, file)
     tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer", TOKENIZER)).exists() else None
     return model, tokenizer
 

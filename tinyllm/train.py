@@ -13,6 +13,7 @@ and the random generators' states, so a resumed run reproduces the uninterrupted
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -24,7 +25,7 @@ from . import backend
 from .autograd import no_grad
 from .checkpoint import config_differences, load_config, load_train_state, load_weights, save_model, save_train_state
 from .data.tokens import TokenWindows, check_length, random_batch
-from .files import append_jsonl
+from .files import append_jsonl, atomic_write, read_jsonl
 from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
 
 
@@ -123,6 +124,10 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     check_length(train_ids, context, "the training split")
     check_length(val_ids, context, "the validation split")
     run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)   # the log is written (step 0's eval) before the first save
+        if not resume:                                # a new run starts a new log (not one after a crashed run's)
+            (run_dir / "log.jsonl").unlink(missing_ok=True)
     optimizer = AdamW(param_groups(model, config.weight_decay), lr=config.lr,
                       betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
     data_rng = np.random.default_rng(config.seed)
@@ -146,8 +151,10 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         data_rng.bit_generator.state = state["data_rng"]
         if state.get("dropout_rng") is not None and isinstance(backend.global_rng(), np.random.Generator):
             backend.global_rng().bit_generator.state = state["dropout_rng"]
+        _set_module_rng_states(model, state.get("module_rngs", {}))
         if start >= config.steps:
             raise ValueError(f"the run in '{run_dir}' already finished {start} steps; ask for more with --steps")
+        _drop_log_after(run_dir / "log.jsonl", start)
 
     def save(step):
         if run_dir is None:
@@ -155,6 +162,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         save_train_state(run_dir, optimizer, {
             "step": step, "train_config": train_settings, "data_rng": data_rng.bit_generator.state,
             "dropout_rng": backend.global_rng().bit_generator.state if isinstance(backend.global_rng(), np.random.Generator) else None,
+            "module_rngs": _module_rng_states(model),
         })
         save_model(run_dir, model, tokenizer, step, extra_config)
 
@@ -217,6 +225,33 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         from .plot import plot_run
         summary["plot"] = plot_run(run_dir)
     return summary
+
+
+def _drop_log_after(path: Path, step: int) -> None:
+    """Forget what a crashed run logged after its last checkpoint: the resumed run redoes those steps."""
+    if path.exists():
+        kept = [r for r in read_jsonl(path) if not (isinstance(r, dict) and r.get("step", 0) > step)]
+        atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
+def _module_rng_states(model) -> dict:
+    """module name → state of the module's own random generator (a Dropout given one draws its masks from it,
+    not from the global generator), each shared generator once, under the first module that holds it."""
+    states, seen = {}, set()
+    for name, module in model.named_modules():
+        generator = getattr(module, "generator", None)
+        if isinstance(generator, np.random.Generator) and id(generator) not in seen:
+            seen.add(id(generator))
+            states[name] = generator.bit_generator.state
+    return states
+
+
+def _set_module_rng_states(model, states: dict) -> None:
+    modules = dict(model.named_modules())
+    for name, state in states.items():
+        generator = getattr(modules.get(name), "generator", None)
+        if isinstance(generator, np.random.Generator):
+            generator.bit_generator.state = state
 
 
 def _sample(model, tokenizer, prompt_ids, max_new_tokens, seed) -> str:
