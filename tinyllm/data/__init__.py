@@ -1,1 +1,2 @@
 """Data for every stage: text cleaning, token datasets and batching, task data."""
+from .text import clean_text, dedupe

@@ -1,0 +1,42 @@
+"""Tokenizers: text <-> integer ids. Pure Python + ``regex``; nothing here knows about tensors.
+
+- :class:`BPETokenizer` (``bpe.py``): byte-level BPE as in GPT-2/GPT-4; train one, or import a
+  ``.tiktoken`` vocabulary. Its parts: ``bpe_train.py`` learns merges, ``bpe_encode.py`` applies them
+  to a chunk, ``bpe_vocab.py`` checks a vocabulary and reads and writes its files.
+- :class:`CharTokenizer` (``char.py``): one id per character, for the smallest experiments.
+- ``patterns.py``: the split regexes (GPT-2's, GPT-4's) that cut text into chunks before BPE.
+
+``load_tokenizer(path)`` opens a file saved by either class.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .bpe import BPETokenizer
+from .char import CharTokenizer
+from .patterns import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, PATTERNS, resolve_pattern
+from .serialize import read_tokenizer_json
+
+__all__ = [
+    "GPT2_SPLIT_PATTERN",
+    "GPT4_SPLIT_PATTERN",
+    "PATTERNS",
+    "BPETokenizer",
+    "CharTokenizer",
+    "load_tokenizer",
+    "resolve_pattern",
+]
+
+_CLASSES = {cls.format_name: cls for cls in (BPETokenizer, CharTokenizer)}
+
+
+def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer:
+    """Load a tokenizer file saved by ``BPETokenizer.save`` or ``CharTokenizer.save``.
+
+    The file's ``"format"`` field picks the class; ValueError names the file if it is neither.
+    """
+    fmt = read_tokenizer_json(path)["format"]
+    if fmt not in _CLASSES:
+        raise ValueError(f"tokenizer file '{path}' has format {fmt!r}; expected one of {sorted(_CLASSES)}")
+    return _CLASSES[fmt].load(path)
