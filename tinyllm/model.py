@@ -9,6 +9,10 @@ head that scores every vocabulary entry as the next token.
 Initialisation follows GPT-2: weights N(0, 0.02²), biases 0, and the two projections that write into the
 residual stream (attn.proj, mlp.proj) N(0, (0.02/√(2·n_layer))²) so the residual's variance does not grow
 with depth.
+
+Generation (``tinyllm.generate``) calls ``next_token_logits(idx, mask, positions, cache)``: with a ``KVCache``
+(``tinyllm.kv_cache``) each attention layer appends the new keys and values and attends over all cached ones,
+so a step costs one position's work; ``positions`` lets a left-padded row count only its real tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import math
 
 from . import backend
 from . import functional as F
+from .autograd import no_grad
 from .nn import CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear, MLP, Module
 
 
@@ -81,8 +86,8 @@ class Block(Module):
         self.ln_2 = LayerNorm(c, config.bias)
         self.mlp = MLP(c, 4 * c, config.bias, config.dropout, 0.02, proj_std, generator)
 
-    def forward(self, x, mask=None):                          # (B, T, C) → (B, T, C)
-        x = x + self.attn(self.ln_1(x), mask)
+    def forward(self, x, mask=None, cache=None):              # (B, T, C) → (B, T, C)
+        x = x + self.attn(self.ln_1(x), mask, cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -102,23 +107,45 @@ class GPT(Module):
     def head_weight(self):
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden_states(self, idx, mask=None):
-        """The final normalised hidden state of every position: (B, T) ids → (B, T, C)."""
+    def hidden_states(self, idx, mask=None, positions=None, cache=None):
+        """The final normalised hidden state of every position: (B, T) ids → (B, T, C).
+
+        ``positions`` (B, T) or (T,): the position of each token, 0 … T-1 by default (continuing after the
+        cached ones when there is a cache). A left-padded batch passes each row's own: the number of real
+        tokens before it. ``cache``: a ``KVCache`` to attend over and append to (generation, no gradients).
+        """
         xp = backend.xp
         idx = xp.asarray(getattr(idx, "data", idx))
         if idx.ndim != 2:
             raise ValueError(f"GPT expects token ids of shape (batch, time), got shape {idx.shape}")
         time = idx.shape[1]
-        if time > self.config.block_size:
-            raise ValueError(f"sequence of length {time} is longer than the model's block_size {self.config.block_size}")
-        x = self.wte(idx) + self.wpe(xp.arange(time))         # (B, T, C) + (T, C)
+        start = 0 if cache is None else cache.length
+        if start + time > self.config.block_size:
+            cached = f" after {start} cached positions" if start else ""
+            raise ValueError(f"sequence of length {time}{cached} is longer than the model's block_size {self.config.block_size}")
+        if positions is None:
+            positions = xp.arange(start, start + time)       # (T,), the same for every row
+        else:
+            positions = xp.asarray(positions)
+            if positions.shape not in ((time,), idx.shape):
+                raise ValueError(f"positions of shape {positions.shape} do not match token ids of shape {idx.shape}")
+        x = self.wte(idx) + self.wpe(positions)               # (B, T, C) + (B or 1, T, C)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, mask)
+        layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, layer_cache in zip(self.blocks, layer_caches):
+            x = block(x, mask, layer_cache)
         return self.ln_f(x)
 
-    def forward(self, idx, targets=None, mask=None):
+    def forward(self, idx, targets=None, mask=None, positions=None, cache=None):
         """idx (B, T) token ids → (logits (B, T, V), mean cross-entropy against ``targets`` (B, T) or None)."""
-        logits = F.linear(self.hidden_states(idx, mask), self.head_weight)   # (B, T, V)
+        logits = F.linear(self.hidden_states(idx, mask, positions, cache), self.head_weight)   # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
+
+    def next_token_logits(self, idx, mask=None, positions=None, cache=None):
+        """What generation calls: the scores of the token after the last position of each row, as a raw
+        array (B, V). Builds no graph, and applies the output head to the last position only (in a prefill
+        of T tokens that saves a (T × C) @ (C × V) matmul)."""
+        with no_grad():
+            hidden = self.hidden_states(idx, mask, positions, cache)          # (B, T, C)
+            return F.linear(hidden[:, -1], self.head_weight).data            # (B, V)

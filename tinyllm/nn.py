@@ -11,7 +11,8 @@ import math
 
 from . import backend
 from . import functional as F
-from .autograd import Tensor
+from .autograd import Tensor, is_grad_enabled
+from .functional.attention import attention_forward
 
 
 class Parameter(Tensor):
@@ -175,7 +176,26 @@ class CausalSelfAttention(Module):
         self.proj = Linear(n_embd, n_embd, bias, proj_std, generator)
         self.dropout = Dropout(dropout, generator)
 
-    def forward(self, x, mask=None):                          # (B, T, C)
+    def forward(self, x, mask=None, cache=None):              # (B, T, C)
+        """``cache``: this layer's ``LayerKV`` when generating (see ``tinyllm.kv_cache``). The new keys and
+        values are appended to it and the queries attend over everything cached; ``mask`` then covers all
+        those keys: (B, 1, 1 or T, cached + T). Inference only: no gradient flows through the cache."""
         qkv = self.qkv(x)                                     # (B, T, 3C)
-        y = F.self_attention(qkv, self.n_head, causal=True, mask=mask)  # (B, T, C)
+        if cache is None:
+            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask)  # (B, T, C)
+        else:
+            y = self._attend_cached(qkv.data, cache, mask)
+            y = Tensor(y, dtype=y.dtype)
         return self.dropout(self.proj(y))
+
+    def _attend_cached(self, qkv, cache, mask):
+        if is_grad_enabled():
+            raise RuntimeError("attention with a KV cache is for inference only: run it under tinyllm.no_grad()")
+        batch, time, three_c = qkv.shape
+        heads = qkv.reshape(batch, time, 3, self.n_head, three_c // (3 * self.n_head))
+        q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # each (B, H, T, D)
+        keys, values = cache.append(k, v)                                      # (B, H, cached + T, D)
+        # The same forward as training (one source of truth for the math). A single query sits after every
+        # cached key, so it needs no causal mask.
+        y, _, _ = attention_forward(q, keys, values, causal=time > 1, mask=mask)  # (B, H, T, D)
+        return y.transpose(0, 2, 1, 3).reshape(batch, time, three_c // 3)     # (B, T, C)

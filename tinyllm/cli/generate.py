@@ -1,0 +1,238 @@
+"""``tinyllm generate`` (continue a prompt, streaming) and ``tinyllm chat`` (an interactive loop).
+
+Text is printed as it is produced. A byte-level BPE token can end in the middle of a multi-byte UTF-8
+character, so each step decodes the whole generated sequence and prints only the new suffix, holding it
+back while it ends in an incomplete character (decoded as U+FFFD "�").
+
+Chat uses the run's instruction template when its ``config.json`` has a ``"template"`` key: either a
+format string with an ``{instruction}`` field (the model's reply follows it), or an object
+``{"prompt": "...{instruction}...", "separator": "\\n\\n", "stop": "..."}``, which is what ``tinyllm finetune
+instruct`` writes (``tinyllm.data.instructions.chat_template``). Replies also end at the run's ``"end_token"``.
+Without a template, chat is plain continuation: your line is appended to the conversation and the model
+continues it up to the end of a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("generate", help="continue a prompt with a trained model, streaming the text",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Continue --prompt with the model in --ckpt. Text streams to stdout as it is "
+                                   "produced; the token count and tokens/s go to stderr at the end.")
+    p.add_argument("--ckpt", required=True, help="run directory (or its model.safetensors)")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from <|endoftext|> if the tokenizer has it)")
+    add_sampling_flags(p, max_new_tokens=200)
+    p.add_argument("--beam", type=int, default=None, metavar="N",
+                   help="beam search with N beams instead of sampling (prints the best sequence when done)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="with --beam: score = Σ log p / length^this")
+    p.set_defaults(func=run_generate)
+
+    p = sub.add_parser("chat", help="talk to a model: read lines from stdin, answer each one",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="An interactive loop (works with piped stdin too). The conversation is kept "
+                                   "within the model's context window by dropping the oldest turns. Commands: "
+                                   "/reset forgets the conversation, /quit (or end of input) leaves.")
+    p.add_argument("--ckpt", required=True, help="run directory (or its model.safetensors)")
+    add_sampling_flags(p, max_new_tokens=128)
+    p.set_defaults(func=run_chat)
+
+
+def add_sampling_flags(p, max_new_tokens) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="most tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; lower is more conservative")
+    g.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0 = no limit)")
+    g.add_argument("--top-p", type=float, default=None, help="sample among the smallest set of tokens with mass ≥ p")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 makes tokens already seen less likely")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (None: a random one)")
+    g.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token (slow; for comparison)")
+
+
+def _sampling_kwargs(args) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty, seed=args.seed, use_cache=not args.no_cache)
+
+
+def _load(ckpt):
+    from ..checkpoint import load_config, load_pretrained
+    model, tokenizer = load_pretrained(ckpt)
+    if tokenizer is None:
+        raise FileNotFoundError(f"the run '{ckpt}' has no tokenizer file; generating text needs one to turn text into ids")
+    return model.eval(), tokenizer, load_config(ckpt)
+
+
+def _stop_ids(tokenizer, config) -> list[int]:
+    """<|endoftext|> if the tokenizer has it, and the run's ``"end_token"`` (set by instruction finetuning,
+    e.g. a newline for a character tokenizer) if that is a single token."""
+    special, ids = tokenizer.special_tokens, set()
+    if END_OF_TEXT in special:
+        ids.add(special[END_OF_TEXT])
+    end = config.get("end_token")
+    if isinstance(end, str) and end:
+        encoded = tokenizer.encode(end, allowed_special="all")
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return sorted(ids)
+
+
+class TextStream:
+    """Prints the text of a growing list of token ids, one new suffix at a time.
+
+    ``stop_text``: once the text contains it, the text is cut just before it and ``add`` returns True.
+    ``strip_leading``: leading whitespace is not printed (a chat reply often starts with a newline).
+    """
+
+    def __init__(self, tokenizer, out=None, stop_text=None, strip_leading=False):
+        self.tokenizer, self.out = tokenizer, out or sys.stdout
+        self.stop_text, self.strip_leading = stop_text, strip_leading
+        self.ids, self.text, self.printed, self._pending = [], "", 0, None
+
+    def add(self, token: int) -> bool:
+        """Append a token and print the text that became complete; True when ``stop_text`` was reached."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if self.strip_leading:
+            text = text.lstrip()
+        cut = text.find(self.stop_text) if self.stop_text else -1
+        if cut >= 0:
+            text = text[:cut]
+        elif text.endswith("\ufffd"):          # possibly half a character: wait for the next token
+            self._pending = text
+            return False
+        self.text, self._pending = text, None
+        self._flush()
+        return cut >= 0
+
+    def finish(self) -> None:
+        """Print whatever is left (an incomplete character at the very end shows as "\ufffd")."""
+        if self._pending is not None:
+            self.text, self._pending = self._pending, None
+        self._flush()
+
+    def _flush(self) -> None:
+        new, self.printed = self.text[self.printed:], len(self.text)
+        if new:
+            self.out.write(new)
+            self.out.flush()
+
+
+def _report(count, seconds, extra="") -> None:
+    rate = count / seconds if seconds > 0 else float("inf")
+    print(f"\n[{count} tokens in {seconds:.2f}s: {rate:.1f} tokens/s{extra}]", file=sys.stderr)
+
+
+def run_generate(args) -> int:
+    from ..generate import beam_search, stream_generate
+    model, tokenizer, config = _load(args.ckpt)
+    stop_ids = _stop_ids(tokenizer, config)
+    start = [tokenizer.special_tokens[END_OF_TEXT]] if END_OF_TEXT in tokenizer.special_tokens else []
+    prompt_ids = tokenizer.encode(args.prompt, allowed_special="all") if args.prompt else start
+    if not prompt_ids:
+        raise ValueError("--prompt is empty and this tokenizer has no <|endoftext|> token to start from; give a prompt")
+    start = time.perf_counter()
+    if args.beam is not None:
+        results = beam_search(model, prompt_ids, args.beam, args.max_new_tokens, args.length_penalty, stop_ids,
+                              use_cache=not args.no_cache)
+        tokens, score = results[0]
+        print(args.prompt + tokenizer.decode(tokens))
+        _report(len(tokens), time.perf_counter() - start, f", best of {args.beam} beams, score {score:.3f}")
+        return 0
+    sys.stdout.write(args.prompt)
+    stream, count = TextStream(tokenizer), 0
+    for token in stream_generate(model, prompt_ids, args.max_new_tokens, stop_ids=stop_ids, **_sampling_kwargs(args)):
+        stream.add(token)
+        count += 1
+    stream.finish()
+    sys.stdout.write("\n")
+    _report(count, time.perf_counter() - start, f", prompt {len(prompt_ids)} tokens")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- chat
+
+class ChatFormat:
+    """How turns become text: ``user(message)`` is what precedes the model's reply, ``separator`` follows
+    the reply, ``stop_text`` (if any) ends a reply when the model writes it."""
+
+    def __init__(self, template):
+        self.instruction_tuned = template is not None
+        if template is None:                    # plain continuation, one line per turn
+            self.prompt, self.separator, self.stop_text = "{instruction}\n", "\n", "\n"
+        elif isinstance(template, str):
+            self.prompt, self.separator, self.stop_text = template, "\n\n", None
+        elif isinstance(template, dict) and isinstance(template.get("prompt"), str):
+            self.prompt = template["prompt"]
+            self.separator = template.get("separator", "\n\n")
+            self.stop_text = template.get("stop")
+        else:
+            raise ValueError(f"config.json 'template' must be a string with {{instruction}} or an object with a "
+                             f"'prompt' string; got {template!r}")
+        if "{instruction}" not in self.prompt:
+            raise ValueError(f"the chat template {self.prompt!r} has no {{instruction}} field")
+
+    def user(self, message: str) -> str:
+        return self.prompt.replace("{instruction}", message)
+
+
+def _fit_history(turns, current, budget):
+    """The most recent turns (each a list of ids) that fit in ``budget`` tokens together with ``current``;
+    ``current`` alone is cut to its last ``budget`` tokens."""
+    if len(current) >= budget:
+        return current[-budget:]
+    kept, used = [], len(current)
+    for turn in reversed(turns):
+        if used + len(turn) > budget:
+            break
+        kept.append(turn)
+        used += len(turn)
+    return [t for turn in reversed(kept) for t in turn] + current
+
+
+def run_chat(args) -> int:
+    from ..generate import stream_generate
+    model, tokenizer, config = _load(args.ckpt)
+    fmt = ChatFormat(config.get("template"))
+    stop_ids = _stop_ids(tokenizer, config)
+    block_size = model.config.block_size
+    budget = max(block_size - args.max_new_tokens, block_size // 2)     # leave room for the reply
+    interactive = sys.stdin.isatty()
+    mode = "instruction template" if fmt.instruction_tuned else "plain continuation"
+    print(f"chat with {args.ckpt} ({mode}, context {block_size} tokens). /reset forgets, /quit leaves.",
+          file=sys.stderr)
+    turns, sampling = [], _sampling_kwargs(args)
+    while True:
+        if interactive:
+            print("you> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:                            # end of input
+            break
+        message = line.rstrip("\n")
+        if message.strip() == "/quit":
+            break
+        if message.strip() == "/reset":
+            turns = []
+            print("[conversation forgotten]", file=sys.stderr)
+            continue
+        if not message.strip():
+            continue
+        current = tokenizer.encode(fmt.user(message), allowed_special="all")
+        prompt_ids = _fit_history(turns, current, budget)
+        stream = TextStream(tokenizer, stop_text=fmt.stop_text, strip_leading=True)
+        start = time.perf_counter()
+        for token in stream_generate(model, prompt_ids, args.max_new_tokens, stop_ids=stop_ids, **sampling):
+            if stream.add(token):
+                break
+        stream.finish()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        turns.append(current + tokenizer.encode(stream.text.strip() + fmt.separator, allowed_special="all"))
+        if interactive:
+            _report(len(stream.ids), time.perf_counter() - start)
+    return 0

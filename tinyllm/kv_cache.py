@@ -1,0 +1,103 @@
+"""The key/value cache: what makes generating a token cost one position's work instead of the whole context's.
+
+A causal transformer's keys and values at position t depend only on tokens 0 … t, so once computed they
+never change. Generation therefore runs in two phases:
+
+    prefill   the prompt (B, T) goes through the model once; every layer stores its keys and values
+    decode    each new token (B, 1) goes through alone: its query attends over the stored keys and values
+              plus its own, and its key and value are appended
+
+Without a cache every new token recomputes all T positions: O(T) work per token (and O(T²) attention) instead
+of O(1) matmul work plus an O(T) dot product with the cached keys.
+
+Memory is allocated once, for the longest context the model can see: per layer, keys and values of shape
+(B, H, block_size, D). Appending writes into the next free slots (no concatenation, no reallocation per
+token); attention reads the filled prefix ``[:, :, :length]`` as a view. For GPT-2 small at B=1 that is
+2 · 12 layers · 1024 · 768 · 4 bytes = 75 MB.
+
+The cache knows nothing about padding or positions: every row of a batch has the same ``length`` (prompts are
+left-padded, see ``tinyllm.generate``), and the attention mask and position ids come from the caller.
+"""
+
+from __future__ import annotations
+
+from . import backend
+
+
+class LayerKV:
+    """One attention layer's keys and values: preallocated (B, H, capacity, D) arrays, the first ``length``
+    positions filled."""
+
+    def __init__(self, batch_size, n_head, capacity, head_size, dtype):
+        shape = (batch_size, n_head, capacity, head_size)
+        self.keys = backend.xp.zeros(shape, dtype=dtype)     # (B, H, S, D)
+        self.values = backend.xp.zeros(shape, dtype=dtype)   # (B, H, S, D)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def append(self, k, v):
+        """Store k, v (B, H, T, D) after the cached positions; return every key and value so far (views of
+        shape (B, H, length + T, D))."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(
+                f"KV cache is full: it holds {start} positions and {k.shape[2]} more do not fit in its "
+                f"{self.capacity} (the model's block_size); slide the window or reset the cache"
+            )
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class KVCache:
+    """Keys and values of every layer of a GPT for a batch of sequences, all of the same ``length``.
+
+    ``KVCache.for_model(model.config, batch_size)`` makes an empty one; ``model(idx, cache=cache)`` fills it
+    (each attention layer appends to ``cache.layers[i]``) and continues where it stopped.
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, capacity, head_size, dtype=None):
+        dtype = backend.dtype if dtype is None else dtype
+        self.layers = [LayerKV(batch_size, n_head, capacity, head_size, dtype) for _ in range(n_layer)]
+
+    @classmethod
+    def for_model(cls, config, batch_size: int = 1, dtype=None) -> "KVCache":
+        """An empty cache sized for a ``GPTConfig``: capacity = block_size."""
+        return cls(config.n_layer, batch_size, config.n_head, config.block_size,
+                   config.n_embd // config.n_head, dtype)
+
+    @property
+    def length(self) -> int:
+        """How many positions are cached (the same for every layer between forward passes)."""
+        return self.layers[0].length
+
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].capacity
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].keys.shape[0]
+
+    def reset(self) -> None:
+        """Forget everything (the arrays are kept and overwritten by the next prefill)."""
+        for layer in self.layers:
+            layer.length = 0
+
+    def select_rows(self, rows) -> None:
+        """Keep (and reorder, or repeat) rows of the batch: ``rows`` lists the old row of each new one.
+        Used to drop finished sequences and, in beam search, to let each beam continue from its parent.
+        Copies only the filled positions."""
+        xp = backend.xp
+        rows = xp.asarray(rows, dtype=xp.intp)
+        for layer in self.layers:
+            n = layer.length
+            for name in ("keys", "values"):
+                old = getattr(layer, name)
+                new = xp.empty((len(rows),) + old.shape[1:], dtype=old.dtype)   # (B', H, S, D)
+                new[:, :, :n] = old[rows, :, :n]
+                setattr(layer, name, new)
