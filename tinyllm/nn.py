@@ -158,7 +158,7 @@ class MLP(Module):
         hidden = 4 * n_embd if hidden is None else hidden
         self.fc = Linear(n_embd, hidden, bias, std, generator)
         self.proj = Linear(hidden, n_embd, bias, proj_std, generator)
-        self.dropout = Dropout(dropout, generator)
+        self.dropout = Dropout(dropout)  # masks come from the global generator (tinyllm.manual_seed)
 
     def forward(self, x):                                     # (B, T, C)
         return self.dropout(self.proj(F.gelu(self.fc(x))))    # (B, T, 4C) inside
@@ -174,7 +174,7 @@ class CausalSelfAttention(Module):
         self.n_head = n_head
         self.qkv = Linear(n_embd, 3 * n_embd, bias, std, generator)
         self.proj = Linear(n_embd, n_embd, bias, proj_std, generator)
-        self.dropout = Dropout(dropout, generator)
+        self.dropout = Dropout(dropout)  # masks come from the global generator (tinyllm.manual_seed)
 
     def forward(self, x, mask=None, cache=None):              # (B, T, C)
         """``cache``: this layer's ``LayerKV`` when generating (see ``tinyllm.kv_cache``). The new keys and

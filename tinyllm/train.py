@@ -151,7 +151,6 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         data_rng.bit_generator.state = state["data_rng"]
         if state.get("dropout_rng") is not None and isinstance(backend.global_rng(), np.random.Generator):
             backend.global_rng().bit_generator.state = state["dropout_rng"]
-        _set_module_rng_states(model, state.get("module_rngs", {}))
         if start >= config.steps:
             raise ValueError(f"the run in '{run_dir}' already finished {start} steps; ask for more with --steps")
         _drop_log_after(run_dir / "log.jsonl", start)
@@ -162,7 +161,6 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         save_train_state(run_dir, optimizer, {
             "step": step, "train_config": train_settings, "data_rng": data_rng.bit_generator.state,
             "dropout_rng": backend.global_rng().bit_generator.state if isinstance(backend.global_rng(), np.random.Generator) else None,
-            "module_rngs": _module_rng_states(model),
         })
         save_model(run_dir, model, tokenizer, step, extra_config)
 
@@ -232,26 +230,6 @@ def _drop_log_after(path: Path, step: int) -> None:
     if path.exists():
         kept = [r for r in read_jsonl(path) if not (isinstance(r, dict) and r.get("step", 0) > step)]
         atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-
-
-def _module_rng_states(model) -> dict:
-    """module name → state of the module's own random generator (a Dropout given one draws its masks from it,
-    not from the global generator), each shared generator once, under the first module that holds it."""
-    states, seen = {}, set()
-    for name, module in model.named_modules():
-        generator = getattr(module, "generator", None)
-        if isinstance(generator, np.random.Generator) and id(generator) not in seen:
-            seen.add(id(generator))
-            states[name] = generator.bit_generator.state
-    return states
-
-
-def _set_module_rng_states(model, states: dict) -> None:
-    modules = dict(model.named_modules())
-    for name, state in states.items():
-        generator = getattr(modules.get(name), "generator", None)
-        if isinstance(generator, np.random.Generator):
-            generator.bit_generator.state = state
 
 
 def _sample(model, tokenizer, prompt_ids, max_new_tokens, seed) -> str:
