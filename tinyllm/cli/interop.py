@@ -1,0 +1,186 @@
+"""``tinyllm import-hf``, ``tinyllm export-hf`` (Hugging Face GPT-2 directories) and ``tinyllm compress``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("import-hf", help="turn a Hugging Face GPT-2 directory into a tinyllm run directory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Read DIR/config.json and DIR/model.safetensors (GPT2LMHeadModel's files; "
+                                   "float32, float16 or bfloat16) and, when present, the tokenizer: tinyllm_tokenizer.json "
+                                   "(written by export-hf), else vocab.json + merges.txt (or OpenAI's encoder.json + "
+                                   "vocab.bpe), read with GPT-2's split pattern. Writes a run "
+                                   "directory that generate, eval, chat and finetuning load like any other.")
+    p.add_argument("dir", help="Hugging Face model directory")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="dtype of the weights written")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.set_defaults(func=run_import_hf)
+
+    p = sub.add_parser("export-hf", help="write a run as a Hugging Face GPT-2 directory (from_pretrained loads it)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Write config.json and model.safetensors in GPT2LMHeadModel's layout, plus "
+                                   "vocab.json + merges.txt when the run's tokenizer is BPE.")
+    p.add_argument("run", help="run directory (or its model.safetensors)")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the tensors in model.safetensors")
+    p.set_defaults(func=run_export_hf)
+
+    p = sub.add_parser("compress", help="int8 / float16 / pruned copy of a run, with size, perplexity and speed",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Write a smaller copy of RUN into --out and print one table comparing file "
+                                   "size, validation perplexity and greedy generation speed before and after. "
+                                   "--prune may be combined with --int8 or --fp16 (pruning happens first).")
+    p.add_argument("run", help="run directory to compress")
+    p.add_argument("--out", required=True, help="run directory to write")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--int8", action="store_true", help="int8 weights with one float32 scale per output row")
+    kind.add_argument("--fp16", action="store_true", help="every tensor stored as float16")
+    p.add_argument("--prune", type=float, default=None, metavar="FRACTION",
+                   help="zero this fraction of the smallest-magnitude Linear weights, ranked globally")
+    p.add_argument("--data", default=None, help="text to evaluate on (default: the built-in corpus's held-out tail)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="with the built-in corpus: the tail evaluated")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per evaluation batch")
+    p.add_argument("--max-batches", type=int, default=None, help="evaluate on at most this many batches")
+    p.add_argument("--gen-tokens", type=int, default=64, help="greedy tokens generated to time the speed")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.set_defaults(func=run_compress)
+
+
+def _check_out(out: Path, overwrite: bool, source: Path | None = None) -> None:
+    if source is not None and out.resolve() == source.resolve():
+        raise ValueError(f"--out '{out}' is the source run itself; choose another directory")
+    if (out / "model.safetensors").exists() and not overwrite:
+        raise ValueError(f"'{out}' already holds a model; pass --overwrite to replace it or choose another --out")
+
+
+# ---------------------------------------------------------------------------------------------- import / export
+
+
+def run_import_hf(args) -> int:
+    from ..checkpoint import save_model
+    from ..interop import find_tokenizer_files, load_gpt2_tokenizer, load_hf_gpt2
+    from ..interop.hf_gpt2 import DEFAULT_EPS, TINYLLM_TOKENIZER, layer_norm_eps
+    from ..tokenizer import load_tokenizer
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite, Path(args.dir))
+    t0 = time.perf_counter()
+    model = load_hf_gpt2(args.dir, dtype=args.dtype)
+    eps = layer_norm_eps(model)
+    if eps != DEFAULT_EPS:
+        raise ValueError(f"'{args.dir}/config.json' has layer_norm_epsilon={eps}; tinyllm run directories always "
+                         f"use {DEFAULT_EPS}, so the imported model would compute something else. Use "
+                         "tinyllm.interop.load_hf_gpt2() in Python, which sets it on every LayerNorm")
+    files = find_tokenizer_files(args.dir)
+    own = Path(args.dir) / TINYLLM_TOKENIZER                  # written by export-hf: the exact tokenizer
+    tokenizer = load_tokenizer(own) if own.exists() else load_gpt2_tokenizer(*files) if files else None
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer in '{args.dir}' has {tokenizer.vocab_size} tokens but the model only "
+                         f"{model.config.vocab_size} embedding rows")
+    save_model(out, model, tokenizer, step=0,
+               extra_config={"imported_from": {"format": "huggingface-gpt2", "path": str(args.dir)}})
+    c = model.config
+    print(f"imported {model.num_parameters():,} parameters ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, "
+          f"context {c.block_size}, vocabulary {c.vocab_size}) in {time.perf_counter() - t0:.1f}s")
+    print(f"tokenizer: {tokenizer!r}" if tokenizer else
+          "tokenizer: none (no vocab.json + merges.txt in the directory); the run cannot encode text until you add one")
+    print(f"run saved in {out}/")
+    return 0
+
+
+def run_export_hf(args) -> int:
+    from ..checkpoint import load_pretrained
+    from ..interop import save_hf_gpt2
+    from ..interop.gpt2_tokenizer import uses_gpt2_pattern
+    from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
+    from ..tokenizer import BPETokenizer
+
+    model, tokenizer = load_pretrained(args.run)
+    bpe = tokenizer if isinstance(tokenizer, BPETokenizer) else None
+    out = save_hf_gpt2(model, args.out, tokenizer=tokenizer, dtype=args.dtype)
+    written = (["config.json", "model.safetensors"] + (["vocab.json", "merges.txt"] if bpe else [])
+               + ([TINYLLM_TOKENIZER] if tokenizer is not None else []))
+    print(f"wrote {', '.join(written)} to {out}/ ({model.num_parameters():,} parameters, {args.dtype})")
+    if not model.config.bias:
+        print("note: the model has no biases; GPT-2 always has them, so zeros were written (same function)")
+    if tokenizer is not None and bpe is None:
+        print(f"note: the run's tokenizer is a {type(tokenizer).__name__}; only BPE tokenizers have a GPT-2 form "
+              f"(vocab.json + merges.txt), so only {TINYLLM_TOKENIZER} was written")
+    if bpe is not None and not uses_gpt2_pattern(bpe):
+        print("note: the tokenizer splits text with another pattern than GPT-2's; Hugging Face's GPT2Tokenizer "
+              "always uses GPT-2's, so its ids can differ from tinyllm's on some texts. tinyllm import-hf reads "
+              f"{TINYLLM_TOKENIZER} and gets the exact tokenizer back")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- compress
+
+
+def _measure(model, val_ids, args, prompt) -> dict:
+    from ..generate import generate
+    from ..train import evaluate
+
+    result = evaluate(model, val_ids, args.batch_size, model.config.block_size, args.max_batches)
+    generate(model, prompt, 4, temperature=0)                            # warm up (first calls allocate)
+    t0 = time.perf_counter()
+    new = generate(model, prompt, args.gen_tokens, temperature=0)
+    seconds = time.perf_counter() - t0
+    return {**result, "tokens_per_s": len(new) / seconds, "generated": new}
+
+
+def run_compress(args) -> int:
+    from ..checkpoint import load_metadata, load_pretrained
+    from ..data.tokens import split_train_val, tokenize
+    from ..quantize import file_size, human_bytes, prune_global, save_compressed
+    from .train import _load_text
+
+    if not (args.int8 or args.fp16 or args.prune is not None):
+        raise ValueError("say how to compress: --int8, --fp16 and/or --prune FRACTION")
+    source, out = Path(args.run), Path(args.out)
+    _check_out(out, args.overwrite, source)
+    model, tokenizer = load_pretrained(source)
+    if tokenizer is None:
+        raise ValueError(f"'{source}' has no tokenizer.json, so there is no text to measure perplexity on")
+    ids = tokenize(_load_text(args.data), tokenizer)
+    val_ids = split_train_val(ids, args.val_fraction)[1] if args.data is None else ids
+    prompt = [int(i) for i in val_ids[:16]]
+    print(f"measuring {source} on {len(val_ids):,} validation tokens ...", flush=True)
+    before = _measure(model, val_ids, args, prompt)
+
+    method = "int8" if args.int8 else "fp16" if args.fp16 else "float32"
+    pruning = None
+    if args.prune is not None:
+        pruning = prune_global(model, args.prune)
+    step = int(load_metadata(source / "model.safetensors" if source.is_dir() else source).get("step", 0))
+    save_compressed(source, out, model, method, sparsity=pruning["sparsity"] if pruning else 0.0,
+                    tokenizer=tokenizer, step=step, details=pruning and {"pruning": pruning})
+    compressed, _ = load_pretrained(out)                                 # measure what a user will load
+    after = _measure(compressed, val_ids, args, prompt)
+
+    label = " + ".join(([f"prune {args.prune:g}"] if pruning else []) + ([method] if method != "float32" else []))
+    size_before, size_after = file_size(source), file_size(out)
+    table = [("model", "run", "file size", "val loss", "val ppl", "tokens/s")]
+    for name, path, size, m in (("original", source, size_before, before), (label, out, size_after, after)):
+        table.append((name, str(path), human_bytes(size), f"{m['loss']:.4f}", f"{m['ppl']:.2f}", f"{m['tokens_per_s']:.1f}"))
+    table.append(("change", "", f"{size_before / size_after:.2f}× smaller", f"{after['loss'] - before['loss']:+.4f}",
+                  f"{(after['ppl'] / before['ppl'] - 1) * 100:+.2f}%", f"{after['tokens_per_s'] / before['tokens_per_s']:.2f}×"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    print()
+    for row in table:
+        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    same = next((i for i, (a, b) in enumerate(zip(before["generated"], after["generated"])) if a != b),
+                min(len(before["generated"]), len(after["generated"])))
+    if pruning:
+        print(f"pruning: {pruning['pruned']:,} of {pruning['linear_weights']:,} Linear weights zeroed: "
+              f"{pruning['sparsity']:.1%} of them, {pruning['model_sparsity']:.1%} of all parameters "
+              "(stored dense: a zero takes as much room as any other number)")
+    print(f"greedy generation: the first {same} of {len(before['generated'])} tokens equal the original's; "
+          f"speed is measured on the loaded model, whose weights are float32 again after loading")
+    print(f"run saved in {out}/")
+    return 0

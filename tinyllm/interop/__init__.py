@@ -1,0 +1,29 @@
+"""Interop: Hugging Face GPT-2 checkpoints and GPT-2's tokenizer files, in and out of tinyllm.
+
+- ``hf_gpt2.py``: ``load_hf_gpt2(dir)`` → a tinyllm ``GPT`` that computes what ``GPT2LMHeadModel`` does;
+  ``save_hf_gpt2(model, dir)`` writes a directory ``GPT2LMHeadModel.from_pretrained`` loads.
+- ``gpt2_tokenizer.py``: ``vocab.json`` + ``merges.txt`` ↔ ``BPETokenizer`` with GPT-2's ids.
+
+Only safetensors and JSON are read: no pickle, no torch, no transformers.
+"""
+
+from .gpt2_tokenizer import (
+    bytes_to_unicode,
+    find_tokenizer_files,
+    load_gpt2_tokenizer,
+    load_gpt2_tokenizer_from,
+    save_gpt2_tokenizer,
+)
+from .hf_gpt2 import config_from_hf, hf_config_from, load_hf_gpt2, save_hf_gpt2
+
+__all__ = [
+    "bytes_to_unicode",
+    "config_from_hf",
+    "find_tokenizer_files",
+    "hf_config_from",
+    "load_gpt2_tokenizer",
+    "load_gpt2_tokenizer_from",
+    "load_hf_gpt2",
+    "save_gpt2_tokenizer",
+    "save_hf_gpt2",
+]
