@@ -1,13 +1,19 @@
 """Training-step speed: tinyllm vs PyTorch eager on the same GPT shapes.
 
-    python benchmarks/bench_train.py                 # mini and medium presets, float32, batch 8
-    python benchmarks/bench_train.py --json out.json --steps 5
+    python benchmarks/bench_train.py                 # all models below, float32, batch 8
+    python benchmarks/bench_train.py --models llama-mini moe-mini --json out.json --steps 5
 
 For each model it times full training steps (forward + backward + gradient clipping + AdamW) after a
 warm-up step and reports the median ms/step, tokens/s and the peak resident memory of a process that did
 only that. Each measurement runs in its own subprocess so that peak RSS belongs to one framework and one
 model. When PyTorch is installed, an equivalent eager PyTorch GPT (same shapes, same initial weights, same
 AdamW settings) is timed too, and the ratio tinyllm / PyTorch is printed (below 1 means tinyllm is faster).
+
+The Llama-style model (RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases) is compared
+with a PyTorch Llama block written the usual way (``F.rms_norm``, rotate-half RoPE, ``scaled_dot_product_attention``
+with ``enable_gqa``); the mixture-of-experts model with a PyTorch MoE routed the same way (softmax → top-k →
+renormalised weights, a loop over experts with ``index_add_``, the same load-balancing loss). Both start from
+tinyllm's weights, so their first losses agree (printed as a check).
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ MODELS = {
     # name: GPTConfig fields (batch 8 for all)
     "mini": dict(n_layer=6, n_head=6, n_embd=192, block_size=256, vocab_size=8192),
     "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192),
+    # the llama-mini and moe-mini presets at this vocabulary
+    "llama-mini": dict(n_layer=6, n_head=6, n_kv_head=3, n_embd=192, block_size=256, vocab_size=8192,
+                       norm="rmsnorm", pos="rope", mlp="swiglu", bias=False),
+    "moe-mini": dict(n_layer=6, n_head=6, n_kv_head=3, n_embd=192, block_size=256, vocab_size=8192,
+                     norm="rmsnorm", pos="rope", mlp="moe", n_expert=4, expert_top_k=2, bias=False),
 }
 BATCH = 8
 
@@ -53,6 +64,8 @@ def tinyllm_step_fn(config, seed=0):
 
 def torch_step_fn(config, seed=0):
     """A minimal nanoGPT-style model in PyTorch eager, initialised from tinyllm's weights."""
+    if config.get("pos") == "rope":
+        return torch_llama_step_fn(config, seed)
     import numpy as np
     import torch
     import torch.nn as nn
@@ -120,6 +133,137 @@ def torch_step_fn(config, seed=0):
     return step, model
 
 
+def torch_llama_step_fn(config, seed=0):
+    """A Llama-style model (and its MoE variant) in PyTorch eager, with tinyllm's parameter names and weights."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from tinyllm.model import GPTConfig
+
+    cfg = GPTConfig(**config)
+    C, H, KV, D, hidden = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_size, cfg.hidden_size
+
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(C))
+
+        def forward(self, x):
+            return F.rms_norm(x, (C,), self.weight, cfg.norm_eps)
+
+    inv_freq = cfg.rope_theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angles = torch.arange(cfg.block_size, dtype=torch.float64)[:, None] * inv_freq      # (T, D/2)
+    cos, sin = angles.cos().float(), angles.sin().float()
+
+    def rotate(x):                                            # rotate-half RoPE on (B, H, T, D)
+        t = x.shape[2]
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        c, s = cos[:t], sin[:t]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(C, (H + 2 * KV) * D, bias=False), nn.Linear(C, C, bias=False)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=2)
+            q, k, v = (z.view(b, t, -1, D).transpose(1, 2) for z in (q, k, v))
+            y = F.scaled_dot_product_attention(rotate(q), rotate(k), v, is_causal=True, enable_gqa=KV < H)
+            return self.proj(y.transpose(1, 2).reshape(b, t, C))
+
+    class SwiGLU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate, self.up = nn.Linear(C, hidden, bias=False), nn.Linear(C, hidden, bias=False)
+            self.proj = nn.Linear(hidden, C, bias=False)
+
+        def forward(self, x):
+            return self.proj(F.silu(self.gate(x)) * self.up(x))
+
+    class Stacked(nn.Module):
+        def __init__(self, shape):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(shape))
+
+    class MoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            E = cfg.n_expert
+            self.router = nn.Linear(C, E, bias=False)
+            self.experts = nn.Module()
+            self.experts.gate, self.experts.up = Stacked((E, hidden, C)), Stacked((E, hidden, C))
+            self.experts.proj = Stacked((E, C, hidden))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            E, k = cfg.n_expert, cfg.expert_top_k
+            flat = x.reshape(-1, C)
+            probs = F.softmax(self.router(flat), dim=-1)                    # (N, E)
+            weights, idx = torch.topk(probs, k, dim=-1)                     # (N, k)
+            if k > 1:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
+            out = torch.zeros_like(flat)
+            for e in range(E):
+                token, slot = torch.where(idx == e)
+                if token.numel():
+                    xe = flat[token]
+                    h = F.silu(xe @ self.experts.gate.weight[e].T) * (xe @ self.experts.up.weight[e].T)
+                    out.index_add_(0, token, (h @ self.experts.proj.weight[e].T) * weights[token, slot, None])
+            fraction = torch.bincount(idx.flatten(), minlength=E).float() / idx.numel()
+            self.aux = E * (fraction * probs.mean(dim=0)).sum()
+            return out.view(b, t, C)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2 = Norm(), Attention(), Norm()
+            self.mlp = MoE() if cfg.mlp == "moe" else SwiGLU()
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class TorchLlama(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(cfg.vocab_size, C)
+            self.blocks = nn.ModuleList(Block() for _ in range(cfg.n_layer))
+            self.ln_f = Norm()
+
+        def forward(self, idx, targets):
+            x = self.wte(idx)
+            for block in self.blocks:
+                x = block(x)
+            logits = self.ln_f(x) @ self.wte.weight.T
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+            if cfg.mlp == "moe":
+                loss = loss + cfg.aux_loss_coef * sum(block.mlp.aux for block in self.blocks)
+            return loss
+
+    _, tiny = tinyllm_step_fn(config, seed)
+    model = TorchLlama()
+    model.load_state_dict({name: torch.from_numpy(np.array(a)) for name, a in tiny.state_dict().items()})
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=3e-4, betas=(0.9, 0.95))
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
+    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
+
+    def step():
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+    return step, model
+
+
 def worker(framework, model_name, steps):
     config = MODELS[model_name]
     step, model = (tinyllm_step_fn if framework == "tinyllm" else torch_step_fn)(config)
@@ -132,9 +276,10 @@ def worker(framework, model_name, steps):
     ms = statistics.median(times) * 1e3
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_params = sum(int(p.numel() if hasattr(p, "numel") else p.size) for p in model.parameters())
+    active = model.active_parameters() if hasattr(model, "active_parameters") else None
     print(json.dumps({"framework": framework, "model": model_name, "ms_per_step": ms, "min_ms": min(times) * 1e3,
                       "tokens_per_s": BATCH * config["block_size"] / (ms / 1e3), "peak_rss_mb": peak_mb,
-                      "params": n_params, "first_loss": first_loss}))
+                      "params": n_params, "active_params": active, "first_loss": first_loss}))
 
 
 def main():
@@ -163,12 +308,16 @@ def main():
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     print(f"\ntraining step (forward + backward + clip + AdamW), batch {BATCH}, float32, median of {args.steps} steps")
-    print(f"{'model':8} {'params':>11} {'framework':10} {'ms/step':>9} {'tokens/s':>10} {'peak RSS MB':>12} {'vs torch':>9}")
+    print("(MoE: params counts every expert; a token uses the active ones: top-k of n_expert experts per layer)")
+    print(f"{'model':10} {'params':>11} {'active':>11} {'framework':10} {'ms/step':>9} {'tokens/s':>10} {'peak RSS MB':>12} "
+          f"{'vs torch':>9} {'first loss':>11}")
     for r in results:
         torch_ms = next((t["ms_per_step"] for t in results if t["framework"] == "torch" and t["model"] == r["model"]), None)
         ratio = f"{r['ms_per_step'] / torch_ms:.2f}x" if torch_ms and r["framework"] == "tinyllm" else ""
-        print(f"{r['model']:8} {r['params']:>11,} {r['framework']:10} {r['ms_per_step']:>9.0f} {r['tokens_per_s']:>10,.0f} "
-              f"{r['peak_rss_mb']:>12,.0f} {ratio:>9}")
+        active = r.get("active_params") or next((t.get("active_params") for t in results
+                                                 if t["model"] == r["model"] and t.get("active_params")), r["params"])
+        print(f"{r['model']:10} {r['params']:>11,} {active:>11,} {r['framework']:10} {r['ms_per_step']:>9.0f} "
+              f"{r['tokens_per_s']:>10,.0f} {r['peak_rss_mb']:>12,.0f} {ratio:>9} {r['first_loss']:>11.5f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -594,6 +594,159 @@ def test_self_attention_rejects_channels_not_split_into_heads():
         F.self_attention(Tensor(np.zeros((1, 2, 10))), 1)
 
 
+# ====================================================================== rms_norm
+@uses_float64
+@pytest.mark.parametrize("shape", [(3, 8), (2, 3, 8), (2, 2, 3, 5)], ids=str)
+def test_rms_norm_gradients(shape, rng):
+    x = leaf(rng.standard_normal(shape) * 2 + 1)
+    check(F.rms_norm, x, leaf(1 + 0.5 * rng.standard_normal(shape[-1])))
+
+
+@uses_float64
+def test_rms_norm_gradients_without_weight(rng):
+    check(lambda x: F.rms_norm(x, None), leaf(rng.standard_normal((2, 3, 6))))
+
+
+def test_rms_norm_is_the_formula(rng):
+    x, w = rng.standard_normal((2, 3, 6)) * 3 + 2, rng.standard_normal(6)
+    eps = 1e-5
+
+    y = F.rms_norm(Tensor(x, dtype=np.float64), Tensor(w, dtype=np.float64), eps).numpy()
+
+    # No mean is subtracted: only each row's root-mean-square is divided out.
+    np.testing.assert_allclose(y, x / np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps) * w, rtol=1e-12, atol=1e-12)
+
+
+def test_rms_norm_rows_have_unit_root_mean_square_and_keep_their_mean_sign(rng):
+    x = rng.standard_normal((4, 32)) + 5
+
+    y = F.rms_norm(Tensor(x, dtype=np.float64), None).numpy()
+
+    np.testing.assert_allclose(np.sqrt((y ** 2).mean(axis=-1)), 1, atol=1e-5)
+    assert np.all(y.mean(axis=-1) > 0.9), "unlike layer_norm, rms_norm must not centre the rows"
+
+
+def test_rms_norm_keeps_float32_and_rejects_a_weight_of_the_wrong_size():
+    assert F.rms_norm(Tensor(np.ones((2, 4), dtype=np.float32)), Tensor(np.ones(4, dtype=np.float32))).dtype == np.float32
+    with pytest.raises(ValueError, match=r"rms_norm: weight of shape \(5,\).*4 channels"):
+        F.rms_norm(Tensor(np.zeros((2, 4))), Tensor(np.ones(5)))
+
+
+# ====================================================================== silu and swiglu
+@uses_float64
+@pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 4)], ids=str)
+def test_silu_gradients(shape, rng):
+    check(F.silu, leaf(3 * rng.standard_normal(shape)))
+
+
+@uses_float64
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 4)], ids=str)
+def test_swiglu_gradients(shape, rng):
+    check(F.swiglu, leaf(3 * rng.standard_normal(shape)), leaf(rng.standard_normal(shape)))
+
+
+def test_silu_is_x_times_sigmoid_and_finite_far_out():
+    x = np.concatenate([np.linspace(-8, 8, 33), [-800.0, 800.0]])
+
+    y = F.silu(Tensor(x, dtype=np.float64)).numpy()
+
+    with np.errstate(over="ignore"):
+        expected = x / (1 + np.exp(-x))
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-300)
+    assert y[-2] == 0.0 and y[-1] == 800.0
+
+
+def test_swiglu_is_silu_of_gate_times_up(rng):
+    gate, up = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
+
+    y = F.swiglu(Tensor(gate, dtype=np.float64), Tensor(up, dtype=np.float64)).numpy()
+
+    np.testing.assert_allclose(y, gate / (1 + np.exp(-gate)) * up, rtol=1e-12, atol=1e-14)
+
+
+def test_swiglu_keeps_float32_and_rejects_mismatched_shapes():
+    ones = np.ones((2, 3), dtype=np.float32)
+    assert F.swiglu(Tensor(ones), Tensor(ones)).dtype == np.float32
+    assert F.silu(Tensor(ones)).dtype == np.float32
+    with pytest.raises(ValueError, match=r"gate \(2, 3\) and up \(2, 4\)"):
+        F.swiglu(Tensor(np.zeros((2, 3))), Tensor(np.zeros((2, 4))))
+
+
+# ====================================================================== grouped-query attention
+def repeat_kv(a, group):
+    """(B, H_kv, T, D) → (B, H_kv·G, T, D): each kv head copied for its G query heads (HF's repeat_kv)."""
+    return np.repeat(a, group, axis=1)
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2], ids=["multi_query", "two_groups"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_grouped_query_attention_equals_attention_with_repeated_kv_heads(n_kv_head, causal, rng):
+    q = rng.standard_normal((2, 4, 5, 3))
+    k, v = rng.standard_normal((2, n_kv_head, 5, 3)), rng.standard_normal((2, n_kv_head, 5, 3))
+    mask = padding_mask([5, 3], 5)
+
+    y = sdpa64(q, k, v, causal=causal, mask=mask)
+
+    group = 4 // n_kv_head
+    expected = np_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal, mask)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_grouped_query_attention_with_a_per_head_mask(rng):
+    # A mask with a head axis must reach the right query head through the (H_kv, G) grouping.
+    q, k, v = rng.standard_normal((1, 4, 4, 2)), rng.standard_normal((1, 2, 4, 2)), rng.standard_normal((1, 2, 4, 2))
+    mask = rng.random((1, 4, 4, 4)) < 0.7
+    mask[..., 0] = True                                          # every query sees at least one key
+
+    y = sdpa64(q, k, v, causal=False, mask=mask)
+
+    np.testing.assert_allclose(y, np_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), False, mask), rtol=1e-12, atol=1e-12)
+
+
+@uses_float64
+@pytest.mark.parametrize("case", ["causal", "kv_cache", "padding"])
+def test_grouped_query_attention_gradients(case, rng):
+    t_q = 2 if case == "kv_cache" else 4
+    mask = padding_mask([4, 2], 4) if case == "padding" else None
+    q = leaf(rng.standard_normal((2, 4, t_q, 3)))
+    k, v = leaf(rng.standard_normal((2, 2, 4, 3))), leaf(rng.standard_normal((2, 2, 4, 3)))
+    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, True, mask), q, k, v)
+
+
+def split_gqa_heads(qkv, n_head, n_kv_head):
+    """(B, T, (H + 2 H_kv)·D) → q (B, H, T, D), k and v (B, H_kv, T, D), the slow and obvious way."""
+    b, t, width = qkv.shape
+    d = width // (n_head + 2 * n_kv_head)
+    q, k, v = np.split(qkv, [n_head * d, (n_head + n_kv_head) * d], axis=-1)
+    return [a.reshape(b, t, -1, d).transpose(0, 2, 1, 3) for a in (q, k, v)]
+
+
+def test_self_attention_with_fewer_kv_heads_equals_attention_on_split_heads(rng):
+    b, t, n_head, n_kv_head, d = 2, 5, 6, 2, 4
+    qkv = rng.standard_normal((b, t, (n_head + 2 * n_kv_head) * d))
+
+    y = F.self_attention(Tensor(qkv, dtype=np.float64), n_head, n_kv_head=n_kv_head).numpy()
+
+    q, k, v = split_gqa_heads(qkv, n_head, n_kv_head)
+    heads = np_attention(q, repeat_kv(k, 3), repeat_kv(v, 3), causal=True)     # (B, H, T, D)
+    np.testing.assert_allclose(y, heads.transpose(0, 2, 1, 3).reshape(b, t, n_head * d), rtol=1e-12, atol=1e-12)
+
+
+@uses_float64
+@pytest.mark.parametrize("with_mask", [False, True], ids=["causal", "causal_padding"])
+def test_self_attention_with_fewer_kv_heads_gradients(with_mask, rng):
+    mask = padding_mask([4, 2], 4) if with_mask else None
+    check(lambda qkv: F.self_attention(qkv, 4, mask=mask, n_kv_head=2), leaf(rng.standard_normal((2, 4, 8 * 3))))
+
+
+def test_attention_names_query_heads_that_kv_heads_do_not_divide():
+    q, kv = Tensor(np.zeros((1, 3, 2, 4))), Tensor(np.zeros((1, 2, 2, 4)))
+    with pytest.raises(ValueError, match="3 query heads must be a multiple of the 2 key/value heads"):
+        F.scaled_dot_product_attention(q, kv, kv)
+    with pytest.raises(ValueError, match="n_head=6 must be divisible by n_kv_head=4"):
+        F.self_attention(Tensor(np.zeros((1, 2, 14 * 2))), 6, n_kv_head=4)
+
+
 # ====================================================================== memory: what each backward keeps
 def saved_extra_elements(out, inputs):
     """Elements of the arrays that ``out``'s backward closure keeps alive, besides the inputs' own arrays.
@@ -667,3 +820,41 @@ def test_gelu_and_dropout_keep_at_most_one_array_of_the_input_size(rng):
 
     assert saved_extra_elements(F.gelu(x), (x,)) <= x.size               # tanh u (x itself is the input)
     assert saved_extra_elements(F.dropout(x, 0.5), (x,)) <= x.size      # the scaled mask
+
+
+def test_rms_norm_backward_keeps_only_x_hat_and_rstd(rng):
+    x, w = Tensor(rng.standard_normal((4, 5, 16)), requires_grad=True), Tensor(np.ones(16), requires_grad=True)
+
+    assert saved_extra_elements(F.rms_norm(x, w), (x, w)) <= x.size + 4 * 5
+
+
+def test_silu_and_swiglu_keep_one_array_of_the_input_size(rng):
+    gate, up = (Tensor(rng.standard_normal((3, 40)), requires_grad=True) for _ in range(2))
+
+    assert saved_extra_elements(F.silu(gate), (gate,)) <= gate.size              # σ(x)
+    assert saved_extra_elements(F.swiglu(gate, up), (gate, up)) <= gate.size     # σ(gate)
+
+
+def test_grouped_self_attention_keeps_probs_and_queries_of_the_query_heads_only(rng):
+    # With H_kv < H the probabilities are still (B, H, T, T) and the queries (B, T, C): K and V are never repeated.
+    b, t, n_head, n_kv_head, d = 2, 6, 4, 1, 3
+    qkv = Tensor(rng.standard_normal((b, t, (n_head + 2 * n_kv_head) * d)), requires_grad=True)
+
+    out = F.self_attention(qkv, n_head, n_kv_head=n_kv_head)
+
+    assert saved_extra_elements(out, (qkv,)) <= b * n_head * t * t + b * t * n_head * d
+
+
+def test_moe_experts_backward_keeps_the_hidden_pre_activations_and_the_sort(rng):
+    # G and U (N·k × H each) plus four N·k vectors (expert ids, sort order, token of each slot, weights):
+    # no (N·k × C) copy of the gathered tokens (re-gathered from x) and no hidden activation h (recomputed).
+    n, c, hidden, n_expert, k = 12, 6, 5, 4, 2
+    x = Tensor(rng.standard_normal((n, c)), requires_grad=True)
+    weights = Tensor(rng.random((n, k)), requires_grad=True)
+    experts = [Tensor(rng.standard_normal(s), requires_grad=True)
+               for s in ((n_expert, hidden, c), (n_expert, hidden, c), (n_expert, c, hidden))]
+    indices = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)])
+
+    out = F.moe_experts(x, indices, weights, *experts)
+
+    assert saved_extra_elements(out, (x, weights, *experts)) <= 2 * n * k * hidden + 4 * n * k

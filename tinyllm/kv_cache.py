@@ -11,9 +11,13 @@ Without a cache every new token recomputes all T positions: O(T) work per token 
 of O(1) matmul work plus an O(T) dot product with the cached keys.
 
 Memory is allocated once, for the longest context the model can see: per layer, keys and values of shape
-(B, H, block_size, D). Appending writes into the next free slots (no concatenation, no reallocation per
+(B, H_kv, block_size, D), H_kv the key/value heads (= H, or fewer with grouped-query attention, which is
+what GQA is for: a cache G = H / H_kv times smaller). Appending writes into the next free slots (no concatenation, no reallocation per
 token); attention reads the filled prefix ``[:, :, :length]`` as a view. For GPT-2 small at B=1 that is
 2 · 12 layers · 1024 · 768 · 4 bytes = 75 MB.
+
+With rotary positions (Llama) the keys are stored already rotated: a key's rotation depends only on its own
+position, so it never changes either.
 
 The cache knows nothing about padding or positions: every row of a batch has the same ``length`` (prompts are
 left-padded, see ``tinyllm.generate``), and the attention mask and position ids come from the caller.
@@ -66,9 +70,10 @@ class KVCache:
 
     @classmethod
     def for_model(cls, config, batch_size: int = 1, dtype=None) -> "KVCache":
-        """An empty cache sized for a ``GPTConfig``: capacity = block_size."""
-        return cls(config.n_layer, batch_size, config.n_head, config.block_size,
-                   config.n_embd // config.n_head, dtype)
+        """An empty cache sized for a ``GPTConfig``: capacity = block_size, and as many heads as the model has
+        key/value heads (``n_kv_head``: fewer than ``n_head`` with grouped-query attention)."""
+        n_kv_head = getattr(config, "n_kv_head", None) or config.n_head
+        return cls(config.n_layer, batch_size, n_kv_head, config.block_size, config.n_embd // config.n_head, dtype)
 
     @property
     def length(self) -> int:

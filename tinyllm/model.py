@@ -10,6 +10,19 @@ Initialisation follows GPT-2: weights N(0, 0.02²), biases 0, and the two projec
 residual stream (attn.proj, mlp.proj) N(0, (0.02/√(2·n_layer))²) so the residual's variance does not grow
 with depth.
 
+One class covers GPT-2 and Llama-style stacks; ``GPTConfig`` picks the parts (defaults = GPT-2):
+
+    norm   "layernorm" | "rmsnorm"            ln_1, ln_2, ln_f
+    pos    "learned" (wpe table added to the input) | "rope" (q and k rotated by position; no wpe)
+    mlp    "gelu" (fc → GELU → proj) | "swiglu" (proj(silu(gate) ⊙ up)) | "moe" (router + experts)
+    n_kv_head < n_head                        grouped-query attention (a smaller KV cache)
+    bias=False                                no biases in Linear and LayerNorm layers (Llama)
+
+Llama (Touvron et al. 2023) = rmsnorm + rope + swiglu + bias=False (+ GQA in its larger models); Mixtral =
+that with mlp="moe". Parameter names stay GPT-2's where the part is the same (``blocks.{i}.attn.qkv``,
+``attn.proj``, ``ln_1``, ``ln_2``, ``ln_f``); SwiGLU adds ``mlp.gate``, ``mlp.up``, ``mlp.proj``; MoE has
+``mlp.router``, ``mlp.experts.{gate,up,proj}`` (stacked (E, ·, ·) weights) and optionally ``mlp.shared.*``.
+
 Generation (``tinyllm.generate``) calls ``next_token_logits(idx, mask, positions, cache)``: with a ``KVCache``
 (``tinyllm.kv_cache``) each attention layer appends the new keys and values and attends over all cached ones,
 so a step costs one position's work; ``positions`` lets a left-padded row count only its real tokens.
@@ -20,10 +33,25 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from . import backend
 from . import functional as F
 from .autograd import no_grad
-from .nn import CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear, MLP, Module
+from .functional.rope import rope_cos_sin
+from .nn import CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear, MLP, MoE, Module, RMSNorm, SwiGLU
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu", "moe")
+
+
+def swiglu_hidden(n_embd: int, multiple_of: int = 32) -> int:
+    """Llama's SwiGLU width: 2/3 of GPT-2's 4C (three matrices instead of two, so about the same parameters),
+    rounded up to a multiple of ``multiple_of`` for tidy matmuls. Llama rounds to 256 (4096 → 11008); tiny
+    models here round to 32 (64 → 192, 192 → 512, 768 → 2048)."""
+    hidden = int(2 * 4 * n_embd / 3)
+    return multiple_of * -(-hidden // multiple_of)
 
 
 @dataclasses.dataclass
@@ -36,6 +64,18 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True          # biases in Linear and LayerNorm layers
     tie_weights: bool = True   # the output head reuses the token embedding matrix
+    # Llama-style options (the defaults are GPT-2, so config.json files from before they existed still load)
+    norm: str = "layernorm"    # "layernorm" | "rmsnorm"
+    pos: str = "learned"       # "learned" (wpe) | "rope" (rotary q/k, no wpe)
+    mlp: str = "gelu"          # "gelu" | "swiglu" | "moe"
+    n_kv_head: int | None = None   # key/value heads; None = n_head, fewer = grouped-query attention
+    mlp_hidden: int | None = None  # feed-forward width (per expert for moe); None = 4C (gelu), swiglu_hidden(C)
+    n_expert: int = 4          # mlp="moe": experts per layer
+    expert_top_k: int = 2      # mlp="moe": experts per token
+    shared_expert: bool = False    # mlp="moe": also one always-on SwiGLU expert
+    aux_loss_coef: float = 0.01    # mlp="moe": weight of the load-balancing loss in the training loss
+    rope_theta: float = 10000.0    # pos="rope": base of the rotary frequencies
+    norm_eps: float = 1e-5     # ε of the norms
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -46,6 +86,45 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, choices in (("norm", NORMS), ("pos", POSITIONS), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"GPTConfig.{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
+        if self.n_kv_head is not None:
+            if not isinstance(self.n_kv_head, int) or self.n_kv_head < 1:
+                raise ValueError(f"GPTConfig.n_kv_head must be a positive integer or None, got {self.n_kv_head!r}")
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head} "
+                                 "(each key/value head serves an equal group of query heads)")
+        if self.pos == "rope" and self.head_size % 2:
+            raise ValueError(f"pos='rope' needs an even head dimension, but n_embd={self.n_embd} / n_head={self.n_head} "
+                             f"= {self.head_size} (rotary embeddings rotate channels in pairs)")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
+            raise ValueError(f"GPTConfig.mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}")
+        if self.mlp == "moe":
+            if not isinstance(self.n_expert, int) or self.n_expert < 1:
+                raise ValueError(f"GPTConfig.n_expert must be a positive integer, got {self.n_expert!r}")
+            if not isinstance(self.expert_top_k, int) or not 1 <= self.expert_top_k <= self.n_expert:
+                raise ValueError(f"expert_top_k={self.expert_top_k} must be between 1 and n_expert={self.n_expert}")
+            if self.aux_loss_coef < 0:
+                raise ValueError(f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta} and {self.norm_eps}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (n_kv_head, or n_head when it is None)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def hidden_size(self) -> int:
+        """The feed-forward width: mlp_hidden, else 4C for GELU and swiglu_hidden(C) for SwiGLU and MoE."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return 4 * self.n_embd if self.mlp == "gelu" else swiglu_hidden(self.n_embd)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -61,12 +140,21 @@ class GPTConfig:
 
 # Shapes by name. vocab_size and block_size of the small ones are defaults that callers override with their
 # tokenizer's vocabulary and the context they train on.
+LLAMA = dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False)
 PRESETS = {
     "nano": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
     "micro": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
     "mini": dict(n_layer=6, n_head=6, n_embd=192, block_size=256),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257),
+    # Llama-style: RMSNorm, rotary positions, SwiGLU, no biases, grouped-query attention (2 query heads per kv head)
+    "llama-nano": dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=64, **LLAMA),
+    "llama-mini": dict(n_layer=6, n_head=6, n_kv_head=3, n_embd=192, block_size=256, **LLAMA),
+    # Mixtral-style: the Llama block with a mixture of 4 SwiGLU experts, 2 per token
+    "moe-nano": dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=64, n_expert=4, expert_top_k=2,
+                     **{**LLAMA, "mlp": "moe"}),
+    "moe-mini": dict(n_layer=6, n_head=6, n_kv_head=3, n_embd=192, block_size=256, n_expert=4, expert_top_k=2,
+                     **{**LLAMA, "mlp": "moe"}),
 }
 
 
@@ -77,17 +165,30 @@ def preset(name: str, **overrides) -> GPTConfig:
     return GPTConfig(**{**PRESETS[name], **overrides})
 
 
+def make_norm(config: GPTConfig):
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return LayerNorm(config.n_embd, config.bias, config.norm_eps)
+
+
 class Block(Module):
     def __init__(self, config: GPTConfig, generator):
         proj_std = 0.02 / math.sqrt(2 * config.n_layer)
-        c = config.n_embd
-        self.ln_1 = LayerNorm(c, config.bias)
-        self.attn = CausalSelfAttention(c, config.n_head, config.bias, config.dropout, 0.02, proj_std, generator)
-        self.ln_2 = LayerNorm(c, config.bias)
-        self.mlp = MLP(c, 4 * c, config.bias, config.dropout, 0.02, proj_std, generator)
+        c, hidden = config.n_embd, config.hidden_size
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(c, config.n_head, config.bias, config.dropout, 0.02, proj_std, generator,
+                                        config.n_kv_head)
+        self.ln_2 = make_norm(config)
+        if config.mlp == "gelu":
+            self.mlp = MLP(c, hidden, config.bias, config.dropout, 0.02, proj_std, generator)
+        elif config.mlp == "swiglu":
+            self.mlp = SwiGLU(c, hidden, config.bias, config.dropout, 0.02, proj_std, generator)
+        else:
+            self.mlp = MoE(c, hidden, config.n_expert, config.expert_top_k, config.shared_expert, config.bias,
+                           config.dropout, 0.02, proj_std, generator)
 
-    def forward(self, x, mask=None, cache=None):              # (B, T, C) → (B, T, C)
-        x = x + self.attn(self.ln_1(x), mask, cache)
+    def forward(self, x, mask=None, cache=None, rope=None):   # (B, T, C) → (B, T, C)
+        x = x + self.attn(self.ln_1(x), mask, cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -97,10 +198,10 @@ class GPT(Module):
         self.config = config
         generator = backend.rng(seed)
         self.wte = Embedding(config.vocab_size, config.n_embd, 0.02, generator)
-        self.wpe = Embedding(config.block_size, config.n_embd, 0.02, generator)
+        self.wpe = Embedding(config.block_size, config.n_embd, 0.02, generator) if config.pos == "learned" else None
         self.drop = Dropout(config.dropout)
         self.blocks = [Block(config, generator) for _ in range(config.n_layer)]
-        self.ln_f = LayerNorm(config.n_embd, config.bias)
+        self.ln_f = make_norm(config)
         self.lm_head = None if config.tie_weights else Linear(config.n_embd, config.vocab_size, False, 0.02, generator)
 
     @property
@@ -112,7 +213,10 @@ class GPT(Module):
 
         ``positions`` (B, T) or (T,): the position of each token, 0 … T-1 by default (continuing after the
         cached ones when there is a cache). A left-padded batch passes each row's own: the number of real
-        tokens before it. ``cache``: a ``KVCache`` to attend over and append to (generation, no gradients).
+        tokens before it. With pos="learned" they index the ``wpe`` table; with pos="rope" the very same
+        positions rotate every layer's queries and keys (so a slide's re-prefill from 0, or a left-padded row,
+        behaves identically in both). ``cache``: a ``KVCache`` to attend over and append to (generation, no
+        gradients).
         """
         xp = backend.xp
         idx = xp.asarray(getattr(idx, "data", idx))
@@ -129,18 +233,64 @@ class GPT(Module):
             positions = xp.asarray(positions)
             if positions.shape not in ((time,), idx.shape):
                 raise ValueError(f"positions of shape {positions.shape} do not match token ids of shape {idx.shape}")
-        x = self.wte(idx) + self.wpe(positions)               # (B, T, C) + (B or 1, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = self.wte(idx) + self.wpe(positions)           # (B, T, C) + (B or 1, T, C)
+        else:  # RoPE: the same positions, as rotations of q and k (computed once, shared by every layer)
+            x = self.wte(idx)                                 # (B, T, C)
+            rope = rope_cos_sin(positions, self.config.head_size, self.config.rope_theta, self.wte.weight.dtype)
         x = self.drop(x)
         layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
         for block, layer_cache in zip(self.blocks, layer_caches):
-            x = block(x, mask, layer_cache)
+            x = block(x, mask, layer_cache, rope)
         return self.ln_f(x)
 
     def forward(self, idx, targets=None, mask=None, positions=None, cache=None):
-        """idx (B, T) token ids → (logits (B, T, V), mean cross-entropy against ``targets`` (B, T) or None)."""
+        """idx (B, T) token ids → (logits (B, T, V), loss or None).
+
+        The loss is the mean cross-entropy against ``targets`` (B, T); for a mixture-of-experts model in
+        training mode it also includes ``aux_loss_coef`` × the layers' load-balancing losses (see
+        ``moe_aux_loss``). In eval mode it is the cross-entropy alone, comparable across architectures."""
         logits = F.linear(self.hidden_states(idx, mask, positions, cache), self.head_weight)   # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits, targets)
+        if loss is not None and self.training:
+            aux = self.moe_aux_loss()
+            if aux is not None:
+                loss = loss + aux
         return logits, loss
+
+    def moe_layers(self):
+        return [block.mlp for block in self.blocks if isinstance(block.mlp, MoE)]
+
+    def moe_aux_loss(self):
+        """aux_loss_coef × Σ_layers load-balancing loss of the last forward (a scalar Tensor), or None for a
+        model without experts. ``forward`` adds it to the loss in training mode; training code that computes
+        its own loss from ``hidden_states`` (classification, reward models, RL) can add it the same way."""
+        layers = self.moe_layers()
+        if not layers or self.config.aux_loss_coef == 0 or layers[0].aux_loss is None:
+            return None
+        total = layers[0].aux_loss
+        for layer in layers[1:]:
+            total = total + layer.aux_loss
+        return total * self.config.aux_loss_coef
+
+    def expert_load(self):
+        """(n_layer, n_expert) NumPy array: the fraction of (token, expert) assignments each expert got in
+        the last forward, per MoE layer (each row sums to 1; 1/n_expert everywhere is perfect balance).
+        None for a model without experts, or before the first forward."""
+        layers = self.moe_layers()
+        if not layers or layers[0].load is None:
+            return None
+        return np.stack([layer.load for layer in layers])
+
+    def active_parameters(self) -> int:
+        """Parameters used per token: all of them, except that a MoE layer uses only ``expert_top_k`` of its
+        ``n_expert`` experts (the rest of its expert weights sit idle for that token)."""
+        total = self.num_parameters()
+        for layer in self.moe_layers():
+            expert = sum(p.size for p in layer.experts.parameters())
+            total -= expert * (1 - layer.top_k / layer.experts.gate.weight.shape[0])
+        return int(total)
 
     def next_token_logits(self, idx, mask=None, positions=None, cache=None):
         """What generation calls: the scores of the token after the last position of each row, as a raw

@@ -12,7 +12,8 @@ import math
 from . import backend
 from . import functional as F
 from .autograd import Tensor, is_grad_enabled
-from .functional.attention import attention_forward
+from .functional.attention import attention_forward, check_heads, split_qkv
+from .functional.rope import apply_rotary
 
 
 class Parameter(Tensor):
@@ -137,6 +138,17 @@ class LayerNorm(Module):
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
 
+class RMSNorm(Module):
+    """Llama's norm: x / rms(x) · w (no mean subtraction, no bias); see ``functional.rms_norm``."""
+
+    def __init__(self, dim, eps=1e-5):
+        self.weight = Parameter(backend.xp.ones(dim, dtype=backend.dtype))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight, self.eps)
+
+
 class Dropout(Module):
     def __init__(self, p=0.0, generator=None):
         self.p = p
@@ -164,38 +176,110 @@ class MLP(Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))    # (B, T, 4C) inside
 
 
+class SwiGLU(Module):
+    """Llama's feed-forward block: proj(silu(gate(x)) ⊙ up(x)) → dropout, hidden width H.
+
+    Three matrices instead of GPT-2's two, so for the same parameter count H is 2/3 of GPT-2's 4C
+    (``tinyllm.model.swiglu_hidden``)."""
+
+    def __init__(self, n_embd, hidden, bias=False, dropout=0.0, std=0.02, proj_std=0.02, generator=None):
+        self.gate = Linear(n_embd, hidden, bias, std, generator)
+        self.up = Linear(n_embd, hidden, bias, std, generator)
+        self.proj = Linear(hidden, n_embd, bias, proj_std, generator)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x):                                     # (B, T, C)
+        return self.dropout(self.proj(F.swiglu(self.gate(x), self.up(x))))   # (B, T, H) inside
+
+
+class ExpertLinear(Module):
+    """The weights of one bias-free linear layer per expert, stacked: ``weight`` (E, out, in). It has no
+    forward of its own: ``functional.moe_experts`` applies expert e's slice to the tokens routed to e."""
+
+    def __init__(self, n_expert, in_features, out_features, std=0.02, generator=None):
+        self.weight = Parameter(_normal((n_expert, out_features, in_features), std, generator))
+
+
+class Experts(Module):
+    """E SwiGLU experts' weights, stacked: ``gate``/``up`` (E, H, C) and ``proj`` (E, C, H)."""
+
+    def __init__(self, n_expert, n_embd, hidden, std=0.02, proj_std=0.02, generator=None):
+        self.gate = ExpertLinear(n_expert, n_embd, hidden, std, generator)
+        self.up = ExpertLinear(n_expert, n_embd, hidden, std, generator)
+        self.proj = ExpertLinear(n_expert, hidden, n_embd, proj_std, generator)
+
+
+class MoE(Module):
+    """Mixture-of-experts feed-forward block (see ``tinyllm.functional.moe``): a router picks ``top_k`` of
+    ``n_expert`` SwiGLU experts per token and mixes their outputs by the router's weights; an optional shared
+    expert (a plain SwiGLU every token goes through) is added.
+
+    Parameters: ``router.weight`` (E, C); ``experts.gate.weight``, ``experts.up.weight`` (E, H, C);
+    ``experts.proj.weight`` (E, C, H); ``shared.{gate,up,proj}.weight`` with a shared expert.
+    After each forward, ``aux_loss`` holds the load-balancing loss (a scalar Tensor) and ``load`` the fraction
+    of assignments each expert received (a NumPy (E,) array).
+    """
+
+    def __init__(self, n_embd, hidden, n_expert, top_k, shared_expert=False, bias=False, dropout=0.0, std=0.02,
+                 proj_std=0.02, generator=None):
+        if not 1 <= top_k <= n_expert:
+            raise ValueError(f"expert_top_k={top_k} must be between 1 and n_expert={n_expert}")
+        self.top_k = top_k
+        self.router = Linear(n_embd, n_expert, False, std, generator)
+        self.experts = Experts(n_expert, n_embd, hidden, std, proj_std, generator)
+        self.shared = SwiGLU(n_embd, hidden, bias, 0.0, std, proj_std, generator) if shared_expert else None
+        self.dropout = Dropout(dropout)
+        self.aux_loss, self.load = None, None
+
+    def forward(self, x):                                     # (B, T, C)
+        e = self.experts
+        y, self.aux_loss, load = F.moe(x, self.router.weight, e.gate.weight, e.up.weight, e.proj.weight, self.top_k)
+        self.load = backend.to_numpy(load)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return self.dropout(y)
+
+
 class CausalSelfAttention(Module):
     """Multi-head causal self-attention: one linear layer makes queries, keys and values for all heads,
-    fused attention mixes them over time, and a second linear layer projects the heads back to C."""
+    fused attention mixes them over time, and a second linear layer projects the heads back to C.
 
-    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, std=0.02, proj_std=0.02, generator=None):
+    ``n_kv_head`` < ``n_head`` makes it grouped-query attention: ``qkv`` then makes H query heads and only
+    H_kv key and value heads (its output is (H + 2 H_kv)·D wide), and the KV cache holds H_kv heads.
+    ``forward(..., rope=(cos, sin))`` rotates queries and keys by their positions (Llama)."""
+
+    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, std=0.02, proj_std=0.02, generator=None, n_kv_head=None):
         if n_embd % n_head:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
         self.n_head = n_head
-        self.qkv = Linear(n_embd, 3 * n_embd, bias, std, generator)
+        self.n_kv_head = check_heads(n_head, n_kv_head)
+        head_size = n_embd // n_head
+        self.qkv = Linear(n_embd, (n_head + 2 * self.n_kv_head) * head_size, bias, std, generator)
         self.proj = Linear(n_embd, n_embd, bias, proj_std, generator)
         self.dropout = Dropout(dropout)  # masks come from the global generator (tinyllm.manual_seed)
 
-    def forward(self, x, mask=None, cache=None):              # (B, T, C)
+    def forward(self, x, mask=None, cache=None, rope=None):    # (B, T, C)
         """``cache``: this layer's ``LayerKV`` when generating (see ``tinyllm.kv_cache``). The new keys and
         values are appended to it and the queries attend over everything cached; ``mask`` then covers all
-        those keys: (B, 1, 1 or T, cached + T). Inference only: no gradient flows through the cache."""
-        qkv = self.qkv(x)                                     # (B, T, 3C)
+        those keys: (B, 1, 1 or T, cached + T). Inference only: no gradient flows through the cache.
+        ``rope``: (cos, sin) of this call's positions (``functional.rope.rope_cos_sin``), or None."""
+        qkv = self.qkv(x)                                     # (B, T, (H + 2 H_kv)·D)
         if cache is None:
-            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask)  # (B, T, C)
+            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask, n_kv_head=self.n_kv_head, rope=rope)
         else:
-            y = self._attend_cached(qkv.data, cache, mask)
+            y = self._attend_cached(qkv.data, cache, mask, rope)
             y = Tensor(y, dtype=y.dtype)
-        return self.dropout(self.proj(y))
+        return self.dropout(self.proj(y))                     # (B, T, C)
 
-    def _attend_cached(self, qkv, cache, mask):
+    def _attend_cached(self, qkv, cache, mask, rope=None):
         if is_grad_enabled():
             raise RuntimeError("attention with a KV cache is for inference only: run it under tinyllm.no_grad()")
-        batch, time, three_c = qkv.shape
-        heads = qkv.reshape(batch, time, 3, self.n_head, three_c // (3 * self.n_head))
-        q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # each (B, H, T, D)
-        keys, values = cache.append(k, v)                                      # (B, H, cached + T, D)
+        batch, time, _ = qkv.shape
+        q, k, v = split_qkv(qkv, self.n_head, self.n_kv_head)                # (B, H, T, D), (B, H_kv, T, D) × 2
+        if rope is not None:  # keys are cached rotated: a key's rotation depends only on its own position
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        keys, values = cache.append(k, v)                                      # (B, H_kv, cached + T, D)
         # The same forward as training (one source of truth for the math). A single query sits after every
         # cached key, so it needs no causal mask.
         y, _, _ = attention_forward(q, keys, values, causal=time > 1, mask=mask)  # (B, H, T, D)
-        return y.transpose(0, 2, 1, 3).reshape(batch, time, three_c // 3)     # (B, T, C)
+        return y.transpose(0, 2, 1, 3).reshape(batch, time, -1)              # (B, T, C)

@@ -138,7 +138,12 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         if run_dir is None:
             raise ValueError("resume needs a run directory")
         saved = load_config(run_dir)
-        differences = config_differences(saved.get("model", {}), model.config.to_dict())
+        saved_model = saved.get("model", {})
+        try:   # fill the keys an older config.json lacks with their defaults (= what that run used)
+            saved_model = type(model.config).from_dict(saved_model).to_dict()
+        except (TypeError, ValueError):
+            pass
+        differences = config_differences(saved_model, model.config.to_dict())
         if differences:
             raise ValueError(f"cannot resume '{run_dir}' with a different model config: {'; '.join(differences)}")
         load_weights(model, run_dir)
@@ -209,8 +214,12 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         model.zero_grad()
         step_time = time.perf_counter() - t0
         tokens_per_s = tokens_per_step / step_time
-        log({"kind": "train", "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-             "tokens_per_s": tokens_per_s})
+        record = {"kind": "train", "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": tokens_per_s}
+        load = model.expert_load() if hasattr(model, "expert_load") else None
+        if load is not None:   # mixture of experts: each layer's share of assignments per expert (last micro-batch)
+            record["expert_load"] = [[round(float(f), 4) for f in layer] for layer in load]
+        log(record)
         if bar:
             bar.update(step, f"loss {loss_value:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s")
         if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:

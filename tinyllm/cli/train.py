@@ -64,7 +64,12 @@ def add_model_and_training_flags(p) -> None:
     g.add_argument("--n-embd", type=int, default=None, help="width of the residual stream (%(default)s: the preset's)")
     g.add_argument("--context", type=int, default=None, help="context length, block_size (%(default)s: the preset's)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout probability while training")
-    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="biases in linear and norm layers")
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="biases in linear and norm layers (default: the preset's: on for GPT-2 shapes, off for llama/moe)")
+    g.add_argument("--n-kv-head", type=int, default=None,
+                   help="key/value heads, dividing --n-head: fewer = grouped-query attention (%(default)s: the preset's)")
+    g.add_argument("--n-expert", type=int, default=None, help="experts per layer of a moe preset (%(default)s: the preset's)")
+    g.add_argument("--expert-top-k", type=int, default=None, help="experts per token of a moe preset (%(default)s: the preset's)")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (the total, also when resuming)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="windows of --context tokens per micro-batch")
@@ -119,8 +124,9 @@ def run_pretrain(args) -> int:
     ids = tokenize(text, tokenizer, cache_dir=out / "cache")
     train_ids, val_ids = split_train_val(ids, args.val_fraction)
     overrides = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                                       block_size=args.context).items() if v is not None}
-    config = preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=args.dropout, bias=args.bias, **overrides)
+                                       block_size=args.context, bias=args.bias, n_kv_head=args.n_kv_head,
+                                       n_expert=args.n_expert, expert_top_k=args.expert_top_k).items() if v is not None}
+    config = preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=args.dropout, **overrides)
     model = GPT(config, seed=args.seed)
     train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     print(f"data: {len(ids):,} tokens ({len(train_ids):,} train / {len(val_ids):,} val); "

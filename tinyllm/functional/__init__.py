@@ -5,13 +5,16 @@ backward closure applies the derived formula, so a transformer layer is a handfu
 hundreds of primitive ones. Every op here has a finite-difference test in ``tests/``.
 """
 
-from .dense import linear, embedding, gelu, dropout
-from .norms import layer_norm
+from .dense import linear, embedding, gelu, silu, swiglu, dropout
+from .norms import layer_norm, rms_norm
+from .rope import rotary_embedding
 from .losses import softmax, log_softmax, cross_entropy
 from .attention import scaled_dot_product_attention, self_attention
+from .moe import moe, moe_experts, router_weights, load_balancing_loss, top_k_experts
 
 __all__ = [
-    "linear", "embedding", "gelu", "dropout", "layer_norm",
+    "linear", "embedding", "gelu", "silu", "swiglu", "dropout", "layer_norm", "rms_norm", "rotary_embedding",
     "softmax", "log_softmax", "cross_entropy",
     "scaled_dot_product_attention", "self_attention",
+    "moe", "moe_experts", "router_weights", "load_balancing_loss", "top_k_experts",
 ]

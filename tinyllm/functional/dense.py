@@ -1,4 +1,4 @@
-"""Linear layer, embedding lookup, GELU and dropout."""
+"""Linear layer, embedding lookup, GELU, SiLU/SwiGLU and dropout."""
 
 from __future__ import annotations
 
@@ -100,6 +100,69 @@ def gelu(x: Tensor) -> Tensor:
         return (du_dx,)
 
     return Tensor._make(y, (x,), backward)
+
+
+def _sigmoid(a):
+    """σ(a) = 1/(1 + e^-a), as ½(1 + tanh(a/2)): the same function without overflow in e^-a for very negative a."""
+    s = a * 0.5
+    backend.xp.tanh(s, out=s)
+    s += 1.0
+    s *= 0.5
+    return s
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU (a.k.a. swish): y = x σ(x), σ the logistic sigmoid.
+
+    dy/dx = σ + x σ (1 - σ) = σ (1 + x (1 - σ))        (product rule, with σ' = σ (1 - σ))
+    Saves σ (one array of x's size).
+    """
+    sig = _sigmoid(x.data)
+    y = x.data * sig
+
+    def backward(dy):
+        dx = 1.0 - sig                                        # σ (1 + x (1 - σ)) dy, built in one buffer
+        dx *= x.data
+        dx += 1.0
+        dx *= sig
+        dx *= dy
+        return (dx,)
+
+    return Tensor._make(y, (x,), backward)
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """The gated unit of Llama's feed-forward block: y = silu(gate) ⊙ up (Shazeer 2020, "GLU variants").
+
+    The MLP is  proj( silu(x W_gateᵀ) ⊙ (x W_upᵀ) ):  two projections into the hidden width, one of them
+    gating the other elementwise. This op fuses the silu and the product (one graph node, one output array).
+    Shapes: gate and up (..., H), y (..., H). With σ = σ(gate) and s = gate σ = silu(gate):
+        d_up   = dy ⊙ s
+        d_gate = dy ⊙ up ⊙ σ (1 + gate (1 - σ))        (silu's derivative, see ``silu``)
+    Saves σ (gate's size); gate and up are the inputs.
+    """
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} must have the same shape")
+    sig = _sigmoid(gate.data)
+    y = gate.data * sig                                       # silu(gate)
+    y *= up.data
+
+    def backward(dy):
+        d_up = None
+        if up.requires_grad:
+            d_up = gate.data * sig                            # silu(gate), recomputed (one multiply)
+            d_up *= dy
+        d_gate = None
+        if gate.requires_grad:
+            d_gate = 1.0 - sig
+            d_gate *= gate.data
+            d_gate += 1.0
+            d_gate *= sig
+            d_gate *= up.data
+            d_gate *= dy
+        return d_gate, d_up
+
+    return Tensor._make(y, (gate, up), backward)
 
 
 def dropout(x: Tensor, p: float, training: bool = True, generator=None) -> Tensor:

@@ -1,4 +1,4 @@
-"""Normalisation layers."""
+"""Normalisation layers: layer norm (GPT-2) and RMS norm (Llama)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,40 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
             dx, dw, db = full_backward(dy)
             return (dx,) + tuple(d for d, t in ((dw, weight), (db, bias)) if t is not None)
     return Tensor._make(y, parents, backward)
+
+
+def rms_norm(x: Tensor, weight: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Root-mean-square normalisation of the last axis (C channels), then a scale — Llama's norm.
+
+    Forward:  r = 1/√(mean(x²) + ε),  x̂ = x r,  y = x̂ w.      (no mean subtraction and no bias, unlike
+    layer_norm: a cheaper norm that only fixes each row's scale, Zhang & Sennrich 2019)
+    Backward, with g = dy · w:
+        dx = r · (g - x̂ · mean(g · x̂))
+        dw = Σ dy · x̂                      (sum over every axis but the last)
+    Derivation: ∂x̂_i/∂x_j = r δ_ij + x_i ∂r/∂x_j, and ∂r/∂x_j = -½ (mean(x²) + ε)^(-3/2) · 2 x_j / C
+    = -r³ x_j / C, so ∂x̂_i/∂x_j = r (δ_ij - x̂_i x̂_j / C). Contracting with g: dx_j = r (g_j - x̂_j Σ_i g_i x̂_i / C).
+    It is layer_norm's formula without the "- mean(g)" term, because nothing was subtracted in the forward.
+    Saves x̂ (x's size) and r (one value per row).
+    """
+    xp = backend.xp
+    channels = x.shape[-1]
+    if weight is not None and weight.shape != (channels,):
+        raise ValueError(f"rms_norm: weight of shape {weight.shape} does not match the {channels} channels of x {x.shape}")
+    mean_square = xp.einsum("...c,...c->...", x.data, x.data)[..., None] / channels   # (..., 1), no (..., C) temporary
+    rstd = 1.0 / xp.sqrt(mean_square + eps)                  # (..., 1)
+    x_hat = x.data * rstd                                     # (..., C)
+    y = x_hat * weight.data if weight is not None else x_hat.copy()
+
+    def backward(dy):
+        reduce_axes = tuple(range(dy.ndim - 1))
+        dw = (dy * x_hat).sum(axis=reduce_axes) if weight is not None and weight.requires_grad else None
+        dx = None
+        if x.requires_grad:
+            g = dy * weight.data if weight is not None else dy.copy()
+            mean_g_xhat = xp.einsum("...c,...c->...", g, x_hat)[..., None] / channels
+            g -= x_hat * mean_g_xhat
+            g *= rstd
+            dx = g
+        return (dx, dw) if weight is not None else (dx,)
+
+    return Tensor._make(y, (x,) if weight is None else (x, weight), backward)

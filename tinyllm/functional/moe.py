@@ -1,0 +1,232 @@
+"""Mixture of experts: a router sends each token to k of E feed-forward "experts" and mixes their outputs.
+
+    x (N, C) ──router──► logits (N, E) ──softmax──► p (N, E) ──top-k──► experts e_1 … e_k, weights w_1 … w_k
+    y_n = Σ_j w_nj · FFN_{e_nj}(x_n)          FFN_e(x) = (silu(x W_gate,eᵀ) ⊙ x W_up,eᵀ) W_down,eᵀ  (SwiGLU)
+
+A token pays for k experts, while the layer holds E of them: more parameters at the same compute per token
+(Shazeer et al. 2017; Switch Transformer, Fedus et al. 2021; Mixtral, Jiang et al. 2024).
+
+Routing (``top_k_experts``, ``router_weights``): the k experts with the largest router probabilities
+(ties go to the lower expert index, so routing is deterministic for a fixed input). Their weights are the
+*renormalised* top-k probabilities w_j = p_{e_j} / Σ_i p_{e_i} (Mixtral; the same as a softmax over the k
+chosen logits) when k > 1, and the raw probability w = p_e when k = 1 (Switch): renormalising a single weight
+would make it always 1, and the router would then learn only from the auxiliary loss. ``normalize`` overrides.
+The top-k choice itself is piecewise constant, so gradients reach the router only through the weights (and
+the auxiliary loss): a token tells the router "this expert's output helped / hurt", not "try another one".
+
+Dispatch (``moe_experts``): the N·k (token, expert) assignments are sorted by expert with one stable argsort,
+the tokens gathered in that order (one fancy-index copy, (N·k, C)), and each expert runs its SwiGLU on its
+contiguous slice with three matmuls — a Python loop over experts, never over tokens. Each expert's weighted
+output is written to its assignment's slot, and a token's output is the sum of its k slots. The backward runs
+the same loop: the gradient of each slot is gathered from dy, pushed through that expert's SwiGLU (hand-derived,
+below), and the input gradients are scattered back to the tokens the same way (no ``add.at``: each slot is a
+distinct row, and the sum over a token's k slots is a reshape and a sum).
+
+Load balancing (``load_balancing_loss``): without it, a router that starts slightly favouring one expert
+sends it more tokens, trains it more, favours it more — collapse. The Switch/Mixtral auxiliary loss is
+
+    L_aux = E · Σ_e f_e · P_e,      f_e = fraction of the N·k assignments that went to e  (Σ f = 1)
+                                    P_e = mean over tokens of the router probability p_{n,e}
+
+f is a count (no gradient); P carries the gradient: dL_aux/dp_{n,e} = E f_e / N, pushing probability away
+from over-used experts. L_aux = 1 when routing is uniform (f = P = 1/E) and grows to E when one expert takes
+everything. (f here counts assignments, so it sums to 1 for any k; Hugging Face's Mixtral loss counts per
+top-k slot and is k times this.) The model adds ``aux_loss_coef · Σ_layers L_aux`` to its training loss.
+"""
+
+from __future__ import annotations
+
+from .. import backend
+from ..autograd import Tensor
+from .dense import _sigmoid, linear
+from .losses import softmax
+
+
+def top_k_experts(probs, k: int):
+    """Raw (N..., E) router probabilities → (N..., k) integer ids of the k most probable experts, most
+    probable first; ties go to the lower expert id (a stable sort), so routing is a fixed function of x."""
+    n_expert = probs.shape[-1]
+    if not 1 <= k <= n_expert:
+        raise ValueError(f"expert_top_k={k} must be between 1 and n_expert={n_expert}")
+    return backend.xp.argsort(-probs, axis=-1, kind="stable")[..., :k]
+
+
+def router_weights(probs: Tensor, indices, normalize: bool | None = None) -> Tensor:
+    """The mixing weight of each chosen expert: (N..., E) probabilities and (N..., k) ids → (N..., k).
+
+    normalize (default: k > 1):  w_j = p_j / S,  S = Σ_i p_i over the k chosen,
+        dp_i = Σ_j dw_j (δ_ij / S - p_j / S²) = (dw_i - Σ_j dw_j w_j) / S      for each chosen i;
+    otherwise w_j = p_j and dp_i = dw_i. Unchosen experts get dp = 0. Saves the weights (N·k) and S (N).
+    """
+    xp = backend.xp
+    k = indices.shape[-1]
+    normalize = k > 1 if normalize is None else normalize
+    chosen = xp.take_along_axis(probs.data, indices, axis=-1)   # (N..., k)
+    total = chosen.sum(axis=-1, keepdims=True) if normalize else None
+    weights = chosen / total if normalize else chosen
+
+    def backward(dw):
+        if normalize:
+            dchosen = dw - xp.einsum("...j,...j->...", dw, weights)[..., None]
+            dchosen /= total
+        else:
+            dchosen = dw
+        n_expert = probs.shape[-1]
+        dprobs = xp.zeros((probs.size // n_expert, n_expert), dtype=probs.dtype)     # (N, E)
+        rows = xp.arange(dprobs.shape[0])[:, None]
+        dprobs[rows, indices.reshape(-1, k)] = dchosen.reshape(-1, k)               # the k chosen per row
+        return (dprobs.reshape(probs.shape),)
+
+    return Tensor._make(weights, (probs,), backward)
+
+
+def expert_load(indices, n_expert: int):
+    """Fraction of the (token, expert) assignments that went to each expert: an (E,) array summing to 1."""
+    counts = backend.xp.bincount(indices.reshape(-1), minlength=n_expert)
+    return counts / max(indices.size, 1)
+
+
+def load_balancing_loss(probs: Tensor, indices) -> Tensor:
+    """E · Σ_e f_e · P_e (see the module docstring): a scalar. probs (N..., E), indices (N..., k).
+
+    dL/dp_{n,e} = E · f_e / N for every token n (f is a count and has no gradient). Saves f (E values).
+    """
+    xp = backend.xp
+    n_expert = probs.shape[-1]
+    n_tokens = probs.size // n_expert
+    fraction = expert_load(indices, n_expert).astype(probs.dtype)   # (E,) f_e
+    mean_prob = probs.data.reshape(-1, n_expert).mean(axis=0)       # (E,) P_e
+    loss = n_expert * xp.dot(fraction, mean_prob)
+
+    def backward(dloss):
+        row = fraction * (n_expert / n_tokens)                        # (E,) the same for every token
+        row *= dloss
+        return (xp.broadcast_to(row, probs.shape).copy(),)
+
+    return Tensor._make(xp.asarray(loss, dtype=probs.dtype), (probs,), backward)
+
+
+def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+    """y_n = Σ_j w_nj · FFN_{e_nj}(x_n), each expert a SwiGLU MLP, tokens dispatched by sorting (see above).
+
+    Shapes: x (..., C); indices (..., k) expert ids; weights (..., k); w_gate and w_up (E, H, C); w_down
+    (E, C, H); y (..., C). For the rows X_e (n_e, C) routed to expert e with weights a (n_e,):
+        G = X_e W_gateᵀ,  U = X_e W_upᵀ,  h = silu(G) ⊙ U,  O = h W_downᵀ,  y-slot = a ⊙ O
+    Backward, with dY_e the gradient of those rows' tokens (gathered from dy):
+        da     = rowsum(dY_e ⊙ O) = rowsum((dY_e W_down) ⊙ h)        (no need to keep O)
+        dW_down = (a ⊙ dY_e)ᵀ h,     dh = a ⊙ (dY_e W_down)
+        dU = dh ⊙ silu(G),           dG = dh ⊙ U ⊙ σ(G)(1 + G(1 - σ(G)))      (``swiglu``'s rule)
+        dW_gate = dGᵀ X_e,  dW_up = dUᵀ X_e,   dX_e = dG W_gate + dU W_up
+    and dx_n = Σ over n's k slots of dX (scatter by the inverse of the sort). Experts no token chose get a
+    zero gradient. Saves the sort (N·k ids) and G, U (N·k × H each); X_e is re-gathered from x and h is
+    recomputed from G, U in the backward.
+    """
+    xp = backend.xp
+    n_expert, hidden, channels = w_gate.shape
+    if w_up.shape != w_gate.shape or w_down.shape != (n_expert, channels, hidden):
+        raise ValueError(f"moe_experts: w_gate {w_gate.shape} and w_up {w_up.shape} must be (E, H, C) and w_down "
+                         f"{w_down.shape} must be (E, C, H)")
+    if x.shape[-1] != channels:
+        raise ValueError(f"moe_experts: input of shape {x.shape} has {x.shape[-1]} features but the experts expect {channels}")
+    indices = xp.asarray(getattr(indices, "data", indices))
+    if indices.shape != x.shape[:-1] + indices.shape[-1:] or weights.shape != indices.shape:
+        raise ValueError(f"moe_experts: indices {indices.shape} and weights {weights.shape} must both be "
+                         f"{x.shape[:-1]} + (k,) for x of shape {x.shape}")
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_expert):
+        raise ValueError(f"moe_experts: expert ids must be in [0, {n_expert}), got {int(indices.min())}…{int(indices.max())}")
+    k = indices.shape[-1]
+    x2d = x.data.reshape(-1, channels)                        # (N, C)
+    n_tokens = x2d.shape[0]
+    flat = indices.reshape(-1)                                # (N·k,) assignment a = n·k + j → expert
+    order = xp.argsort(flat, kind="stable")                   # assignments grouped by expert
+    token_of = order // k                                     # (N·k,) the token of each sorted assignment
+    bounds = [0] + backend.to_numpy(xp.cumsum(xp.bincount(flat, minlength=n_expert))).tolist()
+    a_sorted = weights.data.reshape(-1)[order]                # (N·k,)
+    x_sorted = x2d[token_of]                                  # (N·k, C) gather
+    gate_pre = xp.empty((flat.size, hidden), dtype=x2d.dtype)  # (N·k, H) G of every assignment
+    up_pre = xp.empty((flat.size, hidden), dtype=x2d.dtype)    # (N·k, H) U
+    slots = xp.empty((flat.size, channels), dtype=x2d.dtype)   # (N·k, C) weighted outputs, assignment order
+    for e in range(n_expert):
+        s, t = bounds[e], bounds[e + 1]
+        if s == t:
+            continue
+        xe = x_sorted[s:t]                                    # (n_e, C)
+        g, u = gate_pre[s:t], up_pre[s:t]
+        xp.matmul(xe, w_gate.data[e].T, out=g)                # (n_e, H)
+        xp.matmul(xe, w_up.data[e].T, out=u)                  # (n_e, H)
+        h = g * _sigmoid(g)
+        h *= u                                                # silu(G) ⊙ U
+        out = h @ w_down.data[e].T                            # (n_e, C)
+        out *= a_sorted[s:t, None]
+        slots[order[s:t]] = out                               # back to assignment order (distinct rows)
+    del x_sorted
+    y = slots.reshape(n_tokens, k, channels).sum(axis=1) if k > 1 else slots
+    y = y.reshape(x.shape)
+
+    def backward(dy):
+        dy2d = dy.reshape(n_tokens, channels)
+        dy_sorted = dy2d[token_of]                            # (N·k, C) each slot's output gradient
+        x_again = x2d[token_of]                               # (N·k, C)
+        dx_sorted = xp.empty_like(x_again) if x.requires_grad else None
+        da_sorted = xp.empty(flat.size, dtype=dy.dtype)
+        grads = [xp.zeros_like(w.data) if w.requires_grad else None for w in (w_gate, w_up, w_down)]
+        for e in range(n_expert):
+            s, t = bounds[e], bounds[e + 1]
+            if s == t:
+                continue
+            xe, dye, a = x_again[s:t], dy_sorted[s:t], a_sorted[s:t, None]
+            g, u = gate_pre[s:t], up_pre[s:t]
+            sig = _sigmoid(g)
+            silu_g = g * sig
+            h = silu_g * u                                    # recomputed  h = silu(G) ⊙ U
+            dh = dye @ w_down.data[e]                         # (n_e, H)  dY_e W_down
+            da_sorted[s:t] = xp.einsum("nh,nh->n", dh, h)     # da = rowsum((dY W_down) ⊙ h)
+            if grads[2] is not None:
+                grads[2][e] = (dye * a).T @ h                 # dW_down = (a ⊙ dY)ᵀ h
+            dh *= a
+            du = dh * silu_g                                  # dU = dh ⊙ silu(G)
+            dg = 1.0 - sig                                    # dG = dh ⊙ U ⊙ σ (1 + G (1 - σ))
+            dg *= g
+            dg += 1.0
+            dg *= sig
+            dg *= u
+            dg *= dh
+            if grads[0] is not None:
+                grads[0][e] = dg.T @ xe
+            if grads[1] is not None:
+                grads[1][e] = du.T @ xe
+            if dx_sorted is not None:
+                dxe = dx_sorted[s:t]
+                xp.matmul(dg, w_gate.data[e], out=dxe)
+                dxe += du @ w_up.data[e]
+        dx = None
+        if dx_sorted is not None:
+            dx_slots = xp.empty_like(dx_sorted)
+            dx_slots[order] = dx_sorted                       # sorted → assignment order
+            dx = (dx_slots.reshape(n_tokens, k, channels).sum(axis=1) if k > 1 else dx_slots).reshape(x.shape)
+        dweights = None
+        if weights.requires_grad:
+            dweights = xp.empty_like(da_sorted)
+            dweights[order] = da_sorted
+            dweights = dweights.reshape(weights.shape)
+        return (dx, dweights, *grads)
+
+    return Tensor._make(y, (x, weights, w_gate, w_up, w_down), backward)
+
+
+def moe(x: Tensor, router_weight: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, top_k: int,
+        normalize: bool | None = None):
+    """A whole MoE feed-forward layer: route, dispatch, mix. Returns (y (..., C), aux loss (scalar Tensor),
+    expert load (E,) raw array of assignment fractions).
+
+    router_weight (E, C) (a bias-free linear layer); expert weights as in ``moe_experts``. Five graph nodes:
+    router linear, softmax, the top-k weights, the experts, and the auxiliary loss.
+    """
+    n_expert = router_weight.shape[0]
+    if w_gate.shape[0] != n_expert:
+        raise ValueError(f"moe: the router scores {n_expert} experts but the expert weights hold {w_gate.shape[0]}")
+    probs = softmax(linear(x, router_weight))                # (..., E)
+    indices = top_k_experts(probs.data, top_k)               # (..., k)
+    weights = router_weights(probs, indices, normalize)       # (..., k)
+    y = moe_experts(x, indices, weights, w_gate, w_up, w_down)
+    return y, load_balancing_loss(probs, indices), expert_load(indices, n_expert)
