@@ -477,11 +477,19 @@ def test_import_hf_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert "already holds a model" in capsys.readouterr().err
 
 
-def test_import_hf_refuses_a_layer_norm_epsilon_a_run_directory_cannot_record(tmp_path, capsys):
+def test_import_hf_keeps_another_layer_norm_epsilon_in_the_run_directory(tmp_path):
     config = hf_config(layer_norm_epsilon=1e-6)
     hf_dir = write_hf_dir(tmp_path / "hf", config, random_hf_tensors(config))
-    assert cli_main(["import-hf", str(hf_dir), "--out", str(tmp_path / "run")]) == 2
-    assert "layer_norm_epsilon=1e-06" in capsys.readouterr().err
+    assert cli_main(["import-hf", str(hf_dir), "--out", str(tmp_path / "run")]) == 0
+    model, _ = load_pretrained(tmp_path / "run")
+    assert model.config.norm_eps == 1e-6, "the run directory must record GPT-2's epsilon"
+    assert all(m.eps == 1e-6 for _, m in model.named_modules() if hasattr(m, "eps"))
+
+
+def test_export_refuses_a_llama_style_model(tmp_path):
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=8, norm="rmsnorm", pos="rope"))
+    with pytest.raises(ValueError, match="only GPT-2-style models.*norm='rmsnorm'.*pos='rope'"):
+        save_hf_gpt2(model, tmp_path / "hf")
 
 
 # ====================================================================== transformers (optional)

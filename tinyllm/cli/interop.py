@@ -65,18 +65,13 @@ def _check_out(out: Path, overwrite: bool, source: Path | None = None) -> None:
 def run_import_hf(args) -> int:
     from ..checkpoint import save_model
     from ..interop import find_tokenizer_files, load_gpt2_tokenizer, load_hf_gpt2
-    from ..interop.hf_gpt2 import DEFAULT_EPS, TINYLLM_TOKENIZER, layer_norm_eps
+    from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
     from ..tokenizer import load_tokenizer
 
     out = Path(args.out)
     _check_out(out, args.overwrite, Path(args.dir))
     t0 = time.perf_counter()
     model = load_hf_gpt2(args.dir, dtype=args.dtype)
-    eps = layer_norm_eps(model)
-    if eps != DEFAULT_EPS:
-        raise ValueError(f"'{args.dir}/config.json' has layer_norm_epsilon={eps}; tinyllm run directories always "
-                         f"use {DEFAULT_EPS}, so the imported model would compute something else. Use "
-                         "tinyllm.interop.load_hf_gpt2() in Python, which sets it on every LayerNorm")
     files = find_tokenizer_files(args.dir)
     own = Path(args.dir) / TINYLLM_TOKENIZER                  # written by export-hf: the exact tokenizer
     tokenizer = load_tokenizer(own) if own.exists() else load_gpt2_tokenizer(*files) if files else None

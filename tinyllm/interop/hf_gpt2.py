@@ -33,7 +33,7 @@ causal mask) and ``h.{i}.attn.masked_bias`` are not weights and are skipped. The
 
 "gelu_new" (GPT-2's tanh approximation, 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))) is exactly tinyllm's
 GELU; another activation is refused rather than silently computed differently. LayerNorm's epsilon is set
-on every ``LayerNorm`` module of the built model (tinyllm's default 1e-5 is GPT-2's).
+in the config (``norm_eps``), so a run directory keeps it (tinyllm's default 1e-5 is GPT-2's).
 
 Half-precision files (F16, or BF16, which ``tinyllm.safetensors`` widens exactly) load into the default
 float dtype. Nothing is unpickled: a directory with only ``pytorch_model.bin`` is refused.
@@ -48,7 +48,6 @@ import numpy as np
 from .. import backend
 from ..files import atomic_write_json, read_json
 from ..model import GPT, GPTConfig
-from ..nn import LayerNorm
 from ..safetensors import load_file, save_file
 
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -67,8 +66,8 @@ _LAYER_NAMES = {                                            # HF layer → tinyl
 # ---------------------------------------------------------------------------------------------- config
 
 
-def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, float]:
-    """(GPTConfig, layer-norm epsilon) from a Hugging Face GPT-2 ``config.json`` dict.
+def config_from_hf(hf: dict, where: str = HF_CONFIG) -> GPTConfig:
+    """The GPTConfig of a Hugging Face GPT-2 ``config.json`` dict.
 
     ValueError (naming ``where`` and the key) for what tinyllm's GPT cannot compute the same way.
     """
@@ -103,14 +102,25 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, float]:
     try:
         config = GPTConfig(vocab_size=hf["vocab_size"], block_size=block_size, n_layer=hf["n_layer"],
                            n_head=hf["n_head"], n_embd=n_embd, dropout=0.0, bias=True,
-                           tie_weights=bool(hf.get("tie_word_embeddings", True)))
+                           tie_weights=bool(hf.get("tie_word_embeddings", True)), norm_eps=float(eps))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    return config, float(eps)
+    return config
 
 
-def hf_config_from(config: GPTConfig, eps: float = DEFAULT_EPS, eos_token_id: int | None = None) -> dict:
+def require_gpt2_style(config: GPTConfig) -> None:
+    """ValueError unless ``config`` is a GPT-2 stack (the Llama-style options have no GPT-2 file layout)."""
+    gpt2_parts = {"norm": "layernorm", "pos": "learned", "mlp": "gelu"}
+    different = [f"{key}={getattr(config, key)!r}" for key, gpt2 in gpt2_parts.items() if getattr(config, key) != gpt2]
+    if config.n_kv_head not in (None, config.n_head):
+        different.append(f"n_kv_head={config.n_kv_head}")
+    if different:
+        raise ValueError(f"only GPT-2-style models can be written as Hugging Face GPT-2 files; this one has {', '.join(different)}")
+
+
+def hf_config_from(config: GPTConfig, eos_token_id: int | None = None) -> dict:
     """The ``config.json`` Hugging Face's ``GPT2LMHeadModel`` needs for a tinyllm ``GPTConfig``."""
+    require_gpt2_style(config)
     eos = eos_token_id          # None (null) when there is no tokenizer to name an end-of-text token
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -123,7 +133,7 @@ def hf_config_from(config: GPTConfig, eps: float = DEFAULT_EPS, eos_token_id: in
         "n_head": config.n_head,
         "n_inner": None,
         "activation_function": "gelu_new",
-        "layer_norm_epsilon": eps,
+        "layer_norm_epsilon": config.norm_eps,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
@@ -238,21 +248,6 @@ def hf_to_tinyllm_state(tensors: dict, config: GPTConfig, source: dict | str = H
     return state
 
 
-def set_layer_norm_eps(model, eps: float) -> None:
-    """Use ``eps`` in every LayerNorm of ``model``."""
-    for _, module in model.named_modules():
-        if isinstance(module, LayerNorm):
-            module.eps = eps
-
-
-def layer_norm_eps(model) -> float:
-    """The epsilon of ``model``'s LayerNorms (ValueError if they differ: HF GPT-2 has one for all)."""
-    values = {module.eps for _, module in model.named_modules() if isinstance(module, LayerNorm)}
-    if len(values) > 1:
-        raise ValueError(f"the model's LayerNorms use different epsilons {sorted(values)}; GPT-2 has one")
-    return values.pop() if values else DEFAULT_EPS
-
-
 def load_hf_gpt2(path, dtype=None) -> GPT:
     """A tinyllm ``GPT`` from a Hugging Face GPT-2 directory (``config.json`` + ``model.safetensors``).
 
@@ -265,14 +260,13 @@ def load_hf_gpt2(path, dtype=None) -> GPT:
     config_file = directory / HF_CONFIG
     if not config_file.exists():
         raise ValueError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face model directory")
-    config, eps = config_from_hf(read_json(config_file, what="Hugging Face config"), str(config_file))
+    config = config_from_hf(read_json(config_file, what="Hugging Face config"), str(config_file))
     tensors, source = read_hf_tensors(directory)
     with backend.default_dtype(dtype or backend.dtype):
         state = hf_to_tinyllm_state(tensors, config, source)
         del tensors
         model = GPT(config)
         model.load_state_dict(state)
-    set_layer_norm_eps(model, eps)
     return model.eval()
 
 
@@ -286,6 +280,7 @@ def tinyllm_to_hf_state(model) -> dict[str, np.ndarray]:
     nothing, so the function is unchanged.
     """
     config = model.config
+    require_gpt2_style(config)
     params = {name: backend.to_numpy(array) for name, array in model.state_dict().items()}
     state = {}
     for hf_name, shape in hf_shapes(config).items():
@@ -328,7 +323,7 @@ def save_hf_gpt2(model, directory, tokenizer=None, dtype: str = "float32") -> Pa
         if isinstance(tokenizer, BPETokenizer):
             save_gpt2_tokenizer(tokenizer, directory)
         eos = tokenizer.special_tokens.get("<|endoftext|>")
-    hf = hf_config_from(model.config, layer_norm_eps(model), eos)
+    hf = hf_config_from(model.config, eos)
     hf["torch_dtype"] = dtype
     atomic_write_json(directory / HF_CONFIG, hf)
     return directory
@@ -343,5 +338,4 @@ def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["load_hf_gpt2", "save_hf_gpt2", "config_from_hf", "hf_config_from", "hf_to_tinyllm_state",
-           "tinyllm_to_hf_state", "read_hf_tensors", "hf_shapes", "tinyllm_name", "set_layer_norm_eps",
-           "layer_norm_eps"]
+           "tinyllm_to_hf_state", "read_hf_tensors", "hf_shapes", "tinyllm_name"]
