@@ -11,9 +11,13 @@ import sys
 
 from . import tokenizer as _tokenizer
 from . import train as _train
+from . import finetune as _finetune
+from . import generate as _generate
+from . import interop as _interop
+from . import align as _align
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_tokenizer, _train]
+STAGES = [_tokenizer, _train, _generate, _finetune, _interop, _align]
 
 
 def build_parser() -> argparse.ArgumentParser:

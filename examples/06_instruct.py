@@ -1,0 +1,84 @@
+"""Example 06: teach a pretrained GPT to follow instructions — full finetuning vs LoRA.
+
+    python examples/06_instruct.py                  # starts from runs/demo (`tinyllm demo`) if it exists
+    python examples/06_instruct.py --ckpt RUN       # or from any pretrained run
+
+The data (built in, generated, seeded): instructions with one checkable answer — add or subtract small
+numbers, reverse / sort / count words, read a field of a record — written in the Alpaca template:
+
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
+    ### Instruction:
+    Sort the words in alphabetical order.
+
+    ### Input:
+    river apple stone
+
+    ### Response:
+    apple river stone<|endoftext|>
+
+Training is next-token prediction on these texts with the prompt's targets masked out (-100): the model
+learns to write the response and then the end-of-text token, which stops generation. The score is exact
+match of the greedy response on held-out records (never seen in training), per task too.
+
+Three models side by side: the untuned base, a full finetune and LoRA (rank 8 on every Linear layer).
+What to look for: the base model scores ~0 (it continues the text rather than answering); both finetunes
+answer most copy-like tasks (field, reverse, sort) and some arithmetic; LoRA gets close while training a
+few percent of the parameters. About 4-6 minutes on 2 CPU cores from runs/demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _base_model import base_model
+
+from tinyllm.checkpoint import load_pretrained
+from tinyllm.data.instructions import builtin_instructions, format_prompt
+from tinyllm.finetune import FinetuneConfig, evaluate_instructions, train_instructions
+from tinyllm.finetune.instruct import format_scores
+from tinyllm.lora import apply_lora
+
+parser = argparse.ArgumentParser(description="Instruction finetuning: untuned vs full vs LoRA (example 06).")
+parser.add_argument("--ckpt", default=None, help="pretrained run (default: runs/demo, else a tiny one trained here)")
+parser.add_argument("--train-size", type=int, default=900, help="generated training records (default: 900)")
+parser.add_argument("--test-size", type=int, default=120, help="held-out records scored (default: 120)")
+parser.add_argument("--epochs", type=int, default=2, help="epochs per variant (default: 2)")
+parser.add_argument("--seed", type=int, default=123)
+args = parser.parse_args()
+
+_, tokenizer, base_path = base_model(args.ckpt)
+train, val, test = builtin_instructions(args.train_size, 30, args.test_size, args.seed)
+print(f"data: {len(train)} train / {len(val)} val / {len(test)} test generated records; one of them:\n")
+print(format_prompt(train[2]) + train[2]["output"] + "<|endoftext|>\n")
+
+rows = []
+for name in ("untuned", "full", "LoRA r=8"):
+    print(f"--- {name}")
+    model, _ = load_pretrained(base_path)
+    trainable, total, optimizer_bytes, seconds = 0, model.num_parameters(), 0, 0.0
+    if name != "untuned":
+        lr = 1e-3
+        if name.startswith("LoRA"):
+            apply_lora(model, rank=8, alpha=16, verbose=True)
+            lr = 3e-3
+        config = FinetuneConfig(epochs=args.epochs, batch_size=8, lr=lr, min_lr=lr / 10, warmup=20, seed=args.seed)
+        t0 = time.perf_counter()
+        summary = train_instructions(model, tokenizer, train, val, config)
+        seconds = time.perf_counter() - t0
+        trainable, optimizer_bytes = summary["trainable"], summary["optimizer_bytes"]
+    scores = evaluate_instructions(model, tokenizer, test, max_new_tokens=16)
+    print(format_scores(scores))
+    for record, response in list(zip(test, scores["responses"]))[:3]:
+        print(f"  {record['instruction']} {record['input']!r} → {response[:40]!r} (reference {record['output']!r})")
+    rows.append((name, trainable, total, optimizer_bytes, seconds, scores))
+
+print(f"\nheld-out test set: {len(test)} generated records")
+print(f"{'variant':<9} {'trainable':>10} {'of total':>9} {'AdamW memory':>13} {'time':>6} {'exact match':>12} "
+      f"{'ROUGE-L':>8} {'resp. ppl':>10}")
+for name, trainable, total, optimizer_bytes, seconds, s in rows:
+    print(f"{name:<9} {trainable:>10,} {100 * trainable / total:>8.2f}% {optimizer_bytes / 2**20:>10.2f} MiB "
+          f"{seconds:>5.0f}s {s['exact_match']:>12.3f} {s['rouge_l']:>8.3f} {s['response_ppl']:>10.2f}")
+print("exact match by task: " + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in s["exact_match_by_task"].items())
+                                           for name, *_, s in rows))

@@ -1,0 +1,335 @@
+"""``tinyllm finetune classify``, ``tinyllm finetune instruct`` and ``tinyllm evaluate``.
+
+A finetune run directory holds what a pretraining run does (config.json, model.safetensors, tokenizer.json,
+log.jsonl) with the task in config.json; a LoRA run also keeps the adapter alone (adapter.safetensors,
+adapter_config.json, a few hundred KB) next to the merged weights, so both ``evaluate`` and later stages
+can load it without knowing it was LoRA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .. import backend
+
+LORA_TARGETS = "attn.qkv,attn.proj,mlp.fc,mlp.proj"
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("finetune", help="finetune a pretrained GPT: text classification or instruction following",
+                       description="Finetune a pretrained run. `tinyllm finetune classify --help` and "
+                                   "`tinyllm finetune instruct --help` list the flags.")
+    tasks = p.add_subparsers(dest="task", metavar="TASK")
+    p.set_defaults(func=lambda args: p.print_help() or 0)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    c = tasks.add_parser("classify", help="a classification head on the last token's hidden state",
+                         formatter_class=fmt,
+                         description="Train a classifier from a pretrained run on labelled texts "
+                                     "(label<TAB>text, CSV or JSONL). Writes a run directory whose config.json has "
+                                     '"task": "classify" and the label names.')
+    _base_flags(c, out="runs/classify", epochs=5, batch_size=8, lr=5e-4)
+    g = c.add_argument_group("data")
+    g.add_argument("--data", default=None, help="labelled file: .tsv/.txt (label<TAB>text), .csv or .jsonl "
+                                                 "(default: the built-in task, Python help-topic prose vs standard-library code lines)")
+    g.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="downsample every class to the size of the smallest")
+    g.add_argument("--split", default="0.7,0.1,0.2", help="train,val,test fractions (shuffled with --seed)")
+    g.add_argument("--per-class", type=int, default=600, help="examples per class of the built-in task")
+    c.add_argument("--freeze-except", type=int, default=-1,
+                   help="train only the last N blocks + final norm + head (-1 = train everything; ignored with LoRA)")
+    c.set_defaults(func=run_classify)
+
+    i = tasks.add_parser("instruct", help="instruction following in the Alpaca prompt template", formatter_class=fmt,
+                         description="Instruction-tune a pretrained run on Alpaca records "
+                                     '{"instruction", "input", "output"} (JSON list or JSONL); the loss covers only the '
+                                     'responses. Writes a run directory whose config.json has "task": "instruct" and '
+                                     '"template": "alpaca".')
+    _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=5e-4)
+    g = i.add_argument_group("data")
+    g.add_argument("--data", default=None, help="Alpaca JSON/JSONL file (default: built-in generated tasks — arithmetic, "
+                                                 "reversing/sorting/counting words, reading a field — with checkable answers)")
+    g.add_argument("--split", default="0.85,0.05,0.1", help="train,val,test fractions of --data, in file order")
+    g.add_argument("--train-size", type=int, default=1200, help="built-in tasks: training records")
+    g.add_argument("--test-size", type=int, default=120, help="built-in tasks: held-out test records (60 more for validation)")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="longest generated response when scoring")
+    g.add_argument("--eval-limit", type=int, default=None, help="score generations on at most this many test records")
+    g.add_argument("--compare-base", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the model before finetuning")
+    i.set_defaults(func=run_instruct)
+
+    e = sub.add_parser("evaluate", help="task metrics of a finetuned run (classification or instructions)",
+                       formatter_class=fmt,
+                       description="classify: accuracy, precision, recall, F1 and the confusion matrix. instruct: "
+                                   "response perplexity, and exact match, ROUGE-L and BLEU of greedy responses "
+                                   "stopped at the end token. Without --data, the data the run was trained on "
+                                   "(its test split).")
+    e.add_argument("--ckpt", required=True, help="finetuned run directory")
+    e.add_argument("--task", choices=["classify", "instruct"], default=None, help="default: the run's own task")
+    e.add_argument("--data", default=None, help="data file (default: the run's training data)")
+    e.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
+                   help="which part of the data to score (the run's split settings)")
+    e.add_argument("--max-new-tokens", type=int, default=64, help="instruct: longest generated response")
+    e.add_argument("--limit", type=int, default=None, help="score at most this many examples")
+    e.add_argument("--show", type=int, default=3, help="instruct: print this many responses next to their references")
+    e.add_argument("--adapter", action="store_true", help="load the base run + adapter.safetensors instead of merged weights")
+    e.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    e.set_defaults(func=run_evaluate)
+
+
+def _base_flags(p, out, epochs, batch_size, lr) -> None:
+    from ..finetune.loop import FinetuneConfig
+    d = FinetuneConfig()
+    p.add_argument("--ckpt", default="runs/demo", help="pretrained run directory to start from")
+    p.add_argument("--out", default=out, help="run directory to write")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0 = no LoRA: finetune the weights themselves)")
+    g.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha/rank")
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input")
+    g.add_argument("--lora-targets", default=LORA_TARGETS, help="comma-separated suffixes of the Linear layers to adapt")
+    g.add_argument("--save-merged", action=argparse.BooleanOptionalAction, default=True,
+                   help="with LoRA: also write the merged full weights (model.safetensors)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs, help="passes over the training examples")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (padded to the longest)")
+    g.add_argument("--bucket", type=int, default=d.bucket,
+                   help="batch texts of similar length: sort windows of this many batches by length (0 = off)")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (LoRA usually likes ~2-4x more)")
+    g.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the cosine decay; None means lr/10")
+    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay of matrices (not biases or norms)")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0 = off)")
+    g.add_argument("--dropout", type=float, default=None, help="model dropout while finetuning; None keeps the base run's")
+    g.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between progress lines (when not on a terminal)")
+    g.add_argument("--seed", type=int, default=d.seed, help="data shuffling, splits and the head's initialisation")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda needs CuPy and a GPU")
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+def _fractions(text: str):
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--split must be three comma-separated fractions like 0.7,0.1,0.2, got {text!r}") from None
+    if len(values) != 3:
+        raise ValueError(f"--split must be three comma-separated fractions like 0.7,0.1,0.2, got {text!r}")
+    return values
+
+
+def _finetune_config(args):
+    from ..finetune.loop import FinetuneConfig
+    return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, warmup=args.warmup,
+                          weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_interval=args.log_interval, bucket=args.bucket,
+                          seed=args.seed)
+
+
+def _load_base(args):
+    from ..checkpoint import load_pretrained
+    backend.set_device(args.device)
+    out = Path(args.out)
+    if (out / "model.safetensors").exists() or (out / "adapter.safetensors").exists():
+        raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")
+    model, tokenizer = load_pretrained(args.ckpt)
+    if tokenizer is None:
+        raise ValueError(f"'{args.ckpt}' has no tokenizer.json, so text cannot be encoded for it")
+    if args.dropout is not None:
+        from ..nn import Dropout
+        for _, module in model.named_modules():
+            if isinstance(module, Dropout):
+                module.p = args.dropout
+        model.config.dropout = args.dropout
+    return model, tokenizer
+
+
+def _prepare_training(model, args, also=()):
+    """Freeze or LoRA-wrap as the flags ask; returns the LoRA report or None."""
+    from ..finetune.loop import freeze_except_last
+    from ..lora import apply_lora, format_report, parameter_report
+    if args.lora_rank:
+        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+        report = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets, trainable=also, seed=args.seed)
+        print(f"LoRA rank {args.lora_rank} (alpha {args.lora_alpha:g}) on {len(report['wrapped'])} layers: {format_report(report)}")
+        return report
+    if getattr(args, "freeze_except", -1) >= 0:
+        freeze_except_last(model, args.freeze_except, also)
+    print(f"training {format_report(parameter_report(model))}")
+    return None
+
+
+def _save_run(args, model, tokenizer, extra, save_full):
+    """Write the run: the adapter alone (LoRA), and the full (merged) weights with ``save_full``."""
+    from ..checkpoint import save_model
+    from ..lora import merge_lora, save_adapter
+    out = Path(args.out)
+    if args.lora_rank:
+        save_adapter(out, model, base=Path(args.ckpt).resolve(), extra_config=extra)
+        if not args.save_merged:
+            return
+        merge_lora(model)
+    save_full(out, model, tokenizer, extra)
+
+
+def _record_results(out: Path, results: dict, args) -> None:
+    """Add the held-out scores to config.json (and adapter_config.json) once the run is safely saved."""
+    from ..files import atomic_write_json, read_json
+    from ..lora import ADAPTER_CONFIG
+    names = (["config.json"] if not args.lora_rank or args.save_merged else []) + ([ADAPTER_CONFIG] if args.lora_rank else [])
+    for name in names:
+        config = read_json(out / name)
+        config["results"] = results
+        atomic_write_json(out / name, config)
+
+
+def _summary_line(summary, trainable, total):
+    return (f"{summary['steps']} steps in {summary['seconds']:.0f}s; trained {trainable:,} of {total:,} parameters "
+            f"({100 * trainable / total:.2f}%); AdamW moments {summary['optimizer_bytes'] / 2**20:.2f} MiB")
+
+
+# ---------------------------------------------------------------------------------------------- classify
+
+def _classification_data(path, balance_classes, fractions, seed, per_class):
+    from ..data.classification import balance, builtin_task, read_labeled, split_examples
+    examples = builtin_task(per_class, seed) if path is None else read_labeled(path)
+    if balance_classes:
+        examples = balance(examples, seed)
+    return split_examples(examples, fractions, seed)
+
+
+def run_classify(args) -> int:
+    from ..data.classification import class_counts, label_names
+    from ..files import append_jsonl
+    from ..finetune.classify import GPTClassifier, classification_report, format_report, save_classifier, train_classifier
+    model, tokenizer = _load_base(args)
+    fractions = _fractions(args.split)
+    train, val, test = _classification_data(args.data, args.balance, fractions, args.seed, args.per_class)
+    names = label_names(train + val + test)
+    print(f"data: {args.data or 'built-in prose-vs-code lines'}; {len(train)} train / {len(val)} val / {len(test)} test; "
+          f"classes {class_counts(train + val + test)}")
+    model = GPTClassifier.from_gpt(model, len(names), names, seed=args.seed)
+    _prepare_training(model, args, also=("classifier",))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.jsonl").unlink(missing_ok=True)
+    summary = train_classifier(model, tokenizer, train, val, _finetune_config(args),
+                               log=lambda r: append_jsonl(out / "log.jsonl", r))
+    trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
+    extra = {"task": "classify", "labels": names, "base": str(args.ckpt),
+             "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "balance": args.balance,
+                      "split": list(fractions), "seed": args.seed, "per_class": args.per_class},
+             "finetune": {"lora_rank": args.lora_rank, "freeze_except": args.freeze_except, "epochs": args.epochs,
+                          "lr": args.lr, "trainable": trainable, "seconds": round(summary["seconds"], 1)}}
+    _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_classifier(o, m, t, e))
+    report = classification_report(model, tokenizer, test) if test else None
+    if report:
+        _record_results(out, {k: report[k] for k in ("accuracy", "precision", "recall", "f1", "majority_baseline")}, args)
+    print(f"\ndone: {_summary_line(summary, trainable, total)}")
+    if report:
+        print(f"test set: " + format_report(report))
+    print(f"run saved in {out}/ — next: tinyllm evaluate --ckpt {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- instruct
+
+def _instruction_data(path, fractions, seed, train_size, test_size):
+    from ..data.instructions import builtin_instructions, read_instructions, split_records
+    if path is None:
+        return builtin_instructions(train_size, 60, test_size, seed)
+    return split_records(read_instructions(path), fractions)
+
+
+def run_instruct(args) -> int:
+    from ..checkpoint import save_model
+    from ..data.instructions import END_OF_TEXT, chat_template, end_token
+    from ..files import append_jsonl
+    from ..finetune.instruct import evaluate_instructions, format_scores, train_instructions
+    model, tokenizer = _load_base(args)
+    fractions = _fractions(args.split)
+    train, val, test = _instruction_data(args.data, fractions, args.seed, args.train_size, args.test_size)
+    end = end_token(tokenizer)
+    print(f"data: {args.data or 'built-in generated tasks'}; {len(train)} train / {len(val)} val / {len(test)} test records; "
+          f"responses end with {end.text!r} (id {end.id}){'; ' + end.note if end.note else ''}")
+    scored = test[:args.eval_limit] if args.eval_limit else test
+    before = None
+    if args.compare_base and scored:
+        t0 = time.perf_counter()
+        before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens)
+        print(f"before finetuning ({time.perf_counter() - t0:.0f}s): {format_scores(before)}")
+    _prepare_training(model, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.jsonl").unlink(missing_ok=True)
+    summary = train_instructions(model, tokenizer, train, val, _finetune_config(args),
+                                 log=lambda r: append_jsonl(out / "log.jsonl", r))
+    trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
+    keys = ("exact_match", "rouge_l", "bleu", "response_ppl")
+    extra = {"task": "instruct", "template": chat_template("alpaca"), "end_token": END_OF_TEXT if end.text == END_OF_TEXT else end.text,
+             "base": str(args.ckpt),
+             "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "split": list(fractions),
+                      "seed": args.seed, "train_size": args.train_size, "test_size": args.test_size},
+             "finetune": {"lora_rank": args.lora_rank, "epochs": args.epochs, "lr": args.lr, "trainable": trainable,
+                          "seconds": round(summary["seconds"], 1)}}
+    _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_model(o, m, t, extra_config=e))
+    after = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens) if scored else None
+    if after:
+        _record_results(out, {"before": {k: before[k] for k in keys} if before else None,
+                              "after": {k: after[k] for k in keys}}, args)
+    print(f"\ndone: {_summary_line(summary, trainable, total)}")
+    if after:
+        if before:
+            print(f"before: {format_scores(before)}")
+        print(f"after:  {format_scores(after)}")
+        for record, response in list(zip(scored, after["responses"]))[:3]:
+            print(f"  {record['instruction']} {record['input']!r} → {response!r} (reference {record['output']!r})")
+    print(f"run saved in {out}/ — next: tinyllm evaluate --ckpt {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+def _pick_split(splits, which):
+    train, val, test = splits
+    return {"train": train, "val": val, "test": test, "all": train + val + test}[which]
+
+
+def run_evaluate(args) -> int:
+    from ..finetune import load_finetuned
+    model, tokenizer, config = load_finetuned(args.ckpt, prefer_adapter=args.adapter)
+    task = args.task or config.get("task")
+    if task not in ("classify", "instruct"):
+        raise ValueError(f"'{args.ckpt}' records no finetuning task; pass --task classify or --task instruct")
+    if task == "classify" and not hasattr(model, "label_names"):
+        raise ValueError(f"'{args.ckpt}' is not a classifier run, so it cannot be evaluated with --task classify")
+    if tokenizer is None:
+        raise ValueError(f"'{args.ckpt}' has no tokenizer.json")
+    data = config.get("data", {})
+    path = args.data if args.data is not None else data.get("path")
+    seed = data.get("seed", 123)
+    t0 = time.perf_counter()
+    if task == "classify":
+        from ..finetune.classify import classification_report, format_report
+        splits = _classification_data(path, data.get("balance", True), tuple(data.get("split", (0.7, 0.1, 0.2))),
+                                      seed, data.get("per_class", 600))
+        examples = _pick_split(splits, args.split)[:args.limit]
+        report = classification_report(model, tokenizer, examples)
+        print(json.dumps(report) if args.json else format_report(report))
+    else:
+        from ..finetune.instruct import evaluate_instructions, format_scores
+        splits = _instruction_data(path, tuple(data.get("split", (0.85, 0.05, 0.1))), seed,
+                                   data.get("train_size", 1200), data.get("test_size", 120))
+        records = _pick_split(splits, args.split)[:args.limit]
+        scores = evaluate_instructions(model, tokenizer, records, args.max_new_tokens)
+        if args.json:
+            print(json.dumps({k: v for k, v in scores.items() if k != "responses"}))
+        else:
+            print(format_scores(scores))
+            for record, response in list(zip(records, scores["responses"]))[:args.show]:
+                print(f"  {record['instruction']} {record['input']!r}\n    → {response!r}\n    reference {record['output']!r}")
+    if not args.json:
+        print(f"({args.split} split of {path or 'the built-in task'}, {time.perf_counter() - t0:.0f}s)")
+    return 0

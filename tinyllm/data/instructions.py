@@ -1,0 +1,278 @@
+"""Instruction data: Alpaca records, the prompt template, batches whose loss covers only the response.
+
+A record is ``{"instruction": ..., "input": ..., "output": ...}`` ("input" may be empty or absent). The
+Alpaca template (Taori et al. 2023, as used in "LLMs from scratch" ch. 7) turns it into a prompt:
+
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
+    ### Instruction:
+    {instruction}
+
+    ### Input:                 ← these two lines and the blank line before them only when input is not empty
+    {input}
+
+    ### Response:
+    {output}<|endoftext|>
+
+The model learns to continue the prompt with the response and then the end-of-text token, so at inference
+it can be stopped there. The end token is the tokenizer's ``<|endoftext|>`` special token when it has one
+(the demo's BPE tokenizer does). Fallback for tokenizers without it (e.g. a character tokenizer): the
+token of a single newline "\\n", which then ends every response at its first line break — fine for one-line
+answers, and said out loud by ``end_token``'s ``note``.
+
+A training sequence is prompt + response + end. ``collate_instructions`` shifts it into inputs x and
+targets y (y[t] = ids[t + 1]) and replaces by ``ignore_index`` (-100, which ``cross_entropy`` skips) every
+target that is a prompt token or padding, so the loss is the response's (and the end token's) alone.
+Batches are padded to their own longest sequence (dynamic padding), not to the block size.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_INDEX = -100
+END_OF_TEXT = "<|endoftext|>"
+PREAMBLE = ("Below is an instruction that describes a task. "
+            "Write a response that appropriately completes the request.")
+TEMPLATES = ("alpaca",)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def read_instructions(path) -> list[dict]:
+    """Alpaca records from a JSON file (a list of objects) or a JSONL file (one object per line).
+
+    Every record needs "instruction" and "output" (strings); "input" defaults to "". A line that is not JSON
+    or a record that lacks a field raises ValueError naming the file and the line (JSONL) or record (JSON).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no instruction data file at '{path}'")
+    text = path.read_text(encoding="utf-8")
+    records = []
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            records.append(_check_record(record, f"{path}, line {number}"))
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); "
+                             "a .json file must hold one list of records (use .jsonl for one record per line)") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        records = [_check_record(record, f"{path}, record {i}") for i, record in enumerate(data)]
+    if not records:
+        raise ValueError(f"instruction data file '{path}' holds no records")
+    return records
+
+
+def _check_record(record, where: str) -> dict:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'instruction' and 'output', got {type(record).__name__}")
+    missing = [k for k in ("instruction", "output") if k not in record]
+    if missing:
+        raise ValueError(f"{where}: the record lacks the field(s) {missing} (it has {sorted(record)})")
+    fields = {"instruction": record["instruction"], "input": record.get("input") or "", "output": record["output"]}
+    for key, value in fields.items():
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return fields
+
+
+def split_records(records, fractions=(0.85, 0.05, 0.10)):
+    """(train, val, test) in file order: 1,100 records give LLMs-from-scratch's 935 / 55 / 110."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three numbers summing to 1, got {tuple(fractions)}")
+    train_end = int(len(records) * fractions[0])
+    test_start = train_end + int(len(records) * fractions[1])
+    return records[:train_end], records[train_end:test_start], records[test_start:]
+
+
+# ---------------------------------------------------------------------------------------------- the template
+
+def chat_template(template: str = "alpaca") -> dict:
+    """The template as ``tinyllm chat`` reads it from config.json: the prompt for a one-line message (no
+    input section) with an ``{instruction}`` field, the text between turns, and the template's name."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; choose one of {TEMPLATES}")
+    return {"name": template, "prompt": f"{PREAMBLE}\n\n### Instruction:\n{{instruction}}\n\n### Response:\n",
+            "separator": "\n\n"}
+
+
+def format_prompt(record: dict, template: str = "alpaca") -> str:
+    """The prompt for a record: everything up to and including "### Response:\\n"."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; choose one of {TEMPLATES}")
+    prompt = f"{PREAMBLE}\n\n### Instruction:\n{record['instruction']}"
+    if record.get("input"):
+        prompt += f"\n\n### Input:\n{record['input']}"
+    return prompt + "\n\n### Response:\n"
+
+
+@dataclass
+class EndToken:
+    id: int
+    text: str
+    note: str = ""
+
+
+def end_token(tokenizer) -> EndToken:
+    """The token that ends a response: ``<|endoftext|>`` if the tokenizer has it, else a newline (see the
+    module docstring). ValueError if neither is a single token."""
+    specials = getattr(tokenizer, "special_tokens", None) or {}
+    if END_OF_TEXT in specials:
+        return EndToken(specials[END_OF_TEXT], END_OF_TEXT)
+    newline = tokenizer.encode("\n")
+    if len(newline) == 1:
+        return EndToken(newline[0], "\n", "the tokenizer has no <|endoftext|> token, so responses end at a newline")
+    raise ValueError("the tokenizer has neither an <|endoftext|> special token nor a single-token newline to end "
+                     "responses with; train it with special_tokens=('<|endoftext|>',)")
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    # User text is ordinary text: an "<|endoftext|>" typed inside it must not become the end token.
+    if getattr(tokenizer, "special_tokens", None):
+        return tokenizer.encode(text, allowed_special="none")
+    return tokenizer.encode(text)
+
+
+def encode_prompt(tokenizer, record: dict, template: str = "alpaca") -> list[int]:
+    return _encode(tokenizer, format_prompt(record, template))
+
+
+@dataclass
+class EncodedInstructions:
+    """Training sequences (prompt + response + end, each cut to block_size + 1 tokens) and prompt lengths."""
+    sequences: list
+    prompt_lengths: list
+    truncated: int = 0        # sequences cut to fit block_size
+    lost: int = 0             # of those, how many lost their whole response (nothing left to learn)
+
+    def __len__(self):
+        return len(self.sequences)
+
+    def warning(self, block_size: int) -> str:
+        if not self.truncated:
+            return ""
+        lost = f"; {self.lost} of them lost the whole response and teach nothing" if self.lost else ""
+        return (f"warning: {self.truncated} of {len(self)} examples are longer than block_size {block_size} + 1 "
+                f"tokens and were truncated{lost}")
+
+
+def encode_instructions(records, tokenizer, block_size: int, template: str = "alpaca") -> EncodedInstructions:
+    """Encode every record as prompt ids + response ids + the end token, truncated to ``block_size + 1``
+    tokens (the model sees block_size inputs, each predicting the next token)."""
+    end = end_token(tokenizer).id
+    encoded = EncodedInstructions([], [])
+    for record in records:
+        prompt = encode_prompt(tokenizer, record, template)
+        ids = prompt + _encode(tokenizer, record["output"]) + [end]
+        if len(ids) > block_size + 1:
+            ids = ids[:block_size + 1]
+            encoded.truncated += 1
+            encoded.lost += len(prompt) >= len(ids)
+        encoded.sequences.append(ids)
+        encoded.prompt_lengths.append(len(prompt))
+    return encoded
+
+
+def collate_instructions(sequences, prompt_lengths, pad_id: int, ignore_index: int = IGNORE_INDEX):
+    """Inputs and targets for a batch, padded to the longest sequence in it: (x (B, L), y (B, L)) int64.
+
+    For a sequence of n ids with a prompt of P tokens: x[t] = ids[t] and y[t] = ids[t + 1] for t < n - 1;
+    y[t] is the prompt's own token, so masked, when t + 1 < P, i.e. t < P - 1; positions t ≥ n - 1 are
+    padding (x = pad_id, y masked). L = max(n) - 1.
+    """
+    if len(sequences) != len(prompt_lengths) or not sequences:
+        raise ValueError(f"collate_instructions: {len(sequences)} sequences and {len(prompt_lengths)} prompt lengths")
+    width = max(len(s) for s in sequences) - 1
+    if width < 1:
+        raise ValueError("collate_instructions: every sequence needs at least two tokens")
+    x = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    y = np.full((len(sequences), width), ignore_index, dtype=np.int64)
+    for row, (ids, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
+        n = len(ids)
+        x[row, :n - 1] = ids[:-1]
+        y[row, :n - 1] = ids[1:]
+        y[row, :max(prompt_length - 1, 0)] = ignore_index
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------- built-in tasks
+
+WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music", "paper", "table", "water",
+         "bread", "chair", "dog", "fish", "glass", "horse", "island", "jacket", "king", "lemon", "moon",
+         "night", "ocean", "pencil", "queen", "road", "sun", "tree", "window", "yellow", "zebra", "book",
+         "cat", "door", "egg", "fire", "garden", "hat", "ice")
+FIELDS = ("name", "color", "city", "animal", "food", "sport")
+VALUES = {"name": ("Ann", "Bob", "Carl", "Dana", "Eve", "Finn", "Gus", "Hana"),
+          "color": ("red", "blue", "green", "black", "white", "orange"),
+          "city": ("Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Rome"),
+          "animal": ("cat", "dog", "horse", "owl", "fox", "bear"),
+          "food": ("rice", "bread", "soup", "cake", "pasta", "salad"),
+          "sport": ("tennis", "golf", "chess", "rugby", "judo", "polo")}
+TASKS = ("add", "subtract", "reverse", "sort", "count", "field")
+
+
+def make_task(kind: str, rng: random.Random) -> dict:
+    """One generated record of ``kind`` with a single correct answer."""
+    if kind == "add":
+        a, b = rng.randint(0, 30), rng.randint(0, 30)
+        return {"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)}
+    if kind == "subtract":
+        a = rng.randint(0, 30)
+        b = rng.randint(0, a)
+        return {"instruction": "Subtract the second number from the first.", "input": f"{a} - {b}", "output": str(a - b)}
+    words = rng.sample(WORDS, rng.randint(2, 4))
+    if kind == "reverse":
+        return {"instruction": "Reverse the order of the words.", "input": " ".join(words),
+                "output": " ".join(reversed(words))}
+    if kind == "sort":
+        return {"instruction": "Sort the words in alphabetical order.", "input": " ".join(words),
+                "output": " ".join(sorted(words))}
+    if kind == "count":
+        words = rng.sample(WORDS, rng.randint(1, 6))
+        return {"instruction": "How many words are in the input?", "input": " ".join(words), "output": str(len(words))}
+    if kind == "field":
+        fields = rng.sample(FIELDS, 3)
+        values = {f: rng.choice(VALUES[f]) for f in fields}
+        asked = rng.choice(fields)
+        return {"instruction": f"What is the {asked} in the record?",
+                "input": "; ".join(f"{f}: {values[f]}" for f in fields), "output": values[asked]}
+    raise ValueError(f"unknown task kind {kind!r}; choose from {TASKS}")
+
+
+def builtin_instructions(train: int = 1200, val: int = 60, test: int = 120, seed: int = 123, kinds=TASKS):
+    """(train, val, test) generated records, the kinds in turn, with no (instruction, input) pair shared
+    between the splits, so test scores measure answers the model was not shown. Seeded: the same seed
+    gives the same records. Each record also has "task" (its kind), which the metrics break down by."""
+    rng = random.Random(seed)
+    seen, splits = set(), []
+    for size in (train, val, test):
+        split, attempts = [], 0
+        while len(split) < size:
+            kind = kinds[len(split) % len(kinds)]
+            record = make_task(kind, rng)
+            attempts += 1
+            if attempts > 200 * (size + 1):
+                raise ValueError(f"could not generate {size} distinct records: the {kind!r} task ran out of new "
+                                 f"ones after {sum(r['task'] == kind for s in splits + [split] for r in s)}; ask for fewer")
+            key = (record["instruction"], record["input"])
+            if key in seen:
+                continue
+            seen.add(key)
+            split.append({**record, "task": kind})
+        splits.append(split)
+    return tuple(splits)

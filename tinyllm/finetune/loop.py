@@ -1,0 +1,152 @@
+"""The training loop that classification and instruction finetuning share.
+
+Finetuning is pretraining's loop on a labelled dataset: epochs over shuffled examples instead of random
+windows, a smaller learning rate, and only the parameters with ``requires_grad`` in the optimizer (frozen
+blocks and LoRA's frozen base weights get no AdamW moments, which is where LoRA saves its memory).
+
+    for each epoch:  shuffle → batches of example indices → loss_fn(indices) → backward → clip → AdamW
+    after each epoch: evaluate_fn() → a dict of metrics, logged and printed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from .. import backend
+from ..optim import AdamW, clip_grad_norm, warmup_cosine_lr
+from ..train import Progress, TrainingDiverged, param_groups
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    epochs: int = 3
+    batch_size: int = 8
+    lr: float = 5e-4               # peak learning rate (after warmup); cosine decay to min_lr at the end
+    min_lr: float = 5e-5
+    warmup: int = 10               # steps of linear warmup
+    weight_decay: float = 0.1      # on matrices only
+    grad_clip: float = 1.0         # max global gradient norm (0 = off)
+    log_interval: int = 10         # steps between progress lines when not on a terminal
+    bucket: int = 32               # sort each window of this many batches by length (0 = plain shuffle)
+    seed: int = 123
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"FinetuneConfig.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"FinetuneConfig.lr must be positive, got {self.lr}")
+
+
+def optimizer_bytes(optimizer) -> int:
+    """Bytes of AdamW's two moment arrays: 2 × (trainable parameters) × bytes per number."""
+    return int(sum(m.nbytes + v.nbytes for m, v in zip(optimizer.exp_avg, optimizer.exp_avg_sq)))
+
+
+def epoch_batches(rng, num_examples: int, batch_size: int, lengths=None, bucket: int = 32) -> list:
+    """One epoch's batches of example indices: a random permutation cut into batches.
+
+    With ``lengths`` and ``bucket`` > 0, each window of ``bucket`` batches is sorted by length before it
+    is cut, and the batches are then shuffled: a batch holds texts of similar length, so padding to the
+    longest one in it wastes little (on SMS spam: 98 → ~60 padded tokens per text on average), while the
+    order of batches and which texts meet stays random from epoch to epoch.
+    """
+    order = rng.permutation(num_examples)
+    if lengths is None or bucket <= 0:
+        return [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
+    lengths = np.asarray(lengths)
+    window = batch_size * bucket
+    batches = []
+    for start in range(0, num_examples, window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=None, progress=True, log=None,
+        lengths=None) -> dict:
+    """Train ``model`` for ``config.epochs`` epochs over ``num_examples`` examples.
+
+    ``loss_fn(indices)``: the mean loss (a scalar Tensor) of the examples at ``indices`` (an int array).
+    ``evaluate_fn()``: metrics after each epoch (a dict of numbers), printed and added to the history.
+    ``log(record)``: called with every step's and every epoch's record (e.g. ``append_jsonl`` to a file).
+    ``lengths``: each example's length in tokens, to batch similar lengths together (see ``epoch_batches``).
+    Returns ``{"history": [epoch dicts], "seconds", "steps", "trainable", "optimizer_bytes"}``.
+    """
+    if num_examples < 1:
+        raise ValueError("finetuning needs at least one training example")
+    groups = param_groups(model, config.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError("no parameter of the model requires grad: nothing would be trained")
+    optimizer = AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(num_examples / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    order_rng = np.random.default_rng(config.seed)
+    backend.manual_seed(config.seed)                          # dropout
+    bar = Progress(total_steps, config.log_interval) if progress else None
+    say = bar.message if bar else (lambda text: None)
+    log = log or (lambda record: None)
+    history, step = [], 0
+    model.train()
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        loss_sum = 0.0
+        for indices in epoch_batches(order_rng, num_examples, config.batch_size, lengths, config.bucket):
+            optimizer.lr = lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, total_steps)
+            loss = loss_fn(indices)
+            loss.backward()
+            loss_value = loss.item()
+            grad_norm = clip_grad_norm(optimizer.parameters(), config.grad_clip or None)
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                raise TrainingDiverged(f"finetuning diverged at step {step + 1} (epoch {epoch + 1}): loss {loss_value}, "
+                                       f"gradient norm {grad_norm}. Try a lower --lr")
+            optimizer.step()
+            model.zero_grad()
+            loss_sum += loss_value * len(indices)
+            log({"kind": "train", "step": step + 1, "epoch": epoch + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})
+            if bar:
+                bar.update(step, f"epoch {epoch + 1}/{config.epochs} | loss {loss_value:.4f} | lr {lr:.2e}")
+            step += 1
+        record = {"kind": "eval", "step": step, "epoch": epoch + 1, "train_loss": loss_sum / num_examples}
+        if evaluate_fn is not None:
+            record.update(evaluate_fn())
+            model.train()
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        log(record)
+        say(f"epoch {epoch + 1}/{config.epochs}: " + ", ".join(_fmt(k, v) for k, v in record.items()
+                                                              if k not in ("kind", "step", "epoch")))
+    return {"history": history, "seconds": time.perf_counter() - started, "steps": step,
+            "trainable": model.num_parameters(trainable_only=True), "optimizer_bytes": optimizer_bytes(optimizer)}
+
+
+def _fmt(key, value) -> str:
+    if key == "seconds":
+        return f"{value:.0f}s elapsed"
+    return f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+
+
+def freeze_except_last(model, num_blocks: int, also=()) -> None:
+    """Freeze every parameter except those of the last ``num_blocks`` transformer blocks, the final layer
+    norm (``ln_f``) and the modules named in ``also`` (e.g. ``("classifier",)``). ``num_blocks`` < 0 leaves
+    everything trainable; 0 trains only ``ln_f`` and ``also``.
+
+    Freezing is ``requires_grad = False``: the backward pass then skips those weights' gradients (each fused
+    op checks ``requires_grad``) and the optimizer never sees them.
+    """
+    if num_blocks < 0:
+        for p in model.parameters():
+            p.requires_grad = True
+        return
+    n_layer = len(model.blocks)
+    if num_blocks > n_layer:
+        raise ValueError(f"cannot keep the last {num_blocks} blocks trainable: the model has {n_layer}")
+    keep = [f"blocks.{i}" for i in range(n_layer - num_blocks, n_layer)] + ["ln_f", *also]
+    for name, p in model.named_parameters():
+        p.requires_grad = any(name.startswith(prefix + ".") for prefix in keep)

@@ -1,0 +1,303 @@
+"""LoRA: finetune a big frozen weight through a small low-rank correction (Hu et al. 2021).
+
+A frozen linear layer y = x Wᵀ + b (W is out × in) gets a trainable detour of rank r:
+
+    y = x Wᵀ + b + s · (x Aᵀ) Bᵀ          A (r × in), B (out × r), s = alpha / r
+
+    x (N, in) ──Wᵀ──────────────────────────────► (N, out) ──+──► y
+        └─────Aᵀ──► u (N, r) ──Bᵀ──► (N, out) ──× s─────────┘
+
+Only A and B learn: r·(in + out) numbers per layer instead of in·out, so AdamW keeps two moments for a few
+percent of the model, and an adapter file is a few hundred KB. B starts at zero, so a fresh LoRA model computes
+exactly what the base model computes, and training moves it away from there. A starts Kaiming-uniform, as
+in Microsoft's ``loralib`` and Hugging Face's PEFT: U(−1/√in, 1/√in) (``kaiming_uniform_(a=√5)`` on an
+(r × in) matrix), so u = x Aᵀ has roughly the scale of x. s = alpha / r keeps the size of the update roughly
+independent of r, so a learning rate tuned for one rank works for others.
+
+``apply_lora(model, ...)`` swaps matching ``Linear`` layers for ``LoRALinear`` (same ``weight`` and ``bias``
+Parameters, so the base state dict still loads by name) and freezes every other parameter;
+``merge_lora(model)`` folds s·B A into W and puts plain ``Linear`` layers back; ``save_adapter`` /
+``load_adapter`` / ``load_pretrained_with_adapter`` keep the adapter as its own small file next to a base run.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from pathlib import Path
+
+from . import backend
+from .autograd import Tensor
+from .files import atomic_write_json, read_json
+from .nn import Linear, Module, Parameter
+
+DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
+
+
+# ---------------------------------------------------------------------------------------------- the fused op
+
+def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor, scale: float,
+                dropout: float = 0.0, training: bool = False, generator=None) -> Tensor:
+    """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = dropout(x) on the adapter's path only (as in PEFT).
+
+    Shapes: x (..., in), W (out, in), b (out,), A (r, in), B (out, r), y (..., out).
+    With X the flattened x (N, in), M the dropout mask (x̃ = X ⊙ M; M = 1 without dropout), u = x̃ Aᵀ (N, r)
+    and dY (N, out), the chain rule through each product gives
+        dB = s · dYᵀ u                  (out, N) @ (N, r)      from  y ∋ s · u Bᵀ
+        du = s · dY B                   (N, out) @ (out, r)
+        dA = duᵀ x̃                      (r, N) @ (N, in)       from  u = x̃ Aᵀ
+        dX = dY W + (du A) ⊙ M          (N, out) @ (out, in) + (N, r) @ (r, in)
+        dW = dYᵀ X,  db = Σ_n dY[n]     only if W / b require grad — in LoRA they are frozen, so the
+                                        (out × N) @ (N × in) product of a full finetune is skipped.
+    Saves u (N × r: small) and the dropout mask if any; x, W, A, B are inputs it keeps anyway.
+    """
+    xp = backend.xp
+    c_out, c_in = weight.shape
+    rank = lora_a.shape[0]
+    if x.shape[-1] != c_in:
+        raise ValueError(f"lora_linear: input of shape {x.shape} has {x.shape[-1]} features but the weight {weight.shape} expects {c_in}")
+    if lora_a.shape != (rank, c_in) or lora_b.shape != (c_out, rank):
+        raise ValueError(f"lora_linear: A {lora_a.shape} and B {lora_b.shape} must be ({rank}, {c_in}) and ({c_out}, {rank}) "
+                         f"for a weight of shape {weight.shape}")
+    if bias is not None and bias.shape != (c_out,):
+        raise ValueError(f"lora_linear: bias of shape {bias.shape} does not match the weight's {c_out} outputs")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"lora_linear: dropout must be in [0, 1), got {dropout}")
+    x2d = x.data.reshape(-1, c_in)                            # (N, in)
+    mask = None
+    x_adapter = x2d
+    if training and dropout > 0.0:
+        generator = generator if generator is not None else backend.global_rng()
+        mask = (generator.random(x2d.shape, dtype=x2d.dtype) >= dropout).astype(x2d.dtype)
+        mask *= 1.0 / (1.0 - dropout)
+        x_adapter = x2d * mask
+    u = x_adapter @ lora_a.data.T                             # (N, r)
+    y = x2d @ weight.data.T                                   # (N, out)
+    y += (u @ lora_b.data.T) * x2d.dtype.type(scale)          # (N, out)
+    if bias is not None:
+        y += bias.data
+
+    def backward(dy):
+        dy2d = dy.reshape(-1, c_out)                          # (N, out)
+        s = dy2d.dtype.type(scale)
+        dB = (dy2d.T @ u) * s if lora_b.requires_grad else None          # (out, r)
+        du = (dy2d @ lora_b.data) * s                                     # (N, r)
+        dA = du.T @ x_adapter if lora_a.requires_grad else None          # (r, in)
+        dx = None
+        if x.requires_grad:
+            dx_adapter = du @ lora_a.data                                 # (N, in)
+            if mask is not None:
+                dx_adapter *= mask
+            dx = (dy2d @ weight.data + dx_adapter).reshape(x.shape)
+        dW = dy2d.T @ x2d if weight.requires_grad else None
+        db = dy2d.sum(axis=0) if bias is not None and bias.requires_grad else None
+        return (dx, dW, dA, dB) if bias is None else (dx, dW, dA, dB, db)
+
+    parents = (x, weight, lora_a, lora_b) if bias is None else (x, weight, lora_a, lora_b, bias)
+    return Tensor._make(y.reshape(*x.shape[:-1], c_out), parents, backward)
+
+
+# ---------------------------------------------------------------------------------------------- the layer
+
+class LoRALinear(Module):
+    """A ``Linear`` with a frozen ``weight``/``bias`` (the very Parameters of the layer it wraps) and a
+    trainable low-rank update ``lora_A`` (r × in), ``lora_B`` (out × r), scaled by alpha / r."""
+
+    def __init__(self, base: Linear, rank: int, alpha: float, dropout: float = 0.0, generator=None):
+        out_features, in_features = base.weight.shape
+        self.weight = base.weight
+        self.bias = base.bias
+        self.weight.requires_grad = False
+        if self.bias is not None:
+            self.bias.requires_grad = False
+        generator = generator if generator is not None else backend.global_rng()
+        bound = 1.0 / math.sqrt(in_features)                  # Kaiming-uniform with a = √5, as in PEFT
+        a = generator.random((rank, in_features), dtype=backend.dtype) * (2 * bound) - bound
+        self.lora_A = Parameter(a.astype(base.weight.dtype, copy=False))
+        self.lora_B = Parameter(backend.xp.zeros((out_features, rank), dtype=base.weight.dtype))
+        self.rank, self.alpha, self.dropout = rank, float(alpha), float(dropout)
+        self.scale = self.alpha / rank
+        self.generator = None  # dropout draws from the global generator (seeded by the training loop)
+
+    def forward(self, x):
+        return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale,
+                           self.dropout, self.training, self.generator)
+
+    def delta_weight(self):
+        """s · B A: the (out × in) matrix this adapter adds to W."""
+        return (self.lora_B.data @ self.lora_A.data) * self.weight.dtype.type(self.scale)
+
+
+# ---------------------------------------------------------------------------------------------- apply / merge
+
+def _set_child(model, dotted: str, value) -> None:
+    """Replace the module at ``dotted`` (``blocks.0.attn.qkv``) inside ``model``."""
+    *path, last = dotted.split(".")
+    parent = model
+    for part in path:
+        parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+    if last.isdigit():
+        parent[int(last)] = value
+    else:
+        setattr(parent, last, value)
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def _check_settings(rank, alpha, dropout, targets):
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank <= 0:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    if not isinstance(alpha, numbers.Real) or alpha <= 0:
+        raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(targets, str) or not targets:
+        raise ValueError(f"LoRA targets must be a non-empty list of module-name suffixes such as "
+                         f"{list(DEFAULT_TARGETS)}, got {targets!r}")
+
+
+def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=DEFAULT_TARGETS,
+               trainable=(), seed: int = 0, verbose: bool = False) -> dict:
+    """Wrap every ``Linear`` whose module name ends with one of ``targets`` in a ``LoRALinear`` and freeze
+    every other parameter, except those whose name starts with one of ``trainable`` (e.g. ``("classifier",)``
+    to train a new classification head alongside the adapters).
+
+    A target matches on whole name parts: "attn.qkv" matches ``blocks.3.attn.qkv`` but not ``xattn.qkv``.
+    Every target must match at least one ``Linear``. Returns ``{"wrapped": names, "trainable": n,
+    "total": n, "fraction": n/n}`` (``verbose=True`` also prints it). The settings are stored on the model
+    as ``model.lora_config`` for ``save_adapter``.
+    """
+    targets = tuple(targets) if not isinstance(targets, str) else targets
+    _check_settings(rank, alpha, dropout, targets)
+    if getattr(model, "lora_config", None) is not None:
+        raise ValueError("this model already has LoRA adapters; merge_lora(model) first to add new ones")
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, Linear)]
+    unmatched = [t for t in targets if not any(_matches(name, t) for name, _ in linears)]
+    if unmatched:
+        suffixes = sorted({".".join(n.split(".")[-2:]) for n, _ in linears})
+        raise ValueError(f"LoRA target(s) {unmatched} match no Linear layer of the model; "
+                         f"its Linear layers end with: {', '.join(suffixes)}")
+    trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+    for name, p in model.named_parameters():
+        p.requires_grad = any(name == t or name.startswith(t + ".") for t in trainable)
+    generator = backend.rng(seed)
+    wrapped = []
+    for name, linear in linears:
+        if any(_matches(name, t) for t in targets):
+            _set_child(model, name, LoRALinear(linear, rank, alpha, dropout, generator))
+            wrapped.append(name)
+    model.lora_config = {"rank": int(rank), "alpha": float(alpha), "dropout": float(dropout),
+                         "targets": list(targets), "trainable": list(trainable)}
+    report = parameter_report(model)
+    report["wrapped"] = wrapped
+    if verbose:
+        print(f"LoRA rank {rank}, alpha {alpha:g} on {len(wrapped)} layers: {format_report(report)}")
+    return report
+
+
+def parameter_report(model) -> dict:
+    """Trainable and total parameter counts of a model, and their ratio."""
+    total = model.num_parameters()
+    trainable = model.num_parameters(trainable_only=True)
+    return {"trainable": trainable, "total": total, "fraction": trainable / max(total, 1)}
+
+
+def format_report(report: dict) -> str:
+    return f"{report['trainable']:,} trainable of {report['total']:,} parameters ({100 * report['fraction']:.2f}%)"
+
+
+def lora_layers(model):
+    """(name, LoRALinear) for every adapted layer of the model."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def merge_lora(model):
+    """Fold each adapter into its weight (W ← W + s·B A) and put a plain ``Linear`` back in its place.
+
+    The merged model computes the same function with no extra cost per token. Afterwards every parameter is
+    trainable again (a plain model, as before ``apply_lora``). Returns the model.
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("merge_lora: the model has no LoRA layers (apply_lora was not called, or it was merged already)")
+    for name, layer in layers:
+        layer.weight.data += layer.delta_weight()
+        plain = Linear.__new__(Linear)
+        plain.weight, plain.bias = layer.weight, layer.bias
+        _set_child(model, name, plain)
+    for p in model.parameters():
+        p.requires_grad = True
+    model.lora_config = None
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def adapter_state(model) -> dict:
+    """name → array of what the adapter training changed: every trainable parameter (A, B, and any
+    ``trainable`` extras such as a classification head)."""
+    return {name: p.data for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(directory, model, base=None, extra_config: dict | None = None) -> Path:
+    """Write ``adapter.safetensors`` (the trainable tensors) and ``adapter_config.json`` (the LoRA settings,
+    the path of the ``base`` run and ``extra_config``) into ``directory``. Returns the weights' path."""
+    from .safetensors import save_file
+    config = getattr(model, "lora_config", None)
+    if config is None:
+        raise ValueError("save_adapter: the model has no LoRA adapters (call apply_lora first)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {name: backend.to_numpy(array) for name, array in adapter_state(model).items()}
+    save_file(weights, directory / ADAPTER_WEIGHTS, metadata={"format": "tinyllm-lora"})
+    record = {"format": "tinyllm-lora", **config, **(extra_config or {})}
+    if base is not None:
+        record["base"] = str(base)
+    atomic_write_json(directory / ADAPTER_CONFIG, record)
+    return directory / ADAPTER_WEIGHTS
+
+
+def read_adapter_config(directory) -> dict:
+    path = Path(directory) / ADAPTER_CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"no {ADAPTER_CONFIG} in '{directory}' (is it an adapter directory?)")
+    config = read_json(path, what="adapter config")
+    if config.get("format") != "tinyllm-lora":
+        raise ValueError(f"{path} is not a tinyllm LoRA adapter config (format {config.get('format')!r})")
+    return config
+
+
+def load_adapter(model, directory) -> dict:
+    """Apply LoRA to ``model`` with the settings saved in ``directory`` (unless it already has adapters) and
+    load the adapter tensors. Every saved tensor must exist in the model with the same shape. Returns the
+    adapter config."""
+    from .safetensors import load_file
+    config = read_adapter_config(directory)
+    if getattr(model, "lora_config", None) is None:
+        apply_lora(model, config["rank"], config["alpha"], config["dropout"], config["targets"], config.get("trainable", ()))
+    weights = load_file(Path(directory) / ADAPTER_WEIGHTS)
+    params = dict(model.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise ValueError(f"{Path(directory) / ADAPTER_WEIGHTS}: tensors {unknown[:5]} are not parameters of the model")
+    model.load_state_dict(weights, strict=False)
+    return config
+
+
+def load_pretrained_with_adapter(directory, base=None):
+    """(model, tokenizer) = the base run named in ``adapter_config.json`` (or ``base``) with the adapter in
+    ``directory`` applied. A relative base path is tried as given, then relative to the adapter directory."""
+    from .checkpoint import load_pretrained
+    config = read_adapter_config(directory)
+    base = base if base is not None else config.get("base")
+    if base is None:
+        raise ValueError(f"{Path(directory) / ADAPTER_CONFIG} names no base run; pass base=")
+    base_path = Path(base)
+    if not base_path.exists() and (Path(directory) / base_path).exists():
+        base_path = Path(directory) / base_path
+    model, tokenizer = load_pretrained(base_path)
+    load_adapter(model, directory)
+    return model, tokenizer

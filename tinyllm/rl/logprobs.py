@@ -1,0 +1,279 @@
+"""The shared piece of every alignment method: how likely is a given completion under a model?
+
+A language model scores a completion y = (y_1 … y_n) after a prompt x token by token:
+
+    log π(y | x) = Σ_t log π(y_t | x, y_<t),    log π(v | ·) = z_v − log Σ_u exp(z_u)   (z: the logits)
+
+DPO compares these sums between a policy and a frozen reference, PPO and GRPO compare them token by token
+between the policy now and the policy that sampled the completion. This file has:
+
+    gather_log_probs     the fused op  z (…, V), targets (…) → log softmax(z)[target]  (…), hand-written backward
+    token_entropy        the fused op  z (…, V) → H = −Σ_v p_v log p_v  (…), for PPO's entropy bonus
+    log_sigmoid          the fused op  x → log σ(x), stable for any x (Bradley-Terry and DPO losses)
+    pack_completions     prompt + completion id lists → one batch, completions aligned, and their mask
+    completion_log_probs run a model on a packed batch: per-token log-probs of the completion tokens (B, C)
+    frozen_copy          the reference model: a copy whose weights never change
+    check_same_vocab     policy and reference (or reward model) must speak the same vocabulary
+    disable_dropout      alignment compares log-probs of the same text under two passes: no randomness allowed
+
+Batches are right-padded; the output head runs only on the positions that predict completion tokens (see
+``Completions``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend
+from .. import functional as F
+from ..autograd import Tensor
+
+
+# ---------------------------------------------------------------------------------------------- fused ops
+
+def gather_log_probs(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
+    """out[n] = log softmax(z_n)[t_n]: the log-probability of each target token (0 where t_n is ignored).
+
+    Shapes: logits (..., V), targets (...) integers in [0, V) or ``ignore_index``; out (...).
+    With p_n = softmax(z_n):  out_n = z_{n,t} − log Σ_v exp(z_{n,v}),  so
+        d out_n / d z_{n,v} = onehot(t_n)_v − p_{n,v}      and   dz_n = g_n · (onehot(t_n) − p_n).
+    It is cross-entropy's gradient with the sign flipped and a per-row weight g_n (the upstream gradient),
+    which is what PPO/GRPO/DPO need: each token's log-prob gets its own weight (advantage, mask, ratio).
+    Saves exp(z − max) (the logits' size) and its row sums; the backward turns them into p in place.
+    """
+    xp = backend.xp
+    targets = xp.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"gather_log_probs: targets of shape {targets.shape} do not match logits of shape "
+                         f"{logits.shape} (expected {logits.shape[:-1]})")
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"gather_log_probs: targets must be integer token ids, got dtype {targets.dtype}")
+    vocab = logits.shape[-1]
+    z = logits.data.reshape(-1, vocab)                        # (N, V)
+    t = targets.reshape(-1)                                   # (N,)
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= vocab))
+    if bool(bad.any()):
+        position = int(xp.argmax(bad))
+        raise ValueError(f"gather_log_probs: target {int(t[position])} at position {position} is outside the "
+                         f"vocabulary [0, {vocab})")
+    rows = xp.arange(t.size)
+    safe_t = xp.where(valid, t, 0)
+    exp_z = z - z.max(axis=1, keepdims=True)                  # (N, V)  z − max
+    target_logit = exp_z[rows, safe_t]                        # (N,)    z_t − max
+    xp.exp(exp_z, out=exp_z)
+    sum_exp = exp_z.sum(axis=1)                               # (N,)
+    out = (target_logit - xp.log(sum_exp)) * valid            # (N,)
+
+    def backward(g):
+        row_scale = (g.reshape(-1) * valid).astype(exp_z.dtype)   # (N,) g_n, 0 on ignored rows
+        dz = exp_z                                            # −p · g = −exp_z · (g / Σ exp), in place
+        dz *= (-row_scale / sum_exp)[:, None]
+        dz[rows, safe_t] += row_scale                         # + onehot(t) · g
+        return (dz.reshape(logits.shape),)
+
+    return Tensor._make(out.reshape(targets.shape).astype(logits.dtype), (logits,), backward)
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """H_n = −Σ_v p_{n,v} log p_{n,v} of softmax(z_n): how spread out each next-token distribution is.
+
+    Shapes: logits (..., V) → (...).  With l = log p = z − logsumexp(z) and H = −Σ_v p_v l_v:
+        dH/dz_j = −Σ_v (dp_v/dz_j · l_v + p_v · dl_v/dz_j)
+                = −Σ_v p_v (δ_vj − p_j) l_v − Σ_v p_v (δ_vj − p_j)
+                = −p_j l_j + p_j Σ_v p_v l_v − (p_j − p_j)  =  −p_j (l_j + H).
+    Saves p and log p (two arrays of the logits' size).
+    """
+    xp = backend.xp
+    z = logits.data
+    log_p = z - z.max(axis=-1, keepdims=True)
+    log_p -= xp.log(xp.exp(log_p).sum(axis=-1, keepdims=True))
+    p = xp.exp(log_p)
+    entropy = -(p * log_p).sum(axis=-1)                       # (...)
+
+    def backward(g):
+        return (-(g[..., None] * p) * (log_p + entropy[..., None]),)
+
+    return Tensor._make(entropy, (logits,), backward)
+
+
+def log_sigmoid(x: Tensor) -> Tensor:
+    """log σ(x) = −log(1 + e^(−x)), written as min(x, 0) − log(1 + e^(−|x|)) so that no exp overflows and
+    a large negative x gives ≈ x instead of log(0) = −inf.  d/dx log σ(x) = 1 − σ(x) = σ(−x).
+    It is the log-probability of the binary event "chosen beats rejected" under Bradley-Terry.
+    Saves σ(−x) (x's size)."""
+    xp = backend.xp
+    a = x.data
+    e = xp.exp(-xp.abs(a))                                    # in (0, 1]
+    out = xp.minimum(a, 0) - xp.log1p(e)
+    sigma_neg = xp.where(a >= 0, e / (1 + e), 1 / (1 + e))   # σ(−x), stable on both sides
+    return Tensor._make(out, (x,), lambda g: (g * sigma_neg,))
+
+
+def masked_mean(x: Tensor, mask, axis=None) -> Tensor:
+    """Σ x·m / Σ m (over ``axis``, or everything): the mean over the positions where ``mask`` is 1.
+    A row (or batch) without any masked-in position gives 0 rather than 0/0."""
+    xp = backend.xp
+    mask = xp.asarray(getattr(mask, "data", mask), dtype=x.dtype)
+    if axis is None:
+        return (x * mask).sum() * (1.0 / max(float(mask.sum()), 1.0))
+    count = xp.maximum(mask.sum(axis=axis), 1)
+    return (x * mask).sum(axis=axis) * Tensor(1.0 / count, dtype=x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+@dataclass
+class Completions:
+    """A packed batch of prompt + completion sequences, right-padded, and where each completion lies::
+
+        row 0:   p  p  p  c  c  ·        (p prompt, c completion, · padding)
+        row 1:   p  c  c  c  ·  ·
+
+    Only the positions that predict completion tokens need next-token scores: position P_b − 1 + j predicts
+    completion token j of row b (P_b its prompt length). ``completion_hidden_states`` gathers those positions
+    into a (B, C_max) window before the output head, so the head and the log-softmax over the vocabulary run
+    on B·C_max positions instead of B·L: with instruction prompts of ~80 tokens and answers of a few, that is
+    most of their work saved. Right padding is safe: causal attention never lets a real position see the
+    padding after it, so each row computes exactly what it would alone.
+
+    ids (B, L);  mask (B, C_max): 1.0 where completion token j of row b exists;  prompt_lengths,
+    completion_lengths (B,).
+    """
+    ids: np.ndarray
+    mask: np.ndarray
+    prompt_lengths: np.ndarray
+    completion_lengths: np.ndarray
+
+    def __len__(self):
+        return len(self.ids)
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (B, 1), columns (B, C_max)): the positions whose outputs predict the completion tokens
+        (columns past a row's end are clamped into range; the mask zeroes them)."""
+        columns = self.prompt_lengths[:, None] - 1 + np.arange(self.mask.shape[1])
+        return np.arange(len(self.ids))[:, None], np.minimum(columns, self.ids.shape[1] - 2)
+
+    @property
+    def completion_ids(self) -> np.ndarray:
+        """(B, C_max) the completion tokens (padding where mask is 0)."""
+        rows, columns = self.window()
+        return self.ids[rows, columns + 1]
+
+    def rows(self, index) -> "Completions":
+        """The sub-batch of rows ``index``, cut to its own longest row and longest completion."""
+        index = np.asarray(index)
+        length = int((self.prompt_lengths[index] + self.completion_lengths[index]).max())
+        return Completions(self.ids[index, :length], self.mask[index, :int(self.completion_lengths[index].max())],
+                           self.prompt_lengths[index], self.completion_lengths[index])
+
+
+def pack_completions(prompts, completions, pad_id: int = 0, block_size: int | None = None) -> Completions:
+    """One right-padded batch from lists of prompt ids and completion ids (row b = prompts[b] + completions[b]).
+
+    Every prompt needs at least one token (the first completion token is predicted from the prompt's last
+    position) and every completion at least one. With ``block_size``, a row longer than that is an error:
+    cut prompts from the left before packing (``fit_to_block``)."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"pack_completions: {len(prompts)} prompts but {len(completions)} completions")
+    if not prompts:
+        raise ValueError("pack_completions: the batch is empty")
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        if not len(p) or not len(c):
+            raise ValueError(f"pack_completions: row {row} has a prompt of {len(p)} and a completion of {len(c)} "
+                             "tokens; both need at least one")
+        if block_size is not None and len(p) + len(c) > block_size:
+            raise ValueError(f"pack_completions: row {row} has {len(p) + len(c)} tokens, more than the model's "
+                             f"block_size {block_size}")
+    prompt_lengths = np.array([len(p) for p in prompts])
+    completion_lengths = np.array([len(c) for c in completions])
+    ids = np.full((len(prompts), int((prompt_lengths + completion_lengths).max())), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), int(completion_lengths.max())), dtype=np.float64)
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        ids[row, :len(p)] = p
+        ids[row, len(p):len(p) + len(c)] = c
+        mask[row, :len(c)] = 1.0
+    return Completions(ids, mask, prompt_lengths, completion_lengths)
+
+
+def fit_to_block(prompt, completion, block_size: int, min_prompt: int = 1):
+    """(prompt, completion) cut so that together they fit ``block_size`` tokens: the prompt loses tokens
+    from its start first (the end, next to the answer, matters most), keeping at least ``min_prompt``; then
+    the completion loses tokens from its end. Returns the two lists and whether anything was cut."""
+    prompt, completion = list(prompt), list(completion)
+    excess = len(prompt) + len(completion) - block_size
+    if excess <= 0:
+        return prompt, completion, False
+    drop = min(excess, max(len(prompt) - min_prompt, 0))
+    prompt = prompt[drop:]
+    excess -= drop
+    if excess > 0:
+        completion = completion[:len(completion) - excess]
+    return prompt, completion, True
+
+
+def completion_hidden_states(model, batch: Completions):
+    """The final hidden states (B, C_max, C) of the positions that predict the completion tokens.
+
+    The model runs over ids[:, :−1] (the last token predicts nothing); the window is a gather
+    (``getitem`` with index arrays), whose backward scatters the window's gradient back into (B, L − 1, C)."""
+    hidden = model.hidden_states(backend.xp.asarray(batch.ids[:, :-1]))                # (B, L − 1, C)
+    rows, columns = batch.window()
+    return hidden[backend.xp.asarray(rows), backend.xp.asarray(columns)]                # (B, C_max, C)
+
+
+def completion_log_probs(model, batch: Completions, return_hidden: bool = False):
+    """Per-token log-probs (B, C_max) of the completion tokens under ``model``, 0 where ``batch.mask`` is 0.
+
+    With ``return_hidden`` also returns the logits (B, C_max, V) and hidden states (B, C_max, C) of the
+    completion window (PPO's entropy bonus and value head read them). Gradients flow outside ``no_grad``.
+    """
+    xp = backend.xp
+    hidden = completion_hidden_states(model, batch)                                    # (B, C_max, C)
+    logits = F.linear(hidden, model.head_weight)                                       # (B, C_max, V)
+    targets = xp.where(xp.asarray(batch.mask) > 0, xp.asarray(batch.completion_ids), -100)
+    logps = gather_log_probs(logits, targets)                                          # (B, C_max)
+    return (logps, logits, hidden) if return_hidden else logps
+
+
+def sequence_log_probs(model, batch: Completions) -> Tensor:
+    """log π(completion | prompt) of each row: the sum of its completion tokens' log-probs, (B,)."""
+    return completion_log_probs(model, batch).sum(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+def frozen_copy(model):
+    """A deep copy of ``model`` whose parameters do not require grad, in eval mode: the reference π_ref.
+
+    Alignment keeps the policy close to where it started; the reference is that starting point, so it must
+    not move when the policy is updated (a copy, not a view of the same arrays)."""
+    reference = copy.deepcopy(model)
+    for p in reference.parameters():
+        p.requires_grad = False
+        p.grad = None
+    reference.eval()
+    return reference
+
+
+def check_same_vocab(policy, other, what: str = "reference") -> None:
+    """ValueError unless ``other`` scores the same vocabulary as ``policy`` (log-probs or scores of one
+    model's token ids under a model with another vocabulary would be meaningless)."""
+    a, b = policy.config.vocab_size, other.config.vocab_size
+    if a != b:
+        raise ValueError(f"the policy has a vocabulary of {a} tokens but the {what} model has {b}; both must come "
+                         "from the same tokenizer (start them from the same pretrained run)")
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout probability to 0. PPO's ratio π/π_old and DPO's log π − log π_ref compare two
+    forward passes over the same text; dropout would make them differ even with identical weights."""
+    from ..nn import Dropout
+    for _, module in model.named_modules():
+        if isinstance(module, Dropout):
+            module.p = 0.0
+    if hasattr(model, "config"):
+        model.config.dropout = 0.0

@@ -1,0 +1,55 @@
+"""What PPO's and GRPO's training loops share: the optimizer, one gradient step, and a prompt sampler.
+
+Both loops alternate two phases, unlike pretraining's single one:
+
+    rollout   no gradients: sample completions, score them, compute the old and reference log-probs
+    update    several passes (epochs) over minibatches of that rollout, each a gradient step
+
+so the data of a step is made by the model being trained, and the learning rate is constant (the reward,
+not a schedule, decides when learning is done).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..optim import AdamW, clip_grad_norm
+from ..train import TrainingDiverged, param_groups
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.0) -> AdamW:
+    """AdamW over the trainable parameters (decay on matrices only), β₂ = 0.99 as in pretraining."""
+    groups = param_groups(model, weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError("no parameter of the policy requires grad: nothing would be trained")
+    return AdamW(groups, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+
+
+def optimizer_step(optimizer, loss, grad_clip: float, where: str) -> float:
+    """backward → clip the global gradient norm → AdamW step → clear gradients; returns the norm.
+    Raises ``TrainingDiverged`` (naming ``where``) on a non-finite loss or gradient, before any update."""
+    loss.backward()
+    value = loss.item()
+    norm = clip_grad_norm(optimizer.parameters(), grad_clip or None)
+    if not (math.isfinite(value) and math.isfinite(norm)):
+        optimizer.zero_grad()
+        raise TrainingDiverged(f"training diverged at {where}: loss {value}, gradient norm {norm}. Try a lower --lr")
+    optimizer.step()
+    optimizer.zero_grad()
+    return norm
+
+
+def sample_prompt_indices(rng: np.random.Generator, num_prompts: int, count: int) -> np.ndarray:
+    """``count`` prompt indices: without repeats while there are enough prompts, with repeats otherwise."""
+    if num_prompts < 1:
+        raise ValueError("reinforcement learning needs at least one prompt")
+    return rng.choice(num_prompts, size=count, replace=num_prompts < count)
+
+
+def minibatches(rng: np.random.Generator, n: int, size: int | None):
+    """Shuffled index arrays covering 0 … n−1 in chunks of ``size`` (None: one chunk of everything)."""
+    order = rng.permutation(n)
+    size = n if not size else size
+    return [order[i:i + size] for i in range(0, n, size)]

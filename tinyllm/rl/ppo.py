@@ -1,0 +1,314 @@
+"""PPO for RLHF (Ziegler et al. 2019, Ouyang et al. 2022): make a reward model's score go up, a little at a time.
+
+The policy writes a completion y for a prompt x, token by token: each token is an *action*, the text so far
+the *state*. The reward is the reward model's score on the finished text, given at the last token, minus a
+per-token KL penalty that keeps the policy near the reference π_ref (the model we started from):
+
+    r_t = −β · (log π_old(y_t) − log π_ref(y_t))   + [t = last] · score(x, y)           (k1, see ``kl.py``)
+
+A *value head* (Linear(C, 1) on the policy's hidden states, sharing its trunk) predicts V(s_t), the reward
+still to come. Generalised advantage estimation (Schulman et al. 2016) turns rewards and values into how
+much better each action was than expected:
+
+    δ_t = r_t + γ V(s_{t+1}) − V(s_t)        A_t = δ_t + γλ A_{t+1}        (V = 0 and A = 0 after the end)
+    returns R_t = A_t + V(s_t)               (the value head's regression target)
+
+λ trades bias (λ = 0: trust V, one-step TD) for variance (λ = 1: the Monte-Carlo return minus V). The
+advantages are whitened (mean 0, std 1 over the batch's tokens) before the update.
+
+The update runs several epochs of minibatches over one rollout batch. The ratio ρ = π(y_t)/π_old(y_t) of the
+policy now to the one that sampled is 1 at the first minibatch and drifts; the *clipped surrogate*
+
+    L_policy = −mean_t min(ρ A, clip(ρ, 1−ε, 1+ε) A)
+
+stops following a token once ρ has left [1−ε, 1+ε] in the direction its advantage pushes (for A > 0 above
+1+ε, for A < 0 below 1−ε: there the min picks the clipped, constant term and the gradient is 0). The value
+loss is clipped the same way around the old values, and an entropy bonus keeps the policy from collapsing:
+
+    L_value = ½ mean_t max((V − R)², (V_old + clip(V − V_old, −ε_v, ε_v) − R)²)
+    L = L_policy + c_v · L_value − c_H · mean_t H(π(·|s_t))
+
+β is fixed, or adapted towards a target KL (Ziegler et al.): β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon).
+Logged every step: mean score, KL (per sequence, k1), β, clip fraction, entropy, value loss, explained
+variance 1 − Var(R − V)/Var(R) of the old values, completion length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from .. import backend
+from ..autograd import Tensor, maximum, minimum, no_grad
+from ..model import GPT
+from ..nn import Linear
+from .logprobs import (Completions, check_same_vocab, completion_log_probs, disable_dropout, masked_mean,
+                       pack_completions, token_entropy)
+from .loop import make_optimizer, minibatches, optimizer_step, sample_prompt_indices
+from .rollout import sample_completions
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+class PolicyWithValue(GPT):
+    """A GPT (the policy) plus ``value_head`` = Linear(C, 1) reading the same hidden states."""
+
+    @classmethod
+    def from_gpt(cls, gpt: GPT, seed: int = 0) -> "PolicyWithValue":
+        """Shares ``gpt``'s parameters (no copy); adds a value head with small weights (V ≈ 0 at first)."""
+        model = cls.__new__(cls)
+        model.__dict__.update({k: v for k, v in vars(gpt).items() if k not in ("score_head", "classifier")})
+        model.value_head = Linear(gpt.config.n_embd, 1, True, 0.02, backend.rng(seed + 2))
+        return model
+
+    def as_gpt(self) -> GPT:
+        """A plain GPT sharing this policy's parameters, without the value head (to save or generate)."""
+        gpt = GPT.__new__(GPT)
+        gpt.__dict__.update({k: v for k, v in vars(self).items() if k != "value_head"})
+        return gpt
+
+    def logprobs_and_values(self, batch: Completions):
+        """(log-probs (B, C), values (B, C), logits (B, C, V)) of a packed batch's completion window, one
+        forward pass. values[:, j] = V(prompt + the first j completion tokens): the state in which completion
+        token j is chosen."""
+        logps, logits, hidden = completion_log_probs(self, batch, return_hidden=True)
+        values = self.value_head(hidden).reshape(hidden.shape[0], hidden.shape[1])   # (B, C)
+        return logps, values, logits
+
+
+# ---------------------------------------------------------------------------------------------- the pieces
+
+def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
+    """(advantages, returns), each (B, T), by the recursion in the module docstring, right to left.
+
+    rewards, values, mask: (B, T) arrays over target positions; a row's actions are its contiguous run of
+    mask = 1. Past a row's last action the next value and advantage are 0 (the episode is over)."""
+    rewards, values, mask = (np.asarray(a, dtype=np.float64) for a in (rewards, values, mask))
+    advantages = np.zeros_like(rewards)
+    next_value = np.zeros(rewards.shape[0])
+    next_advantage = np.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        next_advantage = advantages[:, t]
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def whiten(x, mask, eps: float = 1e-8):
+    """(x − mean) / (std + eps) over the positions where mask is 1; 0 elsewhere."""
+    x, mask = np.asarray(x, dtype=np.float64), np.asarray(mask, dtype=np.float64)
+    n = max(mask.sum(), 1.0)
+    mean = (x * mask).sum() / n
+    std = np.sqrt((((x - mean) * mask) ** 2).sum() / n)
+    return (x - mean) / (std + eps) * mask
+
+
+def ppo_policy_loss(logps: Tensor, old_logps, advantages, mask, clip: float = 0.2):
+    """The clipped surrogate, −masked mean of min(ρA, clip(ρ, 1−ε, 1+ε)A) with ρ = exp(logp − old logp).
+    Returns (loss, clip fraction: the share of tokens whose ratio lies outside [1−ε, 1+ε])."""
+    xp = backend.xp
+    old = Tensor(xp.asarray(old_logps), dtype=logps.dtype)
+    adv = Tensor(xp.asarray(advantages), dtype=logps.dtype)
+    ratio = (logps - old).exp()
+    surrogate = minimum(ratio * adv, ratio.clip(1.0 - clip, 1.0 + clip) * adv)
+    loss = -masked_mean(surrogate, mask)
+    m = backend.to_numpy(xp.asarray(mask)) > 0
+    r = backend.to_numpy(ratio.data)[m]
+    clip_fraction = float(np.mean((r < 1.0 - clip) | (r > 1.0 + clip))) if r.size else 0.0
+    return loss, clip_fraction
+
+
+def ppo_value_loss(values: Tensor, old_values, returns, mask, clip: float | None = 0.2) -> Tensor:
+    """½ masked mean of max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²); ``clip`` None = unclipped."""
+    xp = backend.xp
+    old = Tensor(xp.asarray(old_values), dtype=values.dtype)
+    target = Tensor(xp.asarray(returns), dtype=values.dtype)
+    error = values - target
+    squared = error * error
+    if clip is not None:
+        clipped = old + (values - old).clip(-clip, clip) - target
+        squared = maximum(squared, clipped * clipped)
+    return 0.5 * masked_mean(squared, mask)
+
+
+def explained_variance(values, returns, mask) -> float:
+    """1 − Var(R − V) / Var(R) over masked positions: 1 = perfect values, 0 = no better than a constant."""
+    m = np.asarray(mask) > 0
+    v, r = np.asarray(values)[m], np.asarray(returns)[m]
+    var = r.var()
+    return float(1.0 - (r - v).var() / var) if var > 0 else float("nan")
+
+
+class FixedKLController:
+    """β stays at its initial value."""
+
+    def __init__(self, value: float):
+        self.value = float(value)
+
+    def update(self, kl: float, n: int) -> None:
+        pass
+
+
+class AdaptiveKLController:
+    """β ← β · (1 + clip(KL/target − 1, −0.2, 0.2) · n / horizon)  (Ziegler et al. 2019): β grows while the
+    measured KL is above the target and shrinks while it is below, by at most 20% per horizon of samples."""
+
+    def __init__(self, value: float, target: float, horizon: int = 200):
+        if not target > 0:
+            raise ValueError(f"the target KL must be > 0, got {target!r}")
+        self.value, self.target, self.horizon = float(value), float(target), int(horizon)
+
+    def update(self, kl: float, n: int) -> None:
+        error = float(np.clip(kl / self.target - 1.0, -0.2, 0.2))
+        self.value *= 1.0 + error * n / self.horizon
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+@dataclasses.dataclass
+class PPOConfig:
+    steps: int = 40                 # rollout batches
+    rollout_batch: int = 16         # prompts (one completion each) per rollout
+    minibatch_size: int = 8
+    ppo_epochs: int = 4             # passes over each rollout batch
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip: float = 0.2               # ε of the ratio
+    value_clip: float = 0.2         # ε_v of the value loss (0 = unclipped)
+    vf_coef: float = 0.1
+    ent_coef: float = 0.0
+    kl_coef: float = 0.05           # β (initial value when adaptive)
+    target_kl: float | None = None  # per-sequence KL to steer β towards (None = fixed β)
+    kl_horizon: int = 200           # completions over which adaptive β may change by ±20% (Ziegler: 10,000)
+    gamma: float = 1.0
+    lam: float = 0.95
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    eval_interval: int = 10
+    log_interval: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "rollout_batch", "minibatch_size", "ppo_epochs", "max_new_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"PPOConfig.{name} must be a positive integer, got {value!r}")
+
+
+def check_scores(scores, n: int, what: str = "the score function") -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.shape != (n,):
+        raise ValueError(f"{what} returned {scores.size} scores for {n} completions")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ValueError(f"{what} returned a non-finite value ({scores[bad[0]]}) for completion {int(bad[0])} "
+                         f"({bad.size} of {n} are non-finite); rewards must be finite numbers")
+    return scores
+
+
+def train_ppo(policy: PolicyWithValue, reference, prompts, score_fn, config: PPOConfig, end_id: int,
+              eval_fn=None, progress=True, log=None) -> dict:
+    """Run PPO. ``prompts``: token-id lists; ``score_fn(indices, prompt_ids, completions, finished)`` →
+    scores (N,) (e.g. ``reward_model_scorer``); ``reference``: a frozen copy of the starting policy;
+    ``eval_fn(policy)`` → dict, logged as kind "eval" at step 0, every ``eval_interval`` steps and at the end.
+    Returns {"history": per-step records, "evals": eval records, "seconds"}."""
+    from ..train import Progress
+    check_same_vocab(policy, reference)
+    disable_dropout(policy)
+    disable_dropout(reference)
+    kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon) if config.target_kl
+              else FixedKLController(config.kl_coef))
+    optimizer = make_optimizer(policy, config.lr, config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    log = log or (lambda record: None)
+    bar = Progress(config.steps, config.log_interval) if progress else None
+    history, evals = [], []
+    started = time.perf_counter()
+
+    def run_eval(step):
+        if eval_fn is None:
+            return
+        policy.eval()
+        record = {"kind": "eval", "step": step, **eval_fn(policy)}
+        evals.append(record)
+        log(record)
+        if bar:
+            bar.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                     if k not in ("kind", "step") and isinstance(v, float)))
+
+    run_eval(0)
+    for step in range(config.steps):
+        t0 = time.perf_counter()
+        # ---- rollout (no gradients)
+        index = sample_prompt_indices(rng, len(prompts), config.rollout_batch)
+        used, completions, finished = sample_completions(
+            policy, [prompts[i] for i in index], config.max_new_tokens, end_id, config.temperature,
+            seed=config.seed * 1_000_003 + step * config.rollout_batch)
+        scores = check_scores(score_fn(index, used, completions, finished), len(index))
+        batch = pack_completions(used, completions, pad_id=end_id)
+        with no_grad():
+            old_logps, old_values, _ = policy.logprobs_and_values(batch)
+            ref_logps = completion_log_probs(reference, batch)
+        mask = batch.mask
+        old_logps = backend.to_numpy(old_logps.data).astype(np.float64)
+        old_values = backend.to_numpy(old_values.data).astype(np.float64) * mask
+        kl_tokens = (old_logps - backend.to_numpy(ref_logps.data)) * mask           # k1 per token
+        rewards = -kl_ctl.value * kl_tokens
+        rows = np.arange(len(batch))
+        rewards[rows, batch.completion_lengths - 1] += scores                        # the last completion token
+        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+        advantages = whiten(advantages, mask)
+        kl = float(kl_tokens.sum(axis=1).mean())
+
+        # ---- update: epochs of minibatches over this rollout
+        stats = {"policy_loss": [], "value_loss": [], "entropy": [], "clip_frac": [], "grad_norm": []}
+        for epoch in range(config.ppo_epochs):
+            for mb in minibatches(rng, len(batch), config.minibatch_size):
+                sub = batch.rows(mb)
+                width = sub.mask.shape[1]
+                logps, values, logits = policy.logprobs_and_values(sub)
+                policy_loss, clip_frac = ppo_policy_loss(logps, old_logps[mb, :width], advantages[mb, :width],
+                                                         sub.mask, config.clip)
+                value_loss = ppo_value_loss(values, old_values[mb, :width], returns[mb, :width], sub.mask,
+                                            config.value_clip or None)
+                entropy = masked_mean(token_entropy(logits), sub.mask)
+                loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+                stats["grad_norm"].append(optimizer_step(optimizer, loss, config.grad_clip, f"PPO step {step + 1}"))
+                stats["policy_loss"].append(policy_loss.item())
+                stats["value_loss"].append(value_loss.item())
+                stats["entropy"].append(entropy.item())
+                stats["clip_frac"].append(clip_frac)
+        kl_coef = kl_ctl.value
+        kl_ctl.update(kl, len(batch))
+        record = {"kind": "train", "step": step + 1, "score": float(scores.mean()),
+                  "reward": float((scores - kl_coef * kl_tokens.sum(axis=1)).mean()), "kl": kl, "kl_coef": kl_coef,
+                  **{k: float(np.mean(v)) for k, v in stats.items()},
+                  "explained_variance": explained_variance(old_values, returns, mask),
+                  "completion_length": float(np.mean([len(c) for c in completions])),
+                  "finished": float(np.mean(finished)), "seconds": time.perf_counter() - t0}
+        history.append(record)
+        log(record)
+        if bar:
+            bar.update(step, f"score {record['score']:.3f} | KL {kl:.3f} | clip {record['clip_frac']:.2f} | "
+                             f"H {record['entropy']:.2f} | EV {record['explained_variance']:.2f}")
+        if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
+            run_eval(step + 1)
+    return {"history": history, "evals": evals, "seconds": time.perf_counter() - started}
+
+
+def reward_model_scorer(reward_model, batch_size: int = 32):
+    """A ``score_fn`` for ``train_ppo``: the reward model's score of prompt + completion (cut from the left
+    to the reward model's block size)."""
+    from .reward import RewardModel  # noqa: F401 - documents the expected type
+    block = reward_model.config.block_size
+
+    def score(index, prompt_ids, completions, finished):
+        sequences = [(list(p) + list(c))[-block:] for p, c in zip(prompt_ids, completions)]
+        return reward_model.score_ids(sequences, batch_size)
+
+    return score
