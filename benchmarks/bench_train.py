@@ -62,6 +62,29 @@ def tinyllm_step_fn(config, seed=0):
     return step, model
 
 
+def torch_training_step(model, config, seed):
+    """The PyTorch twin of tinyllm_step_fn's step: same batch, same AdamW groups and settings, same clipping."""
+    import numpy as np
+    import torch
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=3e-4, betas=(0.9, 0.95))
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
+    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
+
+    def step():
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
 def torch_step_fn(config, seed=0):
     """A minimal nanoGPT-style model in PyTorch eager, initialised from tinyllm's weights."""
     if config.get("pos") == "rope":
@@ -115,22 +138,7 @@ def torch_step_fn(config, seed=0):
                 torch_name = torch_name.replace(pattern.format(i=i) + ".", target.format(i=i) + ".")
         state[torch_name] = torch.from_numpy(np.array(array))
     model.load_state_dict(state)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=3e-4, betas=(0.9, 0.95))
-    rng = np.random.default_rng(seed)
-    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
-    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
-
-    def step():
-        loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-    return step, model
+    return torch_training_step(model, config, seed), model
 
 
 def torch_llama_step_fn(config, seed=0):
@@ -246,22 +254,7 @@ def torch_llama_step_fn(config, seed=0):
     _, tiny = tinyllm_step_fn(config, seed)
     model = TorchLlama()
     model.load_state_dict({name: torch.from_numpy(np.array(a)) for name, a in tiny.state_dict().items()})
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=3e-4, betas=(0.9, 0.95))
-    rng = np.random.default_rng(seed)
-    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
-    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
-
-    def step():
-        loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-    return step, model
+    return torch_training_step(model, config, seed), model
 
 
 def worker(framework, model_name, steps):

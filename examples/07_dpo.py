@@ -1,7 +1,7 @@
 """Example 07: DPO — learn from "this answer is better than that one", with no reward model and no sampling.
 
-    python examples/07_dpo.py                                            # built-in pairs (about 3-5 minutes)
-    python examples/07_dpo.py --data ../shared/data/preference-data.json # real pairs: polite vs impolite answers
+    python examples/07_dpo.py                                            # built-in pairs (about 1-2 minutes)
+    python examples/07_dpo.py --data ../shared/data/preference-data.json # real pairs: polite vs impolite (~2 min)
 
 The built-in pairs (generated, offline): an instruction from the built-in tasks, the right answer as
 "chosen", and as "rejected" either a wrong answer (off by a little, words in the wrong order, another

@@ -122,7 +122,7 @@ def test_ppo_raises_the_reward_on_a_trivial_task():
     gpt = _tiny()
     reference = frozen_copy(gpt)
     policy = PolicyWithValue.from_gpt(gpt)
-    config = PPOConfig(steps=25, rollout_batch=16, minibatch_size=8, ppo_epochs=4, lr=1e-2, kl_coef=0.01,
+    config = PPOConfig(steps=25, rollout_batch=16, minibatch_size=8, ppo_epochs=4, lr=1e-2, kl_coef=0.01, target_kl=None,
                        max_new_tokens=6, eval_interval=100, seed=0)
     history = train_ppo(policy, reference, [[1, 2], [2, 1], [4, 5, 6], [7]], fraction_of_target, config, END,
                         progress=False)["history"]

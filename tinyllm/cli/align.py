@@ -73,26 +73,31 @@ def add_commands(sub) -> None:
     o.add_argument("--vf-coef", type=float, default=c.vf_coef, help="weight of the value loss")
     o.add_argument("--ent-coef", type=float, default=c.ent_coef, help="weight of the entropy bonus")
     o.add_argument("--kl-coef", type=float, default=c.kl_coef, help="β of the per-token KL penalty (initial value if adaptive)")
-    o.add_argument("--target-kl", type=float, default=None, help="adapt β towards this per-sequence KL (default: fixed β)")
+    o.add_argument("--target-kl", type=float, default=c.target_kl, help="adapt β towards this KL per completion, in nats "
+                                                                      "(0 = keep β fixed)")
     o.add_argument("--kl-horizon", type=int, default=c.kl_horizon, help="adaptive β: completions over which it may change "
                                                                        "by ±20%% (Ziegler et al. use 10,000 for long runs)")
     o.add_argument("--gamma", type=float, default=c.gamma, help="discount γ of GAE")
     o.add_argument("--lam", type=float, default=c.lam, help="λ of GAE")
     o.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens, help="longest completion")
+    o.add_argument("--missing-end-penalty", type=float, default=c.missing_end_penalty,
+                   help="subtracted from the score of a completion that never wrote the end token")
+    o.add_argument("--value-trains-trunk", action="store_true",
+                   help="let the value loss's gradient flow into the shared transformer (default: value head only)")
     o.add_argument("--temperature", type=float, default=c.temperature, help="sampling temperature of the rollouts")
     o.add_argument("--eval-interval", type=int, default=c.eval_interval, help="steps between held-out evaluations")
     _lora_flags(o)
     o.set_defaults(func=run_ppo)
 
     g = GRPOConfig()
-    q = methods.add_parser("grpo", help="GRPO on verifiable problems (arithmetic etc.)", formatter_class=fmt,
+    q = methods.add_parser("grpo", help="GRPO on verifiable problems (counting words, arithmetic, ...)", formatter_class=fmt,
                            description="GRPO: for each prompt a group of completions, rewards from checking the answer "
                                        "(correctness) and its form (format), advantages relative to the group, a "
                                        "clipped ratio loss with a k3 KL penalty to the starting policy. Reports the "
                                        "held-out greedy accuracy before and after.")
     _common(q, out="runs/grpo", lr=g.lr)
-    q.add_argument("--task", default="arithmetic", help="built-in problems: arithmetic, add, subtract, count, words, "
-                                                        "field or all")
+    q.add_argument("--task", default="count", help="built-in problems: count (how many words), arithmetic, add, "
+                                                   "subtract, words, field or all")
     q.add_argument("--data", default=None, help="Alpaca JSON/JSONL whose 'output' is the one right answer "
                                                 "(overrides --task); split --split")
     q.add_argument("--split", default="0.85,0.05,0.1", help="train,val,test fractions of --data, in file order")
@@ -336,6 +341,7 @@ def run_ppo(args) -> int:
                        ppo_epochs=args.ppo_epochs, lr=args.lr, clip=args.clip, value_clip=args.value_clip,
                        vf_coef=args.vf_coef, ent_coef=args.ent_coef, kl_coef=args.kl_coef, target_kl=args.target_kl, kl_horizon=args.kl_horizon,
                        gamma=args.gamma, lam=args.lam, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       missing_end_penalty=args.missing_end_penalty, value_trains_trunk=args.value_trains_trunk,
                        eval_interval=args.eval_interval, log_interval=args.log_interval, seed=args.seed)
     print(f"PPO: {len(prompts)} training prompts, {len(test)} held-out; reward model {args.reward_model}")
     summary = train_ppo(policy, reference, prompts, score, config, end, eval_fn=evaluate, log=_logger(out))
@@ -346,11 +352,14 @@ def run_ppo(args) -> int:
                   "seconds": round(summary["seconds"], 1), "results": {"before": first, "after": last}})
     plot = _plot(out, ["score", "kl", "kl_coef", "clip_frac", "entropy", "value_loss", "explained_variance",
                        "completion_length", "test_score", "test_accuracy"])
-    tail = summary["history"][-5:]
+    history = summary["history"]
+    quarter = max(len(history) // 4, 1)
+    mean = lambda key, rows: float(np.mean([h[key] for h in rows]))  # noqa: E731
     print(f"\ndone in {summary['seconds']:.0f}s: held-out reward-model score (greedy) {first['test_score']:.3f} → "
           f"{last['test_score']:.3f}" + (f", accuracy {first['test_accuracy']:.3f} → {last['test_accuracy']:.3f}" if checkable else "")
-          + f"; sampled score over the last 5 steps {np.mean([h['score'] for h in tail]):.3f} "
-            f"(first step {summary['history'][0]['score']:.3f}), KL {np.mean([h['kl'] for h in tail]):.3f}")
+          + f"; sampled score, first quarter of the steps {mean('score', history[:quarter]):.3f} → last quarter "
+            f"{mean('score', history[-quarter:]):.3f}; KL per completion in the last quarter "
+            f"{mean('kl', history[-quarter:]):.3f} (β {history[-1]['kl_coef']:.3f})")
     print(f"curves: {plot}; run saved in {out}/")
     return 0
 

@@ -64,15 +64,21 @@ def pair_log_probs(model, pairs, index):
 
 
 def all_pair_log_probs(model, pairs, batch_size: int = 16):
-    """(chosen (N,), rejected (N,)) sequence log-probs of every pair, without gradients, as NumPy arrays."""
+    """(chosen (N,), rejected (N,)) sequence log-probs of every pair, in eval mode without gradients, as NumPy
+    arrays."""
     chosen, rejected = np.empty(len(pairs)), np.empty(len(pairs))
     order = np.argsort([len(p) + max(len(c), len(r)) for p, c, r in zip(pairs.prompts, pairs.chosen, pairs.rejected)],
                        kind="stable")
-    with no_grad():
-        for first in range(0, len(order), batch_size):
-            rows = order[first:first + batch_size]
-            c, r = pair_log_probs(model, pairs, rows)
-            chosen[rows], rejected[rows] = backend.to_numpy(c.data), backend.to_numpy(r.data)
+    was_training = model.training
+    model.eval()                                              # no dropout in a measurement
+    try:
+        with no_grad():
+            for first in range(0, len(order), batch_size):
+                rows = order[first:first + batch_size]
+                c, r = pair_log_probs(model, pairs, rows)
+                chosen[rows], rejected[rows] = backend.to_numpy(c.data), backend.to_numpy(r.data)
+    finally:
+        model.train(was_training)
     return chosen, rejected
 
 

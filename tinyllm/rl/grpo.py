@@ -74,12 +74,12 @@ def grpo_loss(logps: Tensor, old_logps, ref_logps, advantages, mask, clip: float
 
 @dataclasses.dataclass
 class GRPOConfig:
-    steps: int = 60
-    prompts_per_step: int = 8
+    steps: int = 40
+    prompts_per_step: int = 16
     group_size: int = 8             # G completions per prompt
     updates: int = 1                # passes over each rollout batch (μ; 1 = plain policy gradient, ρ = 1)
     minibatch_size: int | None = None   # completions per gradient step (None = the whole batch)
-    lr: float = 2e-5
+    lr: float = 2e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     clip: float = 0.2

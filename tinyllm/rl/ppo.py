@@ -6,8 +6,11 @@ per-token KL penalty that keeps the policy near the reference π_ref (the model 
 
     r_t = −β · (log π_old(y_t) − log π_ref(y_t))   + [t = last] · score(x, y)           (k1, see ``kl.py``)
 
-A *value head* (Linear(C, 1) on the policy's hidden states, sharing its trunk) predicts V(s_t), the reward
-still to come. Generalised advantage estimation (Schulman et al. 2016) turns rewards and values into how
+(score minus a fixed penalty when the completion ran out of tokens before writing the end token: the reward
+model never saw such texts, and their scores are the easiest to exploit.)
+
+A *value head* (Linear(C, 1) on the policy's hidden states; by default its loss does not flow back into the
+transformer, see ``PolicyWithValue.logprobs_and_values``) predicts V(s_t), the reward still to come. Generalised advantage estimation (Schulman et al. 2016) turns rewards and values into how
 much better each action was than expected:
 
     δ_t = r_t + γ V(s_{t+1}) − V(s_t)        A_t = δ_t + γλ A_{t+1}        (V = 0 and A = 0 after the end)
@@ -69,12 +72,19 @@ class PolicyWithValue(GPT):
         gpt.__dict__.update({k: v for k, v in vars(self).items() if k != "value_head"})
         return gpt
 
-    def logprobs_and_values(self, batch: Completions):
+    def logprobs_and_values(self, batch: Completions, value_trains_trunk: bool = False):
         """(log-probs (B, C), values (B, C), logits (B, C, V)) of a packed batch's completion window, one
         forward pass. values[:, j] = V(prompt + the first j completion tokens): the state in which completion
-        token j is chosen."""
+        token j is chosen.
+
+        ``value_trains_trunk`` False (the default) stops the value loss at the hidden states: the head learns
+        on the policy's features but does not move them. A reward model's scores differ far more between
+        prompts (one task scores ~4, another ~−4) than between answers to one prompt, so a fresh value head
+        is wrong by several units at first; sharing those errors' gradients with the transformer would
+        disturb the policy while the head catches up."""
         logps, logits, hidden = completion_log_probs(self, batch, return_hidden=True)
-        values = self.value_head(hidden).reshape(hidden.shape[0], hidden.shape[1])   # (B, C)
+        features = hidden if value_trains_trunk else hidden.detach()
+        values = self.value_head(features).reshape(hidden.shape[0], hidden.shape[1])  # (B, C)
         return logps, values, logits
 
 
@@ -157,7 +167,7 @@ class AdaptiveKLController:
     """β ← β · (1 + clip(KL/target − 1, −0.2, 0.2) · n / horizon)  (Ziegler et al. 2019): β grows while the
     measured KL is above the target and shrinks while it is below, by at most 20% per horizon of samples."""
 
-    def __init__(self, value: float, target: float, horizon: int = 200):
+    def __init__(self, value: float, target: float, horizon: int = 100):
         if not target > 0:
             raise ValueError(f"the target KL must be > 0, got {target!r}")
         self.value, self.target, self.horizon = float(value), float(target), int(horizon)
@@ -172,22 +182,24 @@ class AdaptiveKLController:
 @dataclasses.dataclass
 class PPOConfig:
     steps: int = 40                 # rollout batches
-    rollout_batch: int = 16         # prompts (one completion each) per rollout
+    rollout_batch: int = 32         # prompts (one completion each) per rollout
     minibatch_size: int = 8
     ppo_epochs: int = 4             # passes over each rollout batch
-    lr: float = 2e-5
+    lr: float = 3e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     clip: float = 0.2               # ε of the ratio
     value_clip: float = 0.2         # ε_v of the value loss (0 = unclipped)
     vf_coef: float = 0.1
+    value_trains_trunk: bool = False    # let the value loss's gradient into the shared transformer
     ent_coef: float = 0.0
-    kl_coef: float = 0.05           # β (initial value when adaptive)
-    target_kl: float | None = None  # per-sequence KL to steer β towards (None = fixed β)
-    kl_horizon: int = 200           # completions over which adaptive β may change by ±20% (Ziegler: 10,000)
+    kl_coef: float = 0.3            # β (initial value when adaptive)
+    target_kl: float | None = 1.0   # per-completion KL (nats) to steer β towards (None or 0 = fixed β)
+    kl_horizon: int = 100           # completions over which adaptive β may change by ±20% (Ziegler: 10,000)
     gamma: float = 1.0
     lam: float = 0.95
     max_new_tokens: int = 16
+    missing_end_penalty: float = 1.0    # subtracted from the score of a completion that never wrote the end token
     temperature: float = 1.0
     eval_interval: int = 10
     log_interval: int = 1
@@ -250,6 +262,9 @@ def train_ppo(policy: PolicyWithValue, reference, prompts, score_fn, config: PPO
             policy, [prompts[i] for i in index], config.max_new_tokens, end_id, config.temperature,
             seed=config.seed * 1_000_003 + step * config.rollout_batch)
         scores = check_scores(score_fn(index, used, completions, finished), len(index))
+        # A reward model only ever saw finished answers; an unfinished one is outside what it can judge, and a
+        # policy would soon find the ones it overrates. A fixed penalty makes stopping the safe choice.
+        scores = scores - config.missing_end_penalty * ~np.asarray(finished, dtype=bool)
         batch = pack_completions(used, completions, pad_id=end_id)
         with no_grad():
             old_logps, old_values, _ = policy.logprobs_and_values(batch)
@@ -271,7 +286,7 @@ def train_ppo(policy: PolicyWithValue, reference, prompts, score_fn, config: PPO
             for mb in minibatches(rng, len(batch), config.minibatch_size):
                 sub = batch.rows(mb)
                 width = sub.mask.shape[1]
-                logps, values, logits = policy.logprobs_and_values(sub)
+                logps, values, logits = policy.logprobs_and_values(sub, config.value_trains_trunk)
                 policy_loss, clip_frac = ppo_policy_loss(logps, old_logps[mb, :width], advantages[mb, :width],
                                                          sub.mask, config.clip)
                 value_loss = ppo_value_loss(values, old_values[mb, :width], returns[mb, :width], sub.mask,

@@ -73,14 +73,19 @@ class RewardModel(GPT):
         return self.score_head(last_token_states(hidden, xp.asarray(lengths))).reshape(-1)   # (B,)
 
     def score_ids(self, sequences, batch_size: int = 32) -> np.ndarray:
-        """Scores (N,) of token-id lists (each a whole prompt + response), batched, no gradients."""
+        """Scores (N,) of token-id lists (each a whole prompt + response), batched, in eval mode, no gradients."""
         scores = np.empty(len(sequences))
         order = np.argsort([len(s) for s in sequences], kind="stable")   # similar lengths share a batch
-        with no_grad():
-            for first in range(0, len(order), batch_size):
-                rows = order[first:first + batch_size]
-                ids, lengths = pad_batch([sequences[i] for i in rows])
-                scores[rows] = backend.to_numpy(self(ids, lengths).data)
+        was_training = self.training
+        self.eval()                                           # no dropout: a score is a deterministic judgement
+        try:
+            with no_grad():
+                for first in range(0, len(order), batch_size):
+                    rows = order[first:first + batch_size]
+                    ids, lengths = pad_batch([sequences[i] for i in rows])
+                    scores[rows] = backend.to_numpy(self(ids, lengths).data)
+        finally:
+            self.train(was_training)
         return scores
 
 
