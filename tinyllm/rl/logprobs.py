@@ -40,42 +40,12 @@ def gather_log_probs(logits: Tensor, targets, ignore_index: int = -100) -> Tenso
     Shapes: logits (..., V), targets (...) integers in [0, V) or ``ignore_index``; out (...).
     With p_n = softmax(z_n):  out_n = z_{n,t} − log Σ_v exp(z_{n,v}),  so
         d out_n / d z_{n,v} = onehot(t_n)_v − p_{n,v}      and   dz_n = g_n · (onehot(t_n) − p_n).
-    It is cross-entropy's gradient with the sign flipped and a per-row weight g_n (the upstream gradient),
-    which is what PPO/GRPO/DPO need: each token's log-prob gets its own weight (advantage, mask, ratio).
-    Saves exp(z − max) (the logits' size) and its row sums; the backward turns them into p in place.
+    That is exactly the per-position cross-entropy with the sign flipped, so it *is* ``-cross_entropy(...,
+    reduction="none")``: the fused softmax-cross-entropy op does the work, with a per-row weight g_n (the
+    upstream gradient) — what PPO/GRPO/DPO need: each token's log-prob gets its own weight (advantage, mask,
+    ratio).
     """
-    xp = backend.xp
-    targets = xp.asarray(targets.data if isinstance(targets, Tensor) else targets)
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"gather_log_probs: targets of shape {targets.shape} do not match logits of shape "
-                         f"{logits.shape} (expected {logits.shape[:-1]})")
-    if targets.dtype.kind not in "iu":
-        raise ValueError(f"gather_log_probs: targets must be integer token ids, got dtype {targets.dtype}")
-    vocab = logits.shape[-1]
-    z = logits.data.reshape(-1, vocab)                        # (N, V)
-    t = targets.reshape(-1)                                   # (N,)
-    valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= vocab))
-    if bool(bad.any()):
-        position = int(xp.argmax(bad))
-        raise ValueError(f"gather_log_probs: target {int(t[position])} at position {position} is outside the "
-                         f"vocabulary [0, {vocab})")
-    rows = xp.arange(t.size)
-    safe_t = xp.where(valid, t, 0)
-    exp_z = z - z.max(axis=1, keepdims=True)                  # (N, V)  z − max
-    target_logit = exp_z[rows, safe_t]                        # (N,)    z_t − max
-    xp.exp(exp_z, out=exp_z)
-    sum_exp = exp_z.sum(axis=1)                               # (N,)
-    out = (target_logit - xp.log(sum_exp)) * valid            # (N,)
-
-    def backward(g):
-        row_scale = (g.reshape(-1) * valid).astype(exp_z.dtype)   # (N,) g_n, 0 on ignored rows
-        dz = exp_z                                            # −p · g = −exp_z · (g / Σ exp), in place
-        dz *= (-row_scale / sum_exp)[:, None]
-        dz[rows, safe_t] += row_scale                         # + onehot(t) · g
-        return (dz.reshape(logits.shape),)
-
-    return Tensor._make(out.reshape(targets.shape).astype(logits.dtype), (logits,), backward)
+    return -F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
 
 
 def token_entropy(logits: Tensor) -> Tensor:
