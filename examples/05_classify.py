@@ -16,9 +16,9 @@ Three ways to train it, side by side:
 - last block:  the last transformer block, the final norm and the head learn; the rest is frozen
 - LoRA r=8:    the weights are frozen; small matrices A, B (rank 8) beside each Linear learn, and the head
 
-What to look for: all three beat the majority-class baseline (50%) by far; LoRA trains a few percent of the
-parameters with a fraction of the optimizer memory, and gets close to the full finetune. About 2-4 minutes on
-2 CPU cores from runs/demo.
+What to look for: all three beat the majority-class baseline (~50%) by far (this task is easy: 98-100%);
+LoRA trains under 5% of the parameters with 1/20 of the optimizer memory and matches the full finetune.
+About 20 seconds on 2 CPU cores from runs/demo (the SMS spam file: about 5 minutes).
 """
 
 from __future__ import annotations

@@ -188,3 +188,12 @@ def test_applying_twice_and_merging_nothing_are_errors():
     apply_lora(model)
     with pytest.raises(ValueError, match="already has LoRA"):
         apply_lora(model)
+
+
+def test_trainable_names_modules_by_path_or_suffix():
+    model = tiny_gpt()
+    apply_lora(model, rank=2, targets=("mlp.fc",), trainable=("ln_f", "ln_2", "blocks.1.attn"))
+    extras = sorted(n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n)
+    assert extras == ["blocks.0.ln_2.bias", "blocks.0.ln_2.weight", "blocks.1.attn.proj.bias", "blocks.1.attn.proj.weight",
+                      "blocks.1.attn.qkv.bias", "blocks.1.attn.qkv.weight", "blocks.1.ln_2.bias", "blocks.1.ln_2.weight",
+                      "ln_f.bias", "ln_f.weight"]

@@ -147,6 +147,15 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
+def _selects(param_name: str, pattern: str) -> bool:
+    """Whether ``pattern`` names this parameter, its module, or a module above it: "classifier" selects
+    ``classifier.weight``, "blocks.5" selects everything in block 5, "ln_1" selects ``blocks.0.ln_1.weight``
+    in every block (a suffix of the module path, on whole name parts)."""
+    module = param_name.rpartition(".")[0]
+    return (param_name == pattern or param_name.startswith(pattern + ".")
+            or module == pattern or module.endswith("." + pattern))
+
+
 def _check_settings(rank, alpha, dropout, targets):
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank <= 0:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
@@ -162,8 +171,9 @@ def _check_settings(rank, alpha, dropout, targets):
 def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=DEFAULT_TARGETS,
                trainable=(), seed: int = 0, verbose: bool = False) -> dict:
     """Wrap every ``Linear`` whose module name ends with one of ``targets`` in a ``LoRALinear`` and freeze
-    every other parameter, except those whose name starts with one of ``trainable`` (e.g. ``("classifier",)``
-    to train a new classification head alongside the adapters).
+    every other parameter, except those that ``trainable`` names (a module path or its suffix, e.g.
+    ``("classifier",)`` to train a new classification head alongside the adapters, or ``("ln_1", "ln_2",
+    "ln_f")`` for every layer norm).
 
     A target matches on whole name parts: "attn.qkv" matches ``blocks.3.attn.qkv`` but not ``xattn.qkv``.
     Every target must match at least one ``Linear``. Returns ``{"wrapped": names, "trainable": n,
@@ -182,7 +192,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
                          f"its Linear layers end with: {', '.join(suffixes)}")
     trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
     for name, p in model.named_parameters():
-        p.requires_grad = any(name == t or name.startswith(t + ".") for t in trainable)
+        p.requires_grad = any(_selects(name, t) for t in trainable)
     generator = backend.rng(seed)
     wrapped = []
     for name, linear in linears:

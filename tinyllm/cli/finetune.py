@@ -31,7 +31,7 @@ def add_commands(sub) -> None:
                          description="Train a classifier from a pretrained run on labelled texts "
                                      "(label<TAB>text, CSV or JSONL). Writes a run directory whose config.json has "
                                      '"task": "classify" and the label names.')
-    _base_flags(c, out="runs/classify", epochs=5, batch_size=8, lr=5e-4)
+    _base_flags(c, out="runs/classify", epochs=5, batch_size=8, lr=5e-4, lora_lr=2e-3)
     g = c.add_argument_group("data")
     g.add_argument("--data", default=None, help="labelled file: .tsv/.txt (label<TAB>text), .csv or .jsonl "
                                                  "(default: the built-in task, Python help-topic prose vs standard-library code lines)")
@@ -47,13 +47,13 @@ def add_commands(sub) -> None:
                          description="Instruction-tune a pretrained run on Alpaca records "
                                      '{"instruction", "input", "output"} (JSON list or JSONL); the loss covers only the '
                                      'responses. Writes a run directory whose config.json has "task": "instruct" and '
-                                     '"template": "alpaca".')
-    _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=5e-4)
+                                     'the Alpaca "template" that `tinyllm chat` uses.')
+    _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=1e-3, lora_lr=5e-3)
     g = i.add_argument_group("data")
     g.add_argument("--data", default=None, help="Alpaca JSON/JSONL file (default: built-in generated tasks — arithmetic, "
                                                  "reversing/sorting/counting words, reading a field — with checkable answers)")
     g.add_argument("--split", default="0.85,0.05,0.1", help="train,val,test fractions of --data, in file order")
-    g.add_argument("--train-size", type=int, default=1200, help="built-in tasks: training records")
+    g.add_argument("--train-size", type=int, default=1500, help="built-in tasks: training records")
     g.add_argument("--test-size", type=int, default=120, help="built-in tasks: held-out test records (60 more for validation)")
     g.add_argument("--max-new-tokens", type=int, default=64, help="longest generated response when scoring")
     g.add_argument("--eval-limit", type=int, default=None, help="score generations on at most this many test records")
@@ -80,7 +80,7 @@ def add_commands(sub) -> None:
     e.set_defaults(func=run_evaluate)
 
 
-def _base_flags(p, out, epochs, batch_size, lr) -> None:
+def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
     from ..finetune.loop import FinetuneConfig
     d = FinetuneConfig()
     p.add_argument("--ckpt", default="runs/demo", help="pretrained run directory to start from")
@@ -97,7 +97,8 @@ def _base_flags(p, out, epochs, batch_size, lr) -> None:
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (padded to the longest)")
     g.add_argument("--bucket", type=int, default=d.bucket,
                    help="batch texts of similar length: sort windows of this many batches by length (0 = off)")
-    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (LoRA usually likes ~2-4x more)")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate; None means {lr:g}, or {lora_lr:g} with LoRA (adapters learn from zero)")
     g.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the cosine decay; None means lr/10")
     g.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay of matrices (not biases or norms)")
@@ -106,6 +107,7 @@ def _base_flags(p, out, epochs, batch_size, lr) -> None:
     g.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between progress lines (when not on a terminal)")
     g.add_argument("--seed", type=int, default=d.seed, help="data shuffling, splits and the head's initialisation")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda needs CuPy and a GPU")
+    p.set_defaults(default_lr=lr, default_lora_lr=lora_lr)
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -122,9 +124,12 @@ def _fractions(text: str):
 
 def _finetune_config(args):
     from ..finetune.loop import FinetuneConfig
+    if args.lr is None:
+        args.lr = args.default_lora_lr if args.lora_rank else args.default_lr
     return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, warmup=args.warmup,
-                          weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_interval=args.log_interval, bucket=args.bucket,
+                          weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_interval=args.log_interval,
+                          bucket=args.bucket, dropout=args.dropout,
                           seed=args.seed)
 
 
@@ -137,12 +142,6 @@ def _load_base(args):
     model, tokenizer = load_pretrained(args.ckpt)
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer.json, so text cannot be encoded for it")
-    if args.dropout is not None:
-        from ..nn import Dropout
-        for _, module in model.named_modules():
-            if isinstance(module, Dropout):
-                module.p = args.dropout
-        model.config.dropout = args.dropout
     return model, tokenizer
 
 
@@ -321,7 +320,7 @@ def run_evaluate(args) -> int:
     else:
         from ..finetune.instruct import evaluate_instructions, format_scores
         splits = _instruction_data(path, tuple(data.get("split", (0.85, 0.05, 0.1))), seed,
-                                   data.get("train_size", 1200), data.get("test_size", 120))
+                                   data.get("train_size", 1500), data.get("test_size", 120))
         records = _pick_split(splits, args.split)[:args.limit]
         scores = evaluate_instructions(model, tokenizer, records, args.max_new_tokens)
         if args.json:

@@ -32,6 +32,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0         # max global gradient norm (0 = off)
     log_interval: int = 10         # steps between progress lines when not on a terminal
     bucket: int = 32               # sort each window of this many batches by length (0 = plain shuffle)
+    dropout: float | None = None   # set every Dropout layer to this while finetuning (None = keep the model's)
     seed: int = 123
 
     def __post_init__(self):
@@ -89,6 +90,8 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
     total_steps = steps_per_epoch * config.epochs
     order_rng = np.random.default_rng(config.seed)
     backend.manual_seed(config.seed)                          # dropout
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
     bar = Progress(total_steps, config.log_interval) if progress else None
     say = bar.message if bar else (lambda text: None)
     log = log or (lambda record: None)
@@ -130,6 +133,19 @@ def _fmt(key, value) -> str:
     if key == "seconds":
         return f"{value:.0f}s elapsed"
     return f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+
+
+def set_dropout(model, p: float) -> None:
+    """Set the probability of every ``Dropout`` layer of ``model`` (and ``config.dropout``, so a saved run
+    records it)."""
+    from ..nn import Dropout
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    for _, module in model.named_modules():
+        if isinstance(module, Dropout):
+            module.p = p
+    if hasattr(model, "config"):
+        model.config.dropout = p
 
 
 def freeze_except_last(model, num_blocks: int, also=()) -> None:
