@@ -337,3 +337,12 @@ def test_chat_reads_the_template_and_end_token_that_instruction_finetuning_write
     # the template is longer than this model's 32-token window: its end is kept, leaving room for the reply
     assert len(prompt) == 32 - 5 and templated.endswith(tokenizer.decode(prompt))
     assert tokenizer.encode("\n")[0] in kwargs["stop_ids"], "replies must end at the run's end_token"
+
+
+def test_a_short_row_keeps_going_after_the_long_row_stops_without_overflowing_the_cache():
+    # The long prompt stops at once; the short row still carries its left padding in the cache, which then
+    # fills before the row's own context does. The decoder must re-prefill instead of overflowing.
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0)
+    prompts = [[1, 2, 3, 4, 5, 6], [7]]
+    batched = generate(model, prompts, 6, temperature=0, stop_ids=(6,))
+    assert batched == [generate(model, p, 6, temperature=0, stop_ids=(6,)) for p in prompts]
