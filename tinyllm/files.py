@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from pathlib import Path
 from typing import Any, Callable, BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_with", "atomic_write_json", "read_json", "append_jsonl", "read_jsonl"]
+__all__ = ["read_records", "atomic_write", "atomic_write_with", "atomic_write_json", "read_json", "append_jsonl", "read_jsonl"]
 
 
 def _fsync_directory(directory: str) -> None:
@@ -174,4 +175,35 @@ def read_jsonl(path: str | os.PathLike, what: str = "log", *, skip_partial_last_
             if is_partial_last and skip_partial_last_line:
                 break
             raise ValueError(f"{what} file {path}, line {number} is not valid JSON: column {e.colno}: {e.msg}") from None
+    return records
+
+
+def read_records(path, check, what: str) -> list[dict]:
+    """Records from a JSONL file (one object per line) or a JSON file (one list), each passed through
+    ``check(record, where)``; bad JSON names the file and line, an empty file is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} data file at '{path}'")
+    text = path.read_text(encoding="utf-8")
+    records = []
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            records.append(check(record, f"{path}, line {number}"))
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); a .json file "
+                             "must hold one list of records (use .jsonl for one record per line)") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of {what} records, got {type(data).__name__}")
+        records = [check(r, f"{path}, record {i}") for i, r in enumerate(data)]
+    if not records:
+        raise ValueError(f"{what} data file '{path}' holds no records")
     return records

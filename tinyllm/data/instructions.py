@@ -28,10 +28,9 @@ Batches are padded to their own longest sequence (dynamic padding), not to the b
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
+from ..files import read_records
 
 import numpy as np
 
@@ -50,32 +49,7 @@ def read_instructions(path) -> list[dict]:
     Every record needs "instruction" and "output" (strings); "input" defaults to "". A line that is not JSON
     or a record that lacks a field raises ValueError naming the file and the line (JSONL) or record (JSON).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no instruction data file at '{path}'")
-    text = path.read_text(encoding="utf-8")
-    records = []
-    if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            records.append(_check_record(record, f"{path}, line {number}"))
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); "
-                             "a .json file must hold one list of records (use .jsonl for one record per line)") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-        records = [_check_record(record, f"{path}, record {i}") for i, record in enumerate(data)]
-    if not records:
-        raise ValueError(f"instruction data file '{path}' holds no records")
-    return records
+    return read_records(path, _check_record, "instruction")
 
 
 def _check_record(record, where: str) -> dict:

@@ -19,11 +19,10 @@ tokens from its start first, then the longer response from its end.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from ..files import read_records
 from ..data.instructions import TASKS, WORDS, end_token, format_prompt, make_task
 
 REQUIRED = ("chosen", "rejected")
@@ -33,42 +32,13 @@ REQUIRED = ("chosen", "rejected")
 
 def read_preferences(path, template: str = "alpaca") -> list[dict]:
     """Records {"prompt", "chosen", "rejected"} (plus any other fields of the file) from a JSONL or JSON file."""
-    return _read_records(path, lambda record, where: preference_record(record, where, template), "preference")
+    return read_records(path, lambda record, where: preference_record(record, where, template), "preference")
 
 
 def read_prompts(path, template: str = "alpaca") -> list[dict]:
     """Records with a "prompt" (given, or built from "instruction"/"input") from a JSONL or JSON file — the
     prompts of a preference or Alpaca file, for PPO's rollouts. Other fields (e.g. "output") are kept."""
-    return _read_records(path, lambda record, where: prompt_record(record, where, template), "prompt")
-
-
-def _read_records(path, check, what: str) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} data file at '{path}'")
-    text = path.read_text(encoding="utf-8")
-    records = []
-    if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            records.append(check(record, f"{path}, line {number}"))
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); a .json file "
-                             "must hold one list of records (use .jsonl for one record per line)") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of {what} records, got {type(data).__name__}")
-        records = [check(r, f"{path}, record {i}") for i, r in enumerate(data)]
-    if not records:
-        raise ValueError(f"{what} data file '{path}' holds no records")
-    return records
+    return read_records(path, lambda record, where: prompt_record(record, where, template), "prompt")
 
 
 def prompt_record(record, where: str = "record", template: str = "alpaca") -> dict:
