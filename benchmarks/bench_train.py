@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                 # all models below, float32, batch 8
     python benchmarks/bench_train.py --models llama-mini moe-mini --json out.json --steps 5
+    python benchmarks/bench_train.py --models medium --rounds 5    # alternate tinyllm/torch 5 times, median
 
 For each model it times full training steps (forward + backward + gradient clipping + AdamW) after a
 warm-up step and reports the median ms/step, tokens/s and the peak resident memory of a process that did
@@ -41,8 +42,8 @@ BATCH = 8
 
 
 def tinyllm_step_fn(config, seed=0):
+    from tinyllm.model import GPT, GPTConfig   # tinyllm before NumPy: see OPENBLAS_THREAD_TIMEOUT in tinyllm/__init__.py
     import numpy as np
-    from tinyllm.model import GPT, GPTConfig
     from tinyllm.optim import AdamW, clip_grad_norm
     from tinyllm.train import param_groups
 
@@ -279,6 +280,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each framework this many times, alternating, and report the median round "
+                             "(a shared or noisy machine needs 3 or more)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -293,14 +297,21 @@ def main():
         print("(PyTorch is not installed: timing tinyllm only)")
     results = []
     for model_name in args.models:
-        for framework in frameworks:
-            out = subprocess.run([sys.executable, __file__, "--worker", framework, model_name, "--steps", str(args.steps)],
-                                 capture_output=True, text=True, env=os.environ)
-            if out.returncode:
-                sys.exit(f"{framework} / {model_name} failed:\n{out.stderr}")
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rounds = {framework: [] for framework in frameworks}
+        for _ in range(args.rounds):  # alternate the frameworks so that a busy spell on the machine hits both
+            for framework in frameworks:
+                out = subprocess.run([sys.executable, __file__, "--worker", framework, model_name, "--steps", str(args.steps)],
+                                     capture_output=True, text=True, env=os.environ)
+                if out.returncode:
+                    sys.exit(f"{framework} / {model_name} failed:\n{out.stderr}")
+                rounds[framework].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for framework, runs in rounds.items():
+            times = [r["ms_per_step"] for r in runs]
+            median_run = sorted(runs, key=lambda r: r["ms_per_step"])[(len(runs) - 1) // 2]
+            results.append({**median_run, "rounds_ms_per_step": times})
 
-    print(f"\ntraining step (forward + backward + clip + AdamW), batch {BATCH}, float32, median of {args.steps} steps")
+    print(f"\ntraining step (forward + backward + clip + AdamW), batch {BATCH}, float32, median of {args.steps} steps"
+          + (f", median of {args.rounds} alternating rounds (each round's ms/step in the JSON)" if args.rounds > 1 else ""))
     print("(MoE: params counts every expert; a token uses the active ones: top-k of n_expert experts per layer)")
     print(f"{'model':10} {'params':>11} {'active':>11} {'framework':10} {'ms/step':>9} {'tokens/s':>10} {'peak RSS MB':>12} "
           f"{'vs torch':>9} {'first loss':>11}")

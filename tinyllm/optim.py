@@ -72,8 +72,8 @@ class AdamW(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         xp = backend.xp
-        self.exp_avg = [xp.zeros_like(p.data) for p in self.parameters()]
-        self.exp_avg_sq = [xp.zeros_like(p.data) for p in self.parameters()]
+        self.exp_avg = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]     # C-ordered, so
+        self.exp_avg_sq = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]  # flat views exist
 
     def step(self) -> None:
         xp = backend.xp
@@ -84,13 +84,11 @@ class AdamW(Optimizer):
             lr = self.lr * g.get("lr_scale", 1.0)
             step_size = lr / (1 - beta1 ** self.step_count)
             inv_sqrt_bc2 = 1.0 / math.sqrt(1 - beta2 ** self.step_count)
-            for p in g["params"]:
-                grad, m, v = p.grad, self.exp_avg[i], self.exp_avg_sq[i]
-                i += 1
-                if grad is None:
-                    continue
-                if g["weight_decay"]:
-                    p.data *= 1 - lr * g["weight_decay"]
+            decay = 1 - lr * g["weight_decay"]
+
+            def update(p, grad, m, v):                        # in place, on flat blocks of one parameter
+                if decay != 1:
+                    p *= decay
                 scratch = grad * (1 - beta1)
                 m *= beta1
                 m += scratch
@@ -103,7 +101,16 @@ class AdamW(Optimizer):
                 scratch += g["eps"]
                 xp.divide(m, scratch, out=scratch)
                 scratch *= step_size
-                p.data -= scratch
+                p -= scratch
+
+            for p in g["params"]:
+                grad, m, v = p.grad, self.exp_avg[i], self.exp_avg_sq[i]
+                i += 1
+                if grad is None:
+                    continue
+                if not p.data.flags.c_contiguous:  # e.g. a transposed weight from an import: flatten must be a view
+                    p.data = xp.ascontiguousarray(p.data)
+                backend.parallel_rows(update, p.data.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1))
 
     def state_dict(self) -> dict:
         """Arrays (``exp_avg.{i}``, ``exp_avg_sq.{i}`` in parameter order) plus ``step`` and ``lr``."""

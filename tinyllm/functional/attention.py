@@ -70,20 +70,26 @@ def attention_forward(q, k, v, causal=True, mask=None):
     grouped = scores.reshape(batch, n_kv_head, group, t_q, t_k)              # a view: per query head and time
     if causal:
         future = xp.triu(xp.ones((t_q, t_k), dtype=bool), k=t_k - t_q + 1)
-        grouped += xp.where(future, -xp.inf, 0.0).astype(scores.dtype)
+        causal_bias = xp.where(future, -xp.inf, 0.0).astype(scores.dtype)   # (Tq, Tk): 0, or -∞ in the future
     if mask is not None:
         grouped = xp.where(_group_mask(mask, n_kv_head, group), grouped, xp.asarray(-xp.inf, dtype=scores.dtype))
-    # softmax over keys, in place
-    row_max = grouped.max(axis=-1, keepdims=True)
-    if mask is not None:  # a query that may see no key at all (padding) gets all-zero probabilities
-        row_max = xp.where(xp.isfinite(row_max), row_max, 0.0).astype(scores.dtype)
-    grouped -= row_max
-    probs = xp.exp(grouped, out=grouped)
-    row_sum = probs.sum(axis=-1, keepdims=True)
-    if mask is not None:
-        row_sum[row_sum == 0] = 1.0
-    probs /= row_sum
-    probs = probs.reshape(batch, n_kv_head, group * t_q, t_k)
+
+    def softmax_block(s):
+        """Softmax over keys, in place, for a block of batch rows (B', H_kv, G, Tq, Tk)."""
+        if causal:
+            s += causal_bias
+        row_max = s.max(axis=-1, keepdims=True)
+        if mask is not None:  # a query that may see no key at all (padding) gets all-zero probabilities
+            row_max = xp.where(xp.isfinite(row_max), row_max, 0.0).astype(s.dtype)
+        s -= row_max
+        xp.exp(s, out=s)
+        row_sum = s.sum(axis=-1, keepdims=True)
+        if mask is not None:
+            row_sum[row_sum == 0] = 1.0
+        s /= row_sum
+
+    backend.parallel_rows(softmax_block, grouped)
+    probs = grouped.reshape(batch, n_kv_head, group * t_q, t_k)
     y = probs @ v                                            # (B, H_kv, G·Tq, D)
     return y.reshape(batch, n_head, t_q, head_size), probs, q_scaled
 
@@ -95,8 +101,12 @@ def attention_backward(dy, k, v, probs, q_scaled):
     dy_grouped = dy.reshape(batch, n_kv_head, rows, head_size)   # (B, H_kv, G·Tq, D)
     dv = probs.swapaxes(-1, -2) @ dy_grouped                  # (B, H_kv, Tk, D)    dV = Pᵀ dY
     d_scores = dy_grouped @ v.swapaxes(-1, -2)                # (B, H_kv, G·Tq, Tk) dP = dY Vᵀ
-    d_scores -= backend.xp.einsum("...ij,...ij->...i", d_scores, probs)[..., None]  # rowsum(dP ⊙ P), no temporary
-    d_scores *= probs                                         # dS = P ⊙ (dP - rowsum(dP ⊙ P))
+
+    def softmax_backward_block(d_scores, probs):              # dS = P ⊙ (dP - rowsum(dP ⊙ P)), in place
+        d_scores -= backend.xp.einsum("...ij,...ij->...i", d_scores, probs)[..., None]  # rowsum, no temporary
+        d_scores *= probs
+
+    backend.parallel_rows(softmax_backward_block, d_scores, probs)
     scale = 1.0 / math.sqrt(head_size)
     dq = d_scores @ k                                         # (B, H_kv, G·Tq, D) dQ = dS K / √D
     dq *= scale

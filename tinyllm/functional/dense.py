@@ -32,11 +32,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         dy2d = dy.reshape(-1, c_out)                          # (N, C_out)
         dx = (dy2d @ weight.data).reshape(x.shape) if x.requires_grad else None
         dw = dy2d.T @ x2d if weight.requires_grad else None
-        db = dy2d.sum(axis=0) if bias is not None and bias.requires_grad else None
+        db = sum(backend.parallel_rows(_column_sums, dy2d)) if bias is not None and bias.requires_grad else None
         return dx, dw, db
 
     parents = (x, weight) if bias is None else (x, weight, bias)
     return Tensor._make(y.reshape(*x.shape[:-1], c_out), parents, backward)
+
+
+def _column_sums(rows):
+    return rows.sum(axis=0)
 
 
 def embedding(idx, weight: Tensor) -> Tensor:
@@ -70,36 +74,45 @@ def gelu(x: Tensor) -> Tensor:
     """GPT-2's GELU, tanh form: y = ½ x (1 + tanh u),  u = √(2/π) (x + 0.044715 x³).
 
     dy/dx = ½ (1 + t) + ½ x (1 - t²) · √(2/π) (1 + 3·0.044715 x²),  with t = tanh u.
-    Saves x and t (two arrays of x's size).
+    Saves x and t (two arrays of x's size). Both passes run on row blocks in parallel (``parallel_rows``).
     """
     xp = backend.xp
-    a = x.data
-    t = a * a                                                 # one buffer reused: x² → u → tanh u
-    t *= 0.044715
-    t += 1.0
-    t *= a
-    t *= _GELU_C
-    xp.tanh(t, out=t)
-    y = t + 1.0
-    y *= a
-    y *= 0.5
+    a = x.data.reshape(-1)                                    # elementwise: any shape is a flat row of values
+    t, y = xp.empty_like(a), xp.empty_like(a)
+
+    def forward_block(a, t, y):
+        xp.multiply(a, a, out=t)                              # one buffer reused: x² → u → tanh u
+        t *= 0.044715
+        t += 1.0
+        t *= a
+        t *= _GELU_C
+        xp.tanh(t, out=t)
+        xp.add(t, 1.0, out=y)
+        y *= a
+        y *= 0.5
+
+    def backward_block(a, t, dy, dx):
+        # ½ (1 + t) + ½ x (1 - t²) √(2/π) (1 + 3·0.044715 x²), built in place in dx and one scratch buffer.
+        xp.multiply(a, a, out=dx)
+        dx *= 3 * 0.044715
+        dx += 1.0
+        dx *= _GELU_C
+        one_minus_t2 = t * t
+        xp.subtract(1.0, one_minus_t2, out=one_minus_t2)
+        dx *= one_minus_t2
+        dx *= a
+        dx += 1.0
+        dx += t
+        dx *= 0.5
+        dx *= dy
 
     def backward(dy):
-        # ½ (1 + t) + ½ x (1 - t²) √(2/π) (1 + 3·0.044715 x²), built in place in one buffer.
-        du_dx = a * a
-        du_dx *= 3 * 0.044715
-        du_dx += 1.0
-        du_dx *= _GELU_C
-        one_minus_t2 = 1.0 - t * t
-        du_dx *= one_minus_t2
-        du_dx *= a
-        du_dx += 1.0
-        du_dx += t
-        du_dx *= 0.5
-        du_dx *= dy
-        return (du_dx,)
+        dx = xp.empty_like(a)
+        backend.parallel_rows(backward_block, a, t, dy.reshape(-1), dx)
+        return (dx.reshape(x.shape),)
 
-    return Tensor._make(y, (x,), backward)
+    backend.parallel_rows(forward_block, a, t, y)
+    return Tensor._make(y.reshape(x.shape), (x,), backward)
 
 
 def _sigmoid(a):

@@ -79,11 +79,18 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
 
     # log Σ exp(z), computed stably by shifting each row by its max. The exponentials are kept
     # unnormalised: the backward divides by their sum in the same pass that scales the rows.
-    zmax = z.max(axis=1, keepdims=True)                       # (N, 1)
-    exp_z = z - zmax                                          # (N, V)
-    target_logit = exp_z[rows, safe_t]                        # (N,)  z_t - max
-    xp.exp(exp_z, out=exp_z)
-    sum_exp = exp_z.sum(axis=1)                               # (N,)
+    exp_z = xp.empty_like(z)                                  # (N, V)
+    zmax = xp.empty((z.shape[0], 1), dtype=z.dtype)           # (N, 1)
+    sum_exp = xp.empty(z.shape[0], dtype=z.dtype)             # (N,)
+
+    def forward_block(z, zmax, exp_z, sum_exp):
+        z.max(axis=1, keepdims=True, out=zmax)
+        xp.subtract(z, zmax, out=exp_z)
+        xp.exp(exp_z, out=exp_z)
+        exp_z.sum(axis=1, out=sum_exp)
+
+    backend.parallel_rows(forward_block, z, zmax, exp_z, sum_exp)
+    target_logit = z[rows, safe_t] - zmax[:, 0]               # (N,)  z_t - max
     losses = xp.log(sum_exp) - target_logit                   # (N,)
     losses *= valid
 
@@ -104,7 +111,7 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
             row_scale = valid * scale
         row_scale = row_scale.astype(exp_z.dtype)
         dz = exp_z                                            # p · scale = exp_z · (scale / Σ exp), in place
-        dz *= (row_scale / sum_exp)[:, None]
+        backend.parallel_rows(xp.multiply, dz, (row_scale / sum_exp)[:, None], dz)
         dz[rows, safe_t] -= row_scale                         # - onehot(t) · scale
         return (dz.reshape(logits.shape),)
 

@@ -23,28 +23,52 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         raise ValueError(f"layer_norm: weight of shape {weight.shape} does not match the {channels} channels of x {x.shape}")
     if bias is not None and bias.shape != (channels,):
         raise ValueError(f"layer_norm: bias of shape {bias.shape} does not match the {channels} channels of x {x.shape}")
-    x_hat = x.data - x.data.mean(axis=-1, keepdims=True)     # (..., C)
-    var = xp.einsum("...c,...c->...", x_hat, x_hat)[..., None] / channels   # (..., 1), no (..., C) temporary
-    rstd = 1.0 / xp.sqrt(var + eps)                           # (..., 1)
-    x_hat *= rstd
-    y = x_hat * weight.data if weight is not None else x_hat.copy()
-    if bias is not None:
-        y += bias.data
+    rows = x.data.reshape(-1, channels)                       # (N, C)
+    x_hat, y = xp.empty_like(rows), xp.empty_like(rows)       # (N, C)
+    rstd = xp.empty((rows.shape[0], 1), dtype=rows.dtype)     # (N, 1)
 
-    def backward(dy):
-        reduce_axes = tuple(range(dy.ndim - 1))
-        dw = (dy * x_hat).sum(axis=reduce_axes) if weight is not None and weight.requires_grad else None
-        db = dy.sum(axis=reduce_axes) if bias is not None and bias.requires_grad else None
-        dx = None
+    def forward_block(rows, x_hat, rstd, y):
+        xp.subtract(rows, rows.mean(axis=-1, keepdims=True), out=x_hat)
+        var = xp.einsum("nc,nc->n", x_hat, x_hat)[:, None] / channels    # (n, 1), no (n, C) temporary
+        xp.sqrt(var + eps, out=rstd)
+        xp.divide(1.0, rstd, out=rstd)
+        x_hat *= rstd
+        if weight is not None:
+            xp.multiply(x_hat, weight.data, out=y)
+        else:
+            y[...] = x_hat
+        if bias is not None:
+            y += bias.data
+
+    need_dw = weight is not None and weight.requires_grad
+    need_db = bias is not None and bias.requires_grad
+
+    def backward_block(dy, x_hat, rstd, dx):
+        """dx for these rows, written into dx; returns this block's partial sums Σ dy·x̂ and Σ dy."""
+        dw = (dy * x_hat).sum(axis=0) if need_dw else None
+        db = dy.sum(axis=0) if need_db else None
         if x.requires_grad:
-            g = dy * weight.data if weight is not None else dy.copy()
+            g = dx                                            # g = dy · w, built in dx, then turned into dx
+            if weight is not None:
+                xp.multiply(dy, weight.data, out=g)
+            else:
+                g[...] = dy
             mean_g = g.mean(axis=-1, keepdims=True)
-            mean_g_xhat = xp.einsum("...c,...c->...", g, x_hat)[..., None] / channels
+            mean_g_xhat = xp.einsum("nc,nc->n", g, x_hat)[:, None] / channels
             g -= mean_g
             g -= x_hat * mean_g_xhat
             g *= rstd
-            dx = g
-        return dx, dw, db
+        return dw, db
+
+    def backward(dy):
+        dx = xp.empty_like(x_hat)
+        partials = backend.parallel_rows(backward_block, dy.reshape(-1, channels), x_hat, rstd, dx)
+        return (dx.reshape(x.shape) if x.requires_grad else None,
+                sum(p[0] for p in partials) if need_dw else None,
+                sum(p[1] for p in partials) if need_db else None)
+
+    backend.parallel_rows(forward_block, rows, x_hat, rstd, y)
+    y = y.reshape(x.shape)
 
     parents = (x,) + tuple(t for t in (weight, bias) if t is not None)
     if weight is None or bias is None:  # keep the backward's outputs aligned with the parents given
