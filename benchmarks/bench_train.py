@@ -39,14 +39,17 @@ MODELS = {
                      norm="rmsnorm", pos="rope", mlp="moe", n_expert=4, expert_top_k=2, bias=False),
 }
 BATCH = 8
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")  # set by --device; the workers read it from the environment
 
 
 def tinyllm_step_fn(config, seed=0):
-    from tinyllm.model import GPT, GPTConfig   # tinyllm before NumPy: see OPENBLAS_THREAD_TIMEOUT in tinyllm/__init__.py
+    import tinyllm                             # before NumPy: see OPENBLAS_THREAD_TIMEOUT in tinyllm/__init__.py
     import numpy as np
+    from tinyllm.model import GPT, GPTConfig
     from tinyllm.optim import AdamW, clip_grad_norm
     from tinyllm.train import param_groups
 
+    tinyllm.set_device(DEVICE)
     model = GPT(GPTConfig(**config), seed=seed)
     optimizer = AdamW(param_groups(model, 0.1), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
     rng = np.random.default_rng(seed)
@@ -68,13 +71,14 @@ def torch_training_step(model, config, seed):
     import numpy as np
     import torch
 
+    model.to(DEVICE)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=3e-4, betas=(0.9, 0.95))
     rng = np.random.default_rng(seed)
-    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
-    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"])))
+    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))).to(DEVICE)
+    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))).to(DEVICE)
 
     def step():
         loss = model(x, y)
@@ -120,13 +124,14 @@ def torch_step_fn(config, seed=0):
             self.ln_f = nn.LayerNorm(cfg["n_embd"])
 
         def forward(self, idx, targets):
-            pos = torch.arange(idx.shape[1])
+            pos = torch.arange(idx.shape[1], device=idx.device)
             x = self.wte(idx) + self.wpe(pos)
             for block in self.blocks:
                 x = block(x)
             logits = self.ln_f(x) @ self.wte.weight.T
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
+    from tinyllm.backend import to_numpy
     _, tiny = tinyllm_step_fn(config, seed)
     model = TorchGPT(config)
     names = {"blocks.{i}.mlp.fc": "blocks.{i}.fc", "blocks.{i}.mlp.proj": "blocks.{i}.fc_proj",
@@ -137,7 +142,7 @@ def torch_step_fn(config, seed=0):
         for pattern, target in names.items():
             for i in range(config["n_layer"]):
                 torch_name = torch_name.replace(pattern.format(i=i) + ".", target.format(i=i) + ".")
-        state[torch_name] = torch.from_numpy(np.array(array))
+        state[torch_name] = torch.from_numpy(to_numpy(array))
     model.load_state_dict(state)
     return torch_training_step(model, config, seed), model
 
@@ -163,7 +168,7 @@ def torch_llama_step_fn(config, seed=0):
 
     inv_freq = cfg.rope_theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
     angles = torch.arange(cfg.block_size, dtype=torch.float64)[:, None] * inv_freq      # (T, D/2)
-    cos, sin = angles.cos().float(), angles.sin().float()
+    cos, sin = angles.cos().float().to(DEVICE), angles.sin().float().to(DEVICE)
 
     def rotate(x):                                            # rotate-half RoPE on (B, H, T, D)
         t = x.shape[2]
@@ -252,9 +257,10 @@ def torch_llama_step_fn(config, seed=0):
                 loss = loss + cfg.aux_loss_coef * sum(block.mlp.aux for block in self.blocks)
             return loss
 
+    from tinyllm.backend import to_numpy
     _, tiny = tinyllm_step_fn(config, seed)
     model = TorchLlama()
-    model.load_state_dict({name: torch.from_numpy(np.array(a)) for name, a in tiny.state_dict().items()})
+    model.load_state_dict({name: torch.from_numpy(to_numpy(a)) for name, a in tiny.state_dict().items()})
     return torch_training_step(model, config, seed), model
 
 
@@ -280,6 +286,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after one warm-up)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: tinyllm on CuPy and PyTorch on the same GPU (loss.item() syncs each step)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure each framework this many times, alternating, and report the median round "
                              "(a shared or noisy machine needs 3 or more)")
@@ -301,7 +309,7 @@ def main():
         for _ in range(args.rounds):  # alternate the frameworks so that a busy spell on the machine hits both
             for framework in frameworks:
                 out = subprocess.run([sys.executable, __file__, "--worker", framework, model_name, "--steps", str(args.steps)],
-                                     capture_output=True, text=True, env=os.environ)
+                                     capture_output=True, text=True, env={**os.environ, "BENCH_DEVICE": args.device})
                 if out.returncode:
                     sys.exit(f"{framework} / {model_name} failed:\n{out.stderr}")
                 rounds[framework].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -310,7 +318,8 @@ def main():
             median_run = sorted(runs, key=lambda r: r["ms_per_step"])[(len(runs) - 1) // 2]
             results.append({**median_run, "rounds_ms_per_step": times})
 
-    print(f"\ntraining step (forward + backward + clip + AdamW), batch {BATCH}, float32, median of {args.steps} steps"
+    print(f"\ntraining step (forward + backward + clip + AdamW) on {args.device}, batch {BATCH}, float32, "
+          f"median of {args.steps} steps"
           + (f", median of {args.rounds} alternating rounds (each round's ms/step in the JSON)" if args.rounds > 1 else ""))
     print("(MoE: params counts every expert; a token uses the active ones: top-k of n_expert experts per layer)")
     print(f"{'model':10} {'params':>11} {'active':>11} {'framework':10} {'ms/step':>9} {'tokens/s':>10} {'peak RSS MB':>12} "

@@ -12,24 +12,34 @@ numbers, reverse / sort / count words, read a field of a record — written in t
     Sort the words in alphabetical order.
 
     ### Input:
-    river apple stone
+    value,bytes,module
 
     ### Response:
-    apple river stone<|endoftext|>
+    bytes,module,value<|endoftext|>
 
 Training is next-token prediction on these texts with the prompt's targets masked out (-100): the model
 learns to write the response and then the end-of-text token, which stops generation. The score is exact
 match of the greedy response on held-out records (never seen in training), per task too.
 
-Three models side by side: the untuned base, a full finetune (3 epochs) and LoRA (rank 8 on every Linear
-layer, 6 epochs at a 5x learning rate: adapters start from zero and learn more slowly).
+Three models side by side: the untuned base, a full finetune (3 epochs) and LoRA (rank 16 on every Linear
+layer, plus the layer norms: under 10% of the parameters; 8 epochs at 2x the learning rate and no weight
+decay, since adapters start from zero and learn more slowly).
 
-What to look for: the base model scores 0 (it continues the text rather than answering). Both finetunes
-learn the format — a short answer, then <|endoftext|> — and the tasks that need no copying (counting words,
-some subtraction); LoRA gets close with under 5% of the parameters and 1/20 of the optimizer memory. The
-copying tasks (reverse, sort, field) stay near 0 from runs/demo: that model has no induction heads yet (a
-repeated random sequence is no easier the second time: loss 12.0 both times), and a few minutes of
-finetuning do not build them (6 full epochs did not either). About 3-4 minutes on 2 CPU cores from runs/demo.
+What to look for, measured from runs/demo (120 held-out records, 20 per task):
+
+    variant    trainable   exact match   add  subtract  reverse  sort  count  field
+    untuned            0         0.000  0.00      0.00     0.00  0.00   0.00   0.00
+    full       3,087,360         0.525  0.00      0.00     1.00  0.70   1.00   0.45
+    LoRA r=16    299,904 (9.7%)  0.375  0.05      0.00     0.45  0.20   1.00   0.55
+
+The base model scores 0: it continues the text rather than answering. Both finetunes learn the format (a
+short answer, then <|endoftext|>), counting, and, in part, to copy words from the input: reversing them,
+sorting them, reading a field. The word lists are comma-joined so that each word is the same token wherever it
+stands (see ``tinyllm.data.instructions``); with spaces, reverse and sort stay near 0 at this budget.
+LoRA, with a tenth of the optimizer memory, is behind the full finetune on reversing and sorting. Arithmetic
+stays at 0 for both: the held-out sums and differences were never shown, and a few hundred examples do not
+teach this model to add. About 6 minutes on one CPU core (5:48 single-threaded at nice 19 on a busy 2-core
+machine: full 104 s, LoRA 236 s).
 """
 
 from __future__ import annotations
@@ -49,7 +59,8 @@ parser = argparse.ArgumentParser(description="Instruction finetuning: untuned vs
 parser.add_argument("--ckpt", default=None, help="pretrained run (default: runs/demo, else a tiny one trained here)")
 parser.add_argument("--train-size", type=int, default=1500, help="generated training records (default: 1500)")
 parser.add_argument("--test-size", type=int, default=120, help="held-out records scored (default: 120)")
-parser.add_argument("--epochs", type=int, default=3, help="epochs of the full finetune; LoRA gets twice as many (default: 3)")
+parser.add_argument("--epochs", type=int, default=3, help="epochs of the full finetune (default: 3)")
+parser.add_argument("--lora-epochs", type=int, default=8, help="epochs of the LoRA finetune (default: 8)")
 parser.add_argument("--seed", type=int, default=123)
 args = parser.parse_args()
 
@@ -59,17 +70,19 @@ print(f"data: {len(train)} train / {len(val)} val / {len(test)} test generated r
 print(format_prompt(train[2]) + train[2]["output"] + "<|endoftext|>\n")
 
 rows = []
-for name in ("untuned", "full", "LoRA r=8"):
+for name in ("untuned", "full", "LoRA r=16"):
     print(f"--- {name}")
     model, _ = load_pretrained(base_path)
     trainable, total, optimizer_bytes, seconds = 0, model.num_parameters(), 0, 0.0
     if name != "untuned":
-        lr, epochs = 1e-3, args.epochs
+        lr, epochs, weight_decay = 1e-3, args.epochs, 0.1
         if name.startswith("LoRA"):
-            apply_lora(model, rank=8, alpha=16, verbose=True)
-            lr, epochs = 5e-3, 2 * args.epochs                # adapters start from zero and learn more slowly
+            # Adapters on every Linear layer, plus the layer norms' gains and biases (0.1% of the model).
+            apply_lora(model, rank=16, alpha=32, trainable=("ln_1", "ln_2", "ln_f"), verbose=True)
+            # They start from zero and learn more slowly: more epochs, no weight decay pulling them back.
+            lr, epochs, weight_decay = 2e-3, args.lora_epochs, 0.0
         config = FinetuneConfig(epochs=epochs, batch_size=8, lr=lr, min_lr=lr / 10, warmup=20, dropout=0.0,
-                                seed=args.seed)
+                                weight_decay=weight_decay, seed=args.seed)
         t0 = time.perf_counter()
         summary = train_instructions(model, tokenizer, train, val, config)
         seconds = time.perf_counter() - t0

@@ -116,7 +116,9 @@ def test_builtin_tasks_are_seeded_checkable_and_do_not_leak():
             a, b = record["input"].split(" + ")
             assert record["output"] == str(int(a) + int(b))
         if record["task"] == "sort":
-            assert record["output"] == " ".join(sorted(record["input"].split()))
+            assert record["output"] == ",".join(sorted(record["input"].split(",")))
+        if record["task"] == "reverse":
+            assert record["output"] == ",".join(reversed(record["input"].split(",")))
         if record["task"] == "count":
             assert record["output"] == str(len(record["input"].split()))
     assert {r["task"] for r in test} == {"add", "subtract", "reverse", "sort", "count", "field"}

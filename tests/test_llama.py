@@ -388,3 +388,14 @@ def test_cli_pretrain_takes_the_llama_and_moe_presets(tmp_path):
     moe, _ = load_pretrained(tmp_path / "moe")
     assert (llama.config.pos, llama.config.bias, llama.config.n_kv_head) == ("rope", False, 1), "the preset's bias=False must survive"
     assert (moe.config.mlp, moe.config.expert_top_k) == ("moe", 1)
+
+
+@pytest.mark.parametrize("config, expected", [
+    (LLAMA, {"attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.proj"}),
+    (dict(LLAMA, mlp="moe", n_expert=4, expert_top_k=2), {"attn.qkv", "attn.proj"}),   # experts are not Linears
+    (dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16), {"attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"}),
+])
+def test_default_lora_targets_fit_each_architecture(config, expected):
+    report = apply_lora(GPT(GPTConfig(**config), seed=0), rank=2)
+    assert {".".join(name.split(".")[-2:]) for name in report["wrapped"]} == expected
+    assert len(report["wrapped"]) == 2 * len(expected)

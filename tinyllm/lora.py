@@ -31,7 +31,9 @@ from .autograd import Tensor
 from .files import atomic_write_json, read_json
 from .nn import Linear, Module, Parameter
 
-DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+# Every Linear of attention and of the MLP, whichever the architecture has: GPT-2's mlp.fc, Llama's SwiGLU
+# mlp.gate and mlp.up (an MoE model's experts are stacked weights, not Linear layers: attention only there).
+DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.gate", "mlp.up", "mlp.proj")
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 
 
@@ -168,7 +170,7 @@ def _check_settings(rank, alpha, dropout, targets):
                          f"{list(DEFAULT_TARGETS)}, got {targets!r}")
 
 
-def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=DEFAULT_TARGETS,
+def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=None,
                trainable=(), seed: int = 0, verbose: bool = False) -> dict:
     """Wrap every ``Linear`` whose module name ends with one of ``targets`` in a ``LoRALinear`` and freeze
     every other parameter, except those that ``trainable`` names (a module path or its suffix, e.g.
@@ -176,15 +178,18 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
     "ln_f")`` for every layer norm).
 
     A target matches on whole name parts: "attn.qkv" matches ``blocks.3.attn.qkv`` but not ``xattn.qkv``.
-    Every target must match at least one ``Linear``. Returns ``{"wrapped": names, "trainable": n,
+    Every target given must match at least one ``Linear``. ``targets=None`` means those of ``DEFAULT_TARGETS``
+    that the model has (all of attention and the MLP, for GPT-2, Llama and MoE models alike). Returns ``{"wrapped": names, "trainable": n,
     "total": n, "fraction": n/n}`` (``verbose=True`` also prints it). The settings are stored on the model
     as ``model.lora_config`` for ``save_adapter``.
     """
-    targets = tuple(targets) if not isinstance(targets, str) else targets
-    _check_settings(rank, alpha, dropout, targets)
     if getattr(model, "lora_config", None) is not None:
         raise ValueError("this model already has LoRA adapters; merge_lora(model) first to add new ones")
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, Linear)]
+    if targets is None:
+        targets = tuple(t for t in DEFAULT_TARGETS if any(_matches(name, t) for name, _ in linears)) or DEFAULT_TARGETS
+    targets = tuple(targets) if not isinstance(targets, str) else targets
+    _check_settings(rank, alpha, dropout, targets)
     unmatched = [t for t in targets if not any(_matches(name, t) for name, _ in linears)]
     if unmatched:
         suffixes = sorted({".".join(n.split(".")[-2:]) for n, _ in linears})

@@ -137,8 +137,7 @@ def _maybe_lora(model, args, trainable=()) -> None:
     """Wrap the policy's Linear layers in LoRA adapters when --lora-rank is set (after the reference was copied)."""
     if args.lora_rank:
         from ..lora import apply_lora
-        from .finetune import LORA_TARGETS
-        apply_lora(model, args.lora_rank, args.lora_alpha, 0.0, LORA_TARGETS.split(","), trainable=trainable,
+        apply_lora(model, args.lora_rank, args.lora_alpha, 0.0, None, trainable=trainable,
                    seed=args.seed, verbose=True)
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .. import backend
 
-LORA_TARGETS = "attn.qkv,attn.proj,mlp.fc,mlp.proj"
 
 
 def add_commands(sub) -> None:
@@ -48,7 +47,7 @@ def add_commands(sub) -> None:
                                      '{"instruction", "input", "output"} (JSON list or JSONL); the loss covers only the '
                                      'responses. Writes a run directory whose config.json has "task": "instruct" and '
                                      'the Alpaca "template" that `tinyllm chat` uses.')
-    _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=1e-3, lora_lr=5e-3)
+    _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=1e-3, lora_lr=2e-3)
     g = i.add_argument_group("data")
     g.add_argument("--data", default=None, help="Alpaca JSON/JSONL file (default: built-in generated tasks — arithmetic, "
                                                  "reversing/sorting/counting words, reading a field — with checkable answers)")
@@ -89,7 +88,9 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
     g.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0 = no LoRA: finetune the weights themselves)")
     g.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha/rank")
     g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input")
-    g.add_argument("--lora-targets", default=LORA_TARGETS, help="comma-separated suffixes of the Linear layers to adapt")
+    g.add_argument("--lora-targets", default=None,
+                   help="comma-separated suffixes of the Linear layers to adapt (default: every attention and MLP "
+                        "Linear the model has, e.g. attn.qkv,attn.proj,mlp.fc,mlp.proj for GPT-2)")
     g.add_argument("--save-merged", action=argparse.BooleanOptionalAction, default=True,
                    help="with LoRA: also write the merged full weights (model.safetensors)")
     g = p.add_argument_group("training")
@@ -150,7 +151,7 @@ def _prepare_training(model, args, also=()):
     from ..finetune.loop import freeze_except_last
     from ..lora import apply_lora, format_report, parameter_report
     if args.lora_rank:
-        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
         report = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets, trainable=also, seed=args.seed)
         print(f"LoRA rank {args.lora_rank} (alpha {args.lora_alpha:g}) on {len(report['wrapped'])} layers: {format_report(report)}")
         return report

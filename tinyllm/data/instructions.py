@@ -190,6 +190,12 @@ def collate_instructions(sequences, prompt_lengths, pad_id: int, ignore_index: i
 # whole, with or without a leading space, so copying, reversing or sorting words is moving tokens around.
 # (Everyday words such as "pencil" split into 2-4 pieces, and differently at a line's start and after a
 # space; the 3M-parameter demo model then learns these tasks far more slowly.)
+# The word lists of reverse and sort are joined by a bare comma ("river,apple,stone"): every word is then the
+# same token wherever it stands, so the answer copies input tokens as they are. Joined by spaces, the first
+# word is "river" but the others " apple", " stone" — other tokens — and a reordered answer has to translate
+# between the two; from runs/demo, 3 epochs of 1,500 records then learn reverse and sort not at all (exact
+# match 0.03 and 0.00 on held-out records, against 1.00 and 0.53 with commas). Likewise 2-3 words (not 2-4)
+# per list and 2 fields (not 3) per record keep the copying tasks within reach of a few minutes' finetuning.
 WORDS = ("object", "class", "value", "method", "name", "function", "type", "statement", "argument", "return",
          "attribute", "string", "instance", "key", "exception", "list", "expression", "sequence", "module", "code",
          "pattern", "version", "dictionary", "item", "set", "default", "case", "number", "format", "tuple",
@@ -197,6 +203,7 @@ WORDS = ("object", "class", "value", "method", "name", "function", "type", "stat
          "space", "text", "step", "exit", "start", "place", "side", "bytes", "hash")
 FIELDS = ("name", "type", "value", "key", "index", "format")
 TASKS = ("add", "subtract", "reverse", "sort", "count", "field")
+WORD_SEPARATOR = ","          # between the words of reverse and sort inputs and answers
 
 
 def make_task(kind: str, rng: random.Random) -> dict:
@@ -208,19 +215,19 @@ def make_task(kind: str, rng: random.Random) -> dict:
         a = rng.randint(0, 30)
         b = rng.randint(0, a)
         return {"instruction": "Subtract the second number from the first.", "input": f"{a} - {b}", "output": str(a - b)}
-    words = rng.sample(WORDS, rng.randint(2, 4))
+    words = rng.sample(WORDS, rng.randint(2, 3))
     if kind == "reverse":
-        return {"instruction": "Reverse the order of the words.", "input": " ".join(words),
-                "output": " ".join(reversed(words))}
+        return {"instruction": "Reverse the order of the words.", "input": WORD_SEPARATOR.join(words),
+                "output": WORD_SEPARATOR.join(reversed(words))}
     if kind == "sort":
-        return {"instruction": "Sort the words in alphabetical order.", "input": " ".join(words),
-                "output": " ".join(sorted(words))}
+        return {"instruction": "Sort the words in alphabetical order.", "input": WORD_SEPARATOR.join(words),
+                "output": WORD_SEPARATOR.join(sorted(words))}
     if kind == "count":
         words = rng.sample(WORDS, rng.randint(1, 6))
         return {"instruction": "How many words are in the input?", "input": " ".join(words), "output": str(len(words))}
     if kind == "field":
-        fields = rng.sample(FIELDS, 3)
-        values = dict(zip(fields, rng.sample([w for w in WORDS if w not in FIELDS], 3)))
+        fields = rng.sample(FIELDS, 2)
+        values = dict(zip(fields, rng.sample([w for w in WORDS if w not in FIELDS], 2)))
         asked = rng.choice(fields)
         return {"instruction": f"What is the {asked} in the record?",
                 "input": "; ".join(f"{f}: {values[f]}" for f in fields), "output": values[asked]}

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..files import read_records
-from ..data.instructions import TASKS, WORDS, end_token, format_prompt, make_task
+from ..data.instructions import TASKS, WORD_SEPARATOR, WORDS, end_token, format_prompt, make_task
 
 REQUIRED = ("chosen", "rejected")
 
@@ -90,12 +90,12 @@ def _wrong_answer(record: dict, kind: str, rng: random.Random) -> str:
         wrong = value + rng.choice([-3, -2, -1, 1, 2, 3])
         return str(wrong if wrong >= 0 else value + rng.randint(1, 3))
     if kind in ("reverse", "sort"):
-        words = record["input"].split()
-        if " ".join(words) != out:
-            return " ".join(words)                            # left as it was: the task not done
-        while " ".join(words) == out:
+        words = record["input"].split(WORD_SEPARATOR)
+        if WORD_SEPARATOR.join(words) != out:
+            return WORD_SEPARATOR.join(words)                 # left as it was: the task not done
+        while WORD_SEPARATOR.join(words) == out:
             rng.shuffle(words)
-        return " ".join(words)
+        return WORD_SEPARATOR.join(words)
     if kind == "field":
         others = [part.split(": ", 1)[1] for part in record["input"].split("; ") if part.split(": ", 1)[1] != out]
         return rng.choice(others) if others else rng.choice(WORDS)

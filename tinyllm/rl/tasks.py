@@ -33,7 +33,7 @@ TASK_SETS = {"arithmetic": ("add", "subtract"), "add": ("add",), "subtract": ("s
              "words": ("reverse", "sort"), "field": ("field",),
              "all": ("add", "subtract", "reverse", "sort", "count", "field")}
 _INTEGER = re.compile(r"-?\d+")
-_WORDS = re.compile(r"[A-Za-z]+( [A-Za-z]+)*")
+_WORDS = re.compile(r"[A-Za-z]+([ ,][A-Za-z]+)*")
 
 
 def verifiable_problems(task: str = "arithmetic", train: int = 300, test: int = 100, seed: int = 7):
