@@ -47,7 +47,7 @@ def tinyllm_command(data, out, seed):
             "--n-layer", str(LAYERS), "--n-head", str(HEADS), "--n-embd", str(WIDTH), "--context", str(CONTEXT),
             "--batch-size", str(BATCH), "--steps", str(ITERS), "--lr", str(LR), "--min-lr", str(MIN_LR),
             "--warmup", str(WARMUP), "--beta2", str(BETA2), "--weight-decay", str(WEIGHT_DECAY),
-            "--grad-clip", str(CLIP), "--no-bias", "--dropout", "0", "--eval-interval", "500", "--eval-iters", "200",
+            "--grad-clip", str(CLIP), "--no-bias", "--dropout", "0", "--eval-interval", "250", "--eval-iters", "20",
             "--seed", str(seed), "--out", str(out)]
 
 

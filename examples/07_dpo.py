@@ -13,9 +13,9 @@ DPO trains the policy π directly on the pairs, against a frozen copy π_ref of 
 
 Each bracket is the policy's *implicit reward* β·log π/π_ref of a response; at the start both are 0 and the
 loss is log 2 = 0.693. What to look for on the held-out pairs: the preference accuracy (how often the
-implicit reward ranks chosen above rejected; 50% at the start, ties counting half) rises far above 50%, and
-so does the likelihood accuracy (how often the policy itself finds chosen more likely than rejected), which
-starts wherever the instruction-tuned model happened to be. Curves in runs/example-dpo/log.svg.
+implicit reward ranks chosen above rejected; 50% at the start, ties counting half) rises well above 50%; the
+likelihood accuracy (how often the policy itself finds chosen more likely than rejected) starts wherever the
+instruction-tuned model happened to be and need not rise with it. Curves in runs/example-dpo/log.svg.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Example 08: RLHF in two stages — a reward model learns preferences, then PPO makes the policy please it.
 
-    python examples/08_ppo_rlhf.py                 # from runs/instruct or runs/example-instruct (about 4-6 minutes)
+    python examples/08_ppo_rlhf.py                 # from runs/instruct or runs/example-instruct (about 3.5 minutes)
     python examples/08_ppo_rlhf.py --steps 15      # a quicker look
 
 Stage 1, the reward model: the instruction-tuned GPT with a new Linear(C, 1) head on the last token, trained
@@ -45,7 +45,7 @@ from tinyllm.rl.tasks import is_correct
 parser = argparse.ArgumentParser(description="Reward model + PPO (example 08).")
 parser.add_argument("--ckpt", default=None, help="instruction-tuned run (default: runs/instruct, runs/example-instruct)")
 parser.add_argument("--steps", type=int, default=40, help="PPO rollout batches (default: 40)")
-parser.add_argument("--kl-coef", type=float, default=0.3, help="initial β of the KL penalty (default: 0.3)")
+parser.add_argument("--kl-coef", type=float, default=1.0, help="initial β of the KL penalty (default: 1)")
 parser.add_argument("--target-kl", type=float, default=1.0, help="β adapts to keep the KL per answer near this (default: 1)")
 parser.add_argument("--lr", type=float, default=3e-5, help="PPO learning rate (default: 3e-5)")
 parser.add_argument("--out", default="runs/example-ppo")

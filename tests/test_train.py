@@ -23,7 +23,7 @@ from tinyllm.data.text import builtin_corpus
 from tinyllm.data.tokens import TokenWindows, check_length, read_text, split_train_val, tokenize
 from tinyllm.files import read_jsonl
 from tinyllm.model import GPT, GPTConfig
-from tinyllm.optim import AdamW, warmup_cosine_lr
+from tinyllm.optim import AdamW, clip_grad_norm, warmup_cosine_lr
 from tinyllm.safetensors import load_file
 from tinyllm.tokenizer import CharTokenizer
 from tinyllm.train import TrainConfig, TrainingDiverged, evaluate, param_groups, pretrain
@@ -439,3 +439,67 @@ def test_cli_flags_cover_every_training_setting():
     args = subcommands()["pretrain"].parse_args([])
 
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(args))
+
+
+def test_training_matches_pytorch_step_for_step(float64):
+    """The same GPT, initial weights, batches, AdamW groups, schedule and clipping in PyTorch: 40 steps of
+    tinyllm's training give the same losses and weights (float64, so any difference is a real one)."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                    # tiny tensors: threads only wait on each other
+    try:
+        _train_both(torch, F)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_both(torch, F):
+    V, T, C, L, H, B = 20, 8, 16, 2, 2, 4
+    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, bias=False), seed=0)
+    w = {k: torch.tensor(np.array(v), requires_grad=True) for k, v in model.state_dict().items()}
+
+    def layer_norm(x, name):
+        return F.layer_norm(x, (C,), w[name])
+
+    def torch_loss(x, y):                       # GPT-2 with tanh GELU, pre-norm blocks, tied head, no biases
+        h = w["wte.weight"][x] + w["wpe.weight"][torch.arange(T)]
+        for i in range(L):
+            p = f"blocks.{i}."
+            q, k, v = (z.view(B, T, H, C // H).transpose(1, 2)
+                       for z in (layer_norm(h, p + "ln_1.weight") @ w[p + "attn.qkv.weight"].T).split(C, 2))
+            y_att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+            h = h + y_att @ w[p + "attn.proj.weight"].T
+            m = F.gelu(layer_norm(h, p + "ln_2.weight") @ w[p + "mlp.fc.weight"].T, approximate="tanh")
+            h = h + m @ w[p + "mlp.proj.weight"].T
+        logits = layer_norm(h, "ln_f.weight") @ w["wte.weight"].T
+        return F.cross_entropy(logits.view(-1, V), torch.from_numpy(y).view(-1))
+
+    optimizer = AdamW(param_groups(model, 0.1), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
+    matrices = [t for t in w.values() if t.dim() >= 2]
+    vectors = [t for t in w.values() if t.dim() < 2]
+    torch_optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": vectors, "weight_decay": 0.0}],
+                                        lr=1e-2, betas=(0.9, 0.99))
+    rng = np.random.default_rng(0)
+    for step in range(40):
+        lr = warmup_cosine_lr(step, 1e-2, 1e-3, 5, 40)
+        x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+        _, loss = model(x, y)
+        loss.backward()
+        norm = clip_grad_norm(optimizer.parameters(), 0.5)
+        optimizer.lr = lr
+        optimizer.step()
+        model.zero_grad()
+
+        torch_optimizer.zero_grad()
+        expected = torch_loss(torch.from_numpy(x), y)
+        expected.backward()
+        expected_norm = torch.nn.utils.clip_grad_norm_(list(w.values()), 0.5).item()
+        for group in torch_optimizer.param_groups:
+            group["lr"] = lr
+        torch_optimizer.step()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-10), step
+        assert norm == pytest.approx(expected_norm, rel=1e-9), step
+    for name, array in model.state_dict().items():
+        np.testing.assert_allclose(np.array(array), w[name].detach().numpy(), rtol=1e-8, atol=1e-10, err_msg=name)

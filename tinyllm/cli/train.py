@@ -28,7 +28,9 @@ def add_commands(sub) -> None:
     p.add_argument("--data", default=None, help="text file or directory (default: the built-in corpus's validation split)")
     p.add_argument("--batch-size", type=int, default=8, help="windows of the model's context per batch")
     p.add_argument("--max-batches", type=int, default=None, help="evaluate on at most this many batches")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="with the built-in corpus: the held-out tail evaluated")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="evaluate only this held-out tail of the text, as `pretrain --val-fraction` split it "
+                        "(default: the whole --data file; 0.1 of the built-in corpus)")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("plot", help="draw the loss curves of a run as an SVG picture")
@@ -153,8 +155,9 @@ def run_eval(args) -> int:
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer.json, so text cannot be encoded for it")
     ids = tokenize(_load_text(args.data), tokenizer)
-    if args.data is None:
-        ids = split_train_val(ids, args.val_fraction)[1]
+    val_fraction = 0.1 if args.data is None and args.val_fraction is None else args.val_fraction
+    if val_fraction is not None:
+        ids = split_train_val(ids, val_fraction)[1]
     result = evaluate(model, ids, args.batch_size, model.config.block_size, args.max_batches)
     print(f"loss {result['loss']:.4f} | perplexity {result['ppl']:.2f} | {result['tokens']:,} tokens evaluated")
     return 0
