@@ -1,6 +1,6 @@
 """Example 08: RLHF in two stages — a reward model learns preferences, then PPO makes the policy please it.
 
-    python examples/08_ppo_rlhf.py                 # from runs/instruct or runs/example-instruct (about 3.5 minutes)
+    python examples/08_ppo_rlhf.py                 # from runs/instruct or runs/example-instruct (about 4.5 minutes)
     python examples/08_ppo_rlhf.py --steps 15      # a quicker look
 
 Stage 1, the reward model: the instruction-tuned GPT with a new Linear(C, 1) head on the last token, trained
@@ -18,7 +18,9 @@ answers far less often); during PPO the sampled score rises
 while the KL stays bounded, and the held-out greedy answers score higher than before. Every step logs the
 score, KL, clip fraction, entropy, value loss and explained variance (curves in runs/example-ppo/log.svg).
 A reward model is only a proxy: watch the held-out task accuracy too — a policy can please the judge
-without being more right.
+without being more right. Measured from runs/example-instruct: reward model 0.46 → 0.80 on 200 held-out
+pairs; PPO's sampled score 1.1 → 2.2 with the KL near 1.6 nats per answer, held-out greedy score 1.0 → 2.5, but
+held-out accuracy 0.35 → 0.27: the judge still prefers some wrong answers, and PPO finds them.
 """
 
 from __future__ import annotations
@@ -62,10 +64,10 @@ print("--- stage 1: reward model (Bradley-Terry on built-in preference pairs)")
 gpt, _ = load_pretrained(path)
 reward_model = RewardModel.from_gpt(gpt, seed=args.seed)
 train, val, test = (encode_preferences(split, tokenizer, gpt.config.block_size)
-                    for split in builtin_preferences(600, 40, 200, seed=123))
+                    for split in builtin_preferences(1500, 40, 200, seed=123))
 before = evaluate_reward_model(reward_model, test)["accuracy"]
 t0 = time.perf_counter()
-train_reward_model(reward_model, train, val, FinetuneConfig(epochs=2, batch_size=8, lr=3e-4, min_lr=3e-5, warmup=10,
+train_reward_model(reward_model, train, val, FinetuneConfig(epochs=3, batch_size=8, lr=3e-4, min_lr=3e-5, warmup=10,
                                                             weight_decay=0.0, log_interval=25, seed=args.seed))
 rm_seconds = time.perf_counter() - t0
 rm_after = evaluate_reward_model(reward_model, test)
