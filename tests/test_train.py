@@ -383,6 +383,15 @@ def test_cli_eval_prints_loss_and_perplexity(cli_run, capsys):
     assert int(match[3]) == 2 * 8 * 16
 
 
+def test_cli_eval_val_fraction_scores_only_the_held_out_tail(cli_run, capsys):
+    data, out = cli_run
+    tokens = {}
+    for flags in ([], ["--val-fraction", "0.25"]):
+        assert main(["eval", "--ckpt", str(out), "--data", str(data), *flags]) == 0
+        tokens[bool(flags)] = int(re.search(r"([\d,]+) tokens evaluated", capsys.readouterr().out)[1].replace(",", ""))
+    assert 0 < tokens[True] < tokens[False] / 3             # a quarter of the text, in whole windows
+
+
 def test_cli_plot_redraws_the_loss_curve(cli_run, capsys, tmp_path):
     _, out = cli_run
 
