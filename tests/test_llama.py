@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+import tinyllm.functional as F
 from tinyllm import backend
 from tinyllm.autograd import no_grad
 from tinyllm.checkpoint import load_pretrained, save_model
@@ -399,3 +400,27 @@ def test_default_lora_targets_fit_each_architecture(config, expected):
     report = apply_lora(GPT(GPTConfig(**config), seed=0), rank=2)
     assert {".".join(name.split(".")[-2:]) for name in report["wrapped"]} == expected
     assert len(report["wrapped"]) == 2 * len(expected)
+
+
+def test_every_training_loop_keeps_the_experts_balancing_loss(rng):
+    """GPT.add_moe_aux_loss adds aux_loss_coef × the balancing loss for an MoE model (and nothing for a dense
+    one); finetune.loop.fit (classifiers, instructions, reward models, DPO) applies it to its loss_fn's loss."""
+    from tinyllm.finetune.loop import FinetuneConfig, fit
+
+    idx, targets = rng.integers(0, 40, size=(4, 8)), rng.integers(0, 40, size=(4, 8))
+    dense = GPT(GPTConfig(**LLAMA), seed=0)
+    loss = F.cross_entropy(dense(idx)[0], targets)
+    assert dense.add_moe_aux_loss(loss) is loss
+
+    first_losses = {}
+    for coef in (0.0, 1.0):
+        model = GPT(GPTConfig(**MOE, aux_loss_coef=coef), seed=0)
+        if coef:
+            loss = F.cross_entropy(model(idx)[0], targets)
+            assert model.add_moe_aux_loss(loss).item() == pytest.approx(loss.item() + model.moe_aux_loss().item())
+        records = []
+        fit(model, 4, lambda rows: F.cross_entropy(model(idx[rows])[0], targets[rows]),
+            FinetuneConfig(epochs=1, batch_size=4, warmup=1), progress=False, log=records.append)
+        first_losses[coef] = records[0]["loss"]
+    # each of the 2 layers' balancing loss is about 1 (its value for evenly used experts)
+    assert first_losses[1.0] - first_losses[0.0] == pytest.approx(2.0, abs=0.5)

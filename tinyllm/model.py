@@ -254,10 +254,16 @@ class GPT(Module):
         logits = F.linear(self.hidden_states(idx, mask, positions, cache), self.head_weight)   # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         if loss is not None and self.training:
-            aux = self.moe_aux_loss()
-            if aux is not None:
-                loss = loss + aux
+            loss = self.add_moe_aux_loss(loss)
         return logits, loss
+
+    def add_moe_aux_loss(self, loss):
+        """``loss`` plus the experts' load-balancing loss of the last forward (``moe_aux_loss``) for a
+        mixture-of-experts model; ``loss`` itself otherwise. Finetuning (``finetune.loop.fit``: classifiers,
+        instructions, reward models, DPO) and PPO/GRPO updates add it to their own losses, so the experts stay
+        evenly used after pretraining too."""
+        aux = self.moe_aux_loss()
+        return loss if aux is None else loss + aux
 
     def moe_layers(self):
         return [block.mlp for block in self.blocks if isinstance(block.mlp, MoE)]

@@ -74,7 +74,9 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
         lengths=None) -> dict:
     """Train ``model`` for ``config.epochs`` epochs over ``num_examples`` examples.
 
-    ``loss_fn(indices)``: the mean loss (a scalar Tensor) of the examples at ``indices`` (an int array).
+    ``loss_fn(indices)``: the mean loss (a scalar Tensor) of the examples at ``indices`` (an int array),
+    computed without ``GPT.forward``'s targets: for a mixture-of-experts model ``fit`` adds the experts'
+    load-balancing loss itself (``GPT.add_moe_aux_loss``).
     ``evaluate_fn()``: metrics after each epoch (a dict of numbers), printed and added to the history.
     ``log(record)``: called with every step's and every epoch's record (e.g. ``append_jsonl`` to a file).
     ``lengths``: each example's length in tokens, to batch similar lengths together (see ``epoch_batches``).
@@ -103,6 +105,8 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
         for indices in epoch_batches(order_rng, num_examples, config.batch_size, lengths, config.bucket):
             optimizer.lr = lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, total_steps)
             loss = loss_fn(indices)
+            if hasattr(model, "add_moe_aux_loss"):            # a mixture of experts keeps balancing its experts
+                loss = model.add_moe_aux_loss(loss)
             loss.backward()
             loss_value = loss.item()
             grad_norm = clip_grad_norm(optimizer.parameters(), config.grad_clip or None)

@@ -162,7 +162,8 @@ def train_grpo(policy, reference, prompts, score_fn, config: GRPOConfig, end_id:
                                           config.beta)
                 if kl is None:                                # k3 per token before this step's updates
                     kl = metrics["kl"]
-                stats["grad_norm"].append(optimizer_step(optimizer, loss, config.grad_clip, f"GRPO step {step + 1}"))
+                stats["grad_norm"].append(optimizer_step(optimizer, policy.add_moe_aux_loss(loss), config.grad_clip,
+                                                              f"GRPO step {step + 1}"))
                 stats["loss"].append(loss.item())
                 stats["clip_frac"].append(metrics["clip_frac"])
         group_std = rewards.reshape(-1, G).std(axis=1)

@@ -293,7 +293,8 @@ def train_ppo(policy: PolicyWithValue, reference, prompts, score_fn, config: PPO
                                             config.value_clip or None)
                 entropy = masked_mean(token_entropy(logits), sub.mask)
                 loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-                stats["grad_norm"].append(optimizer_step(optimizer, loss, config.grad_clip, f"PPO step {step + 1}"))
+                stats["grad_norm"].append(optimizer_step(optimizer, policy.add_moe_aux_loss(loss), config.grad_clip,
+                                                              f"PPO step {step + 1}"))
                 stats["policy_loss"].append(policy_loss.item())
                 stats["value_loss"].append(value_loss.item())
                 stats["entropy"].append(entropy.item())
