@@ -159,3 +159,8 @@ def test_cli_finetune_instruct_then_evaluate(tmp_path, capsys):
     assert "{instruction}" in config["template"]["prompt"], "tinyllm chat reads the prompt with an {instruction} field"
     assert main(["evaluate", "--ckpt", str(out), "--max-new-tokens", "4"]) == 0
     assert "exact match" in capsys.readouterr().out
+
+
+def test_asking_for_more_distinct_tasks_than_exist_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"the 'add' task ran out of new ones after 961; ask for fewer"):
+        builtin_instructions(train=1000, val=0, test=0, kinds=("add",))     # 31 × 31 sums of 0…30

@@ -234,25 +234,34 @@ def make_task(kind: str, rng: random.Random) -> dict:
     raise ValueError(f"unknown task kind {kind!r}; choose from {TASKS}")
 
 
-def builtin_instructions(train: int = 1200, val: int = 60, test: int = 120, seed: int = 123, kinds=TASKS):
-    """(train, val, test) generated records, the kinds in turn, with no (instruction, input) pair shared
-    between the splits, so test scores measure answers the model was not shown. Seeded: the same seed
-    gives the same records. Each record also has "task" (its kind), which the metrics break down by."""
-    rng = random.Random(seed)
-    seen, splits = set(), []
-    for size in (train, val, test):
-        split, attempts = [], 0
-        while len(split) < size:
-            kind = kinds[len(split) % len(kinds)]
+def distinct_tasks(sizes, rng: random.Random, kinds=TASKS):
+    """Generated task records for splits of the given sizes, the kinds in turn, with no (instruction, input)
+    pair twice across all of them. Yields (split number, record with its "task" kind); a caller may draw more
+    from ``rng`` between records (the preference pairs do). Raises ValueError when a kind runs out of new ones."""
+    seen, made_of_kind = set(), {kind: 0 for kind in kinds}
+    for number, size in enumerate(sizes):
+        made, attempts = 0, 0
+        while made < size:
+            kind = kinds[made % len(kinds)]
             record = make_task(kind, rng)
             attempts += 1
             if attempts > 200 * (size + 1):
                 raise ValueError(f"could not generate {size} distinct records: the {kind!r} task ran out of new "
-                                 f"ones after {sum(r['task'] == kind for s in splits + [split] for r in s)}; ask for fewer")
+                                 f"ones after {made_of_kind[kind]}; ask for fewer")
             key = (record["instruction"], record["input"])
             if key in seen:
                 continue
             seen.add(key)
-            split.append({**record, "task": kind})
-        splits.append(split)
-    return tuple(splits)
+            made += 1
+            made_of_kind[kind] += 1
+            yield number, {**record, "task": kind}
+
+
+def builtin_instructions(train: int = 1200, val: int = 60, test: int = 120, seed: int = 123, kinds=TASKS):
+    """(train, val, test) generated records, the kinds in turn, with no (instruction, input) pair shared
+    between the splits, so test scores measure answers the model was not shown. Seeded: the same seed
+    gives the same records. Each record also has "task" (its kind), which the metrics break down by."""
+    splits = ([], [], [])
+    for number, record in distinct_tasks((train, val, test), random.Random(seed), kinds):
+        splits[number].append(record)
+    return splits

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..files import read_records
-from ..data.instructions import TASKS, WORD_SEPARATOR, WORDS, end_token, format_prompt, make_task
+from ..data.instructions import TASKS, WORD_SEPARATOR, WORDS, distinct_tasks, end_token, format_prompt
 
 REQUIRED = ("chosen", "rejected")
 
@@ -113,27 +113,16 @@ def builtin_preferences(train: int = 600, val: int = 40, test: int = 200, seed: 
     are the right answer in the wrong format (chatter around it); the rest are wrong answers.
     Records have "prompt" (Alpaca template), "chosen", "rejected", "task" and "flaw" ("wrong" or "format")."""
     rng = random.Random(seed)
-    seen, splits = set(), []
-    for size in (train, val, test):
-        split, attempts = [], 0
-        while len(split) < size:
-            kind = kinds[len(split) % len(kinds)]
-            record = make_task(kind, rng)
-            attempts += 1
-            if attempts > 200 * (size + 1):
-                raise ValueError(f"could not generate {size} distinct {kinds} preference pairs; ask for fewer")
-            key = (record["instruction"], record["input"])
-            if key in seen:
-                continue
-            seen.add(key)
-            if rng.random() < format_fraction:
-                rejected, flaw = rng.choice(CHATTER).format(*[record["output"]] * 3), "format"
-            else:
-                rejected, flaw = _wrong_answer(record, kind, rng), "wrong"
-            split.append({"prompt": format_prompt(record), "chosen": record["output"], "rejected": rejected,
-                          "instruction": record["instruction"], "input": record["input"], "task": kind, "flaw": flaw})
-        splits.append(split)
-    return tuple(splits)
+    splits = ([], [], [])
+    for number, record in distinct_tasks((train, val, test), rng, kinds):
+        if rng.random() < format_fraction:
+            rejected, flaw = rng.choice(CHATTER).format(*[record["output"]] * 3), "format"
+        else:
+            rejected, flaw = _wrong_answer(record, record["task"], rng), "wrong"
+        splits[number].append({"prompt": format_prompt(record), "chosen": record["output"], "rejected": rejected,
+                               "instruction": record["instruction"], "input": record["input"], "task": record["task"],
+                               "flaw": flaw})
+    return splits
 
 
 # ---------------------------------------------------------------------------------------------- token ids
