@@ -141,3 +141,21 @@ def test_frozen_copy_does_not_move_with_the_policy():
 def test_vocabulary_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="vocabulary of 11 tokens but the reference model has 13"):
         check_same_vocab(tiny_gpt(11), tiny_gpt(13))
+
+
+def test_disable_dropout_silences_model_and_lora_dropout(rng):
+    from tinyllm.lora import apply_lora
+    from tinyllm.rl.logprobs import disable_dropout
+
+    idx = rng.integers(0, 11, size=(2, 8))
+    for model_dropout, lora_dropout in ((0.5, 0.0), (0.0, 0.5)):
+        model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=model_dropout), seed=0)
+        apply_lora(model, rank=2, dropout=lora_dropout)
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):                       # B starts at 0: give the adapters an effect
+                p.data[...] = rng.normal(0, 0.5, p.shape)
+        model.train()
+        assert not np.array_equal(model(idx)[0].numpy(), model(idx)[0].numpy())    # random masks: passes differ
+        disable_dropout(model)
+        assert np.array_equal(model(idx)[0].numpy(), model(idx)[0].numpy())
+        assert model.config.dropout == 0.0

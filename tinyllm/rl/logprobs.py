@@ -239,11 +239,15 @@ def check_same_vocab(policy, other, what: str = "reference") -> None:
 
 
 def disable_dropout(model) -> None:
-    """Set every dropout probability to 0. PPO's ratio π/π_old and DPO's log π − log π_ref compare two
-    forward passes over the same text; dropout would make them differ even with identical weights."""
+    """Set every dropout probability to 0, LoRA adapters' included. PPO's ratio π/π_old and DPO's log π −
+    log π_ref compare two forward passes over the same text; dropout would make them differ even with
+    identical weights."""
+    from ..lora import LoRALinear
     from ..nn import Dropout
     for _, module in model.named_modules():
         if isinstance(module, Dropout):
             module.p = 0.0
+        elif isinstance(module, LoRALinear):
+            module.dropout = 0.0
     if hasattr(model, "config"):
         model.config.dropout = 0.0
