@@ -33,7 +33,7 @@ from .. import backend
 from ..autograd import Tensor, minimum, no_grad
 from .kl import kl_k3
 from .logprobs import check_same_vocab, completion_log_probs, disable_dropout, masked_mean, pack_completions
-from .loop import make_optimizer, minibatches, optimizer_step, sample_prompt_indices
+from .loop import make_optimizer, minibatches, optimizer_step, sample_prompt_indices, eval_recorder
 from .ppo import check_scores
 from .rollout import sample_completions
 
@@ -114,19 +114,10 @@ def train_grpo(policy, reference, prompts, score_fn, config: GRPOConfig, end_id:
     rng = np.random.default_rng(config.seed)
     log = log or (lambda record: None)
     bar = Progress(config.steps, config.log_interval) if progress else None
-    history, evals = [], []
+    history = []
+    run_eval, evals = eval_recorder(policy, eval_fn, log, bar)
     started = time.perf_counter()
     G = config.group_size
-
-    def run_eval(step):
-        if eval_fn is None:
-            return
-        record = {"kind": "eval", "step": step, **eval_fn(policy)}
-        evals.append(record)
-        log(record)
-        if bar:
-            bar.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                     if k not in ("kind", "step") and isinstance(v, float)))
 
     run_eval(0)
     for step in range(config.steps):

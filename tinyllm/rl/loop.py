@@ -1,4 +1,5 @@
-"""What PPO's and GRPO's training loops share: the optimizer, one gradient step, and a prompt sampler.
+"""What PPO's and GRPO's training loops share: the optimizer, one gradient step, a prompt sampler and the
+logged evaluations.
 
 Both loops alternate two phases, unlike pretraining's single one:
 
@@ -53,3 +54,22 @@ def minibatches(rng: np.random.Generator, n: int, size: int | None):
     order = rng.permutation(n)
     size = n if not size else size
     return [order[i:i + size] for i in range(0, n, size)]
+
+
+def eval_recorder(policy, eval_fn, log, bar):
+    """(run_eval, evals): ``run_eval(step)`` puts the policy in eval mode, logs ``eval_fn(policy)`` as a
+    kind "eval" record, shows its numbers on the progress bar and keeps it in ``evals``. Without an
+    ``eval_fn`` it does nothing."""
+    evals = []
+
+    def run_eval(step):
+        if eval_fn is None:
+            return
+        policy.eval()
+        record = {"kind": "eval", "step": step, **eval_fn(policy)}
+        evals.append(record)
+        log(record)
+        if bar:
+            bar.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                     if k not in ("kind", "step") and isinstance(v, float)))
+    return run_eval, evals

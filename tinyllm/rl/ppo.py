@@ -49,7 +49,7 @@ from ..model import GPT
 from ..nn import Linear
 from .logprobs import (Completions, check_same_vocab, completion_log_probs, disable_dropout, masked_mean,
                        pack_completions, token_entropy)
-from .loop import make_optimizer, minibatches, optimizer_step, sample_prompt_indices
+from .loop import make_optimizer, minibatches, optimizer_step, sample_prompt_indices, eval_recorder
 from .rollout import sample_completions
 
 
@@ -239,19 +239,9 @@ def train_ppo(policy: PolicyWithValue, reference, prompts, score_fn, config: PPO
     rng = np.random.default_rng(config.seed)
     log = log or (lambda record: None)
     bar = Progress(config.steps, config.log_interval) if progress else None
-    history, evals = [], []
+    history = []
+    run_eval, evals = eval_recorder(policy, eval_fn, log, bar)
     started = time.perf_counter()
-
-    def run_eval(step):
-        if eval_fn is None:
-            return
-        policy.eval()
-        record = {"kind": "eval", "step": step, **eval_fn(policy)}
-        evals.append(record)
-        log(record)
-        if bar:
-            bar.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                     if k not in ("kind", "step") and isinstance(v, float)))
 
     run_eval(0)
     for step in range(config.steps):
