@@ -19,7 +19,7 @@ import pytest
 import tinyllm.functional as F
 from tinyllm import backend
 from tinyllm.autograd import Tensor
-from tinyllm.functional.attention import attention_backward, attention_forward
+from tinyllm.functional.attention import attention_backward, attention_forward, check_heads, split_qkv
 from tinyllm.testing import gradcheck
 
 uses_float64 = pytest.mark.usefixtures("float64")
@@ -858,3 +858,22 @@ def test_moe_experts_backward_keeps_the_hidden_pre_activations_and_the_sort(rng)
     out = F.moe_experts(x, indices, weights, *experts)
 
     assert saved_extra_elements(out, (x, weights, *experts)) <= 2 * n * k * hidden + 4 * n * k
+
+
+def test_check_heads_defaults_to_multi_head_and_rejects_uneven_groups():
+    assert check_heads(6, None) == 6 and check_heads(6, 3) == 3 and check_heads(6, 1) == 1
+    for bad in (4, 0):
+        with pytest.raises(ValueError, match=rf"n_head=6 must be divisible by n_kv_head={bad}"):
+            check_heads(6, bad)
+
+
+def test_split_qkv_gives_views_of_the_query_key_and_value_heads(rng):
+    B, T, H, H_kv, D = 2, 3, 4, 2, 5
+    qkv = rng.normal(size=(B, T, (H + 2 * H_kv) * D))
+    q, k, v = split_qkv(qkv, H, H_kv)
+    assert q.shape == (B, H, T, D) and k.shape == v.shape == (B, H_kv, T, D)
+    heads = qkv.reshape(B, T, H + 2 * H_kv, D)
+    np.testing.assert_array_equal(q[1, 3, 2], heads[1, 2, 3])
+    np.testing.assert_array_equal(k[0, 1, 1], heads[0, 1, H + 1])
+    np.testing.assert_array_equal(v[1, 0, 2], heads[1, 2, H + H_kv])
+    assert all(np.shares_memory(part, qkv) for part in (q, k, v))      # views: no copies
