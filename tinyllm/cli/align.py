@@ -35,8 +35,6 @@ def add_commands(sub) -> None:
                                        "pairwise accuracy on held-out pairs before and after.")
     _common(r, out="runs/reward", lr=3e-4)
     _preference_flags(r)
-    r.add_argument("--epochs", type=int, default=2, help="passes over the training pairs")
-    r.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     r.set_defaults(func=run_reward)
 
     d = methods.add_parser("dpo", help="Direct Preference Optimization on preference pairs", formatter_class=fmt,
@@ -46,8 +44,6 @@ def add_commands(sub) -> None:
     _common(d, out="runs/dpo", lr=5e-5)
     _preference_flags(d)
     d.add_argument("--beta", type=float, default=0.1, help="β: strength of the implicit KL leash (smaller = further from the reference)")
-    d.add_argument("--epochs", type=int, default=2, help="passes over the training pairs")
-    d.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     _lora_flags(d)
     d.set_defaults(func=run_dpo)
 
@@ -155,6 +151,8 @@ def _preference_flags(p) -> None:
     p.add_argument("--train-size", type=int, default=600, help="built-in training pairs")
     p.add_argument("--test-size", type=int, default=200, help="built-in held-out pairs")
     p.add_argument("--limit", type=int, default=None, help="train on at most this many pairs")
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training pairs")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step")
 
 
 # ---------------------------------------------------------------------------------------------- shared
