@@ -311,6 +311,22 @@ def test_cross_entropy_gradients(logits_shape, reduction, rng):
     check(lambda z: F.cross_entropy(z, targets, reduction=reduction), leaf(2 * rng.standard_normal(logits_shape)))
 
 
+@uses_float64
+def test_cross_entropy_in_row_chunks_matches_one_chunk_and_gradchecks(monkeypatch, rng):
+    """The forward's exp runs over chunks of rows; chunks of 2 rows (and a ragged last one) change nothing."""
+    import tinyllm.functional.losses as losses
+    logits, targets = 2 * rng.standard_normal((7, 5)), rng.integers(0, 5, size=7)
+    whole = F.cross_entropy(leaf(logits), targets)
+    whole.backward()
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 10)        # 10 // V=5 → 2 rows per chunk: 4 chunks
+    z = leaf(logits)
+    chunked = F.cross_entropy(z, targets)
+    chunked.backward()
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-14)
+    np.testing.assert_allclose(z.grad, -np.eye(5)[targets] / 7 + np_softmax(logits) / 7, rtol=1e-12, atol=1e-15)
+    check(lambda z: F.cross_entropy(z, targets), leaf(logits))
+
+
 def test_cross_entropy_is_minus_mean_log_probability_of_the_targets(rng):
     logits, targets = rng.standard_normal((2, 4, 7)), rng.integers(0, 7, size=(2, 4))
 

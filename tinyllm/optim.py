@@ -82,8 +82,11 @@ class AdamW(Optimizer):
         for g in self.groups:
             beta1, beta2 = g["betas"]
             lr = self.lr * g.get("lr_scale", 1.0)
-            step_size = lr / (1 - beta1 ** self.step_count)
-            inv_sqrt_bc2 = 1.0 / math.sqrt(1 - beta2 ** self.step_count)
+            # m̂ / (√v̂ + ε) with m̂ = m / bc1, v̂ = v / bc2 is (√bc2 / bc1) · m / (√v + ε √bc2): the bias
+            # corrections become two scalars, saving a pass over v.
+            sqrt_bc2 = math.sqrt(1 - beta2 ** self.step_count)
+            step_size = lr * sqrt_bc2 / (1 - beta1 ** self.step_count)
+            eps = g["eps"] * sqrt_bc2
             decay = 1 - lr * g["weight_decay"]
 
             def update(p, grad, m, v):                        # in place, on flat blocks of one parameter
@@ -96,9 +99,8 @@ class AdamW(Optimizer):
                 scratch *= 1 - beta2
                 v *= beta2
                 v += scratch
-                xp.sqrt(v, out=scratch)                       # √v̂ + ε, then m̂ / (√v̂ + ε)
-                scratch *= inv_sqrt_bc2
-                scratch += g["eps"]
+                xp.sqrt(v, out=scratch)                       # √v + ε √bc2, then m / (√v + ε √bc2)
+                scratch += eps
                 xp.divide(m, scratch, out=scratch)
                 scratch *= step_size
                 p -= scratch

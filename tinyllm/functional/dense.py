@@ -16,7 +16,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         dX = dY W          (N, C_out) @ (C_out, C_in)
         dW = dYᵀ X         (C_out, N) @ (N, C_in)
         db = Σ_n dY[n]
-    Saves nothing beyond its inputs (x and W are needed anyway).
+    Saves nothing beyond its inputs (x and W are needed anyway). db is computed as 1ᵀ dY, a matrix-vector
+    product, so BLAS sums the columns on every core.
     """
     c_out, c_in = weight.shape
     if x.shape[-1] != c_in:
@@ -26,21 +27,19 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     x2d = x.data.reshape(-1, c_in)                            # (N, C_in)
     y = x2d @ weight.data.T                                   # (N, C_out)
     if bias is not None:
-        y += bias.data
+        def add_bias(rows):                                   # y += b, on row blocks in parallel
+            rows += bias.data
+        backend.parallel_rows(add_bias, y)
 
     def backward(dy):
         dy2d = dy.reshape(-1, c_out)                          # (N, C_out)
         dx = (dy2d @ weight.data).reshape(x.shape) if x.requires_grad else None
         dw = dy2d.T @ x2d if weight.requires_grad else None
-        db = sum(backend.parallel_rows(_column_sums, dy2d)) if bias is not None and bias.requires_grad else None
+        db = backend.xp.ones(len(dy2d), dy2d.dtype) @ dy2d if bias is not None and bias.requires_grad else None
         return dx, dw, db
 
     parents = (x, weight) if bias is None else (x, weight, bias)
     return Tensor._make(y.reshape(*x.shape[:-1], c_out), parents, backward)
-
-
-def _column_sums(rows):
-    return rows.sum(axis=0)
 
 
 def embedding(idx, weight: Tensor) -> Tensor:

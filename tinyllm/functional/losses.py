@@ -6,6 +6,9 @@ from .. import backend
 from ..autograd import Tensor
 
 
+CHUNK_ELEMENTS = 1 << 18   # cross_entropy's exp runs over row chunks of about this many values (1 MB of float32)
+
+
 def _softmax_array(x, axis):
     """softmax of a raw array, stable: exp(x - max) / Σ exp(x - max). Returns a new array."""
     xp = backend.xp
@@ -83,10 +86,15 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     zmax = xp.empty((z.shape[0], 1), dtype=z.dtype)           # (N, 1)
     sum_exp = xp.empty(z.shape[0], dtype=z.dtype)             # (N,)
 
+    chunk_rows = max(1, CHUNK_ELEMENTS // vocab) if backend.device == "cpu" else len(z)
+
     def forward_block(z, zmax, exp_z, sum_exp):
         z.max(axis=1, keepdims=True, out=zmax)
-        xp.subtract(z, zmax, out=exp_z)
-        xp.exp(exp_z, out=exp_z)
+        # exp(z - max) a few rows at a time, the difference in a small buffer that stays in cache: over
+        # the whole (N, V) array, a separate subtract pass and an in-place exp took 1.5x as long.
+        for i in range(0, len(z), chunk_rows):
+            chunk = slice(i, i + chunk_rows)
+            xp.exp(z[chunk] - zmax[chunk], out=exp_z[chunk])
         exp_z.sum(axis=1, out=sum_exp)
 
     backend.parallel_rows(forward_block, z, zmax, exp_z, sum_exp)
