@@ -47,7 +47,7 @@ def tinyllm_step_fn(config, seed=0):
     import numpy as np
     from tinyllm.model import GPT, GPTConfig
     from tinyllm.optim import AdamW, clip_grad_norm
-    from tinyllm.train import param_groups
+    from tinyllm.train import forward_backward, param_groups
 
     tinyllm.set_device(DEVICE)
     model = GPT(GPTConfig(**config), seed=seed)
@@ -56,13 +56,12 @@ def tinyllm_step_fn(config, seed=0):
     x = rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))
     y = rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))
 
-    def step():
-        _, loss = model(x, y)
-        loss.backward()
+    def step():                                # what `tinyllm pretrain` does per step
+        loss = forward_backward(model, x, y)     # batch split over the CPU cores (backend.data_parallel)
         clip_grad_norm(optimizer.parameters(), 1.0)
         optimizer.step()
         model.zero_grad()
-        return loss.item()
+        return loss
     return step, model
 
 

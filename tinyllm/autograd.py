@@ -17,11 +17,15 @@ Gradients of leaves (parameters) are accumulated: call ``zero_grad`` (or set ``.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from . import backend
 
 _grad_enabled = True
+_this_thread = threading.local()   # .leaf_grads: where this thread's backward() puts the leaves' gradients
 
 
 class no_grad:
@@ -38,6 +42,28 @@ class no_grad:
 
 def is_grad_enabled() -> bool:
     return _grad_enabled
+
+
+@contextlib.contextmanager
+def collect_leaf_grads():
+    """Within this block, ``backward()`` called in this thread puts the gradients of leaves (parameters)
+    into the yielded dict, ``{id(leaf): [leaf, gradient]}``, instead of adding them to ``leaf.grad``.
+
+    For threads that run backward on their own micro-batches at the same time (``backend.data_parallel``):
+    no parameter is written by two threads at once, and the caller adds the dicts with ``add_leaf_grads`` in
+    a fixed order, so the sum (floating-point addition is not associative) is the same on every run.
+    """
+    previous, _this_thread.leaf_grads = getattr(_this_thread, "leaf_grads", None), {}
+    try:
+        yield _this_thread.leaf_grads
+    finally:
+        _this_thread.leaf_grads = previous
+
+
+def add_leaf_grads(leaf_grads: dict) -> None:
+    """Add gradients collected by ``collect_leaf_grads`` to the leaves' ``.grad``."""
+    for leaf, grad in leaf_grads.values():
+        leaf._accumulate(grad)
 
 
 class Tensor:
@@ -163,6 +189,11 @@ class Tensor:
     def _accumulate(self, grad) -> None:
         # The first gradient is stored as is (it may be shared with another tensor, e.g. both inputs of an
         # add); a second one makes a private copy, after which further ones are added in place.
+        leaf_grads = getattr(_this_thread, "leaf_grads", None)
+        if leaf_grads is not None and self._backward is None:   # a leaf, inside collect_leaf_grads()
+            entry = leaf_grads.setdefault(id(self), [self, None])
+            entry[1] = grad if entry[1] is None else entry[1] + grad
+            return
         if self.grad is None:
             self.grad, self._grad_owned = grad, False
         elif self._grad_owned:

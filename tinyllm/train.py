@@ -2,7 +2,8 @@
 
 One step:   x, y = random windows of the training ids      (B, T) each, y = x shifted by one
             loss = cross_entropy(model(x), y)                mean over B·T positions
-            loss.backward()                                   (× grad_accum micro-batches, each scaled 1/grad_accum)
+            loss.backward()                                   (× grad_accum micro-batches, each scaled 1/grad_accum;
+                                                              each split over the CPU cores: forward_backward)
             clip the global gradient norm, set the scheduled learning rate, AdamW step
 
 Every ``eval_interval`` steps the mean loss on a fixed set of validation windows (and perplexity = e^loss)
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .autograd import no_grad
+from .autograd import add_leaf_grads, collect_leaf_grads, no_grad
 from .checkpoint import config_differences, load_config, load_train_state, load_weights, save_model, save_train_state
 from .data.tokens import TokenWindows, check_length, random_batch
 from .files import append_jsonl, atomic_write, read_jsonl
@@ -57,6 +58,36 @@ def param_groups(model, weight_decay):
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def forward_backward(model, x, y, scale: float = 1.0) -> float:
+    """The model's mean loss on inputs x and targets y (B, T); adds scale × its gradient to the parameters'
+    ``.grad``.
+
+    On a multi-core CPU the batch is split into row blocks that threads run side by side, each a whole
+    forward and backward pass (``backend.data_parallel``). Block k's loss is the mean over its rows, so it
+    enters with weight rows_k / B (every position has a target in pretraining). Each thread collects its own
+    parameter gradients and they are added here in block order: the result equals the whole batch's up to
+    float rounding, and is the same on every run. Each block draws dropout masks from its own generator,
+    seeded from the global one. Mixture-of-experts layers keep their balancing loss on the module between
+    forward and backward, so such models run the batch whole.
+    """
+    seeds = backend.global_rng().integers(2**63, size=len(x))   # a block seeds its dropout with its first row's
+
+    def run_block(x_block, y_block, seeds_block):
+        share = len(x_block) / len(x)
+        with backend.thread_rng(backend.rng(int(seeds_block[0]))), collect_leaf_grads() as grads:
+            _, loss = model(x_block, y_block)
+            loss.backward(backend.xp.asarray(scale * share, dtype=loss.dtype))
+        return loss.item() * share, grads
+
+    if getattr(model.config, "mlp", None) == "moe":
+        blocks = [run_block(x, y, seeds)]
+    else:
+        blocks = backend.data_parallel(run_block, x, y, seeds)
+    for _, grads in blocks:
+        add_leaf_grads(grads)
+    return sum(loss for loss, _ in blocks)
 
 
 def evaluate(model, ids, batch_size: int, context: int, max_batches: int | None = None) -> dict:
@@ -200,9 +231,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         loss_sum = 0.0
         for _ in range(config.grad_accum):
             x, y = random_batch(train_ids, config.batch_size, context, data_rng)
-            _, loss = model(x, y)
-            loss.backward(backend.xp.asarray(1.0 / config.grad_accum, dtype=loss.dtype))
-            loss_sum += loss.item()
+            loss_sum += forward_backward(model, x, y, 1.0 / config.grad_accum)
         loss_value = loss_sum / config.grad_accum
         grad_norm = clip_grad_norm(optimizer.parameters(), config.grad_clip or None)
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
