@@ -69,8 +69,7 @@ def forward_backward(model, x, y, scale: float = 1.0) -> float:
     enters with weight rows_k / B (every position has a target in pretraining). Each thread collects its own
     parameter gradients and they are added here in block order: the result equals the whole batch's up to
     float rounding, and is the same on every run. Each block draws dropout masks from its own generator,
-    seeded from the global one. Mixture-of-experts layers keep their balancing loss on the module between
-    forward and backward, so such models run the batch whole.
+    seeded from the global one. Mixture-of-experts models run the batch whole (``_split_over_cores``).
     """
     seeds = backend.global_rng().integers(2**63, size=len(x))   # a block seeds its dropout with its first row's
 
@@ -81,13 +80,18 @@ def forward_backward(model, x, y, scale: float = 1.0) -> float:
             loss.backward(backend.xp.asarray(scale * share, dtype=loss.dtype))
         return loss.item() * share, grads
 
-    if getattr(model.config, "mlp", None) == "moe":
-        blocks = [run_block(x, y, seeds)]
-    else:
-        blocks = backend.data_parallel(run_block, x, y, seeds)
+    blocks = _split_over_cores(model, run_block, x, y, seeds)
     for _, grads in blocks:
         add_leaf_grads(grads)
     return sum(loss for loss, _ in blocks)
+
+
+def _split_over_cores(model, fn, *arrays) -> list:
+    """``backend.data_parallel(fn, *arrays)``, or ``[fn(*arrays)]`` for a mixture-of-experts model (its
+    layers keep per-batch state on the module, which threads would overwrite for each other)."""
+    if getattr(model.config, "mlp", None) == "moe":
+        return [fn(*arrays)]
+    return backend.data_parallel(fn, *arrays)
 
 
 def evaluate(model, ids, batch_size: int, context: int, max_batches: int | None = None) -> dict:
@@ -100,11 +104,15 @@ def evaluate(model, ids, batch_size: int, context: int, max_batches: int | None 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    def summed_loss(x, y):
+        _, loss = model(x, y)
+        return loss.item() * y.size, y.size
+
     with no_grad():
         for x, y in windows.batches(batch_size):
-            _, loss = model(x, y)
-            total += loss.item() * y.size
-            count += y.size
+            for block_total, block_count in _split_over_cores(model, summed_loss, x, y):
+                total += block_total
+                count += block_count
     model.train(was_training)
     mean = total / count
     return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": count}

@@ -1,0 +1,150 @@
+"""Data parallelism over CPU threads: backend.data_parallel, autograd.collect_leaf_grads and
+train.forward_backward (a training step's batch split into row blocks that threads run side by side).
+
+Two threads are forced, so the split happens even on a one-core machine; the results must equal running the
+batch whole (up to float rounding) and be the same on every run.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from tinyllm import backend
+from tinyllm.autograd import Tensor, add_leaf_grads, collect_leaf_grads
+from tinyllm.model import GPT, GPTConfig
+from tinyllm.train import evaluate, forward_backward
+
+TINY = dict(vocab_size=30, block_size=8, n_layer=2, n_head=2, n_embd=16)
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    monkeypatch.setattr(backend, "num_threads", 2)
+
+
+def _blas_threads():
+    """NumPy's OpenBLAS thread count, or None when tinyllm cannot read it (another BLAS)."""
+    backend.data_parallel(lambda rows: None, np.zeros(2))     # looks the functions up once (needs 2 rows)
+    return backend._openblas[1]() if backend._openblas else None
+
+
+def test_data_parallel_runs_row_blocks_in_threads_with_one_blas_thread(two_threads):
+    before = _blas_threads()
+    seen = backend.data_parallel(lambda a, b: (a.copy(), b.copy(), threading.get_ident(), _blas_threads()),
+                                 np.arange(5.0), np.arange(5) * 10)
+    if before is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads tinyllm can set: data_parallel runs whole")
+    assert len(seen) == 2
+    assert np.array_equal(np.concatenate([s[0] for s in seen]), np.arange(5.0))     # row order kept
+    assert np.array_equal(np.concatenate([s[1] for s in seen]), np.arange(5) * 10)  # arrays split alike
+    assert seen[0][2] != seen[1][2]                                                  # two threads
+    assert [s[3] for s in seen] == [1, 1]                                           # each with one BLAS thread
+    assert _blas_threads() == before                                                 # restored afterwards
+
+
+def test_data_parallel_runs_whole_with_one_thread_or_inside_itself(monkeypatch, two_threads):
+    outer = backend.data_parallel(lambda a: len(backend.data_parallel(lambda b: b, a)), np.arange(4.0))
+    assert all(inner == 1 for inner in outer)                # nested: each block runs its rows whole
+    monkeypatch.setattr(backend, "num_threads", 1)
+    assert len(backend.data_parallel(lambda a: a, np.arange(4.0))) == 1
+
+
+def test_parallel_rows_runs_inline_inside_data_parallel(monkeypatch, two_threads):
+    monkeypatch.setattr(backend, "min_parallel_size", 0)
+    counts = backend.data_parallel(lambda a: len(backend.parallel_rows(lambda b: b, a)), np.zeros((4, 3)))
+    if backend._openblas:
+        assert counts == [1, 1]
+
+
+def test_data_parallel_passes_on_a_blocks_error_and_restores_blas_threads(two_threads):
+    before = _blas_threads()
+
+    def fail_on_second_block(a):
+        if a[0] >= 2:
+            raise ValueError(f"bad block starting at {a[0]}")
+        return a
+
+    with pytest.raises(ValueError, match="bad block starting at 2"):
+        backend.data_parallel(fail_on_second_block, np.arange(4.0))
+    assert _blas_threads() == before
+    assert len(backend.data_parallel(lambda a: a, np.arange(4.0))) == (2 if before is not None else 1)
+
+
+def test_collected_leaf_gradients_stay_off_the_leaves_until_added():
+    w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with collect_leaf_grads() as grads:
+        ((w * w).sum() + w.sum()).backward()                 # two paths into w: 2w + 1
+    assert w.grad is None
+    assert list(grads) == [id(w)] and np.allclose(grads[id(w)][1], [3.0, 5.0])
+    add_leaf_grads(grads)
+    add_leaf_grads(grads)
+    assert np.allclose(w.grad, [6.0, 10.0])
+
+
+def test_thread_rng_replaces_the_global_generator_in_its_thread_only():
+    own = backend.rng(1)
+    with backend.thread_rng(own):
+        assert backend.global_rng() is own
+        other = []
+        worker = threading.Thread(target=lambda: other.append(backend.global_rng()))
+        worker.start()
+        worker.join()
+        assert other[0] is not own
+    assert backend.global_rng() is not own
+
+
+def _batch(rows=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, TINY["vocab_size"], (rows, 8)), rng.integers(0, TINY["vocab_size"], (rows, 8))
+
+
+@pytest.mark.usefixtures("float64")
+def test_forward_backward_equals_the_whole_batch(two_threads):
+    x, y = _batch(rows=5)                                    # 5 rows: blocks of 2 and 3, weighted 2/5 and 3/5
+    split, whole = GPT(GPTConfig(**TINY), seed=0), GPT(GPTConfig(**TINY), seed=0)
+
+    loss = forward_backward(split, x, y, scale=0.5)
+
+    _, expected = whole(x, y)
+    expected.backward(np.asarray(0.5))
+    assert loss == pytest.approx(expected.item(), rel=1e-12)
+    for (name, p), q in zip(split.named_parameters(), whole.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_forward_backward_with_dropout_is_the_same_on_every_run(two_threads):
+    runs = []
+    for _ in range(2):
+        backend.manual_seed(7)
+        model = GPT(GPTConfig(**TINY, dropout=0.3), seed=0)
+        loss = forward_backward(model, *_batch())
+        runs.append((loss, [p.grad.copy() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+@pytest.mark.usefixtures("float64")
+def test_forward_backward_runs_a_mixture_of_experts_model_whole(two_threads, monkeypatch):
+    moe = dict(TINY, mlp="moe", n_expert=4, expert_top_k=2, norm="rmsnorm", pos="rope", bias=False)
+    model, reference = GPT(GPTConfig(**moe), seed=0), GPT(GPTConfig(**moe), seed=0)
+    monkeypatch.setattr(backend, "data_parallel", lambda *a: pytest.fail("a MoE model must not be split"))
+    x, y = _batch()
+
+    loss = forward_backward(model, x, y)
+
+    _, expected = reference(x, y)                            # includes the balancing loss of this very batch
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-12)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.usefixtures("float64")
+def test_evaluate_split_over_threads_equals_one_thread(monkeypatch):
+    model, ids = GPT(GPTConfig(**TINY), seed=0), np.random.default_rng(0).integers(0, TINY["vocab_size"], 300)
+    monkeypatch.setattr(backend, "num_threads", 1)
+    one = evaluate(model, ids, batch_size=5, context=8)
+    monkeypatch.setattr(backend, "num_threads", 2)
+    two = evaluate(model, ids, batch_size=5, context=8)
+    assert two["tokens"] == one["tokens"] and two["loss"] == pytest.approx(one["loss"], rel=1e-12)
