@@ -90,7 +90,7 @@ print(f"   untrained validation loss {before['loss']:.3f} (ln {tokenizer.vocab_s
 # just damage. The learning rate rises linearly for WARMUP steps (Adam's moment estimates are noisy at
 # first), then follows a cosine down to MIN_LR, so the last steps make small, careful updates.
 optimizer = AdamW(param_groups(model, weight_decay=0.1), lr=PEAK_LR, betas=(0.9, 0.99), weight_decay=0.1)
-data_rng = np.random.default_rng(args.seed)
+data_rng = np.random.default_rng([args.seed, 1])   # a stream of its own: not the bits the weights came from
 print(f"5. training for {args.steps} steps of {BATCH_SIZE}×{CONTEXT} tokens")
 model.train()
 t0 = time.perf_counter()
@@ -103,6 +103,8 @@ for step in range(args.steps):
 
     _, loss = model(x, y)      # forward: logits (B, T, V) and their mean cross-entropy against y
     loss.backward()            # backward: d loss / d parameter, into every parameter's .grad
+    # (`tinyllm pretrain` does these two lines with tinyllm.train.forward_backward, which splits the batch
+    # into one block per CPU core and runs the blocks' forward and backward passes side by side.)
 
     # One unlucky batch can produce a huge gradient; scaling all gradients together so that their joint
     # norm is at most GRAD_CLIP keeps the update's direction and bounds its size.

@@ -169,7 +169,10 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
             (run_dir / "log.jsonl").unlink(missing_ok=True)
     optimizer = AdamW(param_groups(model, config.weight_decay), lr=config.lr,
                       betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
-    data_rng = np.random.default_rng(config.seed)
+    # The batches' generator is seeded with (seed, 1): a stream independent of the weights' (GPT(config, seed)
+    # draws them from default_rng(seed)). With one seed for both, the k-th batch offset would come from the same
+    # random bits as the k-th initial weight.
+    data_rng = np.random.default_rng([config.seed, 1])
     backend.manual_seed(config.seed)
     start = 0
     train_settings = dataclasses.asdict(config)
