@@ -536,6 +536,50 @@ def test_self_attention_gradients(with_mask, rng):
     check(lambda qkv: F.self_attention(qkv, 2, mask=mask), leaf(rng.standard_normal((2, 4, 3 * 6))))
 
 
+@pytest.fixture
+def small_query_blocks(monkeypatch):
+    """Blocks of 2 queries, so that these tiny shapes go through blockwise_attention_forward's loop."""
+    import tinyllm.functional.attention as attention
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 2)
+    return attention
+
+
+def _mask_with_diagonal(rng, shape):
+    mask = rng.random(shape) < 0.6
+    mask[..., np.arange(shape[-2]), np.arange(shape[-2]) + shape[-1] - shape[-2]] = True   # every query sees itself
+    return mask
+
+
+QUERY_BLOCK_CASES = {                         # heads, kv heads, queries, keys, mask
+    "self": (2, 2, 7, 7, None),
+    "kv_cache_offset": (2, 2, 5, 9, None),
+    "grouped": (4, 2, 6, 6, None),
+    "padding": (2, 2, 7, 7, padding_mask([7, 3], 7)),
+    "per_query_grouped": (2, 1, 6, 8, "random"),
+}
+
+
+@uses_float64
+@pytest.mark.parametrize("case", QUERY_BLOCK_CASES.values(), ids=QUERY_BLOCK_CASES.keys())
+def test_attention_in_query_blocks_equals_the_reference_and_gradchecks(case, small_query_blocks, rng):
+    n_head, n_kv_head, t_q, t_k, mask = case
+    mask = _mask_with_diagonal(rng, (2, n_head, t_q, t_k)) if isinstance(mask, str) else mask
+    q, k, v = rng.standard_normal((2, n_head, t_q, 3)), rng.standard_normal((2, n_kv_head, t_k, 3)), rng.standard_normal((2, n_kv_head, t_k, 3))
+    assert len(small_query_blocks._query_blocks(t_q, t_k, causal=True)) > 1
+
+    y = sdpa64(q, k, v, causal=True, mask=mask)
+
+    group = n_head // n_kv_head
+    expected = np_attention(q, np.repeat(k, group, axis=1), np.repeat(v, group, axis=1), causal=True, mask=mask)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, True, mask), leaf(q), leaf(k), leaf(v))
+
+
+@uses_float64
+def test_self_attention_in_query_blocks_gradients(small_query_blocks, rng):
+    check(lambda qkv: F.self_attention(qkv, 2, mask=padding_mask([5, 4], 5)), leaf(rng.standard_normal((2, 5, 3 * 6))))
+
+
 @uses_float64
 def test_raw_attention_forward_and_backward_agree_with_primitive_autograd(rng):
     """attention_forward/attention_backward against the same math composed from autograd primitives."""
@@ -764,6 +808,14 @@ def test_attention_names_query_heads_that_kv_heads_do_not_divide():
 
 
 # ====================================================================== memory: what each backward keeps
+def _arrays_in(nested):
+    for item in nested:
+        if isinstance(item, (list, tuple)):
+            yield from _arrays_in(item)
+        elif isinstance(item, backend.xp.ndarray):
+            yield item
+
+
 def saved_extra_elements(out, inputs):
     """Elements of the arrays that ``out``'s backward closure keeps alive, besides the inputs' own arrays.
 
@@ -780,7 +832,10 @@ def saved_extra_elements(out, inputs):
             if id(value) in seen:
                 continue
             seen.add(id(value))
-            if callable(value) and getattr(value, "__closure__", None):
+            if isinstance(value, (list, tuple)):                     # e.g. per-block saved arrays
+                extra += sum(v.size for v in _arrays_in(value)
+                             if not any(xp.may_share_memory(v, a) for a in input_arrays))
+            elif callable(value) and getattr(value, "__closure__", None):
                 pending.append(value)
             elif isinstance(value, Tensor):
                 assert any(value is t for t in inputs), f"backward keeps a Tensor {value} that is not an input"
@@ -809,6 +864,16 @@ def test_self_attention_backward_keeps_only_probs_and_scaled_queries(rng):
     # probs (B, H, T, T) + scaled q (B, T, C); k and v are views into the input qkv.
     allowed = b * n_head * t * t + b * t * c
     assert saved_extra_elements(out, (qkv,)) <= allowed
+
+
+def test_attention_in_query_blocks_keeps_only_the_probabilities_it_computed(small_query_blocks, rng):
+    b, h, t, d = 2, 3, 8, 5
+    q, k, v = (Tensor(a, requires_grad=True) for a in qkv_arrays(rng, b, h, t, t, d))
+
+    out = F.scaled_dot_product_attention(q, k, v, causal=True)
+
+    # Blocks of 2 queries see 2, 4, 6, 8 keys: 40 probabilities per head instead of 64, plus the scaled queries.
+    assert saved_extra_elements(out, (q, k, v)) == b * h * 2 * (2 + 4 + 6 + 8) + b * h * t * d
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])

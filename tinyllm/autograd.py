@@ -60,10 +60,27 @@ def collect_leaf_grads():
         _this_thread.leaf_grads = previous
 
 
-def add_leaf_grads(leaf_grads: dict) -> None:
-    """Add gradients collected by ``collect_leaf_grads`` to the leaves' ``.grad``."""
-    for leaf, grad in leaf_grads.values():
+def add_leaf_grads(*collected: dict) -> None:
+    """Add the gradients gathered by ``collect_leaf_grads`` (one dict per thread) into the leaves' ``.grad``,
+    summing the dicts in the order given. Sums of large arrays run on row blocks in parallel."""
+    totals = {}
+    for leaf_grads in collected:
+        for key, (leaf, grad) in leaf_grads.items():
+            if key in totals:
+                totals[key][1] = _sum(totals[key][1], grad)
+            else:
+                totals[key] = [leaf, grad]
+    for leaf, grad in totals.values():
         leaf._accumulate(grad)
+
+
+def _sum(a, b):
+    """a + b as a new array; for equal shapes and dtypes on row blocks in parallel (``parallel_rows``)."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.ndim == 0:
+        return a + b
+    total = backend.xp.empty_like(a)
+    backend.parallel_rows(backend.xp.add, a, b, total)
+    return total
 
 
 class Tensor:

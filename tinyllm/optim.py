@@ -146,8 +146,11 @@ def clip_grad_norm(params, max_norm: float) -> float:
     if max_norm is not None and total > max_norm and math.isfinite(total):
         scale = max_norm / (total + 1e-6)
         for p in params:
-            if p.grad is not None:
-                p.grad = p.grad * p.grad.dtype.type(scale)  # not in place: a gradient may be shared
+            if p.grad is not None:                           # not in place: a gradient may be shared
+                scaled = backend.xp.empty_like(p.grad)
+                factor = p.grad.dtype.type(scale)
+                backend.parallel_rows(lambda g, out: backend.xp.multiply(g, factor, out=out), p.grad, scaled)
+                p.grad = scaled
     return total
 
 

@@ -81,8 +81,7 @@ def forward_backward(model, x, y, scale: float = 1.0) -> float:
         return loss.item() * share, grads
 
     blocks = _split_over_cores(model, run_block, x, y, seeds)
-    for _, grads in blocks:
-        add_leaf_grads(grads)
+    add_leaf_grads(*(grads for _, grads in blocks))
     return sum(loss for loss, _ in blocks)
 
 

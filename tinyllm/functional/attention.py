@@ -114,6 +114,67 @@ def attention_backward(dy, k, v, probs, q_scaled):
     return dq.reshape(dy.shape), dk, dv
 
 
+# ------------------------------------------------------------------ causal attention in query blocks
+
+QUERY_BLOCK = 64   # queries per block in blockwise_attention_forward (fastest at T=256 on 2 cores: 64 > 32, 128, 256)
+
+
+def _query_blocks(t_q, t_k, causal):
+    """(first query, end query, end key) of each block: with a causal mask, queries a … b-1 see keys up to
+    t_k - t_q + b - 1 only, so the keys after that (all masked) are left out of the block's products."""
+    if not causal or t_q < 2 * QUERY_BLOCK:
+        return [(0, t_q, t_k)]
+    return [(a, min(a + QUERY_BLOCK, t_q), t_k - t_q + min(a + QUERY_BLOCK, t_q)) for a in range(0, t_q, QUERY_BLOCK)]
+
+
+def _mask_block(mask, a, b, key_end):
+    """Rows a … b-1 and keys 0 … key_end-1 of a mask broadcastable to (B, H, Tq, Tk) (broadcast axes stay 1)."""
+    if mask is None:
+        return None
+    rows = slice(a, b) if mask.shape[-2] > 1 else slice(None)
+    keys = slice(0, key_end) if mask.shape[-1] > 1 else slice(None)
+    return mask[..., rows, keys]
+
+
+def blockwise_attention_forward(q, k, v, causal=True, mask=None):
+    """``attention_forward`` over blocks of QUERY_BLOCK queries, each against only the keys it may see.
+
+    With a causal mask the upper-right triangle of the (Tq, Tk) scores is all -∞: their products, exponentials
+    and gradients are wasted work. Block i of queries needs keys 0 … (its last position) only, so over
+    n blocks about (n - 1) / 2n of the scores are never computed (37.5% at T = 256, blocks of 64): the
+    causal-block skipping of FlashAttention, without the rest of it. Each block is an ordinary call of
+    ``attention_forward`` (its causal offset puts the block's queries at their true positions).
+    Returns y (B, H, Tq, D) and what the backward needs: per block (a, b, key_end, probs, scaled queries).
+    """
+    blocks = _query_blocks(q.shape[-2], k.shape[-2], causal)
+    if len(blocks) == 1:
+        y, probs, q_scaled = attention_forward(q, k, v, causal, mask)
+        return y, [(0, q.shape[-2], k.shape[-2], probs, q_scaled)]
+    y = backend.xp.empty(q.shape, dtype=q.dtype)              # (B, H, Tq, D)
+    saved = []
+    for a, b, key_end in blocks:
+        y[:, :, a:b], probs, q_scaled = attention_forward(q[:, :, a:b], k[:, :, :key_end], v[:, :, :key_end], causal,
+                                                          _mask_block(mask, a, b, key_end))
+        saved.append((a, b, key_end, probs, q_scaled))
+    return y, saved
+
+
+def blockwise_attention_backward(dy, k, v, saved):
+    """Backward of ``blockwise_attention_forward``: each block's ``attention_backward``; a key's gradient
+    is the sum over the blocks that saw it."""
+    if len(saved) == 1:
+        return attention_backward(dy, k, v, *saved[0][3:])
+    xp = backend.xp
+    dq = xp.empty(dy.shape, dtype=dy.dtype)                   # (B, H, Tq, D)
+    dk, dv = xp.zeros(k.shape, dtype=dy.dtype), xp.zeros(v.shape, dtype=dy.dtype)   # (B, H_kv, Tk, D)
+    for a, b, key_end, probs, q_scaled in saved:
+        dq[:, :, a:b], dk_block, dv_block = attention_backward(dy[:, :, a:b], k[:, :, :key_end], v[:, :, :key_end],
+                                                               probs, q_scaled)
+        dk[:, :, :key_end] += dk_block
+        dv[:, :, :key_end] += dv_block
+    return dq, dk, dv
+
+
 def _check_mask(mask, expected):
     if mask is None:
         return None
@@ -147,10 +208,10 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError(f"causal attention needs at least as many keys as queries; got {q.shape[-2]} queries, {k.shape[-2]} keys")
     mask = _check_mask(mask, q.shape[:-1] + (k.shape[-2],))
-    y, probs, q_scaled = attention_forward(q.data, k.data, v.data, causal, mask)
+    y, saved = blockwise_attention_forward(q.data, k.data, v.data, causal, mask)
 
     def backward(dy):
-        return attention_backward(dy, k.data, v.data, probs, q_scaled)
+        return blockwise_attention_backward(dy, k.data, v.data, saved)
 
     return Tensor._make(y, (q, k, v), backward)
 
@@ -185,7 +246,8 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None, n_k
     output, heads side by side. Splitting and merging heads are views and one copy, so the graph has a single
     node and the backward writes dq, dk, dv straight into one gradient of qkv's shape; with RoPE the backward
     first rotates dq and dk back (the inverse rotation, see ``rope.py``).
-    Saves the probabilities and the scaled queries (as ``attention_forward``), plus the rotated keys with RoPE.
+    Saves the probabilities and the scaled queries (as ``blockwise_attention_forward``), plus the rotated keys
+    with RoPE.
     """
     batch, time, width = qkv.shape
     if n_kv_head is None or n_kv_head == n_head:
@@ -203,12 +265,12 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None, n_k
     cos, sin = rope if rope is not None else (None, None)
     if rope is not None:
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    y, probs, q_scaled = attention_forward(q, k, v, causal, mask)
+    y, saved = blockwise_attention_forward(q, k, v, causal, mask)
     y = y.transpose(0, 2, 1, 3).reshape(batch, time, n_head * head_size)   # (B, T, C)
 
     def backward(dy):
         dy = dy.reshape(batch, time, n_head, head_size).transpose(0, 2, 1, 3)  # (B, H, T, D)
-        dq, dk, dv = attention_backward(dy, k, v, probs, q_scaled)
+        dq, dk, dv = blockwise_attention_backward(dy, k, v, saved)
         if rope is not None:                                 # undo  q, k = R q, R k
             dq, dk = apply_rotary(dq, cos, sin, inverse=True), apply_rotary(dk, cos, sin, inverse=True)
         d_heads = backend.xp.empty((batch, time, n_head + 2 * n_kv_head, head_size), dtype=dy.dtype)
