@@ -72,7 +72,7 @@ def forward_backward(model, x, y, scale: float = 1.0) -> float:
     float rounding, and is the same on every run. Each block draws dropout masks from its own generator,
     seeded from the global one. Mixture-of-experts models run the batch whole (``_split_over_cores``).
     """
-    seeds = backend.global_rng().integers(2**63, size=len(x))   # a block seeds its dropout with its first row's
+    seeds = backend.global_rng().integers(2**31, size=len(x))   # a block seeds its dropout with its first row's
 
     def run_block(x_block, y_block, seeds_block):
         share = len(x_block) / len(x)
