@@ -189,16 +189,24 @@ def parallel_rows(fn, *arrays) -> list:
     threads = min(num_threads, rows)
     if xp is not np or threads < 2 or arrays[0].size < min_parallel_size or _data_parallel_running:
         return [fn(*arrays)]
-    blocks = _row_blocks(arrays, threads)
-    futures = [_thread_pool().submit(fn, *block) for block in blocks[1:]]
-    first = fn(*blocks[0])                 # this thread takes the first block instead of waiting
-    return [first] + [f.result() for f in futures]
+    return _run_on_threads(fn, _row_blocks(arrays, threads))
 
 
 def _row_blocks(arrays, count):
     rows = len(arrays[0])
     bounds = [rows * i // count for i in range(count + 1)]
     return [[a[lo:hi] for a in arrays] for lo, hi in zip(bounds, bounds[1:])]
+
+
+def _run_on_threads(fn, blocks) -> list:
+    """fn(*block) for every block, the first on this thread (instead of waiting), the others on the pool;
+    returns the results in block order. Waits for all of them even when one fails, then re-raises."""
+    futures = [_thread_pool().submit(fn, *block) for block in blocks[1:]]
+    try:
+        first = fn(*blocks[0])
+    finally:
+        wait(futures)
+    return [first] + [f.result() for f in futures]
 
 
 def _thread_pool():
@@ -260,17 +268,13 @@ def data_parallel(fn, *arrays) -> list:
         return [fn(*arrays)]
     set_blas_threads, get_blas_threads = _openblas
     blas_threads = get_blas_threads()
-    blocks = _row_blocks(arrays, threads)
     set_blas_threads(1)
     _data_parallel_running = True
-    futures = [_thread_pool().submit(fn, *block) for block in blocks[1:]]
     try:
-        first = fn(*blocks[0])
+        return _run_on_threads(fn, _row_blocks(arrays, threads))
     finally:
-        wait(futures)                      # even if this thread's block failed: nobody may still be running
         _data_parallel_running = False
         set_blas_threads(blas_threads)
-    return [first] + [f.result() for f in futures]
 
 
 if os.environ.get("TINYLLM_KEEP_FREED_MEMORY", "1") != "0":

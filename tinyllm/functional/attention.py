@@ -164,14 +164,16 @@ def blockwise_attention_backward(dy, k, v, saved):
     is the sum over the blocks that saw it."""
     if len(saved) == 1:
         return attention_backward(dy, k, v, *saved[0][3:])
-    xp = backend.xp
-    dq = xp.empty(dy.shape, dtype=dy.dtype)                   # (B, H, Tq, D)
-    dk, dv = xp.zeros(k.shape, dtype=dy.dtype), xp.zeros(v.shape, dtype=dy.dtype)   # (B, H_kv, Tk, D)
-    for a, b, key_end, probs, q_scaled in saved:
+    dq = backend.xp.empty(dy.shape, dtype=dy.dtype)           # (B, H, Tq, D)
+    dk = dv = None
+    for a, b, key_end, probs, q_scaled in reversed(saved):    # the last block sees every key: it starts dk, dv
         dq[:, :, a:b], dk_block, dv_block = attention_backward(dy[:, :, a:b], k[:, :, :key_end], v[:, :, :key_end],
                                                                probs, q_scaled)
-        dk[:, :, :key_end] += dk_block
-        dv[:, :, :key_end] += dv_block
+        if dk is None:                                        # (B, H_kv, Tk, D)
+            dk, dv = dk_block, dv_block
+        else:
+            dk[:, :, :key_end] += dk_block
+            dv[:, :, :key_end] += dv_block
     return dq, dk, dv
 
 
