@@ -19,7 +19,8 @@ import pytest
 import tinyllm.functional as F
 from tinyllm import backend
 from tinyllm.autograd import Tensor
-from tinyllm.functional.attention import attention_backward, attention_forward, check_heads, split_qkv
+from tinyllm.functional.attention import (attention_backward, attention_forward, blockwise_attention_backward,
+                                         blockwise_attention_forward, check_heads, split_qkv)
 from tinyllm.testing import gradcheck
 
 uses_float64 = pytest.mark.usefixtures("float64")
@@ -573,6 +574,21 @@ def test_attention_in_query_blocks_equals_the_reference_and_gradchecks(case, sma
     expected = np_attention(q, np.repeat(k, group, axis=1), np.repeat(v, group, axis=1), causal=True, mask=mask)
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, True, mask), leaf(q), leaf(k), leaf(v))
+
+
+@uses_float64
+def test_raw_blockwise_attention_equals_one_block_forward_and_backward(small_query_blocks, rng):
+    q, k, v = rng.standard_normal((2, 4, 5, 3)), rng.standard_normal((2, 2, 9, 3)), rng.standard_normal((2, 2, 9, 3))
+    dy = rng.standard_normal(q.shape)
+
+    y, saved = blockwise_attention_forward(q, k, v, causal=True)
+    grads = blockwise_attention_backward(dy, k, v, saved)
+
+    assert len(saved) == 3                                   # queries 0-1, 2-3, 4 against keys 0-5, 0-7, 0-8
+    y_whole, probs, q_scaled = attention_forward(q, k, v, causal=True)
+    np.testing.assert_allclose(y, y_whole, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(grads, attention_backward(dy, k, v, probs, q_scaled)):
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12)
 
 
 @uses_float64
