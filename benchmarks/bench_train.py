@@ -46,7 +46,7 @@ def tinyllm_step_fn(config, seed=0):
     import tinyllm                             # before NumPy: see OPENBLAS_THREAD_TIMEOUT in tinyllm/__init__.py
     import numpy as np
     from tinyllm.model import GPT, GPTConfig
-    from tinyllm.optim import AdamW, clip_grad_norm
+    from tinyllm.optim import AdamW, clip_factor, grad_norm
     from tinyllm.train import forward_backward, param_groups
 
     tinyllm.set_device(DEVICE)
@@ -58,8 +58,7 @@ def tinyllm_step_fn(config, seed=0):
 
     def step():                                # what `tinyllm pretrain` does per step
         loss = forward_backward(model, x, y)     # batch split over the CPU cores (backend.data_parallel)
-        clip_grad_norm(optimizer.parameters(), 1.0)
-        optimizer.step()
+        optimizer.step(grad_scale=clip_factor(grad_norm(optimizer.parameters()), 1.0))   # clip at 1.0, folded in
         model.zero_grad()
         return loss
     return step, model

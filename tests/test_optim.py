@@ -8,7 +8,7 @@ import pytest
 
 from tinyllm import backend
 from tinyllm.nn import Parameter
-from tinyllm.optim import SGD, AdamW, clip_grad_norm, warmup_cosine_lr
+from tinyllm.optim import SGD, AdamW, clip_factor, clip_grad_norm, grad_norm, warmup_cosine_lr
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -254,6 +254,32 @@ def test_clip_grad_norm_accepts_a_generator_and_skips_missing_gradients():
     assert norm == pytest.approx(5.0)
     np.testing.assert_allclose(backend.to_numpy(with_grad.grad), [0.6, 0.8], rtol=1e-5)
     assert without.grad is None
+
+
+def test_clip_factor_is_one_within_the_limit_without_a_limit_and_for_non_finite_norms():
+    assert clip_factor(0.5, 1.0) == 1.0
+    assert clip_factor(5.0, None) == 1.0
+    assert clip_factor(float("inf"), 1.0) == 1.0 and clip_factor(float("nan"), 1.0) == 1.0
+    assert clip_factor(4.0, 1.0) == pytest.approx(0.25, rel=1e-6)
+
+
+def test_adamw_with_grad_scale_equals_clipping_the_gradients_first(rng):
+    """The training loops fold clipping into the update: step(grad_scale=clip_factor(norm)) is the same
+    update as clip_grad_norm then step(), for every parameter, over several steps."""
+    grads = [[10 * rng.standard_normal(shape) for shape in SHAPES] for _ in range(3)]
+    clipped_first, folded = make_params(np.random.default_rng(0)), make_params(np.random.default_rng(0))
+    opt_a = AdamW(clipped_first, lr=0.1, weight_decay=0.1)
+    opt_b = AdamW(folded, lr=0.1, weight_decay=0.1)
+    for step_grads in grads:
+        for a, b, g in zip(clipped_first, folded, step_grads):
+            a.grad, b.grad = backend.asarray(g), backend.asarray(g)
+        clip_grad_norm(clipped_first, 1.0)
+        opt_a.step()
+        norm = grad_norm(folded)
+        assert clip_factor(norm, 1.0) < 0.5                     # the clip really bites
+        opt_b.step(grad_scale=clip_factor(norm, 1.0))
+    for a, b in zip(clipped_first, folded):
+        np.testing.assert_allclose(backend.to_numpy(b.data), backend.to_numpy(a.data), rtol=1e-12, atol=1e-14)
 
 
 def test_clip_grad_norm_does_not_touch_non_finite_gradients():

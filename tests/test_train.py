@@ -76,18 +76,18 @@ def test_a_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path, monkey
 
     # The same run, killed during step 8 — after its checkpoint at step 5 and after logging steps 6 and 7,
     # which the resumed run must redo (and log once) — then resumed with the same settings.
-    real_clip = train_module.clip_grad_norm
-    clips = {"count": 0}
+    real_norm = train_module.global_grad_norm
+    norms = {"count": 0}
 
-    def clip_then_die(params, max_norm):
-        clips["count"] += 1
-        if clips["count"] == 8:
+    def norm_then_die(params):
+        norms["count"] += 1
+        if norms["count"] == 8:
             raise Interrupted
-        return real_clip(params, max_norm)
-    monkeypatch.setattr(train_module, "clip_grad_norm", clip_then_die)
+        return real_norm(params)
+    monkeypatch.setattr(train_module, "global_grad_norm", norm_then_die)
     with pytest.raises(Interrupted):
         run_pretrain(tiny_model(dropout=0.1), tmp_path / "split", config)
-    monkeypatch.setattr(train_module, "clip_grad_norm", real_clip)
+    monkeypatch.setattr(train_module, "global_grad_norm", real_norm)
     assert train_records(tmp_path / "split")[-1]["step"] == 7
     summary = run_pretrain(tiny_model(dropout=0.1, seed=99), tmp_path / "split", config, resume=True)
 

@@ -75,7 +75,9 @@ class AdamW(Optimizer):
         self.exp_avg = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]     # C-ordered, so
         self.exp_avg_sq = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]  # flat views exist
 
-    def step(self) -> None:
+    def step(self, grad_scale: float = 1.0) -> None:
+        """One update. ``grad_scale`` multiplies every gradient as it is read: gradient clipping folded into
+        the update (``clip_factor``), one pass over the gradients fewer than rescaling them first."""
         xp = backend.xp
         self.step_count += 1
         i = 0
@@ -88,15 +90,16 @@ class AdamW(Optimizer):
             step_size = lr * sqrt_bc2 / (1 - beta1 ** self.step_count)
             eps = g["eps"] * sqrt_bc2
             decay = 1 - lr * g["weight_decay"]
+            m_weight, v_weight = (1 - beta1) * grad_scale, (1 - beta2) * grad_scale ** 2   # g → g · grad_scale
 
             def update(p, grad, m, v):                        # in place, on flat blocks of one parameter
                 if decay != 1:
                     p *= decay
-                scratch = grad * (1 - beta1)
+                scratch = grad * m_weight
                 m *= beta1
                 m += scratch
                 xp.multiply(grad, grad, out=scratch)
-                scratch *= 1 - beta2
+                scratch *= v_weight
                 v *= beta2
                 v += scratch
                 xp.sqrt(v, out=scratch)                       # √v + ε √bc2, then m / (√v + ε √bc2)
@@ -137,14 +140,27 @@ class AdamW(Optimizer):
         self.lr = float(state["lr"])
 
 
+def grad_norm(params) -> float:
+    """The global L2 norm of all gradients together, √(Σ g²) over every element of every parameter."""
+    return math.sqrt(sum(float(backend.xp.vdot(p.grad.ravel(), p.grad.ravel())) for p in params if p.grad is not None))
+
+
+def clip_factor(norm: float, max_norm: float | None) -> float:
+    """The factor that brings a gradient of global norm ``norm`` down to ``max_norm`` (1 when it is already
+    within it, when ``max_norm`` is None, or when the norm is not finite: such a step should be skipped)."""
+    if max_norm is None or not norm > max_norm or not math.isfinite(norm):
+        return 1.0
+    return max_norm / (norm + 1e-6)
+
+
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale all gradients together so that their global L2 norm is at most ``max_norm``; returns the norm
-    before clipping (useful to log; inf or nan means the step should be skipped)."""
+    before clipping (useful to log; inf or nan means the step should be skipped). The training loops instead
+    pass ``clip_factor(grad_norm(params), max_norm)`` to ``AdamW.step``, which saves the rescaling pass."""
     params = list(params)  # a generator would be used up by the norm, and then nothing would be scaled
-    grads = [p.grad for p in params if p.grad is not None]
-    total = math.sqrt(sum(float(backend.xp.vdot(g.ravel(), g.ravel())) for g in grads))
-    if max_norm is not None and total > max_norm and math.isfinite(total):
-        scale = max_norm / (total + 1e-6)
+    total = grad_norm(params)
+    scale = clip_factor(total, max_norm)
+    if scale != 1.0:
         for p in params:
             if p.grad is not None:                           # not in place: a gradient may be shared
                 scaled = backend.xp.empty_like(p.grad)

@@ -28,7 +28,7 @@ from .autograd import add_leaf_grads, collect_leaf_grads, no_grad
 from .checkpoint import config_differences, load_config, load_train_state, load_weights, save_model, save_train_state
 from .data.tokens import TokenWindows, check_length, random_batch
 from .files import append_jsonl, atomic_write, read_jsonl
-from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
+from .optim import AdamW, clip_factor, grad_norm as global_grad_norm, warmup_cosine_lr
 
 
 @dataclasses.dataclass
@@ -244,13 +244,13 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
             x, y = random_batch(train_ids, config.batch_size, context, data_rng)
             loss_sum += forward_backward(model, x, y, 1.0 / config.grad_accum)
         loss_value = loss_sum / config.grad_accum
-        grad_norm = clip_grad_norm(optimizer.parameters(), config.grad_clip or None)
+        grad_norm = global_grad_norm(optimizer.parameters())
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             model.zero_grad()
             kept = f"; the last good checkpoint in '{run_dir}' is kept" if run_dir is not None else ""
             raise TrainingDiverged(f"training diverged at step {step + 1}: loss {loss_value}, gradient norm {grad_norm}{kept}. "
                                    "Try a lower --lr or stronger --grad-clip")
-        optimizer.step()
+        optimizer.step(grad_scale=clip_factor(grad_norm, config.grad_clip or None))   # clipping folded in
         model.zero_grad()
         step_time = time.perf_counter() - t0
         tokens_per_s = tokens_per_step / step_time

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .. import backend
-from ..optim import AdamW, clip_grad_norm, warmup_cosine_lr
+from ..optim import AdamW, clip_factor, grad_norm as global_grad_norm, warmup_cosine_lr
 from ..train import Progress, TrainingDiverged, param_groups
 
 
@@ -109,11 +109,11 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
                 loss = model.add_moe_aux_loss(loss)
             loss.backward()
             loss_value = loss.item()
-            grad_norm = clip_grad_norm(optimizer.parameters(), config.grad_clip or None)
+            grad_norm = global_grad_norm(optimizer.parameters())
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 raise TrainingDiverged(f"finetuning diverged at step {step + 1} (epoch {epoch + 1}): loss {loss_value}, "
                                        f"gradient norm {grad_norm}. Try a lower --lr")
-            optimizer.step()
+            optimizer.step(grad_scale=clip_factor(grad_norm, config.grad_clip or None))   # clipping folded in
             model.zero_grad()
             loss_sum += loss_value * len(indices)
             log({"kind": "train", "step": step + 1, "epoch": epoch + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})

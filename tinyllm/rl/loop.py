@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from ..optim import AdamW, clip_grad_norm
+from ..optim import AdamW, clip_factor, grad_norm
 from ..train import TrainingDiverged, param_groups
 
 
@@ -29,15 +29,16 @@ def make_optimizer(model, lr: float, weight_decay: float = 0.0) -> AdamW:
 
 
 def optimizer_step(optimizer, loss, grad_clip: float, where: str) -> float:
-    """backward → clip the global gradient norm → AdamW step → clear gradients; returns the norm.
+    """backward → global gradient norm → AdamW step, gradients clipped to ``grad_clip`` → clear gradients;
+    returns the norm.
     Raises ``TrainingDiverged`` (naming ``where``) on a non-finite loss or gradient, before any update."""
     loss.backward()
     value = loss.item()
-    norm = clip_grad_norm(optimizer.parameters(), grad_clip or None)
+    norm = grad_norm(optimizer.parameters())
     if not (math.isfinite(value) and math.isfinite(norm)):
         optimizer.zero_grad()
         raise TrainingDiverged(f"training diverged at {where}: loss {value}, gradient norm {norm}. Try a lower --lr")
-    optimizer.step()
+    optimizer.step(grad_scale=clip_factor(norm, grad_clip or None))   # clipping folded into the update
     optimizer.zero_grad()
     return norm
 
