@@ -100,6 +100,18 @@ def test_a_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path, monkey
         assert np.array_equal(whole_weights[name], split_weights[name]), f"{name} differs after resuming"
 
 
+def test_resuming_on_another_thread_count_says_the_losses_may_differ_in_the_last_digits(tmp_path, monkeypatch):
+    monkeypatch.setattr(backend, "num_threads", 2)
+    run_pretrain(tiny_model(), tmp_path, quick(steps=2, eval_interval=1))
+    monkeypatch.setattr(backend, "num_threads", 3)
+
+    summary = run_pretrain(tiny_model(), tmp_path, quick(steps=3, eval_interval=1), resume=True)
+
+    assert "saved with 2 threads and resumes with 3" in summary["note"]
+    monkeypatch.setattr(backend, "num_threads", 3)
+    assert "note" not in run_pretrain(tiny_model(), tmp_path, quick(steps=4, eval_interval=1), resume=True)
+
+
 def test_resuming_with_a_different_model_config_names_the_key(tmp_path):
     run_pretrain(tiny_model(), tmp_path, quick(steps=2))
 

@@ -174,7 +174,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     # random bits as the k-th initial weight.
     data_rng = np.random.default_rng([config.seed, 1])
     backend.manual_seed(config.seed)
-    start = 0
+    start, thread_note = 0, None
     train_settings = dataclasses.asdict(config)
     if resume:
         if run_dir is None:
@@ -201,12 +201,19 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         if start >= config.steps:
             raise ValueError(f"the run in '{run_dir}' already finished {start} steps; ask for more with --steps")
         _drop_log_after(run_dir / "log.jsonl", start)
+        saved_threads = state.get("threads")
+        if saved_threads is not None and saved_threads != backend.num_threads:
+            thread_note = (f"note: this run was saved with {saved_threads} threads and resumes with "
+                           f"{backend.num_threads}: forward_backward splits each batch into one block per thread, so "
+                           "the losses can differ from an uninterrupted run's in the last digits "
+                           "(set TINYLLM_NUM_THREADS to match)")
 
     def save(step):
         if run_dir is None:
             return
         save_train_state(run_dir, optimizer, {
             "step": step, "train_config": train_settings, "data_rng": data_rng.bit_generator.state,
+            "threads": backend.num_threads,          # the batch split: bit-exact resuming needs the same count
             "dropout_rng": backend.global_rng().bit_generator.state if isinstance(backend.global_rng(), np.random.Generator) else None,
         })
         save_model(run_dir, model, tokenizer, step, extra_config)
@@ -220,6 +227,9 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     tokens_per_step = config.batch_size * config.grad_accum * context
     model.train()
     summary = {"start_step": start}
+    if thread_note:
+        say(thread_note)
+        summary["note"] = thread_note
 
     def run_eval(step):
         val = evaluate(model, val_ids, config.batch_size, context, config.eval_iters)
