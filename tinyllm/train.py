@@ -4,7 +4,8 @@ One step:   x, y = random windows of the training ids      (B, T) each, y = x sh
             loss = cross_entropy(model(x), y)                mean over B·T positions
             loss.backward()                                   (× grad_accum micro-batches, each scaled 1/grad_accum;
                                                               each split over the CPU cores: forward_backward)
-            clip the global gradient norm, set the scheduled learning rate, AdamW step
+            global gradient norm, scheduled learning rate, AdamW step on the gradients clipped to grad_clip
+            (the clip factor is folded into the update: optim.clip_factor)
 
 Every ``eval_interval`` steps the mean loss on a fixed set of validation windows (and perplexity = e^loss)
 is logged, a short sample is printed and the run is saved. ``resume=True`` restores weights, AdamW moments
