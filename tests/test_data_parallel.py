@@ -1,5 +1,6 @@
-"""Data parallelism over CPU threads: backend.data_parallel, autograd.collect_leaf_grads and
-train.forward_backward (a training step's batch split into row blocks that threads run side by side).
+"""Data parallelism over CPU threads: backend.data_parallel, autograd.collect_leaf_grads,
+train.data_parallel_backward and forward_backward (a training step's batch split into row blocks that threads
+run side by side), and the finetuning loop that uses them.
 
 Two threads are forced, so the split happens even on a one-core machine; the results must equal running the
 batch whole (up to float rounding) and be the same on every run.
@@ -13,7 +14,8 @@ import pytest
 from tinyllm import backend
 from tinyllm.autograd import Tensor, add_leaf_grads, collect_leaf_grads
 from tinyllm.model import GPT, GPTConfig
-from tinyllm.train import evaluate, forward_backward
+from tinyllm.functional import cross_entropy
+from tinyllm.train import data_parallel_backward, evaluate, forward_backward
 
 TINY = dict(vocab_size=30, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
@@ -148,3 +150,50 @@ def test_evaluate_split_over_threads_equals_one_thread(monkeypatch):
     monkeypatch.setattr(backend, "num_threads", 2)
     two = evaluate(model, ids, batch_size=5, context=8)
     assert two["tokens"] == one["tokens"] and two["loss"] == pytest.approx(one["loss"], rel=1e-12)
+
+
+@pytest.mark.usefixtures("float64")
+def test_a_loss_over_unmasked_targets_splits_by_their_count(two_threads):
+    """Instruction tuning's loss is a mean over the targets that are not masked (-100), and the rows hold
+    different numbers of them: weighting blocks by that count gives the whole batch's gradient; by rows it
+    would not (the check that the weighting matters)."""
+    x, y = _batch(rows=4)
+    y[0, :7] = y[1, :5] = -100                               # block 1 (rows 0-1): 4 targets; block 2: 16
+    def block_loss(model):
+        return lambda x, y: cross_entropy(model(x)[0], y, ignore_index=-100)
+    targets = lambda x, y: int((y != -100).sum())
+    whole = GPT(GPTConfig(**TINY), seed=0)
+    expected = block_loss(whole)(x, y)
+    expected.backward()
+    for weight, matches in ((targets, True), (None, False)):
+        split = GPT(GPTConfig(**TINY), seed=0)
+        loss = data_parallel_backward(split, block_loss(split), x, y, weight=weight)
+        if not backend._openblas:
+            pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads tinyllm can set: nothing is split")
+        assert (loss == pytest.approx(expected.item(), rel=1e-12)) is matches
+        assert np.allclose(split.wte.weight.grad, whole.wte.weight.grad, rtol=1e-9, atol=1e-12) is matches
+
+
+def _on_threads(threads, monkeypatch, run):
+    monkeypatch.setattr(backend, "num_threads", threads)
+    backend.manual_seed(0)
+    return run()
+
+
+@pytest.mark.usefixtures("float64")
+def test_instruction_finetuning_split_over_two_threads_matches_one(monkeypatch):
+    """fit splits each batch over the cores, weighting blocks by their response targets (``targets_of``)."""
+    from tinyllm.data.instructions import builtin_instructions, format_prompt
+    from tinyllm.finetune import FinetuneConfig, train_instructions
+    from tinyllm.tokenizer import BPETokenizer
+    train, _, _ = builtin_instructions(12, 0, 0, seed=0, kinds=("reverse", "count"))   # 2 to 11 response targets
+    tok = BPETokenizer.train("".join(format_prompt(r) + r["output"] for r in train), 400, special_tokens=("<|endoftext|>",))
+
+    def run():
+        records = []
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16), seed=0)
+        train_instructions(model, tok, train, config=FinetuneConfig(epochs=2, batch_size=6, lr=1e-2, warmup=1),
+                           progress=False, log=records.append)
+        return [r["loss"] for r in records if r["kind"] == "train"]
+    one, two = _on_threads(1, monkeypatch, run), _on_threads(2, monkeypatch, run)
+    np.testing.assert_allclose(two, one, rtol=1e-9)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tinyllm import Tensor
+from tinyllm import Tensor, backend
 from tinyllm.finetune import FinetuneConfig
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.rl.data import EncodedPairs
@@ -83,3 +83,22 @@ def test_dpo_raises_held_out_preference_accuracy_on_an_obvious_task():
     assert before["accuracy"] == 0.5 and before["loss"] == pytest.approx(math.log(2))
     assert after["accuracy"] >= 0.9, f"held-out preference accuracy {before['accuracy']} → {after['accuracy']}"
     assert after["margin"] > 0 and after["loss"] < before["loss"]
+
+
+def test_dpo_split_over_two_threads_logs_the_whole_steps_metrics(float64, monkeypatch):
+    """Each block of pairs reports its own metrics; the step's logged metrics are their means over all pairs."""
+    def run():
+        records = []
+        policy = _tiny()
+        train_dpo(policy, frozen_copy(policy), obvious_pairs(24, seed=2), None,
+                  FinetuneConfig(epochs=2, batch_size=8, lr=1e-2, warmup=1), beta=0.5, progress=False,
+                  log=records.append)
+        steps = [r for r in records if r["kind"] == "train"]
+        # from the second step: at the first the policy is the reference, every margin is 0 up to rounding,
+        # and the accuracy (margin > 0) of such ties flips with the last bit
+        return [[r[k] for k in ("loss", "margin", "accuracy", "chosen_reward", "rejected_reward")] for r in steps[1:]]
+    monkeypatch.setattr(backend, "num_threads", 1)
+    one = run()
+    monkeypatch.setattr(backend, "num_threads", 2)
+    two = run()
+    np.testing.assert_allclose(two, one, rtol=1e-9, atol=1e-12)

@@ -64,25 +64,36 @@ def param_groups(model, weight_decay):
 
 def forward_backward(model, x, y, scale: float = 1.0) -> float:
     """The model's mean loss on inputs x and targets y (B, T); adds scale × its gradient to the parameters'
-    ``.grad``.
+    ``.grad``. Every position has a target in pretraining, so a block of rows weighs rows / B
+    (``data_parallel_backward``)."""
+    return data_parallel_backward(model, lambda x, y: model(x, y)[1], x, y, scale=scale)
 
-    On a multi-core CPU the batch is split into row blocks that threads run side by side, each a whole
-    forward and backward pass (``backend.data_parallel``). Block k's loss is the mean over its rows, so it
-    enters with weight rows_k / B (every position has a target in pretraining). Each thread collects its own
-    parameter gradients and they are added here in block order: the result equals the whole batch's up to
-    float rounding, and is the same on every run. Each block draws dropout masks from its own generator,
-    seeded from the global one. Mixture-of-experts models run the batch whole (``_split_over_cores``).
+
+def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float = 1.0) -> float:
+    """Forward and backward of a batch's mean loss, split over the CPU cores; returns the loss's value.
+
+    ``block_loss(*blocks)`` is the mean loss (a scalar Tensor) over the items of some rows of ``arrays``
+    (the items: the rows themselves, or their unmasked targets); ``weight(*blocks)`` counts those items (by
+    default the rows). The rows are split into one block per core, and threads run a whole forward and
+    backward pass on each block side by side (``backend.data_parallel``). Block k's mean enters with weight
+    w_k / Σ w, so the sum is the whole batch's mean and its gradient, scaled by ``scale``, is added to the
+    parameters' ``.grad``. Each thread collects its own parameter gradients and they are added here in block
+    order: the result equals the whole batch's up to float rounding, and is the same on every run. Each block
+    draws dropout masks from its own generator, seeded from the global one. Mixture-of-experts models run the
+    batch whole (``_split_over_cores``).
     """
-    seeds = backend.global_rng().integers(2**31, size=len(x))   # a block seeds its dropout with its first row's
-
-    def run_block(x_block, y_block, seeds_block):
-        share = len(x_block) / len(x)
+    weight = weight or (lambda *rows: len(rows[0]))
+    total = weight(*arrays)
+    seeds = backend.global_rng().integers(2**31, size=len(arrays[0]))   # a block seeds its dropout with its
+                                                                        # first row's: the same for any split
+    def run_block(seeds_block, *block):
+        share = weight(*block) / total if total else 0.0
         with backend.thread_rng(backend.rng(int(seeds_block[0]))), collect_leaf_grads() as grads:
-            _, loss = model(x_block, y_block)
+            loss = block_loss(*block)
             loss.backward(backend.xp.asarray(scale * share, dtype=loss.dtype))
         return loss.item() * share, grads
 
-    blocks = _split_over_cores(model, run_block, x, y, seeds)
+    blocks = _split_over_cores(model, run_block, seeds, *arrays)
     add_leaf_grads(*(grads for _, grads in blocks))
     return sum(loss for loss, _ in blocks)
 

@@ -45,9 +45,14 @@ def train_instructions(model, tokenizer, train_records, val_records=(), config=N
         print(train.warning(block))
     pad = end_token(tokenizer).id
 
+    def collate(indices):
+        return collate_instructions([train.sequences[i] for i in indices], [train.prompt_lengths[i] for i in indices], pad)
+
     def loss_fn(indices):
-        x, y = collate_instructions([train.sequences[i] for i in indices], [train.prompt_lengths[i] for i in indices], pad)
-        return instruction_loss(model, x, y)
+        return instruction_loss(model, *collate(indices))
+
+    def targets_of(indices):                                  # what instruction_loss's mean is over
+        return int((collate(indices)[1] != IGNORE_INDEX).sum())
 
     def evaluate_fn():
         if val is None:
@@ -56,7 +61,7 @@ def train_instructions(model, tokenizer, train_records, val_records=(), config=N
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
 
     summary = fit(model, len(train), loss_fn, config, evaluate_fn, progress, log,
-                  lengths=[len(s) for s in train.sequences])
+                  lengths=[len(s) for s in train.sequences], weight_fn=targets_of)
     summary["truncated"] = train.truncated
     return summary
 

@@ -5,6 +5,7 @@ windows, a smaller learning rate, and only the parameters with ``requires_grad``
 blocks and LoRA's frozen base weights get no AdamW moments, which is where LoRA saves its memory).
 
     for each epoch:  shuffle → batches of example indices → loss_fn(indices) → backward → clip → AdamW
+                     (each batch split over the CPU cores, as in pretraining)
     after each epoch: evaluate_fn() → a dict of metrics, logged and printed
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .. import backend
 from ..optim import AdamW, clip_factor, grad_norm as global_grad_norm, warmup_cosine_lr
-from ..train import Progress, TrainingDiverged, param_groups
+from ..train import Progress, TrainingDiverged, data_parallel_backward, param_groups
 
 
 @dataclasses.dataclass
@@ -71,12 +72,16 @@ def epoch_batches(rng, num_examples: int, batch_size: int, lengths=None, bucket:
 
 
 def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=None, progress=True, log=None,
-        lengths=None) -> dict:
+        lengths=None, weight_fn=None) -> dict:
     """Train ``model`` for ``config.epochs`` epochs over ``num_examples`` examples.
 
     ``loss_fn(indices)``: the mean loss (a scalar Tensor) of the examples at ``indices`` (an int array),
     computed without ``GPT.forward``'s targets: for a mixture-of-experts model ``fit`` adds the experts'
     load-balancing loss itself (``GPT.add_moe_aux_loss``).
+    Each batch's examples are split over the CPU cores (``train.data_parallel_backward``): ``weight_fn(indices)``
+    counts what ``loss_fn``'s mean is over (default: the examples; for a loss over tokens, their number), so
+    that the blocks' means add up to the batch's. ``loss_fn`` runs on several threads at once: whatever it
+    records on the side must be per call (see ``rl.dpo``).
     ``evaluate_fn()``: metrics after each epoch (a dict of numbers), printed and added to the history.
     ``log(record)``: called with every step's and every epoch's record (e.g. ``append_jsonl`` to a file).
     ``lengths``: each example's length in tokens, to batch similar lengths together (see ``epoch_batches``).
@@ -98,17 +103,20 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
     say = bar.message if bar else (lambda text: None)
     log = log or (lambda record: None)
     history, step = [], 0
+
+    def block_loss(indices):
+        loss = loss_fn(indices)
+        if hasattr(model, "add_moe_aux_loss"):                # a mixture of experts keeps balancing its experts
+            loss = model.add_moe_aux_loss(loss)
+        return loss
+
     model.train()
     started = time.perf_counter()
     for epoch in range(config.epochs):
         loss_sum = 0.0
         for indices in epoch_batches(order_rng, num_examples, config.batch_size, lengths, config.bucket):
             optimizer.lr = lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, total_steps)
-            loss = loss_fn(indices)
-            if hasattr(model, "add_moe_aux_loss"):            # a mixture of experts keeps balancing its experts
-                loss = model.add_moe_aux_loss(loss)
-            loss.backward()
-            loss_value = loss.item()
+            loss_value = data_parallel_backward(model, block_loss, indices, weight=weight_fn)   # over the cores
             grad_norm = global_grad_norm(optimizer.parameters())
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 raise TrainingDiverged(f"finetuning diverged at step {step + 1} (epoch {epoch + 1}): loss {loss_value}, "

@@ -107,12 +107,12 @@ def train_dpo(policy, reference, train_pairs, val_pairs=None, config=None, beta:
     batch = max(config.batch_size, 8)
     ref_train = all_pair_log_probs(reference, train_pairs, batch)
     ref_val = all_pair_log_probs(reference, val_pairs, batch) if val_pairs else None
-    last = {}
+    step_metrics = []   # (first pair, pairs, metrics) per call: fit splits a step's pairs over the cores
 
     def loss_fn(index):
         chosen, rejected = pair_log_probs(policy, train_pairs, index)
         loss, metrics = dpo_loss(chosen, rejected, ref_train[0][index], ref_train[1][index], beta)
-        last.update(metrics)
+        step_metrics.append((int(index[0]), len(index), metrics))
         return loss
 
     def evaluate_fn():
@@ -121,8 +121,11 @@ def train_dpo(policy, reference, train_pairs, val_pairs=None, config=None, beta:
         return {f"val_{k}": v for k, v in evaluate_dpo(policy, val_pairs, ref_val, beta, batch).items()}
 
     def log_record(record):
-        if record.get("kind") == "train":
-            record = {**record, **last}
+        if record.get("kind") == "train":                    # the step's metrics: means over all its pairs
+            blocks = sorted(step_metrics, key=lambda block: block[0])    # a fixed order, so the same bits
+            pairs = sum(n for _, n, _ in blocks)
+            record = {**record, **{k: sum(n * m[k] for _, n, m in blocks) / pairs for k in blocks[0][2]}}
+            step_metrics.clear()
         if log is not None:
             log(record)
 
