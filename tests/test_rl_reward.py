@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyllm import Tensor
+from tinyllm import Tensor, backend
 from tinyllm.finetune import FinetuneConfig
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.rl.data import (builtin_preferences, encode_pair, encode_preferences, read_preferences, read_prompts)
-from tinyllm.rl.reward import (RewardModel, bradley_terry_loss, evaluate_reward_model, load_reward_model,
+from tinyllm.rl.reward import (RewardModel, StepMetrics, bradley_terry_loss, evaluate_reward_model, load_reward_model,
                                pairwise_accuracy, save_reward_model, train_reward_model)
 from tinyllm.testing import gradcheck
 
@@ -151,3 +151,25 @@ def test_the_real_preference_file_reads_with_alpaca_prompts():
     tokenizer = CharTokenizer.from_text("".join(r["prompt"] + r["chosen"] + r["rejected"] for r in records[:50]) + "\n")
     encoded = encode_preferences(records[:50], tokenizer, block_size=64)
     assert all(len(p) + max(len(c), len(r)) <= 64 for p, c, r in zip(encoded.prompts, encoded.chosen, encoded.rejected))
+
+
+def test_step_metrics_are_means_over_all_the_steps_pairs_whatever_order_blocks_finish_in():
+    metrics = StepMetrics()
+    metrics.add(np.array([5, 6, 7]), {"accuracy": 1.0, "margin": 2.0})   # the second block finished first
+    metrics.add(np.array([0]), {"accuracy": 0.0, "margin": -2.0})
+
+    assert metrics.pop() == {"accuracy": 0.75, "margin": 1.0}           # (3·1 + 1·0) / 4, (3·2 - 2) / 4
+    assert metrics.pop() == {}                                         # the next step starts empty
+
+
+def test_reward_training_split_over_two_threads_logs_the_whole_steps_metrics(float64, monkeypatch):
+    def run():
+        records = []
+        train_reward_model(RewardModel.from_gpt(_tiny()), obvious_pairs(24, seed=0), None,
+                           FinetuneConfig(epochs=2, batch_size=8, lr=1e-2, warmup=1), progress=False, log=records.append)
+        return [[r[k] for k in ("loss", "accuracy", "margin")] for r in records if r["kind"] == "train"]
+    monkeypatch.setattr(backend, "num_threads", 1)
+    one = run()
+    monkeypatch.setattr(backend, "num_threads", 2)
+    two = run()
+    np.testing.assert_allclose(two, one, rtol=1e-9, atol=1e-12)

@@ -30,7 +30,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Tensor, no_grad
 from .logprobs import disable_dropout, log_sigmoid, pack_completions, sequence_log_probs
-from .reward import pairwise_accuracy
+from .reward import StepMetrics, pairwise_accuracy
 
 
 def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float = 0.1):
@@ -107,12 +107,12 @@ def train_dpo(policy, reference, train_pairs, val_pairs=None, config=None, beta:
     batch = max(config.batch_size, 8)
     ref_train = all_pair_log_probs(reference, train_pairs, batch)
     ref_val = all_pair_log_probs(reference, val_pairs, batch) if val_pairs else None
-    step_metrics = []   # (first pair, pairs, metrics) per call: fit splits a step's pairs over the cores
+    step_metrics = StepMetrics()
 
     def loss_fn(index):
         chosen, rejected = pair_log_probs(policy, train_pairs, index)
         loss, metrics = dpo_loss(chosen, rejected, ref_train[0][index], ref_train[1][index], beta)
-        step_metrics.append((int(index[0]), len(index), metrics))
+        step_metrics.add(index, metrics)
         return loss
 
     def evaluate_fn():
@@ -121,11 +121,8 @@ def train_dpo(policy, reference, train_pairs, val_pairs=None, config=None, beta:
         return {f"val_{k}": v for k, v in evaluate_dpo(policy, val_pairs, ref_val, beta, batch).items()}
 
     def log_record(record):
-        if record.get("kind") == "train":                    # the step's metrics: means over all its pairs
-            blocks = sorted(step_metrics, key=lambda block: block[0])    # a fixed order, so the same bits
-            pairs = sum(n for _, n, _ in blocks)
-            record = {**record, **{k: sum(n * m[k] for _, n, m in blocks) / pairs for k in blocks[0][2]}}
-            step_metrics.clear()
+        if record.get("kind") == "train":
+            record = {**record, **step_metrics.pop()}
         if log is not None:
             log(record)
 

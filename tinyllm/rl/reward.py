@@ -44,6 +44,26 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
     return float(np.mean((c > r) + 0.5 * (c == r))) if c.size else float("nan")
 
 
+class StepMetrics:
+    """A training step's metrics over its pairs, put together from the blocks of pairs it was split into.
+
+    ``fit`` splits each step's pairs over the CPU cores, so a loss function runs once per block, on several
+    threads at once. Each call adds its block's means (``add``); ``pop`` returns their means over all the
+    step's pairs, summed in a fixed order (the same bits on every run), and starts the next step.
+    """
+
+    def __init__(self):
+        self.blocks = []
+
+    def add(self, index, metrics: dict) -> None:
+        self.blocks.append((int(index[0]), len(index), metrics))   # one append: safe from several threads
+
+    def pop(self) -> dict:
+        blocks, self.blocks = sorted(self.blocks, key=lambda block: block[0]), []
+        pairs = sum(n for _, n, _ in blocks)
+        return {k: sum(n * m[k] for _, n, m in blocks) / pairs for k in blocks[0][2]} if blocks else {}
+
+
 class RewardModel(GPT):
     """A GPT with ``score_head`` = Linear(C, 1) on the last real token: ``model(ids, lengths)`` → scores (B,)."""
 
@@ -116,13 +136,13 @@ def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=N
     from .logprobs import disable_dropout
     config = config or FinetuneConfig()
     disable_dropout(model)
-    last = {}
+    step_metrics = StepMetrics()
 
     def loss_fn(index):
         chosen, rejected = pair_scores(model, train_pairs, index)
         loss = bradley_terry_loss(chosen, rejected)
-        last.update(accuracy=pairwise_accuracy(backend.to_numpy(chosen.data), backend.to_numpy(rejected.data)),
-                    margin=float((chosen.data - rejected.data).mean()))
+        step_metrics.add(index, {"accuracy": pairwise_accuracy(backend.to_numpy(chosen.data), backend.to_numpy(rejected.data)),
+                                 "margin": float((chosen.data - rejected.data).mean())})
         return loss
 
     def evaluate_fn():
@@ -133,7 +153,7 @@ def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=N
 
     def log_record(record):
         if record.get("kind") == "train":
-            record = {**record, **last}
+            record = {**record, **step_metrics.pop()}
         if log is not None:
             log(record)
 
