@@ -5,7 +5,7 @@ a tiny GPT trained first).
 Alignment sharpens what a model can already do: reward models and DPO compare answers to instructions, PPO
 and GRPO sample answers and score them, so the model must already answer in the Alpaca template and stop at
 the end token. The finetune here is ``tinyllm finetune instruct``'s recipe on the built-in generated tasks
-(1,200 records, 3 epochs, lr 1e-3; about 2 minutes from runs/demo on 2 cores):
+(1,200 records, 3 epochs, lr 1e-3; about 1 minute from runs/demo on 2 cores):
 
     tinyllm finetune instruct --ckpt runs/demo --out runs/example-instruct --train-size 1200 --epochs 3 --lr 1e-3
 """
