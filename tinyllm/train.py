@@ -116,6 +116,7 @@ def evaluate(model, ids, batch_size: int, context: int, max_batches: int | None 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+
     def summed_loss(x, y):
         _, loss = model(x, y)
         return loss.item() * y.size, y.size

@@ -81,7 +81,7 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
     Each batch's examples are split over the CPU cores (``train.data_parallel_backward``): ``weight_fn(indices)``
     counts what ``loss_fn``'s mean is over (default: the examples; for a loss over tokens, their number), so
     that the blocks' means add up to the batch's. ``loss_fn`` runs on several threads at once: whatever it
-    records on the side must be per call (see ``rl.dpo``).
+    records on the side must be per call (``rl.reward.StepMetrics``).
     ``evaluate_fn()``: metrics after each epoch (a dict of numbers), printed and added to the history.
     ``log(record)``: called with every step's and every epoch's record (e.g. ``append_jsonl`` to a file).
     ``lengths``: each example's length in tokens, to batch similar lengths together (see ``epoch_batches``).

@@ -141,8 +141,8 @@ def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=N
     def loss_fn(index):
         chosen, rejected = pair_scores(model, train_pairs, index)
         loss = bradley_terry_loss(chosen, rejected)
-        step_metrics.add(index, {"accuracy": pairwise_accuracy(backend.to_numpy(chosen.data), backend.to_numpy(rejected.data)),
-                                 "margin": float((chosen.data - rejected.data).mean())})
+        c, r = backend.to_numpy(chosen.data), backend.to_numpy(rejected.data)
+        step_metrics.add(index, {"accuracy": pairwise_accuracy(c, r), "margin": float((c - r).mean())})
         return loss
 
     def evaluate_fn():
