@@ -20,6 +20,7 @@ from tinyllm.lora import apply_lora, merge_lora, save_adapter
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.testing import gradcheck
 from tinyllm.tokenizer import CharTokenizer
+from tinyllm import backend
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 TINY = dict(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=8)
@@ -48,7 +49,7 @@ def test_last_token_states_gradient_with_padding(float64, rng):
 def test_whole_classifier_gradient_with_padding_matches_finite_differences(float64, rng):
     model = tiny_classifier()
     for p in model.parameters():                               # away from the init's symmetric zeros/ones
-        p.data += rng.standard_normal(p.shape) * 0.1
+        p.data += backend.asarray(rng.standard_normal(p.shape) * 0.1)
     ids, lengths = pad_batch([[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]], pad_id=0)
     labels = np.array([0, 2, 1])
     params = model.parameters()

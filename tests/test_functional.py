@@ -22,6 +22,7 @@ from tinyllm.autograd import Tensor
 from tinyllm.functional.attention import (attention_backward, attention_forward, blockwise_attention_backward,
                                          blockwise_attention_forward, check_heads, split_qkv)
 from tinyllm.testing import gradcheck
+from tinyllm.backend import to_numpy
 
 uses_float64 = pytest.mark.usefixtures("float64")
 TOLERANCE = 1e-6  # the largest relative error a float64 gradient check may report
@@ -324,7 +325,7 @@ def test_cross_entropy_in_row_chunks_matches_one_chunk_and_gradchecks(monkeypatc
     chunked = F.cross_entropy(z, targets)
     chunked.backward()
     assert chunked.item() == pytest.approx(whole.item(), rel=1e-14)
-    np.testing.assert_allclose(z.grad, -np.eye(5)[targets] / 7 + np_softmax(logits) / 7, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(to_numpy(z.grad), -np.eye(5)[targets] / 7 + np_softmax(logits) / 7, rtol=1e-12, atol=1e-15)
     check(lambda z: F.cross_entropy(z, targets), leaf(logits))
 
 
@@ -578,17 +579,17 @@ def test_attention_in_query_blocks_equals_the_reference_and_gradchecks(case, sma
 
 @uses_float64
 def test_raw_blockwise_attention_equals_one_block_forward_and_backward(small_query_blocks, rng):
-    q, k, v = rng.standard_normal((2, 4, 5, 3)), rng.standard_normal((2, 2, 9, 3)), rng.standard_normal((2, 2, 9, 3))
-    dy = rng.standard_normal(q.shape)
+    q, k, v, dy = (backend.asarray(rng.standard_normal(shape), dtype=np.float64)
+                   for shape in ((2, 4, 5, 3), (2, 2, 9, 3), (2, 2, 9, 3), (2, 4, 5, 3)))
 
     y, saved = blockwise_attention_forward(q, k, v, causal=True)
     grads = blockwise_attention_backward(dy, k, v, saved)
 
     assert len(saved) == 3                                   # queries 0-1, 2-3, 4 against keys 0-5, 0-7, 0-8
     y_whole, probs, q_scaled = attention_forward(q, k, v, causal=True)
-    np.testing.assert_allclose(y, y_whole, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(y), to_numpy(y_whole), rtol=1e-12, atol=1e-12)
     for got, expected in zip(grads, attention_backward(dy, k, v, probs, q_scaled)):
-        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-11, atol=1e-12)
 
 
 @uses_float64

@@ -10,6 +10,8 @@ from tinyllm.generate import beam_search, generate, stream_generate
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.sampling import (apply_repetition_penalty, apply_temperature, greedy, sample_from_logits, softmax,
                               top_k_filter, top_p_filter)
+from tinyllm import backend
+from tinyllm.backend import to_numpy
 
 uses_float64 = pytest.mark.usefixtures("float64")
 NEG_INF = -np.inf
@@ -42,7 +44,7 @@ class BigramToy:
         self.config = GPTConfig(vocab_size=6, block_size=32, n_layer=1, n_head=1, n_embd=1)
 
     def next_token_logits(self, idx, mask=None, positions=None, cache=None):
-        return self.log_table[np.asarray(idx)[:, -1]]                   # (B, V)
+        return backend.asarray(self.log_table[to_numpy(idx)[:, -1]])    # (B, V)
 
 
 # -------------------------------------------------------------------------------------------- samplers

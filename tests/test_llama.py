@@ -296,7 +296,7 @@ def test_lora_wraps_the_llama_layers_and_merges_back_exactly(float64, rng):
     report = apply_lora(model, rank=2, targets=LLAMA_LORA_TARGETS)
     for _, p in model.named_parameters():
         if p.requires_grad and p.ndim == 2 and p.shape[1] == 2:        # lora_B (out, r) starts at 0: move it
-            p.data[...] = rng.normal(0, 0.1, p.shape)
+            p.data[...] = backend.asarray(rng.normal(0, 0.1, p.shape))
     _, loss = model(idx, targets)
     loss.backward()
     with no_grad():

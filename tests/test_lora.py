@@ -27,7 +27,7 @@ def tiny_gpt(seed=0):
 def randomise_adapters(model, rng, scale=0.3):
     """B starts at zero, which would make dA zero too; random B makes every gradient worth checking."""
     for _, layer in lora_layers(model):
-        layer.lora_B.data[...] = rng.standard_normal(layer.lora_B.shape) * scale
+        layer.lora_B.data[...] = backend.asarray(rng.standard_normal(layer.lora_B.shape) * scale)
 
 
 def logits_of(model, idx):
@@ -71,7 +71,7 @@ def test_lora_dropout_gradient_matches_finite_differences(float64, rng):
 
 def test_lora_wrapped_linear_gradients(float64, rng):
     layer = LoRALinear(Linear(6, 3), rank=2, alpha=4)
-    layer.lora_B.data[...] = rng.standard_normal((3, 2))
+    layer.lora_B.data[...] = backend.asarray(rng.standard_normal((3, 2)))
     x = Tensor(rng.standard_normal((4, 6)), requires_grad=True)
     error = gradcheck(lambda x, a, b: layer(x), [x, layer.lora_A, layer.lora_B])
     assert error < 1e-7

@@ -231,8 +231,8 @@ def test_linear_gradients(rng):
 @pytest.mark.usefixtures("float64")
 def test_layer_norm_gradients(rng):
     norm = LayerNorm(5)
-    norm.weight.data[...] = 1 + 0.5 * rng.standard_normal(5)  # away from the (symmetric) ones/zeros start
-    norm.bias.data[...] = rng.standard_normal(5)
+    norm.weight.data[...] = backend.asarray(1 + 0.5 * rng.standard_normal(5))  # away from the (symmetric) ones/zeros start
+    norm.bias.data[...] = backend.asarray(rng.standard_normal(5))
     module_gradcheck(norm, leaf((2, 3, 5), rng))
 
 

@@ -11,6 +11,8 @@ from tinyllm.model import GPT, GPTConfig
 from tinyllm.rl.logprobs import (check_same_vocab, completion_log_probs, fit_to_block, frozen_copy, gather_log_probs,
                                  log_sigmoid, masked_mean, pack_completions, sequence_log_probs, token_entropy)
 from tinyllm.testing import gradcheck
+from tinyllm.backend import to_numpy
+from tinyllm import backend
 
 
 def _log_softmax(z):
@@ -45,7 +47,7 @@ def test_gather_log_probs_gradient_is_onehot_minus_p(float64, rng):
     logits = Tensor(z, requires_grad=True)
     gather_log_probs(logits, np.array([2])).sum().backward()
     p = np.exp(_log_softmax(z))
-    np.testing.assert_allclose(logits.grad, np.eye(6)[[2]] - p, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(logits.grad), np.eye(6)[[2]] - p, atol=1e-12)
 
 
 def test_gather_log_probs_rejects_bad_targets():
@@ -153,7 +155,7 @@ def test_disable_dropout_silences_model_and_lora_dropout(rng):
         apply_lora(model, rank=2, dropout=lora_dropout)
         for name, p in model.named_parameters():
             if name.endswith("lora_B"):                       # B starts at 0: give the adapters an effect
-                p.data[...] = rng.normal(0, 0.5, p.shape)
+                p.data[...] = backend.asarray(rng.normal(0, 0.5, p.shape))
         model.train()
         assert not np.array_equal(model(idx)[0].numpy(), model(idx)[0].numpy())    # random masks: passes differ
         disable_dropout(model)

@@ -441,7 +441,7 @@ def getitem(a, index) -> Tensor:
     index = tuple(i.data if isinstance(i, Tensor) else i for i in index) if isinstance(index, tuple) \
         else (index.data if isinstance(index, Tensor) else index)
     parts = index if isinstance(index, tuple) else (index,)
-    fancy = any(isinstance(p, (list, np.ndarray)) or hasattr(p, "__cuda_array_interface__") for p in parts)
+    fancy = any(isinstance(p, (list, np.ndarray, xp.ndarray)) for p in parts)
 
     def backward(g):
         grad = xp.zeros(a.shape, dtype=g.dtype)
@@ -456,7 +456,7 @@ def getitem(a, index) -> Tensor:
 def concatenate(tensors, axis=0) -> Tensor:
     """out = the tensors joined along ``axis``;  each input's gradient is its slice of dout."""
     tensors = [_lift(t) for t in tensors]
-    bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1]
+    bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1].tolist()
     def backward(g):
         return tuple(backend.xp.split(g, bounds, axis=axis))
     return Tensor._make(backend.xp.concatenate([t.data for t in tensors], axis=axis), tensors, backward)

@@ -30,28 +30,44 @@ device = "cpu"
 dtype = np.dtype(np.float32)  # default float dtype for new tensors and parameters
 
 
+DEVICES = ("cpu", "cuda", "strict")
+
+
+class DeviceError(RuntimeError):
+    """The device asked for cannot be used here; the message says why and what to do."""
+
+
 def set_device(name: str) -> None:
-    """Use ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy) for all array math from now on."""
-    global xp, device
+    """Use ``"cpu"`` (NumPy), ``"cuda"`` (CuPy on an NVIDIA GPU) or ``"strict"`` (NumPy under CuPy's
+    rules, for testing the GPU path on a CPU: see ``tinyllm.strict``) for all array math from now on."""
+    global xp, device, device_error
+    device_error = None
     if name == "cpu":
         xp, device = np, "cpu"
-        return
-    if name not in ("cuda", "gpu"):
-        raise ValueError(f"unknown device {name!r}; expected 'cpu' or 'cuda'")
+    elif name == "strict":
+        from . import strict
+        xp, device = strict.xp, "strict"
+    elif name in ("cuda", "gpu"):
+        xp, device = _cupy(), "cuda"
+    else:
+        raise DeviceError(f"unknown device {name!r}; the devices are {', '.join(DEVICES)}")
+
+
+def _cupy():
+    """The cupy module, once it is known to see a GPU."""
     try:
         import cupy  # the only import of cupy in tinyllm
-    except ImportError as e:
-        raise RuntimeError(
-            "device 'cuda' needs CuPy, which is not installed; install it with "
-            "pip install -e '.[gpu]' (or the cupy wheel matching your CUDA version)"
-        ) from e
+    except ImportError:
+        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip install -e '.[gpu]' "
+                          "(or the cupy-cuda12x / cupy-cuda13x wheel that matches your CUDA)") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:  # cupy raises its own CUDARuntimeError when no driver is present
-        raise RuntimeError(f"device 'cuda' was asked for but no usable GPU was found ({e})") from e
+    except Exception as e:  # CuPy raises its own CUDARuntimeError when no driver is present
+        raise DeviceError(f"device 'cuda': CuPy is installed but finds no usable GPU "
+                          f"({type(e).__name__}: {e}); check nvidia-smi and the CUDA driver") from None
     if count == 0:
-        raise RuntimeError("device 'cuda' was asked for but no GPU is visible")
-    xp, device = cupy, "cuda"
+        raise DeviceError("device 'cuda': CuPy is installed but no GPU is visible (CUDA_VISIBLE_DEVICES?)")
+    return cupy
 
 
 def set_dtype(name) -> None:
@@ -75,10 +91,10 @@ def default_dtype(name):
 
 
 def to_numpy(a) -> np.ndarray:
-    """Return a NumPy array for an ``xp`` array (copies from the GPU when needed)."""
+    """Return a NumPy array for an ``xp`` array: the one explicit way to the host (a copy from the GPU)."""
     if isinstance(a, np.ndarray):
         return a
-    if hasattr(a, "get"):  # cupy.ndarray
+    if hasattr(a, "get"):  # cupy.ndarray, strict.ndarray
         return a.get()
     return np.asarray(a)
 
@@ -94,12 +110,25 @@ def rng(seed=None):
 
 
 _global_rng = None
+_seed_stream = None
 
 
 def manual_seed(seed: int) -> None:
-    """Seed the global generator that dropout and sampling use when given none of their own."""
-    global _global_rng
+    """Seed the global generator that dropout and sampling use when given none of their own, and the
+    host seed stream."""
+    global _global_rng, _seed_stream
     _global_rng = rng(seed)
+    _seed_stream = np.random.default_rng(seed)
+
+
+def seed_stream() -> np.random.Generator:
+    """A NumPy generator on the host (seeded by ``manual_seed``) that hands out seeds for device generators,
+    such as each block's dropout generator in a training step. Its state is a small host object on every
+    device, so a run can save it and resume exactly, on a GPU too."""
+    global _seed_stream
+    if _seed_stream is None:
+        _seed_stream = np.random.default_rng(0)
+    return _seed_stream
 
 
 _this_thread = threading.local()   # .rng: a generator that global_rng() returns in this thread only
@@ -112,7 +141,7 @@ def global_rng():
     own = getattr(_this_thread, "rng", None)
     if own is not None:
         return own
-    if _global_rng is None or (device == "cuda") != (not isinstance(_global_rng, np.random.Generator)):
+    if _global_rng is None or (device != "cpu") == isinstance(_global_rng, np.random.Generator):
         _global_rng = rng(0)
     return _global_rng
 
@@ -280,5 +309,21 @@ def data_parallel(fn, *arrays) -> list:
 if os.environ.get("TINYLLM_KEEP_FREED_MEMORY", "1") != "0":
     keep_freed_memory()
 
+class _UnusableDevice:
+    """Stands in for ``xp`` when TINYLLM_DEVICE named a device that cannot be used: importing tinyllm still
+    works (so the command line can print one clear line), and the first array operation raises the error."""
+
+    def __init__(self, error: DeviceError):
+        self.error = error
+
+    def __getattr__(self, name):
+        raise self.error
+
+
+device_error = None   # the DeviceError for TINYLLM_DEVICE, if it named a device that cannot be used
 if os.environ.get("TINYLLM_DEVICE"):
-    set_device(os.environ["TINYLLM_DEVICE"])
+    try:
+        set_device(os.environ["TINYLLM_DEVICE"])
+    except DeviceError as e:
+        device_error = DeviceError(f"TINYLLM_DEVICE={os.environ['TINYLLM_DEVICE']}: {e}")
+        xp, device = _UnusableDevice(device_error), os.environ["TINYLLM_DEVICE"]

@@ -84,7 +84,7 @@ def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float
     """
     weight = weight or (lambda *rows: len(rows[0]))
     total = weight(*arrays)
-    seeds = backend.global_rng().integers(2**31, size=len(arrays[0]))   # a block seeds its dropout with its
+    seeds = backend.seed_stream().integers(2**31, size=len(arrays[0]))  # a block seeds its dropout with its
                                                                         # first row's: the same for any split
     def run_block(seeds_block, *block):
         share = weight(*block) / total if total else 0.0
@@ -209,8 +209,8 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
             raise ValueError(f"cannot resume '{run_dir}' with different training settings: {'; '.join(differences)}")
         start = state["step"]
         data_rng.bit_generator.state = state["data_rng"]
-        if state.get("dropout_rng") is not None and isinstance(backend.global_rng(), np.random.Generator):
-            backend.global_rng().bit_generator.state = state["dropout_rng"]
+        if state.get("dropout_rng") is not None:
+            backend.seed_stream().bit_generator.state = state["dropout_rng"]
         if start >= config.steps:
             raise ValueError(f"the run in '{run_dir}' already finished {start} steps; ask for more with --steps")
         _drop_log_after(run_dir / "log.jsonl", start)
@@ -227,7 +227,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         save_train_state(run_dir, optimizer, {
             "step": step, "train_config": train_settings, "data_rng": data_rng.bit_generator.state,
             "threads": backend.num_threads,          # the batch split: bit-exact resuming needs the same count
-            "dropout_rng": backend.global_rng().bit_generator.state if isinstance(backend.global_rng(), np.random.Generator) else None,
+            "dropout_rng": backend.seed_stream().bit_generator.state,   # dropout's seeds, on any device
         })
         save_model(run_dir, model, tokenizer, step, extra_config)
 

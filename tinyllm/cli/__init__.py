@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import backend
 from . import tokenizer as _tokenizer
 from . import train as _train
 from . import finetune as _finetune
@@ -28,7 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for stage in STAGES:
         stage.add_commands(sub)
+    for command in _leaf_parsers(parser):
+        command.add_argument(
+            "--device", choices=backend.DEVICES, default=None,
+            help="where the arrays live: cpu (NumPy), cuda (CuPy on an NVIDIA GPU), strict (NumPy under "
+                 "CuPy's rules, to test the GPU path on a CPU) (default: $TINYLLM_DEVICE, else cpu)")
     return parser
+
+
+def _leaf_parsers(parser):
+    """Every parser that runs a command (the sub-commands' sub-commands, recursively)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for a in subs for p in dict.fromkeys(a.choices.values()) for leaf in _leaf_parsers(p)]
 
 
 def main(argv=None) -> int:
@@ -38,6 +52,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.device is not None:
+            backend.set_device(args.device)
+        elif backend.device_error is not None:
+            raise backend.device_error
         return args.func(args) or 0
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Errors from tinyllm name the problem; show them without a traceback.

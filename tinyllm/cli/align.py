@@ -120,7 +120,6 @@ def _common(p, out, lr) -> None:
     p.add_argument("--lr", type=float, default=lr, help="learning rate (AdamW)")
     p.add_argument("--log-interval", type=int, default=5, help="steps between progress lines (when not on a terminal)")
     p.add_argument("--seed", type=int, default=0, help="sampling, shuffling and new heads' initialisation")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda needs CuPy and a GPU")
 
 
 def _lora_flags(p) -> None:
@@ -170,7 +169,6 @@ def base_checkpoint(ckpt) -> Path:
 
 def _start(args):
     from ..checkpoint import load_pretrained
-    backend.set_device(args.device)
     out = Path(args.out)
     if (out / "model.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")

@@ -107,7 +107,6 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
     g.add_argument("--dropout", type=float, default=None, help="model dropout while finetuning; None keeps the base run's")
     g.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between progress lines (when not on a terminal)")
     g.add_argument("--seed", type=int, default=d.seed, help="data shuffling, splits and the head's initialisation")
-    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda needs CuPy and a GPU")
     p.set_defaults(default_lr=lr, default_lora_lr=lora_lr)
 
 
@@ -136,7 +135,6 @@ def _finetune_config(args):
 
 def _load_base(args):
     from ..checkpoint import load_pretrained
-    backend.set_device(args.device)
     out = Path(args.out)
     if (out / "model.safetensors").exists() or (out / "adapter.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")

@@ -88,7 +88,6 @@ def add_model_and_training_flags(p) -> None:
     g.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between progress lines when not on a terminal")
     g.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens sampled at each evaluation")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights, the data order and dropout")
-    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the arrays live (cuda needs CuPy)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type of weights and math")
 
 
@@ -116,7 +115,6 @@ def run_pretrain(args) -> int:
     from ..model import GPT, preset
     from ..train import TrainConfig, pretrain
 
-    backend.set_device(args.device)
     backend.set_dtype(args.dtype)
     out = Path(args.out)
     if out.exists() and (out / "model.safetensors").exists() and not args.resume:
