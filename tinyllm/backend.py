@@ -99,6 +99,14 @@ def to_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def host_min_max(a) -> tuple:
+    """(min, max) of a non-empty array as Python numbers: free for a host array, one read of the device
+    (both values together) for a device array."""
+    if isinstance(a, np.ndarray):
+        return a.min().item(), a.max().item()
+    return tuple(to_numpy(xp.stack([a.min(), a.max()])).tolist())
+
+
 def asarray(a, dtype=None):
     """An ``xp`` array from anything array-like (NumPy arrays are copied to the GPU when on cuda)."""
     return xp.asarray(a, dtype=dtype)

@@ -88,7 +88,7 @@ class Decoder:
         positions = np.maximum(column - self.pad[:, None], 0)          # (B, L): real tokens before each one
         if self.cache is not None:
             self.cache.reset()
-        return self.model.next_token_logits(backend.asarray(ids), self._mask(width), backend.asarray(positions), self.cache)
+        return self.model.next_token_logits(ids, self._mask(width), positions, self.cache)   # host ids: checked free
 
     def feed(self, tokens):
         """Append ``tokens[b]`` to row b and return the logits (B, V) of the token after it."""
@@ -108,7 +108,7 @@ class Decoder:
         width = self.cache.length + 1
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1, 1)          # (B, 1)
         positions = np.array([[len(c) - 1] for c in self.contexts])     # (B, 1)
-        return self.model.next_token_logits(backend.asarray(ids), self._mask(width), backend.asarray(positions), self.cache)
+        return self.model.next_token_logits(ids, self._mask(width), positions, self.cache)   # host ids: checked free
 
     def select_rows(self, rows) -> None:
         """Keep rows ``rows`` (old index of each new row; repeats allowed) of the batch."""

@@ -218,8 +218,8 @@ class GPT(Module):
         behaves identically in both). ``cache``: a ``KVCache`` to attend over and append to (generation, no
         gradients).
         """
-        xp = backend.xp
-        idx = xp.asarray(getattr(idx, "data", idx))
+        idx = getattr(idx, "data", idx)
+        idx = idx if hasattr(idx, "ndim") else np.asarray(idx)   # host ids stay on the host until the lookup
         if idx.ndim != 2:
             raise ValueError(f"GPT expects token ids of shape (batch, time), got shape {idx.shape}")
         time = idx.shape[1]
@@ -228,9 +228,10 @@ class GPT(Module):
             cached = f" after {start} cached positions" if start else ""
             raise ValueError(f"sequence of length {time}{cached} is longer than the model's block_size {self.config.block_size}")
         if positions is None:
-            positions = xp.arange(start, start + time)       # (T,), the same for every row
+            positions = np.arange(start, start + time)       # (T,), the same for every row
         else:
-            positions = xp.asarray(positions)
+            positions = getattr(positions, "data", positions)
+            positions = positions if hasattr(positions, "shape") else np.asarray(positions)
             if positions.shape not in ((time,), idx.shape):
                 raise ValueError(f"positions of shape {positions.shape} do not match token ids of shape {idx.shape}")
         rope = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import backend
 from ..autograd import Tensor
 
@@ -50,13 +52,17 @@ def embedding(idx, weight: Tensor) -> Tensor:
     looked up many times), a scatter-add: dW[v] = Σ_{n: idx[n]=v} dY[n]. Saves the indices only.
     """
     xp = backend.xp
-    idx = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
+    idx = idx.data if isinstance(idx, Tensor) else idx
+    idx = idx if hasattr(idx, "dtype") else np.asarray(idx)
     if idx.dtype.kind not in "iu":
         raise ValueError(f"embedding: indices must be integers, got dtype {idx.dtype}")
     vocab, channels = weight.shape
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= vocab):
-        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+    # Checked before the lookup: on a GPU, CuPy wraps an out-of-range index around instead of raising.
+    lowest, highest = backend.host_min_max(idx) if idx.size else (0, 0)
+    if lowest < 0 or highest >= vocab:
+        bad = lowest if lowest < 0 else highest
         raise ValueError(f"embedding: index {bad} is out of range for a table of {vocab} rows")
+    idx = xp.asarray(idx)
 
     def backward(dy):
         dw = xp.zeros_like(weight.data)

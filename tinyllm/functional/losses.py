@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend
 from ..autograd import Tensor
 
@@ -48,6 +50,22 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     return Tensor._make(y, (x,), backward)
 
 
+def _count_valid_targets(t, vocab: int, ignore_index: int) -> int:
+    """How many targets count (are not ``ignore_index``); a target outside [0, V) is an error. Targets from
+    the host are checked there for free; device ones with one read of the device."""
+    on_host = isinstance(t, np.ndarray)
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= vocab))
+    n_valid, n_bad = (valid.sum(), bad.sum()) if on_host else \
+        backend.to_numpy(backend.xp.stack([valid.sum(), bad.sum()]))
+    if n_bad:
+        t = t if on_host else backend.to_numpy(t)
+        position = int(np.argmax((t != ignore_index) & ((t < 0) | (t >= vocab))))
+        raise ValueError(f"cross_entropy: target {int(t[position])} at position {position} is outside "
+                         f"[0, {vocab}) (and is not ignore_index={ignore_index})")
+    return int(n_valid)
+
+
 def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """Softmax followed by the negative log-likelihood of the targets, fused.
 
@@ -61,22 +79,17 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     xp = backend.xp
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    targets = targets.data if isinstance(targets, Tensor) else targets
+    targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits of shape {logits.shape} (expected {logits.shape[:-1]})")
     if targets.dtype.kind not in "iu":
         raise ValueError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
     vocab = logits.shape[-1]
     z = logits.data.reshape(-1, vocab)                        # (N, V)
-    t = targets.reshape(-1)                                   # (N,)
+    n_valid = _count_valid_targets(targets.reshape(-1), vocab, ignore_index)
+    t = xp.asarray(targets).reshape(-1)                       # (N,)
     valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= vocab))
-    if bool(bad.any()):
-        position = int(xp.argmax(bad))
-        raise ValueError(
-            f"cross_entropy: target {int(t[position])} at position {position} is outside [0, {vocab}) "
-            f"(and is not ignore_index={ignore_index})"
-        )
     rows = xp.arange(t.size)
     safe_t = xp.where(valid, t, 0)
 
@@ -102,7 +115,6 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     losses = xp.log(sum_exp) - target_logit                   # (N,)
     losses *= valid
 
-    n_valid = int(valid.sum())
     if reduction == "mean":
         out = losses.sum() / max(n_valid, 1)
     elif reduction == "sum":

@@ -63,13 +63,16 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None):
     Returns (cos, sin), each (T, D/2) or (B, 1, T, D/2).
     """
     xp = backend.xp
-    positions = xp.asarray(getattr(positions, "data", positions))
+    positions = getattr(positions, "data", positions)
+    positions = positions if hasattr(positions, "dtype") else np.asarray(positions)
     if positions.dtype.kind not in "iu" or positions.ndim not in (1, 2):
         raise ValueError(f"rotary embedding: positions must be integers of shape (T,) or (B, T), got dtype "
                          f"{positions.dtype} and shape {positions.shape}")
-    if positions.size and int(positions.min()) < 0:
-        raise ValueError(f"rotary embedding: positions must be >= 0, got {int(positions.min())}")
-    cos, sin = rope_tables(head_dim, int(positions.max()) + 1 if positions.size else 1, theta, dtype)
+    lowest, highest = backend.host_min_max(positions) if positions.size else (0, 0)
+    if lowest < 0:
+        raise ValueError(f"rotary embedding: positions must be >= 0, got {lowest}")
+    cos, sin = rope_tables(head_dim, highest + 1, theta, dtype)
+    positions = xp.asarray(positions)
     cos, sin = cos[positions], sin[positions]                 # (T, D/2) or (B, T, D/2)
     if positions.ndim == 2:
         cos, sin = cos[:, None], sin[:, None]                 # (B, 1, T, D/2): one rotation for every head
