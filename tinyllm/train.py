@@ -26,9 +26,11 @@ import numpy as np
 
 from . import backend
 from .autograd import add_leaf_grads, collect_leaf_grads, no_grad
-from .checkpoint import config_differences, load_config, load_train_state, load_weights, save_model, save_train_state
+from .checkpoint import (check_resumable, config_differences, load_config, load_train_state, load_weights, save_model,
+                         save_train_state)
 from .data.tokens import TokenWindows, check_length, random_batch
 from .files import append_jsonl, atomic_write, read_jsonl
+from .interrupt import StopRequests, TrainingInterrupted
 from .optim import AdamW, clip_factor, grad_norm as global_grad_norm, warmup_cosine_lr
 
 
@@ -192,6 +194,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     if resume:
         if run_dir is None:
             raise ValueError("resume needs a run directory")
+        check_resumable(run_dir)
         saved = load_config(run_dir)
         saved_model = saved.get("model", {})
         try:   # fill the keys an older config.json lacks with their defaults (= what that run used)
@@ -221,9 +224,18 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
                            "the losses can differ from an uninterrupted run's in the last digits "
                            "(set TINYLLM_NUM_THREADS to match)")
 
+    stop = StopRequests()                  # Ctrl-C: finish the step, save, stop (tinyllm.interrupt)
+    saved_step = start if resume else None
+
     def save(step):
+        nonlocal saved_step
         if run_dir is None:
             return
+        with stop.deferred():              # the weights and the optimizer state of one step, or neither
+            _save_checkpoint(step)
+        saved_step = step
+
+    def _save_checkpoint(step):
         save_train_state(run_dir, optimizer, {
             "step": step, "train_config": train_settings, "data_rng": data_rng.bit_generator.state,
             "threads": backend.num_threads,          # the batch split: bit-exact resuming needs the same count
@@ -240,6 +252,8 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     tokens_per_step = config.batch_size * config.grad_accum * context
     model.train()
     summary = {"start_step": start}
+    if resume:
+        say(f"resuming from step {start} of {config.steps} (the checkpoint in {run_dir})")
     if thread_note:
         say(thread_note)
         summary["note"] = thread_note
@@ -254,11 +268,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         if tokenizer is not None and config.sample_tokens:
             say("  sample: " + repr(_sample(model, tokenizer, val_ids[:8], config.sample_tokens, config.seed + step)))
 
-    if start == 0:
-        run_eval(0)
-    started = time.perf_counter()
-    step_time = None
-    for step in range(start, config.steps):
+    def train_step(step):
         t0 = time.perf_counter()
         lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, config.steps)
         optimizer.lr = lr
@@ -285,9 +295,32 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         log(record)
         if bar:
             bar.update(step, f"loss {loss_value:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s")
-        if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
-            run_eval(step + 1)
-            save(step + 1)
+
+    def stop_if_requested(step):
+        """After Ctrl-C (``stop``): save this step's state unless that is done, then stop."""
+        if not stop.requested or step == config.steps:
+            return
+        if run_dir is None:
+            raise TrainingInterrupted(f"interrupted after step {step} of {config.steps} (no run directory: "
+                                      "nothing saved)", step)
+        if saved_step != step:
+            save(step)
+        from .plot import plot_run
+        plot_run(run_dir)
+        raise TrainingInterrupted(f"interrupted after step {step} of {config.steps}: checkpoint saved in "
+                                  f"{run_dir}/ (continue the run with --resume)", step)
+
+    with stop:
+        if start == 0 and not resume:      # a run resumed at step 0 (stopped during this eval) logged it already
+            run_eval(0)
+            stop_if_requested(0)
+        started = time.perf_counter()
+        for step in range(start, config.steps):
+            train_step(step)
+            if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
+                run_eval(step + 1)
+                save(step + 1)
+            stop_if_requested(step + 1)
     elapsed = time.perf_counter() - started
     steps_done = config.steps - start
     summary.update(steps=steps_done, seconds=elapsed, tokens_per_s=steps_done * tokens_per_step / max(elapsed, 1e-9))

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
+
 from . import tokenizer as _tokenizer
 from . import train as _train
 from . import finetune as _finetune
 from . import generate as _generate
 from . import interop as _interop
 from . import align as _align
+from .common import no_leftover_folder, use_help_formatter
 
 # The stages, in pipeline order. A new stage adds its module here.
 STAGES = [_tokenizer, _train, _generate, _finetune, _interop, _align]
@@ -25,24 +28,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tinyllm",
         description="The whole life of a small GPT on NumPy: tokenize, pretrain, evaluate, finetune, align, generate.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for stage in STAGES:
         stage.add_commands(sub)
+    use_help_formatter(parser)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:        # --help, --version, or a flag refused (argparse printed why): its exit status
+        return e.code
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
-        return args.func(args) or 0
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        with no_leftover_folder(getattr(args, "out", None)):
+            return args.func(args) or 0
+    except (ValueError, OSError, RuntimeError) as e:
         # Errors from tinyllm name the problem; show them without a traceback.
         print(f"tinyllm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # A training loop says where it saved the run (train.TrainingInterrupted); anything else just stops.
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130

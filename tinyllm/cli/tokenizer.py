@@ -15,6 +15,7 @@ import time
 
 from ..data.text import builtin_corpus
 from ..tokenizer import PATTERNS, BPETokenizer, CharTokenizer, load_tokenizer
+from .common import positive_int, tokenizer_file
 
 
 def add_commands(subparsers) -> None:
@@ -38,7 +39,7 @@ def add_commands(subparsers) -> None:
     )
     train.add_argument(
         "--vocab-size",
-        type=int,
+        type=positive_int,
         default=4096,
         metavar="N",
         help="number of tokens, counting the 256 single bytes and the special tokens (default: 4096)",
@@ -78,8 +79,9 @@ def add_commands(subparsers) -> None:
     encode.add_argument(
         "--tokenizer",
         default="tokenizer.json",
+        type=tokenizer_file,
         metavar="PATH",
-        help="tokenizer file from 'tinyllm tokenizer train' (default: tokenizer.json)",
+        help="tokenizer file from 'tinyllm tokenizer train', or a run directory holding one (default: tokenizer.json)",
     )
     encode.add_argument("--text", help="encode this text instead of reading stdin (default: read stdin)")
     encode.add_argument("--count", action="store_true", help="print only the number of tokens (default: print the ids)")
