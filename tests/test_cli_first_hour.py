@@ -194,22 +194,28 @@ def test_a_run_refused_after_tokenizing_leaves_no_folder(text_file, tmp_path, ca
 
 # ---------------------------------------------------------------------------------------- tokenizers
 
-def test_tokenizer_flags_explain_what_they_take(finished_run, tmp_path):
+def test_tokenizer_flags_explain_what_they_take(finished_run, tmp_path, capsys):
     empty = tmp_path / "empty-run"
     empty.mkdir()
-    for args, expected in [
-        (["pretrain", "--tokenizer", "bpee"], "expected 'bpe' (train one), 'char', a tokenizer .json file or a "
-                                              "run directory holding one; there is no file or directory 'bpee'"),
-        (["pretrain", "--tokenizer", empty], f"'{empty}' is a directory without a tokenizer.json"),
-        (["tokenizer", "encode", "--tokenizer", "bpee", "--text", "hi"], "there is no file or directory 'bpee'"),
-        (["tokenizer", "encode", "--tokenizer", empty, "--text", "hi"], "is a directory without a tokenizer.json"),
+    for args, expected in [   # in a subprocess: what the user sees
+        (["pretrain", "--tokenizer", "bpee", "--out", tmp_path / "out"],
+         "expected 'bpe' (train one), 'char', a tokenizer .json file or a run directory holding one; "
+         "there is no file or directory 'bpee'"),
+        (["tokenizer", "encode", "--tokenizer", empty, "--text", "hi"],
+         f"'{empty}' is a directory without a tokenizer.json"),
     ]:
-        result = run_cli(*args, *(["--out", tmp_path / "out"] if args[0] == "pretrain" else []), cwd=tmp_path)
+        result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert expected in result.stderr
+    for args, expected in [   # in-process: the same parser, faster
+        (["pretrain", "--tokenizer", str(empty), "--out", str(tmp_path / "out")], "without a tokenizer.json"),
+        (["tokenizer", "encode", "--tokenizer", "bpee", "--text", "hi"], "there is no file or directory 'bpee'"),
+    ]:
+        assert main(args) == 2 and expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     # A run directory is taken as its tokenizer.json.
-    result = run_cli("tokenizer", "encode", "--tokenizer", finished_run, "--text", "the cat")
-    assert result.returncode == 0 and len(result.stdout.split()) == len("the cat")
+    assert main(["tokenizer", "encode", "--tokenizer", str(finished_run), "--text", "the cat"]) == 0
+    assert len(capsys.readouterr().out.split()) == len("the cat")
 
 
 # ---------------------------------------------------------------------------------------- rough edges
