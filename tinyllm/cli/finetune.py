@@ -244,12 +244,12 @@ def run_instruct(args) -> int:
     print(f"data: {args.data or 'built-in generated tasks'}; {len(train)} train / {len(val)} val / {len(test)} test records; "
           f"responses end with {end.text!r} (id {end.id}){'; ' + end.note if end.note else ''}")
     scored = test[:args.eval_limit] if args.eval_limit else test
-    before = None
+    _prepare_training(model, args)     # checks the LoRA flags before the minutes of scoring below; new adapters
+    before = None                      # add exactly zero, so the model still computes what the base does
     if args.compare_base and scored:
         t0 = time.perf_counter()
         before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens)
         print(f"before finetuning ({time.perf_counter() - t0:.0f}s): {format_scores(before)}")
-    _prepare_training(model, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").unlink(missing_ok=True)

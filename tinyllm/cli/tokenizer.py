@@ -10,6 +10,7 @@ Each sub-command's ``--help`` lists its flags with their defaults.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -106,6 +107,9 @@ def _read_data(path: str | None) -> tuple[str, str]:
 
 
 def run_train(args) -> int:
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save the tokenizer to '{args.out}': there is no folder {folder}")
     text, source = _read_data(args.data)
     if not text:
         raise ValueError(f"{source} is empty; there is nothing to learn from")
