@@ -27,28 +27,31 @@ TINY = ["--tokenizer", "char", "--n-layer", "1", "--n-head", "2", "--n-embd", "1
         "--batch-size", "4", "--eval-iters", "2", "--sample-tokens", "0", "--log-interval", "100"]
 STEPS = ["--steps", "12", "--eval-interval", "8"]
 
-# Runs `tinyllm ARGS` with a real Ctrl-C (SIGINT to itself) in the middle of step CTRL_C_STEP's forward
-# and backward pass and, with SECOND_CTRL_C, another one while that step's checkpoint is being written.
+# Runs `tinyllm ARGS` with a real Ctrl-C (SIGINT to itself) in the middle of the CTRL_C_CALL-th call of
+# CTRL_C_IN ("module:function", e.g. each step's forward and backward pass) and, with SECOND_CTRL_C, another
+# one while the checkpoint after it is being written (between the optimizer state and the weights).
 INTERRUPTED_RUN = """
-import os, signal, sys
+import importlib, os, signal, sys
 import tinyllm.train as train
 from tinyllm.cli import main
-ctrl_c_step, second = int(os.environ["CTRL_C_STEP"]), bool(os.environ.get("SECOND_CTRL_C"))
-calls, forward_backward, save_model = 0, train.forward_backward, train.save_model
+module_name, name = os.environ["CTRL_C_IN"].split(":")
+module, ctrl_c_call, second = importlib.import_module(module_name), int(os.environ["CTRL_C_CALL"]), "SECOND_CTRL_C" in os.environ
+calls, step_function, save_model = 0, getattr(module, name), train.save_model
 
-def forward_backward_then_ctrl_c(*args, **kwargs):
+def step_function_then_ctrl_c(*args, **kwargs):
     global calls
     calls += 1
-    if calls == ctrl_c_step:
+    if calls == ctrl_c_call:
         os.kill(os.getpid(), signal.SIGINT)
-    return forward_backward(*args, **kwargs)
+    return step_function(*args, **kwargs)
 
-def ctrl_c_between_the_files(*args, **kwargs):   # the train state is written, the weights not yet
-    if second and calls >= ctrl_c_step:
+def ctrl_c_between_the_files(*args, **kwargs):
+    if second and calls >= ctrl_c_call:
         os.kill(os.getpid(), signal.SIGINT)
     return save_model(*args, **kwargs)
 
-train.forward_backward, train.save_model = forward_backward_then_ctrl_c, ctrl_c_between_the_files
+setattr(module, name, step_function_then_ctrl_c)
+train.save_model = ctrl_c_between_the_files
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -90,8 +93,8 @@ def test_ctrl_c_saves_the_step_and_resume_continues_exactly(text_file, finished_
                                                             second_ctrl_c):
     out = tmp_path / "run"
     flags = ["pretrain", "--data", text_file, *TINY, *STEPS, "--out", out]
-    stopped = run_cli(*flags, script=INTERRUPTED_RUN,
-                      env={"CTRL_C_STEP": "5", "SECOND_CTRL_C": "1" if second_ctrl_c else ""})
+    ctrl_c = {"CTRL_C_IN": "tinyllm.train:forward_backward", "CTRL_C_CALL": "5"}
+    stopped = run_cli(*flags, script=INTERRUPTED_RUN, env={**ctrl_c, **({"SECOND_CTRL_C": "1"} if second_ctrl_c else {})})
 
     assert stopped.returncode == 130, stopped.stderr
     assert "Traceback" not in stopped.stderr
@@ -105,6 +108,22 @@ def test_ctrl_c_saves_the_step_and_resume_continues_exactly(text_file, finished_
     assert main([str(f) for f in flags] + ["--resume"]) == 0
     assert "resuming from step 5 of 12" in capsys.readouterr().err
     assert logged(out) == logged(finished_run), "the resumed run must repeat the uninterrupted one exactly"
+
+
+def test_ctrl_c_while_finetuning_keeps_the_model_trained_so_far(finished_run, tmp_path, capsys):
+    data = tmp_path / "labels.tsv"
+    words = "the cat sat on a mat and dog ran far away from home to see sun".split()   # the run's characters
+    data.write_text("".join(f"{'cat' if i % 2 else 'dog'}\t{'the cat sat' if i % 2 else 'a dog ran'} "
+                            f"{words[i % len(words)]}\n" for i in range(40)))
+    out = tmp_path / "classifier"
+    stopped = run_cli("finetune", "classify", "--ckpt", finished_run, "--data", data, "--epochs", "3",
+                      "--batch-size", "4", "--out", out, script=INTERRUPTED_RUN,
+                      env={"CTRL_C_IN": "tinyllm.finetune.loop:data_parallel_backward", "CTRL_C_CALL": "2"})
+
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert f"interrupted after step 2 of 21: the model as trained so far is saved in {out}/" in stopped.stderr
+    assert main(["evaluate", "--ckpt", str(out), "--json"]) == 0, "the saved run loads and scores"
+    assert "accuracy" in json.loads(capsys.readouterr().out)
 
 
 def test_ctrl_c_is_a_request_then_a_stop_and_waits_for_a_save():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import backend
 from .common import (group_size, non_negative_float, non_negative_int, positive_float, positive_int,
-                     split_fractions, unit_interval)
+                     split_fractions, stop_if_interrupted, unit_interval)
 
 DEFAULT_BASES = ("runs/instruct", "runs/demo")
 
@@ -247,11 +247,13 @@ def run_reward(args) -> int:
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
                             warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed)
     summary = train_reward_model(model, train, val if len(val) else None, config, log=_logger(out))
+    extras = {"base": str(ckpt), "data": args.data, "seconds": round(summary["seconds"], 1),
+              **{k: v for k, v in _base_extras(ckpt).items() if k != "task"}}
+    stop_if_interrupted(summary, out, lambda: save_reward_model(out, model, tokenizer, extras))
     after = evaluate_reward_model(model, test)
     results = {"before": {k: before[k] for k in ("accuracy", "loss", "margin")},
                "after": {k: after[k] for k in ("accuracy", "loss", "margin")}}
-    save_reward_model(out, model, tokenizer, {"base": str(ckpt), "data": args.data, "seconds": round(summary["seconds"], 1),
-                                              "results": results, **{k: v for k, v in _base_extras(ckpt).items() if k != "task"}})
+    save_reward_model(out, model, tokenizer, {**extras, "results": results})
     plot = _plot(out, ["loss", "accuracy", "margin", "val_accuracy", "val_loss"])
     print(f"\ndone in {summary['seconds']:.0f}s: held-out pairwise accuracy {before['accuracy']:.3f} → "
           f"{after['accuracy']:.3f} ({len(test)} pairs), margin {after['margin']:.3f}; curves: {plot}")
@@ -275,11 +277,13 @@ def run_dpo(args) -> int:
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
                             warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed)
     summary = train_dpo(policy, reference, train, val if len(val) else None, config, args.beta, log=_logger(out))
+    alignment = {"method": "dpo", "beta": args.beta, "epochs": args.epochs, "lr": args.lr, "data": args.data,
+                 "seconds": round(summary["seconds"], 1)}
+    stop_if_interrupted(summary, out, lambda: (_merge_lora(policy, args),
+                                               _save_policy(out, policy, tokenizer, ckpt, alignment)))
     after = evaluate_dpo(policy, test, ref_test, args.beta)
     _merge_lora(policy, args)
-    _save_policy(out, policy, tokenizer, ckpt, {"method": "dpo", "beta": args.beta, "epochs": args.epochs, "lr": args.lr,
-                                                 "data": args.data, "seconds": round(summary["seconds"], 1),
-                                                 "results": {"before": before, "after": after}})
+    _save_policy(out, policy, tokenizer, ckpt, {**alignment, "results": {"before": before, "after": after}})
     plot = _plot(out, ["loss", "margin", "accuracy", "val_accuracy", "val_margin", "val_likelihood_accuracy"])
     print(f"\ndone in {summary['seconds']:.0f}s on {len(test)} held-out pairs: preference accuracy (implicit reward) "
           f"{before['accuracy']:.3f} → {after['accuracy']:.3f}; likelihood accuracy {before['likelihood_accuracy']:.3f} → "

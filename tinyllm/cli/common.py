@@ -16,6 +16,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..interrupt import TrainingInterrupted
+
 TOKENIZER_FILE = "tokenizer.json"   # the name a run directory keeps its tokenizer under (checkpoint.TOKENIZER)
 
 
@@ -168,3 +170,17 @@ def no_leftover_folder(out, scratch=("cache",)):
             except OSError:
                 pass
         raise
+
+
+def stop_if_interrupted(summary: dict, out, save=None) -> None:
+    """After a finetuning loop that Ctrl-C stopped (``summary["interrupted"]``, see ``finetune.loop.fit``):
+    save the model as trained so far with ``save()`` (unless the caller saved it already), then stop, saying
+    so. These runs keep no optimizer state, so unlike pretraining they cannot be resumed."""
+    if not summary.get("interrupted"):
+        return
+    if save is not None:
+        save()
+    steps, total = summary["steps"], summary["total_steps"]
+    raise TrainingInterrupted(f"interrupted after step {steps} of {total}: the model as trained so far is saved "
+                              f"in {out}/, not scored (finetuning cannot be resumed: run the command again to "
+                              "train it fully)", steps)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import backend
 from .common import (non_negative_float, non_negative_int, positive_float, positive_int, probability,
-                     split_fractions)
+                     split_fractions, stop_if_interrupted)
 
 
 
@@ -213,6 +213,7 @@ def run_classify(args) -> int:
              "finetune": {"lora_rank": args.lora_rank, "freeze_except": args.freeze_except, "epochs": args.epochs,
                           "lr": args.lr, "trainable": trainable, "seconds": round(summary["seconds"], 1)}}
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_classifier(o, m, t, e))
+    stop_if_interrupted(summary, out)
     report = classification_report(model, tokenizer, test) if test else None
     if report:
         _record_results(out, {k: report[k] for k in ("accuracy", "precision", "recall", "f1", "majority_baseline")}, args)
@@ -264,6 +265,7 @@ def run_instruct(args) -> int:
              "finetune": {"lora_rank": args.lora_rank, "epochs": args.epochs, "lr": args.lr, "trainable": trainable,
                           "seconds": round(summary["seconds"], 1)}}
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_model(o, m, t, extra_config=e))
+    stop_if_interrupted(summary, out)
     after = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens) if scored else None
     if after:
         _record_results(out, {"before": {k: before[k] for k in keys} if before else None,
