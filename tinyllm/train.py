@@ -189,7 +189,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     # random bits as the k-th initial weight.
     data_rng = np.random.default_rng([config.seed, 1])
     backend.manual_seed(config.seed)
-    start, thread_note = 0, None
+    start, thread_note, first_val = 0, None, None
     train_settings = dataclasses.asdict(config)
     if resume:
         if run_dir is None:
@@ -216,7 +216,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
             backend.global_rng().bit_generator.state = state["dropout_rng"]
         if start >= config.steps:
             raise ValueError(f"the run in '{run_dir}' already finished {start} steps; ask for more with --steps")
-        _drop_log_after(run_dir / "log.jsonl", start)
+        first_val = _drop_log_after(run_dir / "log.jsonl", start)
         saved_threads = state.get("threads")
         if saved_threads is not None and saved_threads != backend.num_threads:
             thread_note = (f"note: this run was saved with {saved_threads} threads and resumes with "
@@ -251,7 +251,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     say = bar.message if bar else (lambda text: None)
     tokens_per_step = config.batch_size * config.grad_accum * context
     model.train()
-    summary = {"start_step": start}
+    summary = {"start_step": start, **({"first_val": first_val} if first_val else {})}
     if resume:
         say(f"resuming from step {start} of {config.steps} (the checkpoint in {run_dir})")
     if thread_note:
@@ -330,11 +330,15 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     return summary
 
 
-def _drop_log_after(path: Path, step: int) -> None:
-    """Forget what a crashed run logged after its last checkpoint: the resumed run redoes those steps."""
-    if path.exists():
-        kept = [r for r in read_jsonl(path) if not (isinstance(r, dict) and r.get("step", 0) > step)]
-        atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+def _drop_log_after(path: Path, step: int) -> dict | None:
+    """Forget what a stopped run logged after its last checkpoint: the resumed run redoes those steps.
+    Returns the run's first validation result as ``evaluate`` gives it (for the before → after summary)."""
+    if not path.exists():
+        return None
+    kept = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", 0) <= step]
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    first = next((r for r in kept if r.get("kind") == "eval" and "val_loss" in r), None)
+    return {"loss": first["val_loss"], "ppl": math.exp(min(first["val_loss"], 700.0))} if first else None
 
 
 def _sample(model, tokenizer, prompt_ids, max_new_tokens, seed) -> str:

@@ -191,6 +191,7 @@ def run_demo(args) -> int:
     from ..generate import generate
     from ..model import GPT, preset
     from ..tokenizer import BPETokenizer
+    from ..interrupt import TrainingInterrupted
     from ..train import TrainConfig, pretrain
 
     out = Path(args.out)
@@ -214,7 +215,12 @@ def run_demo(args) -> int:
         print(f"   (overwriting the earlier demo run in {out}/)")
         for name in ("log.jsonl", "train_state.safetensors"):
             (out / name).unlink(missing_ok=True)
-    summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer)
+    try:
+        summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer)
+    except TrainingInterrupted as stopped:      # the demo has no --resume: say what the checkpoint is good for
+        raise TrainingInterrupted(f"interrupted after step {stopped.step} of {args.steps}: the model so far is "
+                                  f"saved in {out}/ (try `tinyllm generate --ckpt {out}`); `tinyllm demo` "
+                                  "starts again from step 0", stopped.step) from None
     first, last = summary["first_val"], summary["last_val"]
     print(f"\n4. validation perplexity {first['ppl']:.1f} → {last['ppl']:.1f} "
           f"(loss {first['loss']:.3f} → {last['loss']:.3f}) in {summary['seconds']:.0f}s; loss curve: {summary['plot']}")
