@@ -8,7 +8,8 @@ One step:   x, y = random windows of the training ids      (B, T) each, y = x sh
             (the clip factor is folded into the update: optim.clip_factor)
 
 Every ``eval_interval`` steps the mean loss on a fixed set of validation windows (and perplexity = e^loss)
-is logged, a short sample is printed and the run is saved. ``resume=True`` restores weights, AdamW moments
+is logged, a short sample is printed and the run is saved; so is the current step when Ctrl-C stops the
+run. ``resume=True`` restores weights, AdamW moments
 and the random generators' states, so a resumed run reproduces the uninterrupted one exactly on the CPU
 (with the same number of threads: ``forward_backward`` splits each batch into one block per thread).
 """
@@ -172,7 +173,8 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     """Train ``model`` on ``train_ids`` and return a summary (first/last validation loss, time, tokens/s).
 
     With ``run_dir``, writes ``log.jsonl``, checkpoints at every evaluation and at the end, and ``loss.svg``;
-    ``resume=True`` continues the run saved there.
+    ``resume=True`` continues the run saved there. Ctrl-C finishes the current step, saves it and raises
+    ``TrainingInterrupted`` (a KeyboardInterrupt naming the checkpoint; ``tinyllm.interrupt``).
     """
     context = model.config.block_size
     check_length(train_ids, context, "the training split")
