@@ -110,6 +110,27 @@ def test_ctrl_c_saves_the_step_and_resume_continues_exactly(text_file, finished_
     assert logged(out) == logged(finished_run), "the resumed run must repeat the uninterrupted one exactly"
 
 
+def test_ctrl_c_from_outside_at_any_moment_leaves_a_whole_checkpoint(text_file, tmp_path):
+    out = tmp_path / "long"
+    command = [sys.executable, "-m", "tinyllm", "pretrain", "--data", str(text_file), *TINY, "--steps", "100000",
+               "--out", str(out)]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    log, deadline = out / "log.jsonl", time.time() + 120
+    while not (log.exists() and '"kind": "train"' in log.read_text()):     # wait for its first step
+        assert time.time() < deadline and run.poll() is None, "the run did not start training"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)                # as Ctrl-C in a terminal does, at whatever point it is
+    _, stderr = run.communicate(timeout=120)
+
+    assert run.returncode == 130 and "Traceback" not in stderr, stderr
+    step = int(load_metadata(out / "model.safetensors")["step"])
+    assert f"interrupted after step {step} of 100000: checkpoint saved in {out}/" in stderr
+    assert json.loads(load_metadata(out / "train_state.safetensors")["state"])["step"] == step
+    trained = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert trained[-1]["step"] == step, "the checkpoint is of the last step the log shows"
+
+
 def test_ctrl_c_while_finetuning_keeps_the_model_trained_so_far(finished_run, tmp_path, capsys):
     data = tmp_path / "labels.tsv"
     words = "the cat sat on a mat and dog ran far away from home to see sun".split()   # the run's characters

@@ -9,9 +9,9 @@ One step:   x, y = random windows of the training ids      (B, T) each, y = x sh
 
 Every ``eval_interval`` steps the mean loss on a fixed set of validation windows (and perplexity = e^loss)
 is logged, a short sample is printed and the run is saved; so is the current step when Ctrl-C stops the
-run. ``resume=True`` restores weights, AdamW moments
-and the random generators' states, so a resumed run reproduces the uninterrupted one exactly on the CPU
-(with the same number of threads: ``forward_backward`` splits each batch into one block per thread).
+run. ``resume=True`` restores weights, AdamW moments and the random generators' states, so a resumed run
+reproduces the uninterrupted one exactly on the CPU (with the same number of threads: ``forward_backward``
+splits each batch into one block per thread).
 """
 
 from __future__ import annotations
