@@ -317,6 +317,12 @@ def run_ppo(args) -> int:
     from ..rl.reward import load_reward_model
     from ..rl.tasks import is_correct
     from ..generate import generate
+    config = PPOConfig(steps=args.steps, rollout_batch=args.rollout_batch, minibatch_size=args.minibatch_size,
+                       ppo_epochs=args.ppo_epochs, lr=args.lr, clip=args.clip, value_clip=args.value_clip,
+                       vf_coef=args.vf_coef, ent_coef=args.ent_coef, kl_coef=args.kl_coef, target_kl=args.target_kl, kl_horizon=args.kl_horizon,
+                       gamma=args.gamma, lam=args.lam, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       missing_end_penalty=args.missing_end_penalty, value_trains_trunk=args.value_trains_trunk,
+                       eval_interval=args.eval_interval, log_interval=args.log_interval, seed=args.seed)
     if not (Path(args.reward_model) / "model.safetensors").exists():
         raise FileNotFoundError(f"no reward model at '{args.reward_model}'; train one with `tinyllm align reward` "
                                 "or pass --reward-model RUN")
@@ -342,12 +348,6 @@ def run_ppo(args) -> int:
             result["test_accuracy"] = float(np.mean([is_correct(r, tokenizer.decode(c)) for r, c in zip(test, new)]))
         return result
 
-    config = PPOConfig(steps=args.steps, rollout_batch=args.rollout_batch, minibatch_size=args.minibatch_size,
-                       ppo_epochs=args.ppo_epochs, lr=args.lr, clip=args.clip, value_clip=args.value_clip,
-                       vf_coef=args.vf_coef, ent_coef=args.ent_coef, kl_coef=args.kl_coef, target_kl=args.target_kl, kl_horizon=args.kl_horizon,
-                       gamma=args.gamma, lam=args.lam, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       missing_end_penalty=args.missing_end_penalty, value_trains_trunk=args.value_trains_trunk,
-                       eval_interval=args.eval_interval, log_interval=args.log_interval, seed=args.seed)
     print(f"PPO: {len(prompts)} training prompts, {len(test)} held-out; reward model {args.reward_model}")
     summary = train_ppo(policy, reference, prompts, score, config, end, eval_fn=evaluate, log=_logger(out))
     first, last = summary["evals"][0], summary["evals"][-1]
