@@ -104,6 +104,10 @@ def _read_data(path: str | None) -> tuple[str, str]:
             return f.read(), path
     except UnicodeDecodeError as e:
         raise ValueError(f"data file '{path}' is not UTF-8 text (byte {e.start} cannot be decoded)") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no data file at '{path}'") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"--data '{path}' is a directory; give one UTF-8 text file") from None
 
 
 def run_train(args) -> int:
