@@ -14,6 +14,7 @@ What happens:
 Runs in a couple of seconds on a laptop CPU.
 """
 
+import argparse
 import math
 
 import numpy as np
@@ -94,5 +95,8 @@ def check_softplus():
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="It takes no options: read and change the code instead.")
+    parser.parse_args()
     train()
     check_softplus()

@@ -9,6 +9,7 @@ their concatenation as a new token. Frequent words end up as single tokens, rare
 Runs in a few seconds on the built-in corpus (Python's own help pages).
 """
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,10 @@ def show_tokens(tok: BPETokenizer, text: str) -> None:
     for token_id in ids:
         print(f"  {token_id:>5}  {tok.token_to_bytes(token_id)!r}")
 
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="It takes no options: read and change the code instead.")
+parser.parse_args()
 
 text = builtin_corpus()
 print(f"training text: the built-in corpus, {len(text.encode('utf-8')):,} bytes\n")

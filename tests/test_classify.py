@@ -252,7 +252,7 @@ def test_cli_lora_run_keeps_adapter_and_merged_weights(tiny_base, tmp_path, caps
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--lora-rank", "-1"], "rank must be a positive integer"),
+    (["--lora-rank", "-1"], "argument --lora-rank: expected an integer >= 0"),
     (["--lora-rank", "2", "--lora-targets", "attn.qvk"], "match no Linear layer"),
 ])
 def test_cli_bad_lora_flags_are_clear_errors(tiny_base, tmp_path, capsys, flags, message):

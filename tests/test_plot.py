@@ -101,8 +101,20 @@ def test_plot_run_writes_loss_svg_with_train_and_val_curves(tmp_path):
     out = plot_run(tmp_path)
     assert out == str(tmp_path / "loss.svg")
     root = parse((tmp_path / "loss.svg").read_text())
-    assert [len(points_of(line)) for line in polylines(root)] == [11, 3, 3]  # train loss, val loss, train loss at eval
-    assert {"train loss", "val loss", "train loss (at eval)"} <= set(texts(root))
+    raw, smoothed = polylines(root)          # each step's loss, faint, and its moving average on top
+    assert len(points_of(raw)) == len(points_of(smoothed)) == 11
+    assert float(raw.get("stroke-opacity")) < 0.5 and float(smoothed.get("stroke-opacity")) == 1
+    dots = [c for c in root.iter(f"{SVG}circle")]
+    assert len(dots) == 3 + 3 + 2, "evaluations are dots (3 val, 3 train), not joined by lines; 2 in the legend"
+    assert {"train loss (each step)", "train loss (smoothed)", "val loss", "train loss (at eval)"} <= set(texts(root))
+
+
+def test_smooth_is_a_debiased_moving_average():
+    from tinyllm.plot import smooth
+    assert smooth([4.0, 4.0, 4.0], window=10) == pytest.approx([4.0, 4.0, 4.0]), "no pull towards 0 at the start"
+    noisy = [1.0 + (-1) ** i for i in range(200)]       # 2, 0, 2, 0, ...: mean 1
+    assert abs(smooth(noisy, window=20)[-1] - 1.0) < 0.06
+    assert smooth([3.0, 1.0], window=1) == [3.0, 1.0], "a window of one point is no smoothing"
 
 
 def test_plot_run_explains_a_log_without_losses(tmp_path):

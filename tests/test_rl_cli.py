@@ -78,7 +78,8 @@ def test_bad_input_gives_clear_errors(runs, tmp_path, capsys):
     assert main(["align", "dpo", "--ckpt", str(runs / "base"), "--out", str(tmp_path / "x"), "--data", str(bad)]) == 2
     assert "pairs.jsonl, line 1: the record lacks the field(s) ['rejected']" in capsys.readouterr().err
     assert main(["align", "grpo", "--ckpt", str(runs / "base"), "--out", str(tmp_path / "y"), "--group-size", "1"]) == 2
-    assert "group size must be at least 2" in capsys.readouterr().err
+    assert "argument --group-size: expected an integer >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists(), "a refused run leaves no --out folder"
     assert main(["align", "ppo", "--ckpt", str(runs / "base"), "--out", str(tmp_path / "z"),
                  "--reward-model", str(tmp_path / "none")]) == 2
     assert "no reward model" in capsys.readouterr().err

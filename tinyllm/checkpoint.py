@@ -74,6 +74,19 @@ def load_train_state(run_dir, optimizer) -> dict:
     return state
 
 
+def check_resumable(run_dir) -> None:
+    """FileNotFoundError saying why ``run_dir`` cannot be resumed, when it holds no checkpoint."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"cannot resume: there is no run directory '{run_dir}' (is the path right? "
+                                "--resume continues the run in --out)")
+    if not (run_dir / WEIGHTS).exists() or not (run_dir / CONFIG).exists():
+        started = " A run started there but stopped before its first checkpoint." if any(run_dir.iterdir()) else ""
+        raise FileNotFoundError(f"cannot resume: '{run_dir}' holds no checkpoint ({WEIGHTS} + {CONFIG}).{started} "
+                                "Pretraining saves one at every evaluation, at the end and on Ctrl-C; check the "
+                                "path, or start the run again without --resume")
+
+
 def load_config(path) -> dict:
     """The ``config.json`` of a run directory (or of the directory holding a ``model.safetensors``)."""
     return read_json(_run_dir(path) / CONFIG, what="run config")

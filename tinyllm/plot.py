@@ -153,12 +153,14 @@ def line_chart_svg(
     width: int = 720,
     height: int = 420,
     log_y: bool = False,
+    styles: dict[str, dict] | None = None,
 ) -> str:
     """An SVG line chart with one polyline per named series ``{name: (xs, ys)}``, grid, ticks and legend.
 
     Points that are NaN or infinite (or not positive, with ``log_y``) are left out; a series left with
     no points is dropped. Series of at most ``MARKERS_UP_TO`` points also get a dot per point. Raises
-    ValueError if nothing is left to draw.
+    ValueError if nothing is left to draw. ``styles[name]`` may change a series' look: ``color``,
+    ``width`` and ``opacity`` of its line, ``line=False`` (dots only), ``markers`` (True/False).
     """
     usable = {name: _usable_points(xs, ys, log_y) for name, (xs, ys) in series.items()}
     usable = {name: points for name, points in usable.items() if points}
@@ -196,25 +198,44 @@ def line_chart_svg(
     middle = (top + bottom) / 2
     text(18, middle, ylabel + (" (log scale)" if log_y else ""), f'font-size="13" text-anchor="middle" transform="rotate(-90 18 {middle:.1f})"')
 
+    looks = {name: _style(i, len(points), (styles or {}).get(name)) for i, (name, points) in enumerate(usable.items())}
     traced = []  # points along every curve, to find a free corner for the legend
-    for i, (name, points) in enumerate(usable.items()):
-        color = COLORS[i % len(COLORS)]
+    for name, points in usable.items():
+        look = looks[name]
         series_pixels = [(px(x), py(to_axis(y))) for x, y in points]
-        traced += _trace(series_pixels)
-        coordinates = " ".join(f"{x:.1f},{y:.1f}" for x, y in series_pixels)
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" stroke-linejoin="round" points="{coordinates}"><title>{escape(name)}</title></polyline>')
-        if len(points) <= MARKERS_UP_TO:
-            out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in series_pixels)
+        traced += _trace(series_pixels) if look["line"] else series_pixels
+        if look["line"]:
+            coordinates = " ".join(f"{x:.1f},{y:.1f}" for x, y in series_pixels)
+            out.append(f'<polyline fill="none" stroke="{look["color"]}" stroke-width="{look["width"]}" '
+                       f'stroke-opacity="{look["opacity"]}" stroke-linejoin="round" points="{coordinates}">'
+                       f'<title>{escape(name)}</title></polyline>')
+        if look["markers"]:
+            out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}" stroke="white" '
+                       f'stroke-width="0.8"/>' for x, y in series_pixels)
 
     legend_size = (34 + 7 * max(len(name) for name in usable), 8 + 18 * len(usable))
     legend_x, legend_y = _legend_corner(traced, (left, top, right, bottom), legend_size)
     out.append(f'<rect x="{legend_x:.1f}" y="{legend_y:.1f}" width="{legend_size[0]:.1f}" height="{legend_size[1]}" fill="white" fill-opacity="0.85" stroke="#ccc"/>')
     for i, name in enumerate(usable):
-        y = legend_y + 13 + 18 * i
-        out.append(f'<line x1="{legend_x + 6:.1f}" y1="{y:.1f}" x2="{legend_x + 24:.1f}" y2="{y:.1f}" stroke="{COLORS[i % len(COLORS)]}" stroke-width="3"/>')
+        y, look = legend_y + 13 + 18 * i, looks[name]
+        if look["line"]:
+            out.append(f'<line x1="{legend_x + 6:.1f}" y1="{y:.1f}" x2="{legend_x + 24:.1f}" y2="{y:.1f}" '
+                       f'stroke="{look["color"]}" stroke-width="3" stroke-opacity="{max(look["opacity"], 0.4)}"/>')
+        else:
+            out.append(f'<circle cx="{legend_x + 15:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}"/>')
         text(legend_x + 30, y + 4, name, 'font-size="12"')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _style(index: int, num_points: int, overrides: dict | None) -> dict:
+    """How a series is drawn: the index-th color, a 1.8 px line, and dots when it has few points."""
+    look = {"color": COLORS[index % len(COLORS)], "width": 1.8, "opacity": 1.0, "line": True,
+            "markers": num_points <= MARKERS_UP_TO}
+    unknown = set(overrides or {}) - set(look)
+    if unknown:
+        raise ValueError(f"unknown series style key(s) {sorted(unknown)}; expected some of {sorted(look)}")
+    return {**look, **(overrides or {})}
 
 
 def _stack_vertically(charts: list[str], width: int, height: int) -> str:
@@ -261,25 +282,49 @@ def plot_log(log_path, out=None, keys: list[str] | None = None, x: str = "step",
     return out
 
 
+def smooth(values: list[float], window: int) -> list[float]:
+    """Exponential moving average over about ``window`` points, debiased as in Adam: each output is the
+    weighted mean of the points so far, weights (1 - 1/window)^age, so the first ones are not pulled to 0."""
+    decay, average, weight, smoothed = 1.0 - 1.0 / max(window, 1), 0.0, 0.0, []
+    for value in values:
+        average = decay * average + (1.0 - decay) * value
+        weight = decay * weight + (1.0 - decay)
+        smoothed.append(average / weight)
+    return smoothed
+
+
 def plot_run(run_dir, out=None) -> str:
     """Draw train and validation loss against step from ``run_dir/log.jsonl`` into ``run_dir/loss.svg``.
 
     Reads ``{"kind": "train", "step", "loss"}`` records and ``{"kind": "eval", "step", "val_loss",
-    "train_loss"}`` records; returns the path written.
+    "train_loss"}`` records; returns the path written. The loss of each step's batch is noisy, so it is
+    drawn faint with its moving average (``smooth``, over a 50th of the run) on top. The evaluations are
+    drawn as dots, not joined: between two of them nothing was measured.
     """
     run_dir = os.fspath(run_dir)
     log_path = os.path.join(run_dir, "log.jsonl")
-    records = read_jsonl(log_path, what="training log")
-    wanted = [("train loss", "train", "loss"), ("val loss", "eval", "val_loss"), ("train loss (at eval)", "eval", "train_loss")]
-    series = {}
-    for name, kind, key in wanted:
-        points = sorted((r["step"], r[key]) for r in records if isinstance(r, dict) and r.get("kind") == kind
-                        and _is_number(r.get("step")) and _is_number(r.get(key)))
-        if points:
-            series[name] = tuple(zip(*points))
+    records = [r for r in read_jsonl(log_path, what="training log") if isinstance(r, dict) and _is_number(r.get("step"))]
+
+    def points(kind, key):
+        return sorted((r["step"], r[key]) for r in records if r.get("kind") == kind and _is_number(r.get(key)))
+
+    train, val, train_at_eval = points("train", "loss"), points("eval", "val_loss"), points("eval", "train_loss")
+    series, styles = {}, {}
+    if train:
+        steps, losses = zip(*train)
+        series["train loss (each step)"] = (steps, losses)
+        styles["train loss (each step)"] = {"color": COLORS[0], "width": 1, "opacity": 0.3, "markers": False}
+        window = min(max(len(losses) // 50, 1), 50)
+        series["train loss (smoothed)"] = (steps, smooth(list(losses), window))
+        styles["train loss (smoothed)"] = {"color": COLORS[0], "width": 2.2, "markers": False}
+    for name, found, color in (("train loss (at eval)", train_at_eval, COLORS[2]), ("val loss", val, COLORS[1])):
+        if found:
+            series[name] = tuple(zip(*found))
+            styles[name] = {"color": color, "line": False, "markers": True}
     if not series:
         raise ValueError(f"training log {log_path} has no train 'loss' or eval 'val_loss' records to plot")
-    svg = line_chart_svg(series, title=os.path.basename(os.path.normpath(run_dir)), xlabel="step", ylabel="loss")
+    svg = line_chart_svg(series, title=os.path.basename(os.path.normpath(run_dir)), xlabel="step", ylabel="loss",
+                         styles=styles)
     out = os.fspath(out) if out is not None else os.path.join(run_dir, "loss.svg")
     atomic_write(out, svg)
     return out

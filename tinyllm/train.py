@@ -8,9 +8,10 @@ One step:   x, y = random windows of the training ids      (B, T) each, y = x sh
             (the clip factor is folded into the update: optim.clip_factor)
 
 Every ``eval_interval`` steps the mean loss on a fixed set of validation windows (and perplexity = e^loss)
-is logged, a short sample is printed and the run is saved. ``resume=True`` restores weights, AdamW moments
-and the random generators' states, so a resumed run reproduces the uninterrupted one exactly on the CPU
-(with the same number of threads: ``forward_backward`` splits each batch into one block per thread).
+is logged, a short sample is printed and the run is saved; so is the current step when Ctrl-C stops the
+run. ``resume=True`` restores weights, AdamW moments and the random generators' states, so a resumed run
+reproduces the uninterrupted one exactly on the CPU (with the same number of threads: ``forward_backward``
+splits each batch into one block per thread).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import numpy as np
 
 from . import backend
 from .autograd import add_leaf_grads, collect_leaf_grads, no_grad
-from .checkpoint import config_differences, load_config, load_train_state, load_weights, save_model, save_train_state
+from .checkpoint import (check_resumable, config_differences, load_config, load_train_state, load_weights, save_model,
+                         save_train_state)
 from .data.tokens import TokenWindows, check_length, random_batch
 from .files import append_jsonl, atomic_write, read_jsonl
+from .interrupt import StopRequests, TrainingInterrupted
 from .optim import AdamW, clip_factor, grad_norm as global_grad_norm, warmup_cosine_lr
 
 
@@ -170,7 +173,8 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     """Train ``model`` on ``train_ids`` and return a summary (first/last validation loss, time, tokens/s).
 
     With ``run_dir``, writes ``log.jsonl``, checkpoints at every evaluation and at the end, and ``loss.svg``;
-    ``resume=True`` continues the run saved there.
+    ``resume=True`` continues the run saved there. Ctrl-C finishes the current step, saves it and raises
+    ``TrainingInterrupted`` (a KeyboardInterrupt naming the checkpoint; ``tinyllm.interrupt``).
     """
     context = model.config.block_size
     check_length(train_ids, context, "the training split")
@@ -187,11 +191,12 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     # random bits as the k-th initial weight.
     data_rng = np.random.default_rng([config.seed, 1])
     backend.manual_seed(config.seed)
-    start, thread_note = 0, None
+    start, thread_note, first_val = 0, None, None
     train_settings = dataclasses.asdict(config)
     if resume:
         if run_dir is None:
             raise ValueError("resume needs a run directory")
+        check_resumable(run_dir)
         saved = load_config(run_dir)
         saved_model = saved.get("model", {})
         try:   # fill the keys an older config.json lacks with their defaults (= what that run used)
@@ -213,7 +218,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
             backend.seed_stream().bit_generator.state = state["dropout_rng"]
         if start >= config.steps:
             raise ValueError(f"the run in '{run_dir}' already finished {start} steps; ask for more with --steps")
-        _drop_log_after(run_dir / "log.jsonl", start)
+        first_val = _drop_log_after(run_dir / "log.jsonl", start)
         saved_threads = state.get("threads")
         if saved_threads is not None and saved_threads != backend.num_threads:
             thread_note = (f"note: this run was saved with {saved_threads} threads and resumes with "
@@ -221,9 +226,18 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
                            "the losses can differ from an uninterrupted run's in the last digits "
                            "(set TINYLLM_NUM_THREADS to match)")
 
+    stop = StopRequests()                  # Ctrl-C: finish the step, save, stop (tinyllm.interrupt)
+    saved_step = start if resume else None
+
     def save(step):
+        nonlocal saved_step
         if run_dir is None:
             return
+        with stop.deferred():              # the weights and the optimizer state of one step, or neither
+            _save_checkpoint(step)
+        saved_step = step
+
+    def _save_checkpoint(step):
         save_train_state(run_dir, optimizer, {
             "step": step, "train_config": train_settings, "data_rng": data_rng.bit_generator.state,
             "threads": backend.num_threads,          # the batch split: bit-exact resuming needs the same count
@@ -239,7 +253,9 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     say = bar.message if bar else (lambda text: None)
     tokens_per_step = config.batch_size * config.grad_accum * context
     model.train()
-    summary = {"start_step": start}
+    summary = {"start_step": start, **({"first_val": first_val} if first_val else {})}
+    if resume:
+        say(f"resuming from step {start} of {config.steps} (the checkpoint in {run_dir})")
     if thread_note:
         say(thread_note)
         summary["note"] = thread_note
@@ -254,11 +270,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         if tokenizer is not None and config.sample_tokens:
             say("  sample: " + repr(_sample(model, tokenizer, val_ids[:8], config.sample_tokens, config.seed + step)))
 
-    if start == 0:
-        run_eval(0)
-    started = time.perf_counter()
-    step_time = None
-    for step in range(start, config.steps):
+    def train_step(step):
         t0 = time.perf_counter()
         lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, config.steps)
         optimizer.lr = lr
@@ -285,9 +297,32 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         log(record)
         if bar:
             bar.update(step, f"loss {loss_value:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s")
-        if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
-            run_eval(step + 1)
-            save(step + 1)
+
+    def stop_if_requested(step):
+        """After Ctrl-C (``stop``): save this step's state unless that is done, then stop."""
+        if not stop.requested or step == config.steps:
+            return
+        if run_dir is None:
+            raise TrainingInterrupted(f"interrupted after step {step} of {config.steps} (no run directory: "
+                                      "nothing saved)", step)
+        if saved_step != step:
+            save(step)
+        from .plot import plot_run
+        plot_run(run_dir)
+        raise TrainingInterrupted(f"interrupted after step {step} of {config.steps}: checkpoint saved in "
+                                  f"{run_dir}/ (continue the run with --resume)", step)
+
+    with stop:
+        if start == 0 and not resume:      # a run resumed at step 0 (stopped during this eval) logged it already
+            run_eval(0)
+            stop_if_requested(0)
+        started = time.perf_counter()
+        for step in range(start, config.steps):
+            train_step(step)
+            if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
+                run_eval(step + 1)
+                save(step + 1)
+            stop_if_requested(step + 1)
     elapsed = time.perf_counter() - started
     steps_done = config.steps - start
     summary.update(steps=steps_done, seconds=elapsed, tokens_per_s=steps_done * tokens_per_step / max(elapsed, 1e-9))
@@ -297,11 +332,15 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     return summary
 
 
-def _drop_log_after(path: Path, step: int) -> None:
-    """Forget what a crashed run logged after its last checkpoint: the resumed run redoes those steps."""
-    if path.exists():
-        kept = [r for r in read_jsonl(path) if not (isinstance(r, dict) and r.get("step", 0) > step)]
-        atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+def _drop_log_after(path: Path, step: int) -> dict | None:
+    """Forget what a stopped run logged after its last checkpoint: the resumed run redoes those steps.
+    Returns the run's first validation result as ``evaluate`` gives it (for the before → after summary)."""
+    if not path.exists():
+        return None
+    kept = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", 0) <= step]
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    first = next((r for r in kept if r.get("kind") == "eval" and "val_loss" in r), None)
+    return {"loss": first["val_loss"], "ppl": math.exp(min(first["val_loss"], 700.0))} if first else None
 
 
 def _sample(model, tokenizer, prompt_ids, max_new_tokens, seed) -> str:

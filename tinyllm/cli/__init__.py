@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import backend
+from .. import __version__, backend
+
 from . import tokenizer as _tokenizer
 from . import train as _train
 from . import finetune as _finetune
 from . import generate as _generate
 from . import interop as _interop
 from . import align as _align
+from .common import no_leftover_folder, use_help_formatter
 
 # The stages, in pipeline order. A new stage adds its module here.
 STAGES = [_tokenizer, _train, _generate, _finetune, _interop, _align]
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tinyllm",
         description="The whole life of a small GPT on NumPy: tokenize, pretrain, evaluate, finetune, align, generate.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for stage in STAGES:
         stage.add_commands(sub)
@@ -34,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--device", choices=backend.DEVICES, default=None,
             help="where the arrays live: cpu (NumPy), cuda (CuPy on an NVIDIA GPU), strict (NumPy under "
                  "CuPy's rules, to test the GPU path on a CPU) (default: $TINYLLM_DEVICE, else cpu)")
+    use_help_formatter(parser)
     return parser
 
 
@@ -47,7 +51,10 @@ def _leaf_parsers(parser):
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:        # --help, --version, or a flag refused (argparse printed why): its exit status
+        return e.code
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -56,11 +63,13 @@ def main(argv=None) -> int:
             backend.set_device(args.device)
         elif backend.device_error is not None:
             raise backend.device_error
-        return args.func(args) or 0
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        with no_leftover_folder(getattr(args, "out", None)):
+            return args.func(args) or 0
+    except (ValueError, OSError, RuntimeError) as e:
         # Errors from tinyllm name the problem; show them without a traceback.
         print(f"tinyllm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # A training loop says where it saved the run (train.TrainingInterrupted); anything else just stops.
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130

@@ -12,11 +12,12 @@ and the before/after results), model.safetensors, tokenizer.json, log.jsonl and 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from .. import backend
+from .common import (group_size, non_negative_float, non_negative_int, positive_float, positive_int,
+                     split_fractions, stop_if_interrupted, unit_interval)
 
 DEFAULT_BASES = ("runs/instruct", "runs/demo")
 
@@ -27,9 +28,8 @@ def add_commands(sub) -> None:
                                    "flags of each method.")
     methods = p.add_subparsers(dest="method", metavar="METHOD")
     p.set_defaults(func=lambda args: p.print_help() or 0)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    r = methods.add_parser("reward", help="a reward model trained on preference pairs (Bradley-Terry)", formatter_class=fmt,
+    r = methods.add_parser("reward", help="a reward model trained on preference pairs (Bradley-Terry)",
                            description="Train a reward model — the GPT of --ckpt with a scalar head on the last token — "
                                        "on preference pairs with the loss −log σ(r_chosen − r_rejected); reports the "
                                        "pairwise accuracy on held-out pairs before and after.")
@@ -37,20 +37,20 @@ def add_commands(sub) -> None:
     _preference_flags(r)
     r.set_defaults(func=run_reward)
 
-    d = methods.add_parser("dpo", help="Direct Preference Optimization on preference pairs", formatter_class=fmt,
+    d = methods.add_parser("dpo", help="Direct Preference Optimization on preference pairs",
                            description="DPO: −log σ(β[(log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r))]) with "
                                        "π_ref a frozen copy of --ckpt. Reports the implicit-reward preference accuracy "
                                        "(and the policy's likelihood accuracy) on held-out pairs before and after.")
     _common(d, out="runs/dpo", lr=5e-5)
     _preference_flags(d)
-    d.add_argument("--beta", type=float, default=0.1, help="β: strength of the implicit KL leash (smaller = further from the reference)")
+    d.add_argument("--beta", type=positive_float, default=0.1, help="β: strength of the implicit KL leash (smaller = further from the reference)")
     _lora_flags(d)
     d.set_defaults(func=run_dpo)
 
     from ..rl.grpo import GRPOConfig
     from ..rl.ppo import PPOConfig
     c = PPOConfig()
-    o = methods.add_parser("ppo", help="RLHF with PPO against a reward model", formatter_class=fmt,
+    o = methods.add_parser("ppo", help="RLHF with PPO against a reward model",
                            description="PPO: sample completions, score them with --reward-model, subtract β·KL to the "
                                        "starting policy per token, GAE advantages with a value head, clipped policy and "
                                        "value losses over several minibatch epochs per rollout.")
@@ -58,35 +58,35 @@ def add_commands(sub) -> None:
     o.add_argument("--reward-model", default="runs/reward", help="reward-model run (from `tinyllm align reward`)")
     o.add_argument("--data", default=None, help="prompts: a preference or Alpaca file (JSON/JSONL); default: the "
                                                 "built-in instruction tasks")
-    o.add_argument("--train-size", type=int, default=400, help="built-in prompts to sample from")
-    o.add_argument("--test-size", type=int, default=60, help="held-out prompts scored (greedy) at each evaluation")
-    o.add_argument("--steps", type=int, default=c.steps, help="rollout batches")
-    o.add_argument("--rollout-batch", type=int, default=c.rollout_batch, help="prompts (one completion each) per rollout")
-    o.add_argument("--minibatch-size", type=int, default=c.minibatch_size, help="completions per gradient step")
-    o.add_argument("--ppo-epochs", type=int, default=c.ppo_epochs, help="passes over each rollout batch")
-    o.add_argument("--clip", type=float, default=c.clip, help="ε: the ratio π/π_old is clipped to [1−ε, 1+ε]")
-    o.add_argument("--value-clip", type=float, default=c.value_clip, help="ε of the clipped value loss (0 = unclipped)")
-    o.add_argument("--vf-coef", type=float, default=c.vf_coef, help="weight of the value loss")
-    o.add_argument("--ent-coef", type=float, default=c.ent_coef, help="weight of the entropy bonus")
-    o.add_argument("--kl-coef", type=float, default=c.kl_coef, help="β of the per-token KL penalty (initial value if adaptive)")
-    o.add_argument("--target-kl", type=float, default=c.target_kl, help="adapt β towards this KL per completion, in nats "
+    o.add_argument("--train-size", type=positive_int, default=400, help="built-in prompts to sample from")
+    o.add_argument("--test-size", type=non_negative_int, default=60, help="held-out prompts scored (greedy) at each evaluation")
+    o.add_argument("--steps", type=positive_int, default=c.steps, help="rollout batches")
+    o.add_argument("--rollout-batch", type=positive_int, default=c.rollout_batch, help="prompts (one completion each) per rollout")
+    o.add_argument("--minibatch-size", type=positive_int, default=c.minibatch_size, help="completions per gradient step")
+    o.add_argument("--ppo-epochs", type=positive_int, default=c.ppo_epochs, help="passes over each rollout batch")
+    o.add_argument("--clip", type=positive_float, default=c.clip, help="ε: the ratio π/π_old is clipped to [1−ε, 1+ε]")
+    o.add_argument("--value-clip", type=non_negative_float, default=c.value_clip, help="ε of the clipped value loss (0 = unclipped)")
+    o.add_argument("--vf-coef", type=non_negative_float, default=c.vf_coef, help="weight of the value loss")
+    o.add_argument("--ent-coef", type=non_negative_float, default=c.ent_coef, help="weight of the entropy bonus")
+    o.add_argument("--kl-coef", type=non_negative_float, default=c.kl_coef, help="β of the per-token KL penalty (initial value if adaptive)")
+    o.add_argument("--target-kl", type=non_negative_float, default=c.target_kl, help="adapt β towards this KL per completion, in nats "
                                                                       "(0 = keep β fixed)")
-    o.add_argument("--kl-horizon", type=int, default=c.kl_horizon, help="adaptive β: completions over which it may change "
+    o.add_argument("--kl-horizon", type=positive_int, default=c.kl_horizon, help="adaptive β: completions over which it may change "
                                                                        "by ±20%% (Ziegler et al. use 10,000 for long runs)")
-    o.add_argument("--gamma", type=float, default=c.gamma, help="discount γ of GAE")
-    o.add_argument("--lam", type=float, default=c.lam, help="λ of GAE")
-    o.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens, help="longest completion")
-    o.add_argument("--missing-end-penalty", type=float, default=c.missing_end_penalty,
+    o.add_argument("--gamma", type=unit_interval, default=c.gamma, help="discount γ of GAE")
+    o.add_argument("--lam", type=unit_interval, default=c.lam, help="λ of GAE")
+    o.add_argument("--max-new-tokens", type=positive_int, default=c.max_new_tokens, help="longest completion")
+    o.add_argument("--missing-end-penalty", type=non_negative_float, default=c.missing_end_penalty,
                    help="subtracted from the score of a completion that never wrote the end token")
     o.add_argument("--value-trains-trunk", action="store_true",
                    help="let the value loss's gradient flow into the shared transformer (default: value head only)")
-    o.add_argument("--temperature", type=float, default=c.temperature, help="sampling temperature of the rollouts")
-    o.add_argument("--eval-interval", type=int, default=c.eval_interval, help="steps between held-out evaluations")
+    o.add_argument("--temperature", type=non_negative_float, default=c.temperature, help="sampling temperature of the rollouts")
+    o.add_argument("--eval-interval", type=positive_int, default=c.eval_interval, help="steps between held-out evaluations")
     _lora_flags(o)
     o.set_defaults(func=run_ppo)
 
     g = GRPOConfig()
-    q = methods.add_parser("grpo", help="GRPO on verifiable problems (counting words, arithmetic, ...)", formatter_class=fmt,
+    q = methods.add_parser("grpo", help="GRPO on verifiable problems (counting words, arithmetic, ...)",
                            description="GRPO: for each prompt a group of completions, rewards from checking the answer "
                                        "(correctness) and its form (format), advantages relative to the group, a "
                                        "clipped ratio loss with a k3 KL penalty to the starting policy. Reports the "
@@ -96,20 +96,20 @@ def add_commands(sub) -> None:
                                                    "subtract, words, field or all")
     q.add_argument("--data", default=None, help="Alpaca JSON/JSONL whose 'output' is the one right answer "
                                                 "(overrides --task); split --split")
-    q.add_argument("--split", default="0.85,0.05,0.1", help="train,val,test fractions of --data, in file order")
-    q.add_argument("--train-size", type=int, default=300, help="built-in training problems")
-    q.add_argument("--test-size", type=int, default=100, help="built-in held-out problems")
-    q.add_argument("--steps", type=int, default=g.steps, help="rollout batches")
-    q.add_argument("--prompts-per-step", type=int, default=g.prompts_per_step, help="prompts per rollout batch")
-    q.add_argument("--group-size", type=int, default=g.group_size, help="G: completions per prompt (≥ 2)")
-    q.add_argument("--updates", type=int, default=g.updates, help="passes over each rollout batch")
-    q.add_argument("--minibatch-size", type=int, default=None, help="completions per gradient step (default: the whole batch)")
-    q.add_argument("--clip", type=float, default=g.clip, help="ε of the clipped ratio")
-    q.add_argument("--beta", type=float, default=g.beta, help="weight of the k3 KL penalty")
-    q.add_argument("--format-weight", type=float, default=0.2, help="weight of the format reward (correctness has 1)")
-    q.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens, help="longest completion")
-    q.add_argument("--temperature", type=float, default=g.temperature, help="sampling temperature of the rollouts")
-    q.add_argument("--eval-interval", type=int, default=g.eval_interval, help="steps between held-out evaluations")
+    q.add_argument("--split", default="0.85,0.05,0.1", type=split_fractions, help="train,val,test fractions of --data, in file order")
+    q.add_argument("--train-size", type=positive_int, default=300, help="built-in training problems")
+    q.add_argument("--test-size", type=non_negative_int, default=100, help="built-in held-out problems")
+    q.add_argument("--steps", type=positive_int, default=g.steps, help="rollout batches")
+    q.add_argument("--prompts-per-step", type=positive_int, default=g.prompts_per_step, help="prompts per rollout batch")
+    q.add_argument("--group-size", type=group_size, default=g.group_size, help="G: completions per prompt (≥ 2)")
+    q.add_argument("--updates", type=positive_int, default=g.updates, help="passes over each rollout batch")
+    q.add_argument("--minibatch-size", type=positive_int, default=None, help="completions per gradient step (default: the whole batch)")
+    q.add_argument("--clip", type=positive_float, default=g.clip, help="ε of the clipped ratio")
+    q.add_argument("--beta", type=positive_float, default=g.beta, help="weight of the k3 KL penalty")
+    q.add_argument("--format-weight", type=non_negative_float, default=0.2, help="weight of the format reward (correctness has 1)")
+    q.add_argument("--max-new-tokens", type=positive_int, default=g.max_new_tokens, help="longest completion")
+    q.add_argument("--temperature", type=non_negative_float, default=g.temperature, help="sampling temperature of the rollouts")
+    q.add_argument("--eval-interval", type=positive_int, default=g.eval_interval, help="steps between held-out evaluations")
     _lora_flags(q)
     q.set_defaults(func=run_grpo)
 
@@ -117,15 +117,15 @@ def add_commands(sub) -> None:
 def _common(p, out, lr) -> None:
     p.add_argument("--ckpt", default=None, help=f"run to start from (default: the first of {', '.join(DEFAULT_BASES)} that exists)")
     p.add_argument("--out", default=out, help="run directory to write")
-    p.add_argument("--lr", type=float, default=lr, help="learning rate (AdamW)")
-    p.add_argument("--log-interval", type=int, default=5, help="steps between progress lines (when not on a terminal)")
-    p.add_argument("--seed", type=int, default=0, help="sampling, shuffling and new heads' initialisation")
+    p.add_argument("--lr", type=positive_float, default=lr, help="learning rate (AdamW)")
+    p.add_argument("--log-interval", type=positive_int, default=5, help="steps between progress lines (when not on a terminal)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling, shuffling and new heads' initialisation")
 
 
 def _lora_flags(p) -> None:
-    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead of every weight "
+    p.add_argument("--lora-rank", type=non_negative_int, default=0, help="train LoRA adapters of this rank instead of every weight "
                                                             "(0 = off); they are merged into the saved weights")
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha/rank")
+    p.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha/rank")
 
 
 def _maybe_lora(model, args, trainable=()) -> None:
@@ -146,12 +146,12 @@ def _preference_flags(p) -> None:
     p.add_argument("--data", default=None, help="preference pairs: JSONL {prompt, chosen, rejected} or a JSON list "
                                                 "(also Alpaca-style instruction/input/chosen/rejected); default: built-in "
                                                 "generated pairs (right vs wrong or badly formatted answers)")
-    p.add_argument("--split", default="0.85,0.05,0.1", help="train,val,test fractions of --data, in file order")
-    p.add_argument("--train-size", type=int, default=600, help="built-in training pairs")
-    p.add_argument("--test-size", type=int, default=200, help="built-in held-out pairs")
-    p.add_argument("--limit", type=int, default=None, help="train on at most this many pairs")
-    p.add_argument("--epochs", type=int, default=2, help="passes over the training pairs")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    p.add_argument("--split", default="0.85,0.05,0.1", type=split_fractions, help="train,val,test fractions of --data, in file order")
+    p.add_argument("--train-size", type=positive_int, default=600, help="built-in training pairs")
+    p.add_argument("--test-size", type=non_negative_int, default=200, help="built-in held-out pairs")
+    p.add_argument("--limit", type=positive_int, default=None, help="train on at most this many pairs")
+    p.add_argument("--epochs", type=positive_int, default=2, help="passes over the training pairs")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="pairs per step")
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -176,20 +176,24 @@ def _start(args):
     model, tokenizer = load_pretrained(ckpt)
     if tokenizer is None:
         raise ValueError(f"'{ckpt}' has no tokenizer.json, so text cannot be encoded for it")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.jsonl").unlink(missing_ok=True)
     print(f"start: {ckpt} ({model.num_parameters():,} parameters, context {model.config.block_size})")
     return ckpt, model, tokenizer, out
 
 
-def _fractions(text):
-    from .finetune import _fractions as parse
-    return parse(text)
-
-
 def _logger(out: Path):
+    """Appends records to out/log.jsonl. The folder is made (and an earlier log dropped) at the first
+    record, so a run refused before it trains leaves no --out folder behind."""
     from ..files import append_jsonl
-    return lambda record: append_jsonl(out / "log.jsonl", record)
+    started = False
+
+    def log(record):
+        nonlocal started
+        if not started:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "log.jsonl").unlink(missing_ok=True)
+            started = True
+        append_jsonl(out / "log.jsonl", record)
+    return log
 
 
 def _plot(out: Path, keys) -> str:
@@ -215,7 +219,7 @@ def _preference_splits(args, tokenizer, block_size):
         train, val, test = builtin_preferences(args.train_size, 40, args.test_size, args.seed + 123)
         source = "built-in generated pairs"
     else:
-        train, val, test = split_pairs(read_preferences(args.data), _fractions(args.split))
+        train, val, test = split_pairs(read_preferences(args.data), args.split)
         source = args.data
     if args.limit:
         train = train[:args.limit]
@@ -241,11 +245,13 @@ def run_reward(args) -> int:
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
                             warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed)
     summary = train_reward_model(model, train, val if len(val) else None, config, log=_logger(out))
+    extras = {"base": str(ckpt), "data": args.data, "seconds": round(summary["seconds"], 1),
+              **{k: v for k, v in _base_extras(ckpt).items() if k != "task"}}
+    stop_if_interrupted(summary, out, lambda: save_reward_model(out, model, tokenizer, extras))
     after = evaluate_reward_model(model, test)
     results = {"before": {k: before[k] for k in ("accuracy", "loss", "margin")},
                "after": {k: after[k] for k in ("accuracy", "loss", "margin")}}
-    save_reward_model(out, model, tokenizer, {"base": str(ckpt), "data": args.data, "seconds": round(summary["seconds"], 1),
-                                              "results": results, **{k: v for k, v in _base_extras(ckpt).items() if k != "task"}})
+    save_reward_model(out, model, tokenizer, {**extras, "results": results})
     plot = _plot(out, ["loss", "accuracy", "margin", "val_accuracy", "val_loss"])
     print(f"\ndone in {summary['seconds']:.0f}s: held-out pairwise accuracy {before['accuracy']:.3f} → "
           f"{after['accuracy']:.3f} ({len(test)} pairs), margin {after['margin']:.3f}; curves: {plot}")
@@ -269,11 +275,13 @@ def run_dpo(args) -> int:
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
                             warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed)
     summary = train_dpo(policy, reference, train, val if len(val) else None, config, args.beta, log=_logger(out))
+    alignment = {"method": "dpo", "beta": args.beta, "epochs": args.epochs, "lr": args.lr, "data": args.data,
+                 "seconds": round(summary["seconds"], 1)}
+    stop_if_interrupted(summary, out, lambda: (_merge_lora(policy, args),
+                                               _save_policy(out, policy, tokenizer, ckpt, alignment)))
     after = evaluate_dpo(policy, test, ref_test, args.beta)
     _merge_lora(policy, args)
-    _save_policy(out, policy, tokenizer, ckpt, {"method": "dpo", "beta": args.beta, "epochs": args.epochs, "lr": args.lr,
-                                                 "data": args.data, "seconds": round(summary["seconds"], 1),
-                                                 "results": {"before": before, "after": after}})
+    _save_policy(out, policy, tokenizer, ckpt, {**alignment, "results": {"before": before, "after": after}})
     plot = _plot(out, ["loss", "margin", "accuracy", "val_accuracy", "val_margin", "val_likelihood_accuracy"])
     print(f"\ndone in {summary['seconds']:.0f}s on {len(test)} held-out pairs: preference accuracy (implicit reward) "
           f"{before['accuracy']:.3f} → {after['accuracy']:.3f}; likelihood accuracy {before['likelihood_accuracy']:.3f} → "
@@ -307,6 +315,12 @@ def run_ppo(args) -> int:
     from ..rl.reward import load_reward_model
     from ..rl.tasks import is_correct
     from ..generate import generate
+    config = PPOConfig(steps=args.steps, rollout_batch=args.rollout_batch, minibatch_size=args.minibatch_size,
+                       ppo_epochs=args.ppo_epochs, lr=args.lr, clip=args.clip, value_clip=args.value_clip,
+                       vf_coef=args.vf_coef, ent_coef=args.ent_coef, kl_coef=args.kl_coef, target_kl=args.target_kl, kl_horizon=args.kl_horizon,
+                       gamma=args.gamma, lam=args.lam, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       missing_end_penalty=args.missing_end_penalty, value_trains_trunk=args.value_trains_trunk,
+                       eval_interval=args.eval_interval, log_interval=args.log_interval, seed=args.seed)
     if not (Path(args.reward_model) / "model.safetensors").exists():
         raise FileNotFoundError(f"no reward model at '{args.reward_model}'; train one with `tinyllm align reward` "
                                 "or pass --reward-model RUN")
@@ -332,12 +346,6 @@ def run_ppo(args) -> int:
             result["test_accuracy"] = float(np.mean([is_correct(r, tokenizer.decode(c)) for r, c in zip(test, new)]))
         return result
 
-    config = PPOConfig(steps=args.steps, rollout_batch=args.rollout_batch, minibatch_size=args.minibatch_size,
-                       ppo_epochs=args.ppo_epochs, lr=args.lr, clip=args.clip, value_clip=args.value_clip,
-                       vf_coef=args.vf_coef, ent_coef=args.ent_coef, kl_coef=args.kl_coef, target_kl=args.target_kl, kl_horizon=args.kl_horizon,
-                       gamma=args.gamma, lam=args.lam, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       missing_end_penalty=args.missing_end_penalty, value_trains_trunk=args.value_trains_trunk,
-                       eval_interval=args.eval_interval, log_interval=args.log_interval, seed=args.seed)
     print(f"PPO: {len(prompts)} training prompts, {len(test)} held-out; reward model {args.reward_model}")
     summary = train_ppo(policy, reference, prompts, score, config, end, eval_fn=evaluate, log=_logger(out))
     first, last = summary["evals"][0], summary["evals"][-1]
@@ -377,7 +385,7 @@ def run_grpo(args) -> int:
         source = f"built-in task '{args.task}'"
     else:
         from ..data.instructions import read_instructions, split_records
-        train, _, test = split_records(read_instructions(args.data), _fractions(args.split))
+        train, _, test = split_records(read_instructions(args.data), args.split)
         source = args.data
     for r in train + test:
         r["prompt"] = format_prompt(r)

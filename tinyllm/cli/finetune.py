@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from .. import backend
+from .common import (non_negative_float, non_negative_int, positive_float, positive_int, probability,
+                     split_fractions, stop_if_interrupted)
 
 
 
@@ -23,10 +25,8 @@ def add_commands(sub) -> None:
                                    "`tinyllm finetune instruct --help` list the flags.")
     tasks = p.add_subparsers(dest="task", metavar="TASK")
     p.set_defaults(func=lambda args: p.print_help() or 0)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
     c = tasks.add_parser("classify", help="a classification head on the last token's hidden state",
-                         formatter_class=fmt,
                          description="Train a classifier from a pretrained run on labelled texts "
                                      "(label<TAB>text, CSV or JSONL). Writes a run directory whose config.json has "
                                      '"task": "classify" and the label names.')
@@ -36,13 +36,13 @@ def add_commands(sub) -> None:
                                                  "(default: the built-in task, Python help-topic prose vs standard-library code lines)")
     g.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                    help="downsample every class to the size of the smallest")
-    g.add_argument("--split", default="0.7,0.1,0.2", help="train,val,test fractions (shuffled with --seed)")
-    g.add_argument("--per-class", type=int, default=600, help="examples per class of the built-in task")
+    g.add_argument("--split", default="0.7,0.1,0.2", type=split_fractions, help="train,val,test fractions (shuffled with --seed)")
+    g.add_argument("--per-class", type=positive_int, default=600, help="examples per class of the built-in task")
     c.add_argument("--freeze-except", type=int, default=-1,
                    help="train only the last N blocks + final norm + head (-1 = train everything; ignored with LoRA)")
     c.set_defaults(func=run_classify)
 
-    i = tasks.add_parser("instruct", help="instruction following in the Alpaca prompt template", formatter_class=fmt,
+    i = tasks.add_parser("instruct", help="instruction following in the Alpaca prompt template",
                          description="Instruction-tune a pretrained run on Alpaca records "
                                      '{"instruction", "input", "output"} (JSON list or JSONL); the loss covers only the '
                                      'responses. Writes a run directory whose config.json has "task": "instruct" and '
@@ -51,17 +51,16 @@ def add_commands(sub) -> None:
     g = i.add_argument_group("data")
     g.add_argument("--data", default=None, help="Alpaca JSON/JSONL file (default: built-in generated tasks — arithmetic, "
                                                  "reversing/sorting/counting words, reading a field — with checkable answers)")
-    g.add_argument("--split", default="0.85,0.05,0.1", help="train,val,test fractions of --data, in file order")
-    g.add_argument("--train-size", type=int, default=1500, help="built-in tasks: training records")
-    g.add_argument("--test-size", type=int, default=120, help="built-in tasks: held-out test records (60 more for validation)")
-    g.add_argument("--max-new-tokens", type=int, default=64, help="longest generated response when scoring")
-    g.add_argument("--eval-limit", type=int, default=None, help="score generations on at most this many test records")
+    g.add_argument("--split", default="0.85,0.05,0.1", type=split_fractions, help="train,val,test fractions of --data, in file order")
+    g.add_argument("--train-size", type=positive_int, default=1500, help="built-in tasks: training records")
+    g.add_argument("--test-size", type=non_negative_int, default=120, help="built-in tasks: held-out test records (60 more for validation)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest generated response when scoring")
+    g.add_argument("--eval-limit", type=positive_int, default=None, help="score generations on at most this many test records")
     g.add_argument("--compare-base", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the model before finetuning")
     i.set_defaults(func=run_instruct)
 
     e = sub.add_parser("evaluate", help="task metrics of a finetuned run (classification or instructions)",
-                       formatter_class=fmt,
                        description="classify: accuracy, precision, recall, F1 and the confusion matrix. instruct: "
                                    "response perplexity, and exact match, ROUGE-L and BLEU of greedy responses "
                                    "stopped at the end token. Without --data, the data the run was trained on "
@@ -71,9 +70,9 @@ def add_commands(sub) -> None:
     e.add_argument("--data", default=None, help="data file (default: the run's training data)")
     e.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
                    help="which part of the data to score (the run's split settings)")
-    e.add_argument("--max-new-tokens", type=int, default=64, help="instruct: longest generated response")
-    e.add_argument("--limit", type=int, default=None, help="score at most this many examples")
-    e.add_argument("--show", type=int, default=3, help="instruct: print this many responses next to their references")
+    e.add_argument("--max-new-tokens", type=positive_int, default=64, help="instruct: longest generated response")
+    e.add_argument("--limit", type=positive_int, default=None, help="score at most this many examples")
+    e.add_argument("--show", type=non_negative_int, default=3, help="instruct: print this many responses next to their references")
     e.add_argument("--adapter", action="store_true", help="load the base run + adapter.safetensors instead of merged weights")
     e.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     e.set_defaults(func=run_evaluate)
@@ -85,42 +84,32 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
     p.add_argument("--ckpt", default="runs/demo", help="pretrained run directory to start from")
     p.add_argument("--out", default=out, help="run directory to write")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0 = no LoRA: finetune the weights themselves)")
-    g.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha/rank")
-    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input")
+    g.add_argument("--lora-rank", type=non_negative_int, default=0, help="LoRA rank (0 = no LoRA: finetune the weights themselves)")
+    g.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha/rank")
+    g.add_argument("--lora-dropout", type=probability, default=0.0, help="dropout on the adapters' input")
     g.add_argument("--lora-targets", default=None,
                    help="comma-separated suffixes of the Linear layers to adapt (default: every attention and MLP "
                         "Linear the model has, e.g. attn.qkv,attn.proj,mlp.fc,mlp.proj for GPT-2)")
     g.add_argument("--save-merged", action=argparse.BooleanOptionalAction, default=True,
                    help="with LoRA: also write the merged full weights (model.safetensors)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=epochs, help="passes over the training examples")
-    g.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (padded to the longest)")
-    g.add_argument("--bucket", type=int, default=d.bucket,
+    g.add_argument("--epochs", type=positive_int, default=epochs, help="passes over the training examples")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size, help="examples per step (padded to the longest)")
+    g.add_argument("--bucket", type=non_negative_int, default=d.bucket,
                    help="batch texts of similar length: sort windows of this many batches by length (0 = off)")
-    g.add_argument("--lr", type=float, default=None,
+    g.add_argument("--lr", type=positive_float, default=None,
                    help=f"peak learning rate; None means {lr:g}, or {lora_lr:g} with LoRA (adapters learn from zero)")
-    g.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the cosine decay; None means lr/10")
-    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay of matrices (not biases or norms)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0 = off)")
-    g.add_argument("--dropout", type=float, default=None, help="model dropout while finetuning; None keeps the base run's")
-    g.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between progress lines (when not on a terminal)")
-    g.add_argument("--seed", type=int, default=d.seed, help="data shuffling, splits and the head's initialisation")
+    g.add_argument("--min-lr", type=non_negative_float, default=None, help="learning rate at the end of the cosine decay; None means lr/10")
+    g.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear warmup steps")
+    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="AdamW decay of matrices (not biases or norms)")
+    g.add_argument("--grad-clip", type=non_negative_float, default=d.grad_clip, help="max gradient norm (0 = off)")
+    g.add_argument("--dropout", type=probability, default=None, help="model dropout while finetuning; None keeps the base run's")
+    g.add_argument("--log-interval", type=positive_int, default=d.log_interval, help="steps between progress lines (when not on a terminal)")
+    g.add_argument("--seed", type=non_negative_int, default=d.seed, help="data shuffling, splits and the head's initialisation")
     p.set_defaults(default_lr=lr, default_lora_lr=lora_lr)
 
 
 # ---------------------------------------------------------------------------------------------- shared
-
-def _fractions(text: str):
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--split must be three comma-separated fractions like 0.7,0.1,0.2, got {text!r}") from None
-    if len(values) != 3:
-        raise ValueError(f"--split must be three comma-separated fractions like 0.7,0.1,0.2, got {text!r}")
-    return values
-
 
 def _finetune_config(args):
     from ..finetune.loop import FinetuneConfig
@@ -203,7 +192,7 @@ def run_classify(args) -> int:
     from ..files import append_jsonl
     from ..finetune.classify import GPTClassifier, classification_report, format_report, save_classifier, train_classifier
     model, tokenizer = _load_base(args)
-    fractions = _fractions(args.split)
+    fractions = args.split
     train, val, test = _classification_data(args.data, args.balance, fractions, args.seed, args.per_class)
     names = label_names(train + val + test)
     print(f"data: {args.data or 'built-in prose-vs-code lines'}; {len(train)} train / {len(val)} val / {len(test)} test; "
@@ -222,6 +211,7 @@ def run_classify(args) -> int:
              "finetune": {"lora_rank": args.lora_rank, "freeze_except": args.freeze_except, "epochs": args.epochs,
                           "lr": args.lr, "trainable": trainable, "seconds": round(summary["seconds"], 1)}}
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_classifier(o, m, t, e))
+    stop_if_interrupted(summary, out)
     report = classification_report(model, tokenizer, test) if test else None
     if report:
         _record_results(out, {k: report[k] for k in ("accuracy", "precision", "recall", "f1", "majority_baseline")}, args)
@@ -247,18 +237,18 @@ def run_instruct(args) -> int:
     from ..files import append_jsonl
     from ..finetune.instruct import evaluate_instructions, format_scores, train_instructions
     model, tokenizer = _load_base(args)
-    fractions = _fractions(args.split)
+    fractions = args.split
     train, val, test = _instruction_data(args.data, fractions, args.seed, args.train_size, args.test_size)
     end = end_token(tokenizer)
     print(f"data: {args.data or 'built-in generated tasks'}; {len(train)} train / {len(val)} val / {len(test)} test records; "
           f"responses end with {end.text!r} (id {end.id}){'; ' + end.note if end.note else ''}")
     scored = test[:args.eval_limit] if args.eval_limit else test
-    before = None
+    _prepare_training(model, args)     # checks the LoRA flags before the minutes of scoring below; new adapters
+    before = None                      # add exactly zero, so the model still computes what the base does
     if args.compare_base and scored:
         t0 = time.perf_counter()
         before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens)
         print(f"before finetuning ({time.perf_counter() - t0:.0f}s): {format_scores(before)}")
-    _prepare_training(model, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").unlink(missing_ok=True)
@@ -273,6 +263,7 @@ def run_instruct(args) -> int:
              "finetune": {"lora_rank": args.lora_rank, "epochs": args.epochs, "lr": args.lr, "trainable": trainable,
                           "seconds": round(summary["seconds"], 1)}}
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_model(o, m, t, extra_config=e))
+    stop_if_interrupted(summary, out)
     after = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens) if scored else None
     if after:
         _record_results(out, {"before": {k: before[k] for k in keys} if before else None,

@@ -14,31 +14,32 @@ continues it up to the end of a line.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
+from .common import non_negative_float, non_negative_int, positive_float, positive_int, top_p
+
 END_OF_TEXT = "<|endoftext|>"
+CHAT_COMMANDS = "Commands: /reset forgets the conversation, /quit leaves, /help shows this."
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a trained model, streaming the text",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Continue --prompt with the model in --ckpt. Text streams to stdout as it is "
                                    "produced; the token count and tokens/s go to stderr at the end.")
     p.add_argument("--ckpt", required=True, help="run directory (or its model.safetensors)")
     p.add_argument("--prompt", default="", help="text to continue (empty: start from <|endoftext|> if the tokenizer has it)")
     add_sampling_flags(p, max_new_tokens=200)
-    p.add_argument("--beam", type=int, default=None, metavar="N",
+    p.add_argument("--beam", type=positive_int, default=None, metavar="N",
                    help="beam search with N beams instead of sampling (prints the best sequence when done)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="with --beam: score = Σ log p / length^this")
     p.set_defaults(func=run_generate)
 
     p = sub.add_parser("chat", help="talk to a model: read lines from stdin, answer each one",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="An interactive loop (works with piped stdin too). The conversation is kept "
                                    "within the model's context window by dropping the oldest turns. Commands: "
-                                   "/reset forgets the conversation, /quit (or end of input) leaves.")
+                                   "/reset forgets the conversation, /quit (or end of input) leaves, /help lists "
+                                   "them; a line starting with / is never sent to the model.")
     p.add_argument("--ckpt", required=True, help="run directory (or its model.safetensors)")
     add_sampling_flags(p, max_new_tokens=128)
     p.set_defaults(func=run_chat)
@@ -46,12 +47,12 @@ def add_commands(sub) -> None:
 
 def add_sampling_flags(p, max_new_tokens) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="most tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; lower is more conservative")
-    g.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0 = no limit)")
-    g.add_argument("--top-p", type=float, default=None, help="sample among the smallest set of tokens with mass ≥ p")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 makes tokens already seen less likely")
-    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (None: a random one)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens, help="most tokens to generate")
+    g.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy; lower is more conservative")
+    g.add_argument("--top-k", type=non_negative_int, default=40, help="sample among the k most likely tokens (0 = no limit)")
+    g.add_argument("--top-p", type=top_p, default=None, help="sample among the smallest set of tokens with mass ≥ p")
+    g.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 makes tokens already seen less likely")
+    g.add_argument("--seed", type=non_negative_int, default=None, help="seed for reproducible sampling (None: a random one)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token (slow; for comparison)")
 
 
@@ -130,6 +131,8 @@ def _report(count, seconds, extra="") -> None:
 
 def run_generate(args) -> int:
     from ..generate import beam_search, stream_generate
+    from ..sampling import check_sampling_args
+    check_sampling_args(args.temperature, args.top_k or None, args.top_p, args.repetition_penalty)
     model, tokenizer, config = _load(args.ckpt)
     stop_ids = _stop_ids(tokenizer, config)
     start = [tokenizer.special_tokens[END_OF_TEXT]] if END_OF_TEXT in tokenizer.special_tokens else []
@@ -204,8 +207,7 @@ def run_chat(args) -> int:
     budget = max(block_size - args.max_new_tokens, block_size // 2)     # leave room for the reply
     interactive = sys.stdin.isatty()
     mode = "instruction template" if fmt.instruction_tuned else "plain continuation"
-    print(f"chat with {args.ckpt} ({mode}, context {block_size} tokens). /reset forgets, /quit leaves.",
-          file=sys.stderr)
+    print(f"chat with {args.ckpt} ({mode}, context {block_size} tokens). {CHAT_COMMANDS}", file=sys.stderr)
     turns, sampling = [], _sampling_kwargs(args)
     while True:
         if interactive:
@@ -214,13 +216,18 @@ def run_chat(args) -> int:
         if not line:                            # end of input
             break
         message = line.rstrip("\n")
-        if message.strip() == "/quit":
+        command = message.strip()
+        if command == "/quit":
             break
-        if message.strip() == "/reset":
+        if command == "/reset":
             turns = []
             print("[conversation forgotten]", file=sys.stderr)
             continue
-        if not message.strip():
+        if command.startswith("/"):           # /help, and any other /word: ours, not the model's
+            known = "" if command == "/help" else f"unknown command {command.split()[0]!r}. "
+            print(f"[{known}{CHAT_COMMANDS}]", file=sys.stderr)
+            continue
+        if not command:
             continue
         current = tokenizer.encode(fmt.user(message), allowed_special="all")
         prompt_ids = _fit_history(turns, current, budget)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
+
+from .common import fraction, positive_int
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("import-hf", help="turn a Hugging Face GPT-2 directory into a tinyllm run directory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Read DIR/config.json and DIR/model.safetensors (GPT2LMHeadModel's files; "
                                    "float32, float16 or bfloat16) and, when present, the tokenizer: tinyllm_tokenizer.json "
                                    "(written by export-hf), else vocab.json + merges.txt (or OpenAI's encoder.json + "
@@ -22,7 +22,6 @@ def add_commands(sub) -> None:
     p.set_defaults(func=run_import_hf)
 
     p = sub.add_parser("export-hf", help="write a run as a Hugging Face GPT-2 directory (from_pretrained loads it)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Write config.json and model.safetensors in GPT2LMHeadModel's layout, plus "
                                    "vocab.json + merges.txt when the run's tokenizer is BPE.")
     p.add_argument("run", help="run directory (or its model.safetensors)")
@@ -32,7 +31,6 @@ def add_commands(sub) -> None:
     p.set_defaults(func=run_export_hf)
 
     p = sub.add_parser("compress", help="int8 / float16 / pruned copy of a run, with size, perplexity and speed",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Write a smaller copy of RUN into --out and print one table comparing file "
                                    "size, validation perplexity and greedy generation speed before and after. "
                                    "--prune may be combined with --int8 or --fp16 (pruning happens first).")
@@ -41,13 +39,13 @@ def add_commands(sub) -> None:
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--int8", action="store_true", help="int8 weights with one float32 scale per output row")
     kind.add_argument("--fp16", action="store_true", help="every tensor stored as float16")
-    p.add_argument("--prune", type=float, default=None, metavar="FRACTION",
+    p.add_argument("--prune", type=fraction, default=None, metavar="FRACTION",
                    help="zero this fraction of the smallest-magnitude Linear weights, ranked globally")
     p.add_argument("--data", default=None, help="text to evaluate on (default: the built-in corpus's held-out tail)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="with the built-in corpus: the tail evaluated")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per evaluation batch")
-    p.add_argument("--max-batches", type=int, default=None, help="evaluate on at most this many batches")
-    p.add_argument("--gen-tokens", type=int, default=64, help="greedy tokens generated to time the speed")
+    p.add_argument("--val-fraction", type=fraction, default=0.1, help="with the built-in corpus: the tail evaluated")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per evaluation batch")
+    p.add_argument("--max-batches", type=positive_int, default=None, help="evaluate on at most this many batches")
+    p.add_argument("--gen-tokens", type=positive_int, default=64, help="greedy tokens generated to time the speed")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(func=run_compress)
 

@@ -10,11 +10,13 @@ Each sub-command's ``--help`` lists its flags with their defaults.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from ..data.text import builtin_corpus
 from ..tokenizer import PATTERNS, BPETokenizer, CharTokenizer, load_tokenizer
+from .common import positive_int, tokenizer_file
 
 
 def add_commands(subparsers) -> None:
@@ -38,7 +40,7 @@ def add_commands(subparsers) -> None:
     )
     train.add_argument(
         "--vocab-size",
-        type=int,
+        type=positive_int,
         default=4096,
         metavar="N",
         help="number of tokens, counting the 256 single bytes and the special tokens (default: 4096)",
@@ -78,8 +80,9 @@ def add_commands(subparsers) -> None:
     encode.add_argument(
         "--tokenizer",
         default="tokenizer.json",
+        type=tokenizer_file,
         metavar="PATH",
-        help="tokenizer file from 'tinyllm tokenizer train' (default: tokenizer.json)",
+        help="tokenizer file from 'tinyllm tokenizer train', or a run directory holding one (default: tokenizer.json)",
     )
     encode.add_argument("--text", help="encode this text instead of reading stdin (default: read stdin)")
     encode.add_argument("--count", action="store_true", help="print only the number of tokens (default: print the ids)")
@@ -101,9 +104,16 @@ def _read_data(path: str | None) -> tuple[str, str]:
             return f.read(), path
     except UnicodeDecodeError as e:
         raise ValueError(f"data file '{path}' is not UTF-8 text (byte {e.start} cannot be decoded)") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no data file at '{path}'") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"--data '{path}' is a directory; give one UTF-8 text file") from None
 
 
 def run_train(args) -> int:
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save the tokenizer to '{args.out}': there is no folder {folder}")
     text, source = _read_data(args.data)
     if not text:
         raise ValueError(f"{source} is empty; there is nothing to learn from")

@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 from .. import backend
+from .common import (fraction, non_negative_float, non_negative_int, positive_float, positive_int, probability,
+                     tokenizer_choice)
 
 DEMO_MINUTES = 3   # 3 min 12 s from a fresh clone on 2 idle cores (2146.9 → 83.9 validation perplexity)
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("pretrain", help="train a GPT on a text file or directory (next-token prediction)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Pretrain a GPT from scratch. Writes config.json, model.safetensors, tokenizer.json, "
                                    "train_state.safetensors, log.jsonl and loss.svg into --out.")
     add_model_and_training_flags(p)
@@ -23,29 +24,32 @@ def add_commands(sub) -> None:
     p.set_defaults(func=run_pretrain)
 
     p = sub.add_parser("eval", help="loss and perplexity of a checkpoint on a text",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="The mean next-token loss of a run's model (and perplexity = e^loss) on "
+                                   "non-overlapping windows of its context length over --data: by default the "
+                                   "held-out tail of the built-in corpus, which is what `pretrain` validates on.")
     p.add_argument("--ckpt", required=True, help="run directory (or its model.safetensors)")
     p.add_argument("--data", default=None, help="text file or directory (default: the built-in corpus's validation split)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows of the model's context per batch")
-    p.add_argument("--max-batches", type=int, default=None, help="evaluate on at most this many batches")
-    p.add_argument("--val-fraction", type=float, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows of the model's context per batch")
+    p.add_argument("--max-batches", type=positive_int, default=None, help="evaluate on at most this many batches")
+    p.add_argument("--val-fraction", type=fraction, default=None,
                    help="evaluate only this held-out tail of the text, as `pretrain --val-fraction` split it "
                         "(default: the whole --data file; 0.1 of the built-in corpus)")
     p.set_defaults(func=run_eval)
 
-    p = sub.add_parser("plot", help="draw the loss curves of a run as an SVG picture")
+    p = sub.add_parser("plot", help="draw the loss curves of a run as an SVG picture",
+                       description="Draw RUN/log.jsonl as an SVG: the raw training loss (faint), its moving "
+                                   "average, and the validation loss at each evaluation (points).")
     p.add_argument("run", help="run directory holding log.jsonl")
     p.add_argument("--out", default=None, help="output file (default: RUN/loss.svg)")
     p.set_defaults(func=run_plot)
 
     p = sub.add_parser("demo", help=f"the whole pretraining stage in about {DEMO_MINUTES} minutes on a laptop CPU",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train a BPE tokenizer and a small GPT on text that ships with Python "
                                    "(pydoc_data.topics), report validation perplexity before and after, write the "
                                    "loss curve and print a few sampled continuations.")
     p.add_argument("--out", default="runs/demo", help="run directory to write")
-    p.add_argument("--steps", type=int, default=600, help="training steps")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the weights, the data order and the samples")
+    p.add_argument("--steps", type=positive_int, default=600, help="training steps")
+    p.add_argument("--seed", type=non_negative_int, default=1337, help="seed of the weights, the data order and the samples")
     p.set_defaults(func=run_demo)
 
 
@@ -56,38 +60,40 @@ def add_model_and_training_flags(p) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="UTF-8 text file or directory of .txt files (default: Python's own "
                                                  "pydoc_data.topics text, ~465 KB)")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="the tail of the data held out for validation")
-    g.add_argument("--tokenizer", default="bpe", help="'bpe' (trained on the data), 'char', or a tokenizer.json to reuse")
-    g.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size when training one")
+    g.add_argument("--val-fraction", type=fraction, default=0.1, help="the tail of the data held out for validation")
+    g.add_argument("--tokenizer", default="bpe", type=tokenizer_choice,
+                   help="'bpe' (trained on the data), 'char', or a tokenizer to reuse: a tokenizer .json file or a "
+                        "run directory holding one")
+    g.add_argument("--vocab-size", type=positive_int, default=2048, help="BPE vocabulary size when training one")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="mini", choices=sorted(PRESETS), help="model shape; the flags below override it")
-    g.add_argument("--n-layer", type=int, default=None, help="transformer blocks (%(default)s: the preset's)")
-    g.add_argument("--n-head", type=int, default=None, help="attention heads; must divide --n-embd (%(default)s: the preset's)")
-    g.add_argument("--n-embd", type=int, default=None, help="width of the residual stream (%(default)s: the preset's)")
-    g.add_argument("--context", type=int, default=None, help="context length, block_size (%(default)s: the preset's)")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout probability while training")
+    g.add_argument("--n-layer", type=positive_int, default=None, help="transformer blocks (default: the preset's)")
+    g.add_argument("--n-head", type=positive_int, default=None, help="attention heads; must divide --n-embd (default: the preset's)")
+    g.add_argument("--n-embd", type=positive_int, default=None, help="width of the residual stream (default: the preset's)")
+    g.add_argument("--context", type=positive_int, default=None, help="context length, block_size (default: the preset's)")
+    g.add_argument("--dropout", type=probability, default=0.0, help="dropout probability while training")
     g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
                    help="biases in linear and norm layers (default: the preset's: on for GPT-2 shapes, off for llama/moe)")
-    g.add_argument("--n-kv-head", type=int, default=None,
-                   help="key/value heads, dividing --n-head: fewer = grouped-query attention (%(default)s: the preset's)")
-    g.add_argument("--n-expert", type=int, default=None, help="experts per layer of a moe preset (%(default)s: the preset's)")
-    g.add_argument("--expert-top-k", type=int, default=None, help="experts per token of a moe preset (%(default)s: the preset's)")
+    g.add_argument("--n-kv-head", type=positive_int, default=None,
+                   help="key/value heads, dividing --n-head: fewer = grouped-query attention (default: the preset's)")
+    g.add_argument("--n-expert", type=positive_int, default=None, help="experts per layer of a moe preset (default: the preset's)")
+    g.add_argument("--expert-top-k", type=positive_int, default=None, help="experts per token of a moe preset (default: the preset's)")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (the total, also when resuming)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="windows of --context tokens per micro-batch")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    g.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine decay")
-    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
-    g.add_argument("--beta1", type=float, default=d.beta1, help="AdamW decay rate of the gradient average")
-    g.add_argument("--beta2", type=float, default=d.beta2, help="AdamW decay rate of the squared-gradient average")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay, on matrices only")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0 = off)")
-    g.add_argument("--eval-interval", type=int, default=d.eval_interval, help="evaluate, sample and save every this many steps")
-    g.add_argument("--eval-iters", type=int, default=d.eval_iters, help="validation batches per evaluation")
-    g.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between progress lines when not on a terminal")
-    g.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens sampled at each evaluation")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights, the data order and dropout")
+    g.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps (the total, also when resuming)")
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="windows of --context tokens per micro-batch")
+    g.add_argument("--grad-accum", type=positive_int, default=d.grad_accum, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate")
+    g.add_argument("--min-lr", type=non_negative_float, default=d.min_lr, help="learning rate at the end of the cosine decay")
+    g.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear warmup steps")
+    g.add_argument("--beta1", type=probability, default=d.beta1, help="AdamW decay rate of the gradient average")
+    g.add_argument("--beta2", type=probability, default=d.beta2, help="AdamW decay rate of the squared-gradient average")
+    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="AdamW weight decay, on matrices only")
+    g.add_argument("--grad-clip", type=non_negative_float, default=d.grad_clip, help="max gradient norm (0 = off)")
+    g.add_argument("--eval-interval", type=positive_int, default=d.eval_interval, help="evaluate, sample and save every this many steps")
+    g.add_argument("--eval-iters", type=positive_int, default=d.eval_iters, help="validation batches per evaluation")
+    g.add_argument("--log-interval", type=positive_int, default=d.log_interval, help="steps between progress lines when not on a terminal")
+    g.add_argument("--sample-tokens", type=non_negative_int, default=d.sample_tokens, help="tokens sampled at each evaluation")
+    g.add_argument("--seed", type=non_negative_int, default=d.seed, help="seed of the initial weights, the data order and dropout")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type of weights and math")
 
 
@@ -110,23 +116,23 @@ def _make_tokenizer(choice, text, vocab_size, out):
 
 
 def run_pretrain(args) -> int:
-    from ..checkpoint import load_tokenizer_of
+    from ..checkpoint import check_resumable, load_tokenizer_of
     from ..data.tokens import split_train_val, tokenize
-    from ..model import GPT, preset
+    from ..model import GPT
     from ..train import TrainConfig, pretrain
 
     backend.set_dtype(args.dtype)
     out = Path(args.out)
-    if out.exists() and (out / "model.safetensors").exists() and not args.resume:
+    if args.resume:
+        check_resumable(out)
+    elif (out / "model.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    config = _model_config(args, vocab_size=args.vocab_size)     # refuse a bad shape before any work
     text = _load_text(args.data)
     tokenizer = load_tokenizer_of(out) if args.resume else _make_tokenizer(args.tokenizer, text, args.vocab_size, out)
+    config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
     ids = tokenize(text, tokenizer, cache_dir=out / "cache")
     train_ids, val_ids = split_train_val(ids, args.val_fraction)
-    overrides = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                                       block_size=args.context, bias=args.bias, n_kv_head=args.n_kv_head,
-                                       n_expert=args.n_expert, expert_top_k=args.expert_top_k).items() if v is not None}
-    config = preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=args.dropout, **overrides)
     model = GPT(config, seed=args.seed)
     train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     print(f"data: {len(ids):,} tokens ({len(train_ids):,} train / {len(val_ids):,} val); "
@@ -135,6 +141,15 @@ def run_pretrain(args) -> int:
     summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer, resume=args.resume)
     _print_summary(summary, out)
     return 0
+
+
+def _model_config(args, vocab_size):
+    """The GPTConfig the flags ask for (the preset with the flags that were given overriding it)."""
+    from ..model import preset
+    overrides = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                                       block_size=args.context, bias=args.bias, n_kv_head=args.n_kv_head,
+                                       n_expert=args.n_expert, expert_top_k=args.expert_top_k).items() if v is not None}
+    return preset(args.preset, vocab_size=vocab_size, dropout=args.dropout, **overrides)
 
 
 def _print_summary(summary, out):
@@ -174,6 +189,7 @@ def run_demo(args) -> int:
     from ..generate import generate
     from ..model import GPT, preset
     from ..tokenizer import BPETokenizer
+    from ..interrupt import TrainingInterrupted
     from ..train import TrainConfig, pretrain
 
     out = Path(args.out)
@@ -197,7 +213,12 @@ def run_demo(args) -> int:
         print(f"   (overwriting the earlier demo run in {out}/)")
         for name in ("log.jsonl", "train_state.safetensors"):
             (out / name).unlink(missing_ok=True)
-    summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer)
+    try:
+        summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer)
+    except TrainingInterrupted as stopped:      # the demo has no --resume: say what the checkpoint is good for
+        raise TrainingInterrupted(f"interrupted after step {stopped.step} of {args.steps}: the model so far is "
+                                  f"saved in {out}/ (try `tinyllm generate --ckpt {out}`); `tinyllm demo` "
+                                  "starts again from step 0", stopped.step) from None
     first, last = summary["first_val"], summary["last_val"]
     print(f"\n4. validation perplexity {first['ppl']:.1f} → {last['ppl']:.1f} "
           f"(loss {first['loss']:.3f} → {last['loss']:.3f}) in {summary['seconds']:.0f}s; loss curve: {summary['plot']}")

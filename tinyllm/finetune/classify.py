@@ -208,7 +208,8 @@ def train_classifier(model: GPTClassifier, tokenizer, train, val, config=None, p
 
     summary = fit(model, len(train_data), loss_fn, config, evaluate_fn, progress, log,
                   lengths=[len(s) for s in train_data.sequences])
-    summary.update({k: v for k, v in summary["history"][-1].items() if k.endswith("_acc")})
+    if summary["history"]:                                    # none when Ctrl-C stopped the first epoch
+        summary.update({k: v for k, v in summary["history"][-1].items() if k.endswith("_acc")})
     return summary
 
 

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from .. import backend
+from ..interrupt import StopRequests
 from ..optim import AdamW, clip_factor, grad_norm as global_grad_norm, warmup_cosine_lr
 from ..train import Progress, TrainingDiverged, data_parallel_backward, param_groups
 
@@ -85,7 +86,9 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
     ``evaluate_fn()``: metrics after each epoch (a dict of numbers), printed and added to the history.
     ``log(record)``: called with every step's and every epoch's record (e.g. ``append_jsonl`` to a file).
     ``lengths``: each example's length in tokens, to batch similar lengths together (see ``epoch_batches``).
-    Returns ``{"history": [epoch dicts], "seconds", "steps", "trainable", "optimizer_bytes"}``.
+    Ctrl-C stops training after the step it comes in (``tinyllm.interrupt``), with ``"interrupted": True``.
+    Returns ``{"history": [epoch dicts], "seconds", "steps", "total_steps", "interrupted", "trainable",
+    "optimizer_bytes"}``.
     """
     if num_examples < 1:
         raise ValueError("finetuning needs at least one training example")
@@ -110,24 +113,7 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
             loss = model.add_moe_aux_loss(loss)
         return loss
 
-    model.train()
-    started = time.perf_counter()
-    for epoch in range(config.epochs):
-        loss_sum = 0.0
-        for indices in epoch_batches(order_rng, num_examples, config.batch_size, lengths, config.bucket):
-            optimizer.lr = lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, total_steps)
-            loss_value = data_parallel_backward(model, block_loss, indices, weight=weight_fn)   # over the cores
-            grad_norm = global_grad_norm(optimizer.parameters())
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                raise TrainingDiverged(f"finetuning diverged at step {step + 1} (epoch {epoch + 1}): loss {loss_value}, "
-                                       f"gradient norm {grad_norm}. Try a lower --lr")
-            optimizer.step(grad_scale=clip_factor(grad_norm, config.grad_clip or None))   # clipping folded in
-            model.zero_grad()
-            loss_sum += loss_value * len(indices)
-            log({"kind": "train", "step": step + 1, "epoch": epoch + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})
-            if bar:
-                bar.update(step, f"epoch {epoch + 1}/{config.epochs} | loss {loss_value:.4f} | lr {lr:.2e}")
-            step += 1
+    def end_epoch(epoch, step, loss_sum):
         record = {"kind": "eval", "step": step, "epoch": epoch + 1, "train_loss": loss_sum / num_examples}
         if evaluate_fn is not None:
             record.update(evaluate_fn())
@@ -137,7 +123,34 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
         log(record)
         say(f"epoch {epoch + 1}/{config.epochs}: " + ", ".join(_fmt(k, v) for k, v in record.items()
                                                               if k not in ("kind", "step", "epoch")))
-    return {"history": history, "seconds": time.perf_counter() - started, "steps": step,
+
+    model.train()
+    started = time.perf_counter()
+    with StopRequests() as stop:           # Ctrl-C: finish the step, then return what is trained so far
+        for epoch in range(config.epochs):
+            loss_sum = 0.0
+            for indices in epoch_batches(order_rng, num_examples, config.batch_size, lengths, config.bucket):
+                if stop.requested:
+                    break
+                optimizer.lr = lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, total_steps)
+                loss_value = data_parallel_backward(model, block_loss, indices, weight=weight_fn)   # over the cores
+                grad_norm = global_grad_norm(optimizer.parameters())
+                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                    raise TrainingDiverged(f"finetuning diverged at step {step + 1} (epoch {epoch + 1}): loss "
+                                           f"{loss_value}, gradient norm {grad_norm}. Try a lower --lr")
+                optimizer.step(grad_scale=clip_factor(grad_norm, config.grad_clip or None))   # clipping folded in
+                model.zero_grad()
+                loss_sum += loss_value * len(indices)
+                log({"kind": "train", "step": step + 1, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
+                     "grad_norm": grad_norm})
+                if bar:
+                    bar.update(step, f"epoch {epoch + 1}/{config.epochs} | loss {loss_value:.4f} | lr {lr:.2e}")
+                step += 1
+            if stop.requested:
+                break
+            end_epoch(epoch, step, loss_sum)
+    return {"history": history, "seconds": time.perf_counter() - started, "steps": step, "total_steps": total_steps,
+            "interrupted": stop.requested,
             "trainable": model.num_parameters(trainable_only=True), "optimizer_bytes": optimizer_bytes(optimizer)}
 
 

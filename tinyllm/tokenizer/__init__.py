@@ -6,7 +6,7 @@
 - :class:`CharTokenizer` (``char.py``): one id per character, for the smallest experiments.
 - ``patterns.py``: the split regexes (GPT-2's, GPT-4's) that cut text into chunks before BPE.
 
-``load_tokenizer(path)`` opens a file saved by either class.
+``load_tokenizer(path)`` opens a file saved by either class (or a run directory's tokenizer.json).
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ _CLASSES = {cls.format_name: cls for cls in (BPETokenizer, CharTokenizer)}
 
 
 def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer:
-    """Load a tokenizer file saved by ``BPETokenizer.save`` or ``CharTokenizer.save``.
+    """Load a tokenizer file saved by ``BPETokenizer.save`` or ``CharTokenizer.save`` (or the
+    ``tokenizer.json`` of a run directory, when ``path`` is one).
 
     The file's ``"format"`` field picks the class; ValueError names the file if it is neither.
     """
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            raise FileNotFoundError(f"'{path}' is a directory without a tokenizer.json; give a tokenizer file "
+                                    "or a run directory that holds one")
+        path = os.path.join(path, "tokenizer.json")
+    elif not os.path.exists(path):
+        raise FileNotFoundError(f"no tokenizer file at '{path}'")
     fmt = read_tokenizer_json(path)["format"]
     if fmt not in _CLASSES:
         raise ValueError(f"tokenizer file '{path}' has format {fmt!r}; expected one of {sorted(_CLASSES)}")
