@@ -15,9 +15,10 @@ from . import finetune as _finetune
 from . import generate as _generate
 from . import interop as _interop
 from . import align as _align
+from . import data as _data
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_tokenizer, _train, _generate, _finetune, _interop, _align]
+STAGES = [_data, _tokenizer, _train, _generate, _finetune, _interop, _align]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "data", None) is not None:   # every --data flag takes a dataset name too
+            from ..data.datasets import resolve_data
+            args.data = resolve_data(args.data)
         return args.func(args) or 0
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Errors from tinyllm name the problem; show them without a traceback.
