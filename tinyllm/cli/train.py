@@ -111,8 +111,7 @@ def _make_tokenizer(choice, text, vocab_size, out):
 
 
 def run_pretrain(args) -> int:
-    from ..checkpoint import load_tokenizer_of
-    from ..data.tokens import split_train_val, tokenize
+    from ..data.tokens import split_train_val
     from ..model import GPT, preset
     from ..train import TrainConfig, pretrain
 
@@ -121,9 +120,7 @@ def run_pretrain(args) -> int:
     out = Path(args.out)
     if out.exists() and (out / "model.safetensors").exists() and not args.resume:
         raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
-    text = _load_text(args.data)
-    tokenizer = load_tokenizer_of(out) if args.resume else _make_tokenizer(args.tokenizer, text, args.vocab_size, out)
-    ids = tokenize(text, tokenizer, cache_dir=out / "cache")
+    ids, tokenizer = _ids_and_tokenizer(args, out)
     train_ids, val_ids = split_train_val(ids, args.val_fraction)
     overrides = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                                        block_size=args.context, bias=args.bias, n_kv_head=args.n_kv_head,
@@ -137,6 +134,21 @@ def run_pretrain(args) -> int:
     summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer, resume=args.resume)
     _print_summary(summary, out)
     return 0
+
+
+def _ids_and_tokenizer(args, out):
+    """The token ids of --data and their tokenizer: a `tinyllm data prepare --tokenizer` directory's, else the
+    text tokenized with --tokenizer (or with the tokenizer of the run being resumed)."""
+    from ..checkpoint import load_tokenizer_of
+    from ..data.prepare import prepared_tokens
+    from ..data.tokens import tokenize
+    prepared = prepared_tokens(args.data) if args.data is not None else None
+    if prepared is not None:
+        print(f"data: the prepared tokens of {args.data} (its tokenizer.json; --tokenizer is not used)")
+        return prepared
+    text = _load_text(args.data)
+    tokenizer = load_tokenizer_of(out) if args.resume else _make_tokenizer(args.tokenizer, text, args.vocab_size, out)
+    return tokenize(text, tokenizer, cache_dir=out / "cache"), tokenizer
 
 
 def _print_summary(summary, out):
