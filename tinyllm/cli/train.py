@@ -18,6 +18,7 @@ def add_commands(sub) -> None:
                        description="Pretrain a GPT from scratch. Writes config.json, model.safetensors, tokenizer.json, "
                                    "train_state.safetensors, log.jsonl and loss.svg into --out.")
     add_model_and_training_flags(p)
+    _add_curriculum_flags(p)
     p.add_argument("--out", default="runs/pretrain", help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=run_pretrain)
@@ -131,9 +132,29 @@ def run_pretrain(args) -> int:
     print(f"data: {len(ids):,} tokens ({len(train_ids):,} train / {len(val_ids):,} val); "
           f"model: {model.num_parameters():,} parameters, {config.n_layer} layers, {config.n_head} heads, "
           f"{config.n_embd} dims, context {config.block_size}")
-    summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer, resume=args.resume)
+    sampler = _curriculum(args, train_ids, config.block_size, tokenizer)
+    summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer, resume=args.resume,
+                       batch_sampler=sampler, extra_config={"curriculum": args.curriculum} if sampler else None)
     _print_summary(summary, out)
     return 0
+
+
+def _add_curriculum_flags(p) -> None:
+    from ..data.curriculum import CURRICULA
+    g = p.add_argument_group("curriculum")
+    g.add_argument("--curriculum", default=None, choices=CURRICULA,
+                   help="draw windows easiest first: by mean sentence length, or by a bigram model's loss "
+                        "(default: uniformly random windows)")
+    g.add_argument("--curriculum-warmup", type=float, default=0.5,
+                   help="share of the steps after which every window is available")
+
+
+def _curriculum(args, train_ids, context, tokenizer):
+    if args.curriculum is None:
+        return None
+    from ..data.curriculum import curriculum_sampler
+    return curriculum_sampler(args.curriculum, train_ids, context, args.batch_size, args.steps, tokenizer,
+                              args.curriculum_warmup)
 
 
 def _ids_and_tokenizer(args, out):
