@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -21,20 +20,18 @@ def add_commands(sub) -> None:
                                    "another command accepts a dataset name too.")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=lambda args: p.print_help() or 0)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    a = actions.add_parser("list", help="the named datasets", formatter_class=fmt)
+    a = actions.add_parser("list", help="the named datasets")
     a.add_argument("--dir", default=None, help="cache directory (default: $TINYLLM_DATA_DIR or ~/.cache/tinyllm)")
     a.set_defaults(func=run_list)
 
-    a = actions.add_parser("get", help="download a dataset (resumable), verify its SHA-256 and cache it",
-                           formatter_class=fmt)
+    a = actions.add_parser("get", help="download a dataset (resumable), verify its SHA-256 and cache it")
     a.add_argument("names", nargs="+", metavar="NAME", help="dataset name(s), from `tinyllm data list`")
     a.add_argument("--dir", default=None, help="cache directory (default: $TINYLLM_DATA_DIR or ~/.cache/tinyllm)")
     a.set_defaults(func=run_get)
     _add_prepare(actions.add_parser(
         "prepare", help="clean, deduplicate, filter and mix text into shards (or a token file) for pretraining",
-        formatter_class=fmt, description="Read documents (JSONL 'text' records; blank-line separated paragraphs of "
+        description="Read documents (JSONL 'text' records; blank-line separated paragraphs of "
         "other files), then: clean (markup, Unicode normalisation) → exact dedup → quality rules (Gopher/C4) → "
         "blocklist → near dedup (MinHash + LSH) → mix by weight. Writes OUT/shard-*.txt, OUT/report.json and, "
         "with --tokenizer, OUT/tokens.npy + OUT/tokenizer.json; `tinyllm pretrain --data OUT` uses either."))
@@ -72,26 +69,26 @@ def _add_prepare(a) -> None:
     a.add_argument("--out", required=True, help="directory to write (must be new or empty)")
     a.add_argument("--weights", default=None, help="comma-separated weight per input: 2 = twice, 0.5 = a random "
                                                    "half of its documents (default: 1 each)")
-    a.add_argument("--normalize", default="NFC", choices=["NFC", "NFKC", "none"], help="Unicode normal form")
+    a.add_argument("--normalize", default="NFC", choices=["NFC", "NFKC", "none"], help="Unicode normal form (default: NFC)")
     a.add_argument("--keep-markup", action="store_true", help="do not strip HTML tags and entities")
     a.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates")
     a.add_argument("--near-dup-threshold", type=float, default=0.7,
                    help="drop a document whose word-shingle Jaccard similarity to an earlier one is at least this "
-                        "(0 = no near dedup)")
-    a.add_argument("--shingle", type=int, default=3, help="words per shingle for near dedup")
+                        "(default: 0.7; 0 = no near dedup)")
+    a.add_argument("--shingle", type=int, default=3, help="words per shingle for near dedup (default: 3)")
     a.add_argument("--no-quality", action="store_true", help="skip the quality rules")
-    a.add_argument("--min-words", type=int, default=q.min_words, help="quality: fewest words in a document")
+    a.add_argument("--min-words", type=int, default=q.min_words, help="quality: fewest words in a document (default: %(default)s)")
     a.add_argument("--stop-words", default=None,
                    help="quality: comma-separated stop words, or 'english' for Gopher's (default: the 8 words found "
                         "in the most documents of the corpus, for any language)")
-    a.add_argument("--min-stop-words", type=int, default=q.min_stop_words, help="quality: fewest stop words (0 = off)")
+    a.add_argument("--min-stop-words", type=int, default=q.min_stop_words, help="quality: fewest stop words (default: %(default)s; 0 = off)")
     a.add_argument("--blocklist", default=None, help="file of words, one per line: documents containing one are dropped")
     a.add_argument("--no-shuffle", action="store_true", help="keep the documents in source order")
-    a.add_argument("--shard-size", type=float, default=32.0, help="megabytes of text per shard")
+    a.add_argument("--shard-size", type=float, default=32.0, help="megabytes of text per shard (default: %(default)s)")
     a.add_argument("--tokenizer", default=None, help="also write tokens.npy: 'bpe' (trained on the output), 'char', "
                                                      "or a tokenizer.json")
-    a.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size with --tokenizer bpe")
-    a.add_argument("--seed", type=int, default=0, help="seed of the MinHash functions, weights' sampling, shuffle")
+    a.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size with --tokenizer bpe (default: %(default)s)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the MinHash functions, weights' sampling, shuffle (default: %(default)s)")
     a.set_defaults(func=run_prepare)
 
 

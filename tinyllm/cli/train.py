@@ -144,7 +144,7 @@ def _add_curriculum_flags(p) -> None:
     g = p.add_argument_group("curriculum")
     g.add_argument("--curriculum", default=None, choices=CURRICULA,
                    help="draw windows easiest first: by mean sentence length, or by a bigram model's loss "
-                        "(default: uniformly random windows)")
+                        "(%(default)s: uniformly random windows)")
     g.add_argument("--curriculum-warmup", type=float, default=0.5,
                    help="share of the steps after which every window is available")
 

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write, atomic_write_with, read_records
 from .minhash import near_duplicates
 from .quality import QualityConfig, blocked_word, corpus_stop_words, failed_rule
-from ..files import atomic_write, atomic_write_with
 from .text import clean_text
 
 END_OF_TEXT, TOKEN_FILE = "<|endoftext|>", "tokens.npy"
@@ -84,26 +83,20 @@ def read_documents(path) -> list[str]:
         if not files:
             raise ValueError(f"'{path}' holds no {', '.join(TEXT_SUFFIXES)} files")
         return [doc for file in files for doc in read_documents(file)]
+    if path.suffix.lower() == ".jsonl":
+        return read_records(path, _text_of, "text")
     if not path.is_file():
         raise FileNotFoundError(f"no file or directory at '{path}'")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"'{path}' is not valid UTF-8 (byte {e.start})") from None
-    if path.suffix.lower() == ".jsonl":
-        return [_jsonl_text(line, path, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if path.suffix.lower() in (".html", ".htm"):
-        return [text]
-    return split_documents(text)
+    return [text] if path.suffix.lower() in (".html", ".htm") else split_documents(text)
 
 
-def _jsonl_text(line: str, path: Path, number: int) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
+def _text_of(record, where: str) -> str:
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise ValueError(f"{path}, line {number}: expected an object with a \"text\" string")
+        raise ValueError(f"{where}: expected an object with a \"text\" string")
     return record["text"]
 
 
@@ -118,6 +111,7 @@ class Report:
 
     def __init__(self, sources):
         self.names = [s.path for s in sources]
+        self.read: dict = {}                   # documents and characters read, per source
         self.stages, self.rules, self.stop_words = [], {}, None
 
     def record(self, stage: str, before: list, kept: list, seconds: float) -> None:

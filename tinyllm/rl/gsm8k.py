@@ -24,10 +24,10 @@ trains an imported model (``tinyllm import-hf``) that can.
 
 from __future__ import annotations
 
-import json
 import re
 from fractions import Fraction
-from pathlib import Path
+
+from ..files import read_records
 
 INSTRUCTION = ("Solve the math word problem. Reason step by step, then write the final answer on the last line "
                "as #### followed by the number.")
@@ -39,23 +39,17 @@ _FINAL_LINE = re.compile(r"####\s*\S+")
 def read_gsm8k(path) -> list[dict]:
     """GSM8K records as instruction records: "instruction" (the worked-steps request), "input" (the question),
     "output" (the worked solution without annotations, ending "#### N"), "final" (N) and "task": "gsm8k"."""
-    records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            question, answer = row["question"], row["answer"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}, line {number}: expected a GSM8K record {{\"question\", \"answer\"}}") from None
-        final = reference_answer(answer)
-        if final is None:
-            raise ValueError(f"{path}, line {number}: the answer has no '#### <number>' line")
-        records.append({"instruction": INSTRUCTION, "input": question, "output": worked_steps(answer),
-                        "final": final, "task": "gsm8k"})
-    if not records:
-        raise ValueError(f"{path} holds no GSM8K records")
-    return records
+    return read_records(path, _gsm8k_record, "GSM8K")
+
+
+def _gsm8k_record(row, where: str) -> dict:
+    if not (isinstance(row, dict) and isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
+        raise ValueError(f"{where}: expected a GSM8K record {{\"question\", \"answer\"}}")
+    final = reference_answer(row["answer"])
+    if final is None:
+        raise ValueError(f"{where}: the answer has no '#### <number>' line")
+    return {"instruction": INSTRUCTION, "input": row["question"], "output": worked_steps(row["answer"]),
+            "final": final, "task": "gsm8k"}
 
 
 def worked_steps(answer: str) -> str:
