@@ -55,8 +55,9 @@ def test_long_words_and_top_ngrams_of_single_occurrence():
 def test_blocklist_and_corpus_stop_words():
     assert blocked_word("This is SPAM, really.", {"spam"}) == "spam"
     assert blocked_word(GOOD, {"spam"}) is None
-    texts = ["le chat et le chien", "le pain et le vin", "un jour et le soir"]
-    assert corpus_stop_words(texts, 2) == ("le", "et")
+    texts = ["le chat et le chien", "le pain et le vin", "un jour et le soir", "le matin"]
+    assert corpus_stop_words(texts, 2) == ("le", "et")              # in 4 and 3 documents
+    assert corpus_stop_words(texts[:3], 2) == ("et", "le")          # a tie: alphabetical
 
 
 def test_documents_of_text_and_jsonl_files(tmp_path):

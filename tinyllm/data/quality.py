@@ -141,7 +141,8 @@ def corpus_stop_words(texts, count: int = 8) -> tuple:
     document_frequency = Counter()
     for text in texts:
         document_frequency.update({_bare(w) for w in text.split()} - {""})
-    return tuple(word for word, _ in document_frequency.most_common(count))
+    ranked = sorted(document_frequency.items(), key=lambda item: (-item[1], item[0]))   # ties: alphabetical
+    return tuple(word for word, _ in ranked[:count])
 
 
 RULES = {f.__name__: f for f in (word_count, mean_word_length, symbol_ratio, alphabetic_words, end_punctuation,
