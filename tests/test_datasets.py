@@ -184,3 +184,11 @@ def test_every_data_flag_takes_a_dataset_name(mirror, tmp_path, capsys):
     out = tmp_path / "tok.json"
     assert main(["tokenizer", "train", "--data", "the-verdict", "--vocab-size", "260", "--out", str(out)]) == 0
     assert out.exists() and (datasets.cache_dir() / "the-verdict.txt").exists()
+
+
+@needs_shared
+def test_a_two_file_dataset_resolves_to_its_folder(mirror):
+    for name in ("encoder.json", "vocab.bpe"):
+        mirror.files[f"gpt2/{name}"] = (SHARED / "gpt2" / name).read_bytes()
+    folder = Path(resolve_data("gpt2-bpe"))
+    assert folder == datasets.cache_dir() / "gpt2" and cache_files() == ["gpt2/encoder.json", "gpt2/vocab.bpe"]
