@@ -2,7 +2,7 @@
 
     python examples/05_classify.py                  # starts from runs/demo (`tinyllm demo`) if it exists
     python examples/05_classify.py --ckpt RUN       # or from any pretrained run
-    python examples/05_classify.py --data ../shared/data/sms_spam.tsv   # your own label<TAB>text file
+    python examples/05_classify.py --data sms-spam   # a dataset name, or your own label<TAB>text file
 
 The task (built in, no download): is a line English prose from Python's help pages, or a line of Python
 source from the standard library? 300 lines of each by default, balanced, split 70/10/20.
@@ -30,20 +30,21 @@ from _base_model import base_model
 
 from tinyllm.checkpoint import load_pretrained
 from tinyllm.data.classification import balance, builtin_task, class_counts, label_names, read_labeled, split_examples
+from tinyllm.data.datasets import resolve_data
 from tinyllm.finetune import FinetuneConfig, GPTClassifier, classification_report, freeze_except_last, predict, train_classifier
 from tinyllm.finetune.classify import format_report
 from tinyllm.lora import apply_lora
 
 parser = argparse.ArgumentParser(description="Classification finetuning: full vs last block vs LoRA (example 05).")
 parser.add_argument("--ckpt", default=None, help="pretrained run (default: runs/demo, else a tiny one trained here)")
-parser.add_argument("--data", default=None, help="label<TAB>text / CSV / JSONL file (default: the built-in task)")
+parser.add_argument("--data", default=None, help="label<TAB>text / CSV / JSONL file or dataset name (default: the built-in task)")
 parser.add_argument("--per-class", type=int, default=300, help="built-in task: lines per class (default: 300)")
 parser.add_argument("--epochs", type=int, default=3, help="epochs per variant (default: 3)")
 parser.add_argument("--seed", type=int, default=123)
 args = parser.parse_args()
 
 _, tokenizer, base_path = base_model(args.ckpt)
-examples = builtin_task(args.per_class, args.seed) if args.data is None else read_labeled(args.data)
+examples = builtin_task(args.per_class, args.seed) if args.data is None else read_labeled(resolve_data(args.data))
 train, val, test = split_examples(balance(examples, args.seed), (0.7, 0.1, 0.2), args.seed)
 names = label_names(train + val + test)
 print(f"data: {len(train)} train / {len(val)} val / {len(test)} test, classes {class_counts(train + val + test)}")

@@ -1,7 +1,7 @@
 """Example 07: DPO — learn from "this answer is better than that one", with no reward model and no sampling.
 
     python examples/07_dpo.py                                            # built-in pairs (about 1-2 minutes)
-    python examples/07_dpo.py --data ../shared/data/preference-data.json # real pairs: polite vs impolite (~2 min)
+    python examples/07_dpo.py --data preference-data                    # real pairs: polite vs impolite (~2 min)
 
 The built-in pairs (generated, offline): an instruction from the built-in tasks, the right answer as
 "chosen", and as "rejected" either a wrong answer (off by a little, words in the wrong order, another
@@ -28,6 +28,7 @@ import numpy as np
 from _instruct_model import instruct_model
 
 from tinyllm.checkpoint import save_model
+from tinyllm.data.datasets import resolve_data
 from tinyllm.files import append_jsonl
 from tinyllm.finetune import FinetuneConfig
 from tinyllm.plot import plot_log
@@ -38,7 +39,7 @@ from tinyllm.rl.logprobs import disable_dropout
 
 parser = argparse.ArgumentParser(description="Direct Preference Optimization (example 07).")
 parser.add_argument("--ckpt", default=None, help="instruction-tuned run (default: runs/instruct, runs/example-instruct)")
-parser.add_argument("--data", default=None, help="preference pairs, JSONL or JSON (default: built-in generated pairs)")
+parser.add_argument("--data", default=None, help="preference pairs, JSONL or JSON, or a dataset name (default: built-in generated pairs)")
 parser.add_argument("--limit", type=int, default=600, help="train on at most this many pairs (default: 600)")
 parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--beta", type=float, default=0.1)
@@ -51,7 +52,7 @@ policy, tokenizer, path = instruct_model(args.ckpt)
 if args.data is None:
     train, val, test = builtin_preferences(600, 40, 200, seed=123)
 else:
-    train, val, test = split_pairs(read_preferences(args.data))
+    train, val, test = split_pairs(read_preferences(resolve_data(args.data)))
 train = train[:args.limit]
 example = test[0]
 print(f"{len(train)} training pairs, {len(test)} held-out; e.g.\n  prompt   …{example['prompt'][-70:]!r}\n"

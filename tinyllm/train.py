@@ -169,12 +169,14 @@ def _duration(seconds: float) -> str:
 
 
 def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, tokenizer=None,
-             resume: bool = False, progress=True, extra_config=None) -> dict:
+             resume: bool = False, progress=True, extra_config=None, batch_sampler=None) -> dict:
     """Train ``model`` on ``train_ids`` and return a summary (first/last validation loss, time, tokens/s).
 
     With ``run_dir``, writes ``log.jsonl``, checkpoints at every evaluation and at the end, and ``loss.svg``;
     ``resume=True`` continues the run saved there. Ctrl-C finishes the current step, saves it and raises
     ``TrainingInterrupted`` (a KeyboardInterrupt naming the checkpoint; ``tinyllm.interrupt``).
+    ``batch_sampler(step, generator) -> (x, y)`` replaces the random windows (e.g. a curriculum:
+    ``tinyllm.data.curriculum``); it must draw only from ``generator``.
     """
     context = model.config.block_size
     check_length(train_ids, context, "the training split")
@@ -276,7 +278,8 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         optimizer.lr = lr
         loss_sum = 0.0
         for _ in range(config.grad_accum):
-            x, y = random_batch(train_ids, config.batch_size, context, data_rng)
+            x, y = (batch_sampler(step, data_rng) if batch_sampler else
+                    random_batch(train_ids, config.batch_size, context, data_rng))
             loss_sum += forward_backward(model, x, y, 1.0 / config.grad_accum)
         loss_value = loss_sum / config.grad_accum
         grad_norm = global_grad_norm(optimizer.parameters())

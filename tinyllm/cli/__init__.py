@@ -18,9 +18,10 @@ from . import generate as _generate
 from . import interop as _interop
 from . import align as _align
 from .common import no_leftover_folder, use_help_formatter
+from . import data as _data
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_tokenizer, _train, _generate, _finetune, _interop, _align]
+STAGES = [_data, _tokenizer, _train, _generate, _finetune, _interop, _align]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +64,9 @@ def main(argv=None) -> int:
             backend.set_device(args.device)
         elif backend.device_error is not None:
             raise backend.device_error
+        if getattr(args, "data", None) is not None:   # every --data flag takes a dataset name too
+            from ..data.datasets import resolve_data
+            args.data = resolve_data(args.data)
         with no_leftover_folder(getattr(args, "out", None)):
             return args.func(args) or 0
     except (ValueError, OSError, RuntimeError) as e:

@@ -12,10 +12,10 @@ and the before/after results), model.safetensors, tokenizer.json, log.jsonl and 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
-from .. import backend
 from .common import (group_size, non_negative_float, non_negative_int, positive_float, positive_int,
                      split_fractions, stop_if_interrupted, unit_interval)
 
@@ -93,7 +93,9 @@ def add_commands(sub) -> None:
                                        "held-out greedy accuracy before and after.")
     _common(q, out="runs/grpo", lr=g.lr)
     q.add_argument("--task", default="count", help="built-in problems: count (how many words), arithmetic, add, "
-                                                   "subtract, words, field or all")
+                                                   "subtract, words, field or all; or gsm8k (grade-school math "
+                                                   "with worked steps: --data a GSM8K JSONL, else the official "
+                                                   "train/test files, downloaded)")
     q.add_argument("--data", default=None, help="Alpaca JSON/JSONL whose 'output' is the one right answer "
                                                 "(overrides --task); split --split")
     q.add_argument("--split", default="0.85,0.05,0.1", type=split_fractions, help="train,val,test fractions of --data, in file order")
@@ -107,7 +109,8 @@ def add_commands(sub) -> None:
     q.add_argument("--clip", type=positive_float, default=g.clip, help="ε of the clipped ratio")
     q.add_argument("--beta", type=positive_float, default=g.beta, help="weight of the k3 KL penalty")
     q.add_argument("--format-weight", type=non_negative_float, default=0.2, help="weight of the format reward (correctness has 1)")
-    q.add_argument("--max-new-tokens", type=positive_int, default=g.max_new_tokens, help="longest completion")
+    q.add_argument("--max-new-tokens", type=positive_int, default=None, help=f"longest completion (default: {g.max_new_tokens}; "
+                                                                              "gsm8k: half the model's context, at most 256)")
     q.add_argument("--temperature", type=non_negative_float, default=g.temperature, help="sampling temperature of the rollouts")
     q.add_argument("--eval-interval", type=positive_int, default=g.eval_interval, help="steps between held-out evaluations")
     _lora_flags(q)
@@ -377,10 +380,18 @@ def run_grpo(args) -> int:
     from ..rl.tasks import RewardFunctions, correctness_reward, format_reward, task_accuracy, verifiable_problems
     config = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
                         updates=args.updates, minibatch_size=args.minibatch_size, lr=args.lr, clip=args.clip,
-                        beta=args.beta, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                        eval_interval=args.eval_interval, log_interval=args.log_interval, seed=args.seed)
+                        beta=args.beta, max_new_tokens=args.max_new_tokens or GRPOConfig.max_new_tokens,
+                        temperature=args.temperature, eval_interval=args.eval_interval,
+                        log_interval=args.log_interval, seed=args.seed)
     ckpt, policy, tokenizer, out = _start(args)
-    if args.data is None:
+    if args.task == "gsm8k" and args.max_new_tokens is None:    # worked steps need room
+        config = dataclasses.replace(config, max_new_tokens=min(256, policy.config.block_size // 2))
+    args.max_new_tokens = config.max_new_tokens
+    if args.task == "gsm8k":
+        from ..rl.gsm8k import gsm8k_problems
+        train, test = gsm8k_problems(args.data, args.train_size, args.test_size, args.seed + 7, args.split)
+        source = f"GSM8K ({args.data or 'the official train/test files'})"
+    elif args.data is None:
         train, test = verifiable_problems(args.task, args.train_size, args.test_size, args.seed + 7)
         source = f"built-in task '{args.task}'"
     else:
@@ -406,7 +417,7 @@ def run_grpo(args) -> int:
                          log=_logger(out))
     first, last = summary["evals"][0], summary["evals"][-1]
     _merge_lora(policy, args)
-    _save_policy(out, policy, tokenizer, ckpt, {"method": "grpo", "task": args.task if args.data is None else None,
+    _save_policy(out, policy, tokenizer, ckpt, {"method": "grpo", "task": args.task if args.data is None or args.task == "gsm8k" else None,
                                                  "data": args.data, **vars(config), "format_weight": args.format_weight,
                                                  "seconds": round(summary["seconds"], 1),
                                                  "results": {"before": first, "after": last}})

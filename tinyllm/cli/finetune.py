@@ -13,7 +13,6 @@ import json
 import time
 from pathlib import Path
 
-from .. import backend
 from .common import (non_negative_float, non_negative_int, positive_float, positive_int, probability,
                      split_fractions, stop_if_interrupted)
 

@@ -19,6 +19,7 @@ def add_commands(sub) -> None:
                        description="Pretrain a GPT from scratch. Writes config.json, model.safetensors, tokenizer.json, "
                                    "train_state.safetensors, log.jsonl and loss.svg into --out.")
     add_model_and_training_flags(p)
+    _add_curriculum_flags(p)
     p.add_argument("--out", default="runs/pretrain", help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=run_pretrain)
@@ -116,8 +117,8 @@ def _make_tokenizer(choice, text, vocab_size, out):
 
 
 def run_pretrain(args) -> int:
-    from ..checkpoint import check_resumable, load_tokenizer_of
-    from ..data.tokens import split_train_val, tokenize
+    from ..checkpoint import check_resumable
+    from ..data.tokens import split_train_val
     from ..model import GPT
     from ..train import TrainConfig, pretrain
 
@@ -128,17 +129,17 @@ def run_pretrain(args) -> int:
     elif (out / "model.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
     config = _model_config(args, vocab_size=args.vocab_size)     # refuse a bad shape before any work
-    text = _load_text(args.data)
-    tokenizer = load_tokenizer_of(out) if args.resume else _make_tokenizer(args.tokenizer, text, args.vocab_size, out)
+    ids, tokenizer = _ids_and_tokenizer(args, out)
     config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
-    ids = tokenize(text, tokenizer, cache_dir=out / "cache")
     train_ids, val_ids = split_train_val(ids, args.val_fraction)
     model = GPT(config, seed=args.seed)
     train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     print(f"data: {len(ids):,} tokens ({len(train_ids):,} train / {len(val_ids):,} val); "
           f"model: {model.num_parameters():,} parameters, {config.n_layer} layers, {config.n_head} heads, "
           f"{config.n_embd} dims, context {config.block_size}")
-    summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer, resume=args.resume)
+    sampler = _curriculum(args, train_ids, config.block_size, tokenizer)
+    summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer, resume=args.resume,
+                       batch_sampler=sampler, extra_config={"curriculum": args.curriculum} if sampler else None)
     _print_summary(summary, out)
     return 0
 
@@ -150,6 +151,39 @@ def _model_config(args, vocab_size):
                                        block_size=args.context, bias=args.bias, n_kv_head=args.n_kv_head,
                                        n_expert=args.n_expert, expert_top_k=args.expert_top_k).items() if v is not None}
     return preset(args.preset, vocab_size=vocab_size, dropout=args.dropout, **overrides)
+
+
+def _add_curriculum_flags(p) -> None:
+    from ..data.curriculum import CURRICULA
+    g = p.add_argument_group("curriculum")
+    g.add_argument("--curriculum", default=None, choices=CURRICULA,
+                   help="draw windows easiest first: by mean sentence length, or by a bigram model's loss "
+                        "(%(default)s: uniformly random windows)")
+    g.add_argument("--curriculum-warmup", type=float, default=0.5,
+                   help="share of the steps after which every window is available")
+
+
+def _curriculum(args, train_ids, context, tokenizer):
+    if args.curriculum is None:
+        return None
+    from ..data.curriculum import curriculum_sampler
+    return curriculum_sampler(args.curriculum, train_ids, context, args.batch_size, args.steps, tokenizer,
+                              args.curriculum_warmup)
+
+
+def _ids_and_tokenizer(args, out):
+    """The token ids of --data and their tokenizer: a `tinyllm data prepare --tokenizer` directory's, else the
+    text tokenized with --tokenizer (or with the tokenizer of the run being resumed)."""
+    from ..checkpoint import load_tokenizer_of
+    from ..data.prepare import prepared_tokens
+    from ..data.tokens import tokenize
+    prepared = prepared_tokens(args.data) if args.data is not None else None
+    if prepared is not None:
+        print(f"data: the prepared tokens of {args.data} (its tokenizer.json; --tokenizer is not used)")
+        return prepared
+    text = _load_text(args.data)
+    tokenizer = load_tokenizer_of(out) if args.resume else _make_tokenizer(args.tokenizer, text, args.vocab_size, out)
+    return tokenize(text, tokenizer, cache_dir=out / "cache"), tokenizer
 
 
 def _print_summary(summary, out):

@@ -3,7 +3,8 @@
 The problems are the built-in instruction tasks of ``tinyllm.data.instructions`` (add or subtract small
 numbers, count words, reverse or sort words, read a field of a record), in the Alpaca template, so a model
 instruction-tuned on them already knows the format and GRPO can sharpen what it gets right. Any Alpaca file
-whose "output" is the one right answer works too (``--data``).
+whose "output" is the one right answer works too (``--data``), and so do GSM8K's word problems (records with
+"task": "gsm8k", checked by ``tinyllm.rl.gsm8k``: the number after "####", worked steps before it).
 
 A reward function takes a ``Rollout`` (prompt and completion text, whether it ended with the end token, the
 record with the reference "output") and returns a number:
@@ -27,6 +28,7 @@ import re
 import numpy as np
 
 from ..data.instructions import builtin_instructions
+from . import gsm8k
 from .rollout import Rollout
 
 TASK_SETS = {"arithmetic": ("add", "subtract"), "add": ("add",), "subtract": ("subtract",), "count": ("count",),
@@ -54,6 +56,8 @@ def _normalise(text: str) -> str:
 
 def is_correct(record: dict, text: str) -> bool:
     """Does ``text`` answer ``record`` correctly (see the module docstring)?"""
+    if record.get("task") == "gsm8k":
+        return gsm8k.is_correct(record, text)
     if is_numeric(record):
         numbers = _INTEGER.findall(text)
         return bool(numbers) and int(numbers[-1]) == int(record["output"])
@@ -65,6 +69,8 @@ def correctness_reward(rollout: Rollout) -> float:
 
 
 def format_reward(rollout: Rollout) -> float:
+    if rollout.record.get("task") == "gsm8k":
+        return 1.0 if rollout.finished and gsm8k.has_final_line(rollout.completion) else 0.0
     text = rollout.completion.strip()
     shape = _INTEGER if is_numeric(rollout.record) else _WORDS
     return 1.0 if rollout.finished and shape.fullmatch(text) else 0.0
