@@ -1,12 +1,15 @@
-"""Generation speed: tokens/s with and without the KV cache at several context lengths, batch 1, float32.
+"""Generation speed: tokens/s with and without the KV cache at several context lengths, float32.
 
-    python benchmarks/bench_generate.py                 # the table
+    python benchmarks/bench_generate.py                 # the table (batch 1, CPU)
     python benchmarks/bench_generate.py --json          # the same numbers as JSON
     python benchmarks/bench_generate.py --quick         # fewer repeats, for a smoke test
     python benchmarks/bench_generate.py --blas-threads 1   # one OpenBLAS / PyTorch thread
+    python benchmarks/bench_generate.py --device cuda --model gpt2 --batch 16 --contexts 128 --cached-only
 
-The model is a 6-layer, 6-head, 384-dim GPT with a vocabulary of 8192 and block_size 1024 (random weights:
-speed does not depend on what the weights are). For each context length L the prompt has L tokens (at
+The default model is a 6-layer, 6-head, 384-dim GPT with a vocabulary of 8192 and block_size 1024 (random
+weights: speed does not depend on what the weights are); ``--model gpt2`` is GPT-2 small's shape (124M).
+With ``--batch B`` every step decodes B rows, and tokens/s counts all of them. For each context length L the
+prompt has L tokens (at
 L = block_size, block_size - new_tokens - 1, so the window does not slide) and greedy decoding produces
 ``--new-tokens`` more; the time per token is the median gap between consecutive tokens yielded by
 ``stream_generate`` (the prefill is excluded), over ``--repeats`` runs. "no cache" recomputes the whole
@@ -37,7 +40,9 @@ import tinyllm
 from tinyllm.generate import stream_generate
 from tinyllm.model import GPT, GPTConfig
 
-CONFIG = dict(vocab_size=8192, block_size=1024, n_layer=6, n_head=6, n_embd=384)
+MODELS = {"medium": dict(vocab_size=8192, block_size=1024, n_layer=6, n_head=6, n_embd=384),
+          "gpt2": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+          "tiny": dict(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32)}
 
 
 def token_gaps(model, prompt, new_tokens, use_cache):
@@ -53,7 +58,7 @@ def token_gaps(model, prompt, new_tokens, use_cache):
 
 # ------------------------------------------------------------------------------------------ PyTorch
 
-def torch_per_token_seconds(config, contexts, new_tokens, repeats):
+def torch_per_token_seconds(config, contexts, new_tokens, repeats, batch=1, device="cpu"):
     """A minimal PyTorch GPT (same shapes, tied head, tanh GELU) with a preallocated KV cache."""
     import torch
     import torch.nn.functional as F
@@ -69,14 +74,14 @@ def torch_per_token_seconds(config, contexts, new_tokens, repeats):
             self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
             self.fc, self.fc_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
 
-        def forward(self, x, keys, values, start):             # x (1, T, C); keys, values (1, H, S, D)
-            T = x.shape[1]
-            q, k, v = self.qkv(self.ln_1(x)).view(1, T, 3, H, D).unbind(2)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # (1, H, T, D)
+        def forward(self, x, keys, values, start):             # x (B, T, C); keys, values (B, H, S, D)
+            B, T = x.shape[:2]
+            q, k, v = self.qkv(self.ln_1(x)).view(B, T, 3, H, D).unbind(2)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # (B, H, T, D)
             keys[:, :, start:start + T] = k
             values[:, :, start:start + T] = v
             y = F.scaled_dot_product_attention(q, keys[:, :, :start + T], values[:, :, :start + T], is_causal=T > 1)
-            x = x + self.proj(y.transpose(1, 2).reshape(1, T, C))
+            x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
             return x + self.fc_proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
 
     class TorchGPT(nn.Module):
@@ -86,9 +91,9 @@ def torch_per_token_seconds(config, contexts, new_tokens, repeats):
             self.blocks = nn.ModuleList(Block() for _ in range(config["n_layer"]))
             self.ln_f = nn.LayerNorm(C)
 
-        def forward(self, idx, cache, start):                  # idx (1, T) → logits of the last position (1, V)
+        def forward(self, idx, cache, start):                  # idx (B, T) → logits of the last position (B, V)
             T = idx.shape[1]
-            x = self.wte(idx) + self.wpe(torch.arange(start, start + T))
+            x = self.wte(idx) + self.wpe(torch.arange(start, start + T, device=idx.device))
             for block, (keys, values) in zip(self.blocks, cache):
                 x = block(x, keys, values, start)
             return self.ln_f(x[:, -1]) @ self.wte.weight.T
@@ -96,18 +101,19 @@ def torch_per_token_seconds(config, contexts, new_tokens, repeats):
     if os.environ.get("OPENBLAS_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OPENBLAS_NUM_THREADS"]))
     torch.manual_seed(0)
-    model = TorchGPT().eval()
+    model = TorchGPT().eval().to(device)
     with torch.no_grad():
         gaps = {context: [] for context in contexts}
         for _ in range(repeats):                       # contexts interleaved, so load changes hit them all alike
             for context in contexts:
-                cache = [(torch.zeros(1, H, S, D), torch.zeros(1, H, S, D)) for _ in range(config["n_layer"])]
-                prompt = torch.randint(0, V, (1, context))
+                cache = [(torch.zeros(batch, H, S, D, device=device), torch.zeros(batch, H, S, D, device=device))
+                         for _ in range(config["n_layer"])]
+                prompt = torch.randint(0, V, (batch, context), device=device)
                 token = model(prompt, cache, 0).argmax(-1, keepdim=True)          # prefill
                 for step in range(new_tokens - 1):
                     t0 = time.perf_counter()
                     token = model(token, cache, context + step).argmax(-1, keepdim=True)
-                    int(token)                                                      # as generate hands out ints
+                    token.tolist()                                                  # as generate hands out ints
                     gaps[context].append(time.perf_counter() - t0)
         results = {context: float(np.median(g)) for context, g in gaps.items()}
     return results, torch.__version__, torch.get_num_threads()
@@ -117,11 +123,17 @@ def torch_per_token_seconds(config, contexts, new_tokens, repeats):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--contexts", type=int, nargs="+", default=[16, 128, 512, CONFIG["block_size"]],
-                        help="context lengths to measure (default: 16 128 512 1024)")
+    parser.add_argument("--model", choices=list(MODELS), default="medium",
+                        help="medium (6×384, vocab 8192), gpt2 (GPT-2 small's shape, 124M) or tiny (smoke tests)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=None,
+                        help="context lengths to measure (default: 16 128 512 and the block size)")
+    parser.add_argument("--batch", type=int, default=1, help="rows decoded together (default 1)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "strict"], default="cpu",
+                        help="tinyllm's device; PyTorch runs on cuda for cuda, else on the CPU")
     parser.add_argument("--new-tokens", type=int, default=17, help="tokens generated per run, cached (default 17)")
     parser.add_argument("--new-tokens-uncached", type=int, default=4,
                         help="tokens generated per run without the cache, which is slow (default 4)")
+    parser.add_argument("--cached-only", action="store_true", help="skip decoding without the cache")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported (default 3)")
     parser.add_argument("--quick", action="store_true", help="1 repeat, fewer tokens: a smoke test")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -132,23 +144,32 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.new_tokens, args.new_tokens_uncached = 1, 6, 3
+    config = MODELS[args.model]
+    block_size = config["block_size"]
+    contexts = args.contexts or [c for c in (16, 128, 512) if c < block_size] + [block_size]
+    tinyllm.set_device(args.device)
 
-    block_size = CONFIG["block_size"]
-    model = GPT(GPTConfig(**CONFIG), seed=0).eval()
+    model = GPT(GPTConfig(**config), seed=0).eval()
     rng = np.random.default_rng(0)
-    prompts = {c: rng.integers(0, CONFIG["vocab_size"], min(c, block_size - args.new_tokens - 1)).tolist()
-               for c in args.contexts}
-    gaps = {(c, cached): [] for c in args.contexts for cached in (True, False)}
+    prompts = {c: rng.integers(0, config["vocab_size"], (args.batch, min(c, block_size - args.new_tokens - 1))).tolist()
+               for c in contexts}
+    prompts = {c: p[0] if args.batch == 1 else p for c, p in prompts.items()}
+    gaps = {(c, cached): [] for c in contexts for cached in (True, False)}
     for _ in range(args.repeats):                      # contexts interleaved, so load changes hit them all alike
         for context, prompt in prompts.items():
             gaps[context, True] += token_gaps(model, prompt, args.new_tokens, use_cache=True)
-            gaps[context, False] += token_gaps(model, prompt, args.new_tokens_uncached, use_cache=False)
+            if not args.cached_only:
+                gaps[context, False] += token_gaps(model, prompt, args.new_tokens_uncached, use_cache=False)
     rows = []
     for context, prompt in prompts.items():
-        cached, uncached = float(np.median(gaps[context, True])), float(np.median(gaps[context, False]))
-        rows.append({"context": context, "prompt_tokens": len(prompt), "cached_ms": cached * 1e3,
-                     "uncached_ms": uncached * 1e3, "cached_tok_s": 1 / cached, "uncached_tok_s": 1 / uncached,
-                     "speedup": uncached / cached})
+        prompt_tokens = len(prompt) if args.batch == 1 else len(prompt[0])
+        cached = float(np.median(gaps[context, True]))
+        row = {"context": context, "prompt_tokens": prompt_tokens, "cached_ms": cached * 1e3,
+               "cached_tok_s": args.batch / cached}
+        if not args.cached_only:
+            uncached = float(np.median(gaps[context, False]))
+            row.update(uncached_ms=uncached * 1e3, uncached_tok_s=args.batch / uncached, speedup=uncached / cached)
+        rows.append(row)
 
     torch_info = None
     if not args.no_torch:
@@ -157,39 +178,44 @@ def main(argv=None) -> int:
         except ImportError:
             pass
         else:
-            torch_times, version, threads = torch_per_token_seconds(CONFIG, [r["prompt_tokens"] for r in rows],
-                                                                    args.new_tokens, args.repeats)
+            torch_times, version, threads = torch_per_token_seconds(
+                config, [r["prompt_tokens"] for r in rows], args.new_tokens, args.repeats, args.batch,
+                "cuda" if args.device == "cuda" else "cpu")
             for row in rows:
                 row["torch_cached_ms"] = torch_times[row["prompt_tokens"]] * 1e3
-                row["torch_cached_tok_s"] = 1e3 / row["torch_cached_ms"]
+                row["torch_cached_tok_s"] = args.batch * 1e3 / row["torch_cached_ms"]
             torch_info = {"version": version, "threads": threads}
 
     by_context = {r["context"]: r for r in rows}
     checks = {}
-    if 16 in by_context and 512 in by_context:
+    if 16 in by_context and 512 in by_context and not args.cached_only:
         checks["cached_512_over_16"] = by_context[512]["cached_ms"] / by_context[16]["cached_ms"]
         checks["speedup_at_512"] = by_context[512]["speedup"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None   # other processes competing for the cores
-    report = {"model": CONFIG, "batch": 1, "dtype": "float32", "numpy": np.__version__, "tinyllm": tinyllm.__version__,
+    report = {"model": config, "batch": args.batch, "device": args.device, "dtype": "float32", "numpy": np.__version__, "tinyllm": tinyllm.__version__,
               "cpus": os.cpu_count(), "load_average": load, "blas_threads": args.blas_threads, "repeats": args.repeats, "rows": rows, "torch": torch_info,
               "checks": checks}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
 
-    print(f"generation, batch 1, float32: GPT {CONFIG['n_layer']} layers × {CONFIG['n_embd']} dims, vocab "
-          f"{CONFIG['vocab_size']}, block_size {block_size}; median of {args.repeats} runs, {os.cpu_count()} CPUs"
+    print(f"generation on {args.device}, batch {args.batch}, float32: GPT {config['n_layer']} layers × "
+          f"{config['n_embd']} dims, vocab {config['vocab_size']}, block_size {block_size}; median of "
+          f"{args.repeats} runs, {os.cpu_count()} CPUs"
           + (f", load average {load:.1f}" if load is not None else "")
           + (f", {args.blas_threads} BLAS thread(s)" if args.blas_threads else ""))
-    header = f"{'context':>8} {'cache ms/tok':>13} {'tok/s':>7} {'no-cache ms/tok':>16} {'tok/s':>7} {'speedup':>8}"
+    header = f"{'context':>8} {'cache ms/step':>14} {'tok/s':>8}"
+    if not args.cached_only:
+        header += f" {'no-cache ms/step':>17} {'tok/s':>7} {'speedup':>8}"
     if torch_info:
-        header += f" {'torch cache ms/tok':>19} {'tok/s':>7}"
+        header += f" {'torch cache ms/step':>20} {'tok/s':>8}"
     print(header)
     for r in rows:
-        line = (f"{r['context']:>8} {r['cached_ms']:>13.2f} {r['cached_tok_s']:>7.1f} {r['uncached_ms']:>16.1f} "
-                f"{r['uncached_tok_s']:>7.2f} {r['speedup']:>7.1f}×")
+        line = f"{r['context']:>8} {r['cached_ms']:>14.2f} {r['cached_tok_s']:>8.1f}"
+        if not args.cached_only:
+            line += f" {r['uncached_ms']:>17.1f} {r['uncached_tok_s']:>7.2f} {r['speedup']:>7.1f}×"
         if torch_info:
-            line += f" {r['torch_cached_ms']:>19.2f} {r['torch_cached_tok_s']:>7.1f}"
+            line += f" {r['torch_cached_ms']:>20.2f} {r['torch_cached_tok_s']:>8.1f}"
         print(line)
     if torch_info:
         print(f"(PyTorch {torch_info['version']}, {torch_info['threads']} threads, same shapes, hand-written KV cache)")

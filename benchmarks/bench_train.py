@@ -37,9 +37,14 @@ MODELS = {
                        norm="rmsnorm", pos="rope", mlp="swiglu", bias=False),
     "moe-mini": dict(n_layer=6, n_head=6, n_kv_head=3, n_embd=192, block_size=256, vocab_size=8192,
                      norm="rmsnorm", pos="rope", mlp="moe", n_expert=4, expert_top_k=2, bias=False),
+    # GPT-2 small (124M), for a GPU; and a tiny model for smoke tests (gpu_check.sh --dry-run)
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=256),
 }
+DEFAULT_MODELS = ["mini", "medium", "llama-mini", "moe-mini"]
 BATCH = 8
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")  # set by --device; the workers read it from the environment
+TORCH_DEVICE = "cuda" if DEVICE == "cuda" else "cpu"   # device 'strict' is NumPy under CuPy's rules: torch on cpu
 
 
 def tinyllm_step_fn(config, seed=0):
@@ -69,14 +74,14 @@ def torch_training_step(model, config, seed):
     import numpy as np
     import torch
 
-    model.to(DEVICE)
+    model.to(TORCH_DEVICE)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=3e-4, betas=(0.9, 0.95))
     rng = np.random.default_rng(seed)
-    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))).to(DEVICE)
-    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))).to(DEVICE)
+    x = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))).to(TORCH_DEVICE)
+    y = torch.from_numpy(rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))).to(TORCH_DEVICE)
 
     def step():
         loss = model(x, y)
@@ -273,19 +278,34 @@ def worker(framework, model_name, steps):
         times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1e3
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_mb = _peak_gpu_mb(framework)
     n_params = sum(int(p.numel() if hasattr(p, "numel") else p.size) for p in model.parameters())
     active = model.active_parameters() if hasattr(model, "active_parameters") else None
     print(json.dumps({"framework": framework, "model": model_name, "ms_per_step": ms, "min_ms": min(times) * 1e3,
                       "tokens_per_s": BATCH * config["block_size"] / (ms / 1e3), "peak_rss_mb": peak_mb,
+                      "gpu_mb": gpu_mb, "device": DEVICE,
                       "params": n_params, "active_params": active, "first_loss": first_loss}))
+
+
+def _peak_gpu_mb(framework):
+    """GPU memory the framework held for the steps: CuPy's pool (what it keeps allocated), PyTorch's peak."""
+    if DEVICE != "cuda":
+        return None
+    if framework == "torch":
+        import torch
+        return torch.cuda.max_memory_allocated() / 2**20
+    import cupy
+    return cupy.get_default_memory_pool().total_bytes() / 2**20
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS),
+                        help=f"default: {' '.join(DEFAULT_MODELS)} (gpt2, the 124M shape, is for a GPU)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after one warm-up)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="cuda: tinyllm on CuPy and PyTorch on the same GPU (loss.item() syncs each step)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "strict"],
+                        help="cuda: tinyllm on CuPy and PyTorch on the same GPU (loss.item() syncs each step); "
+                             "strict: tinyllm under CuPy's rules on the CPU (a smoke test), PyTorch on the CPU")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure each framework this many times, alternating, and report the median round "
                              "(a shared or noisy machine needs 3 or more)")
@@ -320,7 +340,8 @@ def main():
           f"median of {args.steps} steps"
           + (f", median of {args.rounds} alternating rounds (each round's ms/step in the JSON)" if args.rounds > 1 else ""))
     print("(MoE: params counts every expert; a token uses the active ones: top-k of n_expert experts per layer)")
-    print(f"{'model':10} {'params':>11} {'active':>11} {'framework':10} {'ms/step':>9} {'tokens/s':>10} {'peak RSS MB':>12} "
+    memory = "GPU MB" if args.device == "cuda" else "peak RSS MB"
+    print(f"{'model':10} {'params':>11} {'active':>11} {'framework':10} {'ms/step':>9} {'tokens/s':>10} {memory:>12} "
           f"{'vs torch':>9} {'first loss':>11}")
     for r in results:
         torch_ms = next((t["ms_per_step"] for t in results if t["framework"] == "torch" and t["model"] == r["model"]), None)
@@ -328,7 +349,7 @@ def main():
         active = r.get("active_params") or next((t.get("active_params") for t in results
                                                  if t["model"] == r["model"] and t.get("active_params")), r["params"])
         print(f"{r['model']:10} {r['params']:>11,} {active:>11,} {r['framework']:10} {r['ms_per_step']:>9.0f} "
-              f"{r['tokens_per_s']:>10,.0f} {r['peak_rss_mb']:>12,.0f} {ratio:>9} {r['first_loss']:>11.5f}")
+              f"{r['tokens_per_s']:>10,.0f} {r['gpu_mb'] or r['peak_rss_mb']:>12,.0f} {ratio:>9} {r['first_loss']:>11.5f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
