@@ -128,3 +128,44 @@ def test_decoding_syncs_once_per_token(on_strict):
     reads = sum(seen.values())
     print(f"host reads for 10 generated tokens with the KV cache: {dict(seen)}")
     assert reads <= 10 + 1, f"one logits transfer per token (sampling runs on the host), got {dict(seen)}"
+
+
+def test_cuda_without_a_visible_gpu_says_so(monkeypatch):
+    """A stand-in ``cupy`` module whose runtime sees no device (as on a machine without a driver or GPU)."""
+    import sys
+    import types
+
+    def fake_cupy(device_count):
+        runtime = types.SimpleNamespace(getDeviceCount=device_count)
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime))
+
+    def no_driver():
+        raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+
+    before = backend.device
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(no_driver))
+    with pytest.raises(backend.DeviceError, match="finds no usable GPU .*nvidia-smi"):
+        backend.set_device("cuda")
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(lambda: 0))
+    with pytest.raises(backend.DeviceError, match="no GPU is visible"):
+        backend.set_device("cuda")
+    assert backend.device == before, "a refused device leaves the current one in place"
+
+
+def test_an_unusable_tinyllm_device_is_one_line_on_the_command_line():
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    for value, expected in (("cuda", "pip install"), ("tpu", "cpu, cuda, strict")):
+        env = {**os.environ, "TINYLLM_DEVICE": value}
+        help_run = subprocess.run([sys.executable, "-m", "tinyllm", "--help"], env=env, capture_output=True,
+                                  text=True, timeout=60)
+        assert help_run.returncode == 0 and "Traceback" not in help_run.stderr
+        run = subprocess.run([sys.executable, "-m", "tinyllm", "eval", "--ckpt", "nowhere"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        if value == "cuda" and importlib.util.find_spec("cupy") is not None:
+            continue                                         # CuPy is really here: another message, or none
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert f"TINYLLM_DEVICE={value}" in run.stderr and expected in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
