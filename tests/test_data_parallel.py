@@ -1,4 +1,4 @@
-"""Data parallelism over CPU threads: backend.data_parallel, autograd.collect_leaf_grads,
+"""Data parallelism over CPU threads: parallel.data_parallel, Tensor.backward(leaf_grads=...),
 train.data_parallel_backward and forward_backward (a training step's batch split into row blocks that threads
 run side by side), and the finetuning loop that uses them.
 
@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from tinyllm import backend
-from tinyllm.autograd import Tensor, add_leaf_grads, collect_leaf_grads
+from tinyllm import backend, parallel
+from tinyllm.autograd import Tensor
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.functional import cross_entropy
 from tinyllm.train import data_parallel_backward, evaluate, forward_backward
@@ -23,18 +23,18 @@ TINY = dict(vocab_size=30, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
 @pytest.fixture
 def two_threads(monkeypatch):
-    monkeypatch.setattr(backend, "num_threads", 2)
+    monkeypatch.setattr(parallel, "num_threads", 2)
 
 
 def _blas_threads():
     """NumPy's OpenBLAS thread count, or None when tinyllm cannot read it (another BLAS)."""
-    backend.data_parallel(lambda rows: None, np.zeros(2))     # looks the functions up once (needs 2 rows)
-    return backend._openblas[1]() if backend._openblas else None
+    parallel.data_parallel(lambda rows: None, np.zeros(2))     # looks the functions up once (needs 2 rows)
+    return parallel._openblas[1]() if parallel._openblas else None
 
 
 def test_data_parallel_runs_row_blocks_in_threads_with_one_blas_thread(two_threads):
     before = _blas_threads()
-    seen = backend.data_parallel(lambda a, b: (a.copy(), b.copy(), threading.get_ident(), _blas_threads()),
+    seen = parallel.data_parallel(lambda a, b: (a.copy(), b.copy(), threading.get_ident(), _blas_threads()),
                                  np.arange(5.0), np.arange(5) * 10)
     if before is None:
         pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads tinyllm can set: data_parallel runs whole")
@@ -47,17 +47,10 @@ def test_data_parallel_runs_row_blocks_in_threads_with_one_blas_thread(two_threa
 
 
 def test_data_parallel_runs_whole_with_one_thread_or_inside_itself(monkeypatch, two_threads):
-    outer = backend.data_parallel(lambda a: len(backend.data_parallel(lambda b: b, a)), np.arange(4.0))
+    outer = parallel.data_parallel(lambda a: len(parallel.data_parallel(lambda b: b, a)), np.arange(4.0))
     assert all(inner == 1 for inner in outer)                # nested: each block runs its rows whole
-    monkeypatch.setattr(backend, "num_threads", 1)
-    assert len(backend.data_parallel(lambda a: a, np.arange(4.0))) == 1
-
-
-def test_parallel_rows_runs_inline_inside_data_parallel(monkeypatch, two_threads):
-    monkeypatch.setattr(backend, "min_parallel_size", 0)
-    counts = backend.data_parallel(lambda a: len(backend.parallel_rows(lambda b: b, a)), np.zeros((4, 3)))
-    if backend._openblas:
-        assert counts == [1, 1]
+    monkeypatch.setattr(parallel, "num_threads", 1)
+    assert len(parallel.data_parallel(lambda a: a, np.arange(4.0))) == 1
 
 
 @pytest.mark.skipif(backend.device != "cpu", reason="CPU threads: on other devices data_parallel runs whole")
@@ -70,19 +63,19 @@ def test_data_parallel_passes_on_a_blocks_error_and_restores_blas_threads(two_th
         return a
 
     with pytest.raises(ValueError, match="bad block starting at 2"):
-        backend.data_parallel(fail_on_second_block, np.arange(4.0))
+        parallel.data_parallel(fail_on_second_block, np.arange(4.0))
     assert _blas_threads() == before
-    assert len(backend.data_parallel(lambda a: a, np.arange(4.0))) == (2 if before is not None else 1)
+    assert len(parallel.data_parallel(lambda a: a, np.arange(4.0))) == (2 if before is not None else 1)
 
 
 def test_collected_leaf_gradients_stay_off_the_leaves_until_added():
     w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
-    with collect_leaf_grads() as grads:
-        ((w * w).sum() + w.sum()).backward()                 # two paths into w: 2w + 1
+    grads = {}
+    ((w * w).sum() + w.sum()).backward(leaf_grads=grads)     # two paths into w: 2w + 1
     assert w.grad is None
     assert list(grads) == [id(w)] and np.allclose(to_numpy(grads[id(w)][1]), [3.0, 5.0])
-    add_leaf_grads(grads)
-    add_leaf_grads(grads)
+    parallel.add_leaf_grads(grads)
+    parallel.add_leaf_grads(grads)
     assert np.allclose(to_numpy(w.grad), [6.0, 10.0])
 
 
@@ -132,7 +125,7 @@ def test_forward_backward_with_dropout_is_the_same_on_every_run(two_threads):
 def test_forward_backward_runs_a_mixture_of_experts_model_whole(two_threads, monkeypatch):
     moe = dict(TINY, mlp="moe", n_expert=4, expert_top_k=2, norm="rmsnorm", pos="rope", bias=False)
     model, reference = GPT(GPTConfig(**moe), seed=0), GPT(GPTConfig(**moe), seed=0)
-    monkeypatch.setattr(backend, "data_parallel", lambda *a: pytest.fail("a MoE model must not be split"))
+    monkeypatch.setattr(parallel, "data_parallel", lambda *a: pytest.fail("a MoE model must not be split"))
     x, y = _batch()
 
     loss = forward_backward(model, x, y)
@@ -147,9 +140,9 @@ def test_forward_backward_runs_a_mixture_of_experts_model_whole(two_threads, mon
 @pytest.mark.usefixtures("float64")
 def test_evaluate_split_over_threads_equals_one_thread(monkeypatch):
     model, ids = GPT(GPTConfig(**TINY), seed=0), np.random.default_rng(0).integers(0, TINY["vocab_size"], 300)
-    monkeypatch.setattr(backend, "num_threads", 1)
+    monkeypatch.setattr(parallel, "num_threads", 1)
     one = evaluate(model, ids, batch_size=5, context=8)
-    monkeypatch.setattr(backend, "num_threads", 2)
+    monkeypatch.setattr(parallel, "num_threads", 2)
     two = evaluate(model, ids, batch_size=5, context=8)
     assert two["tokens"] == one["tokens"] and two["loss"] == pytest.approx(one["loss"], rel=1e-12)
 
@@ -170,14 +163,14 @@ def test_a_loss_over_unmasked_targets_splits_by_their_count(two_threads):
     for weight, matches in ((targets, True), (None, False)):
         split = GPT(GPTConfig(**TINY), seed=0)
         loss = data_parallel_backward(split, block_loss(split), x, y, weight=weight)
-        if not backend._openblas:
+        if not parallel._openblas:
             pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads tinyllm can set: nothing is split")
         assert (loss == pytest.approx(expected.item(), rel=1e-12)) is matches
         assert np.allclose(split.wte.weight.grad, whole.wte.weight.grad, rtol=1e-9, atol=1e-12) is matches
 
 
 def _on_threads(threads, monkeypatch, run):
-    monkeypatch.setattr(backend, "num_threads", threads)
+    monkeypatch.setattr(parallel, "num_threads", threads)
     backend.manual_seed(0)
     return run()
 

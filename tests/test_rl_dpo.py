@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tinyllm import Tensor, backend
+from tinyllm import Tensor, backend, parallel
 from tinyllm.finetune import FinetuneConfig
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.rl.data import EncodedPairs
@@ -97,8 +97,8 @@ def test_dpo_split_over_two_threads_logs_the_whole_steps_metrics(float64, monkey
         # from the second step: at the first the policy is the reference, every margin is 0 up to rounding,
         # and the accuracy (margin > 0) of such ties flips with the last bit
         return [[r[k] for k in ("loss", "margin", "accuracy", "chosen_reward", "rejected_reward")] for r in steps[1:]]
-    monkeypatch.setattr(backend, "num_threads", 1)
+    monkeypatch.setattr(parallel, "num_threads", 1)
     one = run()
-    monkeypatch.setattr(backend, "num_threads", 2)
+    monkeypatch.setattr(parallel, "num_threads", 2)
     two = run()
     np.testing.assert_allclose(two, one, rtol=1e-9, atol=1e-12)

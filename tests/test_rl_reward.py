@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyllm import Tensor, backend
+from tinyllm import Tensor, backend, parallel
 from tinyllm.finetune import FinetuneConfig
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.rl.data import (builtin_preferences, encode_pair, encode_preferences, read_preferences, read_prompts)
@@ -168,8 +168,8 @@ def test_reward_training_split_over_two_threads_logs_the_whole_steps_metrics(flo
         train_reward_model(RewardModel.from_gpt(_tiny()), obvious_pairs(24, seed=0), None,
                            FinetuneConfig(epochs=2, batch_size=8, lr=1e-2, warmup=1), progress=False, log=records.append)
         return [[r[k] for k in ("loss", "accuracy", "margin")] for r in records if r["kind"] == "train"]
-    monkeypatch.setattr(backend, "num_threads", 1)
+    monkeypatch.setattr(parallel, "num_threads", 1)
     one = run()
-    monkeypatch.setattr(backend, "num_threads", 2)
+    monkeypatch.setattr(parallel, "num_threads", 2)
     two = run()
     np.testing.assert_allclose(two, one, rtol=1e-9, atol=1e-12)

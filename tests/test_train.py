@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tinyllm.train as train_module
-from tinyllm import backend
+from tinyllm import backend, parallel
 from tinyllm.autograd import no_grad
 from tinyllm.checkpoint import load_pretrained, load_train_state
 from tinyllm.cli import build_parser, main
@@ -101,14 +101,14 @@ def test_a_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path, monkey
 
 
 def test_resuming_on_another_thread_count_says_the_losses_may_differ_in_the_last_digits(tmp_path, monkeypatch):
-    monkeypatch.setattr(backend, "num_threads", 2)
+    monkeypatch.setattr(parallel, "num_threads", 2)
     run_pretrain(tiny_model(), tmp_path, quick(steps=2, eval_interval=1))
-    monkeypatch.setattr(backend, "num_threads", 3)
+    monkeypatch.setattr(parallel, "num_threads", 3)
 
     summary = run_pretrain(tiny_model(), tmp_path, quick(steps=3, eval_interval=1), resume=True)
 
     assert "saved with 2 threads and resumes with 3" in summary["note"]
-    monkeypatch.setattr(backend, "num_threads", 3)
+    monkeypatch.setattr(parallel, "num_threads", 3)
     assert "note" not in run_pretrain(tiny_model(), tmp_path, quick(steps=4, eval_interval=1), resume=True)
 
 
@@ -136,7 +136,7 @@ def test_resuming_a_finished_run_asks_for_more_steps(tmp_path):
 # ====================================================================== divergence
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     # The run saves at step 3; at step 5 the loss turns into NaN (as after an exploding update).
-    monkeypatch.setattr(backend, "num_threads", 1)           # one forward per step (no data-parallel blocks)
+    monkeypatch.setattr(parallel, "num_threads", 1)           # one forward per step (no data-parallel blocks)
     model = tiny_model()
     real_forward = model.forward
     calls = {"train": 0}

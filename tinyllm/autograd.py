@@ -17,15 +17,11 @@ Gradients of leaves (parameters) are accumulated: call ``zero_grad`` (or set ``.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
 
 from . import backend
 
 _grad_enabled = True
-_this_thread = threading.local()   # .leaf_grads: where this thread's backward() puts the leaves' gradients
 
 
 class no_grad:
@@ -44,45 +40,6 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-@contextlib.contextmanager
-def collect_leaf_grads():
-    """Within this block, ``backward()`` called in this thread puts the gradients of leaves (parameters)
-    into the yielded dict, ``{id(leaf): [leaf, gradient]}``, instead of adding them to ``leaf.grad``.
-
-    For threads that run backward on their own micro-batches at the same time (``backend.data_parallel``):
-    no parameter is written by two threads at once, and the caller adds the dicts with ``add_leaf_grads`` in
-    a fixed order, so the sum (floating-point addition is not associative) is the same on every run.
-    """
-    previous, _this_thread.leaf_grads = getattr(_this_thread, "leaf_grads", None), {}
-    try:
-        yield _this_thread.leaf_grads
-    finally:
-        _this_thread.leaf_grads = previous
-
-
-def add_leaf_grads(*collected: dict) -> None:
-    """Add the gradients gathered by ``collect_leaf_grads`` (one dict per thread) into the leaves' ``.grad``,
-    summing the dicts in the order given. Sums of large arrays run on row blocks in parallel."""
-    totals = {}
-    for leaf_grads in collected:
-        for key, (leaf, grad) in leaf_grads.items():
-            if key in totals:
-                totals[key][1] = _sum(totals[key][1], grad)
-            else:
-                totals[key] = [leaf, grad]
-    for leaf, grad in totals.values():
-        leaf._accumulate(grad)
-
-
-def _sum(a, b):
-    """a + b as a new array; for equal shapes and dtypes on row blocks in parallel (``parallel_rows``)."""
-    if a.shape != b.shape or a.dtype != b.dtype or a.ndim == 0:
-        return a + b
-    total = backend.xp.empty_like(a)
-    backend.parallel_rows(backend.xp.add, a, b, total)
-    return total
-
-
 class Tensor:
     """An array with an optional gradient and a link to the op that produced it.
 
@@ -91,7 +48,7 @@ class Tensor:
     integer dtype.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_grad_owned")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_grad_owned", "_op", "_retain")
     __array_ufunc__ = None  # ndarray (op) Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -112,17 +69,20 @@ class Tensor:
         self._parents = ()
         self._backward = None
         self._grad_owned = False
+        self._op, self._retain = None, False
 
     @staticmethod
     def _make(data, parents, backward) -> "Tensor":
-        """The result of an op: records ``parents`` and ``backward`` only when a gradient can flow."""
+        """The result of an op: records ``parents`` and ``backward`` only when a gradient can flow. The op's
+        name (for ``repr``) is the function that defined ``backward``."""
         out = Tensor.__new__(Tensor)
         out.data = data
         out.grad = None
-        out._grad_owned = False
+        out._grad_owned, out._retain = False, False
         out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
         out._parents = tuple(parents) if out.requires_grad else ()
         out._backward = backward if out.requires_grad else None
+        out._op = backward.__qualname__.split(".")[0] if out.requires_grad else None
         return out
 
     # ------------------------------------------------------------------ basic properties
@@ -137,7 +97,14 @@ class Tensor:
 
     def __repr__(self):
         flag = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor(shape={self.shape}, dtype={self.dtype}{flag})"
+        op = f", op={self._op}" if self._op else ""
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}{flag}{op})"
+
+    def retain_grad(self) -> "Tensor":
+        """Keep this interior tensor's gradient in ``.grad`` after ``backward()`` (which otherwise frees
+        it as soon as it has been passed on), to look at dL/d(this), as in micrograd."""
+        self._retain = True
+        return self
 
     def item(self) -> float:
         return self.data.item()
@@ -150,16 +117,43 @@ class Tensor:
         return Tensor(self.data, dtype=self.data.dtype)
 
     # ------------------------------------------------------------------ the backward pass
-    def backward(self, grad=None) -> None:
+    def backward(self, grad=None, leaf_grads: dict | None = None) -> None:
         """Accumulate dL/d(leaf) into ``.grad`` of every leaf that requires grad, where L is this tensor.
 
         ``grad`` is dL/d(self); it may be omitted only for a single-element tensor (it is then 1).
+        ``leaf_grads``: a dict that receives the leaves' gradients (``{id(leaf): [leaf, gradient]}``) instead
+        of their ``.grad``, for backward passes that run side by side in threads (``tinyllm.parallel``).
         """
         if not self.requires_grad:
             raise RuntimeError(
                 f"backward() called on a tensor of shape {self.shape} that does not require grad: no input "
                 "of the computation had requires_grad=True, or it was computed under no_grad()"
             )
+        grad = self._seed_grad(grad)
+        self._accumulate(grad)
+        for node in reversed(self._topological_order()):
+            node_grad, backward, parents = node.grad, node._backward, node._parents
+            if backward is None:  # a leaf (only the root can be one here): its gradient is the result
+                continue
+            # Free what this node holds before its parents' work starts: its gradient (unless retained), its
+            # saved arrays (inside the closure) and its links.
+            node.grad = node_grad if node._retain else None
+            node._backward, node._parents = None, ()
+            if node_grad is None:
+                continue
+            parent_grads = backward(node_grad)
+            del backward, node_grad
+            for parent, parent_grad in zip(parents, parent_grads, strict=True):
+                if parent_grad is None or not parent.requires_grad:
+                    continue
+                if leaf_grads is not None and parent._backward is None:
+                    entry = leaf_grads.setdefault(id(parent), [parent, None])
+                    entry[1] = parent_grad if entry[1] is None else entry[1] + parent_grad
+                else:
+                    parent._accumulate(parent_grad)
+
+    def _seed_grad(self, grad):
+        """dL/d(self) as an array of self's shape: 1 for a single-element tensor when not given."""
         xp = backend.xp
         if grad is None:
             if self.data.size != 1:
@@ -167,14 +161,17 @@ class Tensor:
                     f"backward() without a gradient needs a single-element tensor, but this one has shape "
                     f"{self.shape}; call .sum() first or pass grad= of that shape"
                 )
-            grad = xp.ones_like(self.data)
-        else:
-            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
-            if grad.shape != self.shape:
-                raise ValueError(f"backward(grad) got a gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+            return xp.ones_like(self.data)
+        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+        if grad.shape != self.shape:
+            raise ValueError(f"backward(grad) got a gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+        return grad
 
-        # Reverse topological order of the interior nodes, by an explicit stack: deep graphs (thousands of
-        # ops) must not hit Python's recursion limit.
+    def _topological_order(self) -> list:
+        """The interior nodes behind this one, each after all of its parents. Recursively this would read
+            def visit(node): [visit(p) for p in node._parents if unvisited]; order.append(node)
+        here it runs on an explicit stack, so that deep graphs (thousands of ops) never hit Python's recursion
+        limit."""
         order, visited, stack = [], {id(self)}, [(self, iter(self._parents))]
         while stack:
             node, parents = stack[-1]
@@ -186,31 +183,11 @@ class Tensor:
             else:
                 stack.pop()
                 order.append(node)
-
-        self._accumulate(grad)
-        for node in reversed(order):
-            node_grad, backward, parents = node.grad, node._backward, node._parents
-            # Free what this node holds before its parents' work starts: its gradient, its saved arrays
-            # (inside the closure) and its links.
-            if backward is None:  # a leaf (only the root can be one here): its gradient is the result
-                continue
-            node.grad, node._backward, node._parents = None, None, ()
-            if node_grad is None:
-                continue
-            parent_grads = backward(node_grad)
-            del backward, node_grad
-            for parent, parent_grad in zip(parents, parent_grads):
-                if parent_grad is not None and parent.requires_grad:
-                    parent._accumulate(parent_grad)
+        return order
 
     def _accumulate(self, grad) -> None:
         # The first gradient is stored as is (it may be shared with another tensor, e.g. both inputs of an
         # add); a second one makes a private copy, after which further ones are added in place.
-        leaf_grads = getattr(_this_thread, "leaf_grads", None)
-        if leaf_grads is not None and self._backward is None:   # a leaf, inside collect_leaf_grads()
-            entry = leaf_grads.setdefault(id(self), [self, None])
-            entry[1] = grad if entry[1] is None else entry[1] + grad
-            return
         if self.grad is None:
             self.grad, self._grad_owned = grad, False
         elif self._grad_owned:
@@ -246,6 +223,23 @@ class Tensor:
     def sigmoid(self): return sigmoid(self)
     def relu(self): return relu(self)
     def clip(self, low, high): return clip(self, low, high)
+
+
+def fused_op(backward_fn, out, cache, *inputs) -> Tensor:
+    """The Tensor of a fused op (``tinyllm.functional``): ``out`` and ``cache`` come from its
+    ``name_forward(...)``, and ``backward_fn(dout, cache, needs)`` returns one gradient per input — None for an
+    input that is None or not a Tensor, or that needs none (``needs[i]``: does input i require a gradient)."""
+    parents = tuple(t for t in inputs if isinstance(t, Tensor))
+    needs = tuple(isinstance(t, Tensor) and t.requires_grad for t in inputs)
+
+    def backward(dout):
+        grads = backward_fn(dout, cache, needs)
+        return tuple(g for g, t in zip(grads, inputs, strict=True) if isinstance(t, Tensor))
+
+    result = Tensor._make(out, parents, backward)
+    if result.requires_grad:
+        result._op = backward_fn.__name__.split("_backward")[0].lstrip("_")
+    return result
 
 
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:

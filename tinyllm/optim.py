@@ -74,50 +74,34 @@ class AdamW(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         xp = backend.xp
-        self.exp_avg = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]     # C-ordered, so
-        self.exp_avg_sq = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]  # flat views exist
+        self.exp_avg = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]      # m
+        self.exp_avg_sq = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]   # v
 
     def step(self, grad_scale: float = 1.0) -> None:
-        """One update. ``grad_scale`` multiplies every gradient as it is read: gradient clipping folded into
-        the update (``clip_factor``), one pass over the gradients fewer than rescaling them first."""
-        xp = backend.xp
+        """One update of every parameter p with gradient g (Loshchilov & Hutter's AdamW, as llm.c writes it):
+            m = β1 m + (1-β1) g,   v = β2 v + (1-β2) g²          running means of g and g²
+            m̂ = m / (1-β1ᵗ),       v̂ = v / (1-β2ᵗ)               bias corrections (m, v start at 0)
+            p = p - lr (m̂ / (√v̂ + ε) + λ p)                     decoupled weight decay λ
+        ``grad_scale`` multiplies every gradient as it is read: gradient clipping (``clip_factor``)."""
+        xp, grad_scale = backend.xp, float(grad_scale)
         self.step_count += 1
-        i = 0
-        for g in self.groups:
-            beta1, beta2 = g["betas"]
-            lr = self.lr * g.get("lr_scale", 1.0)
-            # m̂ / (√v̂ + ε) with m̂ = m / bc1, v̂ = v / bc2 is (√bc2 / bc1) · m / (√v + ε √bc2): the bias
-            # corrections become two scalars, saving a pass over v.
-            sqrt_bc2 = math.sqrt(1 - beta2 ** self.step_count)
-            step_size = lr * sqrt_bc2 / (1 - beta1 ** self.step_count)
-            eps = g["eps"] * sqrt_bc2
-            decay = 1 - lr * g["weight_decay"]
-            m_weight, v_weight = (1 - beta1) * grad_scale, (1 - beta2) * grad_scale ** 2   # g → g · grad_scale
-
-            def update(p, grad, m, v):                        # in place, on flat blocks of one parameter
-                if decay != 1:
-                    p *= decay
-                scratch = grad * m_weight
-                m *= beta1
-                m += scratch
-                xp.multiply(grad, grad, out=scratch)
-                scratch *= v_weight
-                v *= beta2
-                v += scratch
-                xp.sqrt(v, out=scratch)                       # √v + ε √bc2, then m / (√v + ε √bc2)
-                scratch += eps
-                xp.divide(m, scratch, out=scratch)
-                scratch *= step_size
-                p -= scratch
-
-            for p in g["params"]:
-                grad, m, v = p.grad, self.exp_avg[i], self.exp_avg_sq[i]
+        t, i = self.step_count, 0
+        for group in self.groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, decay = self.lr * group.get("lr_scale", 1.0), group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                m, v = self.exp_avg[i], self.exp_avg_sq[i]
                 i += 1
-                if grad is None:
+                if p.grad is None:
                     continue
-                if not p.data.flags.c_contiguous:  # e.g. a transposed weight from an import: flatten must be a view
-                    p.data = xp.ascontiguousarray(p.data)
-                backend.parallel_rows(update, p.data.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1))
+                g = p.grad * grad_scale if grad_scale != 1.0 else p.grad
+                m *= beta1
+                m += (1 - beta1) * g
+                v *= beta2
+                v += (1 - beta2) * (g * g)
+                m_hat = m / (1 - beta1 ** t)
+                v_hat = v / (1 - beta2 ** t)
+                p.data -= lr * (m_hat / (xp.sqrt(v_hat) + eps) + decay * p.data)
 
     def state_dict(self) -> dict:
         """Arrays (``exp_avg.{i}``, ``exp_avg_sq.{i}`` in parameter order) plus ``step`` and ``lr``."""
@@ -172,10 +156,7 @@ def clip_grad_norm(params, max_norm: float) -> float:
     if scale != 1.0:
         for p in params:
             if p.grad is not None:                           # not in place: a gradient may be shared
-                scaled = backend.xp.empty_like(p.grad)
-                factor = p.grad.dtype.type(scale)
-                backend.parallel_rows(lambda g, out: backend.xp.multiply(g, factor, out=out), p.grad, scaled)
-                p.grad = scaled
+                p.grad = p.grad * scale
     return total
 
 

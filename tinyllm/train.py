@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .autograd import add_leaf_grads, collect_leaf_grads, no_grad
+from . import parallel
+from .autograd import no_grad
 from .checkpoint import (check_resumable, config_differences, load_config, load_train_state, load_weights, save_model,
                          save_train_state)
 from .data.tokens import TokenWindows, check_length, random_batch
@@ -78,7 +79,7 @@ def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float
     ``block_loss(*blocks)`` is the mean loss (a scalar Tensor) over the items of some rows of ``arrays``
     (the items: the rows themselves, or their unmasked targets); ``weight(*blocks)`` counts those items (by
     default the rows). The rows are split into one block per core, and threads run a whole forward and
-    backward pass on each block side by side (``backend.data_parallel``). Block k's mean enters with weight
+    backward pass on each block side by side (``parallel.data_parallel``). Block k's mean enters with weight
     w_k / Σ w, so the sum is the whole batch's mean and its gradient, scaled by ``scale``, is added to the
     parameters' ``.grad``. Each thread collects its own parameter gradients and they are added here in block
     order: the result equals the whole batch's up to float rounding, and is the same on every run. Each block
@@ -91,22 +92,23 @@ def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float
                                                                         # first row's: the same for any split
     def run_block(seeds_block, *block):
         share = weight(*block) / total if total else 0.0
-        with backend.thread_rng(backend.rng(int(seeds_block[0]))), collect_leaf_grads() as grads:
+        grads = {}                                    # this block's parameter gradients, added below in order
+        with backend.thread_rng(backend.rng(int(seeds_block[0]))):
             loss = block_loss(*block)
-            loss.backward(backend.xp.asarray(scale * share, dtype=loss.dtype))
+            loss.backward(backend.xp.asarray(scale * share, dtype=loss.dtype), leaf_grads=grads)
         return loss.item() * share, grads
 
     blocks = _split_over_cores(model, run_block, seeds, *arrays)
-    add_leaf_grads(*(grads for _, grads in blocks))
+    parallel.add_leaf_grads(*(grads for _, grads in blocks))
     return sum(loss for loss, _ in blocks)
 
 
 def _split_over_cores(model, fn, *arrays) -> list:
-    """``backend.data_parallel(fn, *arrays)``, or ``[fn(*arrays)]`` for a mixture-of-experts model (its
+    """``parallel.data_parallel(fn, *arrays)``, or ``[fn(*arrays)]`` for a mixture-of-experts model (its
     layers keep per-batch state on the module, which threads would overwrite for each other)."""
     if getattr(model.config, "mlp", None) == "moe":
         return [fn(*arrays)]
-    return backend.data_parallel(fn, *arrays)
+    return parallel.data_parallel(fn, *arrays)
 
 
 def evaluate(model, ids, batch_size: int, context: int, max_batches: int | None = None) -> dict:
@@ -222,9 +224,9 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
             raise ValueError(f"the run in '{run_dir}' already finished {start} steps; ask for more with --steps")
         first_val = _drop_log_after(run_dir / "log.jsonl", start)
         saved_threads = state.get("threads")
-        if saved_threads is not None and saved_threads != backend.num_threads:
+        if saved_threads is not None and saved_threads != parallel.num_threads:
             thread_note = (f"note: this run was saved with {saved_threads} threads and resumes with "
-                           f"{backend.num_threads}: forward_backward splits each batch into one block per thread, so "
+                           f"{parallel.num_threads}: forward_backward splits each batch into one block per thread, so "
                            "the losses can differ from an uninterrupted run's in the last digits "
                            "(set TINYLLM_NUM_THREADS to match)")
 
@@ -242,7 +244,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     def _save_checkpoint(step):
         save_train_state(run_dir, optimizer, {
             "step": step, "train_config": train_settings, "data_rng": data_rng.bit_generator.state,
-            "threads": backend.num_threads,          # the batch split: bit-exact resuming needs the same count
+            "threads": parallel.num_threads,          # the batch split: bit-exact resuming needs the same count
             "dropout_rng": backend.seed_stream().bit_generator.state,   # dropout's seeds, on any device
         })
         save_model(run_dir, model, tokenizer, step, extra_config)

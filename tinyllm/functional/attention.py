@@ -74,8 +74,8 @@ def attention_forward(q, k, v, causal=True, mask=None):
     if mask is not None:
         grouped = xp.where(_group_mask(mask, n_kv_head, group), grouped, xp.asarray(-xp.inf, dtype=scores.dtype))
 
-    def softmax_block(s):
-        """Softmax over keys, in place, for a block of batch rows (B', H_kv, G, Tq, Tk)."""
+    def softmax_in_place(s):
+        """Softmax over keys, in place (B, H_kv, G, Tq, Tk)."""
         if causal:
             s += causal_bias
         row_max = s.max(axis=-1, keepdims=True)
@@ -88,7 +88,7 @@ def attention_forward(q, k, v, causal=True, mask=None):
             row_sum[row_sum == 0] = 1.0
         s /= row_sum
 
-    backend.parallel_rows(softmax_block, grouped)
+    softmax_in_place(grouped)
     probs = grouped.reshape(batch, n_kv_head, group * t_q, t_k)
     y = probs @ v                                            # (B, H_kv, G·Tq, D)
     return y.reshape(batch, n_head, t_q, head_size), probs, q_scaled
@@ -99,19 +99,12 @@ def attention_backward(dy, k, v, probs, q_scaled):
     derivation is in the module docstring; for G > 1 the matmuls with Pᵀ and dSᵀ sum over each group)."""
     batch, n_kv_head, rows, head_size = q_scaled.shape
     dy_grouped = dy.reshape(batch, n_kv_head, rows, head_size)   # (B, H_kv, G·Tq, D)
-    dv = probs.swapaxes(-1, -2) @ dy_grouped                  # (B, H_kv, Tk, D)    dV = Pᵀ dY
-    d_scores = dy_grouped @ v.swapaxes(-1, -2)                # (B, H_kv, G·Tq, Tk) dP = dY Vᵀ
-
-    def softmax_backward_block(d_scores, probs):              # dS = P ⊙ (dP - rowsum(dP ⊙ P)), in place
-        d_scores -= backend.xp.einsum("...ij,...ij->...i", d_scores, probs)[..., None]  # rowsum, no temporary
-        d_scores *= probs
-
-    backend.parallel_rows(softmax_backward_block, d_scores, probs)
-    scale = 1.0 / math.sqrt(head_size)
-    dq = d_scores @ k                                         # (B, H_kv, G·Tq, D) dQ = dS K / √D
-    dq *= scale
-    dk = d_scores.swapaxes(-1, -2) @ q_scaled                 # (B, H_kv, Tk, D)    dK = dSᵀ Q / √D
-    return dq.reshape(dy.shape), dk, dv
+    dV = probs.swapaxes(-1, -2) @ dy_grouped                  # (B, H_kv, Tk, D)    undoes Y = P V
+    dP = dy_grouped @ v.swapaxes(-1, -2)                      # (B, H_kv, G·Tq, Tk)
+    dS = probs * (dP - (dP * probs).sum(axis=-1, keepdims=True))   # undoes P = softmax(S), row by row
+    dQ = (dS @ k) / math.sqrt(head_size)                      # (B, H_kv, G·Tq, D)  undoes S = Q Kᵀ / √D
+    dK = dS.swapaxes(-1, -2) @ q_scaled                       # (B, H_kv, Tk, D)    (Q/√D saved: dK = dSᵀ Q/√D)
+    return dQ.reshape(dy.shape), dK, dV
 
 
 # ------------------------------------------------------------------ causal attention in query blocks

@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..autograd import Tensor
-
-
-CHUNK_ELEMENTS = 1 << 18   # cross_entropy's exp runs over row chunks of about this many values (1 MB of float32)
+from ..autograd import Tensor, fused_op
 
 
 def _softmax_array(x, axis):
@@ -66,73 +63,66 @@ def _count_valid_targets(t, vocab: int, ignore_index: int) -> int:
     return int(n_valid)
 
 
-def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """Softmax followed by the negative log-likelihood of the targets, fused.
+def cross_entropy_forward(z, t, valid, n_valid: int, reduction: str):
+    """Softmax, then the negative log-likelihood of the targets, fused. z (N, V) logits, t (N,) targets
+    (any index where ``valid`` is False), n_valid = Σ valid. Per row n with target t:
+        loss_n = log Σ_v exp(z_nv) - z_nt         (computed with z shifted by its row max: no overflow)"""
+    xp = backend.xp
+    zmax = z.max(axis=1, keepdims=True)                      # (N, 1)
+    exp_z = z - zmax                                         # (N, V), then exponentiated in place
+    xp.exp(exp_z, out=exp_z)
+    sum_exp = exp_z.sum(axis=1)                              # (N,)
+    rows = xp.arange(len(z))
+    losses = (xp.log(sum_exp) - (z[rows, t] - zmax[:, 0])) * valid   # (N,), 0 where ignored
+    if reduction == "mean":
+        out = losses.sum() / max(n_valid, 1)
+    else:
+        out = losses.sum() if reduction == "sum" else losses
+    return out, (exp_z, sum_exp, t, valid, n_valid, reduction)
 
-    Shapes: logits (..., V), targets (...) integers in [0, V) or ``ignore_index``.
-    Per position n with target t:  loss_n = log Σ_v exp(z_nv) - z_nt,  and  dloss_n/dz_n = p_n - onehot(t).
-    reduction="mean" averages over the non-ignored positions (so dz = (p - onehot) / N_valid on those rows and
-    0 on ignored rows); "sum" adds them; "none" returns the per-position losses (0 where ignored).
-    If every target is ignored, "mean" returns 0 with a zero gradient (nothing to learn from the batch).
-    Saves exp(z - max) (the logits' size) and its row sums, and turns them into the gradient in place.
-    """
+
+def cross_entropy_backward(dout, cache, needs=(True,)):
+    """dloss_n/dz_n = p_n - onehot(t_n), with p_n = exp(z_n - max) / Σ exp, scaled by each row's share of
+    dout: dout / N_valid for "mean", dout for "sum", dout_n for "none"; 0 on ignored rows."""
+    exp_z, sum_exp, t, valid, n_valid, reduction = cache
+    if reduction == "none":
+        row_scale = dout * valid
+    else:
+        row_scale = valid * (dout / max(n_valid, 1) if reduction == "mean" else dout)
+    row_scale = row_scale.astype(exp_z.dtype)                # (N,)
+    dz = exp_z                                               # exp_z is not needed again: reuse its memory
+    dz *= (row_scale / sum_exp)[:, None]                     # p · scale
+    dz[backend.xp.arange(len(dz)), t] -= row_scale           # - onehot(t) · scale
+    return (dz,)
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """The mean (or sum, or per-position) cross-entropy of ``logits`` (..., V) against ``targets`` (...),
+    integers in [0, V) or ``ignore_index`` (``cross_entropy_forward``). "mean" averages over the targets that
+    are not ignored; when all are, it is 0 with a zero gradient. "none" gives 0 where ignored. Saves exp(z -
+    max) (the logits' size) and its row sums."""
     xp = backend.xp
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     targets = targets.data if isinstance(targets, Tensor) else targets
     targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
     if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits of shape "
+                         f"{logits.shape} (expected {logits.shape[:-1]})")
     if targets.dtype.kind not in "iu":
         raise ValueError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
     vocab = logits.shape[-1]
-    z = logits.data.reshape(-1, vocab)                        # (N, V)
     n_valid = _count_valid_targets(targets.reshape(-1), vocab, ignore_index)
-    t = xp.asarray(targets).reshape(-1)                       # (N,)
+    t = xp.asarray(targets).reshape(-1)                      # (N,)
     valid = t != ignore_index
-    rows = xp.arange(t.size)
-    safe_t = xp.where(valid, t, 0)
+    out, cache = cross_entropy_forward(logits.data.reshape(-1, vocab), xp.where(valid, t, 0), valid,
+                                       n_valid, reduction)
+    out = out.reshape(targets.shape) if reduction == "none" else out
+    return fused_op(_cross_entropy_backward_nd, xp.asarray(out, dtype=logits.dtype),
+                    (cache, logits.shape), logits)
 
-    # log Σ exp(z), computed stably by shifting each row by its max. The exponentials are kept
-    # unnormalised: the backward divides by their sum in the same pass that scales the rows.
-    exp_z = xp.empty_like(z)                                  # (N, V)
-    zmax = xp.empty((z.shape[0], 1), dtype=z.dtype)           # (N, 1)
-    sum_exp = xp.empty(z.shape[0], dtype=z.dtype)             # (N,)
 
-    chunk_rows = max(1, CHUNK_ELEMENTS // vocab) if backend.device == "cpu" else len(z)
-
-    def forward_block(z, zmax, exp_z, sum_exp):
-        z.max(axis=1, keepdims=True, out=zmax)
-        # exp(z - max) a few rows at a time, the difference in a small buffer that stays in cache: over
-        # the whole (N, V) array, a separate subtract pass and an in-place exp took 1.5x as long.
-        for i in range(0, len(z), chunk_rows):
-            chunk = slice(i, i + chunk_rows)
-            xp.exp(z[chunk] - zmax[chunk], out=exp_z[chunk])
-        exp_z.sum(axis=1, out=sum_exp)
-
-    backend.parallel_rows(forward_block, z, zmax, exp_z, sum_exp)
-    target_logit = z[rows, safe_t] - zmax[:, 0]               # (N,)  z_t - max
-    losses = xp.log(sum_exp) - target_logit                   # (N,)
-    losses *= valid
-
-    if reduction == "mean":
-        out = losses.sum() / max(n_valid, 1)
-    elif reduction == "sum":
-        out = losses.sum()
-    else:
-        out = losses.reshape(targets.shape)
-
-    def backward(dloss):
-        # dz = (p - onehot(t)) · dloss_n, with dloss_n = 0 on ignored rows.
-        if reduction == "none":
-            row_scale = dloss.reshape(-1) * valid
-        else:
-            scale = dloss / max(n_valid, 1) if reduction == "mean" else dloss
-            row_scale = valid * scale
-        row_scale = row_scale.astype(exp_z.dtype)
-        dz = exp_z                                            # p · scale = exp_z · (scale / Σ exp), in place
-        backend.parallel_rows(xp.multiply, dz, (row_scale / sum_exp)[:, None], dz)
-        dz[rows, safe_t] -= row_scale                         # - onehot(t) · scale
-        return (dz.reshape(logits.shape),)
-
-    return Tensor._make(xp.asarray(out, dtype=logits.dtype), (logits,), backward)
+def _cross_entropy_backward_nd(dout, cache, needs=(True,)):
+    flat_cache, logits_shape = cache
+    (dz,) = cross_entropy_backward(dout.reshape(-1) if dout.ndim else dout, flat_cache, needs)
+    return (dz.reshape(logits_shape),)

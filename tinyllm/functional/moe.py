@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from .. import backend
 from ..autograd import Tensor
-from .dense import _sigmoid, linear
+from .dense import linear, sigmoid, silu_derivative
 from .losses import softmax
 
 
@@ -154,7 +154,7 @@ def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tenso
         g, u = gate_pre[s:t], up_pre[s:t]
         xp.matmul(xe, w_gate.data[e].T, out=g)                # (n_e, H)
         xp.matmul(xe, w_up.data[e].T, out=u)                  # (n_e, H)
-        h = g * _sigmoid(g)
+        h = g * sigmoid(g)
         h *= u                                                # silu(G) ⊙ U
         out = h @ w_down.data[e].T                            # (n_e, C)
         out *= a_sorted[s:t, None]
@@ -176,7 +176,7 @@ def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tenso
                 continue
             xe, dye, a = x_again[s:t], dy_sorted[s:t], a_sorted[s:t, None]
             g, u = gate_pre[s:t], up_pre[s:t]
-            sig = _sigmoid(g)
+            sig = sigmoid(g)
             silu_g = g * sig
             h = silu_g * u                                    # recomputed  h = silu(G) ⊙ U
             dh = dye @ w_down.data[e]                         # (n_e, H)  dY_e W_down
@@ -185,12 +185,7 @@ def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tenso
                 grads[2][e] = (dye * a).T @ h                 # dW_down = (a ⊙ dY)ᵀ h
             dh *= a
             du = dh * silu_g                                  # dU = dh ⊙ silu(G)
-            dg = 1.0 - sig                                    # dG = dh ⊙ U ⊙ σ (1 + G (1 - σ))
-            dg *= g
-            dg += 1.0
-            dg *= sig
-            dg *= u
-            dg *= dh
+            dg = dh * u * silu_derivative(g, sig)             # dG = dh ⊙ U ⊙ silu'(G)
             if grads[0] is not None:
                 grads[0][e] = dg.T @ xe
             if grads[1] is not None:
