@@ -16,6 +16,7 @@ import pytest
 
 import tinyllm.train as train_module
 from tinyllm import backend, parallel
+from tinyllm.backend import to_numpy
 from tinyllm.autograd import no_grad
 from tinyllm.checkpoint import load_pretrained, load_train_state
 from tinyllm.cli import build_parser, main
@@ -479,7 +480,7 @@ def test_training_matches_pytorch_step_for_step(float64):
 def _train_both(torch, F):
     V, T, C, L, H, B = 20, 8, 16, 2, 2, 4
     model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, bias=False), seed=0)
-    w = {k: torch.tensor(np.array(v), requires_grad=True) for k, v in model.state_dict().items()}
+    w = {k: torch.tensor(to_numpy(v), requires_grad=True) for k, v in model.state_dict().items()}
 
     def layer_norm(x, name):
         return F.layer_norm(x, (C,), w[name])
@@ -523,4 +524,4 @@ def _train_both(torch, F):
         assert loss.item() == pytest.approx(expected.item(), rel=1e-10), step
         assert norm == pytest.approx(expected_norm, rel=1e-9), step
     for name, array in model.state_dict().items():
-        np.testing.assert_allclose(np.array(array), w[name].detach().numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(to_numpy(array), w[name].detach().numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
