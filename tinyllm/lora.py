@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import backend
 from .autograd import Tensor
+from .functional.dense import dropout_mask
 from .files import atomic_write_json, read_json
 from .nn import Linear, Module, Parameter
 
@@ -54,7 +55,6 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, 
                                         (out × N) @ (N × in) product of a full finetune is skipped.
     Saves u (N × r: small) and the dropout mask if any; x, W, A, B are inputs it keeps anyway.
     """
-    xp = backend.xp
     c_out, c_in = weight.shape
     rank = lora_a.shape[0]
     if x.shape[-1] != c_in:
@@ -71,8 +71,7 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, 
     x_adapter = x2d
     if training and dropout > 0.0:
         generator = generator if generator is not None else backend.global_rng()
-        mask = (generator.random(x2d.shape, dtype=x2d.dtype) >= dropout).astype(x2d.dtype)
-        mask *= 1.0 / (1.0 - dropout)
+        mask = dropout_mask(x2d.shape, dropout, x2d.dtype, generator)
         x_adapter = x2d * mask
     u = x_adapter @ lora_a.data.T                             # (N, r)
     y = x2d @ weight.data.T                                   # (N, out)

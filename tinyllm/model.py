@@ -38,6 +38,7 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import no_grad
+from .functional.moe import check_expert_top_k
 from .functional.rope import rope_cos_sin
 from .nn import CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear, MLP, MoE, Module, RMSNorm, SwiGLU
 
@@ -103,8 +104,7 @@ class GPTConfig:
         if self.mlp == "moe":
             if not isinstance(self.n_expert, int) or self.n_expert < 1:
                 raise ValueError(f"GPTConfig.n_expert must be a positive integer, got {self.n_expert!r}")
-            if not isinstance(self.expert_top_k, int) or not 1 <= self.expert_top_k <= self.n_expert:
-                raise ValueError(f"expert_top_k={self.expert_top_k} must be between 1 and n_expert={self.n_expert}")
+            check_expert_top_k(self.expert_top_k, self.n_expert)
             if self.aux_loss_coef < 0:
                 raise ValueError(f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:

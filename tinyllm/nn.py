@@ -13,6 +13,7 @@ from . import backend
 from . import functional as F
 from .autograd import Tensor, is_grad_enabled
 from .functional.attention import attention_forward, check_heads, split_qkv
+from .functional.moe import check_expert_top_k
 from .functional.rope import apply_rotary
 
 
@@ -222,8 +223,7 @@ class MoE(Module):
 
     def __init__(self, n_embd, hidden, n_expert, top_k, shared_expert=False, bias=False, dropout=0.0, std=0.02,
                  proj_std=0.02, generator=None):
-        if not 1 <= top_k <= n_expert:
-            raise ValueError(f"expert_top_k={top_k} must be between 1 and n_expert={n_expert}")
+        check_expert_top_k(top_k, n_expert)
         self.top_k = top_k
         self.router = Linear(n_embd, n_expert, False, std, generator)
         self.experts = Experts(n_expert, n_embd, hidden, std, proj_std, generator)

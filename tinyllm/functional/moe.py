@@ -42,12 +42,16 @@ from .dense import linear, sigmoid, silu_derivative
 from .losses import softmax
 
 
+def check_expert_top_k(k, n_expert: int) -> None:
+    """Each token goes to k of the n_expert experts: 1 ≤ k ≤ n_expert."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_expert:
+        raise ValueError(f"expert_top_k={k} must be between 1 and n_expert={n_expert}")
+
+
 def top_k_experts(probs, k: int):
     """Raw (N..., E) router probabilities → (N..., k) integer ids of the k most probable experts, most
     probable first; ties go to the lower expert id (a stable sort), so routing is a fixed function of x."""
-    n_expert = probs.shape[-1]
-    if not 1 <= k <= n_expert:
-        raise ValueError(f"expert_top_k={k} must be between 1 and n_expert={n_expert}")
+    check_expert_top_k(k, probs.shape[-1])
     return backend.xp.argsort(-probs, axis=-1, kind="stable")[..., :k]
 
 
