@@ -62,7 +62,7 @@ def tinyllm_step_fn(config, seed=0):
     y = rng.integers(0, config["vocab_size"], (BATCH, config["block_size"]))
 
     def step():                                # what `tinyllm pretrain` does per step
-        loss = forward_backward(model, x, y)     # batch split over the CPU cores (backend.data_parallel)
+        loss = forward_backward(model, x, y)     # batch split over the CPU cores (parallel.data_parallel)
         optimizer.step(grad_scale=clip_factor(grad_norm(optimizer.parameters()), 1.0))   # clip at 1.0, folded in
         model.zero_grad()
         return loss
