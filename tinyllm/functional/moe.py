@@ -37,7 +37,7 @@ top-k slot and is k times this.) The model adds ``aux_loss_coef · Σ_layers L_a
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import Tensor
+from ..autograd import Tensor, fused_op
 from .dense import linear, sigmoid, silu_derivative
 from .losses import softmax
 
@@ -110,107 +110,100 @@ def load_balancing_loss(probs: Tensor, indices) -> Tensor:
     return Tensor._make(xp.asarray(loss, dtype=probs.dtype), (probs,), backward)
 
 
-def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+def moe_experts_forward(x, indices, weights, w_gate, w_up, w_down):
     """y_n = Σ_j w_nj · FFN_{e_nj}(x_n), each expert a SwiGLU MLP, tokens dispatched by sorting (see above).
 
     Shapes: x (..., C); indices (..., k) expert ids; weights (..., k); w_gate and w_up (E, H, C); w_down
     (E, C, H); y (..., C). For the rows X_e (n_e, C) routed to expert e with weights a (n_e,):
         G = X_e W_gateᵀ,  U = X_e W_upᵀ,  h = silu(G) ⊙ U,  O = h W_downᵀ,  y-slot = a ⊙ O
-    Backward, with dY_e the gradient of those rows' tokens (gathered from dy):
-        da     = rowsum(dY_e ⊙ O) = rowsum((dY_e W_down) ⊙ h)        (no need to keep O)
-        dW_down = (a ⊙ dY_e)ᵀ h,     dh = a ⊙ (dY_e W_down)
-        dU = dh ⊙ silu(G),           dG = dh ⊙ U ⊙ σ(G)(1 + G(1 - σ(G)))      (``swiglu``'s rule)
-        dW_gate = dGᵀ X_e,  dW_up = dUᵀ X_e,   dX_e = dG W_gate + dU W_up
-    and dx_n = Σ over n's k slots of dX (scatter by the inverse of the sort). Experts no token chose get a
-    zero gradient. Saves the sort (N·k ids) and G, U (N·k × H each); X_e is re-gathered from x and h is
-    recomputed from G, U in the backward.
+    Saves the sort (N·k ids) and G, U (N·k × H each); X_e is re-gathered and h recomputed in the backward.
     """
     xp = backend.xp
-    n_expert, hidden, channels = w_gate.shape
-    if w_up.shape != w_gate.shape or w_down.shape != (n_expert, channels, hidden):
-        raise ValueError(f"moe_experts: w_gate {w_gate.shape} and w_up {w_up.shape} must be (E, H, C) and w_down "
-                         f"{w_down.shape} must be (E, C, H)")
+    n_expert, k, channels = w_gate.shape[0], indices.shape[-1], x.shape[-1]
+    x2d = x.reshape(-1, channels)                            # (N, C)
+    flat = indices.reshape(-1)                               # (N·k,) assignment a = n·k + j → expert
+    order = xp.argsort(flat, kind="stable")                  # assignments grouped by expert
+    token_of = order // k                                    # (N·k,) the token of each sorted assignment
+    bounds = [0] + backend.to_numpy(xp.cumsum(xp.bincount(flat, minlength=n_expert))).tolist()
+    a_sorted = weights.reshape(-1)[order]                    # (N·k,)
+    x_sorted = x2d[token_of]                                 # (N·k, C) gather
+    gate_pre = xp.empty((flat.size, w_gate.shape[1]), dtype=x.dtype)   # (N·k, H) G of every assignment
+    up_pre = xp.empty_like(gate_pre)                                    # (N·k, H) U
+    slots = xp.empty((flat.size, channels), dtype=x.dtype)   # (N·k, C) weighted outputs, assignment order
+    for e, (s, t) in enumerate(zip(bounds, bounds[1:])):
+        if s == t:
+            continue
+        gate_pre[s:t] = x_sorted[s:t] @ w_gate[e].T          # G (n_e, H)
+        up_pre[s:t] = x_sorted[s:t] @ w_up[e].T              # U (n_e, H)
+        h = gate_pre[s:t] * sigmoid(gate_pre[s:t]) * up_pre[s:t]         # h = silu(G) ⊙ U
+        slots[order[s:t]] = (h @ w_down[e].T) * a_sorted[s:t, None]     # a ⊙ O, back to assignment order
+    y = slots.reshape(-1, k, channels).sum(axis=1)           # a token's output: the sum of its k slots
+    cache = (x2d, x.shape, k, order, token_of, bounds, a_sorted, gate_pre, up_pre, w_gate, w_up, w_down)
+    return y.reshape(x.shape), cache
+
+
+def moe_experts_backward(dy, cache, needs=(True, False, True, True, True, True)):
+    """With dY_e the output gradient of expert e's rows (gathered from dy):
+        da = rowsum(dY_e ⊙ O) = rowsum((dY_e W_down) ⊙ h)         (no need to keep O)
+        dW_down = (a ⊙ dY_e)ᵀ h,     dh = a ⊙ (dY_e W_down)
+        dU = dh ⊙ silu(G),           dG = dh ⊙ U ⊙ silu'(G)                (``swiglu``'s rule)
+        dW_gate = dGᵀ X_e,  dW_up = dUᵀ X_e,   dX_e = dG W_gate + dU W_up
+    and dx_n = Σ over n's k slots of dX (un-sorted: each slot is a distinct row, so no add.at is needed).
+    Experts that no token chose get a zero gradient."""
+    xp = backend.xp
+    x2d, x_shape, k, order, token_of, bounds, a_sorted, gate_pre, up_pre, w_gate, w_up, w_down = cache
+    dy_sorted = dy.reshape(-1, x2d.shape[1])[token_of]       # (N·k, C) each slot's output gradient
+    x_sorted = x2d[token_of]                                 # (N·k, C)
+    dx_sorted, da_sorted = xp.zeros_like(x_sorted), xp.empty(len(order), dtype=dy.dtype)
+    dW = [xp.zeros_like(w) if need else None for w, need in zip((w_gate, w_up, w_down), needs[3:])]
+    for e, (s, t) in enumerate(zip(bounds, bounds[1:])):
+        if s == t:
+            continue
+        g, u, a = gate_pre[s:t], up_pre[s:t], a_sorted[s:t, None]
+        sig = sigmoid(g)
+        h = g * sig * u                                      # recomputed  h = silu(G) ⊙ U
+        dh = dy_sorted[s:t] @ w_down[e]                      # (n_e, H)  dY_e W_down
+        da_sorted[s:t] = (dh * h).sum(axis=1)                # undoes y-slot = a ⊙ O
+        if needs[5]:
+            dW[2][e] = (dy_sorted[s:t] * a).T @ h            # undoes O = h W_downᵀ
+        dh = dh * a
+        du, dg = dh * g * sig, dh * u * silu_derivative(g, sig)          # undo h = silu(G) ⊙ U
+        if needs[3]:
+            dW[0][e] = dg.T @ x_sorted[s:t]                  # undo G = X W_gateᵀ and U = X W_upᵀ
+        if needs[4]:
+            dW[1][e] = du.T @ x_sorted[s:t]
+        if needs[0]:
+            dx_sorted[s:t] = dg @ w_gate[e] + du @ w_up[e]
+    dx = dweights = None
+    if needs[0]:
+        dx_slots = xp.empty_like(dx_sorted)
+        dx_slots[order] = dx_sorted                          # sorted → assignment order
+        dx = dx_slots.reshape(-1, k, x2d.shape[1]).sum(axis=1).reshape(x_shape)
+    if needs[2]:
+        dweights = xp.empty_like(da_sorted)
+        dweights[order] = da_sorted
+        dweights = dweights.reshape(*x_shape[:-1], k)
+    return dx, None, dweights, *dW
+
+
+def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+    """The experts' outputs mixed by ``weights`` (``moe_experts_forward``)."""
+    n_expert, _, channels = w_gate.shape
+    if w_up.shape != w_gate.shape or w_down.shape != (n_expert, channels, w_gate.shape[1]):
+        raise ValueError(f"moe_experts: w_gate {w_gate.shape} and w_up {w_up.shape} must be (E, H, C) and "
+                         f"w_down {w_down.shape} must be (E, C, H)")
     if x.shape[-1] != channels:
-        raise ValueError(f"moe_experts: input of shape {x.shape} has {x.shape[-1]} features but the experts expect {channels}")
-    indices = xp.asarray(getattr(indices, "data", indices))
+        raise ValueError(f"moe_experts: input of shape {x.shape} has {x.shape[-1]} features but the experts "
+                         f"expect {channels}")
+    indices = backend.xp.asarray(getattr(indices, "data", indices))
     if indices.shape != x.shape[:-1] + indices.shape[-1:] or weights.shape != indices.shape:
         raise ValueError(f"moe_experts: indices {indices.shape} and weights {weights.shape} must both be "
                          f"{x.shape[:-1]} + (k,) for x of shape {x.shape}")
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_expert):
-        raise ValueError(f"moe_experts: expert ids must be in [0, {n_expert}), got {int(indices.min())}…{int(indices.max())}")
-    k = indices.shape[-1]
-    x2d = x.data.reshape(-1, channels)                        # (N, C)
-    n_tokens = x2d.shape[0]
-    flat = indices.reshape(-1)                                # (N·k,) assignment a = n·k + j → expert
-    order = xp.argsort(flat, kind="stable")                   # assignments grouped by expert
-    token_of = order // k                                     # (N·k,) the token of each sorted assignment
-    bounds = [0] + backend.to_numpy(xp.cumsum(xp.bincount(flat, minlength=n_expert))).tolist()
-    a_sorted = weights.data.reshape(-1)[order]                # (N·k,)
-    x_sorted = x2d[token_of]                                  # (N·k, C) gather
-    gate_pre = xp.empty((flat.size, hidden), dtype=x2d.dtype)  # (N·k, H) G of every assignment
-    up_pre = xp.empty((flat.size, hidden), dtype=x2d.dtype)    # (N·k, H) U
-    slots = xp.empty((flat.size, channels), dtype=x2d.dtype)   # (N·k, C) weighted outputs, assignment order
-    for e in range(n_expert):
-        s, t = bounds[e], bounds[e + 1]
-        if s == t:
-            continue
-        xe = x_sorted[s:t]                                    # (n_e, C)
-        g, u = gate_pre[s:t], up_pre[s:t]
-        xp.matmul(xe, w_gate.data[e].T, out=g)                # (n_e, H)
-        xp.matmul(xe, w_up.data[e].T, out=u)                  # (n_e, H)
-        h = g * sigmoid(g)
-        h *= u                                                # silu(G) ⊙ U
-        out = h @ w_down.data[e].T                            # (n_e, C)
-        out *= a_sorted[s:t, None]
-        slots[order[s:t]] = out                               # back to assignment order (distinct rows)
-    del x_sorted
-    y = slots.reshape(n_tokens, k, channels).sum(axis=1) if k > 1 else slots
-    y = y.reshape(x.shape)
-
-    def backward(dy):
-        dy2d = dy.reshape(n_tokens, channels)
-        dy_sorted = dy2d[token_of]                            # (N·k, C) each slot's output gradient
-        x_again = x2d[token_of]                               # (N·k, C)
-        dx_sorted = xp.empty_like(x_again) if x.requires_grad else None
-        da_sorted = xp.empty(flat.size, dtype=dy.dtype)
-        grads = [xp.zeros_like(w.data) if w.requires_grad else None for w in (w_gate, w_up, w_down)]
-        for e in range(n_expert):
-            s, t = bounds[e], bounds[e + 1]
-            if s == t:
-                continue
-            xe, dye, a = x_again[s:t], dy_sorted[s:t], a_sorted[s:t, None]
-            g, u = gate_pre[s:t], up_pre[s:t]
-            sig = sigmoid(g)
-            silu_g = g * sig
-            h = silu_g * u                                    # recomputed  h = silu(G) ⊙ U
-            dh = dye @ w_down.data[e]                         # (n_e, H)  dY_e W_down
-            da_sorted[s:t] = xp.einsum("nh,nh->n", dh, h)     # da = rowsum((dY W_down) ⊙ h)
-            if grads[2] is not None:
-                grads[2][e] = (dye * a).T @ h                 # dW_down = (a ⊙ dY)ᵀ h
-            dh *= a
-            du = dh * silu_g                                  # dU = dh ⊙ silu(G)
-            dg = dh * u * silu_derivative(g, sig)             # dG = dh ⊙ U ⊙ silu'(G)
-            if grads[0] is not None:
-                grads[0][e] = dg.T @ xe
-            if grads[1] is not None:
-                grads[1][e] = du.T @ xe
-            if dx_sorted is not None:
-                dxe = dx_sorted[s:t]
-                xp.matmul(dg, w_gate.data[e], out=dxe)
-                dxe += du @ w_up.data[e]
-        dx = None
-        if dx_sorted is not None:
-            dx_slots = xp.empty_like(dx_sorted)
-            dx_slots[order] = dx_sorted                       # sorted → assignment order
-            dx = (dx_slots.reshape(n_tokens, k, channels).sum(axis=1) if k > 1 else dx_slots).reshape(x.shape)
-        dweights = None
-        if weights.requires_grad:
-            dweights = xp.empty_like(da_sorted)
-            dweights[order] = da_sorted
-            dweights = dweights.reshape(weights.shape)
-        return (dx, dweights, *grads)
-
-    return Tensor._make(y, (x, weights, w_gate, w_up, w_down), backward)
+    lowest, highest = backend.host_min_max(indices) if indices.size else (0, 0)
+    if lowest < 0 or highest >= n_expert:
+        raise ValueError(f"moe_experts: expert ids must be in [0, {n_expert}), got {lowest}…{highest}")
+    y, cache = moe_experts_forward(x.data, indices, weights.data, w_gate.data, w_up.data, w_down.data)
+    return fused_op(moe_experts_backward, y, cache, x, indices, weights, w_gate, w_up, w_down)
 
 
 def moe(x: Tensor, router_weight: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, top_k: int,
