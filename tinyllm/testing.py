@@ -40,56 +40,72 @@ def gradcheck(fn, inputs, eps=1e-6, rtol=1e-6, atol=1e-8, seed=0, max_elements=N
         out = fn(*args)
         return out[0] if isinstance(out, tuple) else out
 
-    checked = [(i, t) for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
-    if not checked:
-        raise ValueError("gradcheck: no input requires grad, so there is nothing to check")
-    for i, t in checked:
-        if t.dtype != np.float64:
-            raise ValueError(f"gradcheck needs float64 inputs for a meaningful check; input {i} is {t.dtype}")
-        if not t.data.flags.c_contiguous:  # perturbations below write through a flat view
-            t.data = backend.xp.ascontiguousarray(t.data)
+    checked = _inputs_to_check(inputs)
+    analytic, upstream = _analytic_gradients(output, inputs, checked, seed)
 
-    # Analytic gradients of L = Σ out * R.
-    for _, t in checked:
-        t.grad = None
-    out = output(*inputs)
-    upstream = backend.rng(seed).standard_normal(out.shape)
-    out.backward(upstream)
-    analytic = {i: (t.grad.copy() if t.grad is not None else backend.xp.zeros_like(t.data)) for i, t in checked}
-
-    def loss():
+    def loss():                                              # L = Σ out * R, from the forward alone
         with no_grad():
-            return float((output(*inputs).data * upstream).sum())
+            return float(backend.to_numpy((output(*inputs).data * upstream).sum()))
 
-    worst_relative = 0.0
-    pick = np.random.default_rng(seed)
+    worst_relative, pick = 0.0, np.random.default_rng(seed)
     for i, t in checked:
         flat = t.data.reshape(-1)  # a view: writing to it perturbs the input in place
         positions = np.arange(flat.size)
         if max_elements is not None and flat.size > max_elements:
             positions = np.sort(pick.choice(flat.size, size=max_elements, replace=False))
         exact = backend.to_numpy(analytic[i]).reshape(-1)[positions].astype(np.float64)
-        numeric = np.empty(len(positions))
-        for n, k in enumerate(positions):
-            original = flat[k].item()
-            flat[k] = original + eps
-            plus = loss()
-            flat[k] = original - eps
-            minus = loss()
-            flat[k] = original
-            numeric[n] = (plus - minus) / (2 * eps)
-        error = np.abs(exact - numeric)
-        excess = error - (atol + rtol * np.maximum(np.abs(exact), np.abs(numeric)))
-        if excess.max(initial=-1.0) > 0:
-            n = int(np.argmax(excess))
-            where = tuple(int(w) for w in np.unravel_index(positions[n], t.shape))
-            raise AssertionError(
-                f"gradcheck failed for input {i} (shape {t.shape}) at element {where}: analytic "
-                f"{exact[n]:.10g} vs numeric {numeric[n]:.10g} (abs error {error[n]:.3g}; "
-                f"{int((excess > 0).sum())} of {len(positions)} elements disagree)"
-            )
+        numeric = np.array([_central_difference(flat, k, loss, eps) for k in positions])
+        _raise_on_disagreement(i, t.shape, positions, exact, numeric, rtol, atol)
         # Norm-wise relative error: robust to elements whose true gradient is ~0.
         scale = max(np.linalg.norm(exact), np.linalg.norm(numeric))
         if scale > 0:
             worst_relative = max(worst_relative, float(np.linalg.norm(exact - numeric) / scale))
     return worst_relative
+
+
+def _inputs_to_check(inputs) -> list:
+    """(position, tensor) of every input that requires grad: float64, C-contiguous (perturbed through a
+    flat view)."""
+    checked = [(i, t) for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
+    if not checked:
+        raise ValueError("gradcheck: no input requires grad, so there is nothing to check")
+    for i, t in checked:
+        if t.dtype != np.float64:
+            raise ValueError(f"gradcheck needs float64 inputs for a meaningful check; input {i} is {t.dtype}")
+        if not t.data.flags.c_contiguous:
+            t.data = backend.xp.ascontiguousarray(t.data)
+    return checked
+
+
+def _analytic_gradients(output, inputs, checked, seed):
+    """dL/dx of L = Σ out * R for a random upstream gradient R, by ``backward(R)``; returns them and R."""
+    for _, t in checked:
+        t.grad = None
+    out = output(*inputs)
+    upstream = backend.rng(seed).standard_normal(out.shape)
+    out.backward(upstream)
+    return {i: (t.grad.copy() if t.grad is not None else backend.xp.zeros_like(t.data)) for i, t in checked}, upstream
+
+
+def _central_difference(flat, k, loss, eps) -> float:
+    """(L(x + eps e_k) - L(x - eps e_k)) / 2 eps, perturbing element k of the input in place and restoring it."""
+    original = flat[k].item()
+    flat[k] = original + eps
+    plus = loss()
+    flat[k] = original - eps
+    minus = loss()
+    flat[k] = original
+    return (plus - minus) / (2 * eps)
+
+
+def _raise_on_disagreement(i, shape, positions, exact, numeric, rtol, atol) -> None:
+    error = np.abs(exact - numeric)
+    excess = error - (atol + rtol * np.maximum(np.abs(exact), np.abs(numeric)))
+    if excess.max(initial=-1.0) > 0:
+        n = int(np.argmax(excess))
+        where = tuple(int(w) for w in np.unravel_index(positions[n], shape))
+        raise AssertionError(
+            f"gradcheck failed for input {i} (shape {shape}) at element {where}: analytic "
+            f"{exact[n]:.10g} vs numeric {numeric[n]:.10g} (abs error {error[n]:.3g}; "
+            f"{int((excess > 0).sum())} of {len(positions)} elements disagree)"
+        )
