@@ -111,12 +111,30 @@ class Decoder:
         return self.model.next_token_logits(backend.asarray(ids), self._mask(width), backend.asarray(positions), self.cache)
 
     def select_rows(self, rows) -> None:
-        """Keep rows ``rows`` (old index of each new row; repeats allowed) of the batch."""
+        """Keep rows ``rows`` (old index of each new row; repeats allowed) of the batch. Padding that every
+        kept row has in front (left by a longer row that finished) is dropped from the cache."""
         rows = [int(r) for r in rows]
         self.contexts = [list(self.contexts[r]) for r in rows]
         self.pad = self.pad[rows]
+        shared_pad = int(self.pad.min()) if rows and self.cache is not None else 0
+        self.pad = self.pad - shared_pad
         if self.cache is not None:
-            self.cache.select_rows(rows)
+            self.cache.select_rows(rows, start=shared_pad)
+
+    def add_rows(self, prompts):
+        """Prefill ``prompts`` on their own, add them as new rows below the batch and return their logits
+        (B_new, V). This is how requests join a running batch between steps (continuous batching): rows
+        keep their own positions, and the shorter side is left-padded to the other's length."""
+        newcomers = Decoder(self.model, prompts, self.cache is not None, self.on_full)
+        logits = newcomers.prefill()
+        if self.cache is not None:
+            length = max(self.cache.length, newcomers.cache.length)
+            self.pad = self.pad + (length - self.cache.length)
+            newcomers.pad = newcomers.pad + (length - newcomers.cache.length)
+            self.cache.append_rows(newcomers.cache)
+        self.contexts += newcomers.contexts
+        self.pad = np.concatenate([self.pad, newcomers.pad])
+        return logits
 
     def _mask(self, width):
         """(B, 1, 1, width): True for real tokens, False for padding; None when no row is padded."""

@@ -15,9 +15,10 @@ from . import finetune as _finetune
 from . import generate as _generate
 from . import interop as _interop
 from . import align as _align
+from . import serve as _serve
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_tokenizer, _train, _generate, _finetune, _interop, _align]
+STAGES = [_tokenizer, _train, _generate, _finetune, _interop, _align, _serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
