@@ -264,3 +264,15 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(server):
     finally:
         engine.model = engine.model.model
     assert _post(server, CHAT, GOOD)[0] == 200
+
+
+def test_tinyllm_chat_runs_the_calculator_for_a_run_that_uses_tools(run, tmp_path, monkeypatch, capsys):
+    import io
+
+    from tinyllm.checkpoint import load_pretrained
+    model, tokenizer = load_pretrained(run)
+    save_model(tmp_path / "tools", model, tokenizer, extra_config={"tools": ["calculator"]})
+    monkeypatch.setattr("sys.stdin", io.StringIO(QUESTION + "\n"))
+    assert main(["chat", "--ckpt", str(tmp_path / "tools"), "--temperature", "0", "--max-new-tokens", "60"]) == 0
+    out = capsys.readouterr().out
+    assert out == CALL[:-len("</tool_call>")] + "</tool_call> → 42\n" + REPLY_TEXT + "\n"
