@@ -178,7 +178,7 @@ GOOD = {"model": "tiny", "messages": [{"role": "user", "content": "Hello there."
     ({**GOOD, "messages": "hi"}, None, 400, "messages"),
     ({**GOOD, "messages": [{"role": "wizard", "content": "hi"}]}, None, 400, "messages[0]"),
     ({**GOOD, "model": "gpt-4"}, None, 404, "model"),
-    ({**GOOD, "max_tokens": 96}, None, 400, "max_tokens"),
+    ({**GOOD, "max_tokens": 97}, None, 400, "max_tokens"),
     ({**GOOD, "temperature": -0.5}, None, 400, "temperature"),
     ({**GOOD, "n": 99}, None, 400, "n"),
     ({**GOOD, "top_p": 0}, None, 400, "top_p"),
@@ -276,3 +276,83 @@ def test_tinyllm_chat_runs_the_calculator_for_a_run_that_uses_tools(run, tmp_pat
     assert main(["chat", "--ckpt", str(tmp_path / "tools"), "--temperature", "0", "--max-new-tokens", "60"]) == 0
     out = capsys.readouterr().out
     assert out == CALL[:-len("</tool_call>")] + "</tool_call> → 42\n" + REPLY_TEXT + "\n"
+
+
+def _browser():
+    """A headless Chromium driven by playwright, or a skip naming what is missing."""
+    import shutil
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the page test needs playwright (pip install playwright)")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("the page test needs a Chromium binary (apt-get install chromium)")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    return sync_api.sync_playwright(), path, args
+
+
+def test_the_chat_page_streams_a_reply_and_shows_a_tool_call_in_a_real_browser(server, tmp_path):
+    manager, path, args = _browser()
+    with manager as p:
+        browser = p.chromium.launch(executable_path=path, args=args)
+        # The page's Content-Security-Policy forbids eval, which playwright's wait_for_function uses.
+        page = browser.new_page(viewport={"width": 1100, "height": 700}, bypass_csp=True)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url() + "/")
+        page.wait_for_function("document.getElementById('model-info').textContent.includes('tiny')")
+        assert page.evaluate("calculate('2*(3+4)') + '|' + calculate('7/2')") == "14|3.5"
+        page.eval_on_selector("#temperature", "e => { e.value = 0; e.dispatchEvent(new Event('input')); }")
+        page.check("#use-tools")
+        # Count the updates of assistant bubbles: a streamed reply arrives in several pieces.
+        page.evaluate("""window.seen = new Set(); new MutationObserver(() => {
+            const bubbles = document.querySelectorAll('.msg.assistant');
+            if (bubbles.length) window.seen.add(bubbles[bubbles.length - 1].textContent);
+          }).observe(document.getElementById('thread'), {subtree: true, childList: true, characterData: true})""")
+        engine = server.service.engine
+        engine.model = _Slow(engine.model)                               # tokens 30 ms apart, as from a bigger model
+        try:
+            page.fill("#input", QUESTION)
+            page.press("#input", "Enter")
+            page.wait_for_selector(".tool", timeout=20000)
+            assert page.inner_text(".tool .result") == "42" and "calculator(12+30)" in page.inner_text(".tool")
+            page.wait_for_function(f"[...document.querySelectorAll('.msg.assistant')].some("
+                                   f"m => m.textContent === {json.dumps(REPLY_TEXT)})", timeout=20000)
+        finally:
+            engine.model = engine.model.model
+        page.uncheck("#use-tools")
+        page.fill("#input", "Hello there.")
+        page.press("#input", "Enter")
+        page.wait_for_function("document.querySelectorAll('.msg.assistant').length === 2 && !document.querySelector('.streaming')",
+                               timeout=20000)
+        # The answer was seen growing: several different prefixes of it, not just the whole.
+        prefixes = page.evaluate("[...window.seen]")
+        assert sum(1 for text in prefixes if text and REPLY_TEXT.startswith(text)) >= 3 and not errors
+        page.screenshot(path=str(_screenshot_path(tmp_path)))
+        _stop_button_frees_the_row(page, server.service.engine)
+        browser.close()
+
+
+def _stop_button_frees_the_row(page, engine):
+    engine.model = _Slow(engine.model)
+    try:
+        page.click("#new-chat")                                          # (the context holds 96 tokens)
+        page.check("#use-tools")
+        page.fill("#input", QUESTION)                                   # a tool call: ~30 slow tokens
+        page.press("#input", "Enter")
+        deadline = time.time() + 10
+        while not engine.stats()["running"] and time.time() < deadline:
+            time.sleep(0.01)
+        page.click("#stop")
+        page.wait_for_selector("text=stopped", timeout=5000)
+        deadline = time.time() + 5
+        while engine.stats()["running"] and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.stats()["running"] == 0 and page.is_visible("#send")
+    finally:
+        engine.model = engine.model.model
+
+
+def _screenshot_path(tmp_path):
+    from pathlib import Path
+    screens = Path("/work/screens")
+    return screens / "serve_chat_page.png" if screens.is_dir() else tmp_path / "serve_chat_page.png"

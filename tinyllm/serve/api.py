@@ -90,8 +90,7 @@ class Sampling:
 
 
 def parse_sampling(body: dict, limits: Limits, max_tokens_field: str = "max_tokens") -> Sampling:
-    max_tokens = get(body, max_tokens_field, "integer", None, lambda v: 1 <= v <= limits.max_tokens,
-                     f"must be between 1 and {limits.max_tokens} (this server's limit)")
+    max_tokens = get(body, max_tokens_field, "integer", None, lambda v: v >= 1, "must be >= 1")
     stop = get(body, "stop", "string" if isinstance(body.get("stop"), str) else "array", [])
     stop = [stop] if isinstance(stop, str) else stop
     if len(stop) > limits.max_stop or not all(isinstance(s, str) and s for s in stop):
@@ -122,19 +121,21 @@ def check_model(body: dict, model_id: str) -> None:
 
 
 def check_room(prompt_tokens: int, sampling: Sampling, limits: Limits, default_tokens: int, param: str) -> int:
-    """The number of tokens to generate: ``max_tokens`` or ``default_tokens``, after checking that the
-    prompt leaves room for them in the model's context."""
+    """The number of tokens to generate: ``max_tokens`` (or ``default_tokens``), at most what the context
+    has left after the prompt. Asking for more than the whole context is an error; asking for more than the
+    prompt leaves is not: the reply ends when the context is full, with finish_reason "length" (as in
+    llama.cpp's server), so a chat page need not count the conversation's tokens."""
     room = limits.context - prompt_tokens
+    if sampling.max_tokens is not None and sampling.max_tokens > limits.context:
+        raise APIError(400, f"max_tokens is {sampling.max_tokens}, but this model's context is only {limits.context} "
+                            "tokens (prompt and reply together)", param="max_tokens", code="context_length_exceeded")
+    if sampling.max_tokens is not None and sampling.max_tokens > limits.max_tokens:
+        raise APIError(400, f"max_tokens can be at most {limits.max_tokens} on this server, got {sampling.max_tokens}",
+                       param="max_tokens", code="invalid_value")
     if room < 1:
         raise APIError(400, f"the prompt has {prompt_tokens} tokens, but this model's context is {limits.context} "
                             f"tokens and the reply needs at least one", param=param, code="context_length_exceeded")
-    if sampling.max_tokens is None:
-        return min(default_tokens, room, limits.max_tokens)
-    if sampling.max_tokens > room:
-        raise APIError(400, f"this model's context is {limits.context} tokens; the prompt has {prompt_tokens}, so "
-                            f"max_tokens can be at most {room}, got {sampling.max_tokens}", param="max_tokens",
-                       code="context_length_exceeded")
-    return sampling.max_tokens
+    return min(default_tokens if sampling.max_tokens is None else sampling.max_tokens, room, limits.max_tokens)
 
 
 # ------------------------------------------------------------------------------------- chat-specific

@@ -37,6 +37,7 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-
 class Server(ThreadingHTTPServer):
     """An HTTP server for a ``Service``. ``port=0`` picks a free port (``server.port`` tells which)."""
     daemon_threads = True
+    request_queue_size = 128      # the listen backlog: with the default 5, a burst of clients waits for SYN retries
 
     def __init__(self, service, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                  max_body: int = 1 << 20, timeout: float = 30.0, log=None):
