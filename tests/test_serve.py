@@ -356,3 +356,21 @@ def _screenshot_path(tmp_path):
     from pathlib import Path
     screens = Path("/work/screens")
     return screens / "serve_chat_page.png" if screens.is_dir() else tmp_path / "serve_chat_page.png"
+
+
+def test_stop_strings_n_seed_and_logprobs(server):
+    client = _client(server)
+    whole = client.completions.create(model="tiny", prompt="Hello there.", max_tokens=12, temperature=0)
+    stop = whole.choices[0].text[5:8]
+    cut = whole.choices[0].text[:whole.choices[0].text.index(stop)]
+    stopped = client.completions.create(model="tiny", prompt="Hello there.", max_tokens=12, temperature=0, stop=[stop])
+    assert stopped.choices[0].text == cut and stopped.choices[0].finish_reason == "stop"
+    sampled = [client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], n=3, seed=11,
+                                              max_tokens=8, temperature=1.0, logprobs=True, top_logprobs=2)
+               for _ in range(2)]
+    texts = [[c.message.content for c in s.choices] for s in sampled]
+    assert texts[0] == texts[1] and len(set(texts[0])) > 1                # seeded, and row i uses seed + i
+    entry = sampled[0].choices[0].logprobs.content[0]
+    assert entry.logprob <= 0 and len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob >= entry.logprob
+    chunks = list(client.completions.create(model="tiny", prompt="Hi", n=2, seed=3, max_tokens=5, stream=True))
+    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1} and chunks[-1].usage.completion_tokens <= 10

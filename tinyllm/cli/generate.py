@@ -21,6 +21,8 @@ import argparse
 import sys
 import time
 
+from ..serve.chat import end_token_ids as _stop_ids     # <|endoftext|> and the run's "end_token"
+
 END_OF_TEXT = "<|endoftext|>"
 
 
@@ -69,20 +71,6 @@ def _load(ckpt):
     if tokenizer is None:
         raise FileNotFoundError(f"the run '{ckpt}' has no tokenizer file; generating text needs one to turn text into ids")
     return model.eval(), tokenizer, load_config(ckpt)
-
-
-def _stop_ids(tokenizer, config) -> list[int]:
-    """<|endoftext|> if the tokenizer has it, and the run's ``"end_token"`` (set by instruction finetuning,
-    e.g. a newline for a character tokenizer) if that is a single token."""
-    special, ids = tokenizer.special_tokens, set()
-    if END_OF_TEXT in special:
-        ids.add(special[END_OF_TEXT])
-    end = config.get("end_token")
-    if isinstance(end, str) and end:
-        encoded = tokenizer.encode(end, allowed_special="all")
-        if len(encoded) == 1:
-            ids.add(encoded[0])
-    return sorted(ids)
 
 
 class TextStream:
@@ -164,30 +152,6 @@ def run_generate(args) -> int:
 
 # ----------------------------------------------------------------------------------------------------- chat
 
-class ChatFormat:
-    """How turns become text: ``user(message)`` is what precedes the model's reply, ``separator`` follows
-    the reply, ``stop_text`` (if any) ends a reply when the model writes it."""
-
-    def __init__(self, template):
-        self.instruction_tuned = template is not None
-        if template is None:                    # plain continuation, one line per turn
-            self.prompt, self.separator, self.stop_text = "{instruction}\n", "\n", "\n"
-        elif isinstance(template, str):
-            self.prompt, self.separator, self.stop_text = template, "\n\n", None
-        elif isinstance(template, dict) and isinstance(template.get("prompt"), str):
-            self.prompt = template["prompt"]
-            self.separator = template.get("separator", "\n\n")
-            self.stop_text = template.get("stop")
-        else:
-            raise ValueError(f"config.json 'template' must be a string with {{instruction}} or an object with a "
-                             f"'prompt' string; got {template!r}")
-        if "{instruction}" not in self.prompt:
-            raise ValueError(f"the chat template {self.prompt!r} has no {{instruction}} field")
-
-    def user(self, message: str) -> str:
-        return self.prompt.replace("{instruction}", message)
-
-
 def _fit_history(turns, current, budget):
     """The most recent turns (each a list of ids) that fit in ``budget`` tokens together with ``current``;
     ``current`` alone is cut to its last ``budget`` tokens."""
@@ -203,9 +167,9 @@ def _fit_history(turns, current, budget):
 
 
 def run_chat(args) -> int:
-    from ..serve.chat import tools_line
+    from ..serve.chat import ChatTemplate, tools_line
     model, tokenizer, config = _load(args.ckpt)
-    fmt = ChatFormat(config.get("template"))
+    fmt = ChatTemplate(config.get("template"))
     stop_ids = _stop_ids(tokenizer, config)
     block_size = model.config.block_size
     budget = max(block_size - args.max_new_tokens, block_size // 2)     # leave room for the reply

@@ -26,6 +26,7 @@ import secrets
 
 TOOL_CALL, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 TOOL_RESULT, TOOL_RESULT_END = "<tool_result>", "</tool_result>"
+END_OF_TEXT = "<|endoftext|>"
 
 
 def tools_line(names) -> str:
@@ -53,6 +54,20 @@ def parse_tool_call(text: str, tool_names):
         return None
     return {"id": "call_" + secrets.token_hex(12), "type": "function",
             "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}
+
+
+def end_token_ids(tokenizer, run_config) -> list[int]:
+    """<|endoftext|> if the tokenizer has it, and the run's ``"end_token"`` (set by instruction finetuning)
+    when that is a single token: generation ends at either."""
+    special, ids = getattr(tokenizer, "special_tokens", None) or {}, set()
+    if END_OF_TEXT in special:
+        ids.add(special[END_OF_TEXT])
+    end = run_config.get("end_token")
+    if isinstance(end, str) and end:
+        encoded = tokenizer.encode(end, allowed_special="all")
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return sorted(ids)
 
 
 class ChatTemplate:

@@ -17,11 +17,8 @@ from dataclasses import dataclass, field
 
 from .api import (APIError, CHAT_FIELDS, COMPLETION_FIELDS, Limits, check_fields, check_model, check_room, get,
                   parse_messages, parse_sampling, parse_tools)
-from .chat import TOOL_CALL, TOOL_CALL_END, ChatTemplate, IncrementalText, parse_tool_call
+from .chat import TOOL_CALL, TOOL_CALL_END, ChatTemplate, IncrementalText, end_token_ids, parse_tool_call
 from .engine import Engine, QueueFull, Request, SamplingParams
-
-END_OF_TEXT = "<|endoftext|>"
-
 
 @dataclass
 class Choice:
@@ -191,20 +188,6 @@ class Service:
         completion = sum(c.tokens for c in job.choices)
         return {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": job.prompt_tokens + completion}
-
-
-def end_token_ids(tokenizer, run_config) -> list[int]:
-    """<|endoftext|> if the tokenizer has it, and the run's ``"end_token"`` (set by instruction finetuning)
-    when that is a single token: generation ends at either."""
-    special, ids = getattr(tokenizer, "special_tokens", None) or {}, set()
-    if END_OF_TEXT in special:
-        ids.add(special[END_OF_TEXT])
-    end = run_config.get("end_token")
-    if isinstance(end, str) and end:
-        encoded = tokenizer.encode(end, **_allow_special(tokenizer, "all"))
-        if len(encoded) == 1:
-            ids.add(encoded[0])
-    return sorted(ids)
 
 
 def _allow_special(tokenizer, which) -> dict:
