@@ -80,13 +80,35 @@ def test_incremental_text_holds_back_stop_strings_half_characters_and_tool_calls
     assert half.add(first) == "" and half.add(second) == "é"
 
 
-def test_tool_problems_are_distinct_checkable_and_in_both_forms():
+def test_tool_problems_are_distinct_and_checkable():
     import random
     train, test = tool_problems(40, 10, seed=1)
     assert not {r["instruction"].split("\n")[0] for r in train} & {p["question"] for p in test}
-    assert {r["task"] for r in train} == {"calculator", "no tool"}
-    for _ in range(50):
-        problem = make_problem(random.Random(_))
+    for seed in range(50):
+        problem = make_problem(random.Random(seed))
         assert calculate(problem["expression"]) == problem["answer"]
-        record = as_record(problem, with_tool=True)
-        assert record["output"].endswith(f"</tool_result>{problem['answer']}")
+        record = as_record(problem)
+        assert record["instruction"].endswith("\nTools: calculator")
+        assert record["output"] == format_tool_call("calculator", {"expression": problem["expression"]}) + \
+            f"<tool_result>{problem['answer']}</tool_result>{problem['answer']}"
+
+
+def test_tool_use_is_scored_with_the_real_result_and_with_the_models_own(monkeypatch):
+    import tinyllm.finetune.tools as tools
+    problems = [{"question": "Sam has 12 pens and gets 30 more. How many pens now?", "expression": "12+30", "answer": 42},
+                {"question": "5 boxes hold 5 pens each. How many pens in all?", "expression": "5*5", "answer": 25},
+                {"question": "Ava had 50 coins and gave away 8. How many are left?", "expression": "50-8", "answer": 42}]
+    first_replies = [format_tool_call("calculator", {"expression": "12+30"}) + "<tool_result>41</tool_result>41",
+                     "25",                                                  # no call: right only without the tool
+                     format_tool_call("calculator", {"expression": "50-9"}) + "<tool_result>42</tool_result>42"]
+
+    def scripted(model, tokenizer, prompts, max_new_tokens, batch_size=16):
+        if max_new_tokens > 8:
+            return first_replies
+        return [p.rpartition("<tool_result>")[2].partition("<")[0] for p in prompts]   # copies the result
+
+    monkeypatch.setattr(tools, "greedy_replies", scripted)
+    scores = tools.evaluate_tool_use(None, None, problems)
+    assert scores["answers_with_tool"] == ["42", "", "41"] and scores["answers_without_tool"] == ["41", "25", "42"]
+    assert (scores["with_tool"], scores["without_tool"], scores["valid_calls"]) == (1 / 3, 2 / 3, 2 / 3)
+    assert scores["by_operation"]["*"] == {"examples": 1, "with_tool": 0.0, "without_tool": 1.0}

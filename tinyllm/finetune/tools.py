@@ -1,9 +1,11 @@
-"""Scoring tool use: held-out word problems answered with the calculator and without it, by one model.
+"""Scoring tool use: held-out word problems answered by one model with the calculator and without it.
 
-    with the tool      the prompt offers the calculator; the model writes a call, generation is cut at
-                       ``</tool_call>``, the call is parsed strictly and run, ``<tool_result>`` is appended,
-                       and the model writes the answer after it (what the server and the chat page do)
-    without the tool   the prompt offers nothing; the model writes the answer directly
+The model writes a call and, since it was trained on calls followed by their results, goes on to write a
+``<tool_result>`` and an answer of its own. Both ways start from that same greedy reply:
+
+    with the tool      cut at ``</tool_call>``, the call parsed strictly and run, the real ``<tool_result>``
+                       appended, and the answer the model writes after it (what the server and the chat page do)
+    without the tool   nothing is run: the answer after the result the model made up itself
 
 An answer is right when it is exactly the number. The problems come from ``tinyllm.data.tool_problems``.
 """
@@ -16,7 +18,7 @@ import numpy as np
 
 from ..data.instructions import end_token, format_prompt
 from ..data.tool_problems import as_record
-from ..serve.chat import TOOL_CALL, TOOL_CALL_END, format_tool_result, parse_tool_call
+from ..serve.chat import TOOL_CALL, TOOL_CALL_END, TOOL_RESULT_END, format_tool_result, parse_tool_call
 from ..serve.tools import run_tool
 
 
@@ -36,36 +38,28 @@ def greedy_replies(model, tokenizer, prompts, max_new_tokens: int, batch_size: i
     return replies
 
 
-def solve_with_tool(model, tokenizer, problems, batch_size: int = 16):
-    """(final answers, whether each wrote a well-formed call) for problems answered with the calculator."""
-    prompts = [format_prompt(as_record(p, with_tool=True)) for p in problems]
-    first = greedy_replies(model, tokenizer, prompts, 40, batch_size)
-    follow_ups, calls = [], []
-    for prompt, reply in zip(prompts, first):
-        call = None
-        if reply.startswith(TOOL_CALL) and TOOL_CALL_END in reply:
-            call_text = reply[len(TOOL_CALL):reply.index(TOOL_CALL_END)]
-            call = parse_tool_call(call_text, ["calculator"])
+def evaluate_tool_use(model, tokenizer, problems, batch_size: int = 16, template: str = "short") -> dict:
+    """Accuracy with and without the calculator, overall and per operation, the fraction of well-formed
+    calls, and the answers."""
+    prompts = [format_prompt(as_record(p), template) for p in problems]
+    replies = greedy_replies(model, tokenizer, prompts, 64, batch_size)     # a call + result + answer: ~55 tokens
+    follow_ups, calls, without = [], [], []
+    for prompt, reply in zip(prompts, replies):
+        call_text = reply[len(TOOL_CALL):reply.index(TOOL_CALL_END)] if reply.startswith(TOOL_CALL) and TOOL_CALL_END in reply else ""
+        call = parse_tool_call(call_text, ["calculator"])
         calls.append(call is not None)
+        without.append(reply.rpartition(TOOL_RESULT_END)[2].strip())
         if call is not None:
             result = run_tool(call["function"]["name"], call["function"]["arguments"])
             follow_ups.append(prompt + TOOL_CALL + call_text + TOOL_CALL_END + format_tool_result(result))
     answers = iter(greedy_replies(model, tokenizer, follow_ups, 8, batch_size) if follow_ups else [])
-    return [next(answers).strip() if ok else "" for ok in calls], calls
-
-
-def evaluate_tool_use(model, tokenizer, problems, batch_size: int = 16) -> dict:
-    """Accuracy with and without the calculator, overall and per operation, and the fraction of
-    well-formed calls."""
-    with_tool, calls = solve_with_tool(model, tokenizer, problems, batch_size)
-    without = [r.strip() for r in greedy_replies(
-        model, tokenizer, [format_prompt(as_record(p, with_tool=False)) for p in problems], 8, batch_size)]
+    with_tool = [next(answers).strip() if ok else "" for ok in calls]
     by_op = defaultdict(lambda: [0, 0, 0])
     for p, a, b in zip(problems, with_tool, without):
-        op = next(c for c in "+-*/" if c in p["expression"])
-        by_op[op][0] += 1
-        by_op[op][1] += a == str(p["answer"])
-        by_op[op][2] += b == str(p["answer"])
+        counts = by_op[next(c for c in "+-*/" if c in p["expression"])]
+        counts[0] += 1
+        counts[1] += a == str(p["answer"])
+        counts[2] += b == str(p["answer"])
     n = len(problems)
     return {"examples": n, "valid_calls": sum(calls) / n,
             "with_tool": sum(v[1] for v in by_op.values()) / n, "without_tool": sum(v[2] for v in by_op.values()) / n,
