@@ -4,8 +4,8 @@
     python benchmarks/bench_serve.py --ckpt runs/demo --json out.json
     python benchmarks/bench_serve.py --quick                     # a random mini model, fewer requests
 
-The server runs in this process on an ephemeral localhost port (its own threads, one decode loop); the
-clients are threads that each send ``--requests`` streaming completions one after another, every one asking
+The server runs as `tinyllm serve` in a process of its own on a free localhost port; the clients are
+threads of this process that each send ``--requests`` streaming completions one after another, every one asking
 for ``--max-tokens`` tokens at temperature 1 (seeded, so runs repeat). Reported per concurrency level:
 
     tokens/s     all generated tokens (from each response's usage) / wall time of the level
@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 
 import numpy as np
-
-from tinyllm.serve import start
 
 
 def one_request(url, model_id, prompt, max_tokens, seed):
@@ -72,6 +73,20 @@ def run_level(url, model_id, clients, requests, max_tokens, prompts):
             "first_token_p50": float(np.median(first))}
 
 
+def start_server(ckpt, max_batch):
+    """`tinyllm serve` in its own process (so the clients' threads do not share its interpreter), on a free
+    port; returns (process, base URL) once it answers."""
+    command = [sys.executable, "-m", "tinyllm", "serve", "--ckpt", str(ckpt), "--port", "0", "--quiet",
+               "--max-batch", str(max_batch), "--max-queue", "256"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    line = process.stderr.readline()                        # "serving 'NAME' (...) at http://HOST:PORT/ — ..."
+    match = re.search(r"at (http://[^/\s]+)/", line)
+    if match is None:
+        process.kill()
+        raise RuntimeError(f"tinyllm serve did not start: {line}{process.stderr.read()}")
+    return process, match.group(1)
+
+
 def quick_run(directory):
     """A random 'mini'-shaped model with a small BPE tokenizer, saved as a run (for --quick)."""
     from tinyllm.checkpoint import save_model
@@ -95,15 +110,16 @@ def main():
     args = parser.parse_args()
     ckpt = quick_run(tempfile.mkdtemp() + "/quick") if args.quick else args.ckpt
     requests = 1 if args.quick else args.requests
-    server = start(ckpt, port=0, max_batch=args.max_batch, max_queue=256)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    prompts = ["The", "A class", "To define a function", "The module", "An exception", "The value of"]
-    model_id = server.service.model_id
-    one_request(server.url(), model_id, "warm up", 4, 0)
-    rows = [run_level(server.url(), model_id, int(c), requests, args.max_tokens, prompts)
-            for c in args.clients.split(",")]
-    server.shutdown()
-    server.service.close()
+    server, url = start_server(ckpt, args.max_batch)
+    try:
+        with urllib.request.urlopen(url + "/v1/models") as response:
+            model_id = json.loads(response.read())["data"][0]["id"]
+        prompts = ["The", "A class", "To define a function", "The module", "An exception", "The value of"]
+        one_request(url, model_id, "warm up", 4, 0)
+        rows = [run_level(url, model_id, int(c), requests, args.max_tokens, prompts) for c in args.clients.split(",")]
+    finally:
+        server.terminate()
+        server.wait()
     print(f"tinyllm serve, {ckpt}: {requests} streamed requests per client, {args.max_tokens} tokens each, "
           f"max batch {args.max_batch}")
     print(f"{'clients':>7} {'requests':>8} {'tokens':>7} {'tokens/s':>9} {'latency p50':>12} {'p90':>7} "

@@ -51,7 +51,8 @@ class Decoder:
     """Feeds a batch of token sequences to a model and returns the logits of each row's next token.
 
     ``prefill()`` runs the prompts; ``feed(tokens)`` appends one token per row and runs one step;
-    ``select_rows(rows)`` drops or repeats rows (finished sequences, beam search). The model needs a
+    ``select_rows(rows)`` drops or repeats rows (finished sequences, beam search); ``add_rows(prompts)``
+    lets new sequences join between steps (the server's continuous batching). The model needs a
     ``config`` (``block_size``, and the shapes for the cache) and ``next_token_logits(idx, mask, positions,
     cache)``, as ``GPT`` has.
     """

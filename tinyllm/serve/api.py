@@ -5,7 +5,7 @@ Every problem with a request becomes an ``APIError`` that the server sends as Op
     HTTP 400  {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": null}}
 
 Statuses: 400 bad request, 401 wrong or missing API key, 404 unknown model or path, 405 wrong method,
-413 body too large, 429 too many requests waiting, 500 the model failed.
+411 no Content-Length, 413 body too large, 429 too many requests waiting, 500 the model failed.
 
 Fields the server does not implement are refused (400) unless they are at a value that changes nothing
 (``presence_penalty: 0``, ``logit_bias: {}``...), so a client never silently gets something other than what
