@@ -105,12 +105,13 @@ def test_openai_chat_with_and_without_stream_give_the_same_greedy_reply(server):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_openai_client_tool_call_then_the_answer_from_its_result(server, stream):
+@pytest.mark.parametrize("stream, choice", [(False, "auto"), (True, "auto"), (False, "required"),
+                                           (True, {"type": "function", "function": {"name": "calculator"}})])
+def test_openai_client_tool_call_then_the_answer_from_its_result(server, stream, choice):
     client = _client(server)
     messages = [{"role": "user", "content": QUESTION}]
     response = client.chat.completions.create(model="tiny", messages=messages, tools=[CALCULATOR], temperature=0,
-                                              stream=stream)
+                                              stream=stream, tool_choice=choice)
     if stream:
         parts = [c.choices[0] for c in response if c.choices]
         calls = [d for p in parts for d in (p.delta.tool_calls or [])]
@@ -374,3 +375,27 @@ def test_stop_strings_n_seed_and_logprobs(server):
     assert entry.logprob <= 0 and len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob >= entry.logprob
     chunks = list(client.completions.create(model="tiny", prompt="Hi", n=2, seed=3, max_tokens=5, stream=True))
     assert {c.choices[0].index for c in chunks if c.choices} == {0, 1} and chunks[-1].usage.completion_tokens <= 10
+
+
+class _Broken(_Slow):
+    def next_token_logits(self, *args):
+        raise FloatingPointError("the model broke")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failing_model_step_is_a_500_and_the_server_recovers(server, stream):
+    engine = server.service.engine
+    engine.model = _Broken(engine.model)
+    try:
+        if stream:
+            body = json.dumps({**GOOD, "stream": True}).encode()
+            request = urllib.request.Request(server.url() + CHAT, body)
+            with pytest.raises(urllib.error.HTTPError) as e:      # it failed before the first token: plain JSON
+                urllib.request.urlopen(request, timeout=30)
+            status, reply = e.value.code, json.loads(e.value.read())
+        else:
+            status, reply = _post(server, CHAT, GOOD)
+        assert status == 500 and reply["error"]["type"] == "server_error" and "the model broke" in reply["error"]["message"]
+    finally:
+        engine.model = engine.model.model
+    assert _post(server, CHAT, GOOD)[0] == 200

@@ -98,7 +98,7 @@ class Service:
         field_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         sampling = parse_sampling(body, self.limits, field_name)
         tool_names, forced = parse_tools(body)
-        prefix = "" if forced is None else TOOL_CALL + (f'{{"name":"{forced}","arguments":' if forced else "")
+        prefix = forced_call_prefix(forced)
         text = self.template.render(messages, tool_names, prefix)
         prompt_ids = self.tokenizer.encode(text, **_allow_special(self.tokenizer, "none"))
         want_logprobs = get(body, "logprobs", "boolean", False)
@@ -193,3 +193,14 @@ class Service:
 def _allow_special(tokenizer, which) -> dict:
     """``encode``'s keyword for tokenizers that have special tokens (a character tokenizer has none)."""
     return {"allowed_special": which} if getattr(tokenizer, "special_tokens", None) else {}
+
+
+def forced_call_prefix(forced) -> str:
+    """The start of the reply when ``tool_choice`` forces a call: "" (not forced), the opening of any call
+    (forced == ""), or of a call to the named tool. Each ends just before a letter, where a regex-split BPE
+    tokenizer starts a new chunk: a prefix cut inside a run of punctuation (after "<tool_call>" but before
+    its '{"') would be tokenized differently from the same text in training, and the model would not
+    recognise it (what "token healing" works around)."""
+    if forced is None:
+        return ""
+    return TOOL_CALL + ('{"' if not forced else f'{{"name":"{forced}","arguments":{{"')
