@@ -134,3 +134,23 @@ def test_logprobs_are_the_models_own(model):
     logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
     chosen, top = token_event[3]
     assert chosen == pytest.approx(logp.max(), abs=1e-6) and [t for t, _ in top] == list(np.argsort(-logp)[:3])
+
+
+def test_a_long_running_batch_whose_padding_fills_the_cache_still_matches_generate():
+    """Staggered requests keep the batch busy far longer than the 16-token window. Rows are right-aligned
+    and shared padding is dropped whenever rows leave, so the cache is never wider than the longest row's
+    context (at most 15 here: prompt + max_tokens - 1), and every row gets its own tokens."""
+    import random
+    model = _lively(GPT(GPTConfig(vocab_size=30, block_size=16, n_layer=1, n_head=2, n_embd=16), seed=5))
+    engine, rng = Engine(model, max_batch=6), random.Random(0)
+    prompts = [[rng.randrange(30) for _ in range(rng.randint(1, 12))] for _ in range(60)]
+    requests = [Request(p, SamplingParams(rng.randint(2, 16 - len(p)), temperature=0)) for p in prompts]
+    pending, widths = list(requests), []
+    while pending or engine.rows:
+        joining = [pending.pop(0)] if pending and len(engine.rows) < 6 and rng.random() < 0.7 else []
+        engine.step(joining)
+        widths.append(engine.decoder.cache.length if engine.decoder is not None else 0)
+    assert max(widths) == 15 and engine.steps > 80
+    for request, prompt in zip(requests, prompts):
+        tokens = [e[2] for e in list(request.events.queue) if e[0] == "token"]
+        assert tokens == generate(model, prompt, request.params.max_tokens, temperature=0)
