@@ -100,8 +100,8 @@ class Decoder:
             raise ValueError("a row's context is full (block_size tokens) and on_full='stop'; stop that row first")
         for context, token in zip(self.contexts, tokens):
             context.append(int(token))
-        # Re-prefill when a row slides, and also when the cache itself is full: after longer rows finish,
-        # a short row can still carry their left padding, so the cache is wider than any row's context.
+        # Re-prefill when a row slides, and also if the cache itself is full (a safety net: select_rows
+        # drops the padding rows share, so the cache is as wide as the longest row's context).
         if self.cache is None or any(full) or self.cache.length + 1 > self.block_size:
             for row in np.flatnonzero(full):                            # slide: keep the newest half window
                 self.contexts[row] = self.contexts[row][-self.keep_on_slide:]
