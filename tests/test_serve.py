@@ -399,3 +399,27 @@ def test_a_failing_model_step_is_a_500_and_the_server_recovers(server, stream):
     finally:
         engine.model = engine.model.model
     assert _post(server, CHAT, GOOD)[0] == 200
+
+
+def test_tinyllm_serve_command_starts_on_localhost_and_checks_its_flags(run, capsys):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    assert main(["serve", "--ckpt", str(run), "--port", "70000"]) == 2
+    assert "--port must be between 0 and 65535" in capsys.readouterr().err
+    root = Path(__file__).parents[1]
+    process = subprocess.Popen([sys.executable, "-m", "tinyllm", "serve", "--ckpt", str(run), "--port", "0", "--quiet"],
+                               cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+)/", line).group(1)       # localhost unless told otherwise
+        with urllib.request.urlopen(url + "/health", timeout=30) as response:
+            assert json.loads(response.read())["status"] == "ok"
+        with urllib.request.urlopen(url + "/", timeout=30) as response:
+            page = response.read().decode()
+            assert "<title>tinyllm chat</title>" in page
+            assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)      # nothing from a CDN
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
