@@ -375,6 +375,11 @@ def test_stop_strings_n_seed_and_logprobs(server):
     assert entry.logprob <= 0 and len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob >= entry.logprob
     chunks = list(client.completions.create(model="tiny", prompt="Hi", n=2, seed=3, max_tokens=5, stream=True))
     assert {c.choices[0].index for c in chunks if c.choices} == {0, 1} and chunks[-1].usage.completion_tokens <= 10
+    settings = dict(model="tiny", prompt="Hello there.", max_tokens=6, temperature=0, logprobs=2)
+    whole = client.completions.create(**settings).choices[0].logprobs
+    parts = [c.choices[0].logprobs for c in client.completions.create(**settings, stream=True) if c.choices]
+    assert [t for p in parts if p for t in p.tokens] == whole.tokens and len(whole.tokens) == 6
+    assert [x for p in parts if p for x in p.token_logprobs] == whole.token_logprobs
 
 
 class _Broken(_Slow):

@@ -47,17 +47,21 @@ def _id(job) -> str:
     return ("chatcmpl-" if job.kind == "chat" else "cmpl-") + job.id
 
 
-def stream_chunk(job, index, text=None, first=False, finish_reason=None, tool_calls=None) -> dict:
-    """One chunk of a stream for choice ``index``: new ``text``, or the end of the choice."""
+def stream_chunk(job, index, text=None, first=False, finish_reason=None, tool_calls=None, logprobs=None,
+                 tokenizer=None) -> dict:
+    """One chunk of a stream for choice ``index``: new ``text`` (with the ``logprobs`` entries of the tokens
+    that arrived since the last chunk, when asked for), or the end of the choice."""
     if job.kind == "completion":
-        choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        formatted = completion_logprobs(logprobs, tokenizer) if logprobs else None
+        choice = {"index": index, "text": text or "", "logprobs": formatted, "finish_reason": finish_reason}
         return _envelope(job, "text_completion", [choice], None)
     delta = {"role": "assistant", "content": ""} if first else {}
     if text:
         delta["content"] = text
     if tool_calls:
         delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(tool_calls)]
-    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    formatted = chat_logprobs(logprobs, tokenizer) if logprobs else None
+    choice = {"index": index, "delta": delta, "logprobs": formatted, "finish_reason": finish_reason}
     return _envelope(job, "chat.completion.chunk", [choice], None)
 
 

@@ -145,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
     def _stream(self, job) -> None:
         """Server-sent events: each choice's first chunk, text as it is released, its last chunk with the
         finish reason; then the usage and [DONE]."""
-        service, started = self.server.service, set()
+        service, started, sent = self.server.service, set(), {}               # sent: logprob entries per choice
         events = service.run_job(job, self._client_gone)
         first = next(events, None)                                 # errors before the first token are JSON
         if first is None:                                          # the client left while queued
@@ -163,7 +163,9 @@ class Handler(BaseHTTPRequestHandler):
                     started.add(index)
                     self.wfile.write(sse(stream_chunk(job, index, first=True)))
                 choice = job.choices[index]
-                chunk = (stream_chunk(job, index, text=text) if text is not None else
+                new_logprobs, sent[index] = choice.logprobs[sent.get(index, 0):], len(choice.logprobs)
+                chunk = (stream_chunk(job, index, text=text, logprobs=new_logprobs, tokenizer=service.tokenizer)
+                         if text is not None else
                          stream_chunk(job, index, finish_reason=choice.finish_reason, tool_calls=choice.tool_calls))
                 self.wfile.write(sse(chunk))
                 self.wfile.flush()
