@@ -60,7 +60,7 @@ save_model(args.out, model, tokenizer, extra_config={
     "base": str(base_path), "finetune": {"epochs": args.epochs, "train_size": len(train), "seconds": round(seconds)}})
 
 scores = evaluate_tool_use(model, tokenizer, test, template="short")
-print(f"\nheld-out: {scores['examples']} problems; well-formed calls when offered the tool: {scores['valid_calls']:.2f}")
+print(f"\nheld-out: {scores['examples']} problems; well-formed calls: {scores['valid_calls']:.2f}")
 print(f"{'operation':<10} {'problems':>8} {'with the tool':>14} {'without':>8}")
 for op, s in scores["by_operation"].items():
     print(f"{op:<10} {s['examples']:>8} {s['with_tool']:>14.2f} {s['without_tool']:>8.2f}")

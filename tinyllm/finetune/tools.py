@@ -45,7 +45,8 @@ def evaluate_tool_use(model, tokenizer, problems, batch_size: int = 16, template
     replies = greedy_replies(model, tokenizer, prompts, 64, batch_size)     # a call + result + answer: ~55 tokens
     follow_ups, calls, without = [], [], []
     for prompt, reply in zip(prompts, replies):
-        call_text = reply[len(TOOL_CALL):reply.index(TOOL_CALL_END)] if reply.startswith(TOOL_CALL) and TOOL_CALL_END in reply else ""
+        written = reply.startswith(TOOL_CALL) and TOOL_CALL_END in reply
+        call_text = reply[len(TOOL_CALL):reply.index(TOOL_CALL_END)] if written else ""
         call = parse_tool_call(call_text, ["calculator"])
         calls.append(call is not None)
         without.append(reply.rpartition(TOOL_RESULT_END)[2].strip())

@@ -1,6 +1,7 @@
 """OpenAI's response shapes: a whole completion, or the chunks of a stream.
 
-    /v1/completions        {"object": "text_completion", "choices": [{"text", "index", "logprobs", "finish_reason"}], "usage"}
+    /v1/completions        {"object": "text_completion", "choices": [{"text", "index", "logprobs",
+                           "finish_reason"}], "usage"}
     /v1/chat/completions   {"object": "chat.completion", "choices": [{"index", "message": {"role", "content",
                            "tool_calls"?}, "logprobs", "finish_reason"}], "usage"}
 

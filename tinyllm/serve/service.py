@@ -1,7 +1,7 @@
 """What the server does with a request, apart from HTTP: check it, turn it into token ids, run it on the
 engine, and shape the result as OpenAI's JSON (a whole response, or the chunks of a stream).
 
-    body ──prepare_completion / prepare_chat──► Job ──run_job──► per-choice events ──► response | chunks
+    body ──prepare_completion / prepare_chat──► Job ──run_job──► choice events ──► response | chunks
 
 A ``Job`` holds one request's choices; each choice turns its tokens into text with an ``IncrementalText``
 (so stop strings and a tool call being written are never streamed half-way) and ends with a

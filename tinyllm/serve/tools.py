@@ -59,7 +59,7 @@ def _evaluate(node):
             raise CalculatorError("division by zero") from None
         except OverflowError:
             raise CalculatorError("the result is too large") from None
-        if isinstance(value, complex) or abs(value) > MAX_MAGNITUDE or (isinstance(value, float) and not math.isfinite(value)):
+        if isinstance(value, complex) or abs(value) > MAX_MAGNITUDE or not math.isfinite(value):
             raise CalculatorError("the result is too large or not a real number")
         return value
     raise CalculatorError(f"only numbers, + - * / // % ** and parentheses are allowed, not {type(node).__name__}")
