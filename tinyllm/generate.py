@@ -51,7 +51,8 @@ class Decoder:
     """Feeds a batch of token sequences to a model and returns the logits of each row's next token.
 
     ``prefill()`` runs the prompts; ``feed(tokens)`` appends one token per row and runs one step;
-    ``select_rows(rows)`` drops or repeats rows (finished sequences, beam search). The model needs a
+    ``select_rows(rows)`` drops or repeats rows (finished sequences, beam search); ``add_rows(prompts)``
+    lets new sequences join between steps (the server's continuous batching). The model needs a
     ``config`` (``block_size``, and the shapes for the cache) and ``next_token_logits(idx, mask, positions,
     cache)``, as ``GPT`` has.
     """
@@ -99,8 +100,8 @@ class Decoder:
             raise ValueError("a row's context is full (block_size tokens) and on_full='stop'; stop that row first")
         for context, token in zip(self.contexts, tokens):
             context.append(int(token))
-        # Re-prefill when a row slides, and also when the cache itself is full: after longer rows finish,
-        # a short row can still carry their left padding, so the cache is wider than any row's context.
+        # Re-prefill when a row slides, and also if the cache itself is full (a safety net: select_rows
+        # drops the padding rows share, so the cache is as wide as the longest row's context).
         if self.cache is None or any(full) or self.cache.length + 1 > self.block_size:
             for row in np.flatnonzero(full):                            # slide: keep the newest half window
                 self.contexts[row] = self.contexts[row][-self.keep_on_slide:]
@@ -111,12 +112,30 @@ class Decoder:
         return self.model.next_token_logits(ids, self._mask(width), positions, self.cache)   # host ids: checked free
 
     def select_rows(self, rows) -> None:
-        """Keep rows ``rows`` (old index of each new row; repeats allowed) of the batch."""
+        """Keep rows ``rows`` (old index of each new row; repeats allowed) of the batch. Padding that every
+        kept row has in front (left by a longer row that finished) is dropped from the cache."""
         rows = [int(r) for r in rows]
         self.contexts = [list(self.contexts[r]) for r in rows]
         self.pad = self.pad[rows]
+        shared_pad = int(self.pad.min()) if rows and self.cache is not None else 0
+        self.pad = self.pad - shared_pad
         if self.cache is not None:
-            self.cache.select_rows(rows)
+            self.cache.select_rows(rows, start=shared_pad)
+
+    def add_rows(self, prompts):
+        """Prefill ``prompts`` on their own, add them as new rows below the batch and return their logits
+        (B_new, V). This is how requests join a running batch between steps (continuous batching): rows
+        keep their own positions, and the shorter side is left-padded to the other's length."""
+        newcomers = Decoder(self.model, prompts, self.cache is not None, self.on_full)
+        logits = newcomers.prefill()
+        if self.cache is not None:
+            length = max(self.cache.length, newcomers.cache.length)
+            self.pad = self.pad + (length - self.cache.length)
+            newcomers.pad = newcomers.pad + (length - newcomers.cache.length)
+            self.cache.append_rows(newcomers.cache)
+        self.contexts += newcomers.contexts
+        self.pad = np.concatenate([self.pad, newcomers.pad])
+        return logits
 
     def _mask(self, width):
         """(B, 1, 1, width): True for real tokens, False for padding; None when no row is padded."""

@@ -20,7 +20,11 @@ With rotary positions (Llama) the keys are stored already rotated: a key's rotat
 position, so it never changes either.
 
 The cache knows nothing about padding or positions: every row of a batch has the same ``length`` (prompts are
-left-padded, see ``tinyllm.generate``), and the attention mask and position ids come from the caller.
+left-padded, see ``tinyllm.generate``), and the attention mask and position ids come from the caller. Since a
+key carries its position inside it (added or rotated in before it was cached), a row's keys can move to other
+columns without changing what they mean: ``append_rows`` lets new sequences join a running batch (left-padded
+to the common length) and ``select_rows(rows, start)`` can drop leading columns that every row has as padding.
+That is all continuous batching (``tinyllm.serve``) needs.
 """
 
 from __future__ import annotations
@@ -93,9 +97,10 @@ class KVCache:
         for layer in self.layers:
             layer.length = 0
 
-    def select_rows(self, rows) -> None:
+    def select_rows(self, rows, start: int = 0) -> None:
         """Keep (and reorder, or repeat) rows of the batch: ``rows`` lists the old row of each new one.
         Used to drop finished sequences and, in beam search, to let each beam continue from its parent.
+        ``start``: also drop the first ``start`` positions (padding that no kept row needs any more).
         Copies only the filled positions."""
         xp = backend.xp
         rows = xp.asarray(rows, dtype=xp.intp)
@@ -104,5 +109,20 @@ class KVCache:
             for name in ("keys", "values"):
                 old = getattr(layer, name)
                 new = xp.empty((len(rows),) + old.shape[1:], dtype=old.dtype)   # (B', H, S, D)
-                new[:, :, :n] = old[rows, :, :n]
+                new[:, :, :n - start] = old[rows, :, start:n]
                 setattr(layer, name, new)
+            layer.length = n - start
+
+    def append_rows(self, other: "KVCache") -> None:
+        """Add the rows of ``other`` below this cache's rows. The shorter of the two is left-padded to the
+        longer's length, so the columns it gains are padding that the caller's attention mask must hide."""
+        xp = backend.xp
+        length = max(self.length, other.length)
+        for mine, theirs in zip(self.layers, other.layers):
+            for name in ("keys", "values"):
+                top, bottom = getattr(mine, name), getattr(theirs, name)
+                new = xp.zeros((len(top) + len(bottom),) + top.shape[1:], dtype=top.dtype)   # (B + B', H, S, D)
+                new[:len(top), :, length - mine.length:length] = top[:, :, :mine.length]
+                new[len(top):, :, length - theirs.length:length] = bottom[:, :, :theirs.length]
+                setattr(mine, name, new)
+            mine.length = length

@@ -17,11 +17,12 @@ from . import finetune as _finetune
 from . import generate as _generate
 from . import interop as _interop
 from . import align as _align
+from . import serve as _serve
 from .common import no_leftover_folder, use_help_formatter
 from . import data as _data
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_data, _tokenizer, _train, _generate, _finetune, _interop, _align]
+STAGES = [_data, _tokenizer, _train, _generate, _finetune, _interop, _align, _serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,9 @@ Chat uses the run's instruction template when its ``config.json`` has a ``"templ
 format string with an ``{instruction}`` field (the model's reply follows it), or an object
 ``{"prompt": "...{instruction}...", "separator": "\\n\\n", "stop": "..."}``, which is what ``tinyllm finetune
 instruct`` writes (``tinyllm.data.instructions.chat_template``). Replies also end at the run's ``"end_token"``.
+A run whose config.json lists ``"tools": ["calculator"]`` (``examples/13_tools.py``) is offered the calculator
+with each message; when it writes a call, chat runs it (``tinyllm.serve.tools``, an arithmetic parser, never
+``eval``), prints the result and lets the model finish its answer.
 Without a template, chat is plain continuation: your line is appended to the conversation and the model
 continues it up to the end of a line.
 """
@@ -18,6 +21,7 @@ import sys
 import time
 
 from .common import non_negative_float, non_negative_int, positive_float, positive_int, top_p
+from ..serve.chat import end_token_ids as _stop_ids     # <|endoftext|> and the run's "end_token"
 
 END_OF_TEXT = "<|endoftext|>"
 CHAT_COMMANDS = "Commands: /reset forgets the conversation, /quit leaves, /help shows this."
@@ -69,20 +73,6 @@ def _load(ckpt):
     return model.eval(), tokenizer, load_config(ckpt)
 
 
-def _stop_ids(tokenizer, config) -> list[int]:
-    """<|endoftext|> if the tokenizer has it, and the run's ``"end_token"`` (set by instruction finetuning,
-    e.g. a newline for a character tokenizer) if that is a single token."""
-    special, ids = tokenizer.special_tokens, set()
-    if END_OF_TEXT in special:
-        ids.add(special[END_OF_TEXT])
-    end = config.get("end_token")
-    if isinstance(end, str) and end:
-        encoded = tokenizer.encode(end, allowed_special="all")
-        if len(encoded) == 1:
-            ids.add(encoded[0])
-    return sorted(ids)
-
-
 class TextStream:
     """Prints the text of a growing list of token ids, one new suffix at a time.
 
@@ -104,12 +94,16 @@ class TextStream:
         cut = text.find(self.stop_text) if self.stop_text else -1
         if cut >= 0:
             text = text[:cut]
-        elif text.endswith("\ufffd"):          # possibly half a character: wait for the next token
+        elif text.endswith("\ufffd") or self._could_become_stop(text):   # wait for the next token
             self._pending = text
             return False
         self.text, self._pending = text, None
         self._flush()
         return cut >= 0
+
+    def _could_become_stop(self, text: str) -> bool:
+        """Whether the text ends with the start of ``stop_text`` (printing it could print part of a stop)."""
+        return bool(self.stop_text) and any(text.endswith(self.stop_text[:k]) for k in range(1, len(self.stop_text)))
 
     def finish(self) -> None:
         """Print whatever is left (an incomplete character at the very end shows as "\ufffd")."""
@@ -160,30 +154,6 @@ def run_generate(args) -> int:
 
 # ----------------------------------------------------------------------------------------------------- chat
 
-class ChatFormat:
-    """How turns become text: ``user(message)`` is what precedes the model's reply, ``separator`` follows
-    the reply, ``stop_text`` (if any) ends a reply when the model writes it."""
-
-    def __init__(self, template):
-        self.instruction_tuned = template is not None
-        if template is None:                    # plain continuation, one line per turn
-            self.prompt, self.separator, self.stop_text = "{instruction}\n", "\n", "\n"
-        elif isinstance(template, str):
-            self.prompt, self.separator, self.stop_text = template, "\n\n", None
-        elif isinstance(template, dict) and isinstance(template.get("prompt"), str):
-            self.prompt = template["prompt"]
-            self.separator = template.get("separator", "\n\n")
-            self.stop_text = template.get("stop")
-        else:
-            raise ValueError(f"config.json 'template' must be a string with {{instruction}} or an object with a "
-                             f"'prompt' string; got {template!r}")
-        if "{instruction}" not in self.prompt:
-            raise ValueError(f"the chat template {self.prompt!r} has no {{instruction}} field")
-
-    def user(self, message: str) -> str:
-        return self.prompt.replace("{instruction}", message)
-
-
 def _fit_history(turns, current, budget):
     """The most recent turns (each a list of ids) that fit in ``budget`` tokens together with ``current``;
     ``current`` alone is cut to its last ``budget`` tokens."""
@@ -199,9 +169,9 @@ def _fit_history(turns, current, budget):
 
 
 def run_chat(args) -> int:
-    from ..generate import stream_generate
+    from ..serve.chat import ChatTemplate, tools_line
     model, tokenizer, config = _load(args.ckpt)
-    fmt = ChatFormat(config.get("template"))
+    fmt = ChatTemplate(config.get("template"))
     stop_ids = _stop_ids(tokenizer, config)
     block_size = model.config.block_size
     budget = max(block_size - args.max_new_tokens, block_size // 2)     # leave room for the reply
@@ -209,6 +179,7 @@ def run_chat(args) -> int:
     mode = "instruction template" if fmt.instruction_tuned else "plain continuation"
     print(f"chat with {args.ckpt} ({mode}, context {block_size} tokens). {CHAT_COMMANDS}", file=sys.stderr)
     turns, sampling = [], _sampling_kwargs(args)
+    tools = [name for name in config.get("tools", []) if name == "calculator"]
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)
@@ -229,17 +200,42 @@ def run_chat(args) -> int:
             continue
         if not command:
             continue
+        if tools:                               # the run was taught to call them (examples/13_tools.py)
+            message = f"{message}\n{tools_line(tools)}"
         current = tokenizer.encode(fmt.user(message), allowed_special="all")
         prompt_ids = _fit_history(turns, current, budget)
-        stream = TextStream(tokenizer, stop_text=fmt.stop_text, strip_leading=True)
         start = time.perf_counter()
+        reply, count = _chat_reply(model, tokenizer, prompt_ids, fmt.stop_text, tools, stop_ids, sampling, args)
+        turns.append(current + tokenizer.encode(reply + fmt.separator, allowed_special="all"))
+        if interactive:
+            _report(count, time.perf_counter() - start)
+    return 0
+
+
+def _chat_reply(model, tokenizer, prompt_ids, stop_text, tools, stop_ids, sampling, args):
+    """Stream one reply; when the model writes a tool call, run it (``tinyllm.serve.tools``), print and
+    append its result, and let the model go on. Returns (the reply text, tokens generated)."""
+    from ..generate import stream_generate
+    from ..serve.chat import TOOL_CALL, TOOL_CALL_END, format_tool_result, parse_tool_call
+    from ..serve.tools import run_tool
+    reply, count = "", 0
+    for _ in range(4):                          # at most 3 tool calls per reply
+        stream = TextStream(tokenizer, stop_text=TOOL_CALL_END if tools else stop_text, strip_leading=not reply)
         for token in stream_generate(model, prompt_ids, args.max_new_tokens, stop_ids=stop_ids, **sampling):
             if stream.add(token):
                 break
         stream.finish()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        turns.append(current + tokenizer.encode(stream.text.strip() + fmt.separator, allowed_special="all"))
-        if interactive:
-            _report(len(stream.ids), time.perf_counter() - start)
-    return 0
+        count += len(stream.ids)
+        reply += stream.text
+        call_text = stream.text.partition(TOOL_CALL)[2] if TOOL_CALL in stream.text else None
+        call = parse_tool_call(call_text, tools) if call_text is not None else None
+        if call is None:
+            break
+        result = run_tool(call["function"]["name"], call["function"]["arguments"])
+        sys.stdout.write(f"{TOOL_CALL_END} → {result}\n")
+        reply += TOOL_CALL_END + format_tool_result(result)
+        prompt_ids = prompt_ids + tokenizer.encode(stream.text + TOOL_CALL_END + format_tool_result(result),
+                                                   allowed_special="all")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return reply.strip(), count

@@ -38,7 +38,8 @@ IGNORE_INDEX = -100
 END_OF_TEXT = "<|endoftext|>"
 PREAMBLE = ("Below is an instruction that describes a task. "
             "Write a response that appropriately completes the request.")
-TEMPLATES = ("alpaca",)
+TEMPLATES = ("alpaca", "short")     # "short": the same sections without the preamble (35 tokens of a small
+                                    # model's context: examples/13_tools.py needs them for its tool calls)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -79,20 +80,22 @@ def split_records(records, fractions=(0.85, 0.05, 0.10)):
 def chat_template(template: str = "alpaca") -> dict:
     """The template as ``tinyllm chat`` reads it from config.json: the prompt for a one-line message (no
     input section) with an ``{instruction}`` field, the text between turns, and the template's name."""
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown prompt template {template!r}; choose one of {TEMPLATES}")
-    return {"name": template, "prompt": f"{PREAMBLE}\n\n### Instruction:\n{{instruction}}\n\n### Response:\n",
+    return {"name": template, "prompt": _preamble(template) + "### Instruction:\n{instruction}\n\n### Response:\n",
             "separator": "\n\n"}
 
 
 def format_prompt(record: dict, template: str = "alpaca") -> str:
     """The prompt for a record: everything up to and including "### Response:\\n"."""
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown prompt template {template!r}; choose one of {TEMPLATES}")
-    prompt = f"{PREAMBLE}\n\n### Instruction:\n{record['instruction']}"
+    prompt = f"{_preamble(template)}### Instruction:\n{record['instruction']}"
     if record.get("input"):
         prompt += f"\n\n### Input:\n{record['input']}"
     return prompt + "\n\n### Response:\n"
+
+
+def _preamble(template: str) -> str:
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; choose one of {TEMPLATES}")
+    return f"{PREAMBLE}\n\n" if template == "alpaca" else ""
 
 
 @dataclass
