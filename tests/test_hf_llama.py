@@ -2,6 +2,7 @@
 tied and untied; Llama 3 rope scaling; Qwen2 with q/k/v biases; Mistral; Mixtral) → tinyllm → the same
 logits and greedy tokens; tinyllm → export → ``from_pretrained`` → the same logits again."""
 
+import io
 import json
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_unsupported_configs_are_refused_by_name(tmp_path):
             load_hf_llama(tmp_path / "hf")
 
 
-def test_cli_import_generate_export_with_the_models_tokenizer(tmp_path, capsys):
+def test_cli_import_generate_export_with_the_models_tokenizer(tmp_path, capsys, monkeypatch):
     """import-hf of a Qwen2-style directory with its tokenizer.json and chat template → a run that encodes
     text with the model's own ids and generates what transformers does → export-hf with the same files."""
     from test_hf_tokenizer_json import _text, train_hf_tokenizer
@@ -155,6 +156,16 @@ def test_cli_import_generate_export_with_the_models_tokenizer(tmp_path, capsys):
     ids = tokenizer.encode(text, allowed_special="all")
     assert ids == hf_tok.encode(text, add_special_tokens=False).ids
     assert generate(model, ids, 20, temperature=0) == hf_greedy(reference, ids, 20)
+
+    prompt = tokenizer.encode("<|im_start|>user\nHi<|im_end|>\n", allowed_special="all")
+    expected = tokenizer.decode(generate(model, prompt, 6, temperature=0))
+    capsys.readouterr()
+    assert cli_main(["generate", "--ckpt", str(tmp_path / "run"), "--chat", "--prompt", "Hi", "--temperature", "0",
+                     "--max-new-tokens", "6"]) == 0                # the run's own chat template wraps the prompt
+    assert capsys.readouterr().out == "<|im_start|>user\nHi<|im_end|>\n" + expected + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n/reset\n"))
+    assert cli_main(["chat", "--ckpt", str(tmp_path / "run"), "--temperature", "0", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out == expected.strip() + "\n"
 
     assert cli_main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"config.json", "model.safetensors", "tokenizer.json",

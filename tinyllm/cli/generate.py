@@ -8,8 +8,10 @@ Chat uses the run's instruction template when its ``config.json`` has a ``"templ
 format string with an ``{instruction}`` field (the model's reply follows it), or an object
 ``{"prompt": "...{instruction}...", "separator": "\\n\\n", "stop": "..."}``, which is what ``tinyllm finetune
 instruct`` writes (``tinyllm.data.instructions.chat_template``). Replies also end at the run's ``"end_token"``.
-Without a template, chat is plain continuation: your line is appended to the conversation and the model
-continues it up to the end of a line.
+A run imported from Hugging Face chats with the model's own template instead (``tinyllm.chat_template``:
+``tokenizer_config.json``'s ``chat_template`` rendered with jinja2, or built-in ChatML / Llama 3), and
+``generate --chat`` wraps the prompt as one user message in it. Without a template, chat is plain
+continuation: your line is appended to the conversation and the model continues it up to the end of a line.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def add_commands(sub) -> None:
     p.add_argument("--beam", type=positive_int, default=None, metavar="N",
                    help="beam search with N beams instead of sampling (prints the best sequence when done)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="with --beam: score = Σ log p / length^this")
+    p.add_argument("--chat", action="store_true", help="wrap --prompt as a user message in the model's chat "
+                                                       "template (tokenizer_config.json's, or ChatML / Llama 3)")
     p.set_defaults(func=run_generate)
 
     p = sub.add_parser("chat", help="talk to a model: read lines from stdin, answer each one",
@@ -136,6 +140,10 @@ def run_generate(args) -> int:
     model, tokenizer, config = _load(args.ckpt)
     stop_ids = _stop_ids(tokenizer, config)
     start = [tokenizer.special_tokens[END_OF_TEXT]] if END_OF_TEXT in tokenizer.special_tokens else []
+    if args.chat:
+        template = _chat_template(args.ckpt, tokenizer, required=True)
+        stop_ids = sorted(set(stop_ids) | set(_template_stop_ids(tokenizer, template)))
+        args.prompt = template.render([{"role": "user", "content": args.prompt}])
     prompt_ids = tokenizer.encode(args.prompt, allowed_special="all") if args.prompt else start
     if not prompt_ids:
         raise ValueError("--prompt is empty and this tokenizer has no <|endoftext|> token to start from; give a prompt")
@@ -198,9 +206,58 @@ def _fit_history(turns, current, budget):
     return [t for turn in reversed(kept) for t in turn] + current
 
 
+def _chat_template(ckpt, tokenizer, required=False):
+    from pathlib import Path
+
+    from ..chat_template import load_chat_template
+    run = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
+    template = load_chat_template(run, tokenizer)
+    if template is None and required:
+        raise ValueError(f"'{ckpt}' has no chat template (no tokenizer_config.json chat_template, and its tokenizer "
+                         "has neither ChatML's <|im_start|>/<|im_end|> nor Llama 3's header tokens)")
+    return template
+
+
+def _template_stop_ids(tokenizer, template) -> list[int]:
+    return [tokenizer.special_tokens[t] for t in template.stop_tokens if t in tokenizer.special_tokens]
+
+
+def _chat_with_template(args, model, tokenizer, template) -> int:
+    """The chat loop for a model with its own chat template: the whole conversation is re-rendered each
+    turn (oldest messages dropped while it does not fit), and a reply ends at the template's stop tokens."""
+    from ..generate import generate
+    stop_ids = _template_stop_ids(tokenizer, template)
+    budget = max(model.config.block_size - args.max_new_tokens, model.config.block_size // 2)
+    print(f"chat with {args.ckpt} (the model's chat template, context {model.config.block_size} tokens). "
+          f"{CHAT_COMMANDS}", file=sys.stderr)
+    messages, sampling = [], _sampling_kwargs(args)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "/quit":
+            break
+        if not command:
+            continue
+        if command.startswith("/"):           # /reset, /help and any other /word: ours, not the model's
+            messages = [] if command == "/reset" else messages
+            print(f"[{'conversation forgotten' if command == '/reset' else CHAT_COMMANDS}]", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        ids = tokenizer.encode(template.render(messages), allowed_special="all")
+        while len(ids) > budget and len(messages) > 1:
+            messages = messages[2:] if len(messages) > 2 else messages[1:]
+            ids = tokenizer.encode(template.render(messages), allowed_special="all")
+        reply = tokenizer.decode(generate(model, ids[-budget:], args.max_new_tokens, stop_ids=stop_ids, **sampling))
+        print(reply.strip(), flush=True)
+        messages.append({"role": "assistant", "content": reply.strip()})
+    return 0
+
+
 def run_chat(args) -> int:
     from ..generate import stream_generate
     model, tokenizer, config = _load(args.ckpt)
+    template = None if config.get("template") is not None else _chat_template(args.ckpt, tokenizer)
+    if template is not None:
+        return _chat_with_template(args, model, tokenizer, template)
     fmt = ChatFormat(config.get("template"))
     stop_ids = _stop_ids(tokenizer, config)
     block_size = model.config.block_size
