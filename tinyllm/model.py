@@ -38,6 +38,7 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import no_grad
+from .checkpointing import checkpoint
 from .functional.rope import check_rope_scaling, rope_cos_sin
 from .nn import (CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear, MLP, MoE, Module, Parameter, RMSNorm,
                  SwiGLU)
@@ -251,7 +252,10 @@ class GPT(Module):
         x = self.drop(x)
         layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
         for block, layer_cache in zip(self.blocks, layer_caches):
-            x = block(x, mask, layer_cache, rope)
+            if getattr(self, "checkpoint_activations", False) and cache is None:   # see tinyllm.checkpointing
+                x = checkpoint(lambda h, block=block: block(h, mask, None, rope), x, block.parameters())
+            else:
+                x = block(x, mask, layer_cache, rope)
         return self.ln_f(x)
 
     def forward(self, idx, targets=None, mask=None, positions=None, cache=None):

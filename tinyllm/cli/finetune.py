@@ -105,6 +105,9 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
     g.add_argument("--dropout", type=probability, default=None, help="model dropout while finetuning; None keeps the base run's")
     g.add_argument("--log-interval", type=positive_int, default=d.log_interval, help="steps between progress lines (when not on a terminal)")
     g.add_argument("--seed", type=non_negative_int, default=d.seed, help="data shuffling, splits and the head's initialisation")
+    g.add_argument("--checkpoint-activations", action="store_true",
+                   help="keep only each block's input and recompute the block in the backward: less memory, "
+                        "about a third more compute (needs dropout 0)")
     p.set_defaults(default_lr=lr, default_lora_lr=lora_lr)
 
 
@@ -136,6 +139,11 @@ def _prepare_training(model, args, also=()):
     """Freeze or LoRA-wrap as the flags ask; returns the LoRA report or None."""
     from ..finetune.loop import freeze_except_last
     from ..lora import apply_lora, format_report, parameter_report
+    if getattr(args, "checkpoint_activations", False):
+        from ..checkpointing import enable_checkpointing
+        if args.dropout:
+            raise ValueError("--checkpoint-activations needs --dropout 0: recomputed blocks would draw new masks")
+        enable_checkpointing(model)
     if args.lora_rank:
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
         report = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets, trainable=also, seed=args.seed)
