@@ -34,7 +34,7 @@ def save_tiny(kind: str, extra: dict, directory):
     """A tiny random model of ``kind`` saved by transformers; every weight perturbed so that norms and biases
     (which start at 1 and 0) matter too."""
     torch.manual_seed(0)
-    config = getattr(transformers, f"{kind}Config")(**COMMON, **extra)
+    config = getattr(transformers, f"{kind}Config")(**{**COMMON, **extra})
     model = getattr(transformers, f"{kind}ForCausalLM")(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -172,3 +172,24 @@ def test_cli_import_generate_export_with_the_models_tokenizer(tmp_path, capsys, 
                                                               "tokenizer_config.json"}
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     np.testing.assert_allclose(hf_logits(again, [ids]), hf_logits(reference, [ids]), atol=1e-5)
+
+
+def test_an_imported_llama_run_finetunes_with_lora_dpo_and_grpo(tmp_path, capsys):
+    """finetune instruct / align dpo / align grpo with LoRA and --checkpoint-activations on an imported run."""
+    from test_hf_tokenizer_json import _text, train_hf_tokenizer
+
+    from tinyllm.cli import main as cli_main
+
+    hf_tok = train_hf_tokenizer("llama3", _text()[:20_000], tmp_path / "tokenizer.json", vocab_size=300)
+    save_tiny("Llama", dict(vocab_size=hf_tok.get_vocab_size(), max_position_embeddings=256), tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.json").write_bytes((tmp_path / "tokenizer.json").read_bytes())
+    assert cli_main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
+    common = ["--ckpt", str(tmp_path / "run"), "--lora-rank", "2", "--checkpoint-activations", "--train-size", "4",
+              "--test-size", "2"]
+    assert cli_main(["finetune", "instruct", *common, "--out", str(tmp_path / "sft"), "--epochs", "1",
+                     "--batch-size", "2", "--max-new-tokens", "4"]) == 0
+    assert cli_main(["align", "dpo", *common, "--out", str(tmp_path / "dpo"), "--epochs", "1", "--batch-size", "2"]) == 0
+    assert cli_main(["align", "grpo", *common, "--out", str(tmp_path / "grpo"), "--steps", "1", "--prompts-per-step",
+                     "2", "--group-size", "2", "--max-new-tokens", "4"]) == 0
+    for run in ("sft", "dpo", "grpo"):
+        assert (tmp_path / run / "model.safetensors").exists()
