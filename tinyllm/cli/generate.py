@@ -58,6 +58,9 @@ def add_sampling_flags(p, max_new_tokens) -> None:
     g.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 makes tokens already seen less likely")
     g.add_argument("--seed", type=non_negative_int, default=None, help="seed for reproducible sampling (None: a random one)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token (slow; for comparison)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="storage of the blocks' weight matrices; arithmetic stays float32 (16 bits: half the "
+                        "memory, slower decoding; see tinyllm.half_weights)")
 
 
 def _sampling_kwargs(args) -> dict:
@@ -65,11 +68,14 @@ def _sampling_kwargs(args) -> dict:
                 repetition_penalty=args.repetition_penalty, seed=args.seed, use_cache=not args.no_cache)
 
 
-def _load(ckpt):
+def _load(ckpt, dtype="float32"):
     from ..checkpoint import load_config, load_pretrained
     model, tokenizer = load_pretrained(ckpt)
     if tokenizer is None:
         raise FileNotFoundError(f"the run '{ckpt}' has no tokenizer file; generating text needs one to turn text into ids")
+    if dtype != "float32":
+        from ..half_weights import store_half
+        store_half(model, dtype)
     return model.eval(), tokenizer, load_config(ckpt)
 
 
@@ -137,7 +143,7 @@ def run_generate(args) -> int:
     from ..generate import beam_search, stream_generate
     from ..sampling import check_sampling_args
     check_sampling_args(args.temperature, args.top_k or None, args.top_p, args.repetition_penalty)
-    model, tokenizer, config = _load(args.ckpt)
+    model, tokenizer, config = _load(args.ckpt, args.dtype)
     stop_ids = _stop_ids(tokenizer, config)
     start = [tokenizer.special_tokens[END_OF_TEXT]] if END_OF_TEXT in tokenizer.special_tokens else []
     if args.chat:
@@ -254,7 +260,7 @@ def _chat_with_template(args, model, tokenizer, template) -> int:
 
 def run_chat(args) -> int:
     from ..generate import stream_generate
-    model, tokenizer, config = _load(args.ckpt)
+    model, tokenizer, config = _load(args.ckpt, args.dtype)
     template = None if config.get("template") is not None else _chat_template(args.ckpt, tokenizer)
     if template is not None:
         return _chat_with_template(args, model, tokenizer, template)
