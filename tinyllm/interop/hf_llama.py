@@ -44,8 +44,8 @@ import numpy as np
 from .. import backend
 from ..files import atomic_write_json, read_json
 from ..model import GPT, GPTConfig
-from ..safetensors import read_header, save_file
-from .hf_gpt2 import HF_CONFIG, HF_INDEX, HF_WEIGHTS, read_hf_tensors
+from ..safetensors import read_header
+from .hf_gpt2 import HF_CONFIG, HF_INDEX, HF_WEIGHTS, read_hf_tensors, write_hf_weights
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
 _SKIPPED = ("rotary_emb.inv_freq",)                          # buffers some older checkpoints contain
@@ -341,17 +341,7 @@ def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32", arch
     """Write ``model`` as a HF directory (config.json, model.safetensors and, for a Hugging Face tokenizer,
     tokenizer.json) that the architecture's ``from_pretrained`` loads. ``dtype``: float32/float16/bfloat16;
     ``architecture``: the one it was imported as (only "MistralForCausalLM" changes what is written)."""
-    from .hf_gpt2 import _to_float16
-
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = tinyllm_to_hf_state(model)
-    if dtype == "float16":
-        state = {name: _to_float16(name, array) for name, array in state.items()}
-    save_file(state, directory / HF_WEIGHTS, metadata={"format": "pt"},
-              bf16=state.keys() if dtype == "bfloat16" else ())
+    directory = write_hf_weights(tinyllm_to_hf_state(model), directory, dtype)
     special = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}
     bos = next((special[t] for t in ("<|begin_of_text|>", "<s>", "<|endoftext|>") if t in special), None)
     eos = next((special[t] for t in ("<|eot_id|>", "<|im_end|>", "</s>", "<|endoftext|>") if t in special), None)
