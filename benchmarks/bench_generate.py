@@ -144,7 +144,8 @@ def transformers_per_token_seconds(directory, contexts, new_tokens, repeats, bat
                     cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
                     token.tolist()
                     gaps[context].append(time.perf_counter() - t0)
-    return {context: float(np.median(g)) for context, g in gaps.items()}, transformers.__version__, torch.get_num_threads()
+    medians = {context: float(np.median(g)) for context, g in gaps.items()}
+    return medians, transformers.__version__, torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -219,8 +220,9 @@ def main(argv=None) -> int:
                 torch_times, version, threads = transformers_per_token_seconds(args.hf, lengths, args.new_tokens,
                                                                                args.repeats, args.batch)
             else:
-                torch_times, version, threads = torch_per_token_seconds(
-                    config, lengths, args.new_tokens, args.repeats, args.batch, "cuda" if args.device == "cuda" else "cpu")
+                device = "cuda" if args.device == "cuda" else "cpu"
+                torch_times, version, threads = torch_per_token_seconds(config, lengths, args.new_tokens, args.repeats,
+                                                                        args.batch, device)
             for row in rows:
                 row["torch_cached_ms"] = torch_times[row["prompt_tokens"]] * 1e3
                 row["torch_cached_tok_s"] = args.batch * 1e3 / row["torch_cached_ms"]

@@ -44,7 +44,8 @@ def test_builtin_templates_equal_the_real_ones(kind, source):
     pytest.importorskip("jinja2")
     bos = "<|begin_of_text|>"
     for prompt in (True, False):
-        assert ChatTemplate(None, kind, bos).render(MESSAGES, prompt) == ChatTemplate(source, bos_token=bos).render(MESSAGES, prompt)
+        builtin, jinja = ChatTemplate(None, kind, bos), ChatTemplate(source, bos_token=bos)
+        assert builtin.render(MESSAGES, prompt) == jinja.render(MESSAGES, prompt)
 
 
 def test_raise_exception_and_bad_messages_are_errors():

@@ -191,8 +191,8 @@ def test_cache_is_sized_to_the_context_used_and_grows():
     model = GPT(preset("llama-nano", vocab_size=50, block_size=4096)).eval()
     cache = KVCache.for_model(model.config)
     assert (cache.capacity, cache.allocated) == (4096, 256)
-    prompt = [int(i) for i in np.arange(250) % 50]
-    assert generate(model, prompt, 12, temperature=0) == generate(model, prompt, 12, temperature=0, use_cache=False)
+    prompt = [int(i) for i in np.arange(253) % 50]          # 253 + 4 tokens: the cache grows past 256
+    assert generate(model, prompt, 4, temperature=0) == generate(model, prompt, 4, temperature=0, use_cache=False)
     model.next_token_logits(np.array([prompt]), cache=cache)
     model.next_token_logits(np.array([prompt[:10]]), cache=cache)
     assert (cache.length, cache.allocated) == (260, 512)

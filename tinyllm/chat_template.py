@@ -13,8 +13,9 @@ ChatML and Llama 3's header format —, picked by the special tokens the tokeniz
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .files import read_json
 
 CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
 LLAMA3_STOPS = ("<|eot_id|>", "<|end_of_text|>")
@@ -91,7 +92,7 @@ def load_chat_template(directory, tokenizer=None) -> ChatTemplate | None:
     """The chat template of a model directory or run: ``tokenizer_config.json``'s ``chat_template`` (rendered
     with jinja2 when installed), else a built-in one matching the tokenizer's special tokens, else None."""
     config_file = Path(directory) / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+    config = read_json(config_file, what="tokenizer config") if config_file.exists() else {}
     source = config.get("chat_template")
     if isinstance(source, list):                       # [{"name": "default", "template": ...}, {"name": "tool_use"}]
         source = next((t.get("template") for t in source if t.get("name") == "default"), None)

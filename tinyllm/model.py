@@ -26,6 +26,9 @@ that with mlp="moe". Parameter names stay GPT-2's where the part is the same (``
 Generation (``tinyllm.generate``) calls ``next_token_logits(idx, mask, positions, cache)``: with a ``KVCache``
 (``tinyllm.kv_cache``) each attention layer appends the new keys and values and attends over all cached ones,
 so a step costs one position's work; ``positions`` lets a left-padded row count only its real tokens.
+
+Training with ``checkpoint_activations`` set (``tinyllm.checkpointing.enable_checkpointing``) keeps only each
+block's input and recomputes the block in the backward: the same gradients for less memory.
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ def _import_llama(args) -> int:
     print(f"imported {arch}: {model.num_parameters():,} parameters ({c.n_layer} layers, {c.n_head} heads, "
           f"{c.kv_heads} kv heads, {c.n_embd} dims, {c.hidden_size} MLP, context {c.block_size}, vocabulary "
           f"{c.vocab_size}{f', {c.n_expert} experts' if c.mlp == 'moe' else ''}) in {time.perf_counter() - t0:.1f}s")
-    print(f"tokenizer: {tokenizer!r}" if tokenizer else "tokenizer: none; the run cannot encode text until you add one")
+    print(f"tokenizer: {tokenizer!r}" if tokenizer else
+          "tokenizer: none; the run cannot encode text until you add one")
     print(f"run saved in {out}/")
     return 0
 

@@ -64,7 +64,8 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None
     """ω_i = θ^(-2i/D) for the D/2 pairs (float64), with Llama 3's scaling applied when asked for.
 
     llama3: wavelength λ_i = 2π/ω_i against the original context L: λ > L/low → ω/factor (slow pairs
-    stretched), λ < L/high → ω (fast pairs kept), between → (1 - s)·ω/factor + s·ω with s = (L/λ - low)/(high - low).
+    stretched), λ < L/high → ω (fast pairs kept), between → (1 - s)·ω/factor + s·ω with
+    s = (L/λ - low)/(high - low).
     """
     inv_freq = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (D/2,) ω_i
     check_rope_scaling(scaling)

@@ -86,7 +86,8 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
     """(GPTConfig, architecture) of a Llama-family ``config.json``; ValueError naming what cannot be computed."""
     arch = architecture_of(hf)
     if arch is None:
-        raise ValueError(f"{where}: architectures {hf.get('architectures')!r} names none of {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"{where}: architectures {hf.get('architectures')!r} names none of "
+                         f"{', '.join(ARCHITECTURES)}")
     missing = [key for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                "intermediate_size") if key not in hf]
     if missing:
