@@ -17,7 +17,7 @@ def _grads(model, ids, checkpointed):
     model.zero_grad()
     _, loss = model(ids[:, :-1], ids[:, 1:])
     loss.backward()
-    return loss.item(), {name: p.grad.copy() for name, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), {name: backend.to_numpy(p.grad).copy() for name, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -28,7 +28,7 @@ def test_same_gradients_as_without_checkpointing(lora):
             apply_lora(model, rank=2, seed=0)
             for p in model.parameters():          # LoRA B starts at zero: move it so every gradient is non-trivial
                 if p.requires_grad:
-                    p.data += 0.05 * np.random.default_rng(0).standard_normal(p.shape)
+                    p.data += backend.xp.asarray(0.05 * np.random.default_rng(0).standard_normal(p.shape))
         ids = np.random.default_rng(0).integers(0, 40, size=(2, 13))
         loss, plain = _grads(model, ids, False)
         loss_checkpointed, checkpointed = _grads(model, ids, True)
@@ -41,8 +41,8 @@ def test_same_gradients_as_without_checkpointing(lora):
 def test_checkpoint_op_gradcheck():
     with backend.default_dtype("float64"):
         rng = np.random.default_rng(0)
-        w = Tensor(rng.standard_normal((4, 4)), requires_grad=True)
-        x = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+        w = Tensor(backend.xp.asarray(rng.standard_normal((4, 4))), requires_grad=True)
+        x = Tensor(backend.xp.asarray(rng.standard_normal((3, 4))), requires_grad=True)
         assert gradcheck(lambda x, w: checkpoint(lambda h: (h @ w).tanh() * h, x, [w]), [x, w]) < 1e-6
 
 
@@ -61,13 +61,13 @@ def test_same_gradients_on_the_data_parallel_threads():
     apply_lora(model, rank=2, seed=0)
     for p in model.parameters():
         if p.requires_grad:
-            p.data += 0.05 * np.random.default_rng(0).standard_normal(p.shape).astype(p.dtype)
+            p.data += backend.xp.asarray(0.05 * np.random.default_rng(0).standard_normal(p.shape), dtype=p.dtype)
     ids = np.random.default_rng(0).integers(0, 40, size=(4, 9))
     grads = []
     for checkpointed in (False, True):
         enable_checkpointing(model, checkpointed)
         model.zero_grad()
         data_parallel_backward(model, lambda rows: model(rows[:, :-1], rows[:, 1:])[1], ids)
-        grads.append({name: p.grad.copy() for name, p in model.named_parameters() if p.requires_grad})
+        grads.append({name: backend.to_numpy(p.grad).copy() for name, p in model.named_parameters() if p.requires_grad})
     for name in grads[0]:
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, err_msg=name)
