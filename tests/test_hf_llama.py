@@ -194,3 +194,18 @@ def test_an_imported_llama_run_finetunes_with_lora_dpo_and_grpo(tmp_path, capsys
                      "2", "--group-size", "2", "--max-new-tokens", "4"]) == 0
     for run in ("sft", "dpo", "grpo"):
         assert (tmp_path / run / "model.safetensors").exists()
+
+
+def test_a_model_trained_by_tinyllm_exports_with_its_tokenizer(tmp_path):
+    """A Llama-style tinyllm model and its BPE tokenizer → a directory transformers loads whole."""
+    from tinyllm.model import GPT, preset
+    from tinyllm.tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer.train("the cat sat on the mat. " * 50 + "ROMEO: hello", 300, special_tokens=["<|endoftext|>"])
+    model = GPT(preset("llama-nano", vocab_size=tokenizer.vocab_size, block_size=32), seed=2).eval()
+    save_hf_llama(model, tmp_path / "hf", tokenizer)
+    hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
+    ids = tokenizer.encode("ROMEO: the cat sat on the mat<|endoftext|>", allowed_special="all")
+    assert hf_tokenizer("ROMEO: the cat sat on the mat<|endoftext|>")["input_ids"] == ids
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    np.testing.assert_allclose(hf_logits(hf_model, [ids]), backend.to_numpy(model([ids])[0].data), atol=1e-5)

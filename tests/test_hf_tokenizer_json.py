@@ -89,3 +89,20 @@ def test_missing_bytes_and_bad_merge_are_named(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ValueError, match="lacks 255 of the 256 single bytes"):
         HFBPETokenizer.from_file(tmp_path / "t.json")
+
+
+@pytest.mark.parametrize("pattern", ["gpt4", "gpt2"])
+def test_a_tinyllm_tokenizer_written_as_tokenizer_json(pattern, tmp_path):
+    """A BPETokenizer trained by tinyllm, converted to tokenizer.json: the tokenizers library and tinyllm's
+    own reader give the ids tinyllm gives."""
+    tk = pytest.importorskip("tokenizers")
+    from tinyllm.tokenizer import BPETokenizer
+    from tinyllm.tokenizer.hf_json import hf_tokenizer_json
+
+    text = _text()
+    ours = BPETokenizer.train(text[:30_000], 400, pattern=pattern, special_tokens=["<|endoftext|>"])
+    (tmp_path / "tokenizer.json").write_text(json.dumps(hf_tokenizer_json(ours)), encoding="utf-8")
+    sample = text[:200_000] + EXTRA.replace("<|im_start|>", "").replace("<|im_end|>", "")
+    expected = ours.encode(sample, allowed_special="all")
+    assert tk.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(sample).ids == expected
+    assert load_tokenizer(tmp_path / "tokenizer.json").encode(sample, allowed_special="all") == expected

@@ -30,7 +30,8 @@ def add_commands(sub) -> None:
                        description="Write config.json and model.safetensors: GPT2LMHeadModel's layout (plus "
                                    "vocab.json + merges.txt when the run's tokenizer is BPE) for a GPT-2-style run, "
                                    "LlamaForCausalLM / Qwen2ForCausalLM / MixtralForCausalLM for a Llama-style one "
-                                   "(plus tokenizer.json and tokenizer_config.json when it was imported with them).")
+                                   "(plus tokenizer.json: the imported one, or the run's BPE tokenizer converted; "
+                                   "and tokenizer_config.json when it was imported with one).")
     p.add_argument("run", help="run directory (or its model.safetensors)")
     p.add_argument("--out", required=True, help="directory to write")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],

@@ -339,7 +339,7 @@ def load_hf_llama(path, dtype=None) -> tuple[GPT, str]:
 
 
 def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32", architecture=None) -> Path:
-    """Write ``model`` as a HF directory (config.json, model.safetensors and, for a Hugging Face tokenizer,
+    """Write ``model`` as a HF directory (config.json, model.safetensors and, with a BPE tokenizer,
     tokenizer.json) that the architecture's ``from_pretrained`` loads. ``dtype``: float32/float16/bfloat16;
     ``architecture``: the one it was imported as (only "MistralForCausalLM" changes what is written)."""
     directory = write_hf_weights(tinyllm_to_hf_state(model), directory, dtype)
@@ -349,9 +349,19 @@ def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32", arch
     hf = hf_config_from(model.config, bos, eos, architecture)
     hf["torch_dtype"] = dtype
     atomic_write_json(directory / HF_CONFIG, hf)
-    if tokenizer is not None and type(tokenizer).__name__ == "HFBPETokenizer":
-        tokenizer.save(directory / "tokenizer.json")
+    _write_tokenizer(tokenizer, directory)
     return directory
+
+
+def _write_tokenizer(tokenizer, directory: Path) -> None:
+    """tokenizer.json: an imported one as it was read, a tinyllm BPE one converted (``hf_tokenizer_json``)."""
+    from ..tokenizer import BPETokenizer, HFBPETokenizer
+    from ..tokenizer.hf_json import hf_tokenizer_json
+
+    if isinstance(tokenizer, HFBPETokenizer):
+        tokenizer.save(directory / "tokenizer.json")
+    elif isinstance(tokenizer, BPETokenizer):
+        atomic_write_json(directory / "tokenizer.json", hf_tokenizer_json(tokenizer))
 
 
 __all__ = ["ARCHITECTURES", "architecture_of", "config_from_hf", "hf_config_from", "hf_shapes",

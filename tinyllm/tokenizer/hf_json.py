@@ -228,4 +228,27 @@ class HFBPETokenizer(BPETokenizer):
         raise NotImplementedError("Hugging Face tokenizers merge by merge order, not token id: no tiktoken form")
 
 
-__all__ = ["HFBPETokenizer", "is_hf_tokenizer_json", "FORMAT_NAME"]
+def hf_tokenizer_json(bpe: BPETokenizer) -> dict:
+    """A tinyllm ``BPETokenizer`` as a ``tokenizer.json`` object: its split regex as a ``Split`` pre-tokenizer,
+    its ids, merges and special tokens unchanged. Merge i makes id 256 + i, so "merge in list order" (Hugging
+    Face) ranks pairs as "lowest resulting id" (tinyllm) does; the two rules differ only for a pair whose
+    bytes form a token that training built from another split (see ``bpe.py``)."""
+    from ..interop.gpt2_tokenizer import encode_token
+
+    vocab = {encode_token(bpe.token_to_bytes(i)): i for i in range(bpe.vocab_size) if i not in
+             bpe.special_tokens.values()}
+    merges = [[encode_token(bpe.token_to_bytes(a)), encode_token(bpe.token_to_bytes(b))] for a, b in bpe.merges]
+    steps = [{"type": "Split", "pattern": {"Regex": bpe.pattern}, "behavior": "Isolated", "invert": False}] \
+        if bpe.pattern else []
+    steps.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False})
+    added = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for text, i in sorted(bpe.special_tokens.items(), key=lambda item: item[1])]
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps}, "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                      "vocab": vocab, "merges": merges}}
+
+
+__all__ = ["HFBPETokenizer", "hf_tokenizer_json", "is_hf_tokenizer_json", "FORMAT_NAME"]
