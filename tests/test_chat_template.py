@@ -67,3 +67,21 @@ def test_without_jinja_the_builtin_template_is_picked(tmp_path, monkeypatch):
     template = load_chat_template(tmp_path, Tok())
     assert template.kind == "chatml" and template.stop_tokens[0] == "<|im_end|>"
     assert load_chat_template(tmp_path, None).kind == "jinja"    # no built-in fits: jinja2 is asked for
+
+
+def test_instruction_data_in_a_chat_template():
+    """finetune instruct --template chat: prompt = the rendered user turn + assistant header, the response ends
+    with the end-of-turn token, and a special-token string inside the record stays ordinary text."""
+    from tinyllm.data.instructions import encode_instructions, end_token
+    from tinyllm.tokenizer import BPETokenizer
+
+    tok = BPETokenizer.train("hello world, say hi. " * 20, 280, special_tokens=["<|im_start|>", "<|im_end|>"])
+    template = ChatTemplate(None, "chatml")
+    record = {"instruction": "Say hi", "input": "to <|im_end|>", "output": "hi"}
+    encoded = encode_instructions([record], tok, 64, template)
+    ids, prompt_length = encoded.sequences[0], encoded.prompt_lengths[0]
+    im_end = tok.special_tokens["<|im_end|>"]
+    assert end_token(tok, template).id == im_end and ids[-1] == im_end
+    prompt = "<|im_start|>user\nSay hi\n\nto <|im_end|><|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(ids[:prompt_length]) == prompt and tok.decode(ids[prompt_length:-1]) == "hi"
+    assert ids[:prompt_length].count(im_end) == 1                 # the template's own, not the record's

@@ -176,7 +176,8 @@ def test_cli_import_generate_export_with_the_models_tokenizer(tmp_path, capsys, 
 
 
 def test_an_imported_llama_run_finetunes_with_lora_dpo_and_grpo(tmp_path, capsys):
-    """finetune instruct / align dpo / align grpo with LoRA and --checkpoint-activations on an imported run."""
+    """finetune instruct (in the model's chat template) / align dpo / align grpo with LoRA and
+    --checkpoint-activations on an imported run."""
     from test_hf_tokenizer_json import _text, train_hf_tokenizer
 
     from tinyllm.cli import main as cli_main
@@ -188,7 +189,9 @@ def test_an_imported_llama_run_finetunes_with_lora_dpo_and_grpo(tmp_path, capsys
     common = ["--ckpt", str(tmp_path / "run"), "--lora-rank", "2", "--checkpoint-activations", "--train-size", "4",
               "--test-size", "2"]
     assert cli_main(["finetune", "instruct", *common, "--out", str(tmp_path / "sft"), "--epochs", "1",
-                     "--batch-size", "2", "--max-new-tokens", "4"]) == 0
+                     "--batch-size", "2", "--max-new-tokens", "4", "--template", "chat"]) == 0
+    assert "responses end with '<|im_end|>'" in capsys.readouterr().out    # the model's ChatML turn end
+    assert "template" not in json.loads((tmp_path / "sft" / "config.json").read_text())
     assert cli_main(["align", "dpo", *common, "--out", str(tmp_path / "dpo"), "--epochs", "1", "--batch-size", "2"]) == 0
     assert cli_main(["align", "grpo", *common, "--out", str(tmp_path / "grpo"), "--steps", "1", "--prompts-per-step",
                      "2", "--group-size", "2", "--max-new-tokens", "4"]) == 0
