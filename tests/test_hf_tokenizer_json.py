@@ -75,11 +75,48 @@ def test_merges_as_strings_and_written_back(tmp_path):
     assert ours.encode(text) == again.encode(text, add_special_tokens=False).ids
 
 
-def test_sentencepiece_style_is_refused_by_name(tmp_path):
+SP_NORMALIZER = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                    {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+SP_METASPACE = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
+SP_DECODER = {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                                               {"type": "ByteFallback"}, {"type": "Fuse"},
+                                               {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+
+
+@pytest.mark.parametrize("variant", ["prepend-replace", "metaspace"])
+def test_sentencepiece_style_ids_match_tokenizers_library(variant, tmp_path):
+    """Llama 2 / TinyLlama-style files (▁ for spaces, BPE over characters, <0xNN> byte fallback), in both
+    layouts transformers writes: the same ids as ``tokenizers``, and decode(encode(text)) == text."""
+    tk = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, trainers
+
+    text = _text()
+    tok = tk.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    tok.train_from_iterator([text[:50_000]], trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens], show_progress=False))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    data = json.loads(tok.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in byte_tokens]   # vocabulary only
+    data["normalizer"], data["pre_tokenizer"] = (SP_NORMALIZER, None) if variant == "prepend-replace" \
+        else (None, SP_METASPACE)
+    data["decoder"] = SP_DECODER
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    reference, ours = tk.Tokenizer.from_file(str(tmp_path / "tokenizer.json")), load_tokenizer(tmp_path / "tokenizer.json")
+    assert type(ours).__name__ == "SentencePieceBPETokenizer"
+    sample = text[:200_000] + EXTRA + "</s>"                 # unseen characters fall back to bytes
+    assert ours.encode(sample, allowed_special="all") == reference.encode(sample, add_special_tokens=False).ids
+    plain = text[:20_000] + " Héllo 日本語 🙂"
+    ids = ours.encode(plain)
+    assert ours.decode(ids) == plain == reference.decode(ids)
+
+
+def test_other_sentencepiece_pipelines_are_refused_by_name(tmp_path):
     data = {"model": {"type": "BPE", "vocab": {"▁a": 0}, "merges": [], "byte_fallback": True},
-            "normalizer": {"type": "Sequence"}, "pre_tokenizer": None, "added_tokens": []}
+            "normalizer": {"type": "NFKC"}, "pre_tokenizer": None, "added_tokens": []}
     (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(ValueError, match="byte_fallback.*SentencePiece"):
+    with pytest.raises(ValueError, match="SentencePiece-style pipeline is not supported"):
         load_tokenizer(tmp_path / "tokenizer.json")
 
 

@@ -83,7 +83,7 @@ def _import_llama(args) -> int:
 
     from ..checkpoint import save_model
     from ..interop.hf_llama import load_hf_llama
-    from ..tokenizer import HFBPETokenizer
+    from ..tokenizer.hf_json import load_hf_tokenizer
 
     source, out = Path(args.dir), Path(args.out)
     _check_out(out, args.overwrite, source)
@@ -92,7 +92,7 @@ def _import_llama(args) -> int:
     tokenizer = None
     if (source / "tokenizer.json").exists():
         try:
-            tokenizer = HFBPETokenizer.from_file(source / "tokenizer.json")
+            tokenizer = load_hf_tokenizer(source / "tokenizer.json")
         except ValueError as e:
             print(f"note: tokenizer.json not imported: {e}")
     save_model(out, model, tokenizer, step=0,

@@ -355,10 +355,10 @@ def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32", arch
 
 def _write_tokenizer(tokenizer, directory: Path) -> None:
     """tokenizer.json: an imported one as it was read, a tinyllm BPE one converted (``hf_tokenizer_json``)."""
-    from ..tokenizer import BPETokenizer, HFBPETokenizer
+    from ..tokenizer import BPETokenizer
     from ..tokenizer.hf_json import hf_tokenizer_json
 
-    if isinstance(tokenizer, HFBPETokenizer):
+    if hasattr(tokenizer, "_data"):                           # read from a tokenizer.json: write it as read
         tokenizer.save(directory / "tokenizer.json")
     elif isinstance(tokenizer, BPETokenizer):
         atomic_write_json(directory / "tokenizer.json", hf_tokenizer_json(tokenizer))

@@ -5,7 +5,8 @@
   to a chunk, ``bpe_vocab.py`` checks a vocabulary and reads and writes its files.
 - :class:`CharTokenizer` (``char.py``): one id per character, for the smallest experiments.
 - ``patterns.py``: the split regexes (GPT-2's, GPT-4's) that cut text into chunks before BPE.
-- :class:`HFBPETokenizer` (``hf_json.py``): a Hugging Face ``tokenizer.json`` (Llama 3, Qwen2, SmolLM, GPT-2).
+- :class:`HFBPETokenizer` (``hf_json.py``): a Hugging Face ``tokenizer.json`` (Llama 3, Qwen2, SmolLM, GPT-2);
+  ``hf_sentencepiece.py`` reads the SentencePiece-style ones (Llama 2, TinyLlama, Mistral v0.1).
 
 ``load_tokenizer(path)`` opens a file saved by either class (or a run directory's tokenizer.json).
 """
@@ -16,7 +17,7 @@ import os
 
 from .bpe import BPETokenizer
 from .char import CharTokenizer
-from .hf_json import HFBPETokenizer, is_hf_tokenizer_json
+from .hf_json import HFBPETokenizer, is_hf_tokenizer_json, load_hf_tokenizer
 from .patterns import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, PATTERNS, resolve_pattern
 from .serialize import read_tokenizer_json
 
@@ -49,7 +50,7 @@ def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer | HF
     elif not os.path.exists(path):
         raise FileNotFoundError(f"no tokenizer file at '{path}'")
     if _is_hf_file(path):
-        return HFBPETokenizer.from_file(path)
+        return load_hf_tokenizer(path)
     fmt = read_tokenizer_json(path)["format"]
     if fmt not in _CLASSES:
         raise ValueError(f"tokenizer file '{path}' has format {fmt!r}; expected one of {sorted(_CLASSES)}")

@@ -27,9 +27,9 @@ sibling class follows Hugging Face in both:
 Vocabulary entries use GPT-2's byte-level characters (``Ġ`` is a space; see ``interop/gpt2_tokenizer.py``).
 Added tokens, special or not, are what tinyllm calls special tokens: a string that encodes to one id.
 
-SentencePiece-style BPE (TinyLlama, Mistral, Llama 2: ``▁`` for spaces, ``byte_fallback``, a ``Metaspace``
-or ``Replace`` normalizer) is a different pipeline and is refused with the parts named. ``save`` writes the
-file back exactly as read (it is the tokenizer's definition), so ``from_file`` in ``tokenizers`` loads it.
+SentencePiece-style BPE (TinyLlama, Mistral, Llama 2: ``▁`` for spaces, ``byte_fallback``) is a different
+pipeline, read by ``hf_sentencepiece.py``; ``load_hf_tokenizer`` picks the class. ``save`` writes the file
+back exactly as read (it is the tokenizer's definition), so ``from_file`` in ``tokenizers`` loads it.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def _byte_chars() -> dict[str, int]:
 
 def _refuse(where: str, part: str, why: str):
     raise ValueError(f"{where}: {part} is not supported: {why}. tinyllm reads byte-level BPE tokenizers "
-                     "(GPT-2, Llama 3, Qwen2, SmolLM); SentencePiece-style ones (▁ and byte_fallback, as in "
-                     "TinyLlama or Mistral) are not")
+                     "(GPT-2, Llama 3, Qwen2, SmolLM) and SentencePiece-style BPE as transformers converts it "
+                     "(▁ and byte_fallback: Llama 2, TinyLlama, Mistral v0.1)")
 
 
 def _split_patterns(pre, where: str) -> list[str]:
@@ -190,14 +190,7 @@ class HFBPETokenizer(BPETokenizer):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "HFBPETokenizer":
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"'{path}' is not a valid tokenizer.json: {e}") from None
-        if not is_hf_tokenizer_json(data):
-            raise ValueError(f"'{path}' is not a Hugging Face tokenizer.json (no \"model\" object)")
-        return cls(data, str(path))
+        return cls(read_tokenizer_json_file(path), str(path))
 
     load = from_file
 
@@ -228,6 +221,27 @@ class HFBPETokenizer(BPETokenizer):
         raise NotImplementedError("Hugging Face tokenizers merge by merge order, not token id: no tiktoken form")
 
 
+def read_tokenizer_json_file(path) -> dict:
+    """The parsed ``tokenizer.json``; ValueError naming the file when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"'{path}' is not a valid tokenizer.json: {e}") from None
+    if not is_hf_tokenizer_json(data):
+        raise ValueError(f"'{path}' is not a Hugging Face tokenizer.json (no \"model\" object)")
+    return data
+
+
+def load_hf_tokenizer(path):
+    """A Hugging Face ``tokenizer.json`` as the class that reads its kind: ``HFBPETokenizer`` (byte-level
+    BPE) or ``SentencePieceBPETokenizer`` (``▁`` and byte fallback: Llama 2, TinyLlama, Mistral v0.1)."""
+    from .hf_sentencepiece import SentencePieceBPETokenizer, is_sentencepiece_style
+    data = read_tokenizer_json_file(path)
+    kind = SentencePieceBPETokenizer if is_sentencepiece_style(data) else HFBPETokenizer
+    return kind(data, str(path))
+
+
 def hf_tokenizer_json(bpe: BPETokenizer) -> dict:
     """A tinyllm ``BPETokenizer`` as a ``tokenizer.json`` object: its split regex as a ``Split`` pre-tokenizer,
     its ids, merges and special tokens unchanged. Merge i makes id 256 + i, so "merge in list order" (Hugging
@@ -251,4 +265,4 @@ def hf_tokenizer_json(bpe: BPETokenizer) -> dict:
                       "vocab": vocab, "merges": merges}}
 
 
-__all__ = ["HFBPETokenizer", "hf_tokenizer_json", "is_hf_tokenizer_json", "FORMAT_NAME"]
+__all__ = ["HFBPETokenizer", "hf_tokenizer_json", "is_hf_tokenizer_json", "load_hf_tokenizer", "FORMAT_NAME"]
