@@ -100,11 +100,15 @@ def _import_llama(args) -> int:
     if (source / "tokenizer_config.json").exists():
         shutil.copyfile(source / "tokenizer_config.json", out / "tokenizer_config.json")   # its chat template
     c = model.config
-    print(f"imported {arch}: {model.num_parameters():,} parameters ({c.n_layer} layers, {c.n_head} heads, "
-          f"{c.kv_heads} kv heads, {c.n_embd} dims, {c.hidden_size} MLP, context {c.block_size}, vocabulary "
-          f"{c.vocab_size}{f', {c.n_expert} experts' if c.mlp == 'moe' else ''}) in {time.perf_counter() - t0:.1f}s")
+    shape = (f"{c.n_layer} layers, {c.n_head} heads, {c.kv_heads} kv heads, {c.n_embd} dims, {c.hidden_size} MLP, "
+             f"context {c.block_size}, vocabulary {c.vocab_size}{f', {c.n_expert} experts' if c.mlp == 'moe' else ''}")
+    return _report_import(f"{arch}: ", model, shape, tokenizer, "", out, t0)
+
+
+def _report_import(what, model, shape, tokenizer, missing_hint, out, t0) -> int:
+    print(f"imported {what}{model.num_parameters():,} parameters ({shape}) in {time.perf_counter() - t0:.1f}s")
     print(f"tokenizer: {tokenizer!r}" if tokenizer else
-          "tokenizer: none; the run cannot encode text until you add one")
+          f"tokenizer: none{missing_hint}; the run cannot encode text until you add one")
     print(f"run saved in {out}/")
     return 0
 
@@ -128,12 +132,8 @@ def _import_gpt2(args) -> int:
     save_model(out, model, tokenizer, step=0,
                extra_config={"imported_from": {"format": "huggingface-gpt2", "path": str(args.dir)}})
     c = model.config
-    print(f"imported {model.num_parameters():,} parameters ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, "
-          f"context {c.block_size}, vocabulary {c.vocab_size}) in {time.perf_counter() - t0:.1f}s")
-    print(f"tokenizer: {tokenizer!r}" if tokenizer else
-          "tokenizer: none (no vocab.json + merges.txt in the directory); the run cannot encode text until you add one")
-    print(f"run saved in {out}/")
-    return 0
+    shape = f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, context {c.block_size}, vocabulary {c.vocab_size}"
+    return _report_import("", model, shape, tokenizer, " (no vocab.json + merges.txt in the directory)", out, t0)
 
 
 def run_export_hf(args) -> int:

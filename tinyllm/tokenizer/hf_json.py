@@ -117,6 +117,21 @@ def _merge_pairs(merges, where: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def merge_table(base: list, pairs: list, vocab, where: str) -> tuple[list, dict]:
+    """Internal ids for BPE by merge order: ``base`` tokens get 0 … K-1 and merge i's result K + i, so that
+    ``merge_short``'s rule "merge the adjacent pair whose result has the lowest id" applies the merges in list
+    order. Returns (internal id → token, {(left id, right id): result id})."""
+    internal, internal_id, pair_ranks = list(base), {token: i for i, token in enumerate(base)}, {}
+    for i, (left, right) in enumerate(pairs):
+        if left not in internal_id or right not in internal_id or left + right not in vocab:
+            raise ValueError(f"{where}: merge {i} ({left!r}, {right!r}) uses or makes a token that is not in the "
+                             "vocabulary or not made by an earlier merge")
+        pair_ranks.setdefault((internal_id[left], internal_id[right]), len(internal))
+        internal_id.setdefault(left + right, len(internal))   # a token two merges make keeps its first id
+        internal.append(left + right)
+    return internal, pair_ranks
+
+
 class HFBPETokenizer(BPETokenizer):
     """A byte-level BPE tokenizer read from a Hugging Face ``tokenizer.json``; ids are the file's ids.
 
@@ -147,17 +162,9 @@ class HFBPETokenizer(BPETokenizer):
             raise ValueError(f"{where}: the vocabulary lacks {len(missing)} of the 256 single bytes (first: byte "
                              f"{missing[0]}), so some text could not be encoded; train it with "
                              "initial_alphabet=ByteLevel.alphabet()")
-        internal = [bytes((b,)) for b in range(256)]          # internal id → token bytes; 0..255 are bytes
-        internal_id = {token: i for i, token in enumerate(internal)}
-        pair_ranks = {}
-        for i, (left, right) in enumerate(_merge_pairs(model.get("merges", []), where)):
-            a, b = _token_bytes(left, where), _token_bytes(right, where)
-            if a not in internal_id or b not in internal_id or a + b not in file_ids:
-                raise ValueError(f"{where}: merge {i} ({left!r}, {right!r}) uses or makes a token that is not "
-                                 "in the vocabulary or not made by an earlier merge")
-            pair_ranks.setdefault((internal_id[a], internal_id[b]), len(internal))
-            internal_id.setdefault(a + b, len(internal))
-            internal.append(a + b)
+        pairs = [(_token_bytes(left, where), _token_bytes(right, where))
+                 for left, right in _merge_pairs(model.get("merges", []), where)]
+        internal, pair_ranks = merge_table([bytes((b,)) for b in range(256)], pairs, file_ids, where)
         added = {}
         for entry in data.get("added_tokens", []):
             if entry.get("lstrip") or entry.get("rstrip") or entry.get("single_word"):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from .bpe import BPETokenizer
 from .bpe_encode import apply_merges
-from .hf_json import _merge_pairs, _refuse
+from .hf_json import _merge_pairs, _refuse, merge_table
 
 SPACE = "▁"
 
@@ -73,20 +73,11 @@ class SentencePieceBPETokenizer(BPETokenizer):
         self._unk = vocab.get(model.get("unk_token")) if model.get("unk_token") else None
         if self._byte_ids is not None and None in self._byte_ids:
             raise ValueError(f"{where}: byte_fallback is on but the vocabulary lacks <0x{self._byte_ids.index(None):02X}>")
-        # Internal ids: every single character (and byte token) first, then merge i → its own id, so that a
-        # lower internal id of a merged pair means an earlier merge (the table merge_short expects).
-        internal = [piece for piece in vocab if len(piece) == 1 or piece.startswith("<0x")]
-        internal_id = {piece: i for i, piece in enumerate(internal)}
-        pair_ranks = {}
-        for i, (left, right) in enumerate(_merge_pairs(model.get("merges", []), where)):
-            if left not in internal_id or right not in internal_id or left + right not in vocab:
-                raise ValueError(f"{where}: merge {i} ({left!r}, {right!r}) uses or makes a token that is not in the "
-                                 "vocabulary or not made by an earlier merge")
-            pair_ranks.setdefault((internal_id[left], internal_id[right]), len(internal))
-            internal_id.setdefault(left + right, len(internal))
-            internal.append(left + right)
-        self._char_ids = {piece: internal_id[piece] for piece in internal if len(piece) == 1}
-        self._byte_internal = [internal_id[f"<0x{b:02X}>"] for b in range(256)] if self._byte_ids else None
+        # Internal ids: every single character and byte token first, then one per merge (see merge_table).
+        base = [piece for piece in vocab if len(piece) == 1 or piece.startswith("<0x")]
+        internal, pair_ranks = merge_table(base, _merge_pairs(model.get("merges", []), where), vocab, where)
+        self._char_ids = {piece: i for i, piece in enumerate(base) if len(piece) == 1}
+        self._byte_internal = [base.index(f"<0x{b:02X}>") for b in range(256)] if self._byte_ids else None
         self._internal_to_file = [vocab[piece] for piece in internal]
         self._pair_ranks, self._merges, self._pattern = pair_ranks, None, None
         self._split = lambda text: [text] if text else []
