@@ -5,6 +5,7 @@
     python benchmarks/bench_generate.py --quick         # fewer repeats, for a smoke test
     python benchmarks/bench_generate.py --blas-threads 1   # one OpenBLAS / PyTorch thread
     python benchmarks/bench_generate.py --device cuda --model gpt2 --batch 16 --contexts 128 --cached-only
+    python benchmarks/bench_generate.py --hf DIR --contexts 16 128 --cached-only   # a downloaded Llama/Qwen2/...
 
 The default model is a 6-layer, 6-head, 384-dim GPT with a vocabulary of 8192 and block_size 1024 (random
 weights: speed does not depend on what the weights are); ``--model gpt2`` is GPT-2 small's shape (124M).
@@ -16,7 +17,9 @@ L = block_size, block_size - new_tokens - 1, so the window does not slide) and g
 context for every token.
 
 When PyTorch is importable, a minimal PyTorch GPT of the same shapes with a hand-written, preallocated KV
-cache decodes the same way, for comparison.
+cache decodes the same way, for comparison. With ``--hf DIR`` (a Hugging Face Llama-family directory) tinyllm
+decodes with the imported weights and the comparison is ``transformers``' own model on the same files
+(``AutoModelForCausalLM``, float32, its KV cache), when transformers is installed.
 
 Timings on a shared machine are noisy: other processes steal cores and OpenBLAS threads then wait for each
 other. Medians help; run it twice if a number looks odd.
@@ -119,12 +122,41 @@ def torch_per_token_seconds(config, contexts, new_tokens, repeats, batch=1, devi
     return results, torch.__version__, torch.get_num_threads()
 
 
+def transformers_per_token_seconds(directory, contexts, new_tokens, repeats, batch=1):
+    """Greedy decoding with transformers' own model on the same files: seconds per token at each context."""
+    import torch
+    import transformers
+
+    if os.environ.get("OPENBLAS_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OPENBLAS_NUM_THREADS"]))
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    vocab = model.config.vocab_size
+    gaps = {context: [] for context in contexts}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for context in contexts:
+                prompt = torch.randint(0, vocab, (batch, context))
+                out = model(prompt, use_cache=True)
+                cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                for _step in range(new_tokens - 1):
+                    t0 = time.perf_counter()
+                    out = model(token, past_key_values=cache, use_cache=True)
+                    cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                    token.tolist()
+                    gaps[context].append(time.perf_counter() - t0)
+    medians = {context: float(np.median(g)) for context, g in gaps.items()}
+    return medians, transformers.__version__, torch.get_num_threads()
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=list(MODELS), default="medium",
                         help="medium (6×384, vocab 8192), gpt2 (GPT-2 small's shape, 124M) or tiny (smoke tests)")
+    parser.add_argument("--hf", default=None, metavar="DIR",
+                        help="time a Hugging Face Llama/Qwen2/Mistral/Mixtral directory instead (its weights, and "
+                             "transformers on the same files as the comparison)")
     parser.add_argument("--contexts", type=int, nargs="+", default=None,
                         help="context lengths to measure (default: 16 128 512 and the block size)")
     parser.add_argument("--batch", type=int, default=1, help="rows decoded together (default 1)")
@@ -144,12 +176,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.new_tokens, args.new_tokens_uncached = 1, 6, 3
-    config = MODELS[args.model]
+    tinyllm.set_device(args.device)
+    if args.hf:
+        from tinyllm.interop.hf_llama import load_hf_llama
+        model = load_hf_llama(args.hf)[0]
+        config = {key: getattr(model.config, key) for key in ("vocab_size", "block_size", "n_layer", "n_head",
+                                                              "n_kv_head", "n_embd", "mlp_hidden")}
+    else:
+        config = MODELS[args.model]
+        model = GPT(GPTConfig(**config), seed=0).eval()
     block_size = config["block_size"]
     contexts = args.contexts or [c for c in (16, 128, 512) if c < block_size] + [block_size]
-    tinyllm.set_device(args.device)
-
-    model = GPT(GPTConfig(**config), seed=0).eval()
     rng = np.random.default_rng(0)
     prompts = {c: rng.integers(0, config["vocab_size"], (args.batch, min(c, block_size - args.new_tokens - 1))).tolist()
                for c in contexts}
@@ -178,9 +215,14 @@ def main(argv=None) -> int:
         except ImportError:
             pass
         else:
-            torch_times, version, threads = torch_per_token_seconds(
-                config, [r["prompt_tokens"] for r in rows], args.new_tokens, args.repeats, args.batch,
-                "cuda" if args.device == "cuda" else "cpu")
+            lengths = [r["prompt_tokens"] for r in rows]
+            if args.hf:
+                torch_times, version, threads = transformers_per_token_seconds(args.hf, lengths, args.new_tokens,
+                                                                               args.repeats, args.batch)
+            else:
+                device = "cuda" if args.device == "cuda" else "cpu"
+                torch_times, version, threads = torch_per_token_seconds(config, lengths, args.new_tokens, args.repeats,
+                                                                        args.batch, device)
             for row in rows:
                 row["torch_cached_ms"] = torch_times[row["prompt_tokens"]] * 1e3
                 row["torch_cached_tok_s"] = args.batch * 1e3 / row["torch_cached_ms"]
@@ -199,7 +241,7 @@ def main(argv=None) -> int:
         print(json.dumps(report, indent=2))
         return 0
 
-    print(f"generation on {args.device}, batch {args.batch}, float32: GPT {config['n_layer']} layers × "
+    print(f"generation on {args.device}, batch {args.batch}, float32: {args.hf or 'GPT'} {config['n_layer']} layers × "
           f"{config['n_embd']} dims, vocab {config['vocab_size']}, block_size {block_size}; median of "
           f"{args.repeats} runs, {os.cpu_count()} CPUs"
           + (f", load average {load:.1f}" if load is not None else "")
@@ -217,7 +259,10 @@ def main(argv=None) -> int:
         if torch_info:
             line += f" {r['torch_cached_ms']:>20.2f} {r['torch_cached_tok_s']:>8.1f}"
         print(line)
-    if torch_info:
+    if torch_info and args.hf:
+        print(f"(\"torch\": transformers {torch_info['version']}'s own model on the same files, "
+              f"{torch_info['threads']} threads, its KV cache)")
+    elif torch_info:
         print(f"(PyTorch {torch_info['version']}, {torch_info['threads']} threads, same shapes, hand-written KV cache)")
     if checks:
         ratio, speedup = checks["cached_512_over_16"], checks["speedup_at_512"]

@@ -183,3 +183,16 @@ def test_the_cache_takes_the_models_dtype_not_the_default():
     assert cache.layers[0].keys.dtype == np.float64
     worst, _ = decode_side_by_side(model, [[1, 2, 3]], steps=5)       # the default dtype is float32 here
     assert worst < 1e-10, f"a float64 model decoded with float32 somewhere: difference {worst}"
+
+
+def test_cache_is_sized_to_the_context_used_and_grows():
+    """A long block_size costs memory only for the positions used; growing (past 256) keeps the results."""
+    from tinyllm.model import preset
+    model = GPT(preset("llama-nano", vocab_size=50, block_size=4096)).eval()
+    cache = KVCache.for_model(model.config)
+    assert (cache.capacity, cache.allocated) == (4096, 256)
+    prompt = [int(i) for i in np.arange(253) % 50]          # 253 + 4 tokens: the cache grows past 256
+    assert generate(model, prompt, 4, temperature=0) == generate(model, prompt, 4, temperature=0, use_cache=False)
+    model.next_token_logits(np.array([prompt]), cache=cache)
+    model.next_token_logits(np.array([prompt[:10]]), cache=cache)
+    assert (cache.length, cache.allocated) == (263, 512)

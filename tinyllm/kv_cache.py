@@ -10,11 +10,13 @@ never change. Generation therefore runs in two phases:
 Without a cache every new token recomputes all T positions: O(T) work per token (and O(T²) attention) instead
 of O(1) matmul work plus an O(T) dot product with the cached keys.
 
-Memory is allocated once, for the longest context the model can see: per layer, keys and values of shape
-(B, H_kv, block_size, D), H_kv the key/value heads (= H, or fewer with grouped-query attention, which is
-what GQA is for: a cache G = H / H_kv times smaller). Appending writes into the next free slots (no concatenation, no reallocation per
-token); attention reads the filled prefix ``[:, :, :length]`` as a view. For GPT-2 small at B=1 that is
-2 · 12 layers · 1024 · 768 · 4 bytes = 75 MB.
+Memory is allocated in blocks sized to the context used: per layer, keys and values of shape
+(B, H_kv, S, D), H_kv the key/value heads (= H, or fewer with grouped-query attention, which is what GQA is
+for: a cache G = H / H_kv times smaller). S starts at min(block_size, 256) and doubles (up to block_size)
+when a prefill or step needs more, so a model with a 128k-token block_size that generates 300 tokens holds
+512 positions, not 128k. Appending writes into the next free slots (no concatenation, no reallocation per
+token); attention reads the filled prefix ``[:, :, :length]`` as a view. For GPT-2 small at B=1 and the full
+1024 positions that is 2 · 12 layers · 1024 · 768 · 4 bytes = 75 MB.
 
 With rotary positions (Llama) the keys are stored already rotated: a key's rotation depends only on its own
 position, so it never changes either.
@@ -36,11 +38,21 @@ class LayerKV:
     """One attention layer's keys and values: preallocated (B, H, capacity, D) arrays, the first ``length``
     positions filled."""
 
-    def __init__(self, batch_size, n_head, capacity, head_size, dtype):
-        shape = (batch_size, n_head, capacity, head_size)
+    def __init__(self, batch_size, n_head, capacity, head_size, dtype, limit=None):
+        self.limit = capacity if limit is None else limit    # the most positions it may grow to (block_size)
+        shape = (batch_size, n_head, min(capacity, self.limit), head_size)
         self.keys = backend.xp.zeros(shape, dtype=dtype)     # (B, H, S, D)
         self.values = backend.xp.zeros(shape, dtype=dtype)   # (B, H, S, D)
         self.length = 0
+
+    def _grow(self, needed: int) -> None:
+        """Reallocate to max(2S, needed) positions (at most ``limit``), copying the filled prefix."""
+        size = min(max(2 * self.capacity, needed), self.limit)
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = backend.xp.zeros(old.shape[:2] + (size,) + old.shape[3:], dtype=old.dtype)
+            new[:, :, :self.length] = old[:, :, :self.length]
+            setattr(self, name, new)
 
     @property
     def capacity(self) -> int:
@@ -50,10 +62,12 @@ class LayerKV:
         """Store k, v (B, H, T, D) after the cached positions; return every key and value so far (views of
         shape (B, H, length + T, D))."""
         start, end = self.length, self.length + k.shape[2]
+        if self.capacity < end <= self.limit:
+            self._grow(end)
         if end > self.capacity:
             raise ValueError(
                 f"KV cache is full: it holds {start} positions and {k.shape[2]} more do not fit in its "
-                f"{self.capacity} (the model's block_size); slide the window or reset the cache"
+                f"{self.limit} (the model's block_size); slide the window or reset the cache"
             )
         self.keys[:, :, start:end] = k
         self.values[:, :, start:end] = v
@@ -68,16 +82,20 @@ class KVCache:
     (each attention layer appends to ``cache.layers[i]``) and continues where it stopped.
     """
 
-    def __init__(self, n_layer, batch_size, n_head, capacity, head_size, dtype=None):
+    def __init__(self, n_layer, batch_size, n_head, capacity, head_size, dtype=None, initial=None):
+        """``capacity``: the most positions it holds; ``initial``: positions allocated at first (default all)."""
         dtype = backend.dtype if dtype is None else dtype
-        self.layers = [LayerKV(batch_size, n_head, capacity, head_size, dtype) for _ in range(n_layer)]
+        first = capacity if initial is None else min(initial, capacity)
+        self.layers = [LayerKV(batch_size, n_head, first, head_size, dtype, capacity) for _ in range(n_layer)]
 
     @classmethod
     def for_model(cls, config, batch_size: int = 1, dtype=None) -> "KVCache":
-        """An empty cache sized for a ``GPTConfig``: capacity = block_size, and as many heads as the model has
-        key/value heads (``n_kv_head``: fewer than ``n_head`` with grouped-query attention)."""
+        """An empty cache for a ``GPTConfig``: capacity = block_size (256 positions allocated at first, doubled
+        as needed), and as many heads as the model has key/value heads (``n_kv_head``: fewer than ``n_head``
+        with grouped-query attention)."""
         n_kv_head = getattr(config, "n_kv_head", None) or config.n_head
-        return cls(config.n_layer, batch_size, n_kv_head, config.block_size, config.n_embd // config.n_head, dtype)
+        return cls(config.n_layer, batch_size, n_kv_head, config.block_size, config.n_embd // config.n_head, dtype,
+                   initial=256)
 
     @property
     def length(self) -> int:
@@ -86,6 +104,12 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
+        """The most positions it can hold (block_size for ``for_model``)."""
+        return self.layers[0].limit
+
+    @property
+    def allocated(self) -> int:
+        """Positions allocated now (grows with the context used)."""
         return self.layers[0].capacity
 
     @property

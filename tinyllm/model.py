@@ -26,6 +26,9 @@ that with mlp="moe". Parameter names stay GPT-2's where the part is the same (``
 Generation (``tinyllm.generate``) calls ``next_token_logits(idx, mask, positions, cache)``: with a ``KVCache``
 (``tinyllm.kv_cache``) each attention layer appends the new keys and values and attends over all cached ones,
 so a step costs one position's work; ``positions`` lets a left-padded row count only its real tokens.
+
+Training with ``checkpoint_activations`` set (``tinyllm.checkpointing.enable_checkpointing``) keeps only each
+block's input and recomputes the block in the backward: the same gradients for less memory.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import no_grad
+from .checkpointing import checkpoint
 from .functional.moe import check_expert_top_k
-from .functional.rope import rope_cos_sin
-from .nn import CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear, MLP, MoE, Module, RMSNorm, SwiGLU
+from .functional.rope import check_rope_scaling, rope_cos_sin
+from .nn import (CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear, MLP, MoE, Module, Parameter, RMSNorm,
+                 SwiGLU)
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
@@ -77,6 +82,8 @@ class GPTConfig:
     aux_loss_coef: float = 0.01    # mlp="moe": weight of the load-balancing loss in the training loss
     rope_theta: float = 10000.0    # pos="rope": base of the rotary frequencies
     norm_eps: float = 1e-5     # ε of the norms
+    qkv_bias: bool = False     # biases on the q/k/v projection even when bias=False (Qwen2)
+    rope_scaling: dict | None = None   # pos="rope": frequency scaling, e.g. Llama 3's {"rope_type": "llama3", ...}
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -109,6 +116,8 @@ class GPTConfig:
                 raise ValueError(f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta} and {self.norm_eps}")
+        if self.rope_scaling is not None:
+            check_rope_scaling(self.rope_scaling)
 
     @property
     def head_size(self) -> int:
@@ -178,6 +187,8 @@ class Block(Module):
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(c, config.n_head, config.bias, config.dropout, 0.02, proj_std, generator,
                                         config.n_kv_head)
+        if config.qkv_bias and self.attn.qkv.bias is None:   # Qwen2: q/k/v biases, none on the output projection
+            self.attn.qkv.bias = Parameter(backend.xp.zeros(self.attn.qkv.weight.shape[0], dtype=backend.dtype))
         self.ln_2 = make_norm(config)
         if config.mlp == "gelu":
             self.mlp = MLP(c, hidden, config.bias, config.dropout, 0.02, proj_std, generator)
@@ -239,11 +250,15 @@ class GPT(Module):
             x = self.wte(idx) + self.wpe(positions)           # (B, T, C) + (B or 1, T, C)
         else:  # RoPE: the same positions, as rotations of q and k (computed once, shared by every layer)
             x = self.wte(idx)                                 # (B, T, C)
-            rope = rope_cos_sin(positions, self.config.head_size, self.config.rope_theta, self.wte.weight.dtype)
+            rope = rope_cos_sin(positions, self.config.head_size, self.config.rope_theta, self.wte.weight.dtype,
+                                self.config.rope_scaling)
         x = self.drop(x)
         layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
         for block, layer_cache in zip(self.blocks, layer_caches):
-            x = block(x, mask, layer_cache, rope)
+            if getattr(self, "checkpoint_activations", False) and cache is None:   # see tinyllm.checkpointing
+                x = checkpoint(lambda h, block=block: block(h, mask, None, rope), x, block.parameters())
+            else:
+                x = block(x, mask, layer_cache, rope)
         return self.ln_f(x)
 
     def forward(self, idx, targets=None, mask=None, positions=None, cache=None):

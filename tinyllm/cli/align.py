@@ -129,10 +129,16 @@ def _lora_flags(p) -> None:
     p.add_argument("--lora-rank", type=non_negative_int, default=0, help="train LoRA adapters of this rank instead of every weight "
                                                             "(0 = off); they are merged into the saved weights")
     p.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha/rank")
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="recompute each block in the backward instead of keeping its activations (less memory)")
 
 
 def _maybe_lora(model, args, trainable=()) -> None:
-    """Wrap the policy's Linear layers in LoRA adapters when --lora-rank is set (after the reference was copied)."""
+    """Wrap the policy's Linear layers in LoRA adapters when --lora-rank is set (after the reference was copied),
+    and turn on activation checkpointing when asked."""
+    if getattr(args, "checkpoint_activations", False):
+        from ..checkpointing import enable_checkpointing
+        enable_checkpointing(model)
     if args.lora_rank:
         from ..lora import apply_lora
         apply_lora(model, args.lora_rank, args.lora_alpha, 0.0, None, trainable=trainable,

@@ -45,7 +45,8 @@ def add_commands(sub) -> None:
                          description="Instruction-tune a pretrained run on Alpaca records "
                                      '{"instruction", "input", "output"} (JSON list or JSONL); the loss covers only the '
                                      'responses. Writes a run directory whose config.json has "task": "instruct" and '
-                                     'the Alpaca "template" that `tinyllm chat` uses.')
+                                     'the Alpaca "template" that `tinyllm chat` uses; with --template chat, '
+                                     "the base model's own chat template instead (an imported model's).")
     _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=1e-3, lora_lr=2e-3)
     g = i.add_argument_group("data")
     g.add_argument("--data", default=None, help="Alpaca JSON/JSONL file (default: built-in generated tasks — arithmetic, "
@@ -54,6 +55,9 @@ def add_commands(sub) -> None:
     g.add_argument("--train-size", type=positive_int, default=1500, help="built-in tasks: training records")
     g.add_argument("--test-size", type=non_negative_int, default=120, help="built-in tasks: held-out test records (60 more for validation)")
     g.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest generated response when scoring")
+    g.add_argument("--template", choices=["alpaca", "chat"], default="alpaca",
+                   help="prompt format: the Alpaca template, or the base run's own chat template (an imported "
+                        "model's tokenizer_config.json, or built-in ChatML / Llama 3 by its special tokens)")
     g.add_argument("--eval-limit", type=positive_int, default=None, help="score generations on at most this many test records")
     g.add_argument("--compare-base", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the model before finetuning")
@@ -105,6 +109,9 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
     g.add_argument("--dropout", type=probability, default=None, help="model dropout while finetuning; None keeps the base run's")
     g.add_argument("--log-interval", type=positive_int, default=d.log_interval, help="steps between progress lines (when not on a terminal)")
     g.add_argument("--seed", type=non_negative_int, default=d.seed, help="data shuffling, splits and the head's initialisation")
+    g.add_argument("--checkpoint-activations", action="store_true",
+                   help="keep only each block's input and recompute the block in the backward: less memory, "
+                        "about a third more compute (needs dropout 0)")
     p.set_defaults(default_lr=lr, default_lora_lr=lora_lr)
 
 
@@ -136,6 +143,11 @@ def _prepare_training(model, args, also=()):
     """Freeze or LoRA-wrap as the flags ask; returns the LoRA report or None."""
     from ..finetune.loop import freeze_except_last
     from ..lora import apply_lora, format_report, parameter_report
+    if getattr(args, "checkpoint_activations", False):
+        from ..checkpointing import enable_checkpointing
+        if args.dropout:
+            raise ValueError("--checkpoint-activations needs --dropout 0: recomputed blocks would draw new masks")
+        enable_checkpointing(model)
     if args.lora_rank:
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
         report = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets, trainable=also, seed=args.seed)
@@ -230,6 +242,19 @@ def _instruction_data(path, fractions, seed, train_size, test_size):
     return split_records(read_instructions(path), fractions)
 
 
+def _instruct_template(args, tokenizer):
+    """"alpaca", or the base run's chat template for ``--template chat`` (ValueError when it has none)."""
+    if args.template == "alpaca":
+        return "alpaca"
+    from ..chat_template import load_chat_template
+    base = Path(args.ckpt) if Path(args.ckpt).is_dir() else Path(args.ckpt).parent
+    template = load_chat_template(base, tokenizer)
+    if template is None:
+        raise ValueError(f"--template chat: '{args.ckpt}' has no chat template (no tokenizer_config.json "
+                         "chat_template, and no ChatML or Llama 3 special tokens in its tokenizer)")
+    return template
+
+
 def run_instruct(args) -> int:
     from ..checkpoint import save_model
     from ..data.instructions import END_OF_TEXT, chat_template, end_token
@@ -238,7 +263,8 @@ def run_instruct(args) -> int:
     model, tokenizer = _load_base(args)
     fractions = args.split
     train, val, test = _instruction_data(args.data, fractions, args.seed, args.train_size, args.test_size)
-    end = end_token(tokenizer)
+    template = _instruct_template(args, tokenizer)
+    end = end_token(tokenizer, template)
     print(f"data: {args.data or 'built-in generated tasks'}; {len(train)} train / {len(val)} val / {len(test)} test records; "
           f"responses end with {end.text!r} (id {end.id}){'; ' + end.note if end.note else ''}")
     scored = test[:args.eval_limit] if args.eval_limit else test
@@ -246,24 +272,29 @@ def run_instruct(args) -> int:
     before = None                      # add exactly zero, so the model still computes what the base does
     if args.compare_base and scored:
         t0 = time.perf_counter()
-        before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens)
+        before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens, template)
         print(f"before finetuning ({time.perf_counter() - t0:.0f}s): {format_scores(before)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").unlink(missing_ok=True)
-    summary = train_instructions(model, tokenizer, train, val, _finetune_config(args),
+    summary = train_instructions(model, tokenizer, train, val, _finetune_config(args), template,
                                  log=lambda r: append_jsonl(out / "log.jsonl", r))
     trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
     keys = ("exact_match", "rouge_l", "bleu", "response_ppl")
-    extra = {"task": "instruct", "template": chat_template("alpaca"), "end_token": END_OF_TEXT if end.text == END_OF_TEXT else end.text,
+    own = {} if args.template == "chat" else {"template": chat_template("alpaca")}   # chat: tokenizer_config.json
+    extra = {"task": "instruct", **own, "end_token": END_OF_TEXT if end.text == END_OF_TEXT else end.text,
              "base": str(args.ckpt),
              "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "split": list(fractions),
                       "seed": args.seed, "train_size": args.train_size, "test_size": args.test_size},
              "finetune": {"lora_rank": args.lora_rank, "epochs": args.epochs, "lr": args.lr, "trainable": trainable,
                           "seconds": round(summary["seconds"], 1)}}
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_model(o, m, t, extra_config=e))
+    if args.template == "chat":
+        base = Path(args.ckpt) if Path(args.ckpt).is_dir() else Path(args.ckpt).parent
+        if (base / "tokenizer_config.json").exists():
+            (out / "tokenizer_config.json").write_bytes((base / "tokenizer_config.json").read_bytes())
     stop_if_interrupted(summary, out)
-    after = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens) if scored else None
+    after = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens, template) if scored else None
     if after:
         _record_results(out, {"before": {k: before[k] for k in keys} if before else None,
                               "after": {k: after[k] for k in keys}}, args)

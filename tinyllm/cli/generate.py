@@ -11,8 +11,10 @@ instruct`` writes (``tinyllm.data.instructions.chat_template``). Replies also en
 A run whose config.json lists ``"tools": ["calculator"]`` (``examples/13_tools.py``) is offered the calculator
 with each message; when it writes a call, chat runs it (``tinyllm.serve.tools``, an arithmetic parser, never
 ``eval``), prints the result and lets the model finish its answer.
-Without a template, chat is plain continuation: your line is appended to the conversation and the model
-continues it up to the end of a line.
+A run imported from Hugging Face chats with the model's own template instead (``tinyllm.chat_template``:
+``tokenizer_config.json``'s ``chat_template`` rendered with jinja2, or built-in ChatML / Llama 3), and
+``generate --chat`` wraps the prompt as one user message in it. Without a template, chat is plain
+continuation: your line is appended to the conversation and the model continues it up to the end of a line.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def add_commands(sub) -> None:
     p.add_argument("--beam", type=positive_int, default=None, metavar="N",
                    help="beam search with N beams instead of sampling (prints the best sequence when done)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="with --beam: score = Σ log p / length^this")
+    p.add_argument("--chat", action="store_true", help="wrap --prompt as a user message in the model's chat "
+                                                       "template (tokenizer_config.json's, or ChatML / Llama 3)")
     p.set_defaults(func=run_generate)
 
     p = sub.add_parser("chat", help="talk to a model: read lines from stdin, answer each one",
@@ -58,6 +62,9 @@ def add_sampling_flags(p, max_new_tokens) -> None:
     g.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 makes tokens already seen less likely")
     g.add_argument("--seed", type=non_negative_int, default=None, help="seed for reproducible sampling (None: a random one)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token (slow; for comparison)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="storage of the blocks' weight matrices; arithmetic stays float32 (16 bits: half the "
+                        "memory, slower decoding; see tinyllm.half_weights)")
 
 
 def _sampling_kwargs(args) -> dict:
@@ -65,11 +72,14 @@ def _sampling_kwargs(args) -> dict:
                 repetition_penalty=args.repetition_penalty, seed=args.seed, use_cache=not args.no_cache)
 
 
-def _load(ckpt):
+def _load(ckpt, dtype="float32"):
     from ..checkpoint import load_config, load_pretrained
     model, tokenizer = load_pretrained(ckpt)
     if tokenizer is None:
         raise FileNotFoundError(f"the run '{ckpt}' has no tokenizer file; generating text needs one to turn text into ids")
+    if dtype != "float32":
+        from ..half_weights import store_half
+        store_half(model, dtype)
     return model.eval(), tokenizer, load_config(ckpt)
 
 
@@ -127,9 +137,13 @@ def run_generate(args) -> int:
     from ..generate import beam_search, stream_generate
     from ..sampling import check_sampling_args
     check_sampling_args(args.temperature, args.top_k or None, args.top_p, args.repetition_penalty)
-    model, tokenizer, config = _load(args.ckpt)
+    model, tokenizer, config = _load(args.ckpt, args.dtype)
     stop_ids = _stop_ids(tokenizer, config)
     start = [tokenizer.special_tokens[END_OF_TEXT]] if END_OF_TEXT in tokenizer.special_tokens else []
+    if args.chat:
+        template = _chat_template(args.ckpt, tokenizer, required=True)
+        stop_ids = sorted(set(stop_ids) | set(_template_stop_ids(tokenizer, template)))
+        args.prompt = template.render([{"role": "user", "content": args.prompt}])
     prompt_ids = tokenizer.encode(args.prompt, allowed_special="all") if args.prompt else start
     if not prompt_ids:
         raise ValueError("--prompt is empty and this tokenizer has no <|endoftext|> token to start from; give a prompt")
@@ -168,9 +182,58 @@ def _fit_history(turns, current, budget):
     return [t for turn in reversed(kept) for t in turn] + current
 
 
+def _chat_template(ckpt, tokenizer, required=False):
+    from pathlib import Path
+
+    from ..chat_template import load_chat_template
+    run = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
+    template = load_chat_template(run, tokenizer)
+    if template is None and required:
+        raise ValueError(f"'{ckpt}' has no chat template (no tokenizer_config.json chat_template, and its tokenizer "
+                         "has neither ChatML's <|im_start|>/<|im_end|> nor Llama 3's header tokens)")
+    return template
+
+
+def _template_stop_ids(tokenizer, template) -> list[int]:
+    return [tokenizer.special_tokens[t] for t in template.stop_tokens if t in tokenizer.special_tokens]
+
+
+def _chat_with_template(args, model, tokenizer, template) -> int:
+    """The chat loop for a model with its own chat template: the whole conversation is re-rendered each
+    turn (oldest messages dropped while it does not fit), and a reply ends at the template's stop tokens."""
+    from ..generate import generate
+    stop_ids = _template_stop_ids(tokenizer, template)
+    budget = max(model.config.block_size - args.max_new_tokens, model.config.block_size // 2)
+    print(f"chat with {args.ckpt} (the model's chat template, context {model.config.block_size} tokens). "
+          f"{CHAT_COMMANDS}", file=sys.stderr)
+    messages, sampling = [], _sampling_kwargs(args)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "/quit":
+            break
+        if not command:
+            continue
+        if command.startswith("/"):           # /reset, /help and any other /word: ours, not the model's
+            messages = [] if command == "/reset" else messages
+            print(f"[{'conversation forgotten' if command == '/reset' else CHAT_COMMANDS}]", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        ids = tokenizer.encode(template.render(messages), allowed_special="all")
+        while len(ids) > budget and len(messages) > 1:
+            messages = messages[2:] if len(messages) > 2 else messages[1:]
+            ids = tokenizer.encode(template.render(messages), allowed_special="all")
+        reply = tokenizer.decode(generate(model, ids[-budget:], args.max_new_tokens, stop_ids=stop_ids, **sampling))
+        print(reply.strip(), flush=True)
+        messages.append({"role": "assistant", "content": reply.strip()})
+    return 0
+
+
 def run_chat(args) -> int:
     from ..serve.chat import ChatTemplate, tools_line
-    model, tokenizer, config = _load(args.ckpt)
+    model, tokenizer, config = _load(args.ckpt, args.dtype)
+    template = None if config.get("template") is not None else _chat_template(args.ckpt, tokenizer)
+    if template is not None:
+        return _chat_with_template(args, model, tokenizer, template)
     fmt = ChatTemplate(config.get("template"))
     stop_ids = _stop_ids(tokenizer, config)
     block_size = model.config.block_size

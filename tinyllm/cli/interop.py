@@ -1,4 +1,5 @@
-"""``tinyllm import-hf``, ``tinyllm export-hf`` (Hugging Face GPT-2 directories) and ``tinyllm compress``."""
+"""``tinyllm import-hf``, ``tinyllm export-hf`` (Hugging Face GPT-2 and Llama-family directories) and
+``tinyllm compress``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from .common import fraction, positive_int
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("import-hf", help="turn a Hugging Face GPT-2 directory into a tinyllm run directory",
-                       description="Read DIR/config.json and DIR/model.safetensors (GPT2LMHeadModel's files; "
-                                   "float32, float16 or bfloat16) and, when present, the tokenizer: tinyllm_tokenizer.json "
+    p = sub.add_parser("import-hf", help="turn a Hugging Face model directory (GPT-2, Llama, Qwen2, Mistral, "
+                                         "Mixtral, SmolLM) into a tinyllm run directory",
+                       description="Read DIR/config.json and DIR/model.safetensors (or its shards and index; "
+                                   "float32, float16 or bfloat16). config.json's architectures picks the layout: "
+                                   "LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM and MixtralForCausalLM "
+                                   "read tokenizer.json (byte-level BPE) and keep tokenizer_config.json (its chat "
+                                   "template); GPT2LMHeadModel reads tinyllm_tokenizer.json "
                                    "(written by export-hf), else vocab.json + merges.txt (or OpenAI's encoder.json + "
                                    "vocab.bpe), read with GPT-2's split pattern. Writes a run "
                                    "directory that generate, eval, chat and finetuning load like any other.")
@@ -21,9 +26,12 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(func=run_import_hf)
 
-    p = sub.add_parser("export-hf", help="write a run as a Hugging Face GPT-2 directory (from_pretrained loads it)",
-                       description="Write config.json and model.safetensors in GPT2LMHeadModel's layout, plus "
-                                   "vocab.json + merges.txt when the run's tokenizer is BPE.")
+    p = sub.add_parser("export-hf", help="write a run as a Hugging Face directory (from_pretrained loads it)",
+                       description="Write config.json and model.safetensors: GPT2LMHeadModel's layout (plus "
+                                   "vocab.json + merges.txt when the run's tokenizer is BPE) for a GPT-2-style run, "
+                                   "LlamaForCausalLM / Qwen2ForCausalLM / MixtralForCausalLM for a Llama-style one "
+                                   "(plus tokenizer.json: the imported one, or the run's BPE tokenizer converted; "
+                                   "and tokenizer_config.json when it was imported with one).")
     p.add_argument("run", help="run directory (or its model.safetensors)")
     p.add_argument("--out", required=True, help="directory to write")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -61,6 +69,51 @@ def _check_out(out: Path, overwrite: bool, source: Path | None = None) -> None:
 
 
 def run_import_hf(args) -> int:
+    from ..files import read_json
+    from ..interop.hf_llama import architecture_of
+
+    config_file = Path(args.dir) / "config.json"
+    if config_file.exists() and architecture_of(read_json(config_file, what="Hugging Face config")):
+        return _import_llama(args)
+    return _import_gpt2(args)
+
+
+def _import_llama(args) -> int:
+    import shutil
+
+    from ..checkpoint import save_model
+    from ..interop.hf_llama import load_hf_llama
+    from ..tokenizer.hf_json import load_hf_tokenizer
+
+    source, out = Path(args.dir), Path(args.out)
+    _check_out(out, args.overwrite, source)
+    t0 = time.perf_counter()
+    model, arch = load_hf_llama(source, dtype=args.dtype)
+    tokenizer = None
+    if (source / "tokenizer.json").exists():
+        try:
+            tokenizer = load_hf_tokenizer(source / "tokenizer.json")
+        except ValueError as e:
+            print(f"note: tokenizer.json not imported: {e}")
+    save_model(out, model, tokenizer, step=0,
+               extra_config={"imported_from": {"format": "huggingface", "architecture": arch, "path": str(source)}})
+    if (source / "tokenizer_config.json").exists():
+        shutil.copyfile(source / "tokenizer_config.json", out / "tokenizer_config.json")   # its chat template
+    c = model.config
+    shape = (f"{c.n_layer} layers, {c.n_head} heads, {c.kv_heads} kv heads, {c.n_embd} dims, {c.hidden_size} MLP, "
+             f"context {c.block_size}, vocabulary {c.vocab_size}{f', {c.n_expert} experts' if c.mlp == 'moe' else ''}")
+    return _report_import(f"{arch}: ", model, shape, tokenizer, "", out, t0)
+
+
+def _report_import(what, model, shape, tokenizer, missing_hint, out, t0) -> int:
+    print(f"imported {what}{model.num_parameters():,} parameters ({shape}) in {time.perf_counter() - t0:.1f}s")
+    print(f"tokenizer: {tokenizer!r}" if tokenizer else
+          f"tokenizer: none{missing_hint}; the run cannot encode text until you add one")
+    print(f"run saved in {out}/")
+    return 0
+
+
+def _import_gpt2(args) -> int:
     from ..checkpoint import save_model
     from ..interop import find_tokenizer_files, load_gpt2_tokenizer, load_hf_gpt2
     from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
@@ -79,22 +132,33 @@ def run_import_hf(args) -> int:
     save_model(out, model, tokenizer, step=0,
                extra_config={"imported_from": {"format": "huggingface-gpt2", "path": str(args.dir)}})
     c = model.config
-    print(f"imported {model.num_parameters():,} parameters ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, "
-          f"context {c.block_size}, vocabulary {c.vocab_size}) in {time.perf_counter() - t0:.1f}s")
-    print(f"tokenizer: {tokenizer!r}" if tokenizer else
-          "tokenizer: none (no vocab.json + merges.txt in the directory); the run cannot encode text until you add one")
-    print(f"run saved in {out}/")
-    return 0
+    shape = f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, context {c.block_size}, vocabulary {c.vocab_size}"
+    return _report_import("", model, shape, tokenizer, " (no vocab.json + merges.txt in the directory)", out, t0)
 
 
 def run_export_hf(args) -> int:
-    from ..checkpoint import load_pretrained
+    from ..checkpoint import load_config, load_pretrained
+    from ..interop.hf_llama import save_hf_llama
+
+    model, tokenizer = load_pretrained(args.run)
+    if model.config.pos != "rope":
+        return _export_gpt2(args, model, tokenizer)
+    run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    imported = load_config(run).get("imported_from") or {}
+    out = save_hf_llama(model, args.out, tokenizer, args.dtype, imported.get("architecture"))
+    if (run / "tokenizer_config.json").exists():
+        (out / "tokenizer_config.json").write_bytes((run / "tokenizer_config.json").read_bytes())
+    written = sorted(path.name for path in out.iterdir())
+    print(f"wrote {', '.join(written)} to {out}/ ({model.num_parameters():,} parameters, {args.dtype})")
+    return 0
+
+
+def _export_gpt2(args, model, tokenizer) -> int:
     from ..interop import save_hf_gpt2
     from ..interop.gpt2_tokenizer import uses_gpt2_pattern
     from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
     from ..tokenizer import BPETokenizer
 
-    model, tokenizer = load_pretrained(args.run)
     bpe = tokenizer if isinstance(tokenizer, BPETokenizer) else None
     out = save_hf_gpt2(model, args.out, tokenizer=tokenizer, dtype=args.dtype)
     written = (["config.json", "model.safetensors"] + (["vocab.json", "merges.txt"] if bpe else [])

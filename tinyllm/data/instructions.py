@@ -24,6 +24,11 @@ A training sequence is prompt + response + end. ``collate_instructions`` shifts 
 targets y (y[t] = ids[t + 1]) and replaces by ``ignore_index`` (-100, which ``cross_entropy`` skips) every
 target that is a prompt token or padding, so the loss is the response's (and the end token's) alone.
 Batches are padded to their own longest sequence (dynamic padding), not to the block size.
+
+``template`` may also be a model's own chat template (``tinyllm.chat_template.ChatTemplate``, e.g. an imported
+SmolLM2's ChatML): the prompt is then the rendered user turn plus the assistant header, and the response ends
+with the template's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``). The template's own special tokens
+are encoded as such; the record's text is encoded as ordinary text, so it cannot inject one.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ def chat_template(template: str = "alpaca") -> dict:
 
 def format_prompt(record: dict, template: str = "alpaca") -> str:
     """The prompt for a record: everything up to and including "### Response:\\n"."""
+    if hasattr(template, "render"):
+        return template.render([{"role": "user", "content": _user_message(record)}])
     prompt = f"{_preamble(template)}### Instruction:\n{record['instruction']}"
     if record.get("input"):
         prompt += f"\n\n### Input:\n{record['input']}"
@@ -105,10 +112,20 @@ class EndToken:
     note: str = ""
 
 
-def end_token(tokenizer) -> EndToken:
-    """The token that ends a response: ``<|endoftext|>`` if the tokenizer has it, else a newline (see the
-    module docstring). ValueError if neither is a single token."""
+def _user_message(record: dict) -> str:
+    return record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+
+
+def end_token(tokenizer, template="alpaca") -> EndToken:
+    """The token that ends a response: with a chat template its end-of-turn token, else ``<|endoftext|>`` if
+    the tokenizer has it, else a newline (see the module docstring). ValueError if none is a single token."""
     specials = getattr(tokenizer, "special_tokens", None) or {}
+    if hasattr(template, "render"):
+        stop = next((t for t in template.stop_tokens if t in specials), None)
+        if stop is None:
+            raise ValueError(f"none of the chat template's end tokens {template.stop_tokens} is a special token of "
+                             "the tokenizer")
+        return EndToken(specials[stop], stop)
     if END_OF_TEXT in specials:
         return EndToken(specials[END_OF_TEXT], END_OF_TEXT)
     newline = tokenizer.encode("\n")
@@ -126,7 +143,13 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def encode_prompt(tokenizer, record: dict, template: str = "alpaca") -> list[int]:
-    return _encode(tokenizer, format_prompt(record, template))
+    if not hasattr(template, "render"):
+        return _encode(tokenizer, format_prompt(record, template))
+    # A chat template: its text around the message may hold special tokens; the message itself may not.
+    marker = "\x00MESSAGE\x00"
+    before, after = template.render([{"role": "user", "content": marker}]).split(marker)
+    return (tokenizer.encode(before, allowed_special="all") + _encode(tokenizer, _user_message(record))
+            + tokenizer.encode(after, allowed_special="all"))
 
 
 @dataclass
@@ -151,7 +174,7 @@ class EncodedInstructions:
 def encode_instructions(records, tokenizer, block_size: int, template: str = "alpaca") -> EncodedInstructions:
     """Encode every record as prompt ids + response ids + the end token, truncated to ``block_size + 1``
     tokens (the model sees block_size inputs, each predicting the next token)."""
-    end = end_token(tokenizer).id
+    end = end_token(tokenizer, template).id
     encoded = EncodedInstructions([], [])
     for record in records:
         prompt = encode_prompt(tokenizer, record, template)

@@ -43,7 +43,7 @@ def train_instructions(model, tokenizer, train_records, val_records=(), config=N
     val = encode_instructions(val_records, tokenizer, block, template) if val_records else None
     if progress and train.truncated:
         print(train.warning(block))
-    pad = end_token(tokenizer).id
+    pad = end_token(tokenizer, template).id
 
     def collate(indices):
         return collate_instructions([train.sequences[i] for i in indices], [train.prompt_lengths[i] for i in indices], pad)
@@ -88,7 +88,7 @@ def _mean_response_nll(model, encoded, pad_id, batch_size) -> float:
 def response_perplexity(model, tokenizer, records, template: str = "alpaca", batch_size: int = 16) -> dict:
     """Mean NLL per response token (end token included) given the prompt, and its perplexity."""
     encoded = encode_instructions(records, tokenizer, model.config.block_size, template)
-    loss = _mean_response_nll(model, encoded, end_token(tokenizer).id, batch_size)
+    loss = _mean_response_nll(model, encoded, end_token(tokenizer, template).id, batch_size)
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
 
 
@@ -99,7 +99,7 @@ def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, temp
     Prompts and answers share the model's context of ``block_size`` tokens: see the comment in the loop for
     what happens when a prompt leaves less room than ``max_new_tokens``."""
     from ..generate import generate
-    end = end_token(tokenizer).id
+    end = end_token(tokenizer, template).id
     prompts = [encode_prompt(tokenizer, record, template) for record in records]
     block = model.config.block_size
     responses = [None] * len(prompts)

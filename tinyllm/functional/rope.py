@@ -21,7 +21,12 @@ weights load without a permutation.
 Backward: y = R x with R a rotation (block-diagonal, orthogonal), so dx = Rᵀ dy = R(-angle) dy: the inverse
 rotation of the output gradient — the same function with sin negated. Nothing is saved but the cos/sin tables.
 
-The tables cos(pω_i), sin(pω_i) are computed once per (head size, θ, dtype, device), in float64 then cast,
+Frequency scaling (``scaling``, a config's ``rope_scaling``): Llama 3.1/3.2 stretch the slow pairs to reach
+longer contexts ("llama3": pairs whose wavelength 2π/ω exceeds original_max_position_embeddings /
+low_freq_factor turn ``factor`` times slower, those under … / high_freq_factor are kept, and the ones between
+are interpolated smoothly); see ``rope_frequencies``.
+
+The tables cos(pω_i), sin(pω_i) are computed once per (head size, θ, scaling, dtype, device), in float64 then cast,
 for positions 0 … L-1, and grown (doubled) when a larger position is asked for; a forward gathers the rows
 of its positions (T or B·T rows of D/2 values).
 """
@@ -33,7 +38,8 @@ import numpy as np
 from .. import backend
 from ..autograd import Tensor
 
-_TABLES: dict = {}   # (head_dim, theta, dtype, device) → (cos, sin), each (L, D/2)
+_TABLES: dict = {}   # (head_dim, theta, scaling, dtype, device) → (cos, sin), each (L, D/2)
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def _check_head_dim(head_dim):
@@ -41,26 +47,59 @@ def _check_head_dim(head_dim):
         raise ValueError(f"rotary embedding needs an even head dimension (channels are rotated in pairs), got head_dim={head_dim}")
 
 
-def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None):
+def check_rope_scaling(scaling) -> None:
+    """ValueError unless ``scaling`` is None, {"rope_type": "default"} or a complete "llama3" scaling."""
+    if scaling is None or (isinstance(scaling, dict) and scaling.get("rope_type", "default") == "default"):
+        return
+    if not isinstance(scaling, dict) or scaling.get("rope_type") != "llama3":
+        raise ValueError(f"rope_scaling {scaling!r} is not supported; tinyllm implements rope_type 'default' and "
+                         "'llama3'")
+    missing = [key for key in LLAMA3_KEYS if not isinstance(scaling.get(key), (int, float)) or scaling[key] <= 0]
+    if missing or scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise ValueError(f"llama3 rope_scaling needs positive {', '.join(LLAMA3_KEYS)} with high_freq_factor > "
+                         f"low_freq_factor; got {scaling!r}")
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None):
+    """ω_i = θ^(-2i/D) for the D/2 pairs (float64), with Llama 3's scaling applied when asked for.
+
+    llama3: wavelength λ_i = 2π/ω_i against the original context L: λ > L/low → ω/factor (slow pairs
+    stretched), λ < L/high → ω (fast pairs kept), between → (1 - s)·ω/factor + s·ω with
+    s = (L/λ - low)/(high - low).
+    """
+    inv_freq = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (D/2,) ω_i
+    check_rope_scaling(scaling)
+    if scaling is None or scaling.get("rope_type", "default") == "default":
+        return inv_freq
+    factor, low, high, context = (float(scaling[key]) for key in LLAMA3_KEYS)
+    wavelength = 2 * np.pi / inv_freq
+    smooth = (context / wavelength - low) / (high - low)
+    scaled = np.where(wavelength > context / low, inv_freq / factor, inv_freq)
+    between = (wavelength >= context / high) & (wavelength <= context / low)
+    return np.where(between, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+
+
+def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None, scaling: dict | None = None):
     """(cos, sin) of p · ω_i for positions p = 0 … at least ``length - 1``: two (L, D/2) arrays, cached."""
     _check_head_dim(head_dim)
     dtype = np.dtype(backend.dtype if dtype is None else dtype)
-    key = (int(head_dim), float(theta), dtype.str, backend.device)
+    scaling_key = None if scaling is None else tuple(sorted(scaling.items()))
+    key = (int(head_dim), float(theta), scaling_key, dtype.str, backend.device)
     tables = _TABLES.get(key)
     if tables is None or tables[0].shape[0] < length:
         size = 1 << max(int(length) - 1, 255).bit_length()   # a power of two ≥ length (at least 256)
-        inv_freq = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (D/2,) ω_i
+        inv_freq = rope_frequencies(head_dim, theta, scaling)                                  # (D/2,) ω_i
         angles = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]             # (L, D/2)
         tables = (backend.xp.asarray(np.cos(angles), dtype=dtype), backend.xp.asarray(np.sin(angles), dtype=dtype))
         _TABLES[key] = tables
     return tables
 
 
-def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None):
+def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None, scaling: dict | None = None):
     """The rotation of each position, ready to broadcast against (B, H, T, D/2) halves of q or k.
 
     ``positions``: integers ≥ 0 of shape (T,) (the same for every row) or (B, T) (a left-padded batch).
-    Returns (cos, sin), each (T, D/2) or (B, 1, T, D/2).
+    Returns (cos, sin), each (T, D/2) or (B, 1, T, D/2). ``scaling``: see ``rope_frequencies``.
     """
     xp = backend.xp
     positions = getattr(positions, "data", positions)
@@ -71,7 +110,7 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None):
     lowest, highest = backend.host_min_max(positions) if positions.size else (0, 0)
     if lowest < 0:
         raise ValueError(f"rotary embedding: positions must be >= 0, got {lowest}")
-    cos, sin = rope_tables(head_dim, highest + 1, theta, dtype)
+    cos, sin = rope_tables(head_dim, highest + 1, theta, dtype, scaling)
     positions = xp.asarray(positions)
     cos, sin = cos[positions], sin[positions]                 # (T, D/2) or (B, T, D/2)
     if positions.ndim == 2:

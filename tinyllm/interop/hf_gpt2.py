@@ -304,17 +304,7 @@ def save_hf_gpt2(model, directory, tokenizer=None, dtype: str = "float32") -> Pa
     ``vocab.json`` + ``merges.txt`` (see ``gpt2_tokenizer.py``). Its "<|endoftext|>" id becomes the
     config's bos/eos token id. Returns the directory.
     """
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = tinyllm_to_hf_state(model)
-    if dtype == "float16":
-        state = {name: _to_float16(name, array) for name, array in state.items()}
-    else:
-        state = {name: array.astype(np.float32, copy=False) for name, array in state.items()}
-    save_file(state, directory / HF_WEIGHTS, metadata={"format": "pt"},
-              bf16=state.keys() if dtype == "bfloat16" else ())
+    directory = write_hf_weights(tinyllm_to_hf_state(model), directory, dtype)
     eos = None
     if tokenizer is not None:
         from ..tokenizer import BPETokenizer
@@ -326,6 +316,22 @@ def save_hf_gpt2(model, directory, tokenizer=None, dtype: str = "float32") -> Pa
     hf = hf_config_from(model.config, eos)
     hf["torch_dtype"] = dtype
     atomic_write_json(directory / HF_CONFIG, hf)
+    return directory
+
+
+def write_hf_weights(state: dict, directory, dtype: str = "float32") -> Path:
+    """Write HF-named tensors as ``directory/model.safetensors`` in ``dtype`` ("float32", "float16" or
+    "bfloat16"), creating the directory; returns it."""
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if dtype == "float16":
+        state = {name: _to_float16(name, array) for name, array in state.items()}
+    else:
+        state = {name: array.astype(np.float32, copy=False) for name, array in state.items()}
+    save_file(state, directory / HF_WEIGHTS, metadata={"format": "pt"},
+              bf16=state.keys() if dtype == "bfloat16" else ())
     return directory
 
 
