@@ -9,8 +9,9 @@ from .common import fraction, positive_int
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("import-hf", help="turn a Hugging Face GPT-2 directory into a tinyllm run directory",
-                       description="Read DIR/config.json and DIR/model.safetensors (GPT2LMHeadModel's files; "
+    p = sub.add_parser("import-hf", help="turn a Hugging Face GPT-2 or BERT directory into a tinyllm run directory",
+                       description="A BERT directory (model_type 'bert': BertForMaskedLM or BertModel, with "
+                                   "vocab.txt) becomes an encoder run. Otherwise read DIR/config.json and DIR/model.safetensors (GPT2LMHeadModel's files; "
                                    "float32, float16 or bfloat16) and, when present, the tokenizer: tinyllm_tokenizer.json "
                                    "(written by export-hf), else vocab.json + merges.txt (or OpenAI's encoder.json + "
                                    "vocab.bpe), read with GPT-2's split pattern. Writes a run "
@@ -21,9 +22,10 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(func=run_import_hf)
 
-    p = sub.add_parser("export-hf", help="write a run as a Hugging Face GPT-2 directory (from_pretrained loads it)",
+    p = sub.add_parser("export-hf", help="write a run as a Hugging Face GPT-2 or BERT directory (from_pretrained loads it)",
                        description="Write config.json and model.safetensors in GPT2LMHeadModel's layout, plus "
-                                   "vocab.json + merges.txt when the run's tokenizer is BPE.")
+                                   "vocab.json + merges.txt when the run's tokenizer is BPE; an encoder run is "
+                                   "written as BertForMaskedLM with vocab.txt (float32 only).")
     p.add_argument("run", help="run directory (or its model.safetensors)")
     p.add_argument("--out", required=True, help="directory to write")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -62,6 +64,10 @@ def _check_out(out: Path, overwrite: bool, source: Path | None = None) -> None:
 
 def run_import_hf(args) -> int:
     from ..checkpoint import save_model
+    from ..files import read_json
+    config_file = Path(args.dir) / "config.json"
+    if config_file.exists() and read_json(config_file, what="Hugging Face config").get("model_type") == "bert":
+        return _import_bert(args)
     from ..interop import find_tokenizer_files, load_gpt2_tokenizer, load_hf_gpt2
     from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
     from ..tokenizer import load_tokenizer
@@ -87,6 +93,24 @@ def run_import_hf(args) -> int:
     return 0
 
 
+def _import_bert(args) -> int:
+    from ..checkpoint import save_model
+    from ..interop.hf_bert import load_hf_bert
+    out = Path(args.out)
+    _check_out(out, args.overwrite, Path(args.dir))
+    model, tokenizer = load_hf_bert(args.dir, dtype=args.dtype)
+    save_model(out, model, tokenizer, step=0,
+               extra_config={"imported_from": {"format": "huggingface-bert", "path": str(args.dir)}})
+    c = model.config
+    print(f"imported a BERT encoder: {model.num_parameters():,} parameters ({c.n_layer} layers, {c.n_head} heads, "
+          f"{c.n_embd} dims, context {c.block_size}, vocabulary {c.vocab_size})")
+    if model.fresh_head:
+        print("note: the directory holds a BertModel (no masked-LM head): the head starts untrained")
+    print(f"tokenizer: {tokenizer!r}" if tokenizer else "tokenizer: none (no vocab.txt in the directory)")
+    print(f"run saved in {out}/")
+    return 0
+
+
 def run_export_hf(args) -> int:
     from ..checkpoint import load_pretrained
     from ..interop import save_hf_gpt2
@@ -94,7 +118,15 @@ def run_export_hf(args) -> int:
     from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
     from ..tokenizer import BPETokenizer
 
-    model, tokenizer = load_pretrained(args.run)
+    model, tokenizer = load_pretrained(args.run, allow_encoder=True)
+    if getattr(model, "architecture", None) == "encoder":
+        from ..interop.hf_bert import save_hf_bert
+        if args.dtype != "float32":
+            raise ValueError(f"an encoder run is exported as float32 only, not {args.dtype}")
+        out = save_hf_bert(model, args.out, tokenizer)
+        print(f"wrote config.json, model.safetensors{', vocab.txt' if tokenizer else ''} (BERT) to {out}/ "
+              f"({model.num_parameters():,} parameters, float32)")
+        return 0
     bpe = tokenizer if isinstance(tokenizer, BPETokenizer) else None
     out = save_hf_gpt2(model, args.out, tokenizer=tokenizer, dtype=args.dtype)
     written = (["config.json", "model.safetensors"] + (["vocab.json", "merges.txt"] if bpe else [])
