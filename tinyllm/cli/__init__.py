@@ -19,9 +19,10 @@ from . import interop as _interop
 from . import align as _align
 from .common import no_leftover_folder, use_help_formatter
 from . import data as _data
+from . import encoder as _encoder
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_data, _tokenizer, _train, _generate, _finetune, _interop, _align]
+STAGES = [_data, _tokenizer, _train, _encoder, _generate, _finetune, _interop, _align]
 
 
 def build_parser() -> argparse.ArgumentParser:
