@@ -73,7 +73,8 @@ def add_model_and_training_flags(p) -> None:
     g.add_argument("--val-fraction", type=fraction, default=0.1, help="the tail of the data held out for validation")
     g.add_argument("--tokenizer", default=None, type=tokenizer_choice,
                    help="'bpe' or 'wordpiece' (trained on the data), 'char', or a tokenizer to reuse: a tokenizer "
-                        ".json file or a run directory holding one (default: bpe; wordpiece for --objective mlm)")
+                        ".json file or a run directory holding one; --objective mlm trains a wordpiece one unless another "
+                        "is given (default: bpe)")
     g.add_argument("--vocab-size", type=positive_int, default=2048, help="vocabulary size when training a tokenizer")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="mini", choices=sorted(PRESETS), help="model shape; the flags below override it")
