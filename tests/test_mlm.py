@@ -114,3 +114,24 @@ def test_fill_mask_cli_and_the_wrong_kind_of_run(mlm_run, capsys):
     capsys.readouterr()
     assert main(["fill-mask", "--ckpt", str(gpt), "--text", "a [MASK]"]) == 2
     assert "is a decoder (GPT) run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_finetune_classify_on_an_encoder_run_reads_cls(mlm_run, tmp_path, capsys, lora):
+    from tinyllm.finetune import load_finetuned
+    from tinyllm.finetune.encoder_classify import EncoderClassifier
+    _, base = mlm_run
+    data = tmp_path / "labels.tsv"
+    data.write_text("".join(f"animal\tThe {w} sat on the mat.\nplace\tA home on the {w}.\n"
+                            for w in ("cat", "dog", "log", "mat") * 6))
+    out = tmp_path / "clf"
+    flags = ["finetune", "classify", "--ckpt", str(base), "--data", str(data), "--out", str(out), "--epochs", "1",
+             "--batch-size", "4"] + (["--lora-rank", "2"] if lora else [])
+    assert main(flags) == 0
+    printed = capsys.readouterr().out
+    assert "test set: accuracy" in printed and ("LoRA rank 2" in printed) == lora
+    model, tokenizer, config = load_finetuned(out, prefer_adapter=lora)
+    assert isinstance(model, EncoderClassifier) and config["labels"] == ["animal", "place"]
+    ids, mask = model.frame(np.array([[7, 8, 0], [9, 0, 0]]), np.array([2, 1]))
+    assert ids.tolist() == [[2, 7, 8, 3], [2, 9, 3, 0]] and mask.sum(axis=1).tolist() == [4, 3]
+    assert main(["evaluate", "--ckpt", str(out)]) == 0
