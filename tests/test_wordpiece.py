@@ -99,6 +99,7 @@ def test_training_merges_by_likelihood_score():
     assert set(tok.tokens[5:12]) == {"e", "q", "s", "t", "##o", "##s", "##u"}
     assert tok.tokens[12] == "qu"
     assert train_wordpiece(text, 5 + 7 + 3, min_frequency=1).tokens[12:] == ["qu", "quo", "ts"]
+    assert train_wordpiece(text, 5 + 7 + 1, min_frequency=1, criterion="count").tokens[12] == "ts"   # BPE's choice
 
 
 def test_cli_trains_a_wordpiece_tokenizer_and_writes_vocab_txt(tmp_path, capsys):

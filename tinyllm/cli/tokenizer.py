@@ -72,6 +72,20 @@ def add_commands(subparsers) -> None:
         "beside --out) (default: bpe)",
     )
     train.add_argument(
+        "--criterion",
+        choices=["likelihood", "count"],
+        default="likelihood",
+        help="wordpiece: merge the pair with the best count(ab)/(count(a)count(b)) (WordPiece's) or the most "
+        "frequent one (BPE's, as HF tokenizers)",
+    )
+    train.add_argument(
+        "--min-frequency",
+        type=positive_int,
+        default=5,
+        metavar="N",
+        help="wordpiece: merge only pairs seen at least N times",
+    )
+    train.add_argument(
         "--cased",
         action="store_true",
         help="wordpiece: keep case and accents (default: lower-case and strip accents, as bert-base-uncased)",
@@ -130,7 +144,8 @@ def run_train(args) -> int:
         tokenizer = CharTokenizer.from_text(text)
     elif args.kind == "wordpiece":
         from ..tokenizer.wordpiece_train import train_wordpiece
-        tokenizer = train_wordpiece(text, args.vocab_size, lowercase=not args.cased, verbose=not args.quiet)
+        tokenizer = train_wordpiece(text, args.vocab_size, lowercase=not args.cased, verbose=not args.quiet,
+                                    min_frequency=args.min_frequency, criterion=args.criterion)
     else:
         pattern = None if args.pattern == "none" else args.pattern
         tokenizer = BPETokenizer.train(
@@ -174,7 +189,7 @@ def _summary(tokenizer, args, text: str) -> list[tuple[str, str]]:
         lines.append(("vocab size", f"{tokenizer.vocab_size:,} tokens (5 special, then characters, then merges)"))
         lines.append(("casing", "lower-cased, accents stripped" if tokenizer.lowercase else "cased"))
         if tokenizer.vocab_size < args.vocab_size:
-            lines.append(("note", "the data ran out of pairs seen twice (every word is one token already)"))
+            lines.append(("note", f"the data ran out of pairs seen {args.min_frequency} times"))
     num_tokens, size = len(tokenizer.encode_ordinary(text)), len(text.encode("utf-8"))
     lines.append(("compression", f"{num_tokens:,} tokens for the training text, {size / num_tokens:.2f} bytes each"))
     return lines
