@@ -78,6 +78,9 @@ def run_pretrain_mlm(args) -> int:
         saved = load_config(out).get("objective")
         if saved != extra["objective"]:
             raise ValueError(f"cannot resume '{out}' with other masking settings: saved {saved}, now {extra['objective']}")
+    if args.tokenizer in ("bpe", "char"):
+        raise ValueError(f"--objective mlm needs a WordPiece tokenizer ([CLS] [SEP] [MASK]), not {args.tokenizer}: "
+                         "leave --tokenizer out (or pass wordpiece, or a WordPiece tokenizer file)")
     args.tokenizer = args.tokenizer or "wordpiece"
     ids, tokenizer = _ids_and_tokenizer(args, out)
     require_mlm_tokenizer(tokenizer)
