@@ -50,7 +50,7 @@ def test_import_gives_bert_for_masked_lm_logits_and_export_loads_back(tmp_path):
     ids, types, mask = batch()
     real = mask.astype(bool)
     with no_grad():
-        ours = model(ids, token_types=types, attention_mask=mask)[0].data
+        ours = model(ids, token_types=types, attention_mask=mask)[0].numpy()
     reference = hf_logits(hf, ids, types, mask)
     assert np.abs(ours - reference)[real].max() < 1e-5
 
@@ -69,15 +69,15 @@ def test_bert_model_with_pooler_and_tanh_gelu(tmp_path):
     ids, types, mask = batch()
     with no_grad():
         hidden = model.hidden_states(ids, types, mask)
-        pooled = model.pooled(hidden).data
+        pooled = model.pooled(hidden).numpy()
     with torch.no_grad():
         out = hf(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types), attention_mask=torch.tensor(mask))
     real = mask.astype(bool)
-    assert np.abs(hidden.data - out.last_hidden_state.numpy())[real].max() < 1e-5
+    assert np.abs(hidden.numpy() - out.last_hidden_state.numpy())[real].max() < 1e-5
     assert np.abs(pooled - out.pooler_output.numpy()).max() < 1e-5
     save_hf_bert(model, tmp_path / "out")
     back = transformers.BertModel.from_pretrained(tmp_path / "out").eval()
-    assert np.abs(hf_logits(back, ids, types, mask, hidden=True) - hidden.data)[real].max() < 1e-5
+    assert np.abs(hf_logits(back, ids, types, mask, hidden=True) - hidden.numpy())[real].max() < 1e-5
 
 
 def test_unsupported_configs_are_refused(tmp_path):

@@ -1,6 +1,6 @@
 """The encoder (BERT): every position sees every other one, and the model learns by filling in blanks.
 
-    ids (B, T) ──wte──► + wpe(0…T-1) + wtype(segment) ──► ln_emb ──► [Block] × n_layer ──► hidden (B, T, C)
+    ids (B, T) ──wte──► + wpe(0…T-1) + wtype(segment) ──► ln_emb ──► [Block] × n_layer ──► (B, T, C)
     hidden ──MLM head──► logits (B, T, V)         the token each position holds (trained on masked ones)
     hidden[:, 0] ([CLS]) ──pooler──► (B, C)        a vector for the whole text (classification)
 
@@ -191,8 +191,10 @@ class Encoder(Module):
             raise ValueError(f"the encoder expects token ids of shape (batch, time), got shape {idx.shape}")
         batch, time = idx.shape
         if time > self.config.block_size:
-            raise ValueError(f"sequence of length {time} is longer than the model's block_size {self.config.block_size}")
-        types = np.zeros(idx.shape, dtype=np.int64) if token_types is None else getattr(token_types, "data", token_types)
+            raise ValueError(f"sequence of length {time} is longer than the model's block_size "
+                             f"{self.config.block_size}")
+        types = np.zeros(idx.shape, dtype=np.int64) if token_types is None else \
+            getattr(token_types, "data", token_types)
         x = self.wte(idx) + self.wpe(np.arange(time)) + self.wtype(types)      # (B, T, C)
         if self.ln_emb is not None:
             x = self.ln_emb(x)
@@ -211,8 +213,9 @@ class Encoder(Module):
         """ids (B, T) → (MLM logits (B, T, V), loss or None). ``targets`` (B, T): the original token at
         each masked position and -100 elsewhere; the loss is the mean cross-entropy over masked positions."""
         logits = self.mlm(self.hidden_states(idx, token_types, attention_mask), self.wte.weight)
-        loss = None if targets is None else F.cross_entropy(logits, backend.xp.asarray(getattr(targets, "data", targets)))
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits, backend.xp.asarray(getattr(targets, "data", targets)))
 
     def pooled(self, hidden):
         """The text's vector: tanh(pooler([CLS] state)), or the [CLS] state itself without a pooler."""

@@ -121,7 +121,8 @@ class MaskedLM:
         total, count = 0.0, 0
         with no_grad():
             for first in range(0, len(starts), self.batch_size):
-                x, labels = self.corrupt(self.frame(np.stack([ids[s:s + width] for s in starts[first:first + self.batch_size]])), rng)
+                windows = np.stack([ids[s:s + width] for s in starts[first:first + self.batch_size]])
+                x, labels = self.corrupt(self.frame(windows), rng)
                 n = self.targets(x, labels)
                 if n:
                     total += model(x, labels)[1].item() * n

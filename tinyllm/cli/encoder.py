@@ -14,7 +14,8 @@ def add_commands(sub) -> None:
                                    "with import-hf) on a text holding [MASK] tokens and print the top-k fillers "
                                    "of each with their probabilities.")
     p.add_argument("--ckpt", required=True, help="encoder run directory")
-    p.add_argument("--text", required=True, help='text with at least one [MASK], e.g. "The capital of France is [MASK]."')
+    p.add_argument("--text", required=True,
+                   help='text with at least one [MASK], e.g. "The capital of France is [MASK]."')
     p.add_argument("--top-k", type=positive_int, default=5, help="fillers shown per [MASK]")
     p.set_defaults(func=run_fill_mask)
 
@@ -77,7 +78,8 @@ def run_pretrain_mlm(args) -> int:
         from ..checkpoint import load_config
         saved = load_config(out).get("objective")
         if saved != extra["objective"]:
-            raise ValueError(f"cannot resume '{out}' with other masking settings: saved {saved}, now {extra['objective']}")
+            raise ValueError(f"cannot resume '{out}' with other masking settings: saved {saved}, "
+                             f"now {extra['objective']}")
     if args.tokenizer in ("bpe", "char"):
         raise ValueError(f"--objective mlm needs a WordPiece tokenizer ([CLS] [SEP] [MASK]), not {args.tokenizer}: "
                          "leave --tokenizer out (or pass wordpiece, or a WordPiece tokenizer file)")

@@ -1,6 +1,6 @@
 """Classification with an encoder: the classifier reads the [CLS] position, BERT's way.
 
-    ids (B, T) right-padded ──frame──► [CLS] ids [SEP] [PAD]… ──Encoder (padding mask)──► hidden (B, T+2, C)
+    ids (B, T), right-padded ──frame──► [CLS] ids [SEP] [PAD]… ──Encoder (padding mask)──► (B, T+2, C)
     hidden[:, 0] ──pooler (dense + tanh)──► (B, C) ──classifier──► (B, K)
 
 A GPT classifier must read the *last* real token (``classify.py``): only it has seen the whole text. In an

@@ -48,7 +48,8 @@ PREFIX = "##"                   # marks a piece that continues a word
 MAX_INPUT_CHARS_PER_WORD = 100  # BERT's limit: a longer "word" is [UNK] rather than hundreds of pieces
 
 # The whitespace of Unicode's White_Space property (Rust's char::is_whitespace, which HF tokenizers uses).
-_WHITESPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {chr(c) for c in range(0x2000, 0x200B)}
+_WHITESPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | \
+    {chr(c) for c in range(0x2000, 0x200B)}
 _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
                (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 
@@ -255,7 +256,8 @@ class WordPieceTokenizer:
         data = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "lowercase": self.lowercase,
                 "strip_accents": self.strip_accents, "max_input_chars_per_word": self.max_input_chars_per_word}
         text = json.dumps(data, ensure_ascii=False)[:-1] + ',\n "vocab": [\n'
-        write_text_atomically(path, text + ",\n".join(json.dumps(t, ensure_ascii=False) for t in self.tokens) + "\n]}\n")
+        tokens = ",\n".join(json.dumps(t, ensure_ascii=False) for t in self.tokens)   # one per line
+        write_text_atomically(path, text + tokens + "\n]}\n")
 
     @classmethod
     def load(cls, path) -> "WordPieceTokenizer":
