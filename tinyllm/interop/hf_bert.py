@@ -32,6 +32,7 @@ run says so. ``embeddings.position_ids`` (a buffer) is skipped. Nothing is unpic
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +135,8 @@ def hf_to_tinyllm_state(tensors: dict, config: EncoderConfig) -> dict:
 
 def load_hf_bert(path, dtype=None):
     """(Encoder, WordPieceTokenizer or None) from a HF BERT directory (config.json + model.safetensors
-    [+ vocab.txt]). A ``BertModel`` (no MLM head) gets a fresh head; its parameters are named in the error
-    otherwise raised by ``load_state_dict(strict=False)``'s missing keys: they are listed in ``fresh``."""
+    [+ vocab.txt, + tokenizer_config.json for the casing]). A ``BertModel`` has no MLM head: the encoder's
+    starts untrained and ``model.fresh_head`` is True. Any other missing or unknown tensor is an error."""
     directory = Path(path)
     if not (directory / HF_CONFIG).exists():
         raise ValueError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face model directory")
@@ -169,7 +170,6 @@ def _tokenizer_config(directory: Path) -> dict:
 
 
 def _with_specials(config, tokenizer):
-    import dataclasses
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"vocab.txt has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} rows")
     return dataclasses.replace(config, cls_token_id=tokenizer.cls_id, sep_token_id=tokenizer.sep_id,
