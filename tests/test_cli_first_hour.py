@@ -239,7 +239,7 @@ def test_tokenizer_flags_explain_what_they_take(finished_run, tmp_path, capsys):
     empty.mkdir()
     for args, expected in [   # in a subprocess: what the user sees
         (["pretrain", "--tokenizer", "bpee", "--out", tmp_path / "out"],
-         "expected 'bpe' (train one), 'char', a tokenizer .json file or a run directory holding one; "
+         "expected 'bpe' or 'wordpiece' (train one), 'char', a tokenizer .json file or a run directory holding one; "
          "there is no file or directory 'bpee'"),
         (["tokenizer", "encode", "--tokenizer", empty, "--text", "hi"],
          f"'{empty}' is a directory without a tokenizer.json"),

@@ -35,6 +35,8 @@ def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict
     config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
     config.update(extra_config or {})
     config["model"] = model.config.to_dict()
+    if getattr(model, "architecture", None):           # "encoder" (tinyllm.encoder); a GPT writes no key
+        config["architecture"] = model.architecture
     if tokenizer is not None:
         tokenizer.save(run_dir / TOKENIZER)
         config["tokenizer"] = TOKENIZER
@@ -126,22 +128,32 @@ def load_tokenizer_of(path):
     return load_tokenizer(run_dir / name)
 
 
-def load_pretrained(path, dtype=None):
+def load_pretrained(path, dtype=None, allow_encoder: bool = False):
     """(model, tokenizer) from a run directory (or its ``model.safetensors``), ready for any later stage.
 
     ``dtype``: "float32" or "float64"; by default the one the weights were saved in (float64 when they all
-    are, else float32), so a float64 run is not silently rounded to float32 on loading.
+    are, else float32), so a float64 run is not silently rounded to float32 on loading. An encoder run
+    (``tinyllm.encoder``) loads only with ``allow_encoder=True``: every other stage needs a GPT.
     """
     run_dir = _run_dir(path)
     config = load_config(run_dir)
     if "model" not in config:
         raise ValueError(f"{run_dir / CONFIG} has no 'model' section; is '{run_dir}' a tinyllm run directory?")
+    encoder = config.get("architecture") == "encoder"
+    if encoder and not allow_encoder:
+        raise ValueError(f"'{run_dir}' holds an encoder (BERT-style masked language model): it fills in [MASK] "
+                         "tokens but cannot generate or score text left to right; use `tinyllm fill-mask --ckpt "
+                         f"{run_dir}`, `tinyllm finetune classify` or `tinyllm export-hf` with it")
     file = _weights_file(path)
     if dtype is None:
         saved = {info.dtype for info in read_header(file).tensors.values()}
         dtype = "float64" if saved == {"F64"} else "float32"
     with backend.default_dtype(dtype):
-        model = GPT(GPTConfig.from_dict(config["model"]))
+        if encoder:
+            from .encoder import Encoder, EncoderConfig
+            model = Encoder(EncoderConfig.from_dict(config["model"]))
+        else:
+            model = GPT(GPTConfig.from_dict(config["model"]))
     if "quantization" in config:               # written by `tinyllm compress --int8`: int8 weights + scales
         from .quantize import load_quantized_weights
         load_quantized_weights(model, file, config["quantization"])

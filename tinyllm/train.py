@@ -66,11 +66,11 @@ def param_groups(model, weight_decay):
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def forward_backward(model, x, y, scale: float = 1.0) -> float:
+def forward_backward(model, x, y, scale: float = 1.0, weight=None) -> float:
     """The model's mean loss on inputs x and targets y (B, T); adds scale × its gradient to the parameters'
-    ``.grad``. Every position has a target in pretraining, so a block of rows weighs rows / B
-    (``data_parallel_backward``)."""
-    return data_parallel_backward(model, lambda x, y: model(x, y)[1], x, y, scale=scale)
+    ``.grad``. Every position has a target in next-token pretraining, so a block of rows weighs rows / B
+    (``data_parallel_backward``); ``weight(x, y)`` counts a block's targets otherwise (masked LM)."""
+    return data_parallel_backward(model, lambda x, y: model(x, y)[1], x, y, weight=weight, scale=scale)
 
 
 def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float = 1.0) -> float:
@@ -171,15 +171,19 @@ def _duration(seconds: float) -> str:
 
 
 def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, tokenizer=None,
-             resume: bool = False, progress=True, extra_config=None, batch_sampler=None) -> dict:
+             resume: bool = False, progress=True, extra_config=None, batch_sampler=None, objective=None) -> dict:
     """Train ``model`` on ``train_ids`` and return a summary (first/last validation loss, time, tokens/s).
 
     With ``run_dir``, writes ``log.jsonl``, checkpoints at every evaluation and at the end, and ``loss.svg``;
     ``resume=True`` continues the run saved there. Ctrl-C finishes the current step, saves it and raises
     ``TrainingInterrupted`` (a KeyboardInterrupt naming the checkpoint; ``tinyllm.interrupt``).
     ``batch_sampler(step, generator) -> (x, y)`` replaces the random windows (e.g. a curriculum:
-    ``tinyllm.data.curriculum``); it must draw only from ``generator``.
+    ``tinyllm.data.curriculum``); it must draw only from ``generator``. ``objective`` replaces next-token
+    prediction altogether (``tinyllm.mlm.MaskedLM``): it is the batch sampler, ``objective.evaluate(model,
+    ids, max_batches)`` the evaluation, ``objective.targets(x, y)`` a block's weight; no samples are printed.
     """
+    if objective is not None:
+        batch_sampler = objective
     context = model.config.block_size
     check_length(train_ids, context, "the training split")
     check_length(val_ids, context, "the validation split")
@@ -265,13 +269,14 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         summary["note"] = thread_note
 
     def run_eval(step):
-        val = evaluate(model, val_ids, config.batch_size, context, config.eval_iters)
-        train = evaluate(model, train_ids, config.batch_size, context, config.eval_iters)
+        measure = objective.evaluate if objective is not None else \
+            (lambda model, ids, limit: evaluate(model, ids, config.batch_size, context, limit))
+        val, train = measure(model, val_ids, config.eval_iters), measure(model, train_ids, config.eval_iters)
         log({"kind": "eval", "step": step, "val_loss": val["loss"], "val_ppl": val["ppl"], "train_loss": train["loss"]})
         say(f"step {step}: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}, val perplexity {val['ppl']:.2f}")
         summary.setdefault("first_val", val)
         summary["last_val"] = val
-        if tokenizer is not None and config.sample_tokens:
+        if tokenizer is not None and config.sample_tokens and objective is None:
             say("  sample: " + repr(_sample(model, tokenizer, val_ids[:8], config.sample_tokens, config.seed + step)))
 
     def train_step(step):
@@ -282,7 +287,8 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         for _ in range(config.grad_accum):
             x, y = (batch_sampler(step, data_rng) if batch_sampler else
                     random_batch(train_ids, config.batch_size, context, data_rng))
-            loss_sum += forward_backward(model, x, y, 1.0 / config.grad_accum)
+            loss_sum += forward_backward(model, x, y, 1.0 / config.grad_accum,
+                                         objective.targets if objective is not None else None)
         loss_value = loss_sum / config.grad_accum
         grad_norm = global_grad_norm(optimizer.parameters())
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):

@@ -120,13 +120,13 @@ def tokenizer_file(text: str) -> str:
 
 
 def tokenizer_choice(text: str) -> str:
-    """``bpe`` (train one on the data), ``char``, or a tokenizer to reuse (``tokenizer_file``)."""
-    if text in ("bpe", "char"):
+    """``bpe`` or ``wordpiece`` (train one on the data), ``char``, or a tokenizer to reuse (``tokenizer_file``)."""
+    if text in ("bpe", "char", "wordpiece"):
         return text
     try:
         return _tokenizer_path(text)
     except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"expected 'bpe' (train one), 'char', a tokenizer .json file or a run "
+        raise argparse.ArgumentTypeError(f"expected 'bpe' or 'wordpiece' (train one), 'char', a tokenizer .json file or a run "
                                          f"directory holding one; {e}") from None
 
 

@@ -25,7 +25,7 @@ def add_commands(sub) -> None:
     tasks = p.add_subparsers(dest="task", metavar="TASK")
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
-    c = tasks.add_parser("classify", help="a classification head on the last token's hidden state",
+    c = tasks.add_parser("classify", help="a classification head on the last token's hidden state ([CLS] for an encoder)",
                          description="Train a classifier from a pretrained run on labelled texts "
                                      "(label<TAB>text, CSV or JSONL). Writes a run directory whose config.json has "
                                      '"task": "classify" and the label names.')
@@ -128,12 +128,12 @@ def _finetune_config(args):
                           seed=args.seed)
 
 
-def _load_base(args):
+def _load_base(args, allow_encoder=False):
     from ..checkpoint import load_pretrained
     out = Path(args.out)
     if (out / "model.safetensors").exists() or (out / "adapter.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")
-    model, tokenizer = load_pretrained(args.ckpt)
+    model, tokenizer = load_pretrained(args.ckpt, allow_encoder=allow_encoder)
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer.json, so text cannot be encoded for it")
     return model, tokenizer
@@ -202,13 +202,17 @@ def run_classify(args) -> int:
     from ..data.classification import class_counts, label_names
     from ..files import append_jsonl
     from ..finetune.classify import GPTClassifier, classification_report, format_report, save_classifier, train_classifier
-    model, tokenizer = _load_base(args)
+    model, tokenizer = _load_base(args, allow_encoder=True)     # an encoder classifies from [CLS]
     fractions = args.split
     train, val, test = _classification_data(args.data, args.balance, fractions, args.seed, args.per_class)
     names = label_names(train + val + test)
     print(f"data: {args.data or 'built-in prose-vs-code lines'}; {len(train)} train / {len(val)} val / {len(test)} test; "
           f"classes {class_counts(train + val + test)}")
-    model = GPTClassifier.from_gpt(model, len(names), names, seed=args.seed)
+    if getattr(model, "architecture", None) == "encoder":
+        from ..finetune.encoder_classify import EncoderClassifier
+        model = EncoderClassifier.from_encoder(model, len(names), names, seed=args.seed)
+    else:
+        model = GPTClassifier.from_gpt(model, len(names), names, seed=args.seed)
     _prepare_training(model, args, also=("classifier",))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

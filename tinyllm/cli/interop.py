@@ -11,12 +11,13 @@ from .common import fraction, positive_int
 
 def add_commands(sub) -> None:
     p = sub.add_parser("import-hf", help="turn a Hugging Face model directory (GPT-2, Llama, Qwen2, Mistral, "
-                                         "Mixtral, SmolLM) into a tinyllm run directory",
+                                         "Mixtral, SmolLM, BERT) into a tinyllm run directory",
                        description="Read DIR/config.json and DIR/model.safetensors (or its shards and index; "
                                    "float32, float16 or bfloat16). config.json's architectures picks the layout: "
                                    "LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM and MixtralForCausalLM "
                                    "read tokenizer.json (byte-level BPE) and keep tokenizer_config.json (its chat "
-                                   "template); GPT2LMHeadModel reads tinyllm_tokenizer.json "
+                                   "template); a BERT directory (BertForMaskedLM or BertModel, with vocab.txt) "
+                                   "becomes an encoder run; GPT2LMHeadModel reads tinyllm_tokenizer.json "
                                    "(written by export-hf), else vocab.json + merges.txt (or OpenAI's encoder.json + "
                                    "vocab.bpe), read with GPT-2's split pattern. Writes a run "
                                    "directory that generate, eval, chat and finetuning load like any other.")
@@ -31,7 +32,8 @@ def add_commands(sub) -> None:
                                    "vocab.json + merges.txt when the run's tokenizer is BPE) for a GPT-2-style run, "
                                    "LlamaForCausalLM / Qwen2ForCausalLM / MixtralForCausalLM for a Llama-style one "
                                    "(plus tokenizer.json: the imported one, or the run's BPE tokenizer converted; "
-                                   "and tokenizer_config.json when it was imported with one).")
+                                   "and tokenizer_config.json when it was imported with one), BertForMaskedLM with "
+                                   "vocab.txt for an encoder run (float32 only).")
     p.add_argument("run", help="run directory (or its model.safetensors)")
     p.add_argument("--out", required=True, help="directory to write")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -115,6 +117,10 @@ def _report_import(what, model, shape, tokenizer, missing_hint, out, t0) -> int:
 
 def _import_gpt2(args) -> int:
     from ..checkpoint import save_model
+    from ..files import read_json
+    config_file = Path(args.dir) / "config.json"
+    if config_file.exists() and read_json(config_file, what="Hugging Face config").get("model_type") == "bert":
+        return _import_bert(args)
     from ..interop import find_tokenizer_files, load_gpt2_tokenizer, load_hf_gpt2
     from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
     from ..tokenizer import load_tokenizer
@@ -136,11 +142,31 @@ def _import_gpt2(args) -> int:
     return _report_import("", model, shape, tokenizer, " (no vocab.json + merges.txt in the directory)", out, t0)
 
 
+def _import_bert(args) -> int:
+    from ..checkpoint import save_model
+    from ..interop.hf_bert import load_hf_bert
+    out = Path(args.out)
+    _check_out(out, args.overwrite, Path(args.dir))
+    model, tokenizer = load_hf_bert(args.dir, dtype=args.dtype)
+    save_model(out, model, tokenizer, step=0,
+               extra_config={"imported_from": {"format": "huggingface-bert", "path": str(args.dir)}})
+    c = model.config
+    print(f"imported a BERT encoder: {model.num_parameters():,} parameters ({c.n_layer} layers, {c.n_head} heads, "
+          f"{c.n_embd} dims, context {c.block_size}, vocabulary {c.vocab_size})")
+    if model.fresh_head:
+        print("note: the directory holds a BertModel (no masked-LM head): the head starts untrained")
+    print(f"tokenizer: {tokenizer!r}" if tokenizer else "tokenizer: none (no vocab.txt in the directory)")
+    print(f"run saved in {out}/")
+    return 0
+
+
 def run_export_hf(args) -> int:
     from ..checkpoint import load_config, load_pretrained
     from ..interop.hf_llama import save_hf_llama
 
-    model, tokenizer = load_pretrained(args.run)
+    model, tokenizer = load_pretrained(args.run, allow_encoder=True)
+    if getattr(model, "architecture", None) == "encoder":
+        return _export_bert(args, model, tokenizer)
     if model.config.pos != "rope":
         return _export_gpt2(args, model, tokenizer)
     run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
@@ -150,6 +176,16 @@ def run_export_hf(args) -> int:
         (out / "tokenizer_config.json").write_bytes((run / "tokenizer_config.json").read_bytes())
     written = sorted(path.name for path in out.iterdir())
     print(f"wrote {', '.join(written)} to {out}/ ({model.num_parameters():,} parameters, {args.dtype})")
+    return 0
+
+
+def _export_bert(args, model, tokenizer) -> int:
+    from ..interop.hf_bert import save_hf_bert
+    if args.dtype != "float32":
+        raise ValueError(f"an encoder run is exported as float32 only, not {args.dtype}")
+    out = save_hf_bert(model, args.out, tokenizer)
+    print(f"wrote config.json, model.safetensors{', vocab.txt' if tokenizer else ''} (BERT) to {out}/ "
+          f"({model.num_parameters():,} parameters, float32)")
     return 0
 
 

@@ -64,10 +64,31 @@ def add_commands(subparsers) -> None:
     )
     train.add_argument(
         "--kind",
-        choices=["bpe", "char"],
+        choices=["bpe", "char", "wordpiece"],
         default="bpe",
         help="'bpe': byte-level BPE; 'char': one token per character of the data, which ignores "
-        "--vocab-size, --pattern and --special (default: bpe)",
+        "--vocab-size, --pattern and --special; 'wordpiece': BERT's tokenizer (likelihood merges, "
+        "[PAD] [UNK] [CLS] [SEP] [MASK]; ignores --pattern and --special; also writes vocab.txt "
+        "beside --out) (default: bpe)",
+    )
+    train.add_argument(
+        "--criterion",
+        choices=["likelihood", "count"],
+        default="likelihood",
+        help="wordpiece: merge the pair with the best count(ab)/(count(a)count(b)) (WordPiece's) or the most "
+        "frequent one (BPE's, as HF tokenizers)",
+    )
+    train.add_argument(
+        "--min-frequency",
+        type=positive_int,
+        default=5,
+        metavar="N",
+        help="wordpiece: merge only pairs seen at least N times",
+    )
+    train.add_argument(
+        "--cased",
+        action="store_true",
+        help="wordpiece: keep case and accents (default: lower-case and strip accents, as bert-base-uncased)",
     )
     train.add_argument("--quiet", action="store_true", help="no progress line while merging (default: show it)")
     train.set_defaults(func=run_train)
@@ -121,6 +142,10 @@ def run_train(args) -> int:
     start = time.perf_counter()
     if args.kind == "char":
         tokenizer = CharTokenizer.from_text(text)
+    elif args.kind == "wordpiece":
+        from ..tokenizer.wordpiece_train import train_wordpiece
+        tokenizer = train_wordpiece(text, args.vocab_size, lowercase=not args.cased, verbose=not args.quiet,
+                                    min_frequency=args.min_frequency, criterion=args.criterion)
     else:
         pattern = None if args.pattern == "none" else args.pattern
         tokenizer = BPETokenizer.train(
@@ -128,6 +153,10 @@ def run_train(args) -> int:
         )
     seconds = time.perf_counter() - start
     tokenizer.save(args.out)
+    if args.kind == "wordpiece":
+        vocab_txt = os.path.join(folder, "vocab.txt")
+        tokenizer.save_vocab(vocab_txt)
+        print(f"BERT's vocab.txt: {vocab_txt}")
 
     print(f"trained in {seconds:.2f} s")
     for label, value in _summary(tokenizer, args, text):
@@ -154,8 +183,13 @@ def _summary(tokenizer, args, text: str) -> list[tuple[str, str]]:
         lines.append(("pattern", str(name)))
         longest = sorted(range(256, 256 + merges), key=lambda i: -len(tokenizer.token_to_bytes(i)))[:4]
         lines.append(("longest", ", ".join(_show(tokenizer.token_to_bytes(i)) for i in longest)))
-    else:
+    elif isinstance(tokenizer, CharTokenizer):
         lines.append(("vocab size", f"{tokenizer.vocab_size:,} characters"))
+    else:
+        lines.append(("vocab size", f"{tokenizer.vocab_size:,} tokens (5 special, then characters, then merges)"))
+        lines.append(("casing", "lower-cased, accents stripped" if tokenizer.lowercase else "cased"))
+        if tokenizer.vocab_size < args.vocab_size:
+            lines.append(("note", f"the data ran out of pairs seen {args.min_frequency} times"))
     num_tokens, size = len(tokenizer.encode_ordinary(text)), len(text.encode("utf-8"))
     lines.append(("compression", f"{num_tokens:,} tokens for the training text, {size / num_tokens:.2f} bytes each"))
     return lines

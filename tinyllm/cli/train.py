@@ -20,6 +20,15 @@ def add_commands(sub) -> None:
                                    "train_state.safetensors, log.jsonl and loss.svg into --out.")
     add_model_and_training_flags(p)
     _add_curriculum_flags(p)
+    g = p.add_argument_group("objective")
+    g.add_argument("--objective", choices=["clm", "mlm"], default="clm",
+                   help="clm: a GPT predicting the next token; mlm: a BERT-style encoder filling in masked tokens "
+                        "(15%% selected: 80%% [MASK], 10%% random, 10%% kept), with the preset's shape and a "
+                        "WordPiece tokenizer by default")
+    g.add_argument("--mask-prob", type=probability, default=0.15, help="mlm: share of the tokens (or words) selected")
+    g.add_argument("--whole-word-mask", action="store_true", help="mlm: select whole words, all their ## pieces together")
+    g.add_argument("--encoder-norm", choices=["post", "pre"], default="post",
+                   help="mlm: post-LN (BERT) or pre-LN (GPT-style, steadier without warmup) blocks")
     p.add_argument("--out", default="runs/pretrain", help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=run_pretrain)
@@ -62,10 +71,11 @@ def add_model_and_training_flags(p) -> None:
     g.add_argument("--data", default=None, help="UTF-8 text file or directory of .txt files (default: Python's own "
                                                  "pydoc_data.topics text, ~465 KB)")
     g.add_argument("--val-fraction", type=fraction, default=0.1, help="the tail of the data held out for validation")
-    g.add_argument("--tokenizer", default="bpe", type=tokenizer_choice,
-                   help="'bpe' (trained on the data), 'char', or a tokenizer to reuse: a tokenizer .json file or a "
-                        "run directory holding one")
-    g.add_argument("--vocab-size", type=positive_int, default=2048, help="BPE vocabulary size when training one")
+    g.add_argument("--tokenizer", default=None, type=tokenizer_choice,
+                   help="'bpe' or 'wordpiece' (trained on the data), 'char', or a tokenizer to reuse: a tokenizer "
+                        ".json file or a run directory holding one; --objective mlm trains a wordpiece one unless another "
+                        "is given (default: bpe)")
+    g.add_argument("--vocab-size", type=positive_int, default=2048, help="vocabulary size when training a tokenizer")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="mini", choices=sorted(PRESETS), help="model shape; the flags below override it")
     g.add_argument("--n-layer", type=positive_int, default=None, help="transformer blocks (default: the preset's)")
@@ -108,7 +118,13 @@ def _make_tokenizer(choice, text, vocab_size, out):
     from ..tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
     if choice == "char":
         return CharTokenizer.from_text(text)
-    if choice == "bpe":
+    if choice == "wordpiece":
+        from ..tokenizer.wordpiece_train import train_wordpiece
+        t0 = time.perf_counter()
+        tok = train_wordpiece(text, vocab_size)
+        print(f"trained a WordPiece tokenizer: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f}s")
+        return tok
+    if choice in ("bpe", None):
         t0 = time.perf_counter()
         tok = BPETokenizer.train(text, vocab_size, pattern="gpt4", special_tokens=("<|endoftext|>",))
         print(f"trained a BPE tokenizer: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f}s")
@@ -128,6 +144,9 @@ def run_pretrain(args) -> int:
         check_resumable(out)
     elif (out / "model.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    if getattr(args, "objective", "clm") == "mlm":
+        from .encoder import run_pretrain_mlm
+        return run_pretrain_mlm(args)
     config = _model_config(args, vocab_size=args.vocab_size)     # refuse a bad shape before any work
     ids, tokenizer = _ids_and_tokenizer(args, out)
     config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)

@@ -34,8 +34,12 @@ def load_finetuned(path, prefer_adapter: bool = False):
     has_adapter = (run_dir / ADAPTER_CONFIG).exists()
     if has_adapter and (prefer_adapter or not (run_dir / "model.safetensors").exists()):
         config = read_adapter_config(run_dir)
-        base, tokenizer = load_pretrained(_resolve(config.get("base"), run_dir))
-        if config.get("task") == "classify":
+        classify = config.get("task") == "classify"
+        base, tokenizer = load_pretrained(_resolve(config.get("base"), run_dir), allow_encoder=classify)
+        if classify and getattr(base, "architecture", None) == "encoder":
+            from .encoder_classify import EncoderClassifier
+            base = EncoderClassifier.from_encoder(base, len(config["labels"]), config["labels"])
+        elif classify:
             base = GPTClassifier.from_gpt(base, len(config["labels"]), config["labels"])
         load_adapter(base, run_dir)
         return base, tokenizer, config

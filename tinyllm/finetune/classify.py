@@ -267,7 +267,12 @@ def load_classifier(path):
     if config.get("task") != "classify" or "labels" not in config:
         raise ValueError(f"'{run_dir}' is not a classifier run (its config.json has task {config.get('task')!r}); "
                          "finetune one with `tinyllm finetune classify`")
-    model = GPTClassifier(GPTConfig.from_dict(config["model"]), len(config["labels"]), config["labels"])
+    if config.get("architecture") == "encoder":
+        from ..encoder import EncoderConfig
+        from .encoder_classify import EncoderClassifier
+        model = EncoderClassifier(EncoderConfig.from_dict(config["model"]), len(config["labels"]), config["labels"])
+    else:
+        model = GPTClassifier(GPTConfig.from_dict(config["model"]), len(config["labels"]), config["labels"])
     load_weights(model, run_dir)
     tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer", TOKENIZER)).exists() else None
     return model, tokenizer

@@ -4,6 +4,8 @@
   ``.tiktoken`` vocabulary. Its parts: ``bpe_train.py`` learns merges, ``bpe_encode.py`` applies them
   to a chunk, ``bpe_vocab.py`` checks a vocabulary and reads and writes its files.
 - :class:`CharTokenizer` (``char.py``): one id per character, for the smallest experiments.
+- :class:`WordPieceTokenizer` (``wordpiece.py``): BERT's tokenizer, with BERT's ``vocab.txt``;
+  ``wordpiece_train.py`` learns a vocabulary by the likelihood criterion.
 - ``patterns.py``: the split regexes (GPT-2's, GPT-4's) that cut text into chunks before BPE.
 - :class:`HFBPETokenizer` (``hf_json.py``): a Hugging Face ``tokenizer.json`` (Llama 3, Qwen2, SmolLM, GPT-2);
   ``hf_sentencepiece.py`` reads the SentencePiece-style ones (Llama 2, TinyLlama, Mistral v0.1).
@@ -20,6 +22,7 @@ from .char import CharTokenizer
 from .hf_json import HFBPETokenizer, is_hf_tokenizer_json, load_hf_tokenizer
 from .patterns import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, PATTERNS, resolve_pattern
 from .serialize import read_tokenizer_json
+from .wordpiece import WordPieceTokenizer
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",
@@ -28,15 +31,16 @@ __all__ = [
     "BPETokenizer",
     "CharTokenizer",
     "HFBPETokenizer",
+    "WordPieceTokenizer",
     "load_tokenizer",
     "resolve_pattern",
 ]
 
-_CLASSES = {cls.format_name: cls for cls in (BPETokenizer, CharTokenizer)}
+_CLASSES = {cls.format_name: cls for cls in (BPETokenizer, CharTokenizer, WordPieceTokenizer)}
 
 
-def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer | HFBPETokenizer:
-    """Load a tokenizer file saved by ``BPETokenizer.save`` or ``CharTokenizer.save`` (or the
+def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer | HFBPETokenizer | WordPieceTokenizer:
+    """Load a tokenizer file saved by ``BPETokenizer.save``, ``CharTokenizer.save`` or ``WordPieceTokenizer.save`` (or the
     ``tokenizer.json`` of a run directory, when ``path`` is one).
 
     The file's ``"format"`` field picks the class; ValueError names the file if it is neither. A Hugging
