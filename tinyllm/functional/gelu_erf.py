@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
-from ..autograd import Tensor
+from ..autograd import Tensor, fused_op
 
 _ERFC_CHEBYSHEV = (
     -1.3026537197817094, 6.4196979235649026e-1, 1.9476473204185836e-2, -9.561514786808631e-3,
@@ -57,17 +57,19 @@ def normal_cdf(x):
     return 0.5 * erfc(-x * (1.0 / math.sqrt(2.0)))
 
 
+def gelu_erf_forward(x):
+    """y = x Φ(x), elementwise."""
+    cdf = normal_cdf(x)
+    return x * cdf, (x, cdf)
+
+
+def gelu_erf_backward(dy, cache, needs=(True,)):
+    x, cdf = cache
+    density = backend.xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))   # φ(x)
+    return (dy * (cdf + x * density),)                       # undoes y = x Φ(x): dy/dx = Φ + x φ
+
+
 def gelu_erf(x: Tensor) -> Tensor:
-    """y = x Φ(x), elementwise; dx = dy (Φ(x) + x φ(x)). Saves Φ(x) (x's size)."""
-    xp = backend.xp
-    cdf = normal_cdf(x.data)
-    y = x.data * cdf
-
-    def backward(dy):
-        density = xp.exp(-0.5 * x.data * x.data) * (1.0 / math.sqrt(2.0 * math.pi))   # φ(x)
-        dx = x.data * density
-        dx += cdf
-        dx *= dy
-        return (dx,)
-
-    return Tensor._make(y, (x,), backward)
+    """BERT's GELU (``gelu_erf_forward``); saves x and Φ(x)."""
+    y, cache = gelu_erf_forward(x.data)
+    return fused_op(gelu_erf_backward, y, cache, x)
