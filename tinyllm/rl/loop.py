@@ -20,9 +20,16 @@ from ..optim import AdamW, clip_factor, grad_norm
 from ..train import TrainingDiverged, param_groups
 
 
-def make_optimizer(model, lr: float, weight_decay: float = 0.0) -> AdamW:
-    """AdamW over the trainable parameters (decay on matrices only), β₂ = 0.99 as in pretraining."""
+def make_optimizer(model, lr: float, weight_decay: float = 0.0, own_rate=None) -> AdamW:
+    """AdamW over the trainable parameters (decay on matrices only), β₂ = 0.99 as in pretraining.
+    ``own_rate``: (module, learning rate) for a part that learns at its own rate, undecayed (PPO's value head)."""
     groups = param_groups(model, weight_decay)
+    if own_rate is not None:
+        module, rate = own_rate
+        own = [p for p in module.parameters() if p.requires_grad]
+        ids = {id(p) for p in own}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+        groups.append({"params": own, "weight_decay": 0.0, "lr_scale": rate / lr})
     if not any(g["params"] for g in groups):
         raise ValueError("no parameter of the policy requires grad: nothing would be trained")
     return AdamW(groups, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
