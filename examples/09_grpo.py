@@ -1,8 +1,12 @@
 """Example 09: GRPO — reinforcement learning from a checker, no reward model, no value model.
 
-    python examples/09_grpo.py                      # from runs/instruct or runs/example-instruct (made if missing)
+    python examples/09_grpo.py                      # counting words (the default task)
     python examples/09_grpo.py --task arithmetic    # another built-in task: add, subtract, count, field, words, all
     python examples/09_grpo.py --steps 20           # a quicker look
+
+Runs used and made: the instruction-tuned ``--ckpt``, else runs/instruct (what ``tinyllm finetune instruct
+--ckpt runs/demo`` writes; made here first when missing, see ``_instruct_model.py``); the policy is saved in
+runs/example-grpo. The problems are generated: no data files needed.
 
 The task: built-in generated problems with one checkable answer, in the Alpaca template the model was
 instruction-tuned on — by default "How many words are in the input?". For each of 16 prompts per step the
@@ -35,7 +39,7 @@ from tinyllm.rl.data import encode_text
 from tinyllm.rl.tasks import task_accuracy, verifiable_problems
 
 parser = argparse.ArgumentParser(description="GRPO on a verifiable task (example 09).")
-parser.add_argument("--ckpt", default=None, help="instruction-tuned run (default: runs/instruct, runs/example-instruct)")
+parser.add_argument("--ckpt", default=None, help="instruction-tuned run (default: runs/instruct, made first if missing)")
 parser.add_argument("--task", default="count", help="built-in task set (default: count)")
 parser.add_argument("--steps", type=int, default=40, help="rollout batches (default: 40)")
 parser.add_argument("--lr", type=float, default=2e-4, help="learning rate (default: 2e-4)")
