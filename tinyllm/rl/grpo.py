@@ -80,7 +80,7 @@ class GRPOConfig:
     group_size: int = 8             # G completions per prompt
     updates: int = 1                # passes over each rollout batch (μ; 1 = plain policy gradient, ρ = 1)
     minibatch_size: int | None = None   # completions per gradient step (None = the whole batch)
-    chunk_size: int | None = 32     # completions per forward/backward pass inside a step: bounds the memory,
+    chunk_size: int | None = 16     # completions per forward/backward pass inside a step: bounds the memory,
                                     # not the gradient (the chunks' gradients add up; None = all at once)
     lr: float = 2e-4
     weight_decay: float = 0.0
