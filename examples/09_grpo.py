@@ -74,13 +74,14 @@ plot = plot_log(out / "log.jsonl", out / "log.svg",
                 keys=["reward", "correct", "format", "kl", "completion_length", "test_accuracy"], title="GRPO")
 
 history, evals = summary["history"], summary["evals"]
-first5 = sum(h["correct"] for h in history[:5]) / 5
-last5 = sum(h["correct"] for h in history[-5:]) / 5
+span = min(5, len(history))
+first5 = sum(h["correct"] for h in history[:span]) / span
+last5 = sum(h["correct"] for h in history[-span:]) / span
 print(f"\nGRPO, {args.steps} steps × {config.prompts_per_step} prompts × {config.group_size} answers in {seconds:.0f}s")
 curve = ", ".join(f"{e['test_accuracy']:.2f}" for e in evals)
 print(f"  held-out greedy accuracy: {evals[0]['test_accuracy']:.2f} → {evals[-1]['test_accuracy']:.2f} "
       f"(every {config.eval_interval} steps: {curve})")
-print(f"  sampled accuracy, first 5 steps {first5:.2f} → last 5 steps {last5:.2f}; KL (k3/token) at the end "
+print(f"  sampled accuracy, first {span} steps {first5:.2f} → last {span} steps {last5:.2f}; KL (k3/token) at the end "
       f"{history[-1]['kl']:.4f}")
 answers = generate_responses(model, tokenizer, test[:4], 12)
 for record, answer in zip(test[:4], answers):
