@@ -81,8 +81,8 @@ print(f"\nGRPO, {args.steps} steps × {config.prompts_per_step} prompts × {conf
 curve = ", ".join(f"{e['test_accuracy']:.2f}" for e in evals)
 print(f"  held-out greedy accuracy: {evals[0]['test_accuracy']:.2f} → {evals[-1]['test_accuracy']:.2f} "
       f"(every {config.eval_interval} steps: {curve})")
-print(f"  sampled accuracy, first {span} steps {first5:.2f} → last {span} steps {last5:.2f}; KL (k3/token) at the end "
-      f"{history[-1]['kl']:.4f}")
+print(f"  sampled accuracy, first {span} steps {first5:.2f} → last {span} steps {last5:.2f}; "
+      f"KL (k3/token) at the end {history[-1]['kl']:.4f}")
 answers = generate_responses(model, tokenizer, test[:4], 12)
 for record, answer in zip(test[:4], answers):
     print(f"  {record['instruction']} {record['input']!r} → {answer!r} (reference {record['output']!r})")
