@@ -24,15 +24,20 @@ turns rewards and values into advantages; the clipped surrogate and the clipped 
 for 4 epochs of minibatches per rollout batch of 32 reviews.
 
 What to look for: the same 64 sampled reviews (same openings, same random seed) before and after PPO. The
-reward model's mean score rises by about 3, and the positive share of the mood words (the sentiment words,
-counted from the word lists: the truth that the reward model only learned) from about a half to about 0.9,
-while the KL per review levels off at a few nats as β grows. Read the samples too: some words come out
-garbled ("The finautiful."), text the reward model never saw and still scores as positive. That is the
-policy exploiting the proxy, which the KL leash only limits; a larger β keeps it closer to real reviews.
+reward model's mean score rises by 2.3 to 3.4 (seeds 0, 1, 2), and the positive share of the mood words
+(the sentiment words, counted from the word lists: the truth that the reward model only learned) from 0.45
+to about 0.86, while the KL per review stays at a few nats. Read the samples too: some words come out
+garbled ("I found the acting gllightful."), text the reward model never saw and still scores as positive.
+That is the policy exploiting the proxy, which the KL leash only limits. The score rises in the first ten
+steps and then stops; more steps mostly add KL (``--steps 20``: scores 3.23, 1.97 and 3.22 for seeds 0, 1,
+2, KL over the last 5 steps 4.6, 3.9 and 8.1 nats, β having grown too slowly to hold it).
 
-Measured from runs/demo, 20 steps (before → after PPO on the 64 reviews; KL in the last 5 steps):
+Measured from runs/demo with the defaults (10 steps; the 64 reviews before → after PPO; the KL per review
+over the last 2 steps, then β):
 
-    seed 0: reward model 0.940 held-out; score 0.07 → 3.23; positive share 0.45 → 0.90; KL 4.61 nats, β 0.927
+    seed 0: reward model 0.940 held-out; score  0.07 → 2.96; positive share 0.45 → 0.87; KL 5.58, β 0.499
+    seed 1: reward model 0.990 held-out; score −0.93 → 2.46; positive share 0.45 → 0.86; KL 3.57, β 0.439
+    seed 2: reward model 0.960 held-out; score  0.35 → 2.66; positive share 0.45 → 0.85; KL 4.95, β 0.358
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from tinyllm.rl.reward import evaluate_reward_model
 parser = argparse.ArgumentParser(description="RLHF on film reviews: SFT, reward model, PPO (example 08).")
 parser.add_argument("--ckpt", default=None, help="pretrained base run (default: runs/demo, else runs/example-base)")
 parser.add_argument("--reviews", default="runs/example-reviews", help="the review model's run (made if missing)")
-parser.add_argument("--steps", type=int, default=20, help="PPO rollout batches (default: 20)")
+parser.add_argument("--steps", type=int, default=10, help="PPO rollout batches (default: 10)")
 parser.add_argument("--lr", type=float, default=1e-4, help="PPO learning rate (default: 1e-4)")
 parser.add_argument("--kl-coef", type=float, default=0.5, help="initial β of the KL penalty (default: 0.5)")
 parser.add_argument("--target-kl", type=float, default=3.0, help="β adapts to keep the KL per review near this "
