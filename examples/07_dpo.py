@@ -3,6 +3,10 @@
     python examples/07_dpo.py                                            # built-in pairs (about 1-2 minutes)
     python examples/07_dpo.py --data preference-data                    # real pairs: polite vs impolite (~2 min)
 
+Runs used and made: the instruction-tuned ``--ckpt``, else runs/instruct (what ``tinyllm finetune instruct
+--ckpt runs/demo`` writes; made here first when missing, see ``_instruct_model.py``); the policy is saved in
+runs/example-dpo. ``--data`` is optional: without it (or without a ../shared folder) the pairs are built in.
+
 The built-in pairs (generated, offline): an instruction from the built-in tasks, the right answer as
 "chosen", and as "rejected" either a wrong answer (off by a little, words in the wrong order, another
 field's value) or the right answer buried in chatter ("I think the answer is 7, but I am not sure.").
@@ -38,7 +42,7 @@ from tinyllm.rl.dpo import all_pair_log_probs, evaluate_dpo
 from tinyllm.rl.logprobs import disable_dropout
 
 parser = argparse.ArgumentParser(description="Direct Preference Optimization (example 07).")
-parser.add_argument("--ckpt", default=None, help="instruction-tuned run (default: runs/instruct, runs/example-instruct)")
+parser.add_argument("--ckpt", default=None, help="instruction-tuned run (default: runs/instruct, made first if missing)")
 parser.add_argument("--data", default=None, help="preference pairs, JSONL or JSON, or a dataset name (default: built-in generated pairs)")
 parser.add_argument("--limit", type=int, default=600, help="train on at most this many pairs (default: 600)")
 parser.add_argument("--epochs", type=int, default=1)
@@ -47,6 +51,9 @@ parser.add_argument("--lr", type=float, default=1e-4)
 parser.add_argument("--out", default="runs/example-dpo")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
+if args.data is not None and not Path(args.data).is_file():
+    parser.error(f"no file at {args.data!r}: leave out --data to use the built-in pairs (the real ones are in the "
+                 "project's ../shared/data folder, when you have it)")
 
 policy, tokenizer, path = instruct_model(args.ckpt)
 if args.data is None:

@@ -1,8 +1,12 @@
 """Example 09: GRPO — reinforcement learning from a checker, no reward model, no value model.
 
-    python examples/09_grpo.py                      # from runs/instruct or runs/example-instruct (made if missing)
+    python examples/09_grpo.py                      # counting words (the default task)
     python examples/09_grpo.py --task arithmetic    # another built-in task: add, subtract, count, field, words, all
     python examples/09_grpo.py --steps 20           # a quicker look
+
+Runs used and made: the instruction-tuned ``--ckpt``, else runs/instruct (what ``tinyllm finetune instruct
+--ckpt runs/demo`` writes; made here first when missing, see ``_instruct_model.py``); the policy is saved in
+runs/example-grpo. The problems are generated: no data files needed.
 
 The task: built-in generated problems with one checkable answer, in the Alpaca template the model was
 instruction-tuned on — by default "How many words are in the input?". For each of 16 prompts per step the
@@ -35,7 +39,7 @@ from tinyllm.rl.data import encode_text
 from tinyllm.rl.tasks import task_accuracy, verifiable_problems
 
 parser = argparse.ArgumentParser(description="GRPO on a verifiable task (example 09).")
-parser.add_argument("--ckpt", default=None, help="instruction-tuned run (default: runs/instruct, runs/example-instruct)")
+parser.add_argument("--ckpt", default=None, help="instruction-tuned run (default: runs/instruct, made first if missing)")
 parser.add_argument("--task", default="count", help="built-in task set (default: count)")
 parser.add_argument("--steps", type=int, default=40, help="rollout batches (default: 40)")
 parser.add_argument("--lr", type=float, default=2e-4, help="learning rate (default: 2e-4)")
@@ -70,14 +74,15 @@ plot = plot_log(out / "log.jsonl", out / "log.svg",
                 keys=["reward", "correct", "format", "kl", "completion_length", "test_accuracy"], title="GRPO")
 
 history, evals = summary["history"], summary["evals"]
-first5 = sum(h["correct"] for h in history[:5]) / 5
-last5 = sum(h["correct"] for h in history[-5:]) / 5
+span = min(5, len(history))
+first5 = sum(h["correct"] for h in history[:span]) / span
+last5 = sum(h["correct"] for h in history[-span:]) / span
 print(f"\nGRPO, {args.steps} steps × {config.prompts_per_step} prompts × {config.group_size} answers in {seconds:.0f}s")
 curve = ", ".join(f"{e['test_accuracy']:.2f}" for e in evals)
 print(f"  held-out greedy accuracy: {evals[0]['test_accuracy']:.2f} → {evals[-1]['test_accuracy']:.2f} "
       f"(every {config.eval_interval} steps: {curve})")
-print(f"  sampled accuracy, first 5 steps {first5:.2f} → last 5 steps {last5:.2f}; KL (k3/token) at the end "
-      f"{history[-1]['kl']:.4f}")
+print(f"  sampled accuracy, first {span} steps {first5:.2f} → last {span} steps {last5:.2f}; "
+      f"KL (k3/token) at the end {history[-1]['kl']:.4f}")
 answers = generate_responses(model, tokenizer, test[:4], 12)
 for record, answer in zip(test[:4], answers):
     print(f"  {record['instruction']} {record['input']!r} → {answer!r} (reference {record['output']!r})")

@@ -86,6 +86,41 @@ def test_grpo_raises_the_reward_on_a_trivial_task():
     assert all(h["kl"] >= 0 for h in history) and {"reward_std", "completion_length", "clip_frac"} <= set(history[0])
 
 
+def test_grpo_in_chunks_takes_the_same_steps_as_all_at_once(float64):
+    # Chunks bound the memory of a step's forward/backward passes; the gradient, and so the step, is the same.
+    runs = []
+    for chunk_size in (None, 5):
+        policy = _tiny()
+        config = GRPOConfig(steps=2, prompts_per_step=4, group_size=4, lr=1e-2, max_new_tokens=5, eval_interval=100,
+                            chunk_size=chunk_size)
+        history = train_grpo(policy, frozen_copy(policy), [[1, 2], [2, 1], [4, 5, 6], [7]], fraction_of_target,
+                             config, END, progress=False)["history"]
+        runs.append((policy, history))
+    (whole, whole_history), (chunked, chunked_history) = runs
+    for a, b in zip(whole.parameters(), chunked.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-10, atol=1e-12)
+    for key in ("loss", "kl", "clip_frac", "grad_norm"):
+        assert chunked_history[-1][key] == pytest.approx(whole_history[-1][key], rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer or None"):
+        GRPOConfig(chunk_size=0)
+
+
+def test_grpo_in_chunks_keeps_a_fraction_of_the_memory():
+    import tracemalloc
+    peaks = []
+    for chunk_size in (None, 4):
+        policy = GPT(GPTConfig(vocab_size=8, block_size=64, n_layer=2, n_head=2, n_embd=32), seed=0)
+        reference = frozen_copy(policy)
+        config = GRPOConfig(steps=1, prompts_per_step=8, group_size=4, max_new_tokens=8, chunk_size=chunk_size)
+        tracemalloc.start()
+        try:
+            train_grpo(policy, reference, [[1, 2, 4, 5] * 10] * 8, fraction_of_target, config, END, progress=False)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < 0.5 * peaks[0], f"peak traced memory {peaks[0]:,} bytes at once, {peaks[1]:,} in chunks of 4"
+
+
 def test_grpo_reports_a_reward_function_that_returns_nan():
     class Decoder:
         def decode(self, ids):

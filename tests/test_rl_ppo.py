@@ -133,6 +133,24 @@ def test_ppo_raises_the_reward_on_a_trivial_task():
     assert {"score", "kl", "clip_frac", "entropy", "value_loss", "explained_variance"} <= set(history[0])
 
 
+def test_the_value_head_learns_at_its_own_rate():
+    # The score depends on the prompt alone, so the value of the state after the prompt can predict it exactly.
+    # At the policy's small learning rate a fresh head barely moves in 20 rollouts (AdamW moves each weight by
+    # about lr per update); at value_lr it explains most of the returns' variance.
+    def prompt_score(index, prompt_ids, completions, finished):
+        return np.array([2.0 * p[-1] - 5.0 for p in prompt_ids])
+
+    explained = {}
+    for value_lr in (None, 1e-2):
+        gpt = _tiny()
+        config = PPOConfig(steps=20, rollout_batch=16, minibatch_size=8, lr=1e-4, value_lr=value_lr, target_kl=None,
+                           max_new_tokens=1, eval_interval=100, seed=0)
+        history = train_ppo(PolicyWithValue.from_gpt(gpt), frozen_copy(gpt), [[1], [2], [4], [5, 6], [7]],
+                            prompt_score, config, END, progress=False)["history"]
+        explained[value_lr] = np.mean([h["explained_variance"] for h in history[-5:]])
+    assert explained[None] < 0.2 and explained[1e-2] > 0.6, explained
+
+
 def test_ppo_rejects_a_reference_with_another_vocabulary_and_non_finite_scores():
     policy = PolicyWithValue.from_gpt(_tiny())
     other = GPT(GPTConfig(vocab_size=9, block_size=16, n_layer=1, n_head=2, n_embd=16))

@@ -33,7 +33,8 @@ from .. import backend
 from ..autograd import Tensor, minimum, no_grad
 from .kl import kl_k3
 from .logprobs import check_same_vocab, completion_log_probs, disable_dropout, masked_mean, pack_completions
-from .loop import make_optimizer, minibatches, optimizer_step, sample_prompt_indices, eval_recorder
+from .loop import (backward_in_chunks, eval_recorder, make_optimizer, minibatches, optimizer_step,
+                   sample_prompt_indices)
 from .ppo import check_scores
 from .rollout import sample_completions
 
@@ -79,6 +80,8 @@ class GRPOConfig:
     group_size: int = 8             # G completions per prompt
     updates: int = 1                # passes over each rollout batch (μ; 1 = plain policy gradient, ρ = 1)
     minibatch_size: int | None = None   # completions per gradient step (None = the whole batch)
+    chunk_size: int | None = 16     # completions per forward/backward pass inside a step: bounds the memory,
+                                    # not the gradient (the chunks' gradients add up; None = all at once)
     lr: float = 2e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -98,6 +101,10 @@ class GRPOConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"GRPOConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("minibatch_size", "chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"GRPOConfig.{name} must be a positive integer or None, got {value!r}")
 
 
 def train_grpo(policy, reference, prompts, score_fn, config: GRPOConfig, end_id: int, eval_fn=None,
@@ -145,17 +152,25 @@ def train_grpo(policy, reference, prompts, score_fn, config: GRPOConfig, end_id:
         stats = {"loss": [], "clip_frac": [], "grad_norm": []}
         for update in range(config.updates):
             for mb in minibatches(rng, len(batch), config.minibatch_size):
-                sub = batch.rows(mb)
-                width = sub.mask.shape[1]
-                logps = completion_log_probs(policy, sub)
-                old = backend.to_numpy(logps.data) if single_pass else old_logps[mb, :width]
-                loss, metrics = grpo_loss(logps, old, ref_logps[mb, :width], advantages[mb], sub.mask, config.clip,
-                                          config.beta)
+                chunk_metrics = []                            # (completion tokens, metrics) of each chunk
+
+                def chunk_loss(rows):
+                    sub = batch.rows(rows)
+                    width = sub.mask.shape[1]
+                    logps = completion_log_probs(policy, sub)
+                    old = backend.to_numpy(logps.data) if single_pass else old_logps[rows, :width]
+                    loss, metrics = grpo_loss(logps, old, ref_logps[rows, :width], advantages[rows], sub.mask,
+                                              config.clip, config.beta)
+                    chunk_metrics.append((float(sub.mask.sum()), metrics))
+                    return policy.add_moe_aux_loss(loss)
+
+                loss = backward_in_chunks(mb, config.chunk_size, chunk_loss)
+                tokens = sum(n for n, _ in chunk_metrics)
+                metrics = {k: sum(n * m[k] for n, m in chunk_metrics) / tokens for k in ("kl", "clip_frac")}
                 if kl is None:                                # k3 per token before this step's updates
                     kl = metrics["kl"]
-                stats["grad_norm"].append(optimizer_step(optimizer, policy.add_moe_aux_loss(loss), config.grad_clip,
-                                                              f"GRPO step {step + 1}"))
-                stats["loss"].append(loss.item())
+                stats["grad_norm"].append(optimizer_step(optimizer, loss, config.grad_clip, f"GRPO step {step + 1}"))
+                stats["loss"].append(loss)
                 stats["clip_frac"].append(metrics["clip_frac"])
         group_std = rewards.reshape(-1, G).std(axis=1)
         record = {"kind": "train", "step": step + 1, "reward": float(rewards.mean()), "reward_std": float(rewards.std()),

@@ -10,8 +10,11 @@ per-token KL penalty that keeps the policy near the reference π_ref (the model 
 model never saw such texts, and their scores are the easiest to exploit.)
 
 A *value head* (Linear(C, 1) on the policy's hidden states; by default its loss does not flow back into the
-transformer, see ``PolicyWithValue.logprobs_and_values``) predicts V(s_t), the reward still to come. Generalised advantage estimation (Schulman et al. 2016) turns rewards and values into how
-much better each action was than expected:
+transformer, see ``PolicyWithValue.logprobs_and_values``) predicts V(s_t), the reward still to come. It
+starts knowing nothing and must catch up with the scores' scale within a few rollouts, while the policy
+should move slowly: AdamW moves each weight by about its learning rate per update, so the head has its own,
+larger one (``value_lr``). Generalised advantage estimation (Schulman et al. 2016) turns rewards and values
+into how much better each action was than expected:
 
     δ_t = r_t + γ V(s_{t+1}) − V(s_t)        A_t = δ_t + γλ A_{t+1}        (V = 0 and A = 0 after the end)
     returns R_t = A_t + V(s_t)               (the value head's regression target)
@@ -191,6 +194,7 @@ class PPOConfig:
     clip: float = 0.2               # ε of the ratio
     value_clip: float = 0.2         # ε_v of the value loss (0 = unclipped)
     vf_coef: float = 0.1
+    value_lr: float | None = 1e-3   # the value head's own learning rate (None = lr)
     value_trains_trunk: bool = False    # let the value loss's gradient into the shared transformer
     ent_coef: float = 0.0
     kl_coef: float = 0.3            # β (initial value when adaptive)
@@ -235,7 +239,7 @@ def train_ppo(policy: PolicyWithValue, reference, prompts, score_fn, config: PPO
     disable_dropout(reference)
     kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon) if config.target_kl
               else FixedKLController(config.kl_coef))
-    optimizer = make_optimizer(policy, config.lr, config.weight_decay)
+    optimizer = make_optimizer(policy, config.lr, config.weight_decay, (policy.value_head, config.value_lr or config.lr))
     rng = np.random.default_rng(config.seed)
     log = log or (lambda record: None)
     bar = Progress(config.steps, config.log_interval) if progress else None
