@@ -51,15 +51,18 @@ parser.add_argument("--lr", type=float, default=1e-4)
 parser.add_argument("--out", default="runs/example-dpo")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
-if args.data is not None and not Path(args.data).is_file():
-    parser.error(f"no file at {args.data!r}: leave out --data to use the built-in pairs (the real ones are in the "
-                 "project's ../shared/data folder, when you have it)")
+if args.data is not None:
+    try:
+        args.data = str(resolve_data(args.data))           # a file, or a dataset name (downloaded once)
+    except (ValueError, OSError) as e:
+        parser.error(f"--data {args.data!r}: {e} (leave out --data to use the built-in pairs, or pass "
+                     "preference-data)")
 
 policy, tokenizer, path = instruct_model(args.ckpt)
 if args.data is None:
     train, val, test = builtin_preferences(600, 40, 200, seed=123)
 else:
-    train, val, test = split_pairs(read_preferences(resolve_data(args.data)))
+    train, val, test = split_pairs(read_preferences(args.data))
 train = train[:args.limit]
 example = test[0]
 print(f"{len(train)} training pairs, {len(test)} held-out; e.g.\n  prompt   …{example['prompt'][-70:]!r}\n"
