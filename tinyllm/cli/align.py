@@ -67,6 +67,8 @@ def add_commands(sub) -> None:
     o.add_argument("--clip", type=positive_float, default=c.clip, help="ε: the ratio π/π_old is clipped to [1−ε, 1+ε]")
     o.add_argument("--value-clip", type=non_negative_float, default=c.value_clip, help="ε of the clipped value loss (0 = unclipped)")
     o.add_argument("--vf-coef", type=non_negative_float, default=c.vf_coef, help="weight of the value loss")
+    o.add_argument("--value-lr", type=positive_float, default=c.value_lr,
+                   help="the value head's own learning rate (it starts from scratch, so faster than the policy's)")
     o.add_argument("--ent-coef", type=non_negative_float, default=c.ent_coef, help="weight of the entropy bonus")
     o.add_argument("--kl-coef", type=non_negative_float, default=c.kl_coef, help="β of the per-token KL penalty (initial value if adaptive)")
     o.add_argument("--target-kl", type=non_negative_float, default=c.target_kl, help="adapt β towards this KL per completion, in nats "
@@ -105,6 +107,8 @@ def add_commands(sub) -> None:
     q.add_argument("--prompts-per-step", type=positive_int, default=g.prompts_per_step, help="prompts per rollout batch")
     q.add_argument("--group-size", type=group_size, default=g.group_size, help="G: completions per prompt (≥ 2)")
     q.add_argument("--updates", type=positive_int, default=g.updates, help="passes over each rollout batch")
+    q.add_argument("--chunk-size", type=positive_int, default=g.chunk_size,
+                   help="completions per forward/backward pass inside a step (bounds memory; the step is the same)")
     q.add_argument("--minibatch-size", type=positive_int, default=None, help="completions per gradient step (default: the whole batch)")
     q.add_argument("--clip", type=positive_float, default=g.clip, help="ε of the clipped ratio")
     q.add_argument("--beta", type=positive_float, default=g.beta, help="weight of the k3 KL penalty")
@@ -115,6 +119,13 @@ def add_commands(sub) -> None:
     q.add_argument("--eval-interval", type=positive_int, default=g.eval_interval, help="steps between held-out evaluations")
     _lora_flags(q)
     q.set_defaults(func=run_grpo)
+
+
+def _config_from_args(config_class, args, **overrides):
+    """A config dataclass from the parsed flags of the same names (a field without a flag keeps its
+    default), then ``overrides``."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
+    return config_class(**{**values, **overrides})
 
 
 def _common(p, out, lr) -> None:
@@ -324,12 +335,7 @@ def run_ppo(args) -> int:
     from ..rl.reward import load_reward_model
     from ..rl.tasks import is_correct
     from ..generate import generate
-    config = PPOConfig(steps=args.steps, rollout_batch=args.rollout_batch, minibatch_size=args.minibatch_size,
-                       ppo_epochs=args.ppo_epochs, lr=args.lr, clip=args.clip, value_clip=args.value_clip,
-                       vf_coef=args.vf_coef, ent_coef=args.ent_coef, kl_coef=args.kl_coef, target_kl=args.target_kl, kl_horizon=args.kl_horizon,
-                       gamma=args.gamma, lam=args.lam, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       missing_end_penalty=args.missing_end_penalty, value_trains_trunk=args.value_trains_trunk,
-                       eval_interval=args.eval_interval, log_interval=args.log_interval, seed=args.seed)
+    config = _config_from_args(PPOConfig, args)
     if not (Path(args.reward_model) / "model.safetensors").exists():
         raise FileNotFoundError(f"no reward model at '{args.reward_model}'; train one with `tinyllm align reward` "
                                 "or pass --reward-model RUN")
@@ -384,11 +390,7 @@ def run_grpo(args) -> int:
     from ..rl.grpo import GRPOConfig, train_grpo
     from ..rl.logprobs import frozen_copy
     from ..rl.tasks import RewardFunctions, correctness_reward, format_reward, task_accuracy, verifiable_problems
-    config = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-                        updates=args.updates, minibatch_size=args.minibatch_size, lr=args.lr, clip=args.clip,
-                        beta=args.beta, max_new_tokens=args.max_new_tokens or GRPOConfig.max_new_tokens,
-                        temperature=args.temperature, eval_interval=args.eval_interval,
-                        log_interval=args.log_interval, seed=args.seed)
+    config = _config_from_args(GRPOConfig, args, max_new_tokens=args.max_new_tokens or GRPOConfig.max_new_tokens)
     ckpt, policy, tokenizer, out = _start(args)
     if args.task == "gsm8k" and args.max_new_tokens is None:    # worked steps need room
         config = dataclasses.replace(config, max_new_tokens=min(256, policy.config.block_size // 2))
