@@ -120,7 +120,8 @@ def _parse_json(text: str, where: str) -> Any:
         raise ValueError(f"{where} is not usable JSON: it is nested too deeply") from None
 
 
-def _read_text(path: str, what: str) -> str:
+def read_utf8(path, what: str) -> str:
+    """The text of a UTF-8 file; a missing file, a directory or other bytes are errors naming ``what`` it is."""
     try:
         with open(path, "r", encoding="utf-8") as file:
             return file.read()
@@ -135,7 +136,7 @@ def _read_text(path: str, what: str) -> str:
 def read_json(path: str | os.PathLike, what: str = "config") -> Any:
     """Read a JSON file; ``what`` names it in errors ("no config file at runs/x/config.json")."""
     path = os.fspath(path)
-    return _parse_json(_read_text(path, what), f"{what} file {path}")
+    return _parse_json(read_utf8(path, what), f"{what} file {path}")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
@@ -162,7 +163,7 @@ def read_jsonl(path: str | os.PathLike, what: str = "log", *, skip_partial_last_
     default it is dropped rather than making the whole log unreadable.
     """
     path = os.fspath(path)
-    text = _read_text(path, what)
+    text = read_utf8(path, what)
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):

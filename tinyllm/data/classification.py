@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import read_utf8
+
 
 def _fail(path, line, message):
     raise ValueError(f"{path}, line {line}: {message}")
@@ -41,10 +43,7 @@ def read_labeled(path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no data file at '{path}'")
-    try:
-        content = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"data file '{path}' is not valid UTF-8 (byte {e.start})") from None
+    content = read_utf8(path, "data")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = _jsonl_rows(path, content)

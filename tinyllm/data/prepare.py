@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write, atomic_write_with, read_records
+from ..files import atomic_write, atomic_write_with, read_records, read_utf8
 from .minhash import near_duplicates
 from .quality import QualityConfig, blocked_word, corpus_stop_words, failed_rule
 from .text import clean_text
@@ -87,10 +87,7 @@ def read_documents(path) -> list[str]:
         return read_records(path, _text_of, "text")
     if not path.is_file():
         raise FileNotFoundError(f"no file or directory at '{path}'")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"'{path}' is not valid UTF-8 (byte {e.start})") from None
+    text = read_utf8(path, "text")
     return [text] if path.suffix.lower() in (".html", ".htm") else split_documents(text)
 
 
