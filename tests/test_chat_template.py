@@ -66,7 +66,14 @@ def test_without_jinja_the_builtin_template_is_picked(tmp_path, monkeypatch):
     monkeypatch.setattr("tinyllm.chat_template.jinja_available", lambda: False)
     template = load_chat_template(tmp_path, Tok())
     assert template.kind == "chatml" and template.stop_tokens[0] == "<|im_end|>"
-    assert load_chat_template(tmp_path, None).kind == "jinja"    # no built-in fits: jinja2 is asked for
+    monkeypatch.undo()
+    try:                                                     # no built-in fits: jinja2 is asked for
+        import jinja2  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"tinyllm\[hf\]"):
+            load_chat_template(tmp_path, None)
+    else:
+        assert load_chat_template(tmp_path, None).kind == "jinja"
 
 
 def test_instruction_data_in_a_chat_template():
