@@ -30,12 +30,12 @@ import time
 import numpy as np
 
 from .. import backend
-from ..autograd import Tensor, minimum, no_grad
+from ..autograd import Tensor, no_grad
 from .kl import kl_k3
 from .logprobs import check_same_vocab, completion_log_probs, disable_dropout, masked_mean, pack_completions
 from .loop import (backward_in_chunks, eval_recorder, make_optimizer, minibatches, optimizer_step,
                    sample_prompt_indices)
-from .ppo import check_scores
+from .ppo import check_scores, clip_fraction, clipped_surrogate
 from .rollout import sample_completions
 
 
@@ -59,17 +59,14 @@ def grpo_loss(logps: Tensor, old_logps, ref_logps, advantages, mask, clip: float
     completion tokens. Returns (loss, {"kl": mean k3 per token, "clip_frac": share of clipped tokens}).
     """
     xp = backend.xp
-    old = Tensor(xp.asarray(old_logps), dtype=logps.dtype)
-    adv = Tensor(xp.asarray(advantages).reshape(-1, 1), dtype=logps.dtype)       # (B, 1): every token of y_i
-    ratio = (logps - old).exp()
-    surrogate = minimum(ratio * adv, ratio.clip(1.0 - clip, 1.0 + clip) * adv)
+    advantages = xp.asarray(advantages).reshape(-1, 1)                           # (B, 1): every token of y_i
+    surrogate, ratio = clipped_surrogate(logps, old_logps, advantages, clip)
     kl = kl_k3(logps, Tensor(xp.asarray(ref_logps), dtype=logps.dtype))
     per_token = surrogate - beta * kl if beta else surrogate
     loss = -masked_mean(per_token, mask, axis=1).mean()
     m = backend.to_numpy(xp.asarray(mask)) > 0
-    r = backend.to_numpy(ratio.data)[m]
-    metrics = {"kl": float(backend.to_numpy(kl.data)[m].mean()) if r.size else 0.0,
-               "clip_frac": float(np.mean((r < 1.0 - clip) | (r > 1.0 + clip))) if r.size else 0.0}
+    metrics = {"kl": float(backend.to_numpy(kl.data)[m].mean()) if m.any() else 0.0,
+               "clip_frac": clip_fraction(ratio, mask, clip)}
     return loss, metrics
 
 

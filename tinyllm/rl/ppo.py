@@ -120,19 +120,26 @@ def whiten(x, mask, eps: float = 1e-8):
     return (x - mean) / (std + eps) * mask
 
 
-def ppo_policy_loss(logps: Tensor, old_logps, advantages, mask, clip: float = 0.2):
-    """The clipped surrogate, −masked mean of min(ρA, clip(ρ, 1−ε, 1+ε)A) with ρ = exp(logp − old logp).
-    Returns (loss, clip fraction: the share of tokens whose ratio lies outside [1−ε, 1+ε])."""
+def clipped_surrogate(logps: Tensor, old_logps, advantages, clip: float):
+    """Per token min(ρA, clip(ρ, 1−ε, 1+ε)A) with ρ = exp(logp − old logp): PPO's objective, and GRPO's.
+    ``advantages`` broadcast against ``logps``. Returns (the surrogate Tensor, ρ)."""
     xp = backend.xp
     old = Tensor(xp.asarray(old_logps), dtype=logps.dtype)
     adv = Tensor(xp.asarray(advantages), dtype=logps.dtype)
     ratio = (logps - old).exp()
-    surrogate = minimum(ratio * adv, ratio.clip(1.0 - clip, 1.0 + clip) * adv)
-    loss = -masked_mean(surrogate, mask)
-    m = backend.to_numpy(xp.asarray(mask)) > 0
-    r = backend.to_numpy(ratio.data)[m]
-    clip_fraction = float(np.mean((r < 1.0 - clip) | (r > 1.0 + clip))) if r.size else 0.0
-    return loss, clip_fraction
+    return minimum(ratio * adv, ratio.clip(1.0 - clip, 1.0 + clip) * adv), ratio
+
+
+def clip_fraction(ratio: Tensor, mask, clip: float) -> float:
+    """The share of the masked tokens whose ratio lies outside [1−ε, 1+ε] (those the clip stopped)."""
+    r = backend.to_numpy(ratio.data)[backend.to_numpy(backend.xp.asarray(mask)) > 0]
+    return float(np.mean((r < 1.0 - clip) | (r > 1.0 + clip))) if r.size else 0.0
+
+
+def ppo_policy_loss(logps: Tensor, old_logps, advantages, mask, clip: float = 0.2):
+    """The clipped surrogate's −masked mean. Returns (loss, clip fraction)."""
+    surrogate, ratio = clipped_surrogate(logps, old_logps, advantages, clip)
+    return -masked_mean(surrogate, mask), clip_fraction(ratio, mask, clip)
 
 
 def ppo_value_loss(values: Tensor, old_values, returns, mask, clip: float | None = 0.2) -> Tensor:
