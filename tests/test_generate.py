@@ -8,7 +8,7 @@ import pytest
 
 from tinyllm.generate import beam_search, generate, stream_generate
 from tinyllm.model import GPT, GPTConfig
-from tinyllm.sampling import (apply_repetition_penalty, apply_temperature, greedy, sample_from_logits, softmax,
+from tinyllm.sampling import (apply_repetition_penalty, apply_temperature, greedy, sample_from_logits, token_probabilities,
                               top_k_filter, top_p_filter)
 from tinyllm import backend
 from tinyllm.backend import to_numpy
@@ -111,7 +111,7 @@ def test_top_p_breaks_ties_by_lower_token_id():
 
 def test_samples_follow_the_softmax_chi_square():
     logits = np.array([1.0, 0.0, -1.0, 2.0, 0.5, -0.5])
-    probs = softmax(logits)
+    probs = token_probabilities(logits)
     rng = np.random.default_rng(1234)
     draws = sample_from_logits(np.tile(logits, (20_000, 1)), rng)
     observed = np.bincount(draws, minlength=len(logits))

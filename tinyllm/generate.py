@@ -41,7 +41,7 @@ import numpy as np
 
 from . import backend
 from .kv_cache import KVCache
-from .sampling import (apply_repetition_penalty, apply_temperature, check_sampling_args, greedy, log_softmax,
+from .sampling import (apply_repetition_penalty, apply_temperature, check_sampling_args, greedy, token_log_probabilities,
                        sample_from_logits, top_k_filter, top_p_filter)
 
 ON_FULL = ("slide", "stop")
@@ -276,7 +276,7 @@ def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.
         logits = decoder.prefill()                                    # one decoder row per unfinished beam
         for step in range(max_new_tokens):
             live = [beam for beam in beams if not beam.finished]
-            logprobs = log_softmax(backend.to_numpy(logits))          # (n_live, V)
+            logprobs = token_log_probabilities(backend.to_numpy(logits))          # (n_live, V)
             totals = np.array([beam.logprob for beam in live])[:, None] + logprobs
             scores = totals / (step + 1) ** length_penalty            # every live proposal has step + 1 tokens
             best = np.argsort(-scores.ravel(), kind="stable")[:beam_width]   # only these can make the beam

@@ -33,15 +33,16 @@ def check_sampling_args(temperature=1.0, top_k=None, top_p=None, repetition_pena
         raise ValueError(f"repetition_penalty must be > 0 (1 = none), got {repetition_penalty!r}")
 
 
-def softmax(logits):
-    """Probabilities along the last axis, computed in float64: exp(z - max z) / Σ exp(z - max z)."""
+def token_probabilities(logits):
+    """The softmax of host logits (NumPy, float64, along the last axis): exp(z - max z) / Σ exp(z - max z).
+    Sampling's own, not ``functional.softmax`` (a Tensor op with a backward)."""
     z = np.asarray(logits, dtype=np.float64)
     p = np.exp(z - z.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     return p
 
 
-def log_softmax(logits):
+def token_log_probabilities(logits):
     """log softmax along the last axis, in float64: z - max z - log Σ exp(z - max z)."""
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
@@ -118,7 +119,7 @@ def top_p_filter(logits, p):
     if not isinstance(p, numbers.Real) or not 0 < p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {p!r}")
     logits = np.asarray(logits)
-    probs = softmax(logits)
+    probs = token_probabilities(logits)
     order = np.argsort(-probs, axis=-1, kind="stable")                   # (..., V) best first
     cumulative = np.cumsum(np.take_along_axis(probs, order, axis=-1), axis=-1)
     n_keep = (cumulative < p - 1e-12).sum(axis=-1, keepdims=True) + 1     # first index reaching p, plus one
@@ -129,7 +130,7 @@ def top_p_filter(logits, p):
 
 
 def sample_from_logits(logits, generator):
-    """Draw one token per row from softmax(logits), by inverting the cumulative distribution: with
+    """Draw one token per row from token_probabilities(logits), by inverting the cumulative distribution: with
     u ~ U[0, 1), pick the first token whose cumulative probability exceeds u (tokens of probability 0 have
     an empty interval and are never picked).
 
@@ -137,7 +138,7 @@ def sample_from_logits(logits, generator):
     random numbers does not depend on the other rows). Returns an int for (V,) logits, an int array (B,)
     otherwise.
     """
-    probs = softmax(logits)
+    probs = token_probabilities(logits)
     cumulative = np.cumsum(probs, axis=-1)                               # (..., V), ends at 1 up to rounding
     if isinstance(generator, (list, tuple)):
         if np.ndim(logits) != 2 or len(generator) != len(probs):

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import backend
 from ..generate import Decoder, _eval_mode
-from ..sampling import (apply_temperature, check_sampling_args, greedy, log_softmax, sample_from_logits,
+from ..sampling import (apply_temperature, check_sampling_args, greedy, token_log_probabilities, sample_from_logits,
                         top_k_filter, top_p_filter)
 
 
@@ -240,6 +240,6 @@ def pick_token(scores, params: SamplingParams, generator):
         token = int(sample_from_logits(filtered, [generator])[0])
     if params.logprobs is None:
         return token, None
-    logprobs = log_softmax(scores)
+    logprobs = token_log_probabilities(scores)
     best = np.argsort(-logprobs, kind="stable")[:params.logprobs]
     return token, (float(logprobs[token]), [(int(t), float(logprobs[t])) for t in best])
