@@ -1,0 +1,159 @@
+"""Each fused op's raw pair, ``name_forward`` / ``name_backward`` on arrays, checked on its own: its backward
+against finite differences (the pair wrapped by ``autograd.fused_op`` and run through ``gradcheck``), and its
+results equal to the Tensor op that the models use. Plus the small helpers next to the pairs."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tinyllm import backend, default_dtype
+from tinyllm.autograd import Tensor, fused_op
+from tinyllm.backend import to_numpy
+from tinyllm.functional import dense, gelu_erf, losses, norms, rope
+from tinyllm.functional.moe import check_expert_top_k, moe_experts_backward, moe_experts_forward
+from tinyllm.testing import gradcheck
+
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(autouse=True)
+def _float64_and_fresh_draws():
+    global R
+    R = np.random.default_rng(0)                 # each test draws the same inputs however it is selected
+    with default_dtype("float64"):
+        yield
+
+
+def leaf(array):
+    return Tensor(backend.asarray(np.asarray(array, dtype=np.float64)), requires_grad=True)
+
+
+def pair_op(forward, backward, constants=()):
+    """The raw pair as a Tensor function of its differentiable inputs (``constants`` follow them)."""
+    def op(*tensors):
+        out, cache = forward(*(t.data for t in tensors), *constants)
+        return fused_op(backward, out, cache, *tensors, *(None for _ in constants))
+    return op
+
+
+def check_pair(forward, backward, inputs, constants=()):
+    error = gradcheck(pair_op(forward, backward, constants), inputs, seed=3)
+    assert error < TOLERANCE, f"{forward.__name__}/{backward.__name__}: relative gradient error {error:.3g}"
+
+
+R = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_pair(with_bias):
+    inputs = [leaf(R.standard_normal((2, 3, 4))), leaf(R.standard_normal((5, 4)))]
+    if with_bias:
+        inputs.append(leaf(R.standard_normal(5)))
+        check_pair(dense.linear_forward, dense.linear_backward, inputs)
+    else:
+        check_pair(dense.linear_forward, lambda dy, cache, needs: dense.linear_backward(dy, cache, needs + (False,)),
+                   inputs, constants=(None,))
+
+
+def test_embedding_pair_adds_repeated_rows():
+    idx = backend.asarray(np.array([[0, 2, 2], [1, 0, 2]]))
+    w = leaf(R.standard_normal((4, 3)))
+    check_pair(lambda w: dense.embedding_forward(idx, w), lambda dy, cache, needs: dense.embedding_backward(dy, cache)[1:],
+               [w])
+    y, cache = dense.embedding_forward(idx, w.data)
+    _, dw = dense.embedding_backward(backend.xp.ones_like(y), cache)
+    assert to_numpy(dw)[:, 0].tolist() == [2.0, 1.0, 3.0, 0.0], "dW[v] counts every lookup of row v"
+
+
+@pytest.mark.parametrize("name", ["gelu", "silu", "gelu_erf"])
+def test_elementwise_pairs(name):
+    module = gelu_erf if name == "gelu_erf" else dense
+    check_pair(getattr(module, f"{name}_forward"), getattr(module, f"{name}_backward"),
+               [leaf(3 * R.standard_normal((4, 5)))])
+
+
+def test_swiglu_pair_and_the_silu_derivative():
+    check_pair(dense.swiglu_forward, dense.swiglu_backward, [leaf(R.standard_normal((3, 4))), leaf(R.standard_normal((3, 4)))])
+    x = np.linspace(-6, 6, 13)
+    h = 1e-6
+    silu = lambda v: v / (1 + np.exp(-v))                  # noqa: E731
+    numeric = (silu(x + h) - silu(x - h)) / (2 * h)
+    sig = to_numpy(dense.sigmoid(backend.asarray(x)))
+    np.testing.assert_allclose(dense.silu_derivative(x, sig), numeric, rtol=1e-7, atol=1e-9)
+
+
+def test_dropout_mask_and_pair():
+    generator = backend.rng(0)
+    mask = to_numpy(dense.dropout_mask((200, 50), 0.25, np.float64, generator))
+    assert set(np.unique(mask)) == {0.0, 1 / 0.75} and abs(mask.mean() - 1.0) < 0.02
+    check_pair(dense.dropout_forward, lambda dy, m, needs: dense.dropout_backward(dy, m) + (None,),
+               [leaf(R.standard_normal((4, 6)))], constants=(backend.asarray(mask[:4, :6]),))
+
+
+def test_normal_cdf_matches_math_erf():
+    x = np.linspace(-8, 8, 41)
+    expected = [0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x]
+    np.testing.assert_allclose(to_numpy(gelu_erf.normal_cdf(backend.asarray(x))), expected, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_norm_pairs(affine):
+    x = leaf(R.standard_normal((2, 3, 6)))
+    if affine:
+        w, b = leaf(1 + 0.3 * R.standard_normal(6)), leaf(R.standard_normal(6))
+        check_pair(lambda x, w, b: norms.layer_norm_forward(x, w, b, 1e-5), norms.layer_norm_backward, [x, w, b])
+        check_pair(lambda x, w: norms.rms_norm_forward(x, w, 1e-5), norms.rms_norm_backward, [x, w])
+    else:
+        check_pair(lambda x: norms.layer_norm_forward(x, None, None, 1e-5),
+                   lambda dy, c, needs: norms.layer_norm_backward(dy, c, needs + (False, False))[:1], [x])
+        check_pair(lambda x: norms.rms_norm_forward(x, None, 1e-5),
+                   lambda dy, c, needs: norms.rms_norm_backward(dy, c, needs + (False,))[:1], [x])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_pair(reduction):
+    t = np.array([0, 3, 1, 4, 2, 0])
+    valid = t != 4                                          # one ignored position
+    forward = lambda z: losses.cross_entropy_forward(z, backend.asarray(np.where(valid, t, 0)),  # noqa: E731
+                                                     backend.asarray(valid), int(valid.sum()), reduction)
+    check_pair(forward, losses.cross_entropy_backward, [leaf(2 * R.standard_normal((6, 5)))])
+    z = R.standard_normal((6, 5))
+    out, _ = forward(backend.asarray(z))
+    expected = (np.log(np.exp(z).sum(1)) - z[np.arange(6), np.where(valid, t, 0)]) * valid
+    expected = {"mean": expected.sum() / valid.sum(), "sum": expected.sum(), "none": expected}[reduction]
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-12)
+
+
+def test_moe_experts_pair_and_the_top_k_check():
+    indices = backend.asarray(np.array([[0, 2], [2, 1], [0, 1]]))          # expert 3 gets no token
+    inputs = [leaf(R.standard_normal((3, 4))), leaf(R.random((3, 2)))] + \
+        [leaf(0.5 * R.standard_normal(shape)) for shape in ((4, 5, 4), (4, 5, 4), (4, 4, 5))]
+
+    def forward(x, weights, w_gate, w_up, w_down):
+        return moe_experts_forward(x, indices, weights, w_gate, w_up, w_down)
+
+    def backward(dy, cache, needs):
+        grads = moe_experts_backward(dy, cache, (needs[0], False) + needs[1:])
+        return (grads[0],) + grads[2:]
+    check_pair(forward, backward, inputs)
+    check_expert_top_k(2, 4)
+    for bad in (0, 5, True, 1.5):
+        with pytest.raises(ValueError, match="expert_top_k"):
+            check_expert_top_k(bad, 4)
+
+
+def test_rope_frequencies_and_the_llama3_scaling():
+    plain = rope.rope_frequencies(8, 10000.0)
+    np.testing.assert_allclose(plain, 10000.0 ** (-np.arange(0, 8, 2) / 8))
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    scaled = rope.rope_frequencies(8, 10000.0, scaling)
+    wavelength = 2 * np.pi / plain
+    assert scaled[0] == plain[0], "a fast pair (short wavelength) is kept"
+    assert np.all(scaled[wavelength > 64] == plain[wavelength > 64] / 8), "a slow pair is stretched by the factor"
+    rope.check_rope_scaling(None)
+    rope.check_rope_scaling({"rope_type": "default"})
+    for bad in ({"rope_type": "yarn"}, {**scaling, "factor": 0}, {**scaling, "high_freq_factor": 0.5}):
+        with pytest.raises(ValueError, match="rope_scaling"):
+            rope.check_rope_scaling(bad)
