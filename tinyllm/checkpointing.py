@@ -7,8 +7,8 @@ hidden activations (B, T, 4C or 3 × H wide)... — tens of C-sized arrays per p
 
 ``checkpoint(function, x, parameters)`` runs ``function(x)`` (one block) without recording a graph, so none
 of that is kept: only x, the block's input. Its backward runs the block's forward again, this time recording
-the graph, and backpropagates dy through it at once: the parameters' gradients accumulate as usual and the
-gradient of x is returned. Memory: the n_layer block inputs plus one block's intermediates at a time, instead
+the graph, and backpropagates dy through it at once: the gradients of x and of the parameters are returned
+like any op's (so data-parallel threads collect them in their own tables). Memory: the n_layer block inputs plus one block's intermediates at a time, instead
 of all n_layer blocks' intermediates; cost: one more forward per block (≈ a third more compute).
 
 The recomputation must compute exactly what the first forward did. Dropout would draw new random masks, and a
@@ -17,14 +17,14 @@ mixture-of-experts block's load-balancing loss is read from its first forward, s
 
 from __future__ import annotations
 
-from . import autograd, backend
+from . import autograd
 from .autograd import Tensor
 
 
 def checkpoint(function, x: Tensor, parameters) -> Tensor:
     """``function(x)`` whose intermediates are recomputed in the backward instead of kept.
 
-    ``parameters``: the Parameters ``function`` uses (they receive their gradients during this node's
+    ``parameters``: the Parameters ``function`` uses (this node returns their gradients from its
     backward, and make the result require a gradient even when x does not: LoRA on frozen embeddings).
 
     The first forward runs on a detached copy of x and only its output array is kept, so the graph it built
@@ -37,31 +37,19 @@ def checkpoint(function, x: Tensor, parameters) -> Tensor:
     out = function(x.detach()).data                      # the block's graph dies here: nothing is kept
 
     def backward(dy):
-        inner, dx = _input_catching_grad(x)              # a fresh start of the graph for the recompute
+        inner = Tensor(x.data, dtype=x.dtype, requires_grad=x.requires_grad)   # a fresh leaf for the recompute
         y = function(inner)
         if not y.requires_grad:
             raise RuntimeError("checkpoint: the recomputed block built no graph; run the backward with gradients "
                                "enabled (not inside no_grad)")
-        y.backward(dy)                                   # parameters' .grad accumulate here
-        return (dx[0] if dx else None,) + (None,) * len(trainable)
+        leaf_grads = {}
+        y.backward(dy, leaf_grads=leaf_grads)            # the recomputed block's leaves: x and its parameters
+        grads = tuple(leaf_grads.pop(id(t), (None, None))[1] for t in (inner, *trainable))
+        for leaf, grad in leaf_grads.values():           # a parameter the caller did not list
+            leaf._accumulate(grad)
+        return grads
 
     return Tensor._make(out, (x, *trainable), backward)
-
-
-def _input_catching_grad(x: Tensor):
-    """(a Tensor with x's data, the list its gradient will be put in). Not a leaf: inside
-    ``collect_leaf_grads`` (the data-parallel threads) a leaf's gradient goes to the thread's table, not to
-    ``.grad``; an interior node hands it to its backward, which keeps it."""
-    caught = []
-    if not x.requires_grad:
-        return Tensor(x.data, dtype=x.dtype), caught
-
-    def keep(grad):
-        caught.append(grad)
-        return (None,)
-
-    source = Tensor(backend.xp.zeros((), dtype=x.dtype), requires_grad=True)   # never receives a gradient
-    return Tensor._make(x.data, (source,), keep), caught
 
 
 def check_checkpointable(model) -> None:

@@ -9,10 +9,10 @@ from ..autograd import Tensor, fused_op
 def layer_norm_forward(x, w, b, eps):
     """Normalise the last axis (C channels) to mean 0 and variance 1, then scale and shift. x (..., C)."""
     xp = backend.xp
-    mean = x.mean(axis=-1, keepdims=True)                    # μ             (..., 1)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)     # σ²            (..., 1)
+    centred = x - x.mean(axis=-1, keepdims=True)             # x - μ         (..., C)
+    var = (centred * centred).mean(axis=-1, keepdims=True)   # σ²            (..., 1)
     rstd = 1.0 / xp.sqrt(var + eps)                          # r = 1/√(σ²+ε) (..., 1)
-    x_hat = (x - mean) * rstd                                # x̂ = (x-μ) r   (..., C)
+    x_hat = centred * rstd                                   # x̂ = (x-μ) r   (..., C)
     y = x_hat if w is None else x_hat * w                    # y = x̂ w + b
     if b is not None:
         y = y + b
