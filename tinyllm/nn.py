@@ -14,6 +14,7 @@ from . import functional as F
 from .autograd import Tensor, is_grad_enabled
 from .functional.attention import attention_forward, check_heads, split_qkv
 from .functional.moe import check_expert_top_k
+from .functional.prefix import mask_with_prefix, prepend_forward
 from .functional.rope import apply_rotary
 
 
@@ -258,20 +259,24 @@ class CausalSelfAttention(Module):
         self.proj = Linear(n_embd, n_embd, bias, proj_std, generator)
         self.dropout = Dropout(dropout)  # masks come from the global generator (tinyllm.manual_seed)
 
-    def forward(self, x, mask=None, cache=None, rope=None):    # (B, T, C)
+    def forward(self, x, mask=None, cache=None, rope=None, prefix=None):    # (B, T, C)
         """``cache``: this layer's ``LayerKV`` when generating (see ``tinyllm.kv_cache``). The new keys and
         values are appended to it and the queries attend over everything cached; ``mask`` then covers all
         those keys: (B, 1, 1 or T, cached + T). Inference only: no gradient flows through the cache.
-        ``rope``: (cos, sin) of this call's positions (``functional.rope.rope_cos_sin``), or None."""
+        ``rope``: (cos, sin) of this call's positions (``functional.rope.rope_cos_sin``), or None.
+        ``prefix``: (keys, values), each (H_kv, P, D), that every query sees in front of the text's own
+        (``tinyllm.prompt_tuning``), or None."""
         qkv = self.qkv(x)                                     # (B, T, (H + 2 H_kv)·D)
-        if cache is None:
+        if cache is None and prefix is None:
             y = F.self_attention(qkv, self.n_head, causal=True, mask=mask, n_kv_head=self.n_kv_head, rope=rope)
+        elif cache is None:
+            raise NotImplementedError("key/value prefixes without a cache")
         else:
-            y = self._attend_cached(qkv.data, cache, mask, rope)
+            y = self._attend_cached(qkv.data, cache, mask, rope, prefix)
             y = Tensor(y, dtype=y.dtype)
         return self.dropout(self.proj(y))                     # (B, T, C)
 
-    def _attend_cached(self, qkv, cache, mask, rope=None):
+    def _attend_cached(self, qkv, cache, mask, rope=None, prefix=None):
         if is_grad_enabled():
             raise RuntimeError("attention with a KV cache is for inference only: run it under tinyllm.no_grad()")
         batch, time, _ = qkv.shape
@@ -279,6 +284,9 @@ class CausalSelfAttention(Module):
         if rope is not None:  # keys are cached rotated: a key's rotation depends only on its own position
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         keys, values = cache.append(k, v)                                      # (B, H_kv, cached + T, D)
+        if prefix is not None:                                                 # (B, H_kv, P + cached + T, D)
+            keys, values = (prepend_forward(getattr(p, "data", p), t, 2)[0] for p, t in zip(prefix, (keys, values)))
+            mask = mask_with_prefix(mask, prefix[0].shape[1])
         # The same forward as training (one source of truth for the math). A single query sits after every
         # cached key, so it needs no causal mask.
         y, _, _ = attention_forward(q, keys, values, causal=time > 1, mask=mask)  # (B, H, T, D)

@@ -66,11 +66,13 @@ def param_groups(model, weight_decay):
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def forward_backward(model, x, y, scale: float = 1.0, weight=None) -> float:
+def forward_backward(model, x, y, scale: float = 1.0, weight=None, loss=None) -> float:
     """The model's mean loss on inputs x and targets y (B, T); adds scale × its gradient to the parameters'
     ``.grad``. Every position has a target in next-token pretraining, so a block of rows weighs rows / B
-    (``data_parallel_backward``); ``weight(x, y)`` counts a block's targets otherwise (masked LM)."""
-    return data_parallel_backward(model, lambda x, y: model(x, y)[1], x, y, weight=weight, scale=scale)
+    (``data_parallel_backward``); ``weight(x, y)`` counts a block's targets otherwise (masked LM).
+    ``loss(x, y)``: a scalar Tensor to use instead of the model's own loss (distillation)."""
+    loss = loss or (lambda x, y: model(x, y)[1])
+    return data_parallel_backward(model, loss, x, y, weight=weight, scale=scale)
 
 
 def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float = 1.0) -> float:
@@ -181,6 +183,7 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     ``tinyllm.data.curriculum``); it must draw only from ``generator``. ``objective`` replaces next-token
     prediction altogether (``tinyllm.mlm.MaskedLM``): it is the batch sampler, ``objective.evaluate(model,
     ids, max_batches)`` the evaluation, ``objective.targets(x, y)`` a block's weight; no samples are printed.
+    An objective with a ``loss(model, x, y)`` method also replaces the loss (``tinyllm.distill.Distillation``).
     """
     if objective is not None:
         batch_sampler = objective
@@ -279,6 +282,9 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
         if tokenizer is not None and config.sample_tokens and objective is None:
             say("  sample: " + repr(_sample(model, tokenizer, val_ids[:8], config.sample_tokens, config.seed + step)))
 
+    def objective_loss(x, y):
+        return objective.loss(model, x, y)
+
     def train_step(step):
         t0 = time.perf_counter()
         lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, config.steps)
@@ -288,7 +294,8 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
             x, y = (batch_sampler(step, data_rng) if batch_sampler else
                     random_batch(train_ids, config.batch_size, context, data_rng))
             loss_sum += forward_backward(model, x, y, 1.0 / config.grad_accum,
-                                         objective.targets if objective is not None else None)
+                                         objective.targets if objective is not None else None,
+                                         objective_loss if hasattr(objective, "loss") else None)
         loss_value = loss_sum / config.grad_accum
         grad_norm = global_grad_norm(optimizer.parameters())
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
