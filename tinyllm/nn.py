@@ -12,7 +12,7 @@ import math
 from . import backend
 from . import functional as F
 from .autograd import Tensor, is_grad_enabled
-from .functional.attention import attention_forward, check_heads, split_qkv
+from .functional.attention import check_heads, multi_head_attention_forward, split_qkv
 from .functional.moe import check_expert_top_k
 from .functional.prefix import mask_with_prefix, prepend_forward
 from .functional.rope import apply_rotary
@@ -287,7 +287,6 @@ class CausalSelfAttention(Module):
         if prefix is not None:                                                 # (B, H_kv, P + cached + T, D)
             keys, values = (prepend_forward(getattr(p, "data", p), t, 2)[0] for p, t in zip(prefix, (keys, values)))
             mask = mask_with_prefix(mask, prefix[0].shape[1])
-        # The same forward as training (one source of truth for the math). A single query sits after every
-        # cached key, so it needs no causal mask.
-        y, _, _ = attention_forward(q, keys, values, causal=time > 1, mask=mask)  # (B, H, T, D)
+        # The same forward as training. A single query sits after every cached key: no causal mask needed.
+        y, _ = multi_head_attention_forward(q, keys, values, time > 1, mask)   # (B, H, T, D)
         return y.transpose(0, 2, 1, 3).reshape(batch, time, -1)              # (B, T, C)
