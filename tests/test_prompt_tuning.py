@@ -1,9 +1,10 @@
-"""Tests of prompt tuning (tinyllm.prompt_tuning) and its op, ``functional.prefix.prepend``.
+"""Tests of prompt and prefix tuning (tinyllm.prompt_tuning) and their ops: ``functional.prefix.prepend`` and
+self-attention with key/value prefixes.
 
-The promises: the prepend op and the whole soft-prompted model have the gradients finite differences give;
-only the soft prompt (and named extras) learn; generation with the KV cache (the soft prompt as per-layer
-keys and values) gives what recomputing the whole context gives; an adapter saved next to its base loads back
-into the same function, and refuses any other model.
+The promises: the ops and the whole soft-prompted (or prefixed) model have the gradients finite differences
+give; only the soft prompt or the prefixes (and named extras) learn; prefix tuning starts where the soft prompt
+it is initialised from stands; generation with the KV cache gives what recomputing the whole context gives;
+an adapter saved next to its base loads back into the same function, and refuses any other model.
 """
 
 import json
@@ -72,6 +73,17 @@ def test_mask_with_prefix_lets_every_query_see_the_prefix():
     assert mask_with_prefix(None, 2) is None
 
 
+@pytest.mark.parametrize("n_kv_head", [2, 1])
+def test_self_attention_with_key_value_prefixes_gradients(float64, rng, n_kv_head):
+    """Causal attention over [prefix ; keys], with a padding mask: every query also sees the P prefix keys."""
+    batch, time, n_head, head_size, n_prefix = 2, 5, 2, 4, 3
+    qkv = leaf(rng, batch, time, (n_head + 2 * n_kv_head) * head_size)
+    keys, values = leaf(rng, n_kv_head, n_prefix, head_size), leaf(rng, n_kv_head, n_prefix, head_size)
+    mask = backend.asarray(np.arange(time)[None, None, None, :] >= np.array([0, 2])[:, None, None, None])
+    attend = lambda qkv, k, v: F.self_attention(qkv, n_head, mask=mask, n_kv_head=n_kv_head, prefix=(k, v))
+    assert gradcheck(attend, [qkv, keys, values]) < 1e-6
+
+
 # ---------------------------------------------------------------------------------------------- the model
 
 @pytest.mark.parametrize("shape", ["gpt2", "llama"])
@@ -85,6 +97,29 @@ def test_soft_prompt_gradient_through_the_frozen_model(float64, rng, shape):
     assert [name for name, p in model.named_parameters() if p.requires_grad] == ["prompt_adapter.weight"]
 
 
+@pytest.mark.parametrize("shape", ["gpt2", "llama"])
+def test_prefix_gradient_through_the_frozen_model(float64, rng, shape):
+    model = tiny_gpt(shape)
+    apply_prompt_tuning(model, 3, kind="prefix", seed=1)
+    for layer in model.prompt_adapter.layers:                 # away from the start, so every gradient counts
+        for t in (layer.key, layer.value):
+            t.data[...] = backend.asarray(rng.standard_normal(t.shape))
+    model.eval()
+    idx = rng.integers(0, 20, size=(2, 5))
+    for layer in model.prompt_adapter.layers:
+        assert gradcheck(lambda k, v: model(idx)[0], [layer.key, layer.value]) < 1e-6
+    assert len([p for p in model.parameters() if p.requires_grad]) == 2 * model.config.n_layer
+
+
+@pytest.mark.parametrize("shape", ["gpt2", "llama"])
+def test_prefix_tuning_starts_where_its_soft_prompt_stands(float64, rng, shape):
+    prompted, prefixed = tiny_gpt(shape).eval(), tiny_gpt(shape).eval()
+    apply_prompt_tuning(prompted, 4, kind="prompt", seed=7)
+    apply_prompt_tuning(prefixed, 4, kind="prefix", seed=7)
+    idx = rng.integers(0, 20, size=(2, 6))
+    np.testing.assert_allclose(prefixed(idx)[0].numpy(), prompted(idx)[0].numpy(), atol=1e-12)
+
+
 def test_classifier_trains_only_its_soft_prompt_and_head(float64, rng):
     model = GPTClassifier.from_gpt(tiny_gpt(), 2, ["a", "b"])
     report = apply_prompt_tuning(model, 4, trainable=("classifier",))
@@ -95,14 +130,15 @@ def test_classifier_trains_only_its_soft_prompt_and_head(float64, rng):
     assert with_grad == ["classifier.bias", "classifier.weight", "prompt_adapter.weight"]
 
 
-@pytest.mark.parametrize("shape", ["gpt2", "llama"])
-def test_cached_generation_equals_recomputing_the_context(shape):
-    """With the cache the soft prompt is per-layer keys and values (virtual_keys_values); without it, virtual
+@pytest.mark.parametrize("shape, kind", [("gpt2", "prompt"), ("llama", "prompt"), ("llama", "prefix")])
+def test_cached_generation_equals_recomputing_the_context(shape, kind):
+    """With the cache a soft prompt is per-layer keys and values (virtual_keys_values); without it, virtual
     tokens in front of the whole context. Batched, left-padded and sliding past block_size alike."""
     model = tiny_gpt(shape, seed=2).eval()
-    apply_prompt_tuning(model, 3, seed=4)
-    weight = model.prompt_adapter.weight
-    weight.data[...] = backend.asarray(np.random.default_rng(0).standard_normal(weight.shape), dtype=weight.dtype)
+    apply_prompt_tuning(model, 3, kind, seed=4)
+    draw = np.random.default_rng(0)
+    for weight in model.prompt_adapter.parameters():
+        weight.data[...] = backend.asarray(draw.standard_normal(weight.shape), dtype=weight.dtype)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
     cached = generate(model, prompts, 20, seed=0)
     assert cached == generate(model, prompts, 20, seed=0, use_cache=False)
@@ -151,10 +187,11 @@ def test_prompt_tuning_learns():
 
 # ---------------------------------------------------------------------------------------------- files and errors
 
-def test_adapter_saves_small_and_loads_on_top_of_its_base(tmp_path, rng):
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_adapter_saves_small_and_loads_on_top_of_its_base(tmp_path, rng, kind):
     save_model(tmp_path / "base", tiny_gpt(), CharTokenizer.from_text("abcdefghijklmnopqrst"))
     model = tiny_gpt().eval()
-    apply_prompt_tuning(model, 3, seed=5)
+    apply_prompt_tuning(model, 3, kind, seed=5)
     idx = rng.integers(0, 20, size=(2, 6))
     save_adapter(tmp_path / "adapter", model, base=tmp_path / "base")
     loaded, _ = load_pretrained_with_adapter(tmp_path / "adapter")
@@ -211,13 +248,14 @@ def tiny_base(tmp_path):
     return tmp_path / "base", data
 
 
-def test_cli_prompt_tuned_classifier_keeps_the_adapter_alone_and_evaluates(tiny_base, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_cli_prompt_tuned_classifier_keeps_the_adapter_alone_and_evaluates(tiny_base, tmp_path, capsys, kind):
     from tinyllm.cli import main
     base, data = tiny_base
     out = tmp_path / "run"
     assert main(["finetune", "classify", "--ckpt", str(base), "--data", str(data), "--out", str(out),
-                 "--epochs", "1", "--prompt-tuning", "3"]) == 0
-    assert "prompt tuning, 3 virtual tokens" in capsys.readouterr().out
+                 "--epochs", "1", f"--{kind}-tuning", "3"]) == 0
+    assert f"{kind} tuning, 3 virtual tokens" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "adapter_config.json", "log.jsonl"]
     assert main(["evaluate", "--ckpt", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

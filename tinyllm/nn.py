@@ -267,10 +267,9 @@ class CausalSelfAttention(Module):
         ``prefix``: (keys, values), each (H_kv, P, D), that every query sees in front of the text's own
         (``tinyllm.prompt_tuning``), or None."""
         qkv = self.qkv(x)                                     # (B, T, (H + 2 H_kv)·D)
-        if cache is None and prefix is None:
-            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask, n_kv_head=self.n_kv_head, rope=rope)
-        elif cache is None:
-            raise NotImplementedError("key/value prefixes without a cache")
+        if cache is None:
+            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask, n_kv_head=self.n_kv_head, rope=rope,
+                                 prefix=prefix)
         else:
             y = self._attend_cached(qkv.data, cache, mask, rope, prefix)
             y = Tensor(y, dtype=y.dtype)
