@@ -6,10 +6,6 @@ matches finite differences for the student's and the teacher's logits; a student
 teacher; a teacher and a student that do not share a vocabulary are refused with a message that says so.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +21,6 @@ from tinyllm.testing import gradcheck
 from tinyllm.tokenizer import CharTokenizer
 from tinyllm.train import TrainConfig
 
-ROOT = Path(__file__).parents[1]
 
 
 def log_softmax(x):
@@ -137,12 +132,6 @@ def test_a_teacher_with_a_shorter_context_is_refused():
 
 # ---------------------------------------------------------------------------------------------- command line
 
-def run_cli(*args):
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tinyllm", *map(str, args)], capture_output=True, text=True,
-                          env=environment, timeout=300)
-
-
 @pytest.fixture
 def teacher_run(tmp_path):
     text = tmp_path / "text.txt"
@@ -154,7 +143,7 @@ def teacher_run(tmp_path):
     return ["distill", "--teacher", tmp_path / "teacher", "--data", text, "--out", tmp_path / "out", "--steps", "2"]
 
 
-def test_cli_distill_refuses_a_student_with_another_vocabulary_without_a_traceback(teacher_run, tmp_path):
+def test_cli_distill_refuses_a_student_with_another_vocabulary_without_a_traceback(teacher_run, tmp_path, run_cli):
     result = run_cli(*teacher_run, "--student", tmp_path / "other")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "different vocabularies: the teacher scores 10 tokens, the student 11" in result.stderr

@@ -8,15 +8,11 @@ an adapter saved next to its base loads back into the same function, and refuses
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinyllm import Tensor, backend, default_dtype, functional as F
+from tinyllm import Tensor, backend, functional as F
 from tinyllm.autograd import fused_op
 from tinyllm.checkpoint import save_model
 from tinyllm.finetune import GPTClassifier
@@ -28,7 +24,6 @@ from tinyllm.prompt_tuning import apply_prompt_tuning, virtual_keys_values, with
 from tinyllm.testing import gradcheck
 from tinyllm.tokenizer import CharTokenizer
 
-ROOT = Path(__file__).parents[1]
 TINY = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=8)
 SHAPES = {"gpt2": TINY, "llama": dict(preset("llama-nano", **TINY).to_dict(), n_head=4, n_kv_head=2)}
 
@@ -232,12 +227,6 @@ def test_applying_twice_or_to_an_encoder_is_a_clear_error():
 
 # ---------------------------------------------------------------------------------------------- command line
 
-def run_cli(*args):
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tinyllm", *map(str, args)], capture_output=True, text=True,
-                          env=environment, timeout=300)
-
-
 @pytest.fixture
 def tiny_base(tmp_path):
     tokenizer = CharTokenizer.from_text("abcdefghij")
@@ -262,7 +251,7 @@ def test_cli_prompt_tuned_classifier_keeps_the_adapter_alone_and_evaluates(tiny_
     assert report["accuracy"] == json.loads((out / "adapter_config.json").read_text())["results"]["accuracy"]
 
 
-def test_cli_generate_on_a_prompt_tuned_run_and_bad_input(tiny_base, tmp_path):
+def test_cli_generate_on_a_prompt_tuned_run_and_bad_input(tiny_base, tmp_path, run_cli):
     from tinyllm.checkpoint import load_pretrained
     base, data = tiny_base
     out = tmp_path / "lm"

@@ -39,18 +39,14 @@ def add_commands(sub) -> None:
 
 
 def run_distill(args) -> int:
-    from ..checkpoint import check_resumable, load_pretrained
+    from ..checkpoint import load_pretrained
     from ..data.tokens import split_train_val, tokenize
     from ..distill import distill
     from ..train import TrainConfig
-    from .train import _load_text, _print_summary
+    from .train import _load_text, _print_summary, run_directory
 
     backend.set_dtype(args.dtype)
-    out = Path(args.out)
-    if args.resume:
-        check_resumable(out)
-    elif (out / "model.safetensors").exists():
-        raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    out = run_directory(args)
     teacher, teacher_tokenizer = load_pretrained(args.teacher)
     if teacher_tokenizer is None:
         raise ValueError(f"the teacher '{args.teacher}' has no tokenizer.json, so --data cannot be encoded for it")

@@ -149,17 +149,12 @@ def _make_tokenizer(choice, text, vocab_size, out):
 
 
 def run_pretrain(args) -> int:
-    from ..checkpoint import check_resumable
     from ..data.tokens import split_train_val
     from ..model import GPT
     from ..train import TrainConfig, pretrain
 
     backend.set_dtype(args.dtype)
-    out = Path(args.out)
-    if args.resume:
-        check_resumable(out)
-    elif (out / "model.safetensors").exists():
-        raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    out = run_directory(args)
     if getattr(args, "objective", "clm") == "mlm":
         from .encoder import run_pretrain_mlm
         return run_pretrain_mlm(args)
@@ -177,6 +172,17 @@ def run_pretrain(args) -> int:
                        batch_sampler=sampler, extra_config={"curriculum": args.curriculum} if sampler else None)
     _print_summary(summary, out)
     return 0
+
+
+def run_directory(args) -> Path:
+    """--out as a Path: a run to continue with --resume, else a folder that holds no run yet."""
+    from ..checkpoint import check_resumable
+    out = Path(args.out)
+    if args.resume:
+        check_resumable(out)
+    elif (out / "model.safetensors").exists():
+        raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    return out
 
 
 def _model_config(args, vocab_size):
