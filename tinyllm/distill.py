@@ -70,7 +70,8 @@ def distill(teacher, student, train_ids, val_ids, config, temperature: float = 2
     (a ``train.TrainConfig``); returns ``pretrain``'s summary. ``tokenizer`` (the student's, saved with it)
     and ``teacher_tokenizer``, when both are given, must agree on every token."""
     check_same_vocabulary(teacher, student, teacher_tokenizer, tokenizer)
-    objective = Distillation(teacher, train_ids, config.batch_size, student.config.block_size, temperature, alpha, kl)
+    context = student.config.block_size
+    objective = Distillation(teacher, train_ids, config.batch_size, context, temperature, alpha, kl)
     record = {"distillation": {"temperature": temperature, "alpha": alpha, "kl": kl,
                                "teacher_parameters": teacher.num_parameters()}}
     return pretrain(student, train_ids, val_ids, config, run_dir=run_dir, tokenizer=tokenizer, resume=resume,

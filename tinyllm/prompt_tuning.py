@@ -68,7 +68,8 @@ class SoftPrompt(Module):
                 cache.prefixes = virtual_keys_values(model, self.weight.data)
             return x, _rotary_positions(positions, n), mask, cache.prefixes
         x = prepend(self.weight, x, axis=1)                  # (B, P + T, C)
-        return x, _rotary_positions(positions, n, virtual=True), mask_with_prefix(mask, n, n), [None] * len(model.blocks)
+        positions = _rotary_positions(positions, n, virtual=True)
+        return x, positions, mask_with_prefix(mask, n, n), [None] * len(model.blocks)
 
 
 class LayerPrefix(Module):
@@ -114,7 +115,8 @@ def virtual_keys_values(model, embeddings) -> list:
     cache = KVCache(config.n_layer, 1, config.kv_heads, n, config.head_size, embeddings.dtype)
     rope = None
     if model.wpe is None:
-        rope = rope_cos_sin(np.arange(n), config.head_size, config.rope_theta, embeddings.dtype, config.rope_scaling)
+        rope = rope_cos_sin(np.arange(n), config.head_size, config.rope_theta, embeddings.dtype,
+                            config.rope_scaling)
     was_training = model.training
     model.eval()
     try:
@@ -183,7 +185,8 @@ def _check_settings(model, n_virtual, kind) -> None:
         raise ValueError(f"{kind} tuning needs a number of virtual tokens in 1 … {block - 1} (below the model's "
                          f"block_size {block}), got {n_virtual!r}")
     if getattr(model, "prompt_adapter", None) is not None or getattr(model, "lora_config", None) is not None:
-        raise ValueError("this model has an adapter already (prompt/prefix tuning or LoRA); start from a plain model")
+        raise ValueError("this model has an adapter already (prompt/prefix tuning or LoRA); start from a plain "
+                         "model")
 
 
 @contextlib.contextmanager

@@ -81,7 +81,8 @@ def _student(args, teacher):
             args.context = teacher.config.block_size
         return GPT(_model_config(args, vocab_size=teacher.config.vocab_size), seed=args.seed), None
     if not Path(args.student).exists():
-        raise ValueError(f"--student {args.student!r} is neither a preset ({', '.join(PRESETS)}) nor a run directory")
+        raise ValueError(f"--student {args.student!r} is neither a preset ({', '.join(PRESETS)}) nor a run "
+                         "directory")
     if shape_flags:
         raise ValueError(f"--student {args.student} is a run: its shape is its own, so "
                          f"{', '.join('--' + name.replace('_', '-') for name in shape_flags)} cannot change it")

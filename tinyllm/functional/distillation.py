@@ -95,9 +95,10 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets=No
     targets). Logits (..., V); the teacher's usually come from a frozen model, but both get gradients.
     Saves the softened distributions and their logs (4 arrays of the logits' size, 5 with α > 0)."""
     if student_logits.shape != teacher_logits.shape:
+        n_student, n_teacher = student_logits.shape[-1], teacher_logits.shape[-1]
         raise ValueError(f"distillation: student logits {student_logits.shape} and teacher logits "
                          f"{teacher_logits.shape} differ; teacher and student must share one vocabulary "
-                         f"(the student has {student_logits.shape[-1]} tokens, the teacher {teacher_logits.shape[-1]})")
+                         f"(the student has {n_student} tokens, the teacher {n_teacher})")
     if kl not in KL_DIRECTIONS:
         raise ValueError(f"distillation: kl must be 'forward' or 'reverse', got {kl!r}")
     if not temperature > 0 or not alpha >= 0:
@@ -119,12 +120,13 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets=No
         t = xp.asarray(targets).reshape(-1)
         valid = t != ignore_index
         t = xp.where(valid, t, 0)
-    loss, cache = distillation_forward(student_logits.data.reshape(-1, vocab), teacher_logits.data.reshape(-1, vocab),
-                                       t, valid, n_valid, temperature, alpha, kl == "reverse")
+    z, teacher = student_logits.data.reshape(-1, vocab), teacher_logits.data.reshape(-1, vocab)   # (N, V)
+    loss, cache = distillation_forward(z, teacher, t, valid, n_valid, temperature, alpha, kl == "reverse")
     return fused_op(_distillation_backward_nd, xp.asarray(loss, dtype=student_logits.dtype),
                     (cache, student_logits.shape), student_logits, teacher_logits)
 
 
 def _distillation_backward_nd(dout, cache, needs=(True, True)):
     flat_cache, logits_shape = cache
-    return tuple(None if g is None else g.reshape(logits_shape) for g in distillation_backward(dout, flat_cache, needs))
+    grads = distillation_backward(dout, flat_cache, needs)
+    return tuple(None if g is None else g.reshape(logits_shape) for g in grads)
