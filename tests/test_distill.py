@@ -170,3 +170,9 @@ def test_cli_distill_trains_a_student_from_a_preset(teacher_run, tmp_path, capsy
     config = load_config(tmp_path / "out")
     assert config["distillation"]["kl"] == "forward" and config["model"]["block_size"] == 8, "the teacher's context"
     assert "2²·KL(teacher ‖ student) + 0.5·cross-entropy" in capsys.readouterr().out
+    resumed = [str(a) for a in teacher_run[:-1]] + ["4", "--n-layer", "1", "--n-embd", "8", "--n-head", "2",
+                                                    "--batch-size", "2", "--eval-iters", "1", "--sample-tokens", "0",
+                                                    "--resume"]
+    assert main(resumed + ["--temperature", "3"]) == 2
+    assert "different distillation settings: temperature: 2.0 (saved) vs 3.0 (now)" in capsys.readouterr().err
+    assert main(resumed) == 0 and "resuming from step 2 of 4" in capsys.readouterr().err

@@ -74,6 +74,13 @@ def distill(teacher, student, train_ids, val_ids, config, temperature: float = 2
     objective = Distillation(teacher, train_ids, config.batch_size, context, temperature, alpha, kl)
     record = {"distillation": {"temperature": temperature, "alpha": alpha, "kl": kl,
                                "teacher_parameters": teacher.num_parameters()}}
+    if resume and run_dir is not None:
+        from .checkpoint import check_resumable, config_differences, load_config
+        check_resumable(run_dir)
+        differences = config_differences(load_config(run_dir).get("distillation", {}), record["distillation"])
+        if differences:
+            raise ValueError(f"cannot resume '{run_dir}' with different distillation settings: "
+                             f"{'; '.join(differences)}")
     return pretrain(student, train_ids, val_ids, config, run_dir=run_dir, tokenizer=tokenizer, resume=resume,
                     progress=progress, extra_config=record, objective=objective)
 
