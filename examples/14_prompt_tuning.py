@@ -12,14 +12,14 @@ example 05. What differs is what learns:
 - LoRA r=8:        rank-8 matrices A, B beside each Linear of attention and the MLP, and the head
 - prompt tuning:   20 virtual tokens (20 × C numbers) in front of every message, and the head; the model frozen
 - prefix tuning:   10 learned keys and values in front of every attention layer's, and the head
-- head only:       the final norm and the head: what the frozen model's features give without any steering
+- norm + head only: the final norm and the head: what the frozen model's features give without steering
 
-What to look for: prompt tuning trains about 0.1% of the parameters (its AdamW moments are a few KB) and its
-adapter file is a few KB; how close it comes to LoRA and to the full finetune on a 3M-parameter model is the
-question Lester et al. answered for T5 — the gap closes as the model grows — and the "head only" row says how
-much of it is the soft prompt's doing. Every variant's backward still runs through the whole model (the
-gradient has to reach the virtual tokens at the bottom), so prompt tuning saves memory, not time.
-About 10 minutes on 2 CPU cores from runs/demo.
+What to look for: prompt tuning trains about 0.1% of the parameters (its AdamW moments and its adapter file
+are tens of KB); how close it comes to LoRA and to the full finetune on a 3M-parameter model is the
+question Lester et al. answered for T5 (the gap closes as the model grows), and the "norm + head only" row
+says how much of it is the soft prompt's doing. Every variant's backward but the last still runs through the
+whole model (the gradient has to reach the virtual tokens at the bottom), so prompt tuning saves memory, not
+time. About 10 minutes on 2 idle CPU cores from runs/demo (56 minutes on a heavily shared machine).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ variants = {
     "LoRA r=8": dict(lr=2e-3, lora=8),
     f"prompt tuning, {args.virtual_tokens}": dict(lr=3e-2, prompt=("prompt", args.virtual_tokens)),
     f"prefix tuning, {args.virtual_tokens // 2}": dict(lr=3e-2, prompt=("prefix", args.virtual_tokens // 2)),
-    "head only": dict(lr=3e-2, freeze=0),
+    "norm + head only": dict(lr=3e-2, freeze=0),
 }
 rows = []
 for name, settings in variants.items():
