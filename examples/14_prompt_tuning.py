@@ -44,8 +44,11 @@ parser.add_argument("--virtual-tokens", type=int, default=20, help="soft prompt 
 parser.add_argument("--seed", type=int, default=123)
 args = parser.parse_args()
 
+try:
+    examples = balance(read_labeled(resolve_data(args.data)), args.seed)
+except (ValueError, OSError, RuntimeError) as e:       # no such file, offline, a bad checksum
+    parser.error(f"--data {args.data!r}: {e}")
 _, tokenizer, base_path = base_model(args.ckpt)
-examples = balance(read_labeled(resolve_data(args.data)), args.seed)
 train, val, test = split_examples(examples, (0.7, 0.1, 0.2), args.seed)
 names = label_names(train + val + test)
 print(f"data: {len(train)} train / {len(val)} val / {len(test)} test, classes {class_counts(train + val + test)}\n")
