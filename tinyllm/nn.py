@@ -284,8 +284,9 @@ class CausalSelfAttention(Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         keys, values = cache.append(k, v)                                      # (B, H_kv, cached + T, D)
         if prefix is not None:                                                 # (B, H_kv, P + cached + T, D)
-            keys, values = (prepend_forward(getattr(p, "data", p), t, 2)[0] for p, t in zip(prefix, (keys, values)))
-            mask = mask_with_prefix(mask, prefix[0].shape[1])
+            prefix_k, prefix_v = (t.data if isinstance(t, Tensor) else t for t in prefix)   # (H_kv, P, D)
+            keys, values = prepend_forward(prefix_k, keys, 2)[0], prepend_forward(prefix_v, values, 2)[0]
+            mask = mask_with_prefix(mask, prefix_k.shape[1])
         # The same forward as training. A single query sits after every cached key: no causal mask needed.
         y, _ = multi_head_attention_forward(q, keys, values, time > 1, mask)   # (B, H, T, D)
         return y.transpose(0, 2, 1, 3).reshape(batch, time, -1)              # (B, T, C)
