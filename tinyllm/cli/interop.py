@@ -1,5 +1,5 @@
-"""``tinyllm import-hf``, ``tinyllm export-hf`` (Hugging Face GPT-2 and Llama-family directories) and
-``tinyllm compress``."""
+"""``tinyllm import-hf``, ``tinyllm export-hf`` (Hugging Face GPT-2 and Llama-family directories),
+``tinyllm export-onnx`` and ``tinyllm compress``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,25 @@ def add_commands(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the tensors in model.safetensors")
     p.set_defaults(func=run_export_hf)
+
+    p = sub.add_parser("export-onnx", help="write a run as an ONNX model that onnxruntime (or any ONNX runtime) runs",
+                       description="Write the model's forward as an ONNX graph (opset 17) for GPT-2- and Llama-style "
+                                   "runs: inputs input_ids, attention_mask, position_ids and, with the KV cache (the "
+                                   "default), past_key_values.{i}.key/value; outputs logits and present.{i}.key/"
+                                   "value, named as in Hugging Face's ONNX exports. The file is checked with "
+                                   "onnx.checker and, when onnxruntime is installed, run on random tokens (a prefill "
+                                   "and a decode step) and compared with tinyllm's logits. Needs the onnx package "
+                                   "(pip install 'tinyllm[onnx]').")
+    p.add_argument("run", help="run directory (or its model.safetensors)")
+    p.add_argument("--out", required=True, help="ONNX file to write, e.g. model.onnx (weights over 1.8 GB go to "
+                                                "OUT.data beside it)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="weights, activations, cache and logits (float16: norms and softmax still in float32)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="a graph without past_key_values inputs and present outputs (every call sees the whole "
+                        "sequence)")
+    p.add_argument("--no-verify", action="store_true", help="do not run the file in onnxruntime after writing it")
+    p.set_defaults(func=run_export_onnx)
 
     p = sub.add_parser("compress", help="int8 / float16 / pruned copy of a run, with size, perplexity and speed",
                        description="Write a smaller copy of RUN into --out and print one table comparing file "
@@ -209,6 +228,43 @@ def _export_gpt2(args, model, tokenizer) -> int:
         print("note: the tokenizer splits text with another pattern than GPT-2's; Hugging Face's GPT2Tokenizer "
               "always uses GPT-2's, so its ids can differ from tinyllm's on some texts. tinyllm import-hf reads "
               f"{TINYLLM_TOKENIZER} and gets the exact tokenizer back")
+    return 0
+
+
+def run_export_onnx(args) -> int:
+    from ..checkpoint import load_config, load_pretrained
+    from ..interop.onnx_export import export_onnx
+    from ..interop.onnx_run import compare_with_onnxruntime, onnxruntime_session
+    from ..quantize import human_bytes
+
+    quantization = load_config(args.run).get("quantization")
+    if quantization is not None:
+        raise ValueError(f"'{args.run}' is a quantized run (config.json: quantization {quantization!r}); "
+                         "export-onnx writes float32 or float16 weights only, so export the run it was compressed "
+                         "from (--dtype float16 halves the file)")
+    model, _ = load_pretrained(args.run)
+    info = export_onnx(model, args.out, args.dtype, kv_cache=not args.no_cache)
+    cache = "without a KV cache" if args.no_cache else "with a KV cache"
+    print(f"wrote {info['path']} ({human_bytes(info['bytes'])} of {args.dtype} weights, {info['nodes']} nodes, "
+          f"opset 17, {cache}); onnx.checker: ok")
+    if info["data_path"]:
+        print(f"the weights are in {info['data_path']} (keep it beside {info['path'].name})")
+    if args.no_verify:
+        return 0
+    try:
+        session = onnxruntime_session(info["path"])
+    except RuntimeError:
+        print("note: onnxruntime is not installed, so the file was not run (pip install onnxruntime to check it)")
+        return 0
+    tokens = min(8, model.config.block_size)
+    difference, largest = compare_with_onnxruntime(model, session, tokens)
+    steps = "in one call" if args.no_cache else "as a prefill and one decode step"
+    tolerance = (1e-4 if args.dtype == "float32" else 5e-2) * max(1.0, largest)
+    print(f"onnxruntime: logits of {tokens} random tokens, {steps}, differ from tinyllm's by at most {difference:.2g} "
+          f"(largest |logit| {largest:.3g})")
+    if not difference <= tolerance:
+        raise RuntimeError(f"onnxruntime's logits differ from tinyllm's by {difference:.3g}, more than the "
+                           f"{tolerance:.3g} expected for {args.dtype}: the exported graph is wrong (please report it)")
     return 0
 
 
