@@ -185,6 +185,16 @@ def test_unsupported_models_are_refused_with_the_option_named(tmp_path):
     assert not list(tmp_path.iterdir())                                  # nothing half-written
 
 
+def test_a_config_option_the_graph_does_not_know_is_refused(monkeypatch, tmp_path):
+    """Every GPTConfig field is either implemented or must keep its default: a field added to tinyllm later
+    is refused by name until the exporter learns it (simulated by forgetting qkv_bias)."""
+    from tinyllm.interop import onnx_export
+    monkeypatch.setattr(onnx_export, "EXPORTED_FIELDS", onnx_export.EXPORTED_FIELDS - {"qkv_bias"})
+    export_onnx(random_model("llama"), tmp_path / "plain.onnx", kv_cache=False)      # default value: fine
+    with pytest.raises(ValueError, match="does not implement GPTConfig.qkv_bias=True"):
+        export_onnx(random_model("qwen-llama3-mqa"), tmp_path / "m.onnx")
+
+
 # ---------------------------------------------------------------------------------------------- the CLI
 
 

@@ -71,7 +71,8 @@ def require_onnx():
     try:
         import onnx
     except ImportError:
-        raise RuntimeError("ONNX export needs the onnx package: pip install 'tinyllm[onnx]' (or pip install onnx)") from None
+        raise RuntimeError("ONNX export needs the onnx package: pip install 'tinyllm[onnx]' "
+                           "(or pip install onnx)") from None
     return onnx
 
 
@@ -83,9 +84,10 @@ def check_exportable(model) -> None:
     if config.mlp == "moe":
         raise ValueError("ONNX export does not support mixture-of-experts models (mlp='moe'): export a dense "
                          "GPT-2- or Llama-style model")
+    defaults = GPTConfig()
     for field in dataclasses.fields(GPTConfig):
         value = getattr(config, field.name)
-        if field.name not in EXPORTED_FIELDS and value != field.default:
+        if field.name not in EXPORTED_FIELDS and value != getattr(defaults, field.name):
             raise ValueError(f"ONNX export does not implement GPTConfig.{field.name}={value!r}")
 
 
@@ -208,7 +210,7 @@ def _attention(g: Graph, x: str, attn: CausalSelfAttention, name: str, mask: str
     q = g.op("Mul", q, g.scalar(1.0 / math.sqrt(head_size)))                          # scaled first, as tinyllm
     q = g.op("Transpose", g.op("Reshape", q, g.constant([0, 0, n_kv_head, group, head_size])),
              perm=[0, 2, 3, 1, 4])                                                     # (B, H_kv, G, T, D)
-    keys_t = g.op("Transpose", g.op("Unsqueeze", k, g.constant([2])), perm=[0, 1, 2, 4, 3])   # (B, H_kv, 1, D, Tk)
+    keys_t = g.op("Transpose", g.op("Unsqueeze", k, g.constant([2])), perm=[0, 1, 2, 4, 3])   # (B,H_kv,1,D,Tk)
     scores = g.to_float32(g.op("MatMul", q, keys_t))                                  # (B, H_kv, G, T, Tk)
     lowest = g.constant(np.finfo(np.float32).min, np.float32)
     probs = g.from_float32(g.op("Softmax", g.op("Where", mask, scores, lowest), axis=-1))
@@ -252,7 +254,8 @@ def _build(onnx, model: GPT, dtype: str, kv_cache: bool):
     config, g = model.config, Graph(onnx, dtype)
     helper, int64 = onnx.helper, onnx.TensorProto.INT64
     total = "past_sequence + sequence" if kv_cache else "sequence"
-    kv_shape = ["batch", config.kv_heads, None, config.head_size]
+    past_shape = ["batch", config.kv_heads, "past_sequence", config.head_size]
+    present_shape = ["batch", config.kv_heads, total, config.head_size]
     inputs = [helper.make_tensor_value_info("input_ids", int64, ["batch", "sequence"]),
               helper.make_tensor_value_info("attention_mask", int64, ["batch", total]),
               helper.make_tensor_value_info("position_ids", int64, ["batch", "sequence"])]
@@ -261,7 +264,8 @@ def _build(onnx, model: GPT, dtype: str, kv_cache: bool):
     x = g.op("Gather", g.weight("wte.weight", _param(model.wte.weight)), "input_ids", axis=0)      # (B, T, C)
     rope = None
     if model.wpe is not None:
-        x = g.op("Add", x, g.op("Gather", g.weight("wpe.weight", _param(model.wpe.weight)), "position_ids", axis=0))
+        wpe = g.weight("wpe.weight", _param(model.wpe.weight))
+        x = g.op("Add", x, g.op("Gather", wpe, "position_ids", axis=0))                          # + (B, T, C)
     else:
         rope = _rope_cos_sin(g, config)
     for i, block in enumerate(model.blocks):
@@ -270,10 +274,8 @@ def _build(onnx, model: GPT, dtype: str, kv_cache: bool):
         if kv_cache:
             past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
             present = (f"present.{i}.key", f"present.{i}.value")
-            inputs += [helper.make_tensor_value_info(n, g.elem_type, kv_shape[:2] + ["past_sequence"] + kv_shape[3:])
-                       for n in past]
-            outputs += [helper.make_tensor_value_info(n, g.elem_type, kv_shape[:2] + [total] + kv_shape[3:])
-                        for n in present]
+            inputs += [helper.make_tensor_value_info(n, g.elem_type, past_shape) for n in past]
+            outputs += [helper.make_tensor_value_info(n, g.elem_type, present_shape) for n in present]
         h = _norm(g, x, block.ln_1, f"{name}.ln_1")
         x = g.op("Add", x, _attention(g, h, block.attn, f"{name}.attn", mask, rope, past, present))
         if not isinstance(block.mlp, (MLP, SwiGLU)):
