@@ -191,12 +191,12 @@ def _rotate(g: Graph, x: str, cos: str, sin: str, half: int) -> str:
     return g.op("Concat", y1, y2, axis=-1)
 
 
-def _attention(g: Graph, x: str, attn: CausalSelfAttention, name: str, mask: str, rope, past, present) -> str:
-    """Causal (grouped-query) self-attention of x (B, T, C). ``past``: the names of this layer's cached keys
-    and values (B, H_kv, P, D), or None; ``present``: the names to give the keys and values after this step
-    (B, H_kv, P + T, D), or None. ``mask`` (B, 1, 1, T, P + T) is True where a query may see a key."""
-    n_head, n_kv_head = attn.n_head, attn.n_kv_head
-    head_size = attn.qkv.weight.shape[0] // (n_head + 2 * n_kv_head)
+def _attention(g: Graph, x: str, attn: CausalSelfAttention, name: str, config: GPTConfig, mask: str, rope,
+               cache) -> str:
+    """Causal (grouped-query) self-attention of x (B, T, C). ``mask`` (B, 1, 1, T, P + T) is True where a
+    query may see a key; ``rope``: (cos, sin) or None. ``cache``: None, or the names of this layer's past keys
+    and values (B, H_kv, P, D) and the names to give the present ones (B, H_kv, P + T, D)."""
+    n_head, n_kv_head, head_size = config.n_head, config.kv_heads, config.head_size
     group = n_head // n_kv_head
     qkv = _linear(g, x, attn.qkv, f"{name}.qkv")                                      # (B, T, (H + 2 H_kv)·D)
     heads = g.op("Reshape", qkv, g.constant([0, 0, n_head + 2 * n_kv_head, head_size]))
@@ -204,9 +204,10 @@ def _attention(g: Graph, x: str, attn: CausalSelfAttention, name: str, mask: str
     if rope is not None:     # keys are cached rotated, as in tinyllm.kv_cache
         q, k = _rotate(g, q, *rope, head_size // 2), _rotate(g, k, *rope, head_size // 2)
     k, v = (g.op("Transpose", t, perm=[0, 2, 1, 3]) for t in (k, v))                  # (B, H_kv, T, D)
-    if past is not None:
-        k = g.op("Concat", past[0], k, axis=2, out=present and present[0])            # (B, H_kv, P + T, D)
-        v = g.op("Concat", past[1], v, axis=2, out=present and present[1])
+    if cache is not None:
+        (past_keys, past_values), (present_keys, present_values) = cache
+        k = g.op("Concat", past_keys, k, axis=2, out=present_keys)                    # (B, H_kv, P + T, D)
+        v = g.op("Concat", past_values, v, axis=2, out=present_values)
     q = g.op("Mul", q, g.scalar(1.0 / math.sqrt(head_size)))                          # scaled first, as tinyllm
     q = g.op("Transpose", g.op("Reshape", q, g.constant([0, 0, n_kv_head, group, head_size])),
              perm=[0, 2, 3, 1, 4])                                                     # (B, H_kv, G, T, D)
@@ -270,14 +271,15 @@ def _build(onnx, model: GPT, dtype: str, kv_cache: bool):
         rope = _rope_cos_sin(g, config)
     for i, block in enumerate(model.blocks):
         g.scope, name = f"/blocks.{i}", f"blocks.{i}"
-        past = present = None
+        cache = None
         if kv_cache:
             past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
             present = (f"present.{i}.key", f"present.{i}.value")
             inputs += [helper.make_tensor_value_info(n, g.elem_type, past_shape) for n in past]
             outputs += [helper.make_tensor_value_info(n, g.elem_type, present_shape) for n in present]
+            cache = past, present
         h = _norm(g, x, block.ln_1, f"{name}.ln_1")
-        x = g.op("Add", x, _attention(g, h, block.attn, f"{name}.attn", mask, rope, past, present))
+        x = g.op("Add", x, _attention(g, h, block.attn, f"{name}.attn", config, mask, rope, cache))
         if not isinstance(block.mlp, (MLP, SwiGLU)):
             raise ValueError(f"ONNX export knows GELU and SwiGLU feed-forward blocks, not {name}.mlp: "
                              f"{type(block.mlp).__name__}")
