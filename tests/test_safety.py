@@ -24,7 +24,6 @@ from tinyllm.conversation import ChatHistory, concatenated_turns, prompt_format
 from tinyllm.data.instructions import REFUSE, TASKS, builtin_instructions, chat_template, format_prompt, make_task
 from tinyllm.data.refusals import REFUSAL
 from tinyllm.model import GPT, GPTConfig
-from tinyllm.optim import AdamW
 from tinyllm.safety.blocklist import MAX_FILE_BYTES, Blocklist, FilterStream, builtin_wordlist, load_blocklist
 from tinyllm.safety.dialogue import FACTS, long_dialogue, script
 from tinyllm.safety.redteam import bias_gaps, is_refusal, load_prompt_set, red_team
@@ -97,21 +96,8 @@ def test_the_builtin_word_list_loads_and_counts_whole_words():
 
 # ---------------------------------------------------------------------------------------------- a tiny run
 
-def _memorise(model, sequences, steps=60):
-    optimizer = AdamW(model.parameters(), lr=2e-2, weight_decay=0.0)
-    width = max(len(s) for s in sequences)
-    x = np.array([s[:-1] + [s[-1]] * (width - len(s)) for s in sequences])
-    y = np.array([s[1:] + [-100] * (width - len(s)) for s in sequences])
-    for _ in range(steps):
-        _, loss = model(Tensor(x), Tensor(y))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, memorise):
     """A run in the "short" instruction template that refuses every instruction and greets back."""
     prompts = [format_prompt({"instruction": t, "input": ""}, "short") for t in TAUGHT]
     texts = [p + REFUSAL + END for p in prompts] + [GREETING + CONTINUATION + END]
@@ -119,7 +105,7 @@ def run(tmp_path_factory):
     corpus = "".join(texts) * 3 + " ".join(p["instruction"] + " " + p["input"] for p in redteam["prompts"])
     tokenizer = BPETokenizer.train(corpus, 400, special_tokens=(END,))
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32)
-    model = _memorise(GPT(config, seed=0), [tokenizer.encode(t, allowed_special="all") for t in texts])
+    model = memorise(GPT(config, seed=0), [tokenizer.encode(t, allowed_special="all") for t in texts])
     root = tmp_path_factory.mktemp("safety") / "tiny"
     save_model(root, model, tokenizer, extra_config={"task": "instruct", "template": chat_template("short"),
                                                      "end_token": END})

@@ -197,10 +197,10 @@ def add_filter_flags(p) -> None:
 
 
 def output_filter(args):
-    """A function making one ``FilterStream`` per reply, or None without ``--filter`` (the file is read and
-    checked here, before any model is loaded)."""
+    """A function making one ``FilterStream`` per reply (None without ``--filter``); the file is read and
+    checked here, before any model is loaded."""
     if args.filter is None:
-        return None
+        return lambda: None
     from ..safety.blocklist import FilterStream, load_blocklist
     blocklist = load_blocklist(args.filter)
     return lambda: FilterStream(blocklist, args.filter_mode)

@@ -167,13 +167,13 @@ def run_generate(args) -> int:
         results = beam_search(model, prompt_ids, args.beam, args.max_new_tokens, args.length_penalty, stop_ids,
                               use_cache=not args.no_cache)
         tokens, score = results[0]
-        text, blocked = _filtered(tokenizer.decode(tokens), new_filter)
+        text, blocked = _filtered(tokenizer.decode(tokens), new_filter())
         print(args.prompt + text)
         _report(len(tokens), time.perf_counter() - start, f", best of {args.beam} beams, score {score:.3f}")
         _say_if_blocked(blocked)
         return 0
     sys.stdout.write(args.prompt)
-    stream, count = TextStream(tokenizer, output_filter=new_filter and new_filter()), 0
+    stream, count = TextStream(tokenizer, output_filter=new_filter()), 0
     for token in stream_generate(model, prompt_ids, args.max_new_tokens, stop_ids=stop_ids, **_sampling_kwargs(args)):
         count += 1
         if stream.add(token):
@@ -185,12 +185,11 @@ def run_generate(args) -> int:
     return 0
 
 
-def _filtered(text: str, new_filter):
-    """(``text`` through a new filter, the term that blocked it or None); ``text`` itself without a filter."""
-    if new_filter is None:
+def _filtered(text: str, output_filter):
+    """(``text`` through ``output_filter``, the term that blocked it or None); ``text`` itself without one."""
+    if output_filter is None:
         return text, None
-    stream = new_filter()
-    return stream.filter_all(text), stream.blocked
+    return output_filter.filter_all(text), output_filter.blocked
 
 
 def _say_if_blocked(term) -> None:
@@ -260,15 +259,16 @@ def run_chat(args) -> int:
             print(f"[the conversation is longer than the context: the model no longer sees its first "
                   f"{history.dropped} turn{'s' if history.dropped > 1 else ''}]", file=sys.stderr)
         start = time.perf_counter()
-        reply, count = _chat_reply(model, tokenizer, prompt_ids, fmt.stop_text, tools, fmt.stop_ids, sampling, args,
-                                   new_filter)
+        reply, count = _chat_reply(model, tokenizer, prompt_ids, fmt.stop_text, tools, fmt.stop_ids, sampling,
+                                   args, new_filter)
         history.add(message, reply)
         if interactive:
             _report(count, time.perf_counter() - start)
     return 0
 
 
-def _chat_reply(model, tokenizer, prompt_ids, stop_text, tools, stop_ids, sampling, args, new_filter=None):
+def _chat_reply(model, tokenizer, prompt_ids, stop_text, tools, stop_ids, sampling, args,
+                new_filter=lambda: None):
     """Stream one reply; when the model writes a tool call, run it (``tinyllm.serve.tools``), print and
     append its result, and let the model go on. Returns (the reply as printed, tokens generated)."""
     from ..generate import stream_generate
@@ -277,7 +277,7 @@ def _chat_reply(model, tokenizer, prompt_ids, stop_text, tools, stop_ids, sampli
     reply, count = "", 0
     for _ in range(4):                          # at most 3 tool calls per reply
         stream = TextStream(tokenizer, stop_text=TOOL_CALL_END if tools else stop_text, strip_leading=not reply,
-                            output_filter=new_filter and new_filter())
+                            output_filter=new_filter())
         for token in stream_generate(model, prompt_ids, args.max_new_tokens, stop_ids=stop_ids, **sampling):
             if stream.add(token):
                 break
