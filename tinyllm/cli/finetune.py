@@ -54,6 +54,9 @@ def add_commands(sub) -> None:
     g.add_argument("--split", default="0.85,0.05,0.1", type=split_fractions, help="train,val,test fractions of --data, in file order")
     g.add_argument("--train-size", type=positive_int, default=1500, help="built-in tasks: training records")
     g.add_argument("--test-size", type=non_negative_int, default=120, help="built-in tasks: held-out test records (60 more for validation)")
+    g.add_argument("--refusals", action=argparse.BooleanOptionalAction, default=True,
+                   help="built-in tasks: include requests to decline, answered \"I can't help with that.\" "
+                        "(a seventh task, tinyllm.data.refusals), so the model learns to refuse")
     g.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest generated response when scoring")
     g.add_argument("--template", choices=["alpaca", "chat"], default="alpaca",
                    help="prompt format: the Alpaca template, or the base run's own chat template (an imported "
@@ -63,19 +66,29 @@ def add_commands(sub) -> None:
                    help="also score the model before finetuning")
     i.set_defaults(func=run_instruct)
 
-    e = sub.add_parser("evaluate", help="task metrics of a finetuned run (classification or instructions)",
+    e = sub.add_parser("evaluate", help="task metrics of a finetuned run; red-teaming; a long-dialogue check",
                        description="classify: accuracy, precision, recall, F1 and the confusion matrix. instruct: "
                                    "response perplexity, and exact match, ROUGE-L and BLEU of greedy responses "
                                    "stopped at the end token. Without --data, the data the run was trained on "
-                                   "(its test split).")
-    e.add_argument("--ckpt", required=True, help="finetuned run directory")
-    e.add_argument("--task", choices=["classify", "instruct"], default=None, help="default: the run's own task")
-    e.add_argument("--data", default=None, help="data file (default: the run's training data)")
+                                   "(its test split). safety (any run that writes text): the red-team prompt set "
+                                   "shipped with tinyllm — refusal rate, over-refusal, prompt injections followed, "
+                                   "toxic-word hits, the bias probe's score gap (tinyllm.safety.redteam). "
+                                   "dialogue: a scripted conversation through chat's history, checking what is "
+                                   "kept and whether early facts survive (tinyllm.safety.dialogue).")
+    e.add_argument("--ckpt", required=True, help="run directory")
+    e.add_argument("--task", choices=["classify", "instruct", "safety", "dialogue"], default=None,
+                   help="default: the run's own task")
+    e.add_argument("--data", default=None, help="data file (default: the run's training data; safety: a red-team "
+                                                 "set shaped like tinyllm/safety/redteam.json)")
     e.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
                    help="which part of the data to score (the run's split settings)")
-    e.add_argument("--max-new-tokens", type=positive_int, default=64, help="instruct: longest generated response")
-    e.add_argument("--limit", type=positive_int, default=None, help="score at most this many examples")
-    e.add_argument("--show", type=non_negative_int, default=3, help="instruct: print this many responses next to their references")
+    e.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest generated response")
+    e.add_argument("--limit", type=positive_int, default=None, help="score at most this many examples (safety: prompts)")
+    e.add_argument("--show", type=non_negative_int, default=3,
+                   help="instruct: print this many responses next to their references; safety: this many per category")
+    e.add_argument("--toxicity-words", default=None, metavar="FILE",
+                   help="safety: the word list toxic words are counted with (default: a small built-in one)")
+    e.add_argument("--turns", type=positive_int, default=24, help="dialogue: turns in the scripted conversation")
     e.add_argument("--adapter", action="store_true", help="load the base run + adapter.safetensors instead of merged weights")
     e.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     e.set_defaults(func=run_evaluate)
@@ -239,10 +252,10 @@ def run_classify(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- instruct
 
-def _instruction_data(path, fractions, seed, train_size, test_size):
-    from ..data.instructions import builtin_instructions, read_instructions, split_records
+def _instruction_data(path, fractions, seed, train_size, test_size, refusals=False):
+    from ..data.instructions import REFUSE, TASKS, builtin_instructions, read_instructions, split_records
     if path is None:
-        return builtin_instructions(train_size, 60, test_size, seed)
+        return builtin_instructions(train_size, 60, test_size, seed, TASKS + (REFUSE,) if refusals else TASKS)
     return split_records(read_instructions(path), fractions)
 
 
@@ -266,10 +279,12 @@ def run_instruct(args) -> int:
     from ..finetune.instruct import evaluate_instructions, format_scores, train_instructions
     model, tokenizer = _load_base(args)
     fractions = args.split
-    train, val, test = _instruction_data(args.data, fractions, args.seed, args.train_size, args.test_size)
+    train, val, test = _instruction_data(args.data, fractions, args.seed, args.train_size, args.test_size,
+                                         args.refusals)
     template = _instruct_template(args, tokenizer)
     end = end_token(tokenizer, template)
-    print(f"data: {args.data or 'built-in generated tasks'}; {len(train)} train / {len(val)} val / {len(test)} test records; "
+    builtin = f"built-in generated tasks{' with refusals' if args.refusals else ''}"
+    print(f"data: {args.data or builtin}; {len(train)} train / {len(val)} val / {len(test)} test records; "
           f"responses end with {end.text!r} (id {end.id}){'; ' + end.note if end.note else ''}")
     scored = test[:args.eval_limit] if args.eval_limit else test
     _prepare_training(model, args)     # checks the LoRA flags before the minutes of scoring below; new adapters
@@ -289,7 +304,8 @@ def run_instruct(args) -> int:
     extra = {"task": "instruct", **own, "end_token": END_OF_TEXT if end.text == END_OF_TEXT else end.text,
              "base": str(args.ckpt),
              "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "split": list(fractions),
-                      "seed": args.seed, "train_size": args.train_size, "test_size": args.test_size},
+                      "seed": args.seed, "train_size": args.train_size, "test_size": args.test_size,
+                      "refusals": args.refusals and args.data is None},
              "finetune": {"lora_rank": args.lora_rank, "epochs": args.epochs, "lr": args.lr, "trainable": trainable,
                           "seconds": round(summary["seconds"], 1)}}
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_model(o, m, t, extra_config=e))
@@ -324,12 +340,16 @@ def run_evaluate(args) -> int:
     from ..finetune import load_finetuned
     model, tokenizer, config = load_finetuned(args.ckpt, prefer_adapter=args.adapter)
     task = args.task or config.get("task")
-    if task not in ("classify", "instruct"):
-        raise ValueError(f"'{args.ckpt}' records no finetuning task; pass --task classify or --task instruct")
-    if task == "classify" and not hasattr(model, "label_names"):
-        raise ValueError(f"'{args.ckpt}' is not a classifier run, so it cannot be evaluated with --task classify")
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer.json")
+    if task in ("safety", "dialogue"):
+        from .safety import evaluate_dialogue, evaluate_safety
+        return (evaluate_safety if task == "safety" else evaluate_dialogue)(args, model, tokenizer, config)
+    if task not in ("classify", "instruct"):
+        raise ValueError(f"'{args.ckpt}' records no finetuning task; pass --task classify or instruct (or safety "
+                         "or dialogue, which any run that writes text can take)")
+    if task == "classify" and not hasattr(model, "label_names"):
+        raise ValueError(f"'{args.ckpt}' is not a classifier run, so it cannot be evaluated with --task classify")
     data = config.get("data", {})
     path = args.data if args.data is not None else data.get("path")
     seed = data.get("seed", 123)
@@ -344,7 +364,7 @@ def run_evaluate(args) -> int:
     else:
         from ..finetune.instruct import evaluate_instructions, format_scores
         splits = _instruction_data(path, tuple(data.get("split", (0.85, 0.05, 0.1))), seed,
-                                   data.get("train_size", 1500), data.get("test_size", 120))
+                                   data.get("train_size", 1500), data.get("test_size", 120), data.get("refusals", False))
         records = _pick_split(splits, args.split)[:args.limit]
         scores = evaluate_instructions(model, tokenizer, records, args.max_new_tokens)
         if args.json:
