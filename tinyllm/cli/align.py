@@ -16,8 +16,10 @@ import dataclasses
 import time
 from pathlib import Path
 
+from .. import distributed
 from .common import (group_size, non_negative_float, non_negative_int, positive_float, positive_int,
                      split_fractions, stop_if_interrupted, unit_interval)
+from .train import add_zero_flag
 
 DEFAULT_BASES = ("runs/instruct", "runs/demo")
 
@@ -134,6 +136,7 @@ def _common(p, out, lr) -> None:
     p.add_argument("--lr", type=positive_float, default=lr, help="learning rate (AdamW)")
     p.add_argument("--log-interval", type=positive_int, default=5, help="steps between progress lines (when not on a terminal)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling, shuffling and new heads' initialisation")
+    add_zero_flag(p)
 
 
 def _lora_flags(p) -> None:
@@ -263,8 +266,11 @@ def run_reward(args) -> int:
     before = evaluate_reward_model(model, test)
     print(f"before: held-out pairwise accuracy {before['accuracy']:.3f} (loss {before['loss']:.4f})")
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
-                            warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed)
+                            warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed,
+                            zero=args.zero)
     summary = train_reward_model(model, train, val if len(val) else None, config, log=_logger(out))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     extras = {"base": str(ckpt), "data": args.data, "seconds": round(summary["seconds"], 1),
               **{k: v for k, v in _base_extras(ckpt).items() if k != "task"}}
     stop_if_interrupted(summary, out, lambda: save_reward_model(out, model, tokenizer, extras))
@@ -293,8 +299,11 @@ def run_dpo(args) -> int:
     ref_test = all_pair_log_probs(reference, test)
     before = evaluate_dpo(policy, test, ref_test, args.beta)
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
-                            warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed)
+                            warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed,
+                            zero=args.zero)
     summary = train_dpo(policy, reference, train, val if len(val) else None, config, args.beta, log=_logger(out))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     alignment = {"method": "dpo", "beta": args.beta, "epochs": args.epochs, "lr": args.lr, "data": args.data,
                  "seconds": round(summary["seconds"], 1)}
     stop_if_interrupted(summary, out, lambda: (_merge_lora(policy, args),
@@ -363,6 +372,8 @@ def run_ppo(args) -> int:
 
     print(f"PPO: {len(prompts)} training prompts, {len(test)} held-out; reward model {args.reward_model}")
     summary = train_ppo(policy, reference, prompts, score, config, end, eval_fn=evaluate, log=_logger(out))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     first, last = summary["evals"][0], summary["evals"][-1]
     _merge_lora(policy, args)
     _save_policy(out, policy.as_gpt(), tokenizer, ckpt,
@@ -423,6 +434,8 @@ def run_grpo(args) -> int:
                          eval_fn=lambda model: {f"test_{k}": v for k, v in
                                                 task_accuracy(model, tokenizer, test, args.max_new_tokens).items()},
                          log=_logger(out))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     first, last = summary["evals"][0], summary["evals"][-1]
     _merge_lora(policy, args)
     _save_policy(out, policy, tokenizer, ckpt, {"method": "grpo", "task": args.task if args.data is None or args.task == "gsm8k" else None,

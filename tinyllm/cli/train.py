@@ -106,6 +106,14 @@ def add_model_and_training_flags(p) -> None:
     g.add_argument("--sample-tokens", type=non_negative_int, default=d.sample_tokens, help="tokens sampled at each evaluation")
     g.add_argument("--seed", type=non_negative_int, default=d.seed, help="seed of the initial weights, the data order and dropout")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type of weights and math")
+    add_zero_flag(g)
+
+
+def add_zero_flag(group) -> None:
+    """``--zero``, for every command whose loop runs under ``mpiexec`` (tinyllm.distributed)."""
+    group.add_argument("--zero", type=int, choices=[0, 1], default=0,
+                       help="under mpiexec: 1 shards AdamW's moments over the processes (ZeRO-1: 1/N of their "
+                            "memory in each, the same results)")
 
 
 def _load_text(data):
