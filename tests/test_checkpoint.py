@@ -217,9 +217,10 @@ def tiny_training(run_dir, steps, **kwargs):
     return pretrain(tiny_model(), train_ids, val_ids, config, run_dir=run_dir, progress=False, **kwargs)
 
 
-def test_a_save_that_dies_between_train_state_and_weights_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    # pretrain writes the training state, then the weights, and renames both only once both are written
-    # (files.written_together): dying in between must leave the step-2 checkpoint as it was, resumable.
+def test_a_save_dying_between_train_state_and_weights_keeps_the_previous_checkpoint(tmp_path,
+                                                                                    monkeypatch):
+    # pretrain writes the training state, then the weights, and renames both only once both are
+    # written (files.written_together): dying in between leaves the step-2 checkpoint, resumable.
     real_save_model = train_module.save_model
 
     def crash_at_step_4(run_dir, model, tokenizer, step, *args):
@@ -231,16 +232,17 @@ def test_a_save_that_dies_between_train_state_and_weights_leaves_the_previous_ch
         tiny_training(tmp_path, steps=6)
     monkeypatch.setattr(train_module, "save_model", real_save_model)
 
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [], "a temporary file was left behind"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "a temp file left"
     assert tiny_training(tmp_path, steps=6, resume=True)["start_step"] == 2
 
 
 def test_weights_and_train_state_of_different_steps_are_refused_on_resume(tmp_path):
-    # Only a kill during the two renames themselves could still mix two checkpoints; resuming detects it,
-    # since silently training the step-2 weights with step-4 moments would be a wrong model.
+    # Only a kill during the two renames themselves could still mix two checkpoints; resuming
+    # detects it, since training the step-2 weights with step-4 moments would be a wrong model.
     tiny_training(tmp_path / "run", steps=2)
     tiny_training(tmp_path / "later", steps=4)
-    shutil.copy(tmp_path / "later" / "train_state.safetensors", tmp_path / "run" / "train_state.safetensors")
+    state = "train_state.safetensors"
+    shutil.copy(tmp_path / "later" / state, tmp_path / "run" / state)
 
     with pytest.raises(ValueError, match=r"model\.safetensors is from step 2 but train_state\.safetensors is from step 4"):
         tiny_training(tmp_path / "run", steps=6, resume=True)

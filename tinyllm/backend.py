@@ -64,7 +64,7 @@ def _cupy():
     if count == 0:
         raise DeviceError("device 'cuda': CuPy is installed but no GPU is visible (CUDA_VISIBLE_DEVICES?)")
     from .distributed import local_rank_from_launcher
-    cupy.cuda.Device(local_rank_from_launcher() % count).use()   # one GPU per process of an mpiexec job
+    cupy.cuda.Device(local_rank_from_launcher() % count).use()   # a GPU per process of a job
     return cupy
 
 
@@ -165,12 +165,13 @@ def thread_rng(generator):
 
 
 class RowGenerators:
-    """Random numbers for a block of a batch's rows, each row drawing from its own generator (seeded with
-    ``seeds[b]``): an array whose first axis holds the rows, (B, ...), or their positions, (B·T, ...), is cut
-    into len(seeds) equal parts along it, and part b comes from row b's generator. A row's dropout masks are
-    then the same whichever block it falls in, so splitting a batch over threads or processes
-    (``train.data_parallel_backward``) does not change them. Anything else, or a first axis that does not
-    divide into the rows (say, the tokens one expert of a mixture received), draws from the first row's."""
+    """Random numbers for a block of a batch's rows, each row drawing from its own generator (seeded
+    with ``seeds[b]``): an array whose first axis holds the rows, (B, ...), or their positions,
+    (B·T, ...), is cut into len(seeds) equal parts along it, and part b comes from row b's
+    generator. A row's dropout masks are then the same whichever block it falls in, so splitting a
+    batch over threads or processes (``train.data_parallel_backward``) does not change them.
+    Anything else, or a first axis that does not divide into the rows (say, the tokens one expert of
+    a mixture received), draws from the first row's."""
 
     def __init__(self, seeds):
         self.generators = [rng(int(seed)) for seed in seeds]

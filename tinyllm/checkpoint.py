@@ -45,7 +45,8 @@ def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict
 
 def save_train_state(run_dir, optimizer, state: dict) -> None:
     """Write the optimizer's moment arrays and ``state`` (JSON-able: step, RNG states, settings).
-    ``optimizer``: the optimizer, or its ``state_dict()`` (taken already: ZeRO gathers it from every process)."""
+    ``optimizer``: the optimizer, or its ``state_dict()`` (taken already: ZeRO gathers it from every
+    process)."""
     arrays, scalars = {}, {}
     optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     for key, value in optimizer_state.items():

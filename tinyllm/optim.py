@@ -118,9 +118,10 @@ class AdamW(Optimizer):
 
 
 def adamw_update(weights, g, m, v, lr: float, group: dict, t: int) -> None:
-    """AdamW's update (``AdamW.step``) of the array ``weights`` in place, with its gradient ``g`` and its
-    moments ``m``, ``v`` (updated in place too), the settings of its param ``group`` and step number ``t``.
-    Element by element: any piece of a parameter can be updated on its own (``zero.ShardedAdamW``)."""
+    """AdamW's update (``AdamW.step``) of the array ``weights`` in place, with its gradient ``g``
+    and its moments ``m``, ``v`` (updated in place too), the settings of its param ``group`` and
+    step number ``t``. Element by element: any piece of a parameter can be updated on its own
+    (``zero.ShardedAdamW``)."""
     beta1, beta2 = group["betas"]
     lr, eps, decay = lr * group.get("lr_scale", 1.0), group["eps"], group["weight_decay"]
     m *= beta1
@@ -133,8 +134,8 @@ def adamw_update(weights, g, m, v, lr: float, group: dict, t: int) -> None:
 
 
 def optimizer_bytes(optimizer) -> int:
-    """Bytes of AdamW's two moment arrays: 2 × (trainable parameters) × bytes per number (this process's
-    shard of them under ZeRO, ``tinyllm.zero``)."""
+    """Bytes of AdamW's two moment arrays: 2 × (trainable parameters) × bytes per number (this
+    process's shard of them under ZeRO, ``tinyllm.zero``)."""
     return int(sum(m.nbytes + v.nbytes for m, v in zip(optimizer.exp_avg, optimizer.exp_avg_sq)))
 
 

@@ -31,10 +31,10 @@ from . import backend
 
 
 def default_threads(processes_here: int = 1) -> int:
-    """TINYLLM_NUM_THREADS, else OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (so "one thread" means one thread
-    for BLAS and for us alike), else the CPUs this process may run on: all of them, or its share when it is
-    one of ``processes_here`` processes of a job on this machine that were not each given their own cores
-    (``tinyllm.distributed``)."""
+    """TINYLLM_NUM_THREADS, else OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (so "one thread" means one
+    thread for BLAS and for us alike), else the CPUs this process may run on: all of them, or its
+    share when it is one of ``processes_here`` processes of a job on this machine that were not each
+    given their own cores (``tinyllm.distributed``)."""
     for name in ("TINYLLM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
             return int(os.environ[name])

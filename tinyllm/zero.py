@@ -1,22 +1,24 @@
 """ZeRO stage 1 (Rajbhandari et al. 2020): AdamW's moments sharded over the data-parallel processes.
 
-Training in float32 keeps 16 bytes per parameter: the weight (4), its gradient (4) and AdamW's two moments m
-and v (8). With N data-parallel processes (``tinyllm.distributed``) every process keeps the same moments and
-does the same update, N times over. ZeRO-1 gives each process one N-th of the parameters to update:
+Training in float32 keeps 16 bytes per parameter: the weight (4), its gradient (4) and AdamW's two
+moments m and v (8). With N data-parallel processes (``tinyllm.distributed``) every process keeps
+the same moments and does the same update, N times over. ZeRO-1 gives each process one N-th of the
+parameters to update:
 
     reduce-scatter the gradients     rank k receives the sum over the processes of chunk k only
-    update chunk k with AdamW        m and v exist for chunk k only: 8/N bytes per parameter instead of 8
+    update chunk k with AdamW        m and v exist for chunk k only: 8/N bytes per parameter, not 8
     all-gather the weights           every process receives every updated chunk
 
-Reduce-scatter + all-gather is exactly what the plain all-reduce does, so the traffic is the same, while the
-moments' memory and the update's work shrink N-fold. The chunks are those of the gradient buckets
-(``distributed.make_buckets``), so one may cut a parameter in two; AdamW works element by element
-(``optim.adamw_update``), and each piece is updated with its own parameter's settings. The weights are
-those of plain AdamW, element for element; only the gradient norm for clipping is added in another order
-(each rank's sum of squares, then the ranks in order), which can change its last bit.
+Reduce-scatter + all-gather is exactly what the plain all-reduce does, so the traffic is the same,
+while the moments' memory and the update's work shrink N-fold. The chunks are those of the gradient
+buckets (``distributed.make_buckets``), so one may cut a parameter in two; AdamW works element by
+element (``optim.adamw_update``), and each piece is updated with its own parameter's settings. The
+weights are those of plain AdamW, element for element; only the gradient norm for clipping is added
+in another order (each rank's sum of squares, then the ranks in order), which can change its last
+bit.
 
-A checkpoint holds the whole moments in ``AdamW.state_dict``'s layout, gathered from every process when
-saving, so a ZeRO run resumes with or without ZeRO, on any number of processes.
+A checkpoint holds the whole moments in ``AdamW.state_dict``'s layout, gathered from every process
+when saving, so a ZeRO run resumes with or without ZeRO, on any number of processes.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def make_adamw(params, zero: int = 0, **settings) -> AdamW:
     """AdamW over ``params`` (a list or param groups), its moments sharded over the processes when
     ``zero`` is 1 (``ShardedAdamW``), whole in every process when it is 0."""
     if zero not in (0, 1):
-        raise ValueError(f"zero must be 0 (off) or 1 (AdamW's moments sharded over the processes), got {zero!r}")
+        raise ValueError(f"zero must be 0 (off) or 1 (AdamW's moments sharded over the processes), "
+                         f"got {zero!r}")
     return ShardedAdamW(params, **settings) if zero else AdamW(params, **settings)
 
 
@@ -42,26 +45,28 @@ class ShardedAdamW(AdamW):
     """AdamW whose moments and update are split over the processes (see the module docstring).
 
     Use it like AdamW, with one more call between the backward passes and the update:
-    ``reduce_gradients()`` (which replaces ``distributed.all_reduce_gradients``), then ``grad_norm()``
-    and ``step()``. ``state_dict()`` gathers from every process: call it on all of them."""
+    ``reduce_gradients()`` (which replaces ``distributed.all_reduce_gradients``), then
+    ``grad_norm()`` and ``step()``. ``state_dict()`` gathers from every process: call it on all of
+    them."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  bucket_bytes: int = distributed.BUCKET_BYTES):
-        Optimizer.__init__(self, params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        settings = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        Optimizer.__init__(self, params, settings)
         w = distributed.world()
         self.rank = w.rank
         self.buckets = distributed.make_buckets(self.parameters(), w.size, bucket_bytes)
-        self.exp_avg = [backend.xp.zeros(b.chunk, dtype=b.dtype) for b in self.buckets]      # this rank's m
-        self.exp_avg_sq = [backend.xp.zeros(b.chunk, dtype=b.dtype) for b in self.buckets]   # and v
+        self.exp_avg = [backend.xp.zeros(b.chunk, dtype=b.dtype) for b in self.buckets]  # m, v of
+        self.exp_avg_sq = [backend.xp.zeros_like(m) for m in self.exp_avg]              # its chunks
         group_of = {id(p): g for g in self.groups for p in g["params"]}
-        self.numbers = {id(p): i for i, p in enumerate(self.parameters())}     # a parameter's place in order
+        self.numbers = {id(p): i for i, p in enumerate(self.parameters())}   # place in the order
         self.pieces = [self._pieces(b, group_of) for b in self.buckets]
         self.grad_shards = [None] * len(self.buckets)
         self.has_grad = [True] * len(self.parameters())
 
     def _pieces(self, bucket, group_of) -> list:
-        """(parameter number, its group, start, end) of each parameter's piece inside this rank's chunk
-        of ``bucket`` (start and end counted within the chunk)."""
+        """(parameter number, its group, start, end) of each parameter's piece inside this rank's
+        chunk of ``bucket`` (start and end counted within the chunk)."""
         first = self.rank * bucket.chunk
         pieces = []
         for start, p in zip(bucket.starts, bucket.params):
@@ -91,7 +96,8 @@ class ShardedAdamW(AdamW):
         return math.sqrt(float(distributed.sum_over_ranks([float(local)])[0]))
 
     def step(self, grad_scale: float = 1.0) -> None:
-        """AdamW on this rank's chunks, then every rank's updated chunks gathered into the weights."""
+        """AdamW on this rank's chunks, then every rank's updated chunks gathered into the
+        weights."""
         grad_scale = float(grad_scale)
         self.step_count += 1
         for k, bucket in enumerate(self.buckets):
@@ -111,7 +117,8 @@ class ShardedAdamW(AdamW):
         self.grad_shards = [None] * len(self.buckets)
 
     def state_dict(self) -> dict:
-        """AdamW's layout (``exp_avg.{i}``, ``exp_avg_sq.{i}`` per parameter), gathered from all the processes."""
+        """AdamW's layout (``exp_avg.{i}``, ``exp_avg_sq.{i}`` per parameter), gathered from all the
+        processes."""
         whole = {}
         for name, shards in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
             for bucket, shard in zip(self.buckets, shards):
@@ -119,27 +126,20 @@ class ShardedAdamW(AdamW):
                     whole[f"{name}.{self.numbers[id(p)]}"] = value
         state = {"step": self.step_count, "lr": self.lr}
         for i in range(len(self.numbers)):
-            state[f"exp_avg.{i}"], state[f"exp_avg_sq.{i}"] = whole[f"exp_avg.{i}"], whole[f"exp_avg_sq.{i}"]
+            for name in ("exp_avg", "exp_avg_sq"):
+                state[f"{name}.{i}"] = whole[f"{name}.{i}"]
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Take this rank's chunks of the whole moments in ``state`` (as ``AdamW.state_dict`` writes)."""
-        count = len(self.parameters())
-        saved = sum(1 for k in state if k.startswith("exp_avg."))
-        if saved != count:
-            raise ValueError(f"optimizer state has {saved} parameters but this optimizer has {count}")
-        for name, shards in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+        """Take this rank's chunks of the whole moments in ``state`` (``AdamW.state_dict``'s)."""
+        whole = AdamW(self.parameters())            # checks the count and the shapes, as AdamW does
+        whole.load_state_dict(state)
+        for moments, shards in ((whole.exp_avg, self.exp_avg), (whole.exp_avg_sq, self.exp_avg_sq)):
             for bucket, shard in zip(self.buckets, shards):
-                arrays = [backend.xp.asarray(state[f"{name}.{self.numbers[id(p)]}"]) for p in bucket.params]
-                for p, array in zip(bucket.params, arrays):
-                    if tuple(array.shape) != tuple(p.data.shape):
-                        raise ValueError(f"optimizer state {name}.{self.numbers[id(p)]} has shape {tuple(array.shape)}, "
-                                         f"parameter has {tuple(p.data.shape)}")
                 first = self.rank * bucket.chunk
+                arrays = [moments[self.numbers[id(p)]] for p in bucket.params]
                 shard[...] = bucket.flatten(arrays)[first:first + bucket.chunk]
-        self.step_count = int(state["step"])
-        self.lr = float(state["lr"])
-
+        self.step_count, self.lr = whole.step_count, whole.lr
 
 
 def describe(optimizer) -> str | None:
@@ -148,5 +148,6 @@ def describe(optimizer) -> str | None:
         return None
     whole = 2 * sum(p.data.nbytes for p in optimizer.parameters())
     size = distributed.world().size
-    return (f"ZeRO-1: AdamW moments {optimizer_bytes(optimizer) / 2**20:.2f} MiB in each of {size} process"
-            f"{'es' if size > 1 else ''} (unsharded: {whole / 2**20:.2f} MiB each)")
+    processes = f"{size} process{'es' if size > 1 else ''}"
+    return (f"ZeRO-1: AdamW moments {optimizer_bytes(optimizer) / 2**20:.2f} MiB in each of "
+            f"{processes} (unsharded: {whole / 2**20:.2f} MiB each)")

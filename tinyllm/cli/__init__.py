@@ -78,23 +78,25 @@ def main(argv=None) -> int:
         # Errors from tinyllm name the problem; show them without a traceback.
         return _fail(f"tinyllm {args.command}: error: {e}", 2)
     except TrainingInterrupted as e:
-        # A training loop says where it saved the run (every process of a job stops at the same step).
+        # A training loop says where it saved the run (all processes of a job stop at one step).
         return _fail(f"\n{e}", 130, every_process_stopped=True)
     except KeyboardInterrupt as e:
         return _fail(f"\n{e or 'interrupted'}", 130)
 
 
 def _join_processes() -> None:
-    """Under ``mpiexec -n N`` (tinyllm.distributed): connect, and let only rank 0 print to stdout (every
-    process runs the same command; errors still reach stderr from whichever process has one)."""
+    """Under ``mpiexec -n N`` (tinyllm.distributed): connect, and let only rank 0 print to stdout
+    (every process runs the same command; errors still reach stderr from whichever process has
+    one)."""
     from .. import distributed
     if distributed.launched_size() > 1 and not distributed.is_main():
         sys.stdout = open(os.devnull, "w")
 
 
 def _fail(message: str, code: int, every_process_stopped: bool = False) -> int:
-    """Report an error and return its exit status. In a job of several processes an error in one must end
-    them all (the others would wait for it forever): ``distributed.abort``, which prints it once."""
+    """Report an error and return its exit status. In a job of several processes an error in one
+    must end them all (the others would wait for it forever): ``distributed.abort``, which prints it
+    once."""
     from .. import distributed
     if distributed.active():
         if not every_process_stopped:

@@ -236,6 +236,14 @@ def _save_policy(out: Path, gpt, tokenizer, ckpt: Path, alignment: dict) -> None
     save_model(out, gpt, tokenizer, extra_config={**_base_extras(ckpt), "base": str(ckpt), "alignment": alignment})
 
 
+def _pairs_config(args):
+    """The finetuning loop's settings for training on preference pairs (reward model, DPO)."""
+    from ..finetune.loop import FinetuneConfig
+    return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          min_lr=args.lr / 10, warmup=10, weight_decay=0.0,
+                          log_interval=args.log_interval, seed=args.seed, zero=args.zero)
+
+
 def _preference_splits(args, tokenizer, block_size):
     from ..rl.data import builtin_preferences, encode_preferences, read_preferences, split_pairs
     if args.data is None:
@@ -258,16 +266,13 @@ def _preference_splits(args, tokenizer, block_size):
 # ---------------------------------------------------------------------------------------------- reward
 
 def run_reward(args) -> int:
-    from ..finetune.loop import FinetuneConfig
     from ..rl.reward import RewardModel, evaluate_reward_model, save_reward_model, train_reward_model
     ckpt, model, tokenizer, out = _start(args)
     train, val, test = _preference_splits(args, tokenizer, model.config.block_size)
     model = RewardModel.from_gpt(model, seed=args.seed)
     before = evaluate_reward_model(model, test)
     print(f"before: held-out pairwise accuracy {before['accuracy']:.3f} (loss {before['loss']:.4f})")
-    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
-                            warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed,
-                            zero=args.zero)
+    config = _pairs_config(args)
     summary = train_reward_model(model, train, val if len(val) else None, config, log=_logger(out))
     if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
         return 0
@@ -288,7 +293,6 @@ def run_reward(args) -> int:
 # ---------------------------------------------------------------------------------------------- dpo
 
 def run_dpo(args) -> int:
-    from ..finetune.loop import FinetuneConfig
     from ..rl.dpo import all_pair_log_probs, evaluate_dpo, train_dpo
     from ..rl.logprobs import disable_dropout, frozen_copy
     ckpt, policy, tokenizer, out = _start(args)
@@ -298,9 +302,7 @@ def run_dpo(args) -> int:
     _maybe_lora(policy, args)
     ref_test = all_pair_log_probs(reference, test)
     before = evaluate_dpo(policy, test, ref_test, args.beta)
-    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
-                            warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed,
-                            zero=args.zero)
+    config = _pairs_config(args)
     summary = train_dpo(policy, reference, train, val if len(val) else None, config, args.beta, log=_logger(out))
     if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
         return 0

@@ -112,8 +112,8 @@ def add_model_and_training_flags(p) -> None:
 def add_zero_flag(group) -> None:
     """``--zero``, for every command whose loop runs under ``mpiexec`` (tinyllm.distributed)."""
     group.add_argument("--zero", type=int, choices=[0, 1], default=0,
-                       help="under mpiexec: 1 shards AdamW's moments over the processes (ZeRO-1: 1/N of their "
-                            "memory in each, the same results)")
+                       help="under mpiexec: 1 shards AdamW's moments over the processes (ZeRO-1: "
+                            "1/N of their memory in each, the same results)")
 
 
 def _load_text(data):

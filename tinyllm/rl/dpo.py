@@ -124,6 +124,7 @@ def train_dpo(policy, reference, train_pairs, val_pairs=None, config=None, beta:
     before = evaluate_fn()
     if log is not None and before and distributed.is_main():
         log({"kind": "eval", "step": 0, "epoch": 0, **before})
-    summary = fit(policy, len(train_pairs), loss_fn, config, evaluate_fn, progress, log, step_metrics=step_metrics)
+    summary = fit(policy, len(train_pairs), loss_fn, config, evaluate_fn, progress, log,
+                  step_metrics=step_metrics)
     summary["before"] = before
     return summary

@@ -52,10 +52,10 @@ from ..autograd import Tensor, maximum, minimum, no_grad
 from ..model import GPT
 from ..nn import Linear
 from ..train import update_weights
-from .logprobs import (Completions, check_same_vocab, completion_log_probs, disable_dropout, masked_mean,
-                       pack_completions, token_entropy)
-from .loop import (check_rollout_rows, eval_recorder, gather_rollout, make_optimizer, minibatches, padded,
-                   sample_prompt_indices, sample_share, token_rows)
+from .logprobs import (Completions, completion_log_probs, masked_mean, pack_completions,
+                       token_entropy)
+from .loop import (check_rollout_rows, gather_rollout, make_optimizer, minibatches,
+                   sample_prompt_indices, sample_share, start_run)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -239,8 +239,8 @@ def check_scores(scores, n: int, what: str = "the score function") -> np.ndarray
 
 @dataclasses.dataclass
 class PPORollout:
-    """One rollout batch, whole (every process's share gathered) and turned into PPO's training targets:
-    per-token arrays (B, C_max) over the completion tokens of ``batch`` (0 beyond each one's end)."""
+    """One rollout batch, whole (every process's share gathered) and turned into PPO's targets:
+    per-token arrays (B, C_max) over the completion tokens of ``batch`` (0 past each one's end)."""
     batch: Completions
     completions: list
     finished: list
@@ -254,117 +254,118 @@ class PPORollout:
 
 def train_ppo(policy: PolicyWithValue, reference, prompts, score_fn, config: PPOConfig, end_id: int,
               eval_fn=None, progress=True, log=None) -> dict:
-    """Run PPO. ``prompts``: token-id lists; ``score_fn(indices, prompt_ids, completions, finished)`` →
-    scores (N,) (e.g. ``reward_model_scorer``); ``reference``: a frozen copy of the starting policy;
-    ``eval_fn(policy)`` → dict, logged as kind "eval" at step 0, every ``eval_interval`` steps and at the end.
-    Under ``mpiexec`` every process runs it on its share of each rollout (``rl.loop``); rank 0 logs.
-    Returns {"history": per-step records, "evals": eval records, "seconds"}."""
-    from ..train import Progress
-    check_same_vocab(policy, reference)
+    """Run PPO. ``prompts``: token-id lists; ``score_fn(indices, prompt_ids, completions,
+    finished)`` → scores (N,) (e.g. ``reward_model_scorer``); ``reference``: a frozen copy of the
+    starting policy; ``eval_fn(policy)`` → dict, logged as kind "eval" at step 0, every
+    ``eval_interval`` steps and at the end. Under ``mpiexec`` every process runs it on its share of
+    each rollout (``rl.loop``); rank 0 logs. Returns {"history": per-step records, "evals",
+    "seconds"}."""
     check_rollout_rows(config.rollout_batch, "a rollout (--rollout-batch)")
-    disable_dropout(policy)
-    disable_dropout(reference)
-    kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon) if config.target_kl
-              else FixedKLController(config.kl_coef))
+    kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+              if config.target_kl else FixedKLController(config.kl_coef))
     optimizer = make_optimizer(policy, config.lr, config.weight_decay,
                                (policy.value_head, config.value_lr or config.lr), config.zero)
-    distributed.broadcast_parameters(policy.parameters())
+    log, bar, run_eval, evals = start_run(policy, reference, config.steps, config.log_interval,
+                                          eval_fn, log, progress)
     rng = np.random.default_rng(config.seed)
-    log = distributed.main_only(log)
-    bar = Progress(config.steps, config.log_interval) if progress and distributed.is_main() else None
     history = []
-    run_eval, evals = eval_recorder(policy, eval_fn, log, bar)
     started = time.perf_counter()
-
     run_eval(0)
     for step in range(config.steps):
         t0 = time.perf_counter()
-        rollout = ppo_rollout(policy, reference, prompts, score_fn, config, end_id, rng, step, kl_ctl.value)
+        rollout = ppo_rollout(policy, reference, prompts, score_fn, config, end_id, (rng, step),
+                              kl_ctl.value)
         stats = ppo_update(policy, optimizer, rollout, config, rng, step)
         record = _ppo_record(step, rollout, stats, kl_ctl.value, time.perf_counter() - t0)
         kl_ctl.update(record["kl"], len(rollout.batch))
         history.append(record)
         log(record)
         if bar:
-            bar.update(step, f"score {record['score']:.3f} | KL {record['kl']:.3f} | clip {record['clip_frac']:.2f} | "
-                             f"H {record['entropy']:.2f} | EV {record['explained_variance']:.2f}")
+            bar.update(step, f"score {record['score']:.3f} | KL {record['kl']:.3f} | "
+                             f"clip {record['clip_frac']:.2f} | H {record['entropy']:.2f} | "
+                             f"EV {record['explained_variance']:.2f}")
         if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
             run_eval(step + 1)
     return {"history": history, "evals": evals, "seconds": time.perf_counter() - started}
 
 
-def ppo_rollout(policy, reference, prompts, score_fn, config: PPOConfig, end_id: int, rng, step: int,
+def ppo_rollout(policy, reference, prompts, score_fn, config: PPOConfig, end_id: int, when,
                 kl_coef: float) -> PPORollout:
-    """Sample and score one rollout batch (each process its share, then gathered), and compute the
-    rewards, GAE advantages and returns over all of it (no gradients)."""
+    """Sample and score one rollout batch (each process its share, then gathered; ``when``: the
+    generator and the step), and compute the rewards, GAE advantages and returns over all of it."""
+    rng, step = when
     index = sample_prompt_indices(rng, len(prompts), config.rollout_batch)
-    index, used, completions, finished = sample_share(policy, prompts, index, config.max_new_tokens, end_id,
-                                                      config.temperature, config.seed * 1_000_003 + step * len(index))
+    index, used, completions, finished = sample_share(
+        policy, prompts, index, config.max_new_tokens, end_id, config.temperature,
+        config.seed * 1_000_003 + step * len(index))
     scores = check_scores(score_fn(index, used, completions, finished), len(index))
-    # A reward model only ever saw finished answers; an unfinished one is outside what it can judge, and a
-    # policy would soon find the ones it overrates. A fixed penalty makes stopping the safe choice.
+    # A reward model only ever saw finished answers; an unfinished one is outside what it can
+    # judge, and a policy would soon find the ones it overrates. A fixed penalty makes stopping the
+    # safe choice.
     scores = scores - config.missing_end_penalty * ~np.asarray(finished, dtype=bool)
     share = pack_completions(used, completions, pad_id=end_id)
     with no_grad():
         old_logps, old_values, _ = policy.logprobs_and_values(share)
         ref_logps = completion_log_probs(reference, share)
-    lengths = share.completion_lengths
-    whole = gather_rollout({"used": used, "completions": completions, "finished": finished, "scores": list(scores),
-                            **{name: token_rows(backend.to_numpy(t.data), lengths) for name, t in
-                               (("old_logps", old_logps), ("old_values", old_values), ("ref_logps", ref_logps))}})
-    batch = pack_completions(whole["used"], whole["completions"], pad_id=end_id)
-    mask, width = batch.mask, batch.mask.shape[1]
-    old_logps, old_values = padded(whole["old_logps"], width), padded(whole["old_values"], width)
-    kl_tokens = (old_logps - padded(whole["ref_logps"], width)) * mask             # k1 per token
+    batch, whole, tokens = gather_rollout(
+        used, completions, finished, {"scores": list(scores)},
+        {"old_logps": old_logps, "old_values": old_values, "ref_logps": ref_logps}, end_id)
+    mask, old_logps, old_values = batch.mask, tokens["old_logps"], tokens["old_values"]
+    kl_tokens = (old_logps - tokens["ref_logps"]) * mask                     # k1 per token
     scores = np.asarray(whole["scores"])
     rewards = -kl_coef * kl_tokens
-    rewards[np.arange(len(batch)), batch.completion_lengths - 1] += scores       # the last completion token
+    rewards[np.arange(len(batch)), batch.completion_lengths - 1] += scores  # the last token's
     advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-    return PPORollout(batch, whole["completions"], whole["finished"], scores, old_logps, old_values, kl_tokens,
-                      whiten(advantages, mask), returns)
+    return PPORollout(batch, whole["completions"], whole["finished"], scores, old_logps, old_values,
+                      kl_tokens, whiten(advantages, mask), returns)
 
 
 def ppo_update(policy, optimizer, rollout: PPORollout, config: PPOConfig, rng, step: int) -> dict:
-    """``ppo_epochs`` passes of minibatch steps over the rollout; each step's losses, clip fraction and
-    gradient norm, listed by name."""
+    """``ppo_epochs`` passes of minibatch steps over the rollout; each step's losses, clip fraction
+    and gradient norm, listed by name."""
     stats = {"policy_loss": [], "value_loss": [], "entropy": [], "clip_frac": [], "grad_norm": []}
     for _ in range(config.ppo_epochs):
         for mb in minibatches(rng, len(rollout.batch), config.minibatch_size):
-            for name, value in _ppo_minibatch_step(policy, optimizer, rollout, mb, config, step).items():
+            result = _ppo_minibatch_step(policy, optimizer, rollout, mb, config, step)
+            for name, value in result.items():
                 stats[name].append(value)
     return stats
 
 
 def _ppo_minibatch_step(policy, optimizer, r: PPORollout, mb, config: PPOConfig, step: int) -> dict:
-    """One gradient step on the minibatch ``mb``: this process runs its share of the rows, weighted by
-    their share of the minibatch's tokens (the losses are means over tokens), and the processes add up."""
+    """One gradient step on the minibatch ``mb``: this process runs its share of the rows, weighted
+    by their share of the minibatch's tokens (the losses are means over tokens); the processes'
+    parts add up."""
     mine = mb[distributed.shard(len(mb))]
     weight = float(r.batch.mask[mine].sum() / r.batch.mask[mb].sum())
-    loss_value, parts = 0.0, [0.0] * 4                 # this process's part of the loss and logged numbers
+    loss_value, parts = 0.0, [0.0] * 4             # this process's part of the loss and the stats
     if len(mine):
         sub = r.batch.rows(mine)
         width = sub.mask.shape[1]
         logps, values, logits = policy.logprobs_and_values(sub, config.value_trains_trunk)
-        policy_loss, clip_frac = ppo_policy_loss(logps, r.old_logps[mine, :width], r.advantages[mine, :width],
-                                                 sub.mask, config.clip)
-        value_loss = ppo_value_loss(values, r.old_values[mine, :width], r.returns[mine, :width], sub.mask,
-                                    config.value_clip or None)
+        policy_loss, clip_frac = ppo_policy_loss(logps, r.old_logps[mine, :width],
+                                                 r.advantages[mine, :width], sub.mask, config.clip)
+        value_loss = ppo_value_loss(values, r.old_values[mine, :width], r.returns[mine, :width],
+                                    sub.mask, config.value_clip or None)
         entropy = masked_mean(token_entropy(logits), sub.mask)
         loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
         weighted = policy.add_moe_aux_loss(loss) * weight
         weighted.backward()
         loss_value = weighted.item()
-        parts = [weight * v for v in (policy_loss.item(), value_loss.item(), entropy.item(), clip_frac)]
-    _, norm, parts = update_weights(optimizer, loss_value, config.grad_clip, f"PPO step {step + 1}", *parts)
-    return {"policy_loss": parts[0], "value_loss": parts[1], "entropy": parts[2], "clip_frac": parts[3],
-            "grad_norm": norm}
+        means = (policy_loss.item(), value_loss.item(), entropy.item(), clip_frac)
+        parts = [weight * v for v in means]
+    _, norm, parts = update_weights(optimizer, loss_value, config.grad_clip, f"PPO step {step + 1}",
+                                    *parts)
+    names = ("policy_loss", "value_loss", "entropy", "clip_frac")
+    return {**dict(zip(names, parts)), "grad_norm": norm}
 
 
 def _ppo_record(step: int, r: PPORollout, stats: dict, kl_coef: float, seconds: float) -> dict:
     """The logged record of a PPO step: the rollout's score, reward and KL, the update's means."""
-    kl = float(r.kl_tokens.sum(axis=1).mean())
+    kl_per_completion = r.kl_tokens.sum(axis=1)
     return {"kind": "train", "step": step + 1, "score": float(r.scores.mean()),
-            "reward": float((r.scores - kl_coef * r.kl_tokens.sum(axis=1)).mean()), "kl": kl, "kl_coef": kl_coef,
+            "reward": float((r.scores - kl_coef * kl_per_completion).mean()),
+            "kl": float(kl_per_completion.mean()), "kl_coef": kl_coef,
             **{k: float(np.mean(v)) for k, v in stats.items()},
             "explained_variance": explained_variance(r.old_values, r.returns, r.batch.mask),
             "completion_length": float(np.mean([len(c) for c in r.completions])),
