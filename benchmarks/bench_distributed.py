@@ -81,8 +81,9 @@ def measure(kind: str, cores: int, steps: int, batch: int) -> dict:
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     result = json.loads(output.strip().splitlines()[-1])
     exchange_ms = 1000 * result["exchange_s"] if kind == "processes" and cores > 1 else 0.0
+    tokens_per_s = batch * SHAPE["block_size"] / result["step_s"]
     return {"kind": kind, "cores": cores, "step_ms": 1000 * result["step_s"],
-            "exchange_ms": exchange_ms, "tokens_per_s": batch * SHAPE["block_size"] / result["step_s"]}
+            "exchange_ms": exchange_ms, "tokens_per_s": tokens_per_s}
 
 
 def mpiexec() -> str:
