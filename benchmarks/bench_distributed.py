@@ -11,9 +11,10 @@ each in fresh processes:
                 the batch, the gradients added by reduce-scatter + all-gather through MPI)
     threads     one process of C threads (tinyllm.parallel.data_parallel)
 
-and reports tokens/s and, for the processes, the milliseconds per step spent adding the gradients
-(medians over the steps, then over ``--rounds`` rounds that alternate the configurations, so that
-a machine busy with other work disturbs them alike). Then it prints the alpha-beta model of a ring
+and reports tokens/s and, for the processes, the milliseconds per step spent waiting for the
+slowest process to finish its backward pass (a barrier) and then adding the gradients (medians over
+the steps, then over ``--rounds`` rounds that alternate the configurations, so that a machine busy
+with other work disturbs them alike). Then it prints the alpha-beta model of a ring
 all-reduce of the GPT-2 (124M) shape's gradients, which predicts the exchange between machines:
 
     T = 2 (N − 1) α  +  2 (N − 1)/N · bytes / β       (α: latency of a message, β: bandwidth)
@@ -51,12 +52,16 @@ def worker(steps: int, batch: int) -> None:
     model = GPT(GPTConfig(**SHAPE), seed=0)
     optimizer = make_adamw(param_groups(model, 0.1), 0, lr=3e-4, betas=(0.9, 0.95))
     distributed.broadcast_parameters(model.parameters())
-    exchange, plain = [], distributed.all_reduce_gradients
+    waits, exchange, plain = [], [], distributed.all_reduce_gradients
 
     def timed_all_reduce(*args):
         started = time.perf_counter()
+        if distributed.active():
+            distributed.world().comm.Barrier()             # the slowest process's backward ends
+        arrived = time.perf_counter()
         result = plain(*args)
-        exchange.append(time.perf_counter() - started)
+        waits.append(arrived - started)
+        exchange.append(time.perf_counter() - arrived)
         return result
     distributed.all_reduce_gradients = timed_all_reduce     # update_weights calls it by this name
     rng = np.random.default_rng(0)
@@ -68,8 +73,9 @@ def worker(steps: int, batch: int) -> None:
         update_weights(optimizer, loss, 1.0, "the benchmark")
         times.append(time.perf_counter() - started)
     if distributed.is_main():
-        print(json.dumps({"step_s": statistics.median(times[1:]),
-                          "exchange_s": statistics.median(exchange[1:])}))
+        median = lambda values: statistics.median(values[1:])       # noqa: E731 (after the warm-up)
+        print(json.dumps({"step_s": median(times), "wait_s": median(waits),
+                          "exchange_s": median(exchange)}))
 
 
 def measure(kind: str, cores: int, steps: int, batch: int) -> dict:
@@ -80,10 +86,10 @@ def measure(kind: str, cores: int, steps: int, batch: int) -> dict:
         command = [mpiexec(), "-n", str(cores)] + command
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     result = json.loads(output.strip().splitlines()[-1])
-    exchange_ms = 1000 * result["exchange_s"] if kind == "processes" and cores > 1 else 0.0
-    tokens_per_s = batch * SHAPE["block_size"] / result["step_s"]
+    several = kind == "processes" and cores > 1
     return {"kind": kind, "cores": cores, "step_ms": 1000 * result["step_s"],
-            "exchange_ms": exchange_ms, "tokens_per_s": tokens_per_s}
+            "wait_ms": 1000 * result["wait_s"] if several else 0.0,
+            "exchange_ms": 1000 * result["exchange_s"] if several else 0.0}
 
 
 def mpiexec() -> str:
@@ -132,11 +138,12 @@ def main() -> None:
     print(f"model: {SHAPE}; global batch {args.batch} × {SHAPE['block_size']} tokens; "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the start")
     rows = measure_all(args)
-    print(f"{'cores':>5} {'how':>10} {'tokens/s':>10} {'ms/step':>9} {'all-reduce ms/step':>19}   "
-          f"(medians of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f} at the end)")
+    print(f"{'cores':>5} {'how':>10} {'tokens/s':>9} {'ms/step':>8} {'wait ms':>8} "
+          f"{'all-reduce ms':>14}   (medians of {args.rounds} rounds; load average "
+          f"{os.getloadavg()[0]:.1f} at the end)")
     for row in rows:
-        print(f"{row['cores']:>5} {row['kind']:>10} {row['tokens_per_s']:>10,.0f} "
-              f"{row['step_ms']:>9.0f} {row['exchange_ms']:>19.1f}")
+        print(f"{row['cores']:>5} {row['kind']:>10} {row['tokens_per_s']:>9,.0f} "
+              f"{row['step_ms']:>8.0f} {row['wait_ms']:>8.1f} {row['exchange_ms']:>14.1f}")
     model_rows = cost_model(args.step_seconds)
     print(f"\nring all-reduce of GPT-2's float32 gradients ({4 * GPT2_PARAMETERS / 1e6:.0f} MB in "
           f"buckets of 32 MiB, α = {LATENCY_S * 1e6:.0f} µs), and its share of a step computing:")
@@ -158,10 +165,14 @@ def measure_all(args) -> list:
     for _ in range(args.rounds):
         for cores, kind in configurations:
             runs[cores, kind].append(measure(kind, cores, args.steps, args.batch))
-    numbers = ("tokens_per_s", "step_ms", "exchange_ms")
-    return [{"kind": kind, "cores": cores,
-             **{key: statistics.median(r[key] for r in runs[cores, kind]) for key in numbers}}
-            for cores, kind in configurations]
+    rows = []
+    for cores, kind in configurations:
+        row = {"kind": kind, "cores": cores}
+        for key in ("step_ms", "wait_ms", "exchange_ms"):
+            row[key] = statistics.median(r[key] for r in runs[cores, kind])
+        row["tokens_per_s"] = 1000 * args.batch * SHAPE["block_size"] / row["step_ms"]
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

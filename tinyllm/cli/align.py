@@ -195,6 +195,8 @@ def _start(args):
     out = Path(args.out)
     if (out / "model.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")
+    if hasattr(args, "batch_size"):                  # reward, dpo: pairs split over the processes
+        distributed.check_divides(args.batch_size)
     ckpt = base_checkpoint(args.ckpt)
     model, tokenizer = load_pretrained(ckpt)
     if tokenizer is None:

@@ -135,6 +135,7 @@ def _load_base(args, allow_encoder=False):
     out = Path(args.out)
     if (out / "model.safetensors").exists() or (out / "adapter.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")
+    distributed.check_divides(args.batch_size)       # under mpiexec: before any work
     model, tokenizer = load_pretrained(args.ckpt, allow_encoder=allow_encoder)
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer.json, so text cannot be encoded for it")

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from .. import backend
+from .. import backend, distributed
 from .common import (fraction, non_negative_float, non_negative_int, positive_float, positive_int, probability,
                      tokenizer_choice)
 
@@ -152,6 +152,7 @@ def run_pretrain(args) -> int:
         check_resumable(out)
     elif (out / "model.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    distributed.check_divides(args.batch_size)       # under mpiexec: before any work
     if getattr(args, "objective", "clm") == "mlm":
         from .encoder import run_pretrain_mlm
         return run_pretrain_mlm(args)
