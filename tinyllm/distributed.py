@@ -128,16 +128,16 @@ def _connect() -> World:
     try:
         from mpi4py import MPI
     except ImportError:
-        raise DistributedError(
-            f"this process was started as one of {launched_size()} (by mpiexec or similar), but "
-            "mpi4py is not installed: pip install 'tinyllm[mpi]' (mpi4py and the mpich wheel, "
-            "which brings mpiexec)") from None
+        why = (f"this process was started as one of {launched_size()} (by mpiexec or similar)"
+               if launched_size() > 1 else "TINYLLM_MPI=1 asks for MPI")
+        raise DistributedError(f"{why}, but mpi4py is not installed: pip install 'tinyllm[mpi]' "
+                               "(mpi4py and the mpich wheel, which brings mpiexec)") from None
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
         return World()
     here = comm.Split_type(MPI.COMM_TYPE_SHARED)              # the processes on this machine
     new = World(comm.Get_rank(), comm.Get_size(), here.Get_rank(), here.Get_size(), comm)
-    new.transport = _choose_transport(comm, new)
+    new.transport = _choose_transport(comm)
     _share_cores(new.local_size)
     sys.excepthook = _abort_on_uncaught
     return new
@@ -407,7 +407,7 @@ class NCCLTransport:
         self.comm.bcast(flat.data.ptr, flat.size, self._kind(flat), 0, stream)
 
 
-def _choose_transport(comm, new: World):
+def _choose_transport(comm):
     """How buckets travel: host memory for NumPy (and strict); on GPUs TINYLLM_GPU_COMM = mpi (a
     CUDA-aware MPI), nccl (the default when CuPy has it) or host."""
     if backend.device != "cuda":
