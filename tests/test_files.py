@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from tinyllm.files import (append_jsonl, atomic_write, atomic_write_json, atomic_write_with, read_json, read_jsonl,
-                           written_together)
+from tinyllm.files import (append_jsonl, atomic_write, atomic_write_json, atomic_write_with, read_json,
+                           read_jsonl, written_together)
 
 
 def test_atomic_write_creates_and_replaces_bytes_and_text(tmp_path):
