@@ -63,6 +63,8 @@ def _cupy():
                           f"({type(e).__name__}: {e}); check nvidia-smi and the CUDA driver") from None
     if count == 0:
         raise DeviceError("device 'cuda': CuPy is installed but no GPU is visible (CUDA_VISIBLE_DEVICES?)")
+    from .distributed import local_rank_from_launcher
+    cupy.cuda.Device(local_rank_from_launcher() % count).use()   # a GPU per process of a job
     return cupy
 
 
@@ -160,6 +162,30 @@ def thread_rng(generator):
         yield generator
     finally:
         _this_thread.rng = previous
+
+
+class RowGenerators:
+    """Random numbers for a block of a batch's rows, each row drawing from its own generator (seeded
+    with ``seeds[b]``): an array whose first axis holds the rows, (B, ...), or their positions,
+    (B·T, ...), is cut into len(seeds) equal parts along it, and part b comes from row b's
+    generator. A row's dropout masks are then the same whichever block it falls in, so splitting a
+    batch over threads or processes (``train.data_parallel_backward``) does not change them.
+    Anything else, or a first axis that does not divide into the rows (say, the tokens one expert of
+    a mixture received), draws from the first row's."""
+
+    def __init__(self, seeds):
+        self.generators = [rng(int(seed)) for seed in seeds]
+
+    def random(self, shape, dtype=None):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        rows = len(self.generators)
+        if not shape or shape[0] % rows:
+            return self.generators[0].random(shape, dtype=dtype)
+        piece = (shape[0] // rows,) + shape[1:]
+        return xp.concatenate([g.random(piece, dtype=dtype) for g in self.generators])
+
+    def __getattr__(self, name):
+        return getattr(self.generators[0], name)
 
 
 class _UnusableDevice:

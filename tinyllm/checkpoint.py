@@ -44,9 +44,12 @@ def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict
 
 
 def save_train_state(run_dir, optimizer, state: dict) -> None:
-    """Write the optimizer's moment arrays and ``state`` (JSON-able: step, RNG states, settings)."""
+    """Write the optimizer's moment arrays and ``state`` (JSON-able: step, RNG states, settings).
+    ``optimizer``: the optimizer, or its ``state_dict()`` (taken already: ZeRO gathers it from every
+    process)."""
     arrays, scalars = {}, {}
-    for key, value in optimizer.state_dict().items():
+    optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    for key, value in optimizer_state.items():
         if hasattr(value, "shape"):
             arrays[f"optimizer.{key}"] = backend.to_numpy(value)
         else:

@@ -27,10 +27,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, BinaryIO
 
-__all__ = ["read_records", "atomic_write", "atomic_write_with", "atomic_write_json", "read_json", "append_jsonl", "read_jsonl"]
+__all__ = ["read_records", "atomic_write", "atomic_write_with", "atomic_write_json", "read_json",
+           "append_jsonl", "read_jsonl", "written_together"]
+
+_staged = None   # inside ``written_together``: (temporary file, final path) pairs to rename
 
 
 def _fsync_directory(directory: str) -> None:
@@ -82,6 +86,9 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
             os.chmod(temp_path, os.stat(path).st_mode & 0o7777)
         except FileNotFoundError:
             pass
+        if _staged is not None:            # renamed at the end of ``written_together``
+            _staged.append((temp_path, path))
+            return
         os.replace(temp_path, path)
     except BaseException:  # also on KeyboardInterrupt: never leave the temp file behind
         try:
@@ -90,6 +97,40 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
             pass
         raise
     _fsync_directory(directory)
+
+
+@contextmanager
+def written_together():
+    """The files written atomically inside this block replace their old versions together, at its
+    end.
+
+    A checkpoint is several files (the optimizer state, the weights, the config). Each is written in
+    full to its temporary file and fsynced as usual, but the renames wait until the block is done
+    and then run back to back: a process killed while writing (say, by ``mpiexec`` when another
+    process of the job failed) leaves the previous checkpoint whole, instead of new weights beside
+    an old optimizer state. If the block raises, none of its files replaces anything. Only a kill
+    during the renames themselves, microseconds, can separate them; the step recorded in each file
+    catches that (``checkpoint.load_train_state``)."""
+    global _staged
+    if _staged is not None:               # inside another such block: that one renames
+        yield
+        return
+    _staged = staged = []
+    try:
+        yield
+    except BaseException:
+        for temp_path, _ in staged:
+            try:
+                os.unlink(temp_path)
+            except FileNotFoundError:
+                pass
+        raise
+    finally:
+        _staged = None
+    for temp_path, path in staged:
+        os.replace(temp_path, path)
+    for directory in dict.fromkeys(os.path.dirname(os.path.abspath(path)) for _, path in staged):
+        _fsync_directory(directory)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:

@@ -83,25 +83,16 @@ class AdamW(Optimizer):
             m̂ = m / (1-β1ᵗ),       v̂ = v / (1-β2ᵗ)               bias corrections (m, v start at 0)
             p = p - lr (m̂ / (√v̂ + ε) + λ p)                     decoupled weight decay λ
         ``grad_scale`` multiplies every gradient as it is read: gradient clipping (``clip_factor``)."""
-        xp, grad_scale = backend.xp, float(grad_scale)
+        grad_scale = float(grad_scale)
         self.step_count += 1
-        t, i = self.step_count, 0
+        i = 0
         for group in self.groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, decay = self.lr * group.get("lr_scale", 1.0), group["eps"], group["weight_decay"]
             for p in group["params"]:
                 m, v = self.exp_avg[i], self.exp_avg_sq[i]
                 i += 1
-                if p.grad is None:
-                    continue
-                g = p.grad * grad_scale if grad_scale != 1.0 else p.grad
-                m *= beta1
-                m += (1 - beta1) * g
-                v *= beta2
-                v += (1 - beta2) * (g * g)
-                m_hat = m / (1 - beta1 ** t)
-                v_hat = v / (1 - beta2 ** t)
-                p.data -= lr * (m_hat / (xp.sqrt(v_hat) + eps) + decay * p.data)
+                if p.grad is not None:
+                    g = p.grad * grad_scale if grad_scale != 1.0 else p.grad
+                    adamw_update(p.data, g, m, v, self.lr, group, self.step_count)
 
     def state_dict(self) -> dict:
         """Arrays (``exp_avg.{i}``, ``exp_avg_sq.{i}`` in parameter order) plus ``step`` and ``lr``."""
@@ -124,6 +115,28 @@ class AdamW(Optimizer):
                 buffers[i][...] = backend.xp.asarray(array)
         self.step_count = int(state["step"])
         self.lr = float(state["lr"])
+
+
+def adamw_update(weights, g, m, v, lr: float, group: dict, t: int) -> None:
+    """AdamW's update (``AdamW.step``) of the array ``weights`` in place, with its gradient ``g``
+    and its moments ``m``, ``v`` (updated in place too), the settings of its param ``group`` and
+    step number ``t``. Element by element: any piece of a parameter can be updated on its own
+    (``zero.ShardedAdamW``)."""
+    beta1, beta2 = group["betas"]
+    lr, eps, decay = lr * group.get("lr_scale", 1.0), group["eps"], group["weight_decay"]
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    m_hat = m / (1 - beta1 ** t)
+    v_hat = v / (1 - beta2 ** t)
+    weights -= lr * (m_hat / (backend.xp.sqrt(v_hat) + eps) + decay * weights)
+
+
+def optimizer_bytes(optimizer) -> int:
+    """Bytes of AdamW's two moment arrays: 2 × (trainable parameters) × bytes per number (this
+    process's shard of them under ZeRO, ``tinyllm.zero``)."""
+    return int(sum(m.nbytes + v.nbytes for m, v in zip(optimizer.exp_avg, optimizer.exp_avg_sq)))
 
 
 def grad_norm(params) -> float:

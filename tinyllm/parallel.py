@@ -30,16 +30,20 @@ import numpy as np
 from . import backend
 
 
-def _default_threads() -> int:
-    """TINYLLM_NUM_THREADS, else OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (so "one thread" means one thread
-    for BLAS and for us alike), else the CPUs this process may run on."""
+def default_threads(processes_here: int = 1) -> int:
+    """TINYLLM_NUM_THREADS, else OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (so "one thread" means one
+    thread for BLAS and for us alike), else the CPUs this process may run on: all of them, or its
+    share when it is one of ``processes_here`` processes of a job on this machine that were not each
+    given their own cores (``tinyllm.distributed``)."""
     for name in ("TINYLLM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
             return int(os.environ[name])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    return max(1, allowed // processes_here) if allowed == cpus else allowed
 
 
-num_threads = _default_threads()
+num_threads = default_threads()
 _pool = None
 _running = False                 # inside data_parallel: a nested call runs whole (every core has a block)
 _openblas = None                 # (set_num_threads, get_num_threads) of NumPy's OpenBLAS, False if none
@@ -66,6 +70,16 @@ def data_parallel(fn, *arrays) -> list:
     finally:
         _running = False
         set_blas_threads(blas_threads)
+
+
+def set_num_threads(count: int) -> None:
+    """Use ``count`` threads from now on: ``data_parallel``'s blocks, and OpenBLAS outside them."""
+    global num_threads, _openblas
+    num_threads = count
+    if _openblas is None:
+        _openblas = _openblas_thread_functions() or False
+    if _openblas:
+        _openblas[0](count)
 
 
 def _row_blocks(arrays, count):

@@ -13,8 +13,10 @@ import json
 import time
 from pathlib import Path
 
+from .. import distributed
 from .common import (non_negative_float, non_negative_int, positive_float, positive_int, probability,
                      split_fractions, stop_if_interrupted)
+from .train import add_zero_flag
 
 
 
@@ -125,6 +127,7 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
     g.add_argument("--checkpoint-activations", action="store_true",
                    help="keep only each block's input and recompute the block in the backward: less memory, "
                         "about a third more compute (needs dropout 0)")
+    add_zero_flag(g)
     p.set_defaults(default_lr=lr, default_lora_lr=lora_lr)
 
 
@@ -137,8 +140,7 @@ def _finetune_config(args):
     return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, warmup=args.warmup,
                           weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_interval=args.log_interval,
-                          bucket=args.bucket, dropout=args.dropout,
-                          seed=args.seed)
+                          bucket=args.bucket, dropout=args.dropout, seed=args.seed, zero=args.zero)
 
 
 def _load_base(args, allow_encoder=False):
@@ -146,6 +148,7 @@ def _load_base(args, allow_encoder=False):
     out = Path(args.out)
     if (out / "model.safetensors").exists() or (out / "adapter.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")
+    distributed.check_divides(args.batch_size)       # under mpiexec: before any work
     model, tokenizer = load_pretrained(args.ckpt, allow_encoder=allow_encoder)
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer.json, so text cannot be encoded for it")
@@ -228,10 +231,13 @@ def run_classify(args) -> int:
         model = GPTClassifier.from_gpt(model, len(names), names, seed=args.seed)
     _prepare_training(model, args, also=("classifier",))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "log.jsonl").unlink(missing_ok=True)
     summary = train_classifier(model, tokenizer, train, val, _finetune_config(args),
                                log=lambda r: append_jsonl(out / "log.jsonl", r))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
     extra = {"task": "classify", "labels": names, "base": str(args.ckpt),
              "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "balance": args.balance,
@@ -294,10 +300,13 @@ def run_instruct(args) -> int:
         before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens, template)
         print(f"before finetuning ({time.perf_counter() - t0:.0f}s): {format_scores(before)}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "log.jsonl").unlink(missing_ok=True)
     summary = train_instructions(model, tokenizer, train, val, _finetune_config(args), template,
                                  log=lambda r: append_jsonl(out / "log.jsonl", r))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
     keys = ("exact_match", "rouge_l", "bleu", "response_ppl")
     own = {} if args.template == "chat" else {"template": chat_template("alpaca")}   # chat: tokenizer_config.json

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from .. import backend
+from .. import backend, distributed
 from .common import (fraction, non_negative_float, non_negative_int, positive_float, positive_int, probability,
                      tokenizer_choice)
 
@@ -106,6 +106,14 @@ def add_model_and_training_flags(p) -> None:
     g.add_argument("--sample-tokens", type=non_negative_int, default=d.sample_tokens, help="tokens sampled at each evaluation")
     g.add_argument("--seed", type=non_negative_int, default=d.seed, help="seed of the initial weights, the data order and dropout")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type of weights and math")
+    add_zero_flag(g)
+
+
+def add_zero_flag(group) -> None:
+    """``--zero``, for every command whose loop runs under ``mpiexec`` (tinyllm.distributed)."""
+    group.add_argument("--zero", type=int, choices=[0, 1], default=0,
+                       help="under mpiexec: 1 shards AdamW's moments over the processes (ZeRO-1: "
+                            "1/N of their memory in each, the same results)")
 
 
 def _load_text(data):
@@ -144,6 +152,7 @@ def run_pretrain(args) -> int:
         check_resumable(out)
     elif (out / "model.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    distributed.check_divides(args.batch_size)       # under mpiexec: before any work
     if getattr(args, "objective", "clm") == "mlm":
         from .encoder import run_pretrain_mlm
         return run_pretrain_mlm(args)
