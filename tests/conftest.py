@@ -9,6 +9,9 @@ instead of every module failing to import (``tinyllm.backend`` raises at import 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +87,14 @@ def memorise():
             optimizer.step()
         return model.eval()
     return train
+
+
+@pytest.fixture
+def run_cli():
+    """``run_cli(*args)``: ``python -m tinyllm ARGS`` in a subprocess, from this checkout, as a user runs it
+    (what a user sees of a bad command: one line on stderr, no traceback)."""
+    def run(*args):
+        environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        return subprocess.run([sys.executable, "-m", "tinyllm", *map(str, args)], capture_output=True, text=True,
+                              env=environment, timeout=300)
+    return run

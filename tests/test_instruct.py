@@ -143,7 +143,10 @@ def test_finetuning_lowers_response_loss_and_metrics_run_end_to_end():
     assert len(scores["responses"]) == 6
 
 
-def test_cli_finetune_instruct_then_evaluate(tmp_path, capsys):
+@pytest.mark.parametrize("adapter", [["--lora-rank", "2"], ["--prompt-tuning", "4"]])
+def test_cli_finetune_instruct_then_evaluate(tmp_path, capsys, adapter):
+    """With LoRA the run keeps merged weights too; with prompt tuning the adapter alone, which every later
+    command (evaluate, generate, chat) loads on top of its base."""
     from tinyllm.checkpoint import load_config, save_model
     from tinyllm.cli import main
     train, _, _ = builtin_instructions(30, 0, 0, seed=0)
@@ -151,9 +154,10 @@ def test_cli_finetune_instruct_then_evaluate(tmp_path, capsys):
     save_model(tmp_path / "base", GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=80, n_layer=1, n_head=2, n_embd=16)), tok)
     out = tmp_path / "run"
     code = main(["finetune", "instruct", "--ckpt", str(tmp_path / "base"), "--out", str(out), "--epochs", "1",
-                 "--train-size", "24", "--test-size", "6", "--max-new-tokens", "4", "--lora-rank", "2"])
+                 "--train-size", "24", "--test-size", "6", "--max-new-tokens", "4", *adapter])
     printed = capsys.readouterr().out
     assert code == 0 and "before:" in printed and "after:" in printed
+    assert (out / "model.safetensors").exists() == (adapter[0] == "--lora-rank")
     config = load_config(out)
     assert config["task"] == "instruct" and config["template"]["name"] == "alpaca"
     assert config["data"]["refusals"] is True, "the built-in tasks include refusals unless --no-refusals"
@@ -162,6 +166,7 @@ def test_cli_finetune_instruct_then_evaluate(tmp_path, capsys):
     assert "exact match" in capsys.readouterr().out
     assert main(["evaluate", "--ckpt", str(out), "--max-new-tokens", "2", "--split", "train", "--limit", "7", "--json"]) == 0
     assert "refuse" in json.loads(capsys.readouterr().out)["exact_match_by_task"], "evaluate rebuilds the same data"
+    assert main(["generate", "--ckpt", str(out), "--prompt", "Add", "--max-new-tokens", "3"]) == 0
 
 
 def test_asking_for_more_distinct_tasks_than_exist_is_a_clear_error():

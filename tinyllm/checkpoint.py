@@ -93,8 +93,18 @@ def check_resumable(run_dir) -> None:
 
 
 def load_config(path) -> dict:
-    """The ``config.json`` of a run directory (or of the directory holding a ``model.safetensors``)."""
-    return read_json(_run_dir(path) / CONFIG, what="run config")
+    """The ``config.json`` of a run directory (or of the directory holding a ``model.safetensors``); for a run
+    that keeps an adapter alone (LoRA without merged weights, prompt tuning), its ``adapter_config.json``."""
+    run_dir = _run_dir(path)
+    if _adapter_only(run_dir):
+        from .lora import read_adapter_config
+        return read_adapter_config(run_dir)
+    return read_json(run_dir / CONFIG, what="run config")
+
+
+def _adapter_only(run_dir: Path) -> bool:
+    from .lora import ADAPTER_CONFIG
+    return not (run_dir / CONFIG).exists() and (run_dir / ADAPTER_CONFIG).exists()
 
 
 def _run_dir(path) -> Path:
@@ -135,10 +145,14 @@ def load_pretrained(path, dtype=None, allow_encoder: bool = False):
     """(model, tokenizer) from a run directory (or its ``model.safetensors``), ready for any later stage.
 
     ``dtype``: "float32" or "float64"; by default the one the weights were saved in (float64 when they all
-    are, else float32), so a float64 run is not silently rounded to float32 on loading. An encoder run
+    are, else float32), so a float64 run is not silently rounded to float32 on loading. A run that keeps an
+    adapter alone (``adapter_config.json``, no ``config.json``) loads as its base run with the adapter. An encoder run
     (``tinyllm.encoder``) loads only with ``allow_encoder=True``: every other stage needs a GPT.
     """
     run_dir = _run_dir(path)
+    if _adapter_only(run_dir):                 # the base run it names, with the adapter applied
+        from .lora import load_pretrained_with_adapter
+        return load_pretrained_with_adapter(run_dir)
     config = load_config(run_dir)
     if "model" not in config:
         raise ValueError(f"{run_dir / CONFIG} has no 'model' section; is '{run_dir}' a tinyllm run directory?")

@@ -87,6 +87,10 @@ class KVCache:
         dtype = backend.dtype if dtype is None else dtype
         first = capacity if initial is None else min(initial, capacity)
         self.layers = [LayerKV(batch_size, n_head, first, head_size, dtype, capacity) for _ in range(n_layer)]
+        # Keys and values that every row sees in front of its own, one (keys, values) pair per layer, kept for
+        # the whole generation: a soft prompt's, computed at the prefill (tinyllm.prompt_tuning). Not counted
+        # in ``length``: the cache's positions are the text's.
+        self.prefixes = None
 
     @classmethod
     def for_model(cls, config, batch_size: int = 1, dtype=None) -> "KVCache":

@@ -17,7 +17,8 @@ independent of r, so a learning rate tuned for one rank works for others.
 ``apply_lora(model, ...)`` swaps matching ``Linear`` layers for ``LoRALinear`` (same ``weight`` and ``bias``
 Parameters, so the base state dict still loads by name) and freezes every other parameter;
 ``merge_lora(model)`` folds s·B A into W and puts plain ``Linear`` layers back; ``save_adapter`` /
-``load_adapter`` / ``load_pretrained_with_adapter`` keep the adapter as its own small file next to a base run.
+``load_adapter`` / ``load_pretrained_with_adapter`` keep the adapter as its own small file next to a base run
+(the same files hold prompt and prefix tuning's adapters: ``tinyllm.prompt_tuning``).
 """
 
 from __future__ import annotations
@@ -157,6 +158,15 @@ def _selects(param_name: str, pattern: str) -> bool:
             or module == pattern or module.endswith("." + pattern))
 
 
+def freeze_all_but(model, trainable=()) -> tuple:
+    """Freeze every parameter of ``model`` except those that ``trainable`` names (see ``_selects``); returns
+    ``trainable`` as a tuple of names."""
+    trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+    for name, p in model.named_parameters():
+        p.requires_grad = any(_selects(name, t) for t in trainable)
+    return trainable
+
+
 def _check_settings(rank, alpha, dropout, targets):
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank <= 0:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
@@ -194,9 +204,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
         suffixes = sorted({".".join(n.split(".")[-2:]) for n, _ in linears})
         raise ValueError(f"LoRA target(s) {unmatched} match no Linear layer of the model; "
                          f"its Linear layers end with: {', '.join(suffixes)}")
-    trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
-    for name, p in model.named_parameters():
-        p.requires_grad = any(_selects(name, t) for t in trainable)
+    trainable = freeze_all_but(model, trainable)
     generator = backend.rng(seed)
     wrapped = []
     for name, linear in linears:
@@ -256,18 +264,32 @@ def adapter_state(model) -> dict:
     return {name: p.data for name, p in model.named_parameters() if p.requires_grad}
 
 
+# What an adapter directory can hold: the attribute its settings live on in a model, and the format name
+# its adapter_config.json records (prompt and prefix tuning: ``tinyllm.prompt_tuning``).
+ADAPTER_FORMATS = {"lora_config": "tinyllm-lora", "prompt_tuning_config": "tinyllm-prompt-tuning"}
+
+
+def adapter_settings(model):
+    """(format, settings) of the adapter ``model`` carries (LoRA, or prompt/prefix tuning), or (None, None)."""
+    for attribute, name in ADAPTER_FORMATS.items():
+        if getattr(model, attribute, None) is not None:
+            return name, getattr(model, attribute)
+    return None, None
+
+
 def save_adapter(directory, model, base=None, extra_config: dict | None = None) -> Path:
-    """Write ``adapter.safetensors`` (the trainable tensors) and ``adapter_config.json`` (the LoRA settings,
-    the path of the ``base`` run and ``extra_config``) into ``directory``. Returns the weights' path."""
+    """Write ``adapter.safetensors`` (the trainable tensors) and ``adapter_config.json`` (the adapter's
+    settings, the path of the ``base`` run and ``extra_config``) into ``directory``. Returns the weights' path.
+    Works for LoRA and for prompt/prefix tuning (``tinyllm.prompt_tuning``) alike."""
     from .safetensors import save_file
-    config = getattr(model, "lora_config", None)
+    fmt, config = adapter_settings(model)
     if config is None:
-        raise ValueError("save_adapter: the model has no LoRA adapters (call apply_lora first)")
+        raise ValueError("save_adapter: the model has no adapter (call apply_lora or apply_prompt_tuning first)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {name: backend.to_numpy(array) for name, array in adapter_state(model).items()}
-    save_file(weights, directory / ADAPTER_WEIGHTS, metadata={"format": "tinyllm-lora"})
-    record = {"format": "tinyllm-lora", **config, **(extra_config or {})}
+    save_file(weights, directory / ADAPTER_WEIGHTS, metadata={"format": fmt})
+    record = {"format": fmt, **config, **(extra_config or {})}
     if base is not None:
         record["base"] = str(base)
     atomic_write_json(directory / ADAPTER_CONFIG, record)
@@ -279,18 +301,23 @@ def read_adapter_config(directory) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no {ADAPTER_CONFIG} in '{directory}' (is it an adapter directory?)")
     config = read_json(path, what="adapter config")
-    if config.get("format") != "tinyllm-lora":
-        raise ValueError(f"{path} is not a tinyllm LoRA adapter config (format {config.get('format')!r})")
+    if config.get("format") not in ADAPTER_FORMATS.values():
+        raise ValueError(f"{path} is not a tinyllm adapter config (format {config.get('format')!r}; expected one of "
+                         f"{', '.join(ADAPTER_FORMATS.values())})")
     return config
 
 
 def load_adapter(model, directory) -> dict:
-    """Apply LoRA to ``model`` with the settings saved in ``directory`` (unless it already has adapters) and
-    load the adapter tensors. Every saved tensor must exist in the model with the same shape. Returns the
+    """Apply the adapter saved in ``directory`` to ``model`` (LoRA with its settings, unless the model has
+    LoRA already; or prompt/prefix tuning, which first checks that the model is the one it was trained on)
+    and load its tensors. Every saved tensor must exist in the model with the same shape. Returns the
     adapter config."""
     from .safetensors import load_file
     config = read_adapter_config(directory)
-    if getattr(model, "lora_config", None) is None:
+    if config["format"] == ADAPTER_FORMATS["prompt_tuning_config"]:
+        from .prompt_tuning import apply_saved_prompt_tuning
+        apply_saved_prompt_tuning(model, config, Path(directory) / ADAPTER_CONFIG)
+    elif getattr(model, "lora_config", None) is None:
         apply_lora(model, config["rank"], config["alpha"], config["dropout"], config["targets"], config.get("trainable", ()))
     weights = load_file(Path(directory) / ADAPTER_WEIGHTS)
     params = dict(model.named_parameters())

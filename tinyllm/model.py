@@ -29,6 +29,10 @@ so a step costs one position's work; ``positions`` lets a left-padded row count 
 
 Training with ``checkpoint_activations`` set (``tinyllm.checkpointing.enable_checkpointing``) keeps only each
 block's input and recomputes the block in the backward: the same gradients for less memory.
+
+A ``prompt_adapter`` (``tinyllm.prompt_tuning``: a soft prompt or per-layer key/value prefixes) steers a
+frozen model from in front of the text: ``hidden_states`` lets it extend the input and hands each block its
+layer's prefix.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy as np
 
 from . import backend
 from . import functional as F
-from .autograd import no_grad
+from .autograd import Tensor, no_grad
 from .checkpointing import checkpoint
 from .functional.moe import check_expert_top_k
 from .functional.rope import check_rope_scaling, rope_cos_sin
@@ -198,8 +202,8 @@ class Block(Module):
             self.mlp = MoE(c, hidden, config.n_expert, config.expert_top_k, config.shared_expert, config.bias,
                            config.dropout, 0.02, proj_std, generator)
 
-    def forward(self, x, mask=None, cache=None, rope=None):   # (B, T, C) → (B, T, C)
-        x = x + self.attn(self.ln_1(x), mask, cache, rope)
+    def forward(self, x, mask=None, cache=None, rope=None, prefix=None):   # (B, T, C) → (B, T, C)
+        x = x + self.attn(self.ln_1(x), mask, cache, rope, prefix)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -227,9 +231,10 @@ class GPT(Module):
         tokens before it. With pos="learned" they index the ``wpe`` table; with pos="rope" the very same
         positions rotate every layer's queries and keys (so a slide's re-prefill from 0, or a left-padded row,
         behaves identically in both). ``cache``: a ``KVCache`` to attend over and append to (generation, no
-        gradients).
+        gradients). A ``prompt_adapter`` (``tinyllm.prompt_tuning``) may put virtual tokens in front of the
+        text, or give each layer key/value prefixes; the result has the text's positions only.
         """
-        idx = getattr(idx, "data", idx)
+        idx = idx.data if isinstance(idx, Tensor) else idx     # (a NumPy array's .data is a memoryview)
         idx = idx if hasattr(idx, "ndim") else np.asarray(idx)   # host ids stay on the host until the lookup
         if idx.ndim != 2:
             raise ValueError(f"GPT expects token ids of shape (batch, time), got shape {idx.shape}")
@@ -241,25 +246,30 @@ class GPT(Module):
         if positions is None:
             positions = np.arange(start, start + time)       # (T,), the same for every row
         else:
-            positions = getattr(positions, "data", positions)
+            positions = positions.data if isinstance(positions, Tensor) else positions
             positions = positions if hasattr(positions, "shape") else np.asarray(positions)
             if positions.shape not in ((time,), idx.shape):
                 raise ValueError(f"positions of shape {positions.shape} do not match token ids of shape {idx.shape}")
-        rope = None
+        x = self.wte(idx)                                     # (B, T, C)
         if self.wpe is not None:
-            x = self.wte(idx) + self.wpe(positions)           # (B, T, C) + (B or 1, T, C)
-        else:  # RoPE: the same positions, as rotations of q and k (computed once, shared by every layer)
-            x = self.wte(idx)                                 # (B, T, C)
+            x = x + self.wpe(positions)                       # + (B or 1, T, C)
+        prefixes = [None] * len(self.blocks)
+        adapter = getattr(self, "prompt_adapter", None)
+        if adapter is not None:          # virtual tokens in front of x, or each layer's key/value prefix
+            x, positions, mask, prefixes = adapter.extend(self, x, positions, mask, cache)
+        rope = None                      # RoPE: the positions as rotations of q and k (once, for every layer)
+        if self.wpe is None:
             rope = rope_cos_sin(positions, self.config.head_size, self.config.rope_theta, self.wte.weight.dtype,
                                 self.config.rope_scaling)
         x = self.drop(x)
         layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
-        for block, layer_cache in zip(self.blocks, layer_caches):
+        for block, layer_cache, prefix in zip(self.blocks, layer_caches, prefixes):
             if getattr(self, "checkpoint_activations", False) and cache is None:   # see tinyllm.checkpointing
-                x = checkpoint(lambda h, block=block: block(h, mask, None, rope), x, block.parameters())
+                x = checkpoint(lambda h, block=block, prefix=prefix: block(h, mask, None, rope, prefix), x,
+                               block.parameters() + [t for t in prefix or () if isinstance(t, Parameter)])
             else:
-                x = block(x, mask, layer_cache, rope)
-        return self.ln_f(x)
+                x = block(x, mask, layer_cache, rope, prefix)
+        return self.ln_f(x[:, x.shape[1] - time:] if x.shape[1] > time else x)   # the text's positions only
 
     def forward(self, idx, targets=None, mask=None, positions=None, cache=None):
         """idx (B, T) token ids → (logits (B, T, V), loss or None).

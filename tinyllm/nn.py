@@ -14,6 +14,7 @@ from . import functional as F
 from .autograd import Tensor, is_grad_enabled
 from .functional.attention import check_heads, multi_head_attention_forward, split_qkv
 from .functional.moe import check_expert_top_k
+from .functional.prefix import mask_with_prefix, prepend_forward
 from .functional.rope import apply_rotary
 
 
@@ -258,20 +259,23 @@ class CausalSelfAttention(Module):
         self.proj = Linear(n_embd, n_embd, bias, proj_std, generator)
         self.dropout = Dropout(dropout)  # masks come from the global generator (tinyllm.manual_seed)
 
-    def forward(self, x, mask=None, cache=None, rope=None):    # (B, T, C)
+    def forward(self, x, mask=None, cache=None, rope=None, prefix=None):    # (B, T, C)
         """``cache``: this layer's ``LayerKV`` when generating (see ``tinyllm.kv_cache``). The new keys and
         values are appended to it and the queries attend over everything cached; ``mask`` then covers all
         those keys: (B, 1, 1 or T, cached + T). Inference only: no gradient flows through the cache.
-        ``rope``: (cos, sin) of this call's positions (``functional.rope.rope_cos_sin``), or None."""
+        ``rope``: (cos, sin) of this call's positions (``functional.rope.rope_cos_sin``), or None.
+        ``prefix``: (keys, values), each (H_kv, P, D), that every query sees in front of the text's own
+        (``tinyllm.prompt_tuning``), or None."""
         qkv = self.qkv(x)                                     # (B, T, (H + 2 H_kv)·D)
         if cache is None:
-            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask, n_kv_head=self.n_kv_head, rope=rope)
+            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask, n_kv_head=self.n_kv_head, rope=rope,
+                                 prefix=prefix)
         else:
-            y = self._attend_cached(qkv.data, cache, mask, rope)
+            y = self._attend_cached(qkv.data, cache, mask, rope, prefix)
             y = Tensor(y, dtype=y.dtype)
         return self.dropout(self.proj(y))                     # (B, T, C)
 
-    def _attend_cached(self, qkv, cache, mask, rope=None):
+    def _attend_cached(self, qkv, cache, mask, rope=None, prefix=None):
         if is_grad_enabled():
             raise RuntimeError("attention with a KV cache is for inference only: run it under tinyllm.no_grad()")
         batch, time, _ = qkv.shape
@@ -279,6 +283,10 @@ class CausalSelfAttention(Module):
         if rope is not None:  # keys are cached rotated: a key's rotation depends only on its own position
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         keys, values = cache.append(k, v)                                      # (B, H_kv, cached + T, D)
+        if prefix is not None:                                                 # (B, H_kv, P + cached + T, D)
+            prefix_k, prefix_v = (t.data if isinstance(t, Tensor) else t for t in prefix)   # (H_kv, P, D)
+            keys, values = prepend_forward(prefix_k, keys, 2)[0], prepend_forward(prefix_v, values, 2)[0]
+            mask = mask_with_prefix(mask, prefix_k.shape[1])
         # The same forward as training. A single query sits after every cached key: no causal mask needed.
         y, _ = multi_head_attention_forward(q, keys, values, time > 1, mask)   # (B, H, T, D)
         return y.transpose(0, 2, 1, 3).reshape(batch, time, -1)              # (B, T, C)

@@ -75,11 +75,13 @@ def param_groups(model, weight_decay):
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def forward_backward(model, x, y, scale: float = 1.0, weight=None) -> float:
+def forward_backward(model, x, y, scale: float = 1.0, weight=None, loss=None) -> float:
     """The model's mean loss on inputs x and targets y (B, T); adds scale × its gradient to the parameters'
     ``.grad``. Every position has a target in next-token pretraining, so a block of rows weighs rows / B
-    (``data_parallel_backward``); ``weight(x, y)`` counts a block's targets otherwise (masked LM)."""
-    return data_parallel_backward(model, lambda x, y: model(x, y)[1], x, y, weight=weight, scale=scale)
+    (``data_parallel_backward``); ``weight(x, y)`` counts a block's targets otherwise (masked LM).
+    ``loss(x, y)``: a scalar Tensor to use instead of the model's own loss (distillation)."""
+    loss = loss or (lambda x, y: model(x, y)[1])
+    return data_parallel_backward(model, loss, x, y, weight=weight, scale=scale)
 
 
 def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float = 1.0) -> float:
@@ -232,7 +234,8 @@ def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, token
     ``objective`` replaces next-token prediction altogether (``tinyllm.mlm.MaskedLM``): it is the
     batch sampler, ``objective.evaluate(model, ids, max_batches)`` the evaluation,
     ``objective.targets(x, y)`` a block's weight; no samples are printed. Under ``mpiexec`` call it
-    in every process (module docstring).
+    in every process (module docstring). An objective with a ``loss(model, x, y)`` method
+    also replaces the loss (``tinyllm.distill.Distillation``).
     """
     run = Pretraining(model, train_ids, val_ids, config, run_dir, tokenizer, extra_config,
                       objective if objective is not None else batch_sampler, objective, resume)
@@ -361,7 +364,9 @@ class Pretraining:
             x, y = (self.batch_sampler(step, self.data_rng) if self.batch_sampler else
                     random_batch(self.train_ids, config.batch_size, self.context, self.data_rng))
             targets = self.objective.targets if self.objective is not None else None
-            loss_sum += forward_backward(self.model, x, y, 1.0 / config.grad_accum, targets)
+            loss = ((lambda x, y: self.objective.loss(self.model, x, y))
+                    if hasattr(self.objective, "loss") else None)            # distillation's loss
+            loss_sum += forward_backward(self.model, x, y, 1.0 / config.grad_accum, targets, loss)
         kept = f"; the last good checkpoint in '{self.run_dir}' is kept" if self.run_dir else ""
         loss_sum, grad_norm, _ = update_weights(
             self.optimizer, loss_sum, config.grad_clip, f"step {step + 1}",

@@ -23,9 +23,10 @@ from . import serve as _serve
 from .common import no_leftover_folder, use_help_formatter
 from . import data as _data
 from . import encoder as _encoder
+from . import distill as _distill
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_data, _tokenizer, _train, _encoder, _generate, _finetune, _interop, _align, _serve]
+STAGES = [_data, _tokenizer, _train, _encoder, _distill, _generate, _finetune, _interop, _align, _serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ def add_commands(sub) -> None:
                          description="Train a classifier from a pretrained run on labelled texts "
                                      "(label<TAB>text, CSV or JSONL). Writes a run directory whose config.json has "
                                      '"task": "classify" and the label names.')
-    _base_flags(c, out="runs/classify", epochs=5, batch_size=8, lr=5e-4, lora_lr=2e-3)
+    _base_flags(c, out="runs/classify", epochs=5, batch_size=8, lr=5e-4, lora_lr=2e-3, prompt_lr=3e-2)
     g = c.add_argument_group("data")
     g.add_argument("--data", default=None, help="labelled file: .tsv/.txt (label<TAB>text), .csv or .jsonl "
                                                  "(default: the built-in task, Python help-topic prose vs standard-library code lines)")
@@ -40,7 +40,8 @@ def add_commands(sub) -> None:
     g.add_argument("--split", default="0.7,0.1,0.2", type=split_fractions, help="train,val,test fractions (shuffled with --seed)")
     g.add_argument("--per-class", type=positive_int, default=600, help="examples per class of the built-in task")
     c.add_argument("--freeze-except", type=int, default=-1,
-                   help="train only the last N blocks + final norm + head (-1 = train everything; ignored with LoRA)")
+                   help="train only the last N blocks + final norm + head (-1 = train everything; ignored with LoRA "
+                        "and prompt/prefix tuning)")
     c.set_defaults(func=run_classify)
 
     i = tasks.add_parser("instruct", help="instruction following in the Alpaca prompt template",
@@ -49,7 +50,7 @@ def add_commands(sub) -> None:
                                      'responses. Writes a run directory whose config.json has "task": "instruct" and '
                                      'the Alpaca "template" that `tinyllm chat` uses; with --template chat, '
                                      "the base model's own chat template instead (an imported model's).")
-    _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=1e-3, lora_lr=2e-3)
+    _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=1e-3, lora_lr=2e-3, prompt_lr=3e-2)
     g = i.add_argument_group("data")
     g.add_argument("--data", default=None, help="Alpaca JSON/JSONL file (default: built-in generated tasks — arithmetic, "
                                                  "reversing/sorting/counting words, reading a field — with checkable answers)")
@@ -96,7 +97,7 @@ def add_commands(sub) -> None:
     e.set_defaults(func=run_evaluate)
 
 
-def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
+def _base_flags(p, out, epochs, batch_size, lr, lora_lr, prompt_lr) -> None:
     from ..finetune.loop import FinetuneConfig
     d = FinetuneConfig()
     p.add_argument("--ckpt", default="runs/demo", help="pretrained run directory to start from")
@@ -110,16 +111,25 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
                         "Linear the model has, e.g. attn.qkv,attn.proj,mlp.fc,mlp.proj for GPT-2)")
     g.add_argument("--save-merged", action=argparse.BooleanOptionalAction, default=True,
                    help="with LoRA: also write the merged full weights (model.safetensors)")
+    g = p.add_argument_group("prompt and prefix tuning (the model frozen; learned vectors in front of the text)")
+    g.add_argument("--prompt-tuning", type=non_negative_int, default=0, metavar="N",
+                   help="train only a soft prompt of N virtual tokens in front of every text (0 = off); the run "
+                        "keeps the adapter alone, loaded on top of --ckpt")
+    g.add_argument("--prefix-tuning", type=non_negative_int, default=0, metavar="N",
+                   help="train only N learned keys and values in front of every attention layer's (0 = off)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=positive_int, default=epochs, help="passes over the training examples")
     g.add_argument("--batch-size", type=positive_int, default=batch_size, help="examples per step (padded to the longest)")
     g.add_argument("--bucket", type=non_negative_int, default=d.bucket,
                    help="batch texts of similar length: sort windows of this many batches by length (0 = off)")
     g.add_argument("--lr", type=positive_float, default=None,
-                   help=f"peak learning rate; None means {lr:g}, or {lora_lr:g} with LoRA (adapters learn from zero)")
+                   help=f"peak learning rate; None means {lr:g}, {lora_lr:g} with LoRA (adapters learn from zero) "
+                        f"or {prompt_lr:g} with prompt/prefix tuning (a few vectors carry the whole change)")
     g.add_argument("--min-lr", type=non_negative_float, default=None, help="learning rate at the end of the cosine decay; None means lr/10")
     g.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear warmup steps")
-    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="AdamW decay of matrices (not biases or norms)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=None,
+                   help=f"AdamW decay of matrices, not biases or norms (None means {d.weight_decay:g}, or 0 with "
+                        "prompt/prefix tuning: decay would pull the virtual tokens towards zero)")
     g.add_argument("--grad-clip", type=non_negative_float, default=d.grad_clip, help="max gradient norm (0 = off)")
     g.add_argument("--dropout", type=probability, default=None, help="model dropout while finetuning; None keeps the base run's")
     g.add_argument("--log-interval", type=positive_int, default=d.log_interval, help="steps between progress lines (when not on a terminal)")
@@ -128,15 +138,18 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr) -> None:
                    help="keep only each block's input and recompute the block in the backward: less memory, "
                         "about a third more compute (needs dropout 0)")
     add_zero_flag(g)
-    p.set_defaults(default_lr=lr, default_lora_lr=lora_lr)
+    p.set_defaults(default_lr=lr, default_lora_lr=lora_lr, default_prompt_lr=prompt_lr)
 
 
 # ---------------------------------------------------------------------------------------------- shared
 
 def _finetune_config(args):
     from ..finetune.loop import FinetuneConfig
+    prompt = _prompt_tuning(args)
     if args.lr is None:
-        args.lr = args.default_lora_lr if args.lora_rank else args.default_lr
+        args.lr = args.default_lora_lr if args.lora_rank else args.default_prompt_lr if prompt else args.default_lr
+    if args.weight_decay is None:
+        args.weight_decay = 0.0 if prompt else FinetuneConfig.weight_decay
     return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, warmup=args.warmup,
                           weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_interval=args.log_interval,
@@ -155,15 +168,33 @@ def _load_base(args, allow_encoder=False):
     return model, tokenizer
 
 
+def _prompt_tuning(args):
+    """("prompt" or "prefix", N) when the flags ask for prompt or prefix tuning, else None; ValueError when
+    they ask for two ways to train at once."""
+    chosen = [flag for flag, value in (("--lora-rank", args.lora_rank), ("--prompt-tuning", args.prompt_tuning),
+                                       ("--prefix-tuning", args.prefix_tuning)) if value]
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join(chosen)} are different ways to finetune; choose one")
+    if args.prompt_tuning:
+        return "prompt", args.prompt_tuning
+    return ("prefix", args.prefix_tuning) if args.prefix_tuning else None
+
+
 def _prepare_training(model, args, also=()):
-    """Freeze or LoRA-wrap as the flags ask; returns the LoRA report or None."""
+    """Freeze, LoRA-wrap or prompt-tune as the flags ask; returns the adapter's report or None."""
     from ..finetune.loop import freeze_except_last
     from ..lora import apply_lora, format_report, parameter_report
+    prompt = _prompt_tuning(args)
     if getattr(args, "checkpoint_activations", False):
         from ..checkpointing import enable_checkpointing
         if args.dropout:
             raise ValueError("--checkpoint-activations needs --dropout 0: recomputed blocks would draw new masks")
         enable_checkpointing(model)
+    if prompt:
+        from ..prompt_tuning import apply_prompt_tuning
+        report = apply_prompt_tuning(model, prompt[1], prompt[0], trainable=also, seed=args.seed)
+        print(f"{prompt[0]} tuning, {prompt[1]} virtual tokens: {format_report(report)}")
+        return report
     if args.lora_rank:
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
         report = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets, trainable=also, seed=args.seed)
@@ -175,24 +206,33 @@ def _prepare_training(model, args, also=()):
     return None
 
 
+def _saved_files(args):
+    """(adapter, full weights): what the run keeps. LoRA keeps its adapter and (unless --no-save-merged) the
+    merged weights; prompt and prefix tuning, which do not fold into the weights, their adapter alone."""
+    adapter = bool(args.lora_rank or _prompt_tuning(args))
+    return adapter, not adapter or bool(args.lora_rank and args.save_merged)
+
+
 def _save_run(args, model, tokenizer, extra, save_full):
-    """Write the run: the adapter alone (LoRA), and the full (merged) weights with ``save_full``."""
-    from ..checkpoint import save_model
+    """Write the run: the adapter alone (LoRA, prompt/prefix tuning), and the full (merged) weights with
+    ``save_full``."""
     from ..lora import merge_lora, save_adapter
     out = Path(args.out)
-    if args.lora_rank:
+    adapter, full = _saved_files(args)
+    if adapter:
         save_adapter(out, model, base=Path(args.ckpt).resolve(), extra_config=extra)
-        if not args.save_merged:
-            return
+    if full and args.lora_rank:
         merge_lora(model)
-    save_full(out, model, tokenizer, extra)
+    if full:
+        save_full(out, model, tokenizer, extra)
 
 
 def _record_results(out: Path, results: dict, args) -> None:
     """Add the held-out scores to config.json (and adapter_config.json) once the run is safely saved."""
     from ..files import atomic_write_json, read_json
     from ..lora import ADAPTER_CONFIG
-    names = (["config.json"] if not args.lora_rank or args.save_merged else []) + ([ADAPTER_CONFIG] if args.lora_rank else [])
+    adapter, full = _saved_files(args)
+    names = (["config.json"] if full else []) + ([ADAPTER_CONFIG] if adapter else [])
     for name in names:
         config = read_json(out / name)
         config["results"] = results
@@ -242,7 +282,8 @@ def run_classify(args) -> int:
     extra = {"task": "classify", "labels": names, "base": str(args.ckpt),
              "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "balance": args.balance,
                       "split": list(fractions), "seed": args.seed, "per_class": args.per_class},
-             "finetune": {"lora_rank": args.lora_rank, "freeze_except": args.freeze_except, "epochs": args.epochs,
+             "finetune": {"lora_rank": args.lora_rank, "prompt_tuning": args.prompt_tuning,
+                          "prefix_tuning": args.prefix_tuning, "freeze_except": args.freeze_except, "epochs": args.epochs,
                           "lr": args.lr, "trainable": trainable, "seconds": round(summary["seconds"], 1)}}
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_classifier(o, m, t, e))
     stop_if_interrupted(summary, out)
@@ -293,11 +334,13 @@ def run_instruct(args) -> int:
     print(f"data: {args.data or builtin}; {len(train)} train / {len(val)} val / {len(test)} test records; "
           f"responses end with {end.text!r} (id {end.id}){'; ' + end.note if end.note else ''}")
     scored = test[:args.eval_limit] if args.eval_limit else test
-    _prepare_training(model, args)     # checks the LoRA flags before the minutes of scoring below; new adapters
-    before = None                      # add exactly zero, so the model still computes what the base does
+    _prepare_training(model, args)     # checks the adapter flags before the minutes of scoring below; new LoRA
+    before = None                      # adapters add exactly zero, so the model still computes what the base does
     if args.compare_base and scored:
+        from ..prompt_tuning import without_prompt
         t0 = time.perf_counter()
-        before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens, template)
+        with without_prompt(model):    # a new soft prompt or prefix does change the output: set it aside
+            before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens, template)
         print(f"before finetuning ({time.perf_counter() - t0:.0f}s): {format_scores(before)}")
     out = Path(args.out)
     if distributed.is_main():
@@ -315,7 +358,8 @@ def run_instruct(args) -> int:
              "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "split": list(fractions),
                       "seed": args.seed, "train_size": args.train_size, "test_size": args.test_size,
                       "refusals": args.refusals and args.data is None},
-             "finetune": {"lora_rank": args.lora_rank, "epochs": args.epochs, "lr": args.lr, "trainable": trainable,
+             "finetune": {"lora_rank": args.lora_rank, "prompt_tuning": args.prompt_tuning,
+                          "prefix_tuning": args.prefix_tuning, "epochs": args.epochs, "lr": args.lr, "trainable": trainable,
                           "seconds": round(summary["seconds"], 1)}}
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_model(o, m, t, extra_config=e))
     if args.template == "chat":

@@ -64,20 +64,31 @@ def add_commands(sub) -> None:
 
 
 def add_model_and_training_flags(p) -> None:
-    from ..model import PRESETS
-    from ..train import TrainConfig
-    d = TrainConfig()
+    add_data_flags(p)
+    add_model_flags(p)
+    add_training_flags(p)
+
+
+def add_data_flags(p, tokenizer: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="UTF-8 text file or directory of .txt files (default: Python's own "
                                                  "pydoc_data.topics text, ~465 KB)")
     g.add_argument("--val-fraction", type=fraction, default=0.1, help="the tail of the data held out for validation")
+    if not tokenizer:
+        return
     g.add_argument("--tokenizer", default=None, type=tokenizer_choice,
                    help="'bpe' or 'wordpiece' (trained on the data), 'char', or a tokenizer to reuse: a tokenizer "
                         ".json file or a run directory holding one; --objective mlm trains a wordpiece one unless another "
                         "is given (default: bpe)")
     g.add_argument("--vocab-size", type=positive_int, default=2048, help="vocabulary size when training a tokenizer")
+
+
+def add_model_flags(p, preset: bool = True) -> None:
+    """--preset (unless ``preset`` is False) and the flags that override its shape."""
+    from ..model import PRESETS
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="mini", choices=sorted(PRESETS), help="model shape; the flags below override it")
+    if preset:
+        g.add_argument("--preset", default="mini", choices=sorted(PRESETS), help="model shape; the flags below override it")
     g.add_argument("--n-layer", type=positive_int, default=None, help="transformer blocks (default: the preset's)")
     g.add_argument("--n-head", type=positive_int, default=None, help="attention heads; must divide --n-embd (default: the preset's)")
     g.add_argument("--n-embd", type=positive_int, default=None, help="width of the residual stream (default: the preset's)")
@@ -89,6 +100,11 @@ def add_model_and_training_flags(p) -> None:
                    help="key/value heads, dividing --n-head: fewer = grouped-query attention (default: the preset's)")
     g.add_argument("--n-expert", type=positive_int, default=None, help="experts per layer of a moe preset (default: the preset's)")
     g.add_argument("--expert-top-k", type=positive_int, default=None, help="experts per token of a moe preset (default: the preset's)")
+
+
+def add_training_flags(p) -> None:
+    from ..train import TrainConfig
+    d = TrainConfig()
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps (the total, also when resuming)")
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="windows of --context tokens per micro-batch")
@@ -141,17 +157,12 @@ def _make_tokenizer(choice, text, vocab_size, out):
 
 
 def run_pretrain(args) -> int:
-    from ..checkpoint import check_resumable
     from ..data.tokens import split_train_val
     from ..model import GPT
     from ..train import TrainConfig, pretrain
 
     backend.set_dtype(args.dtype)
-    out = Path(args.out)
-    if args.resume:
-        check_resumable(out)
-    elif (out / "model.safetensors").exists():
-        raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    out = run_directory(args)
     distributed.check_divides(args.batch_size)       # under mpiexec: before any work
     if getattr(args, "objective", "clm") == "mlm":
         from .encoder import run_pretrain_mlm
@@ -170,6 +181,17 @@ def run_pretrain(args) -> int:
                        batch_sampler=sampler, extra_config={"curriculum": args.curriculum} if sampler else None)
     _print_summary(summary, out)
     return 0
+
+
+def run_directory(args) -> Path:
+    """--out as a Path: a run to continue with --resume, else a folder that holds no run yet."""
+    from ..checkpoint import check_resumable
+    out = Path(args.out)
+    if args.resume:
+        check_resumable(out)
+    elif (out / "model.safetensors").exists():
+        raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    return out
 
 
 def _model_config(args, vocab_size):

@@ -9,12 +9,14 @@ from .dense import linear, embedding, gelu, silu, swiglu, dropout
 from .norms import layer_norm, rms_norm
 from .rope import rotary_embedding
 from .losses import softmax, log_softmax, cross_entropy
+from .distillation import distillation_loss
 from .attention import scaled_dot_product_attention, self_attention
+from .prefix import prepend, mask_with_prefix
 from .moe import moe, moe_experts, router_weights, load_balancing_loss, top_k_experts
 
 __all__ = [
     "linear", "embedding", "gelu", "silu", "swiglu", "dropout", "layer_norm", "rms_norm", "rotary_embedding",
-    "softmax", "log_softmax", "cross_entropy",
-    "scaled_dot_product_attention", "self_attention",
+    "softmax", "log_softmax", "cross_entropy", "distillation_loss",
+    "scaled_dot_product_attention", "self_attention", "prepend", "mask_with_prefix",
     "moe", "moe_experts", "router_weights", "load_balancing_loss", "top_k_experts",
 ]

@@ -38,6 +38,7 @@ import math
 
 from .. import backend
 from ..autograd import Tensor, fused_op
+from .prefix import mask_with_prefix, prepend_backward, prepend_forward
 from .rope import apply_rotary
 
 QUERY_BLOCK = 64   # queries per block in blockwise attention (see benchmarks/bench_ops.py)
@@ -213,41 +214,61 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     return fused_op(multi_head_attention_backward, y, cache, q, k, v)
 
 
-def self_attention_forward(qkv, n_head, n_kv_head, causal=True, mask=None, rope=None):
-    """qkv (B, T, (H + 2 H_kv)·D) = [queries | keys | values] from one linear layer → y (B, T, H·D), cache."""
+def self_attention_forward(qkv, n_head, n_kv_head, causal=True, mask=None, rope=None, prefix_k=None,
+                           prefix_v=None):
+    """qkv (B, T, (H + 2 H_kv)·D) = [queries | keys | values] from one linear layer → y (B, T, H·D), cache.
+    ``prefix_k``, ``prefix_v`` (H_kv, P, D): keys and values in front of every row's, which every query sees
+    (prefix tuning: ``tinyllm.prompt_tuning``); the causal rule then puts query i at position P + i."""
     batch, time, _ = qkv.shape
     q, k, v = split_qkv(qkv, n_head, n_kv_head)             # views: (B, H, T, D), (B, H_kv, T, D) × 2
     if rope is not None:
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)   # q, k = R q, R k
+    front = None
+    if prefix_k is not None:                                # k, v = [K_prefix ; k], [V_prefix ; v]
+        (k, front), (v, _) = prepend_forward(prefix_k, k, 2), prepend_forward(prefix_v, v, 2)
+        mask = mask_with_prefix(mask, prefix_k.shape[1])
     y, cache = multi_head_attention_forward(q, k, v, causal, mask)   # (B, H, T, D)
     y = y.transpose(0, 2, 1, 3).reshape(batch, time, -1)    # merge heads: (B, T, H·D)
-    return y, (qkv.shape, n_head, n_kv_head, rope, cache)
+    return y, (qkv.shape, n_head, n_kv_head, rope, cache, front)
 
 
-def self_attention_backward(dy, cache, needs=None):
-    """d qkv (B, T, (H + 2 H_kv)·D) from dy (B, T, H·D), written straight into one array."""
-    (batch, time, width), n_head, n_kv_head, rope, attention_cache = cache
+def self_attention_backward(dy, cache, needs=(True, False, False)):
+    """d qkv (B, T, (H + 2 H_kv)·D) from dy (B, T, H·D), written straight into one array; and the gradients
+    of the key and value prefixes, if any (else None)."""
+    (batch, time, width), n_head, n_kv_head, rope, attention_cache, front = cache
     head_size = width // (n_head + 2 * n_kv_head)
     dy = dy.reshape(batch, time, n_head, head_size).transpose(0, 2, 1, 3)    # undoes the merge
     dq, dk, dv = multi_head_attention_backward(dy, attention_cache)
+    d_prefix_k = d_prefix_v = None
+    if front is not None:                                   # undoes  k, v = [K_prefix ; k], [V_prefix ; v]
+        d_prefix_k, dk = prepend_backward(dk, front, (needs[1], True))
+        d_prefix_v, dv = prepend_backward(dv, front, (needs[2], True))
     if rope is not None:                                    # undoes  q, k = R q, R k
         dq, dk = apply_rotary(dq, *rope, inverse=True), apply_rotary(dk, *rope, inverse=True)
     d_heads = backend.xp.empty((batch, time, n_head + 2 * n_kv_head, head_size), dtype=dy.dtype)
     d_heads[:, :, :n_head] = dq.transpose(0, 2, 1, 3)                         # undoes the split
     d_heads[:, :, n_head:n_head + n_kv_head] = dk.transpose(0, 2, 1, 3)
     d_heads[:, :, n_head + n_kv_head:] = dv.transpose(0, 2, 1, 3)
-    return (d_heads.reshape(batch, time, width),)
+    return d_heads.reshape(batch, time, width), d_prefix_k, d_prefix_v
 
 
 def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None, n_kv_head: int | None = None,
-                   rope=None) -> Tensor:
+                   rope=None, prefix=None) -> Tensor:
     """Multi-head (or grouped-query) self-attention on packed projections: (B, T, (H + 2 H_kv)·D) →
     (B, T, H·D). For H_kv = H the input is GPT-2's (B, T, 3C). ``rope``: (cos, sin) from
-    ``rope.rope_cos_sin`` to rotate q and k by their positions (Llama), or None (GPT-2)."""
+    ``rope.rope_cos_sin`` to rotate q and k by their positions (Llama), or None (GPT-2). ``prefix``:
+    (keys, values) Tensors (H_kv, P, D) in front of the text's, or None (see ``self_attention_forward``)."""
     n_kv_head = _check_packed_heads(qkv.shape[-1], n_head, n_kv_head)
     mask = _check_mask(mask, (qkv.shape[0], n_head, qkv.shape[1], qkv.shape[1]))
-    y, cache = self_attention_forward(qkv.data, n_head, n_kv_head, causal, mask, rope)
-    return fused_op(self_attention_backward, y, cache, qkv)
+    prefix_k, prefix_v = (None, None) if prefix is None else prefix
+    if prefix is not None:
+        expected = (n_kv_head, prefix_k.shape[1], qkv.shape[-1] // (n_head + 2 * n_kv_head))
+        if prefix_k.shape != expected or prefix_v.shape != expected:
+            raise ValueError(f"self_attention: key/value prefixes must be (H_kv, P, D) = {expected}; got "
+                             f"{prefix_k.shape} and {prefix_v.shape}")
+    arrays = (None, None) if prefix is None else (prefix_k.data, prefix_v.data)
+    y, cache = self_attention_forward(qkv.data, n_head, n_kv_head, causal, mask, rope, *arrays)
+    return fused_op(self_attention_backward, y, cache, qkv, prefix_k, prefix_v)
 
 
 def split_qkv(qkv, n_head: int, n_kv_head: int):

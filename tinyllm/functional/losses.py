@@ -17,6 +17,13 @@ def _softmax_array(x, axis):
     return p
 
 
+def _log_softmax_array(x, axis):
+    """log-softmax of a raw array, stable: (x - max) - log Σ exp(x - max). Returns a new array."""
+    xp = backend.xp
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """p = exp(x) / Σ exp(x) along ``axis``.
 
@@ -38,8 +45,7 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     dy_i/dx_j = δ_ij - p_j, so dx = dy - p · Σ dy. Saves y (p = exp y is recomputed in the backward).
     """
     xp = backend.xp
-    shifted = x.data - x.data.max(axis=axis, keepdims=True)
-    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    y = _log_softmax_array(x.data, axis)
 
     def backward(dy):
         return (dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True),)
