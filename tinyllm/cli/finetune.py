@@ -148,6 +148,9 @@ def _prepare_training(model, args, also=()):
         if args.dropout:
             raise ValueError("--checkpoint-activations needs --dropout 0: recomputed blocks would draw new masks")
         enable_checkpointing(model)
+    if not args.lora_rank:
+        from ..quantize import check_trainable
+        check_trainable(model, f"'{args.ckpt}'")
     if args.lora_rank:
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
         report = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets, trainable=also, seed=args.seed)

@@ -6,6 +6,7 @@ hundreds of primitive ones. Every op here has a finite-difference test in ``test
 """
 
 from .dense import linear, embedding, gelu, silu, swiglu, dropout
+from .int8 import int8_linear
 from .norms import layer_norm, rms_norm
 from .rope import rotary_embedding
 from .losses import softmax, log_softmax, cross_entropy
@@ -13,7 +14,7 @@ from .attention import scaled_dot_product_attention, self_attention
 from .moe import moe, moe_experts, router_weights, load_balancing_loss, top_k_experts
 
 __all__ = [
-    "linear", "embedding", "gelu", "silu", "swiglu", "dropout", "layer_norm", "rms_norm", "rotary_embedding",
+    "linear", "int8_linear", "embedding", "gelu", "silu", "swiglu", "dropout", "layer_norm", "rms_norm", "rotary_embedding",
     "softmax", "log_softmax", "cross_entropy",
     "scaled_dot_product_attention", "self_attention",
     "moe", "moe_experts", "router_weights", "load_balancing_loss", "top_k_experts",
