@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .files import read_json
 from . import functional as F
+from .files import read_json
 from .nn import Embedding, Linear, Module, Parameter
 from .safetensors import load_file, load_metadata
 

@@ -33,10 +33,10 @@ def add_commands(sub) -> None:
     p.add_argument("run", help="run directory to compress (float weights)")
     p.add_argument("--out", required=True, help="run directory to write (with --each: a folder of runs)")
     g = p.add_argument_group("methods")
-    kind = g.add_mutually_exclusive_group()
-    kind.add_argument("--int8", action="store_true",
-                      help="int8 weights with one float32 scale per output row, used as int8 by the matmuls")
-    kind.add_argument("--fp16", action="store_true", help="every tensor stored as float16 (float32 once loaded)")
+    g.add_argument("--int8", action="store_true",
+                   help="int8 weights with one float32 scale per output row, used as int8 by the matmuls")
+    g.add_argument("--fp16", action="store_true", help="every tensor stored as float16 (float32 once loaded; "
+                                                        "not with --int8 unless --each)")
     g.add_argument("--prune-heads", type=non_negative_int, default=0, metavar="K",
                    help="remove the K least important attention heads of every layer (key/value groups with "
                         "grouped-query attention)")
@@ -158,6 +158,9 @@ def run_compress(args) -> int:
     methods = _methods(args)
     if not methods:
         raise ValueError("say how to compress: --prune-heads, --prune-mlp, --low-rank, --prune and/or --int8 or --fp16")
+    if args.int8 and args.fp16 and not args.each:
+        raise ValueError("--int8 and --fp16 are two ways to store the same weights: choose one (or compare them "
+                         "with --each)")
     source, out = Path(args.run), Path(args.out)
     variants = [[m] for m in methods] if args.each else [methods]
     targets = [out / _describe(v[0], args)[1] for v in variants] if args.each else [out]
