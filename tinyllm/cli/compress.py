@@ -57,12 +57,14 @@ def add_commands(sub) -> None:
                    help="context windows of training text on which heads and channels are scored")
     g.add_argument("--seed", type=non_negative_int, default=1337, help="seed of the finetuning batches")
     g = p.add_argument_group("measuring")
-    g.add_argument("--data", default=None, help="text to evaluate on (default: the built-in corpus's held-out "
-                                                "tail; finetuning then uses the rest of it)")
-    g.add_argument("--val-fraction", type=fraction, default=0.1, help="the tail of the text evaluated")
+    g.add_argument("--data", default=None, help="text whose tail is evaluated and whose rest is finetuned on and "
+                                                "scores heads (default: the built-in corpus, the demo's data)")
+    g.add_argument("--val-fraction", type=fraction, default=0.1, help="the share of the text, at its end, evaluated")
     g.add_argument("--batch-size", type=positive_int, default=8, help="windows per evaluation and finetuning batch")
     g.add_argument("--max-batches", type=positive_int, default=None, help="evaluate on at most this many batches")
     g.add_argument("--gen-tokens", type=positive_int, default=64, help="greedy tokens generated to time the speed")
+    g.add_argument("--rounds", type=positive_int, default=3,
+                   help="speed is the best of this many rounds, each timing every model in turn")
     p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
     p.set_defaults(func=run_compress)
 
@@ -130,22 +132,32 @@ def _finetune(model, train_ids, val_ids, args) -> dict:
             "val_loss_before": summary["first_val"]["loss"], "val_loss_after": summary["last_val"]["loss"]}
 
 
-def _measure(model, val_ids, args, prompt) -> dict:
-    """Validation loss and perplexity, forward tokens/s over them, and greedy generation tokens/s (best of 3)."""
-    from ..generate import generate
+def _quality(model, val_ids, args) -> dict:
+    """Validation loss and perplexity, and what the model occupies."""
     from ..quantize import model_bytes
     from ..train import evaluate
-    t0 = time.perf_counter()
     result = evaluate(model, val_ids, args.batch_size, model.config.block_size, args.max_batches)
-    forward_speed = result["tokens"] / (time.perf_counter() - t0)
-    generate(model, prompt, 4, temperature=0)                            # warm up (first calls allocate)
-    seconds = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        new = generate(model, prompt, args.gen_tokens, temperature=0)
-        seconds.append(time.perf_counter() - t0)
-    return {**result, "tokens_per_s": len(new) / min(seconds), "forward_tokens_per_s": forward_speed,
-            "generated": new, "memory": model_bytes(model), "parameters": model.num_parameters()}
+    return {**result, "memory": model_bytes(model), "parameters": model.num_parameters()}
+
+
+def _speeds(models, val_ids, args, prompt) -> list[dict]:
+    """Greedy generation and batched forward tokens/s of each model: the best of ``--rounds`` rounds that take
+    the models in turn, so that other work on the machine slows them all alike rather than one of them."""
+    from ..autograd import no_grad
+    from ..generate import generate
+    context = models[0].config.block_size
+    batch = _calibration(val_ids, context, args.batch_size)               # (B, T) windows of the validation text
+    speeds = [{"tokens_per_s": 0.0, "forward_tokens_per_s": 0.0} for _ in models]
+    for _ in range(args.rounds):
+        for model, speed in zip(models, speeds):
+            t0 = time.perf_counter()
+            speed["generated"] = generate(model, prompt, args.gen_tokens, temperature=0)
+            speed["tokens_per_s"] = max(speed["tokens_per_s"], args.gen_tokens / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            with no_grad():
+                model(batch)
+            speed["forward_tokens_per_s"] = max(speed["forward_tokens_per_s"], batch.size / (time.perf_counter() - t0))
+    return speeds
 
 
 def run_compress(args) -> int:
@@ -173,21 +185,21 @@ def run_compress(args) -> int:
         raise ValueError(f"'{source}' is int8 already; compress the float run it was made from")
     ids = tokenize(_load_text(args.data), tokenizer)
     train_ids, val_ids = split_train_val(ids, args.val_fraction)
-    prompt = [int(i) for i in val_ids[:16]]
-    print(f"measuring {source} on {len(val_ids):,} validation tokens ...", flush=True)
-    rows = [("original", source, file_size(source), _measure(model.eval(), val_ids, args, prompt))]
     step = int(load_metadata(source / "model.safetensors" if source.is_dir() else source).get("step", 0))
-    notes = []
+    rows, notes = [("original", source, model.eval())], []
     for variant, target in zip(variants, targets):
         label = " + ".join(_describe(m, args)[0] for m in variant)
         print(f"{label} ...", flush=True)
         compressed, details = _apply(copy.deepcopy(model), variant, args, train_ids, val_ids)
         save_compressed(source, target, compressed, "fp16" if "fp16" in variant else "float32", tokenizer, step,
                         {"methods": variant, **details})
-        loaded, _ = load_pretrained(target)                                # measure what a user will load
-        rows.append((label, target, file_size(target), _measure(loaded.eval(), val_ids, args, prompt)))
+        rows.append((label, target, load_pretrained(target)[0].eval()))      # measure what a user will load
         notes += _notes(label, details)
-    _print_table(rows)
+    print(f"measuring on {len(val_ids):,} validation tokens, speed as the best of {args.rounds} rounds ...", flush=True)
+    measured = [{**_quality(m, val_ids, args), "file": file_size(path)} for _, path, m in rows]
+    for result, speed in zip(measured, _speeds([m for _, _, m in rows], val_ids, args, [int(i) for i in val_ids[:16]])):
+        result.update(speed)
+    _print_table([label for label, _, _ in rows], measured)
     for note in notes:
         print(note)
     print(f"run{'s' if len(targets) > 1 else ''} saved in {', '.join(f'{t}/' for t in targets)}")
@@ -217,28 +229,29 @@ def _notes(label: str, details: dict) -> list[str]:
     return notes
 
 
-def _print_table(rows) -> None:
-    """One line per model: sizes, scores and speeds, each with its ratio to the original's, and how many of
-    the original's greedy tokens it reproduces."""
+def _print_table(labels, measured) -> None:
+    """One line per model: sizes, scores and speeds, each with its ratio to the original's (the first), and how
+    many of the original's greedy tokens it reproduces."""
     from ..quantize import human_bytes
-    _, _, base_file, base = rows[0]
+    base = measured[0]
 
-    def cell(text, value, reference, first):
-        return text if first else f"{text} ({value / reference:.2f}×)"
+    def cell(key, text):
+        return lambda m, first: text(m[key]) if first else f"{text(m[key])} ({m[key] / base[key]:.2f}×)"
 
-    table = [("model", "file", "in memory", "parameters", "val loss", "val ppl", "generate tok/s", "forward tok/s",
-              "same greedy")]
-    for i, (label, _, size, m) in enumerate(rows):
-        first = i == 0
-        same = next((k for k, (a, b) in enumerate(zip(base["generated"], m["generated"])) if a != b),
-                    min(len(base["generated"]), len(m["generated"])))
-        table.append((label, cell(human_bytes(size), size, base_file, first),
-                      cell(human_bytes(m["memory"]), m["memory"], base["memory"], first), f"{m['parameters']:,}",
-                      f"{m['loss']:.4f}", f"{m['ppl']:.2f}",
-                      cell(f"{m['tokens_per_s']:.0f}", m["tokens_per_s"], base["tokens_per_s"], first),
-                      cell(f"{m['forward_tokens_per_s']:,.0f}", m["forward_tokens_per_s"], base["forward_tokens_per_s"], first),
-                      f"{same}/{len(base['generated'])}"))
+    columns = {"file": cell("file", human_bytes), "in memory": cell("memory", human_bytes),
+               "parameters": lambda m, first: f"{m['parameters']:,}",
+               "val loss": lambda m, first: f"{m['loss']:.4f}", "val ppl": lambda m, first: f"{m['ppl']:.2f}",
+               "generate tok/s": cell("tokens_per_s", lambda v: f"{v:.0f}"),
+               "forward tok/s": cell("forward_tokens_per_s", lambda v: f"{v:,.0f}"),
+               "same greedy": lambda m, first: f"{_same_prefix(base['generated'], m['generated'])}/{len(base['generated'])}"}
+    table = [("model", *columns)]
+    table += [(label, *(show(m, i == 0) for show in columns.values())) for i, (label, m) in enumerate(zip(labels, measured))]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     print()
     for row in table:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def _same_prefix(a, b) -> int:
+    """How many first tokens two generations share."""
+    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
