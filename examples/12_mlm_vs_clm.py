@@ -43,7 +43,10 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--out", default="runs/example-mlm-vs-clm")
 args = parser.parse_args()
 
-examples = balance(read_labeled(resolve_data(args.data)), args.seed)
+try:
+    examples = balance(read_labeled(resolve_data(args.data)), args.seed)
+except (ValueError, OSError, RuntimeError) as e:       # no such file, offline, a bad checksum
+    parser.error(f"--data {args.data!r}: {e}")
 train, val, test = split_examples(examples, (0.7, 0.1, 0.2), args.seed)
 text = "\n".join(message for _, message in train)              # unlabeled text for pretraining
 tokenizer = train_wordpiece(text, 2000)

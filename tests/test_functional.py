@@ -19,8 +19,10 @@ import pytest
 import tinyllm.functional as F
 from tinyllm import backend
 from tinyllm.autograd import Tensor
-from tinyllm.functional.attention import (attention_backward, attention_forward, blockwise_attention_backward,
-                                         blockwise_attention_forward, check_heads, split_qkv)
+from tinyllm.functional.attention import (attention_backward, attention_bias, attention_forward,
+                                         blockwise_attention_backward, blockwise_attention_forward, check_heads,
+                                         grouped_query_attention_backward, grouped_query_attention_forward,
+                                         query_blocks, split_qkv)
 from tinyllm.testing import gradcheck
 from tinyllm.backend import to_numpy
 
@@ -560,7 +562,7 @@ def test_attention_in_query_blocks_equals_the_reference_and_gradchecks(case, sma
     n_head, n_kv_head, t_q, t_k, mask = case
     mask = _mask_with_diagonal(rng, (2, n_head, t_q, t_k)) if isinstance(mask, str) else mask
     q, k, v = rng.standard_normal((2, n_head, t_q, 3)), rng.standard_normal((2, n_kv_head, t_k, 3)), rng.standard_normal((2, n_kv_head, t_k, 3))
-    assert len(small_query_blocks._query_blocks(t_q, t_k, causal=True)) > 1
+    assert len(query_blocks(t_q, t_k, small_query_blocks.QUERY_BLOCK)) > 1
 
     y = sdpa64(q, k, v, causal=True, mask=mask)
 
@@ -575,13 +577,13 @@ def test_raw_blockwise_attention_equals_one_block_forward_and_backward(small_que
     q, k, v, dy = (backend.asarray(rng.standard_normal(shape), dtype=np.float64)
                    for shape in ((2, 4, 5, 3), (2, 2, 9, 3), (2, 2, 9, 3), (2, 4, 5, 3)))
 
-    y, saved = blockwise_attention_forward(q, k, v, causal=True)
-    grads = blockwise_attention_backward(dy, k, v, saved)
+    y, caches = blockwise_attention_forward(q, k, v, block=2)
+    grads = blockwise_attention_backward(dy, caches)
 
-    assert len(saved) == 3                                   # queries 0-1, 2-3, 4 against keys 0-5, 0-7, 0-8
-    y_whole, probs, q_scaled = attention_forward(q, k, v, causal=True)
+    assert [c[:3] for c in caches] == [(0, 2, 6), (2, 4, 8), (4, 5, 9)]   # queries against the keys they see
+    y_whole, cache = grouped_query_attention_forward(q, k, v, attention_bias(5, 9, True, None, q.dtype))
     np.testing.assert_allclose(to_numpy(y), to_numpy(y_whole), rtol=1e-12, atol=1e-12)
-    for got, expected in zip(grads, attention_backward(dy, k, v, probs, q_scaled)):
+    for got, expected in zip(grads, grouped_query_attention_backward(dy, cache), strict=True):
         np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-11, atol=1e-12)
 
 
@@ -596,8 +598,9 @@ def test_raw_attention_forward_and_backward_agree_with_primitive_autograd(rng):
     q, k, v = qkv_arrays(rng, b=2, h=2, t_q=3, t_k=5, d=4)
     upstream = rng.standard_normal((2, 2, 3, 4))
 
-    y, probs, q_scaled = attention_forward(*(backend.asarray(a) for a in (q, k, v)), causal=True)
-    dq, dk, dv = attention_backward(backend.asarray(upstream), backend.asarray(k), backend.asarray(v), probs, q_scaled)
+    bias = attention_bias(3, 5, True, None, np.float64)
+    y, cache = attention_forward(*(backend.asarray(a) for a in (q, k, v)), bias)
+    dq, dk, dv = attention_backward(backend.asarray(upstream), cache)
 
     tq, tk, tv = leaf(q), leaf(k), leaf(v)
     future = np.triu(np.ones((3, 5), dtype=bool), k=5 - 3 + 1)
@@ -607,8 +610,7 @@ def test_raw_attention_forward_and_backward_agree_with_primitive_autograd(rng):
     y_ref.backward(upstream)
 
     np.testing.assert_allclose(backend.to_numpy(y), y_ref.numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(backend.to_numpy(q_scaled), q / 2.0, rtol=1e-15)
-    np.testing.assert_allclose(backend.to_numpy(probs).sum(axis=-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(cache[3]).sum(axis=-1), 1.0, rtol=1e-12)   # P
     for name, mine, ref in (("dq", dq, tq), ("dk", dk, tk), ("dv", dv, tv)):
         np.testing.assert_allclose(backend.to_numpy(mine), backend.to_numpy(ref.grad), rtol=1e-10, atol=1e-12, err_msg=name)
 
@@ -855,25 +857,23 @@ def saved_extra_elements(out, inputs):
     return extra
 
 
-def test_attention_backward_keeps_only_probs_and_scaled_queries(rng):
+def test_attention_backward_keeps_only_the_probabilities(rng):
     b, h, t_q, t_k, d = 2, 3, 4, 6, 5
     q, k, v = (Tensor(a, requires_grad=True) for a in qkv_arrays(rng, b, h, t_q, t_k, d))
 
     out = F.scaled_dot_product_attention(q, k, v, causal=True, mask=padding_mask([6, 3], t_k))
 
-    allowed = b * h * t_q * t_k + b * h * t_q * d              # probs (B, H, Tq, Tk) + scaled q (B, H, Tq, D)
-    assert saved_extra_elements(out, (q, k, v)) <= allowed
+    assert saved_extra_elements(out, (q, k, v)) == b * h * t_q * t_k          # P (B, H, Tq, Tk)
 
 
-def test_self_attention_backward_keeps_only_probs_and_scaled_queries(rng):
+def test_self_attention_backward_keeps_only_the_probabilities(rng):
     b, t, n_head, c = 2, 6, 3, 12
     qkv = Tensor(rng.standard_normal((b, t, 3 * c)), requires_grad=True)
 
     out = F.self_attention(qkv, n_head)
 
-    # probs (B, H, T, T) + scaled q (B, T, C); k and v are views into the input qkv.
-    allowed = b * n_head * t * t + b * t * c
-    assert saved_extra_elements(out, (qkv,)) <= allowed
+    # P (B, H, T, T); q, k and v are views into the input qkv.
+    assert saved_extra_elements(out, (qkv,)) == b * n_head * t * t
 
 
 def test_attention_in_query_blocks_keeps_only_the_probabilities_it_computed(small_query_blocks, rng):
@@ -882,8 +882,8 @@ def test_attention_in_query_blocks_keeps_only_the_probabilities_it_computed(smal
 
     out = F.scaled_dot_product_attention(q, k, v, causal=True)
 
-    # Blocks of 2 queries see 2, 4, 6, 8 keys: 40 probabilities per head instead of 64, plus the scaled queries.
-    assert saved_extra_elements(out, (q, k, v)) == b * h * 2 * (2 + 4 + 6 + 8) + b * h * t * d
+    # Blocks of 2 queries see 2, 4, 6, 8 keys: 40 probabilities per head instead of 64.
+    assert saved_extra_elements(out, (q, k, v)) == b * h * 2 * (2 + 4 + 6 + 8)
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
@@ -927,7 +927,7 @@ def test_silu_and_swiglu_keep_one_array_of_the_input_size(rng):
 
 
 def test_grouped_self_attention_keeps_probs_and_queries_of_the_query_heads_only(rng):
-    # With H_kv < H the probabilities are still (B, H, T, T) and the queries (B, T, C): K and V are never repeated.
+    # With H_kv < H: P (B, H, T, T) and the stacked queries (B, T, C): K and V are never repeated.
     b, t, n_head, n_kv_head, d = 2, 6, 4, 1, 3
     qkv = Tensor(rng.standard_normal((b, t, (n_head + 2 * n_kv_head) * d)), requires_grad=True)
 

@@ -10,7 +10,7 @@ import pytest
 from tinyllm import backend, default_dtype
 from tinyllm.autograd import Tensor, fused_op
 from tinyllm.backend import to_numpy
-from tinyllm.functional import dense, gelu_erf, int8, losses, norms, rope
+from tinyllm.functional import attention, dense, gelu_erf, int8, losses, norms, rope
 from tinyllm.functional.moe import check_expert_top_k, moe_experts_backward, moe_experts_forward
 from tinyllm.testing import gradcheck
 
@@ -172,3 +172,44 @@ def test_rope_frequencies_and_the_llama3_scaling():
     for bad in ({"rope_type": "yarn"}, {**scaling, "factor": 0}, {**scaling, "high_freq_factor": 0.5}):
         with pytest.raises(ValueError, match="rope_scaling"):
             rope.check_rope_scaling(bad)
+
+
+def no_grads_for_constants(backward, count):
+    """A backward of the differentiable inputs only, with None for the ``count`` constants after them."""
+    return lambda dy, cache, needs: (*backward(dy, cache), *(None,) * count)
+
+
+def test_attention_pair_with_a_causal_bias_and_keys_from_a_cache():
+    q, k, v = (leaf(R.standard_normal(shape)) for shape in ((2, 3, 4, 5), (2, 3, 6, 5), (2, 3, 6, 5)))
+    bias = attention.attention_bias(4, 6, True, None, np.float64)        # query i sees keys 0 … 2 + i
+    check_pair(attention.attention_forward, no_grads_for_constants(attention.attention_backward, 1), [q, k, v],
+               constants=(bias,))
+
+
+def test_grouped_query_attention_pair_equals_attention_on_repeated_keys_and_values():
+    q, k, v = (leaf(R.standard_normal(shape)) for shape in ((2, 4, 3, 5), (2, 2, 3, 5), (2, 2, 3, 5)))
+    mask = backend.asarray(R.random((2, 4, 3, 3)) < 0.7) | backend.xp.eye(3, dtype=bool)   # per head
+    bias = attention.attention_bias(3, 3, False, mask, np.float64)
+    check_pair(attention.grouped_query_attention_forward,
+               no_grads_for_constants(attention.grouped_query_attention_backward, 1), [q, k, v], constants=(bias,))
+
+    y, _ = attention.grouped_query_attention_forward(q.data, k.data, v.data, bias)
+    repeated = [backend.xp.repeat(t.data, 2, axis=1) for t in (k, v)]   # kv head j serves query heads 2j, 2j+1
+    y_repeated, _ = attention.attention_forward(q.data, *repeated, bias)
+    np.testing.assert_allclose(to_numpy(y), to_numpy(y_repeated), rtol=1e-12, atol=1e-12)
+
+
+def test_blockwise_attention_pair_equals_the_one_block_pair():
+    q, k, v = (leaf(R.standard_normal(shape)) for shape in ((1, 2, 5, 3), (1, 1, 7, 3), (1, 1, 7, 3)))
+    check_pair(attention.blockwise_attention_forward,
+               no_grads_for_constants(attention.blockwise_attention_backward, 2), [q, k, v], constants=(None, 2))
+    y, _ = attention.blockwise_attention_forward(q.data, k.data, v.data, None, 2)
+    y_whole, _ = attention.grouped_query_attention_forward(
+        q.data, k.data, v.data, attention.attention_bias(5, 7, True, None, np.float64))
+    np.testing.assert_allclose(to_numpy(y), to_numpy(y_whole), rtol=1e-12, atol=1e-12)
+
+
+def test_attention_bias_is_zero_where_allowed_and_minus_infinity_elsewhere():
+    bias = to_numpy(attention.attention_bias(2, 4, True, None, np.float32))
+    assert np.array_equal(np.isfinite(bias), [[True, True, True, False], [True, True, True, True]])
+    assert attention.attention_bias(2, 4, False, None, np.float32) is None

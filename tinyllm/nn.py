@@ -12,7 +12,7 @@ import math
 from . import backend
 from . import functional as F
 from .autograd import Tensor, is_grad_enabled
-from .functional.attention import attention_forward, check_heads, split_qkv
+from .functional.attention import check_heads, multi_head_attention_forward, split_qkv
 from .functional.moe import check_expert_top_k
 from .functional.rope import apply_rotary
 
@@ -301,7 +301,6 @@ class CausalSelfAttention(Module):
         if rope is not None:  # keys are cached rotated: a key's rotation depends only on its own position
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         keys, values = cache.append(k, v)                                      # (B, H_kv, cached + T, D)
-        # The same forward as training (one source of truth for the math). A single query sits after every
-        # cached key, so it needs no causal mask.
-        y, _, _ = attention_forward(q, keys, values, causal=time > 1, mask=mask)  # (B, H, T, D)
+        # The same forward as training. A single query sits after every cached key: no causal mask needed.
+        y, _ = multi_head_attention_forward(q, keys, values, time > 1, mask)   # (B, H, T, D)
         return y.transpose(0, 2, 1, 3).reshape(batch, time, -1)              # (B, T, C)

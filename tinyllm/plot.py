@@ -165,67 +165,85 @@ def line_chart_svg(
     usable = {name: _usable_points(xs, ys, log_y) for name, (xs, ys) in series.items()}
     usable = {name: points for name, points in usable.items() if points}
     if not usable:
-        raise ValueError(f"nothing to plot in chart {title!r}: no series has a finite point" + (" > 0" if log_y else ""))
+        raise ValueError(f"nothing to plot in chart {title!r}: no series has a finite point"
+                         + (" > 0" if log_y else ""))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    frame = _draw_frame(out, usable, (title, xlabel, ylabel), width, height, log_y)
+    looks = {name: _style(i, len(points), (styles or {}).get(name))
+             for i, (name, points) in enumerate(usable.items())}
+    traced = []  # points along every curve, to find a free corner for the legend
+    for name, points in usable.items():
+        traced += _draw_series(out, name, points, looks[name], frame)
+    _draw_legend(out, looks, traced, frame)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _svg_text(out: list, x: float, y: float, content: str, attributes: str) -> None:
+    out.append(f'<text x="{x:.1f}" y="{y:.1f}" {FONT} {attributes}>{escape(content)}</text>')
+
+
+def _draw_frame(out, usable, labels, width, height, log_y) -> dict:
+    """Grid, ticks, title and axis labels; returns the plot area and the data → pixel maps."""
+    title, xlabel, ylabel = labels
     all_x = [x for points in usable.values() for x, _ in points]
     all_y = [y for points in usable.values() for _, y in points]
     x_low, x_high, x_ticks, x_labels = _axis(min(all_x), max(all_x), max(2, width // 110), log=False)
     y_low, y_high, y_ticks, y_labels = _axis(min(all_y), max(all_y), max(2, height // 70), log=log_y)
-    to_axis = math.log10 if log_y else float
-
-    # The frame of the plot area, leaving room for the title, the axis labels and the longest tick label.
+    # The plot area, leaving room for the title, the axis labels and the longest tick label.
     left = 36 + 7 * max(len(label) for label in y_labels)
     top, right, bottom = 44, width - 24, height - 52
+    to_axis = math.log10 if log_y else float
     px = lambda x: left + (x - x_low) / (x_high - x_low) * (right - left)
-    py = lambda y: bottom - (y - y_low) / (y_high - y_low) * (bottom - top)  # SVG's y axis points down
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-    ]
-
-    def text(x: float, y: float, content: str, attributes: str) -> None:
-        out.append(f'<text x="{x:.1f}" y="{y:.1f}" {FONT} {attributes}>{escape(content)}</text>')
-
+    py = lambda y: bottom - (to_axis(y) - y_low) / (y_high - y_low) * (bottom - top)  # SVG's y points down
+    py_axis = lambda tick: bottom - (tick - y_low) / (y_high - y_low) * (bottom - top)
+    grid = 'stroke="#e5e5e5"'
     for tick, label in zip(x_ticks, x_labels):
-        out.append(f'<line x1="{px(tick):.1f}" y1="{top}" x2="{px(tick):.1f}" y2="{bottom}" stroke="#e5e5e5"/>')
-        text(px(tick), bottom + 17, label, 'font-size="12" text-anchor="middle" fill="#444"')
+        out.append(f'<line x1="{px(tick):.1f}" y1="{top}" x2="{px(tick):.1f}" y2="{bottom}" {grid}/>')
+        _svg_text(out, px(tick), bottom + 17, label, 'font-size="12" text-anchor="middle" fill="#444"')
     for tick, label in zip(y_ticks, y_labels):
-        out.append(f'<line x1="{left}" y1="{py(tick):.1f}" x2="{right}" y2="{py(tick):.1f}" stroke="#e5e5e5"/>')
-        text(left - 6, py(tick) + 4, label, 'font-size="12" text-anchor="end" fill="#444"')
-    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#888"/>')
-    text(width / 2, 26, title, 'font-size="16" font-weight="bold" text-anchor="middle"')
-    text((left + right) / 2, height - 12, xlabel, 'font-size="13" text-anchor="middle"')
+        out.append(f'<line x1="{left}" y1="{py_axis(tick):.1f}" x2="{right}" y2="{py_axis(tick):.1f}" {grid}/>')
+        _svg_text(out, left - 6, py_axis(tick) + 4, label, 'font-size="12" text-anchor="end" fill="#444"')
+    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" '
+               'stroke="#888"/>')
+    _svg_text(out, width / 2, 26, title, 'font-size="16" font-weight="bold" text-anchor="middle"')
+    _svg_text(out, (left + right) / 2, height - 12, xlabel, 'font-size="13" text-anchor="middle"')
     middle = (top + bottom) / 2
-    text(18, middle, ylabel + (" (log scale)" if log_y else ""), f'font-size="13" text-anchor="middle" transform="rotate(-90 18 {middle:.1f})"')
+    _svg_text(out, 18, middle, ylabel + (" (log scale)" if log_y else ""),
+              f'font-size="13" text-anchor="middle" transform="rotate(-90 18 {middle:.1f})"')
+    return {"box": (left, top, right, bottom), "px": px, "py": py}
 
-    looks = {name: _style(i, len(points), (styles or {}).get(name)) for i, (name, points) in enumerate(usable.items())}
-    traced = []  # points along every curve, to find a free corner for the legend
-    for name, points in usable.items():
-        look = looks[name]
-        series_pixels = [(px(x), py(to_axis(y))) for x, y in points]
-        traced += _trace(series_pixels) if look["line"] else series_pixels
-        if look["line"]:
-            coordinates = " ".join(f"{x:.1f},{y:.1f}" for x, y in series_pixels)
-            out.append(f'<polyline fill="none" stroke="{look["color"]}" stroke-width="{look["width"]}" '
-                       f'stroke-opacity="{look["opacity"]}" stroke-linejoin="round" points="{coordinates}">'
-                       f'<title>{escape(name)}</title></polyline>')
-        if look["markers"]:
-            out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}" stroke="white" '
-                       f'stroke-width="0.8"/>' for x, y in series_pixels)
 
-    legend_size = (34 + 7 * max(len(name) for name in usable), 8 + 18 * len(usable))
-    legend_x, legend_y = _legend_corner(traced, (left, top, right, bottom), legend_size)
-    out.append(f'<rect x="{legend_x:.1f}" y="{legend_y:.1f}" width="{legend_size[0]:.1f}" height="{legend_size[1]}" fill="white" fill-opacity="0.85" stroke="#ccc"/>')
-    for i, name in enumerate(usable):
-        y, look = legend_y + 13 + 18 * i, looks[name]
+def _draw_series(out, name, points, look, frame) -> list:
+    """One series' polyline and/or dots; returns the pixels along it."""
+    pixels = [(frame["px"](x), frame["py"](y)) for x, y in points]
+    if look["line"]:
+        coordinates = " ".join(f"{x:.1f},{y:.1f}" for x, y in pixels)
+        out.append(f'<polyline fill="none" stroke="{look["color"]}" stroke-width="{look["width"]}" '
+                   f'stroke-opacity="{look["opacity"]}" stroke-linejoin="round" points="{coordinates}">'
+                   f'<title>{escape(name)}</title></polyline>')
+    if look["markers"]:
+        out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}" stroke="white" '
+                   f'stroke-width="0.8"/>' for x, y in pixels)
+    return _trace(pixels) if look["line"] else pixels
+
+
+def _draw_legend(out, looks, traced, frame) -> None:
+    """The legend box, in the corner of the plot area that the curves cross least."""
+    size = (34 + 7 * max(len(name) for name in looks), 8 + 18 * len(looks))
+    x0, y0 = _legend_corner(traced, frame["box"], size)
+    out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{size[0]:.1f}" height="{size[1]}" fill="white" '
+               'fill-opacity="0.85" stroke="#ccc"/>')
+    for i, (name, look) in enumerate(looks.items()):
+        y = y0 + 13 + 18 * i
         if look["line"]:
-            out.append(f'<line x1="{legend_x + 6:.1f}" y1="{y:.1f}" x2="{legend_x + 24:.1f}" y2="{y:.1f}" '
-                       f'stroke="{look["color"]}" stroke-width="3" stroke-opacity="{max(look["opacity"], 0.4)}"/>')
+            out.append(f'<line x1="{x0 + 6:.1f}" y1="{y:.1f}" x2="{x0 + 24:.1f}" y2="{y:.1f}" '
+                       f'stroke="{look["color"]}" stroke-width="3" '
+                       f'stroke-opacity="{max(look["opacity"], 0.4)}"/>')
         else:
-            out.append(f'<circle cx="{legend_x + 15:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}"/>')
-        text(legend_x + 30, y + 4, name, 'font-size="12"')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+            out.append(f'<circle cx="{x0 + 15:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}"/>')
+        _svg_text(out, x0 + 30, y + 4, name, 'font-size="12"')
 
 
 def _style(index: int, num_points: int, overrides: dict | None) -> dict:

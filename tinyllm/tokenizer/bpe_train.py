@@ -108,24 +108,10 @@ def learn_merges(
             new_word, old_positions, new_positions = merge_pair(word, first, second, new_id)
             if not old_positions:  # the index is lazy too: this chunk lost the pair in an earlier merge
                 continue
-            freq = freqs[index]
-            # The pairs that touch a merged occurrence disappear; the pairs that touch a new token appear.
-            # (A set, because neighbouring occurrences share pairs.) All other pairs stay as they were.
-            gone = set()
-            for j in old_positions:
-                gone.update((j - 1, j, j + 1))
-            gone.difference_update((-1, len(word) - 1))  # no pair starts before 0 or at the last token
-            for p in gone:
-                pair_counts[word[p], word[p + 1]] -= freq
-            born = set()
-            for k in new_positions:
-                born.update((k - 1, k))
-            born.difference_update((-1, len(new_word) - 1))
-            for p in born:
-                new = (new_word[p], new_word[p + 1])
-                pair_counts[new] += freq
-                grown.add(new)
+            made = _recount(word, new_word, old_positions, new_positions, freqs[index], pair_counts)
+            for new in made:
                 where[new].add(index)
+            grown |= made
             words[index] = new_word
         del pair_counts[pair]
         for new in grown:
@@ -134,6 +120,27 @@ def learn_merges(
         if on_merge is not None:
             on_merge(new_id, pair, count)
     return merges
+
+
+def _recount(word, new_word, old_positions, new_positions, freq, pair_counts) -> set:
+    """Update ``pair_counts`` for one chunk (seen ``freq`` times) after a merge; returns the pairs made.
+
+    The pairs that touch a merged occurrence disappear; the pairs that touch a new token appear. (Sets,
+    because neighbouring occurrences share pairs.) All other pairs stay as they were.
+    """
+    gone = set()
+    for j in old_positions:
+        gone.update((j - 1, j, j + 1))
+    gone.difference_update((-1, len(word) - 1))  # no pair starts before 0 or at the last token
+    for p in gone:
+        pair_counts[word[p], word[p + 1]] -= freq
+    born = set()
+    for k in new_positions:
+        born.update((k - 1, k))
+    born.difference_update((-1, len(new_word) - 1))
+    for p in born:
+        pair_counts[new_word[p], new_word[p + 1]] += freq
+    return {(new_word[p], new_word[p + 1]) for p in born}
 
 
 def progress_printer(num_merges: int, stream=None) -> Callable[[int, bytes, int], None]:
