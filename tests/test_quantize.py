@@ -103,12 +103,12 @@ def test_int8_linear_is_linear_with_the_dequantized_weight_in_any_number_of_row_
     weight = Int8Weight(*quantize_int8(rng.standard_normal((13, 6))), dtype="float64")
     x, bias = Tensor(rng.standard_normal((2, 3, 6))), Tensor(rng.standard_normal(13))
     expected = F.linear(x, Tensor(weight.dequantize()), bias).numpy()
-    for block in (6, 18, 1 << 16):                    # 1 row, 3 rows and all 13 rows at a time
+    for block in (6, 18, 1 << 20):                    # 1 row, 3 rows and all 13 rows at a time
         monkeypatch.setattr(int8, "ROW_BLOCK", block)
         np.testing.assert_allclose(F.int8_linear(x, weight.int8, weight.scale, bias).numpy(), expected, rtol=1e-13)
 
 
-@pytest.mark.parametrize("block", [18, 1 << 16], ids=["row-blocks", "one-block"])
+@pytest.mark.parametrize("block", [18, 1 << 20], ids=["row-blocks", "one-block"])
 def test_int8_linear_gradient_reaches_the_input_and_bias_only(float64, rng, monkeypatch, block):
     monkeypatch.setattr(int8, "ROW_BLOCK", block)
     weight = Int8Weight(*quantize_int8(rng.standard_normal((13, 6))), dtype="float64")

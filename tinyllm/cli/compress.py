@@ -142,14 +142,16 @@ def _quality(model, val_ids, args) -> dict:
 
 def _speeds(models, val_ids, args, prompt) -> list[dict]:
     """Greedy generation and batched forward tokens/s of each model: the best of ``--rounds`` rounds that take
-    the models in turn, so that other work on the machine slows them all alike rather than one of them."""
+    the models in turn, each round starting one model later, so that other work on the machine slows them
+    all alike rather than one of them."""
     from ..autograd import no_grad
     from ..generate import generate
     context = models[0].config.block_size
     batch = _calibration(val_ids, context, args.batch_size)               # (B, T) windows of the validation text
     speeds = [{"tokens_per_s": 0.0, "forward_tokens_per_s": 0.0} for _ in models]
-    for _ in range(args.rounds):
-        for model, speed in zip(models, speeds):
+    for round_ in range(args.rounds):
+        start = round_ % len(models)
+        for model, speed in list(zip(models, speeds))[start:] + list(zip(models, speeds))[:start]:
             t0 = time.perf_counter()
             speed["generated"] = generate(model, prompt, args.gen_tokens, temperature=0)
             speed["tokens_per_s"] = max(speed["tokens_per_s"], args.gen_tokens / (time.perf_counter() - t0))

@@ -6,10 +6,10 @@ Row o of W is q[o] · s[o], so output column o of y = x Wᵀ is
     y[:, o] = Σ_i x[:, i] q[o, i] s[o] = s[o] · (x q[o]ᵀ)
 
 The scale comes out of the sum: multiply by the int8 rows first, scale the outputs afterwards. NumPy has no
-int8 × float matrix product, so a few rows of q at a time are widened to x's dtype just for their product
-(``ROW_BLOCK`` weights: a block small enough to stay in the CPU cache), and a float copy of the whole W never
-exists. Memory holds 1 byte per weight instead of 4; each product pays for widening its block, which a large
-batch of rows (a prompt, a training batch) amortises and a single generated token does not.
+int8 × float matrix product, so a block of q's rows at a time is widened to x's dtype just for its product
+(``ROW_BLOCK`` weights: enough rows for an efficient matrix product, few beside a large model's layers), and a
+float copy of W is never kept. Memory holds 1 byte per weight instead of 4; each product pays for widening its
+blocks, which a large batch of rows (a prompt, a training batch) amortises and a single generated token does not.
 
 The backward needs only dL/dx (and dL/db): q and s are frozen, since an int8 number cannot take a small
 gradient step. That is enough for LoRA on a quantised base (QLoRA-style, Dettmers et al. 2023): the adapter
@@ -21,7 +21,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Tensor, fused_op
 
-ROW_BLOCK = 1 << 16   # weights widened to float at a time: 256 KB as float32, about an L2 cache
+ROW_BLOCK = 1 << 20   # weights widened to float at a time (4 MB as float32); fewer rows make thin, slow products
 
 
 def row_blocks(c_out: int, c_in: int) -> list[tuple[int, int]]:
