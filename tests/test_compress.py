@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -206,10 +207,30 @@ TEXT = ("The quick brown fox jumps over the lazy dog. A list is a sequence of it
         "def f(x): return x + 1\n") * 40
 
 
-def test_tinyllm_compress_each_writes_one_run_per_method_and_one_table(tmp_path, capsys):
+@pytest.fixture
+def small_run(tmp_path):
     tokenizer = BPETokenizer.train(TEXT, 300, pattern="gpt4", special_tokens=["<|endoftext|>"])
     save_model(tmp_path / "run", tiny_model(vocab_size=tokenizer.vocab_size), tokenizer, step=5)
     (tmp_path / "data.txt").write_text(TEXT)
+    return tmp_path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prune-heads", "4"], "cannot prune 4 heads per layer: each layer has 4 heads"),
+    (["--low-rank", "1.5"], r"argument --low-rank: expected a share in \(0, 1\], got '1.5'"),
+    (["--low-rank", "0"], r"argument --low-rank: expected a share in \(0, 1\]"),
+    (["--int8", "--fp16"], "--int8 and --fp16 are two ways to store the same weights"),
+])
+def test_tinyllm_compress_refuses_bad_amounts_and_leaves_nothing_behind(small_run, capsys, flags, message):
+    tmp_path = small_run
+    code = cli_main(["compress", str(tmp_path / "run"), "--out", str(tmp_path / "small"), "--data",
+                     str(tmp_path / "data.txt"), *flags])
+    assert code == 2 and re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "small").exists()
+
+
+def test_tinyllm_compress_each_writes_one_run_per_method_and_one_table(small_run, capsys):
+    tmp_path = small_run
 
     code = cli_main(["compress", str(tmp_path / "run"), "--out", str(tmp_path / "small"), "--each",
                      "--prune-heads", "1", "--prune-mlp", "0.25", "--low-rank", "0.7", "--int8", "--data",
