@@ -42,8 +42,8 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 
 # ---------------------------------------------------------------------------------------------- the fused op
 
-def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor, scale: float,
-                dropout: float = 0.0, training: bool = False, generator=None) -> Tensor:
+def lora_linear(x: Tensor, weight: Tensor | Int8Weight, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor,
+                scale: float, dropout: float = 0.0, training: bool = False, generator=None) -> Tensor:
     """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = dropout(x) on the adapter's path only (as in PEFT).
 
     Shapes: x (..., in), W (out, in), b (out,), A (r, in), B (out, r), y (..., out).
@@ -99,7 +99,8 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, 
             dx_adapter = du @ lora_a.data                                 # (N, in)
             if mask is not None:
                 dx_adapter *= mask
-            dx_base = int8_linear_backward(dy2d, base_cache)[0] if quantized else dy2d @ weight.data
+            dx_base = (int8_linear_backward(dy2d, base_cache, (True, False, False, False))[0] if quantized
+                       else dy2d @ weight.data)                           # dY W
             dx = (dx_base + dx_adapter).reshape(x.shape)
         dW = dy2d.T @ x2d if base.requires_grad else None
         db = dy2d.sum(axis=0) if bias is not None and bias.requires_grad else None

@@ -77,7 +77,8 @@ def factorize_model(model, energy: float) -> dict:
     """
     energy = check_energy(energy)
     if getattr(model, "lora_config", None) is not None or int8_layers(model):
-        raise ValueError("factor a plain float model: merge LoRA adapters first, and quantize to int8 after factoring")
+        raise ValueError("factor a plain float model: merge LoRA adapters first, and quantize to int8 after "
+                         "factoring")
     report = {}
     for name, layer in factorable_layers(model):
         weight = backend.to_numpy(layer.weight.data).astype(np.float64)      # (out, in)
@@ -117,6 +118,6 @@ def factored_layout(model, ranks: dict, where="config.json") -> None:
             raise ValueError(f"{where}: low_rank names {name!r}, which is not a Linear layer of the model")
         out_features, in_features = layer.weight.shape
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(out_features, in_features):
-            raise ValueError(f"{where}: the rank of {name!r} must be an integer in [1, {min(out_features, in_features)}], "
-                             f"got {rank!r}")
+            raise ValueError(f"{where}: the rank of {name!r} must be an integer in "
+                             f"[1, {min(out_features, in_features)}], got {rank!r}")
         model.set_submodule(name, LowRankLinear(in_features, out_features, rank, layer.bias is not None))

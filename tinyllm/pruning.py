@@ -97,7 +97,8 @@ def _check_plain(model) -> None:
     for i, block in enumerate(model.blocks):
         layers = [("attn.qkv", block.attn.qkv), ("attn.proj", block.attn.proj)]
         if model.config.mlp != "moe":
-            layers += [(f"mlp.{n}", getattr(block.mlp, n)) for n in ("fc", "gate", "up", "proj") if hasattr(block.mlp, n)]
+            layers += [(f"mlp.{n}", getattr(block.mlp, n)) for n in ("fc", "gate", "up", "proj")
+                       if hasattr(block.mlp, n)]
         for name, layer in layers:
             if type(layer) is not Linear:
                 raise ValueError(f"structured pruning needs plain float Linear layers, but blocks.{i}.{name} is a "
@@ -173,4 +174,4 @@ def _take(state: dict, name: str, index, axis: int) -> None:
     """Keep ``index`` along ``axis`` of a weight (and, for a layer name, of its weight and bias if present)."""
     for key in ((name,) if name.endswith(".weight") else (name + ".weight", name + ".bias")):
         if key in state:
-            state[key] = np.take(state[key], index, axis=axis if state[key].ndim > 1 else 0)
+            state[key] = np.take(state[key], index, axis=axis)

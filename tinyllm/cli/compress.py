@@ -123,9 +123,9 @@ def _finetune(model, train_ids, val_ids, args) -> dict:
     from ..train import TrainConfig, pretrain
     steps = args.finetune_steps
     print(f"finetuning the pruned/factored model for {steps} steps ...", flush=True)
-    config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.finetune_lr, min_lr=args.finetune_lr / 10,
-                         warmup=min(10, steps // 5), eval_interval=steps, eval_iters=4, log_interval=max(steps // 5, 1),
-                         sample_tokens=0, seed=args.seed)
+    config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.finetune_lr,
+                         min_lr=args.finetune_lr / 10, warmup=min(10, steps // 5), eval_interval=steps, eval_iters=4,
+                         log_interval=max(steps // 5, 1), sample_tokens=0, seed=args.seed)
     summary = pretrain(model, train_ids, val_ids, config)
     model.eval()
     return {"steps": steps, "lr": args.finetune_lr, "seconds": round(summary["seconds"], 1),
@@ -158,7 +158,8 @@ def _speeds(models, val_ids, args, prompt) -> list[dict]:
             t0 = time.perf_counter()
             with no_grad():
                 model(batch)
-            speed["forward_tokens_per_s"] = max(speed["forward_tokens_per_s"], batch.size / (time.perf_counter() - t0))
+            forward_speed = batch.size / (time.perf_counter() - t0)
+            speed["forward_tokens_per_s"] = max(speed["forward_tokens_per_s"], forward_speed)
     return speeds
 
 
@@ -171,7 +172,8 @@ def run_compress(args) -> int:
 
     methods = _methods(args)
     if not methods:
-        raise ValueError("say how to compress: --prune-heads, --prune-mlp, --low-rank, --prune and/or --int8 or --fp16")
+        raise ValueError("say how to compress: --prune-heads, --prune-mlp, --low-rank, --prune and/or --int8 "
+                         "or --fp16")
     if args.int8 and args.fp16 and not args.each:
         raise ValueError("--int8 and --fp16 are two ways to store the same weights: choose one (or compare them "
                          "with --each)")
@@ -197,9 +199,11 @@ def run_compress(args) -> int:
                         {"methods": variant, **details})
         rows.append((label, target, load_pretrained(target)[0].eval()))      # measure what a user will load
         notes += _notes(label, details)
-    print(f"measuring on {len(val_ids):,} validation tokens, speed as the best of {args.rounds} rounds ...", flush=True)
+    print(f"measuring on {len(val_ids):,} validation tokens, speed as the best of {args.rounds} rounds ...",
+          flush=True)
     measured = [{**_quality(m, val_ids, args), "file": file_size(path)} for _, path, m in rows]
-    for result, speed in zip(measured, _speeds([m for _, _, m in rows], val_ids, args, [int(i) for i in val_ids[:16]])):
+    prompt = [int(i) for i in val_ids[:16]]
+    for result, speed in zip(measured, _speeds([m for _, _, m in rows], val_ids, args, prompt)):
         result.update(speed)
     _print_table([label for label, _, _ in rows], measured)
     for note in notes:
@@ -212,43 +216,50 @@ def _notes(label: str, details: dict) -> list[str]:
     notes = []
     if "structured" in details:
         s = details["structured"]
-        notes.append(f"{label}: {s['heads_removed_per_layer']} heads and {s['mlp_removed_per_layer']} MLP channels "
-                     f"removed per layer: {s['parameters_before']:,} → {s['parameters_after']:,} parameters")
+        notes.append(f"{label}: {s['heads_removed_per_layer']} heads and {s['mlp_removed_per_layer']} MLP "
+                     f"channels removed per layer: {s['parameters_before']:,} → {s['parameters_after']:,} "
+                     "parameters")
     if "low_rank" in details:
         layers = details["low_rank"]["layers"]
-        ranks = ", ".join(f"{name.split('blocks.', 1)[-1]} {v['rank']}/{v['full_rank']}" for name, v in list(layers.items())[:4])
-        notes.append(f"{label}: {len(layers)} layers factored ({ranks}{', …' if len(layers) > 4 else ''})"
-                     if layers else f"{label}: no layer factored (at this energy no rank is small enough to save weights)")
+        ranks = [f"{name.removeprefix('blocks.')} {v['rank']}/{v['full_rank']}" for name, v in layers.items()]
+        shown = ", ".join(ranks[:4]) + (", …" if len(ranks) > 4 else "")
+        notes.append(f"{label}: {len(layers)} layers factored ({shown})"
+                     if layers else f"{label}: no layer factored (no rank holding that energy saves weights)")
     if "finetune" in details:
         f = details["finetune"]
-        notes.append(f"{label}: finetuned {f['steps']} steps in {f['seconds']:.0f}s, val loss {f['val_loss_before']:.4f} "
-                     f"→ {f['val_loss_after']:.4f} (4 validation batches)")
+        notes.append(f"{label}: finetuned {f['steps']} steps in {f['seconds']:.0f}s, val loss "
+                     f"{f['val_loss_before']:.4f} → {f['val_loss_after']:.4f} (4 validation batches)")
     if "unstructured" in details:
         u = details["unstructured"]
-        notes.append(f"{label}: {u['pruned']:,} of {u['linear_weights']:,} Linear weights zeroed ({u['sparsity']:.1%}); "
-                     "stored dense, so the file and the memory are as large as before and nothing runs faster "
-                     "(that would take a sparse format and sparse kernels)")
+        notes.append(f"{label}: {u['pruned']:,} of {u['linear_weights']:,} Linear weights zeroed "
+                     f"({u['sparsity']:.1%}); stored dense, so the file and the memory are as large as before and "
+                     "nothing runs faster (that would take a sparse format and sparse kernels)")
     return notes
 
 
-def _print_table(labels, measured) -> None:
-    """One line per model: sizes, scores and speeds, each with its ratio to the original's (the first), and how
-    many of the original's greedy tokens it reproduces."""
+HEADER = ("model", "file", "in memory", "parameters", "val loss", "val ppl", "generate tok/s", "forward tok/s",
+          "same greedy")
+
+
+def _row(label: str, m: dict, base: dict) -> tuple:
+    """One line of the table; after the original's (``base``), sizes and speeds carry their ratio to it."""
     from ..quantize import human_bytes
-    base = measured[0]
 
-    def cell(key, text):
-        return lambda m, first: text(m[key]) if first else f"{text(m[key])} ({m[key] / base[key]:.2f}×)"
+    def versus(key, text):
+        return text if m is base else f"{text} ({m[key] / base[key]:.2f}×)"
 
-    columns = {"file": cell("file", human_bytes), "in memory": cell("memory", human_bytes),
-               "parameters": lambda m, first: f"{m['parameters']:,}",
-               "val loss": lambda m, first: f"{m['loss']:.4f}", "val ppl": lambda m, first: f"{m['ppl']:.2f}",
-               "generate tok/s": cell("tokens_per_s", lambda v: f"{v:.0f}"),
-               "forward tok/s": cell("forward_tokens_per_s", lambda v: f"{v:,.0f}"),
-               "same greedy": lambda m, first: f"{_same_prefix(base['generated'], m['generated'])}/{len(base['generated'])}"}
-    table = [("model", *columns)]
-    table += [(label, *(show(m, i == 0) for show in columns.values())) for i, (label, m) in enumerate(zip(labels, measured))]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    same = _same_prefix(base["generated"], m["generated"])
+    return (label, versus("file", human_bytes(m["file"])), versus("memory", human_bytes(m["memory"])),
+            f"{m['parameters']:,}", f"{m['loss']:.4f}", f"{m['ppl']:.2f}",
+            versus("tokens_per_s", f"{m['tokens_per_s']:.0f}"),
+            versus("forward_tokens_per_s", f"{m['forward_tokens_per_s']:,.0f}"), f"{same}/{len(base['generated'])}")
+
+
+def _print_table(labels, measured) -> None:
+    """Sizes, scores and speeds, one line per model, the original first; "same greedy": how many of the
+    original's greedy tokens the model reproduces."""
+    table = [HEADER] + [_row(label, m, measured[0]) for label, m in zip(labels, measured)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
     print()
     for row in table:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
