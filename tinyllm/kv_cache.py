@@ -98,7 +98,7 @@ class KVCache:
         as needed), and as many heads as the model has key/value heads (``n_kv_head``: fewer than ``n_head``
         with grouped-query attention)."""
         n_kv_head = getattr(config, "n_kv_head", None) or config.n_head
-        return cls(config.n_layer, batch_size, n_kv_head, config.block_size, config.n_embd // config.n_head, dtype,
+        return cls(config.n_layer, batch_size, n_kv_head, config.block_size, config.head_size, dtype,
                    initial=256)
 
     @property

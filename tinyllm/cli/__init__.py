@@ -18,6 +18,7 @@ from . import train as _train
 from . import finetune as _finetune
 from . import generate as _generate
 from . import interop as _interop
+from . import compress as _compress
 from . import align as _align
 from . import serve as _serve
 from .common import no_leftover_folder, use_help_formatter
@@ -26,7 +27,8 @@ from . import encoder as _encoder
 from . import distill as _distill
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_data, _tokenizer, _train, _encoder, _distill, _generate, _finetune, _interop, _align, _serve]
+STAGES = [_data, _tokenizer, _train, _encoder, _distill, _generate, _finetune, _interop, _compress, _align,
+          _serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -201,6 +201,9 @@ def _start(args):
     model, tokenizer = load_pretrained(ckpt)
     if tokenizer is None:
         raise ValueError(f"'{ckpt}' has no tokenizer.json, so text cannot be encoded for it")
+    if not getattr(args, "lora_rank", 0):
+        from ..quantize import check_trainable
+        check_trainable(model, f"'{ckpt}'")
     print(f"start: {ckpt} ({model.num_parameters():,} parameters, context {model.config.block_size})")
     return ckpt, model, tokenizer, out
 

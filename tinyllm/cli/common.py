@@ -76,6 +76,11 @@ def top_p(text: str) -> float:
     return _number(text, lambda v: 0 < v <= 1, "a probability mass in (0, 1]")
 
 
+def energy_share(text: str) -> float:
+    """A share of a total to keep (the singular values' energy of a low-rank factorisation): in (0, 1]."""
+    return _number(text, lambda v: 0 < v <= 1, "a share in (0, 1]")
+
+
 def group_size(text: str) -> int:
     """GRPO's completions per prompt: at least two, to compare them with each other."""
     return _integer(text, 2)

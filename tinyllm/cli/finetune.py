@@ -190,6 +190,9 @@ def _prepare_training(model, args, also=()):
         if args.dropout:
             raise ValueError("--checkpoint-activations needs --dropout 0: recomputed blocks would draw new masks")
         enable_checkpointing(model)
+    if not args.lora_rank and not prompt:                 # LoRA and prompts leave the int8 base frozen
+        from ..quantize import check_trainable
+        check_trainable(model, f"'{args.ckpt}'")
     if prompt:
         from ..prompt_tuning import apply_prompt_tuning
         report = apply_prompt_tuning(model, prompt[1], prompt[0], trainable=also, seed=args.seed)
