@@ -1,8 +1,8 @@
 """Byte-level BPE: the tokenizer of GPT-2, GPT-4 and most LLMs since.
 
 Text becomes UTF-8 bytes, so any string can be encoded and nothing is ever "unknown". The 256 single
-bytes are the first 256 tokens; every other token is the concatenation of two earlier tokens, learned
-by merging the most frequent adjacent pair in the training text (see ``bpe_train.py``).
+bytes are the first 256 tokens; every other token is the concatenation of two earlier tokens,
+learned by merging the most frequent adjacent pair in the training text (see ``bpe_train.py``).
 
 The core of a tokenizer is one table, ``ranks: dict[bytes, int]``, exactly what a ``.tiktoken`` file
 holds: every token's bytes and its id. The id is also its *rank*, its age: a lower id was learned
@@ -47,9 +47,9 @@ class BPETokenizer:
     'hello world<|endoftext|>'
 
     ``BPETokenizer(ranks, pattern, special_tokens)`` builds one from a tiktoken-style table
-    ``{token bytes: id}``: the 256 single bytes must have ids 0..255 (in any order) and the ids must be
-    0..len(ranks)-1. ``special_tokens`` maps strings to ids from len(ranks) on. ``merges``, if known,
-    are the merges that made ``ranks`` (otherwise they are recovered when asked for).
+    ``{token bytes: id}``: the 256 single bytes must have ids 0..255 (in any order) and the ids must
+    be 0..len(ranks)-1. ``special_tokens`` maps strings to ids from len(ranks) on. ``merges``, if
+    known, are the merges that made ``ranks`` (otherwise they are recovered when asked for).
     """
 
     format_name = bpe_vocab.FORMAT_NAME
@@ -91,13 +91,14 @@ class BPETokenizer:
         verbose: bool = False,
         progress: Callable[[int, bytes, int], None] | None = None,
     ) -> BPETokenizer:
-        """Learn a tokenizer of ``vocab_size`` tokens (256 bytes + merges + special tokens) from text.
+        """Learn a tokenizer of ``vocab_size`` tokens
+        (256 bytes + merges + special tokens) from text.
 
-        ``text_or_iterable`` is one string or an iterable of strings (documents; no merge crosses from
-        one to the next). ``pattern`` is "gpt4" (default), "gpt2", a regex string or None (see
-        ``patterns.py``). Special tokens get the last ids, in the order given. If the text runs out of
-        pairs to merge, the tokenizer is smaller than asked (``vocab_size`` tells). Ties between equally
-        frequent pairs go to the smallest ``(id, id)`` pair, so training is deterministic.
+        ``text_or_iterable`` is one string or an iterable of strings (documents; no merge crosses
+        from one to the next). ``pattern`` is "gpt4" (default), "gpt2", a regex string or None (see
+        ``patterns.py``). Special tokens get the last ids, in the order given. If the text runs out
+        of pairs to merge, the tokenizer is smaller than asked (``vocab_size`` tells). Ties between
+        equally frequent pairs go to the smallest ``(id, id)`` pair, so training is deterministic.
 
         ``verbose=True`` shows progress on stderr; ``progress(merges_done, new_token_bytes, count)``, if
         given, is called after every merge instead.
@@ -143,8 +144,8 @@ class BPETokenizer:
     ) -> BPETokenizer:
         """Build a tokenizer from merges: merge ``i`` joins two earlier ids into id ``256 + i``.
 
-        ``byte_order[i]`` is the byte whose id is ``i`` (default: byte ``i``). Special tokens given as a
-        list get the ids after the merges; a dict gives their ids explicitly.
+        ``byte_order[i]`` is the byte whose id is ``i`` (default: byte ``i``). Special tokens given
+        as a list get the ids after the merges; a dict gives their ids explicitly.
         """
         ranks = bpe_vocab.ranks_from_merges(merges, byte_order)
         if not isinstance(special_tokens, dict):
@@ -210,7 +211,8 @@ class BPETokenizer:
             return self._encode_ordinary(_replace_surrogates(text))
 
     def clear_cache(self) -> None:
-        """Forget the cached ids of every chunk (for timing a cold encode; never needed otherwise)."""
+        """Forget the cached ids of every chunk (for timing a cold encode;
+        never needed otherwise)."""
         self._cache.clear()
 
     def _encode_ordinary(self, text: str) -> list[int]:
@@ -228,7 +230,8 @@ class BPETokenizer:
         return ids
 
     def _encode_chunk(self, chunk: str) -> list[int]:
-        """BPE on one chunk (uncached): the whole chunk if it is a token, else merge byte by byte."""
+        """BPE on one chunk (uncached): the whole chunk if it is a token,
+        else merge byte by byte."""
         piece = chunk.encode("utf-8")
         rank = self._ranks.get(piece)
         if rank is not None:
@@ -308,8 +311,8 @@ class BPETokenizer:
             raise
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Token ids -> text. Bytes that are not valid UTF-8 (a multi-byte character cut off by the end
-        of the list) become U+FFFD, the replacement character "�"."""
+        """Token ids -> text. Bytes that are not valid UTF-8 (a multi-byte character cut off by the
+        end of the list) become U+FFFD, the replacement character "�"."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def _bad_id(self, token_id) -> Exception:
@@ -330,8 +333,8 @@ class BPETokenizer:
 
     def to_tiktoken_ranks(self) -> dict[bytes, int]:
         """``{token bytes: id}`` for ``tiktoken.Encoding(name, pat_str=tok.pattern,
-        mergeable_ranks=tok.to_tiktoken_ranks(), special_tokens=tok.special_tokens)``, which then encodes
-        exactly as this tokenizer does."""
+        mergeable_ranks=tok.to_tiktoken_ranks(), special_tokens=tok.special_tokens)``, which then
+        encodes exactly as this tokenizer does."""
         return dict(self._ranks)
 
     @classmethod
@@ -358,5 +361,6 @@ def _checked_text(text) -> str:
 
 
 def _replace_surrogates(text: str) -> str:
-    """Lone surrogates (not valid Unicode, so not encodable as UTF-8) become U+FFFD, as in tiktoken."""
+    """Lone surrogates (not valid Unicode, so not encodable as UTF-8) become U+FFFD,
+    as in tiktoken."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

@@ -3,11 +3,12 @@
 A vocabulary has two equivalent descriptions:
 
 - *ranks*, ``{token bytes: id}`` (tiktoken's table), and
-- *merges*, ``[(id, id), ...]``: merge ``i`` joins two earlier tokens into token ``256 + i``, given the
-  order of the 256 single bytes (``byte_order[i]`` is the byte with id ``i``).
+- *merges*, ``[(id, id), ...]``: merge ``i`` joins two earlier tokens into token ``256 + i``, given
+  the order of the 256 single bytes (``byte_order[i]`` is the byte with id ``i``).
 
 Merges -> ranks is concatenation. Ranks -> merges asks, for each token, which two tokens made it:
-run BPE on the token's bytes allowing only lower ranks; it stops at the two halves it was built from.
+run BPE on the token's bytes allowing only lower ranks;
+it stops at the two halves it was built from.
 
 The JSON file (``format: "tinyllm-bpe"``, version 1) looks like this, one merge per line::
 
@@ -55,7 +56,8 @@ FORMAT_NAME, FORMAT_VERSION = "tinyllm-bpe", 1
 
 
 def check_ranks(ranks: dict[bytes, int], decoder: dict[int, bytes]) -> None:
-    """Raise ValueError unless ids are 0..n-1, one per token, and the single bytes have ids 0..255."""
+    """Raise ValueError unless ids are 0..n-1, one per token,
+    and the single bytes have ids 0..255."""
     if len(decoder) != len(ranks):
         seen: dict[int, bytes] = {}
         for token, rank in ranks.items():
@@ -86,7 +88,8 @@ def check_special_list(special_tokens: Iterable[str]) -> list[str]:
 
 
 def check_special_tokens(special_tokens: dict[str, int], first_free_id: int) -> dict[str, int]:
-    """Special token -> id, each a non-empty string with its own id at or after ``first_free_id``."""
+    """Special token -> id,
+    each a non-empty string with its own id at or after ``first_free_id``."""
     check_special_list(list(special_tokens))
     owner: dict[int, str] = {}
     for token, token_id in special_tokens.items():
@@ -101,7 +104,8 @@ def check_special_tokens(special_tokens: dict[str, int], first_free_id: int) -> 
 
 
 def special_splitter(allowed: Iterable[str]):
-    """``split(text)`` -> [text, special, text, special, ..., text], longest special first on overlap."""
+    """``split(text)`` -> [text, special, text, special, ..., text],
+    longest special first on overlap."""
     alternatives = "|".join(re.escape(token) for token in sorted(allowed, key=len, reverse=True))
     return re.compile(f"({alternatives})").split
 
@@ -128,7 +132,8 @@ def ranks_from_merges(merges: list[tuple[int, int]], byte_order: list[int] | Non
 
 
 def recover_merges(ranks: dict[bytes, int], decoder: dict[int, bytes], pair_ranks: dict) -> list:
-    """Which two tokens made each token of rank >= 256? BPE on its bytes, only lower ranks allowed."""
+    """Which two tokens made each token of rank >= 256? BPE on its bytes,
+    only lower ranks allowed."""
     byte_ids = [ranks[bytes((byte,))] for byte in range(256)]
     merges = []
     for rank in range(256, len(ranks)):
@@ -194,7 +199,8 @@ def load_json(cls, path: str | os.PathLike):
 
 
 def read_tiktoken_file(path: str | os.PathLike) -> dict[bytes, int]:
-    """``{token bytes: rank}`` from a ``.tiktoken`` file; ValueError naming the file and line if malformed."""
+    """``{token bytes: rank}`` from a ``.tiktoken`` file;
+    ValueError naming the file and line if malformed."""
     ranks: dict[bytes, int] = {}
     with open(path, "rb") as f:
         for line_number, line in enumerate(f, 1):

@@ -1,9 +1,10 @@
 """The character tokenizer: one token per distinct character of the training text.
 
-The simplest tokenizer there is (nanoGPT's Tiny Shakespeare model uses it): the vocabulary is the sorted
-set of characters in the text, a character's id is its position in that list. It compresses nothing,
-so a model sees long sequences, but every id means one visible character, which makes it the easiest
-one to watch a model learn with. Unlike byte-level BPE it cannot encode a character it has not seen.
+The simplest tokenizer there is (nanoGPT's Tiny Shakespeare model uses it): the vocabulary is the
+sorted set of characters in the text, a character's id is its position in that list. It compresses
+nothing, so a model sees long sequences, but every id means one visible character, which makes it
+the easiest one to watch a model learn with. Unlike byte-level BPE it cannot encode a character it
+has not seen.
 
 It has the same method names as :class:`BPETokenizer` (``encode``, ``decode``, ``encode_batch``,
 ``save``, ``load``, ``vocab_size``, ``special_tokens``), so the rest of tinyllm can take either.

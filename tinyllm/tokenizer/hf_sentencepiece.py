@@ -1,15 +1,17 @@
 """SentencePiece-style BPE from a Hugging Face ``tokenizer.json``: Llama 2, TinyLlama, Mistral v0.1.
 
-These tokenizers were trained by Google's SentencePiece and converted by ``transformers``. They differ from
-byte-level BPE (``hf_json.py``) in three ways:
+These tokenizers were trained by Google's SentencePiece and converted by ``transformers``. They
+differ from byte-level BPE (``hf_json.py``) in three ways:
 
-- *Characters, not bytes.* Text is not cut into chunks by a regex. Spaces become ``▁`` (U+2581) and one ``▁``
-  is put in front of the text ("Hello world" → "▁Hello▁world"), then BPE runs over the *characters* of the
-  whole text, merging pairs in ``merges`` order (merge i beats merge j > i; the leftmost pair wins a tie).
+- *Characters, not bytes.* Text is not cut into chunks by a regex. Spaces become ``▁`` (U+2581) and
+  one ``▁`` is put in front of the text ("Hello world" → "▁Hello▁world"), then BPE runs over the
+  *characters* of the whole text, merging pairs in ``merges`` order (merge i beats merge j > i; the
+  leftmost pair wins a tie).
 - *Byte fallback.* A character that is not in the vocabulary becomes the tokens of its UTF-8 bytes,
   ``<0xE6>`` ``<0x97>`` ``<0xA5>`` — so nothing is ever unknown, as in byte-level BPE, but only rare
   characters pay for it.
-- *Decoding* turns ``▁`` back into spaces, joins byte tokens into bytes, and drops the one leading space.
+- *Decoding* turns ``▁`` back into spaces, joins byte tokens into bytes,
+  and drops the one leading space.
 
 The file says so like this (both variants ``transformers`` writes are read):
 
@@ -41,8 +43,9 @@ def is_sentencepiece_style(data: dict) -> bool:
 
 
 def _check_pipeline(data: dict, where: str) -> bool:
-    """Refuse pipelines other than the two ``transformers`` writes; True for Prepend + Replace (which puts ▁ in
-    front of every piece), False for Metaspace (which does not when the piece already starts with a space)."""
+    """Refuse pipelines other than the two ``transformers`` writes; True for Prepend + Replace
+    (which puts ▁ in front of every piece), False for Metaspace (which does not when the piece
+    already starts with a space)."""
     normalizer, pre = data.get("normalizer"), data.get("pre_tokenizer")
     steps = (normalizer or {}).get("normalizers", []) if normalizer else []
     prepend_replace = [s.get("type") for s in steps] == ["Prepend", "Replace"] and steps[0].get("prepend") == SPACE \
@@ -56,7 +59,8 @@ def _check_pipeline(data: dict, where: str) -> bool:
 
 
 class SentencePieceBPETokenizer(BPETokenizer):
-    """A SentencePiece-style BPE ``tokenizer.json`` (see the module docstring); ids are the file's ids."""
+    """A SentencePiece-style BPE ``tokenizer.json`` (see the module docstring);
+    ids are the file's ids."""
 
     format_name = "huggingface-sentencepiece-bpe"
 
@@ -73,7 +77,8 @@ class SentencePieceBPETokenizer(BPETokenizer):
         self._unk = vocab.get(model.get("unk_token")) if model.get("unk_token") else None
         if self._byte_ids is not None and None in self._byte_ids:
             raise ValueError(f"{where}: byte_fallback is on but the vocabulary lacks <0x{self._byte_ids.index(None):02X}>")
-        # Internal ids: every single character and byte token first, then one per merge (see merge_table).
+        # Internal ids: every single character and byte token first, then one per merge
+        # (see merge_table).
         base = [piece for piece in vocab if len(piece) == 1 or piece.startswith("<0x")]
         internal, pair_ranks = merge_table(base, _merge_pairs(model.get("merges", []), where), vocab, where)
         self._char_ids = {piece: i for i, piece in enumerate(base) if len(piece) == 1}

@@ -2,28 +2,29 @@
 
 Three steps turn text into ids (the same three as Hugging Face's ``BertTokenizerFast``):
 
-1. Normalise (``normalize``): drop NUL, U+FFFD and control characters, turn every whitespace character into
-   a space, put spaces around CJK ideographs (Chinese text has no spaces, so each character is a word),
-   and for an *uncased* vocabulary strip accents (NFD, then drop the combining marks: "café" → "cafe") and
-   lower-case.
-2. Pre-tokenise (``pre_tokenize``): split on whitespace, and make every punctuation character a word of its
-   own: "Hello, world!" → ["Hello", ",", "world", "!"].
-3. WordPiece (``word_pieces``): greedy longest-match-first. Take the longest prefix of the word that is in
-   the vocabulary, then the longest vocabulary piece of the rest *with the "##" continuation prefix*, and
-   so on: "unaffable" → ["un", "##aff", "##able"]. A word with a remainder no piece matches, or longer than
-   ``max_input_chars_per_word`` characters, becomes a single ``[UNK]``.
+1. Normalise (``normalize``): drop NUL, U+FFFD and control characters, turn every whitespace
+   character into a space, put spaces around CJK ideographs (Chinese text has no spaces, so each
+   character is a word), and for an *uncased* vocabulary strip accents (NFD, then drop the combining
+   marks: "café" → "cafe") and lower-case.
+2. Pre-tokenise (``pre_tokenize``): split on whitespace, and make every punctuation character a word
+   of its own: "Hello, world!" → ["Hello", ",", "world", "!"].
+3. WordPiece (``word_pieces``): greedy longest-match-first. Take the longest prefix of the word that
+   is in the vocabulary, then the longest vocabulary piece of the rest *with the "##" continuation
+   prefix*, and so on: "unaffable" → ["un", "##aff", "##able"]. A word with a remainder no piece
+   matches, or longer than ``max_input_chars_per_word`` characters, becomes a single ``[UNK]``.
 
-Five special tokens frame and fill BERT's inputs: ``[CLS]`` starts every sequence (its final hidden state
-stands for the whole text), ``[SEP]`` ends each segment, ``[PAD]`` fills short rows, ``[MASK]`` hides the
-tokens masked-LM pretraining predicts, ``[UNK]`` stands for what the vocabulary cannot spell. A pair of
-texts is ``[CLS] a [SEP] b [SEP]`` with token type ids 0 for the first part and 1 for the second
-(``encode_pair``). The special tokens' strings are recognised in the text (as Hugging Face does), so
-"Paris is the [MASK] of France." encodes the mask as ``[MASK]``'s id.
+Five special tokens frame and fill BERT's inputs: ``[CLS]`` starts every sequence (its final hidden
+state stands for the whole text), ``[SEP]`` ends each segment, ``[PAD]`` fills short rows,
+``[MASK]`` hides the tokens masked-LM pretraining predicts, ``[UNK]`` stands for what the vocabulary
+cannot spell. A pair of texts is ``[CLS] a [SEP] b [SEP]`` with token type ids 0 for the first part
+and 1 for the second (``encode_pair``). The special tokens' strings are recognised in the text (as
+Hugging Face does), so "Paris is the [MASK] of France." encodes the mask as ``[MASK]``'s id.
 
 Decoding joins the tokens with spaces and glues each "##" piece to the token before it.
 
-Files: ``vocab.txt`` (BERT's: one token per line, the line number is the id; ``load_vocab``/``save_vocab``)
-and tinyllm's JSON (``save``/``load``), which also records the casing::
+Files: ``vocab.txt`` (BERT's: one token per line, the line number is the id;
+``load_vocab``/``save_vocab``) and tinyllm's JSON (``save``/``load``), which also records the
+casing::
 
     {"format": "tinyllm-wordpiece", "version": 1, "lowercase": true, "strip_accents": null,
      "max_input_chars_per_word": 100, "vocab": ["[PAD]", "[UNK]", ...]}
@@ -45,9 +46,11 @@ FORMAT_NAME, FORMAT_VERSION = "tinyllm-wordpiece", 1
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 PREFIX = "##"                   # marks a piece that continues a word
-MAX_INPUT_CHARS_PER_WORD = 100  # BERT's limit: a longer "word" is [UNK] rather than hundreds of pieces
+# BERT's limit: a longer "word" is [UNK] rather than hundreds of pieces
+MAX_INPUT_CHARS_PER_WORD = 100
 
-# The whitespace of Unicode's White_Space property (Rust's char::is_whitespace, which HF tokenizers uses).
+# The whitespace of Unicode's White_Space property (Rust's char::is_whitespace,
+# which HF tokenizers uses).
 _WHITESPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | \
     {chr(c) for c in range(0x2000, 0x200B)}
 _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
@@ -57,25 +60,29 @@ _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700,
 # ---------------------------------------------------------------------------------------------- text → words
 
 def is_cjk(char: str) -> bool:
-    """A CJK Unified Ideograph (BERT's definition: Han characters, not Japanese kana or Korean hangul)."""
+    """A CJK Unified Ideograph (BERT's definition: Han characters,
+    not Japanese kana or Korean hangul)."""
     code = ord(char)
     return any(low <= code <= high for low, high in _CJK_RANGES)
 
 
 def is_control(char: str) -> bool:
-    """Unicode "other" characters (control, format, unassigned, private use), except tab/newline/CR."""
+    """Unicode "other" characters (control, format, unassigned, private use),
+    except tab/newline/CR."""
     return char not in "\t\n\r" and unicodedata.category(char)[0] == "C"
 
 
 def is_punctuation(char: str) -> bool:
-    """ASCII punctuation and symbols (``$``, ``+``, ``^``... count too) or any Unicode punctuation (P*)."""
+    """ASCII punctuation and symbols (``$``, ``+``, ``^``... count too)
+    or any Unicode punctuation (P*)."""
     code = ord(char)
     return 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126 or \
         unicodedata.category(char).startswith("P")
 
 
 def _normalized_char(char: str) -> str:
-    """What the cleaning and CJK steps make of one character: nothing, a space, itself spaced, or itself."""
+    """What the cleaning and CJK steps make of one character: nothing, a space, itself spaced,
+    or itself."""
     if char in ("\0", "\ufffd") or is_control(char):
         return ""
     if char in _WHITESPACE:
@@ -84,19 +91,22 @@ def _normalized_char(char: str) -> str:
 
 
 def normalize(text: str, lowercase: bool = True, strip_accents: bool | None = None) -> str:
-    """BERT's normaliser: clean, space out CJK, strip accents (default: when lower-casing), lower-case.
+    """BERT's normaliser: clean, space out CJK, strip accents (default:
+    when lower-casing), lower-case.
 
-    The first two steps look at one character at a time, so they are one ``str.translate`` with a table
-    built for the distinct characters of the text (a few hundred, even in a large text)."""
+    The first two steps look at one character at a time, so they are one ``str.translate`` with a
+    table built for the distinct characters of the text (a few hundred, even in a large text)."""
     text = text.translate({ord(c): _normalized_char(c) for c in set(text)})
     if lowercase if strip_accents is None else strip_accents:
         text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-    if lowercase:   # character by character, as Hugging Face does (str.lower() turns a word-final Σ into ς)
+    # character by character, as Hugging Face does (str.lower() turns a word-final Σ into ς)
+    if lowercase:
         text = text.translate({ord(c): c.lower() for c in set(text)})
     return text
 
 
-# A punctuation character (ASCII punctuation and symbols, or Unicode P*), or a run of anything else but spaces.
+# A punctuation character (ASCII punctuation and symbols, or Unicode P*),
+# or a run of anything else but spaces.
 _PUNCT = r"!-/:-@\[-`{-~\p{P}"
 _WORD = regex.compile(rf"[{_PUNCT}]|[^ {_PUNCT}]+")
 
@@ -108,7 +118,8 @@ def pre_tokenize(text: str) -> list[str]:
 
 
 def word_pieces(word: str, vocab: dict[str, int], max_chars: int = MAX_INPUT_CHARS_PER_WORD) -> list[str] | None:
-    """Greedy longest-match-first pieces of one word, or None when it cannot be spelled (→ one [UNK])."""
+    """Greedy longest-match-first pieces of one word, or None when it cannot be spelled
+    (→ one [UNK])."""
     if len(word) > max_chars:
         return None
     pieces, start = [], 0
@@ -127,7 +138,8 @@ def word_pieces(word: str, vocab: dict[str, int], max_chars: int = MAX_INPUT_CHA
 # ---------------------------------------------------------------------------------------------- the tokenizer
 
 def check_vocab(tokens: list[str], where: str) -> dict[str, int]:
-    """token → id, refusing an empty or duplicated token and a vocabulary without BERT's special tokens."""
+    """token → id,
+    refusing an empty or duplicated token and a vocabulary without BERT's special tokens."""
     vocab = {}
     for i, token in enumerate(tokens):
         if not token or token != token.strip():
@@ -172,9 +184,9 @@ class WordPieceTokenizer:
         return self.tokens[token_id]
 
     def tokenize(self, text: str, allowed_special="all") -> list[str]:
-        """Text → token strings (no [CLS]/[SEP] added). ``allowed_special``: "all" (the special tokens'
-        strings in the text are those tokens, as in Hugging Face), "none" (they are ordinary text) or
-        "none_raise" (one in the text is an error)."""
+        """Text → token strings (no [CLS]/[SEP] added). ``allowed_special``: "all" (the special
+        tokens' strings in the text are those tokens, as in Hugging Face), "none" (they are ordinary
+        text) or "none_raise" (one in the text is an error)."""
         if not isinstance(text, str):
             raise TypeError(f"expected text as a str, got {type(text).__name__}")
         tokens = []
