@@ -1,4 +1,5 @@
-"""Labelled texts for classification: read them, balance the classes, split them, or make a built-in task.
+"""Labelled texts for classification: read them, balance the classes, split them,
+or make a built-in task.
 
 File formats (``read_labeled``), one example per line or record:
 
@@ -7,9 +8,10 @@ File formats (``read_labeled``), one example per line or record:
     .jsonl        {"label": "spam", "text": "..."}  one JSON object per line
     .json         a list of such objects
 
-An example is a ``(label, text)`` pair of strings. ``balance`` downsamples every class to the size of the
-smallest (seeded), as "LLMs from scratch" does for SMS spam (747 spam + 747 of the 4,826 ham), so accuracy
-is not flattered by always answering the majority class. ``split_examples`` shuffles and cuts 70/10/20.
+An example is a ``(label, text)`` pair of strings. ``balance`` downsamples every class to the size
+of the smallest (seeded), as "LLMs from scratch" does for SMS spam (747 spam + 747 of the 4,826
+ham), so accuracy is not flattered by always answering the majority class. ``split_examples``
+shuffles and cuts 70/10/20.
 
 ``builtin_task()`` needs no download: lines of English prose from Python's help topics (``pydoc_data``)
 against lines of Python source from the standard library's own modules, labelled "prose" and "code".
@@ -37,8 +39,8 @@ def _fail(path, line, message):
 def read_labeled(path) -> list[tuple[str, str]]:
     """The ``(label, text)`` examples of a TSV, CSV, JSONL or JSON file (see the module docstring).
 
-    Empty lines are skipped; a line that cannot be read raises ValueError naming the file and line. Labels
-    and texts are stripped of surrounding whitespace; an empty label or text is an error.
+    Empty lines are skipped; a line that cannot be read raises ValueError naming the file and line.
+    Labels and texts are stripped of surrounding whitespace; an empty label or text is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -121,7 +123,8 @@ def _json_rows(path, content):
 
 
 def label_names(examples) -> list[str]:
-    """The sorted distinct labels; ValueError if there are fewer than two (nothing to tell apart)."""
+    """The sorted distinct labels; ValueError if there are fewer than two
+    (nothing to tell apart)."""
     counts = Counter(label for label, _ in examples)
     if len(counts) < 2:
         only = ", ".join(f"{label!r} ({n} examples)" for label, n in counts.items()) or "none"
@@ -130,7 +133,8 @@ def label_names(examples) -> list[str]:
 
 
 def balance(examples, seed: int = 123) -> list[tuple[str, str]]:
-    """Keep a random subset of every class as large as the smallest class; the result is in file order."""
+    """Keep a random subset of every class as large as the smallest class;
+    the result is in file order."""
     names = label_names(examples)
     by_label = {name: [i for i, (label, _) in enumerate(examples) if label == name] for name in names}
     smallest = min(len(rows) for rows in by_label.values())
@@ -140,7 +144,8 @@ def balance(examples, seed: int = 123) -> list[tuple[str, str]]:
 
 
 def split_examples(examples, fractions=(0.7, 0.1, 0.2), seed: int = 123):
-    """(train, val, test): the examples shuffled (seeded) and cut at the cumulative ``fractions``."""
+    """(train, val, test): the examples shuffled (seeded)
+    and cut at the cumulative ``fractions``."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
     order = np.random.default_rng(seed).permutation(len(examples))
@@ -158,7 +163,8 @@ def class_counts(examples) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=1)
 def _prose_lines() -> tuple[str, ...]:
-    """Lines of English paragraphs in Python's help topics: unindented, mostly letters, 40+ characters."""
+    """Lines of English paragraphs in Python's help topics: unindented, mostly letters,
+    40+ characters."""
     try:
         from ..data.text import builtin_corpus
         text = builtin_corpus()
@@ -176,7 +182,8 @@ def _prose_lines() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=1)
 def _code_lines() -> tuple[str, ...]:
-    """Stripped lines of code (not comments, not docstrings) from the standard library's top-level modules."""
+    """Stripped lines of code (not comments, not docstrings)
+    from the standard library's top-level modules."""
     stdlib = Path(os.path.dirname(os.__file__))
     lines = []
     for file in sorted(stdlib.glob("*.py")):

@@ -1,21 +1,24 @@
-"""Named datasets: download a public dataset once, check it, and cache it, so ``--data tiny-shakespeare`` works.
+"""Named datasets: download a public dataset once, check it, and cache it,
+so ``--data tiny-shakespeare`` works.
 
-Each dataset is one or more files with the URL of their original public source and a pinned SHA-256 of the
-file as stored. ``fetch(name)`` returns the local path, downloading first when the cache lacks it:
+Each dataset is one or more files with the URL of their original public source and a pinned SHA-256
+of the file as stored. ``fetch(name)`` returns the local path, downloading first when the cache
+lacks it:
 
     URL ──urllib, HTTP Range to resume──► NAME.part ──convert (if any)──► SHA-256 check ──rename──► NAME
 
-The partial file ``NAME.part`` survives an interrupted download, and the next attempt asks the server only for
-the missing bytes. The final name appears only after the checksum matched (a rename is atomic), so the cache
-never holds a file that was not verified; on a mismatch the download is deleted.
+The partial file ``NAME.part`` survives an interrupted download, and the next attempt asks the
+server only for the missing bytes. The final name appears only after the checksum matched (a rename
+is atomic), so the cache never holds a file that was not verified; on a mismatch the download is
+deleted.
 
 Where things live:
     TINYLLM_DATA_DIR       the cache (default ``~/.cache/tinyllm``); ``tinyllm data get NAME --dir DIR`` overrides it
     TINYLLM_DATA_MIRROR    a base URL that replaces every file's origin: ``MIRROR/<mirror path>`` (the tests serve a
                            local folder laid out like the cache, e.g. ``gsm8k/train.jsonl``, on 127.0.0.1)
 
-How the pins were made: the SHA-256 of every file was computed from copies of the originals in the project's
-shared data folder, except the SMS Spam Collection (see ``_sms_spam_to_tsv``).
+How the pins were made: the SHA-256 of every file was computed from copies of the originals in the
+project's shared data folder, except the SMS Spam Collection (see ``_sms_spam_to_tsv``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class DownloadError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class RemoteFile:
-    path: str                         # where it lies under the cache (and under a mirror): "gsm8k/train.jsonl"
+    # where it lies under the cache (and under a mirror): "gsm8k/train.jsonl"
+    path: str
     url: str                          # its original public source
     sha256: str                       # of the stored file (after ``convert``)
     size: int                         # bytes of the stored file, for ``data list``
@@ -66,14 +70,15 @@ class Dataset:
 
 
 def _sms_spam_to_tsv(raw: bytes) -> bytes:
-    """UCI's zip → ``label<TAB>text`` lines: its member ``SMSSpamCollection`` already has that shape, so this
-    extracts it, checks every line, and normalises line endings with one final newline.
+    """UCI's zip → ``label<TAB>text`` lines: its member ``SMSSpamCollection`` already has that
+    shape, so this extracts it, checks every line, and normalises line endings with one final
+    newline.
 
     The pinned SHA-256 is of this output computed from two independent public copies of ``SMSSpamCollection``
-    that agree with each other (up to the final newline, which this normalises) and with UCI's published counts
-    (5,574 messages: 4,827 ham, 747 spam). The zip itself could not be downloaded where the pin was made, so its
-    own hash is not pinned: the check is on the converted file. (The shared data folder's ``sms_spam.tsv`` is a
-    different copy that lacks one ham message.)
+    that agree with each other (up to the final newline, which this normalises) and with UCI's
+    published counts (5,574 messages: 4,827 ham, 747 spam). The zip itself could not be downloaded
+    where the pin was made, so its own hash is not pinned: the check is on the converted file. (The
+    shared data folder's ``sms_spam.tsv`` is a different copy that lacks one ham message.)
     """
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
@@ -156,7 +161,8 @@ def is_cached(dataset: Dataset, root=None) -> bool:
 
 
 def fetch(name: str, root=None, progress=True) -> Path:
-    """The local path of dataset ``name`` (see ``Dataset.local_path``), downloaded and verified if not cached."""
+    """The local path of dataset ``name`` (see ``Dataset.local_path``),
+    downloaded and verified if not cached."""
     dataset = get_dataset(name)
     root = Path(root) if root is not None else cache_dir()
     for remote in dataset.files:
@@ -166,12 +172,14 @@ def fetch(name: str, root=None, progress=True) -> Path:
 
 
 def resolve_data(value):
-    """What a ``--data`` flag names: an existing path as it is, else a dataset name fetched into the cache."""
+    """What a ``--data`` flag names: an existing path as it is,
+    else a dataset name fetched into the cache."""
     if value is None or Path(value).exists():
         return value
     if value in DATASETS:
         return str(fetch(value))
-    if not any(c in value for c in "./\\"):      # a bare word: a misspelt dataset name, not a file name
+    # a bare word: a misspelt dataset name, not a file name
+    if not any(c in value for c in "./\\"):
         raise FileNotFoundError(f"no file '{value}' and no dataset of that name; the datasets are: "
                                 f"{', '.join(DATASETS)} (`tinyllm data list`)")
     return value
@@ -186,13 +194,15 @@ def sha256_of(path) -> str:
 
 
 def source_url(remote: RemoteFile) -> str:
-    """Where ``remote`` is downloaded from: its origin, or the same file under ``$TINYLLM_DATA_MIRROR``."""
+    """Where ``remote`` is downloaded from: its origin,
+    or the same file under ``$TINYLLM_DATA_MIRROR``."""
     mirror = os.environ.get(MIRROR_ENV)
     return remote.url if not mirror else mirror.rstrip("/") + "/" + (remote.mirror_path or remote.path)
 
 
 def _fetch_file(name: str, remote: RemoteFile, dest: Path, progress: bool) -> None:
-    """Download (resuming a ``.part``), convert, verify and atomically place one file at ``dest``."""
+    """Download (resuming a ``.part``), convert,
+    verify and atomically place one file at ``dest``."""
     url = source_url(remote)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -220,7 +230,8 @@ def _fetch_file(name: str, remote: RemoteFile, dest: Path, progress: bool) -> No
 
 
 def download(url: str, part: Path, label: str, progress: bool = True, help_text: str = "", timeout: float = 30.0):
-    """Append ``url``'s bytes to ``part`` from where it stops (HTTP Range), with a progress line on stderr."""
+    """Append ``url``'s bytes to ``part`` from where it stops (HTTP Range),
+    with a progress line on stderr."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "tinyllm", **({"Range": f"bytes={have}-"} if have else {})})
     try:
@@ -239,7 +250,8 @@ def download(url: str, part: Path, label: str, progress: bool = True, help_text:
         if progress:
             print(file=sys.stderr)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and have:                  # nothing left to send: the partial file is complete
+        # nothing left to send: the partial file is complete
+        if e.code == 416 and have:
             return
         raise DownloadError(f"could not download {url}: HTTP {e.code} {e.reason}. {help_text}") from None
     except (urllib.error.URLError, OSError) as e:

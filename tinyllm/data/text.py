@@ -1,8 +1,8 @@
 """Raw text before tokenization: cleaning it, dropping duplicates, and the built-in corpus.
 
 Web text arrives with HTML markup, entities such as ``&amp;``, several spellings of the same character
-("é" as one code point or as "e" + a combining accent), stray control characters and ragged whitespace.
-A tokenizer trained on that spends tokens on the noise, so clean first, then train.
+("é" as one code point or as "e" + a combining accent), stray control characters and ragged
+whitespace. A tokenizer trained on that spends tokens on the noise, so clean first, then train.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def dedupe(documents: Iterable[str], key: Callable[[str], Hashable] | None = Non
 
 @functools.lru_cache(maxsize=1)
 def builtin_corpus() -> str:
-    """tinyllm's default training text: Python's own help topics (``pydoc_data.topics``), about 465 KB.
+    """tinyllm's default training text: Python's own help topics (``pydoc_data.topics``),
+    about 465 KB.
 
     It ships with every Python, so examples, tests and benchmarks run offline: English prose about the
     language with code examples mixed in. The topics are joined in order of their names, a blank line
