@@ -1,7 +1,8 @@
-"""GPT-2's tokenizer files (``vocab.json`` + ``merges.txt``) as a tinyllm ``BPETokenizer``, and back.
+"""GPT-2's tokenizer files (``vocab.json`` + ``merges.txt``)
+as a tinyllm ``BPETokenizer``, and back.
 
-OpenAI released GPT-2's byte-level BPE as two text files, which Hugging Face kept (OpenAI's own names
-are in brackets):
+OpenAI released GPT-2's byte-level BPE as two text files, which Hugging Face kept (OpenAI's own
+names are in brackets):
 
     vocab.json  (encoder.json)  {"!": 0, "\\"": 1, ..., "Ġthe": 262, ..., "<|endoftext|>": 50256}
     merges.txt  (vocab.bpe)     "#version: 0.2", then one merge per line, in the order learned: "Ġ t"
@@ -9,18 +10,18 @@ are in brackets):
 Both are written in *byte-level unicode*: each of the 256 byte values is shown as one printable
 character, so tokens (which are byte strings, not always valid UTF-8) can live in JSON and in a text
 file split on spaces. The mapping (``bytes_to_unicode``): the 188 bytes that are printable Latin-1
-characters other than space (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) stand for themselves; the other
-68 (controls, space, 0x7F-0xA0, 0xAD) become ``chr(256 + n)`` in byte order, so space (0x20, the 33rd of
-them) is ``Ġ`` (U+0120) and newline is ``Ċ``.
+characters other than space (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) stand for themselves; the
+other 68 (controls, space, 0x7F-0xA0, 0xAD) become ``chr(256 + n)`` in byte order, so space (0x20,
+the 33rd of them) is ``Ġ`` (U+0120) and newline is ``Ċ``.
 
 The ids are vocab.json's, unchanged, so they match the rows of GPT-2's embedding table. In GPT-2 the
 256 single bytes are ids 0..255 in the order of that mapping (``!`` is 0, byte 0 is 188), merge ``i``
 makes id ``256 + i``, and ``<|endoftext|>`` is 50256: exactly the shape ``BPETokenizer`` takes, a rank
 table ``{token bytes: id}`` whose bytes have ids 0..255 in any order. Because merge ``i`` makes id
-``256 + i``, "apply the merges in merges.txt order" (Hugging Face) and "merge the adjacent pair whose
-result has the lowest id" (tiktoken, tinyllm) rank the merges alike; tiktoken's own gpt2 encoding is
-built from these two files in exactly this way. This module checks the ``256 + i`` rule and refuses
-files that break it.
+``256 + i``, "apply the merges in merges.txt order" (Hugging Face) and "merge the adjacent pair
+whose result has the lowest id" (tiktoken, tinyllm) rank the merges alike; tiktoken's own gpt2
+encoding is built from these two files in exactly this way. This module checks the ``256 + i`` rule
+and refuses files that break it.
 
 Entries of vocab.json that are neither a byte nor made by a merge (GPT-2 has one, "<|endoftext|>") are
 special tokens: ordinary text can never produce them.
@@ -39,13 +40,15 @@ from pathlib import Path
 from ..files import atomic_write, read_json
 from ..tokenizer import BPETokenizer, GPT2_SPLIT_PATTERN
 
-VOCAB_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))   # Hugging Face's, OpenAI's
+# Hugging Face's, OpenAI's
+VOCAB_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 MERGES_HEADER = "#version: 0.2"
 
 
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
-    """byte → the character GPT-2's files show it as (printable Latin-1 as itself, others chr(256 + n))."""
+    """byte → the character GPT-2's files show it as (printable Latin-1 as itself,
+    others chr(256 + n))."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     mapping = {byte: chr(byte) for byte in printable}
     shifted = 0
@@ -68,7 +71,8 @@ def encode_token(token: bytes) -> str:
 
 
 def decode_token(text: str, where: str) -> bytes:
-    """Byte-level unicode string → token bytes; ValueError naming ``where`` for a character outside the 256."""
+    """Byte-level unicode string → token bytes;
+    ValueError naming ``where`` for a character outside the 256."""
     table = unicode_to_bytes()
     try:
         return bytes(table[char] for char in text)
@@ -78,7 +82,8 @@ def decode_token(text: str, where: str) -> bytes:
 
 
 def find_tokenizer_files(directory) -> tuple[Path, Path] | None:
-    """(vocab, merges) files in ``directory``: vocab.json + merges.txt, or encoder.json + vocab.bpe; else None."""
+    """(vocab, merges) files in ``directory``: vocab.json + merges.txt, or encoder.json + vocab.bpe;
+    else None."""
     directory = Path(directory)
     for vocab, merges in VOCAB_FILES:
         if (directory / vocab).is_file() and (directory / merges).is_file():
@@ -87,7 +92,8 @@ def find_tokenizer_files(directory) -> tuple[Path, Path] | None:
 
 
 def read_merges(path) -> list[tuple[str, str]]:
-    """The merges of a merges.txt as pairs of byte-level unicode strings (the version line skipped)."""
+    """The merges of a merges.txt as pairs of byte-level unicode strings
+    (the version line skipped)."""
     pairs = []
     with open(path, encoding="utf-8") as file:
         for line_number, line in enumerate(file, 1):
@@ -102,7 +108,8 @@ def read_merges(path) -> list[tuple[str, str]]:
 
 
 def load_gpt2_tokenizer(vocab_file, merges_file, pattern: str | None = "gpt2") -> BPETokenizer:
-    """A ``BPETokenizer`` from GPT-2-style ``vocab.json`` and ``merges.txt`` (or encoder.json, vocab.bpe).
+    """A ``BPETokenizer`` from GPT-2-style ``vocab.json`` and ``merges.txt``
+    (or encoder.json, vocab.bpe).
 
     Ids are vocab.json's; entries no merge makes become special tokens (GPT-2's "<|endoftext|>" = 50256).
     ValueError names the file and the entry when the files do not describe one byte-level BPE.
@@ -147,7 +154,8 @@ def load_gpt2_tokenizer(vocab_file, merges_file, pattern: str | None = "gpt2") -
 
 
 def load_gpt2_tokenizer_from(directory, pattern: str | None = "gpt2") -> BPETokenizer:
-    """``load_gpt2_tokenizer`` on the files found in ``directory`` (FileNotFoundError if there are none)."""
+    """``load_gpt2_tokenizer`` on the files found in ``directory``
+    (FileNotFoundError if there are none)."""
     files = find_tokenizer_files(directory)
     if files is None:
         names = " or ".join(" + ".join(pair) for pair in VOCAB_FILES)
@@ -156,7 +164,8 @@ def load_gpt2_tokenizer_from(directory, pattern: str | None = "gpt2") -> BPEToke
 
 
 def save_gpt2_tokenizer(tokenizer: BPETokenizer, directory) -> tuple[Path, Path]:
-    """Write ``tokenizer`` as ``vocab.json`` + ``merges.txt`` in ``directory``; returns the two paths.
+    """Write ``tokenizer`` as ``vocab.json`` + ``merges.txt`` in ``directory``;
+    returns the two paths.
 
     Ids are kept (bytes, merges, special tokens). The split pattern is not part of these files: readers
     assume GPT-2's (see the module docstring).

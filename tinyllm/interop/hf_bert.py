@@ -1,5 +1,5 @@
-"""BERT weights in Hugging Face's layout (``BertForMaskedLM`` / ``BertModel``), read into a tinyllm ``Encoder``
-and written back out, with BERT's ``vocab.txt``.
+"""BERT weights in Hugging Face's layout (``BertForMaskedLM`` / ``BertModel``), read into a tinyllm
+``Encoder`` and written back out, with BERT's ``vocab.txt``.
 
 tinyllm's encoder with ``norm="post"`` and ``activation="gelu"`` computes what HF's BERT computes; moving
 weights is renaming plus one concatenation: HF keeps three Linear layers ``query``, ``key``, ``value`` where
@@ -26,8 +26,8 @@ The names (``bert.`` in front for BertForMaskedLM, none for BertModel):
     cls.predictions.bias                     (V,)        mlm.bias
     cls.predictions.decoder.weight                       (tied to wte: not stored)
 
-A ``BertModel`` has no MLM head: imported, its head starts fresh (zero bias, N(0, 0.02²) dense) and the
-run says so. ``embeddings.position_ids`` (a buffer) is skipped. Nothing is unpickled.
+A ``BertModel`` has no MLM head: imported, its head starts fresh (zero bias, N(0, 0.02²) dense) and
+the run says so. ``embeddings.position_ids`` (a buffer) is skipped. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ _TOP = {"embeddings.word_embeddings": "wte", "embeddings.position_embeddings": "
 
 
 def config_from_hf(hf: dict, where: str = HF_CONFIG, has_pooler: bool = True) -> EncoderConfig:
-    """The EncoderConfig of a HF BERT ``config.json`` dict; ValueError naming what tinyllm cannot compute."""
+    """The EncoderConfig of a HF BERT ``config.json`` dict;
+    ValueError naming what tinyllm cannot compute."""
     if hf.get("model_type", "bert") != "bert":
         raise ValueError(f"{where}: model_type is {hf.get('model_type')!r}; only 'bert' encoders can be imported here")
     act = hf.get("hidden_act", "gelu")
@@ -77,7 +78,8 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG, has_pooler: bool = True) ->
 
 
 def hf_config_from(config: EncoderConfig, with_pooler: bool) -> dict:
-    """The ``config.json`` for ``BertForMaskedLM`` (or ``BertModel`` with the pooler) of this shape."""
+    """The ``config.json`` for ``BertForMaskedLM`` (or ``BertModel`` with the pooler)
+    of this shape."""
     if config.norm != "post":
         raise ValueError("only post-LN encoders (norm='post') have BERT's layout; this one is pre-LN")
     act = "gelu" if config.activation == "gelu" else "gelu_pytorch_tanh"
@@ -92,7 +94,8 @@ def hf_config_from(config: EncoderConfig, with_pooler: bool) -> dict:
 
 
 def tinyllm_name(hf: str) -> str | None:
-    """HF name (no ``bert.`` prefix) → tinyllm name; None for q/k/v (concatenated) and skipped tensors."""
+    """HF name (no ``bert.`` prefix) → tinyllm name; None for q/k/v (concatenated)
+    and skipped tensors."""
     if hf.startswith("encoder.layer."):
         _, _, index, rest = hf.split(".", 3)
         layer, param = rest.rsplit(".", 1)
@@ -107,7 +110,8 @@ def tinyllm_name(hf: str) -> str | None:
     if module in _TOP:
         return f"{_TOP[module]}.{param}"
     if hf in ("embeddings.position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"):
-        return None                               # a buffer, and the tied decoder (= wte, bias = mlm.bias)
+        # a buffer, and the tied decoder (= wte, bias = mlm.bias)
+        return None
     raise ValueError(f"tensor {hf!r} is not part of BertForMaskedLM or BertModel")
 
 
@@ -134,9 +138,10 @@ def hf_to_tinyllm_state(tensors: dict, config: EncoderConfig) -> dict:
 
 
 def load_hf_bert(path, dtype=None):
-    """(Encoder, WordPieceTokenizer or None) from a HF BERT directory (config.json + model.safetensors
-    [+ vocab.txt, + tokenizer_config.json for the casing]). A ``BertModel`` has no MLM head: the encoder's
-    starts untrained and ``model.fresh_head`` is True. Any other missing or unknown tensor is an error."""
+    """(Encoder, WordPieceTokenizer or None) from a HF BERT directory (config.json +
+    model.safetensors [+ vocab.txt, + tokenizer_config.json for the casing]). A ``BertModel`` has no
+    MLM head: the encoder's starts untrained and ``model.fresh_head`` is True. Any other missing or
+    unknown tensor is an error."""
     directory = Path(path)
     if not (directory / HF_CONFIG).exists():
         raise ValueError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face model directory")
@@ -177,7 +182,8 @@ def _with_specials(config, tokenizer):
 
 
 def tinyllm_to_hf_state(model) -> dict:
-    """The encoder's weights under ``BertForMaskedLM`` names (plus the pooler's, when it has one)."""
+    """The encoder's weights under ``BertForMaskedLM`` names (plus the pooler's,
+    when it has one)."""
     inverse = {f"{v}.": k for k, v in _TOP.items()}
     state = {}
     for name, array in model.state_dict().items():
@@ -202,8 +208,9 @@ def tinyllm_to_hf_state(model) -> dict:
 
 
 def save_hf_bert(model, directory, tokenizer=None) -> Path:
-    """Write ``model`` as a HF BERT directory: config.json (BertForMaskedLM, or BertModel naming the pooler),
-    model.safetensors (float32), and vocab.txt + tokenizer_config.json with a WordPiece tokenizer."""
+    """Write ``model`` as a HF BERT directory: config.json (BertForMaskedLM, or BertModel naming the
+    pooler), model.safetensors (float32), and vocab.txt + tokenizer_config.json with a WordPiece
+    tokenizer."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     hf = hf_config_from(model.config, with_pooler=False)

@@ -1,8 +1,10 @@
-"""Llama-family weights in Hugging Face's layout (Llama 2/3, SmolLM, Qwen2, Mistral, Mixtral), in and out.
+"""Llama-family weights in Hugging Face's layout (Llama 2/3, SmolLM, Qwen2, Mistral,
+Mixtral), in and out.
 
 tinyllm's GPT with ``norm="rmsnorm", pos="rope", mlp="swiglu", bias=False`` *is* ``LlamaForCausalLM``:
-pre-RMSNorm blocks, rotary q/k in Hugging Face's "rotate half" convention (so no permutation is needed),
-SwiGLU feed-forward, grouped-query attention. The four architectures differ in a few switches:
+pre-RMSNorm blocks, rotary q/k in Hugging Face's "rotate half" convention (so no permutation is
+needed), SwiGLU feed-forward, grouped-query attention. The four architectures differ in a few
+switches:
 
     architecture         config.json                      tinyllm GPTConfig
     LlamaForCausalLM     rope_theta, rope_scaling llama3  rope_theta, rope_scaling
@@ -10,8 +12,9 @@ SwiGLU feed-forward, grouped-query attention. The four architectures differ in a
     MistralForCausalLM   sliding_window W                 block_size ≤ W (see below)
     MixtralForCausalLM   num_local_experts, _per_tok      mlp="moe", n_expert, expert_top_k
 
-and the names map like this (HF ``model.layers.{i}.`` → tinyllm ``blocks.{i}.``; every weight is (out, in)
-in both, so nothing is transposed; q, k and v are stacked into tinyllm's one ``qkv`` matrix):
+and the names map like this (HF ``model.layers.{i}.`` → tinyllm ``blocks.{i}.``; every weight is
+(out, in) in both, so nothing is transposed; q, k and v are stacked into tinyllm's one ``qkv``
+matrix):
 
     model.embed_tokens.weight                   (V, C)         wte.weight
     self_attn.{q,k,v}_proj.{weight,bias}        (H·D, C) …     attn.qkv.{weight,bias}  [q | k | v] rows
@@ -24,12 +27,13 @@ in both, so nothing is transposed; q, k and v are stacked into tinyllm's one ``q
     model.norm.weight                           (C,)           ln_f.weight
     lm_head.weight                              (V, C)         lm_head.weight (absent when tied)
 
-Mixtral's router is softmax → top-k → renormalise the k probabilities, which is tinyllm's ``moe`` routing for
-k > 1 (for k = 1 tinyllm keeps the raw probability, so such a Mixtral is refused).
+Mixtral's router is softmax → top-k → renormalise the k probabilities, which is tinyllm's ``moe``
+routing for k > 1 (for k = 1 tinyllm keeps the raw probability, so such a Mixtral is refused).
 
-Sliding-window attention (Mistral): a query sees only the W keys before it. When the context never exceeds
-W the window masks nothing, so the import sets ``block_size = min(max_position_embeddings, W)`` and the
-model refuses longer sequences with a message naming block_size: exact results, never a silent difference.
+Sliding-window attention (Mistral): a query sees only the W keys before it. When the context never
+exceeds W the window masks nothing, so the import sets
+``block_size = min(max_position_embeddings, W)`` and the model refuses longer sequences with a
+message naming block_size: exact results, never a silent difference.
 
 A model is refused before any tensor is read when float32 copies of its weights (the file's tensors and the
 model's, twice its parameter count × 4 bytes) would not fit in the memory available. Nothing is unpickled.
@@ -48,7 +52,8 @@ from ..safetensors import read_header
 from .hf_gpt2 import HF_CONFIG, HF_INDEX, HF_WEIGHTS, read_hf_tensors, write_hf_weights
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
-_SKIPPED = ("rotary_emb.inv_freq",)                          # buffers some older checkpoints contain
+# buffers some older checkpoints contain
+_SKIPPED = ("rotary_emb.inv_freq",)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -61,7 +66,8 @@ def architecture_of(hf: dict) -> str | None:
 
 
 def _rope_from_hf(hf: dict, where: str) -> tuple[float, dict | None]:
-    """(rope_theta, rope_scaling) from either transformers 4's keys or transformers 5's ``rope_parameters``."""
+    """(rope_theta, rope_scaling)
+    from either transformers 4's keys or transformers 5's ``rope_parameters``."""
     params = hf.get("rope_parameters") or {}
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
     scaling = hf.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
@@ -83,7 +89,8 @@ def _refuse_unless(hf: dict, where: str, checks: dict) -> None:
 
 
 def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
-    """(GPTConfig, architecture) of a Llama-family ``config.json``; ValueError naming what cannot be computed."""
+    """(GPTConfig, architecture) of a Llama-family ``config.json``;
+    ValueError naming what cannot be computed."""
     arch = architecture_of(hf)
     if arch is None:
         raise ValueError(f"{where}: architectures {hf.get('architectures')!r} names none of "
@@ -105,7 +112,8 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
     block_size = int(hf.get("max_position_embeddings", 2048))
     window = hf.get("sliding_window")
     if window and (arch != "Qwen2ForCausalLM" or hf.get("use_sliding_window")):
-        block_size = min(block_size, int(window))            # exact: the window never masks anything
+        # exact: the window never masks anything
+        block_size = min(block_size, int(window))
     moe = {"mlp": "swiglu"}
     if arch == "MixtralForCausalLM":
         top_k = hf.get("num_experts_per_tok", 2)
@@ -127,8 +135,9 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
 
 
 def architecture_for(config: GPTConfig, wanted: str | None = None) -> str:
-    """The HF architecture a tinyllm Llama-style config is written as (``wanted`` "MistralForCausalLM" for a
-    Llama-shaped model that came from a Mistral); ValueError for other configs."""
+    """The HF architecture a tinyllm Llama-style config is written as (``wanted``
+    "MistralForCausalLM" for a Llama-shaped model that came from a Mistral); ValueError for other
+    configs."""
     if (config.norm, config.pos, config.bias) != ("rmsnorm", "rope", False) or config.mlp == "gelu":
         raise ValueError("only Llama-style models (norm='rmsnorm', pos='rope', mlp='swiglu' or 'moe', bias=False) "
                          f"can be written in Llama's layout; this one has norm={config.norm!r}, pos={config.pos!r}, "
@@ -143,8 +152,9 @@ def architecture_for(config: GPTConfig, wanted: str | None = None) -> str:
 
 
 def hf_config_from(config: GPTConfig, bos_token_id=None, eos_token_id=None, architecture=None) -> dict:
-    """The ``config.json`` (transformers 4 keys, which transformers 5 also reads) for a tinyllm config.
-    A Mistral's sliding window is written as the context itself (block_size), which it never exceeds."""
+    """The ``config.json`` (transformers 4 keys, which transformers 5 also reads) for a tinyllm
+    config. A Mistral's sliding window is written as the context itself (block_size), which it never
+    exceeds."""
     arch = architecture_for(config, architecture)
     hf = {
         "architectures": [arch], "model_type": arch.removesuffix("ForCausalLM").lower(),
@@ -204,7 +214,8 @@ def hf_shapes(config: GPTConfig, arch: str) -> dict[str, tuple[int, ...]]:
 
 
 def check_tensors(tensors: dict, expected: dict, source: dict, what: str) -> None:
-    """ValueError naming the file and the tensor for an unexpected, mis-shaped, non-float or missing tensor."""
+    """ValueError naming the file and the tensor for an unexpected, mis-shaped,
+    non-float or missing tensor."""
     for name, array in tensors.items():
         where = source.get(name, HF_WEIGHTS)
         if name not in expected:
@@ -221,10 +232,12 @@ def check_tensors(tensors: dict, expected: dict, source: dict, what: str) -> Non
 
 
 def hf_to_tinyllm_state(tensors: dict, config: GPTConfig, arch: str, source: dict | None = None) -> dict:
-    """HF tensors → a tinyllm state dict for ``GPT(config)``; every tensor checked by name and shape."""
+    """HF tensors → a tinyllm state dict for ``GPT(config)``;
+    every tensor checked by name and shape."""
     source = source or {}
     tensors = {name: array for name, array in tensors.items() if not name.endswith(_SKIPPED)
-               and not (name == "lm_head.weight" and config.tie_weights)}     # tied: HF ties it on loading too
+               # tied: HF ties it on loading too
+               and not (name == "lm_head.weight" and config.tie_weights)}
     what = (f"a {arch} with this config.json (n_layer={config.n_layer}, hidden_size={config.n_embd}, "
             f"tie_word_embeddings={config.tie_weights})")
     check_tensors(tensors, hf_shapes(config, arch), source, what)
@@ -294,7 +307,8 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None when unknown."""
+    """Bytes of memory available to a new allocation (Linux's MemAvailable),
+    or None when unknown."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -306,8 +320,9 @@ def available_memory() -> int | None:
 
 
 def check_fits_in_memory(directory, itemsize: int = 4) -> int:
-    """The parameter count of the safetensors files in ``directory`` (headers only); MemoryError when two
-    copies at ``itemsize`` bytes each (the file's tensors and the model's) exceed the memory available."""
+    """The parameter count of the safetensors files in ``directory`` (headers only); MemoryError
+    when two copies at ``itemsize`` bytes each (the file's tensors and the model's) exceed the
+    memory available."""
     count = sum(int(np.prod(info.shape, dtype=np.int64)) for file in _weight_files(Path(directory))
                 for info in read_header(file).tensors.values())
     needed, available = 2 * count * itemsize, available_memory()
@@ -340,8 +355,9 @@ def load_hf_llama(path, dtype=None) -> tuple[GPT, str]:
 
 def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32", architecture=None) -> Path:
     """Write ``model`` as a HF directory (config.json, model.safetensors and, with a BPE tokenizer,
-    tokenizer.json) that the architecture's ``from_pretrained`` loads. ``dtype``: float32/float16/bfloat16;
-    ``architecture``: the one it was imported as (only "MistralForCausalLM" changes what is written)."""
+    tokenizer.json) that the architecture's ``from_pretrained`` loads. ``dtype``:
+    float32/float16/bfloat16; ``architecture``: the one it was imported as (only
+    "MistralForCausalLM" changes what is written)."""
     directory = write_hf_weights(tinyllm_to_hf_state(model), directory, dtype)
     special = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}
     bos = next((special[t] for t in ("<|begin_of_text|>", "<s>", "<|endoftext|>") if t in special), None)
@@ -354,11 +370,13 @@ def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32", arch
 
 
 def _write_tokenizer(tokenizer, directory: Path) -> None:
-    """tokenizer.json: an imported one as it was read, a tinyllm BPE one converted (``hf_tokenizer_json``)."""
+    """tokenizer.json: an imported one as it was read, a tinyllm BPE one converted
+    (``hf_tokenizer_json``)."""
     from ..tokenizer import BPETokenizer
     from ..tokenizer.hf_json import hf_tokenizer_json
 
-    if hasattr(tokenizer, "_data"):                           # read from a tokenizer.json: write it as read
+    # read from a tokenizer.json: write it as read
+    if hasattr(tokenizer, "_data"):
         tokenizer.save(directory / "tokenizer.json")
     elif isinstance(tokenizer, BPETokenizer):
         atomic_write_json(directory / "tokenizer.json", hf_tokenizer_json(tokenizer))
