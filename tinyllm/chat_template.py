@@ -1,5 +1,5 @@
-"""Chat templates: a conversation (a list of {"role", "content"} messages) → the exact text a chat model was
-trained on, e.g. ChatML (SmolLM2, Qwen2):
+"""Chat templates: a conversation (a list of {"role", "content"} messages) → the exact text a chat
+model was trained on, e.g. ChatML (SmolLM2, Qwen2):
 
     <|im_start|>user\\nHello!<|im_end|>\\n<|im_start|>assistant\\n        ← add_generation_prompt: the reply follows
 
@@ -7,8 +7,8 @@ A Hugging Face model ships its template as a Jinja program in ``tokenizer_config
 With the optional ``jinja2`` package (extra ``[hf]``) it is rendered the way ``transformers``'
 ``apply_chat_template`` does: a sandboxed, immutable environment with ``trim_blocks`` and ``lstrip_blocks``,
 the variables ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token`` and a
-``raise_exception(message)`` function. Without ``jinja2``, two built-in templates cover most small models —
-ChatML and Llama 3's header format —, picked by the special tokens the tokenizer has.
+``raise_exception(message)`` function. Without ``jinja2``, two built-in templates cover most small
+models — ChatML and Llama 3's header format —, picked by the special tokens the tokenizer has.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def _token_text(value):
 
 
 class ChatTemplate:
-    """``render(messages, add_generation_prompt=True)`` → text; ``stop_tokens``: the strings that end a reply."""
+    """``render(messages, add_generation_prompt=True)`` → text; ``stop_tokens``:
+    the strings that end a reply."""
 
     def __init__(self, source: str | None = None, kind: str = "jinja", bos_token: str = "", eos_token: str = ""):
         if kind not in ("jinja", "chatml", "llama3"):
@@ -89,12 +90,14 @@ def jinja_available() -> bool:
 
 
 def load_chat_template(directory, tokenizer=None) -> ChatTemplate | None:
-    """The chat template of a model directory or run: ``tokenizer_config.json``'s ``chat_template`` (rendered
-    with jinja2 when installed), else a built-in one matching the tokenizer's special tokens, else None."""
+    """The chat template of a model directory or run: ``tokenizer_config.json``'s ``chat_template``
+    (rendered with jinja2 when installed), else a built-in one matching the tokenizer's special
+    tokens, else None."""
     config_file = Path(directory) / "tokenizer_config.json"
     config = read_json(config_file, what="tokenizer config") if config_file.exists() else {}
     source = config.get("chat_template")
-    if isinstance(source, list):                       # [{"name": "default", "template": ...}, {"name": "tool_use"}]
+    # [{"name": "default", "template": ...}, {"name": "tool_use"}]
+    if isinstance(source, list):
         source = next((t.get("template") for t in source if t.get("name") == "default"), None)
     bos, eos = _token_text(config.get("bos_token")) or "", _token_text(config.get("eos_token")) or ""
     special = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}

@@ -13,7 +13,8 @@ from . import backend
 
 
 def _groups(params, defaults):
-    """Accept a list of parameters or a list of dicts {"params": [...], <setting>: value} (param groups)."""
+    """Accept a list of parameters or a list of dicts {"params": [...], <setting>: value}
+    (param groups)."""
     params = list(params)
     if not params:
         raise ValueError("the optimizer got an empty parameter list")
@@ -24,7 +25,8 @@ def _groups(params, defaults):
 class Optimizer:
     def __init__(self, params, defaults):
         self.groups = _groups(params, defaults)
-        self.lr = defaults["lr"]  # the schedule sets this each step; a group's "lr_scale" multiplies it
+        # the schedule sets this each step; a group's "lr_scale" multiplies it
+        self.lr = defaults["lr"]
         self.step_count = 0
 
     def parameters(self):
@@ -78,11 +80,13 @@ class AdamW(Optimizer):
         self.exp_avg_sq = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]   # v
 
     def step(self, grad_scale: float = 1.0) -> None:
-        """One update of every parameter p with gradient g (Loshchilov & Hutter's AdamW, as llm.c writes it):
+        """One update of every parameter p with gradient g (Loshchilov & Hutter's AdamW,
+        as llm.c writes it):
             m = β1 m + (1-β1) g,   v = β2 v + (1-β2) g²          running means of g and g²
             m̂ = m / (1-β1ᵗ),       v̂ = v / (1-β2ᵗ)               bias corrections (m, v start at 0)
             p = p - lr (m̂ / (√v̂ + ε) + λ p)                     decoupled weight decay λ
-        ``grad_scale`` multiplies every gradient as it is read: gradient clipping (``clip_factor``)."""
+        ``grad_scale`` multiplies every gradient as it is read: gradient clipping
+        (``clip_factor``)."""
         xp, grad_scale = backend.xp, float(grad_scale)
         self.step_count += 1
         t, i = self.step_count, 0
@@ -104,7 +108,8 @@ class AdamW(Optimizer):
                 p.data -= lr * (m_hat / (xp.sqrt(v_hat) + eps) + decay * p.data)
 
     def state_dict(self) -> dict:
-        """Arrays (``exp_avg.{i}``, ``exp_avg_sq.{i}`` in parameter order) plus ``step`` and ``lr``."""
+        """Arrays (``exp_avg.{i}``, ``exp_avg_sq.{i}`` in parameter order)
+        plus ``step`` and ``lr``."""
         state = {"step": self.step_count, "lr": self.lr}
         for i, (m, v) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
             state[f"exp_avg.{i}"] = m
@@ -129,8 +134,8 @@ class AdamW(Optimizer):
 def grad_norm(params) -> float:
     """The global L2 norm of all gradients together, √(Σ g²) over every element of every parameter.
 
-    Each parameter's Σ g² is added in float64, in parameter order, on the device: one read of the device
-    in all (on a GPU a read per parameter would stop it a hundred times a step)."""
+    Each parameter's Σ g² is added in float64, in parameter order, on the device: one read of the
+    device in all (on a GPU a read per parameter would stop it a hundred times a step)."""
     squares = [backend.xp.vdot(p.grad.ravel(), p.grad.ravel()) for p in params if p.grad is not None]
     total = 0.0
     for square in squares:
@@ -139,23 +144,27 @@ def grad_norm(params) -> float:
 
 
 def clip_factor(norm: float, max_norm: float | None) -> float:
-    """The factor that brings a gradient of global norm ``norm`` down to ``max_norm`` (1 when it is already
-    within it, when ``max_norm`` is None, or when the norm is not finite: such a step should be skipped)."""
+    """The factor that brings a gradient of global norm ``norm`` down to ``max_norm`` (1 when it is
+    already within it, when ``max_norm`` is None, or when the norm is not finite: such a step should
+    be skipped)."""
     if max_norm is None or not norm > max_norm or not math.isfinite(norm):
         return 1.0
     return max_norm / (norm + 1e-6)
 
 
 def clip_grad_norm(params, max_norm: float) -> float:
-    """Scale all gradients together so that their global L2 norm is at most ``max_norm``; returns the norm
-    before clipping (useful to log; inf or nan means the step should be skipped). The training loops instead
-    pass ``clip_factor(grad_norm(params), max_norm)`` to ``AdamW.step``, which saves the rescaling pass."""
-    params = list(params)  # a generator would be used up by the norm, and then nothing would be scaled
+    """Scale all gradients together so that their global L2 norm is at most ``max_norm``; returns
+    the norm before clipping (useful to log; inf or nan means the step should be skipped). The
+    training loops instead pass ``clip_factor(grad_norm(params), max_norm)`` to ``AdamW.step``,
+    which saves the rescaling pass."""
+    # a generator would be used up by the norm, and then nothing would be scaled
+    params = list(params)
     total = grad_norm(params)
     scale = clip_factor(total, max_norm)
     if scale != 1.0:
         for p in params:
-            if p.grad is not None:                           # not in place: a gradient may be shared
+            # not in place: a gradient may be shared
+            if p.grad is not None:
                 p.grad = p.grad * scale
     return total
 

@@ -1,9 +1,10 @@
-"""Loss curves as hand-written SVG: no matplotlib, just text a browser (or any image viewer) can show.
+"""Loss curves as hand-written SVG: no matplotlib, just text a browser
+(or any image viewer) can show.
 
-An SVG image is XML: a ``<polyline points="x1,y1 x2,y2 ...">`` per curve, ``<line>`` and ``<text>`` for
-axes, grid and labels. The only real work is mapping data to pixels and choosing tick values a person
-would choose ("nice numbers": 0, 0.5, 1, 1.5 rather than 0, 0.43, 0.86), so that is what this file is
-mostly about.
+An SVG image is XML: a ``<polyline points="x1,y1 x2,y2 ...">`` per curve, ``<line>`` and ``<text>``
+for axes, grid and labels. The only real work is mapping data to pixels and choosing tick values a
+person would choose ("nice numbers": 0, 0.5, 1, 1.5 rather than 0, 0.43, 0.86), so that is what this
+file is mostly about.
 
     line_chart_svg  a chart of named (xs, ys) series -> SVG text
     plot_log        every numeric key of a ``log.jsonl`` (or the ones you name), one chart per key
@@ -37,7 +38,8 @@ def _nice_step(span: float, max_ticks: int) -> float:
 
 
 def nice_ticks(low: float, high: float, max_ticks: int = 6) -> list[float]:
-    """Round tick values covering [low, high]: the first at or below ``low``, the last at or above ``high``."""
+    """Round tick values covering [low, high]: the first at or below ``low``,
+    the last at or above ``high``."""
     if high < low:
         low, high = high, low
     if high == low:  # a constant series: show a small band around it
@@ -49,7 +51,8 @@ def nice_ticks(low: float, high: float, max_ticks: int = 6) -> list[float]:
 
 
 def _log_ticks(low: float, high: float) -> list[float]:
-    """Ticks for a log axis: powers of ten, or 1-2-5 × 10^k when the data spans less than about two decades."""
+    """Ticks for a log axis: powers of ten,
+    or 1-2-5 × 10^k when the data spans less than about two decades."""
     first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
     for multiples in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
         ticks = [m * 10.0**k for k in range(first - 1, last + 2) for m in multiples]
@@ -71,7 +74,8 @@ def _decimals_for(step: float) -> int:
 
 
 def _format_tick(value: float, step: float | None = None) -> str:
-    """As few digits as the tick spacing needs; k/M/G for big round numbers, e-notation for tiny ones.
+    """As few digits as the tick spacing needs; k/M/G for big round numbers,
+    e-notation for tiny ones.
 
     ``step=None`` (log axes, where spacing varies) formats each value on its own.
     """
@@ -88,7 +92,8 @@ def _format_tick(value: float, step: float | None = None) -> str:
 
 
 def _usable_points(xs, ys, log_y: bool) -> list[tuple[float, float]]:
-    """Pairs with finite coordinates (and y > 0 on a log axis), thinned to ``MAX_POINTS_PER_SERIES``."""
+    """Pairs with finite coordinates (and y > 0 on a log axis),
+    thinned to ``MAX_POINTS_PER_SERIES``."""
     if len(xs) != len(ys):
         raise ValueError(f"a series has {len(xs)} x values but {len(ys)} y values")
     points = [
@@ -105,9 +110,9 @@ def _usable_points(xs, ys, log_y: bool) -> list[tuple[float, float]]:
 def _axis(low: float, high: float, max_ticks: int, log: bool) -> tuple[float, float, list[float], list[str]]:
     """Limits and ticks for one axis showing data from ``low`` to ``high``.
 
-    Returns (axis_low, axis_high, tick positions, tick labels), positions and limits in axis units (the
-    value itself, or its log10 on a log axis). The limits leave a 4% margin around the data, so no point
-    sits on the frame; the ticks are the round values that fall inside.
+    Returns (axis_low, axis_high, tick positions, tick labels), positions and limits in axis units
+    (the value itself, or its log10 on a log axis). The limits leave a 4% margin around the data, so
+    no point sits on the frame; the ticks are the round values that fall inside.
     """
     to_axis = math.log10 if log else float
     if log:
@@ -119,14 +124,16 @@ def _axis(low: float, high: float, max_ticks: int, log: bool) -> tuple[float, fl
     axis_low, axis_high = axis_low - pad, axis_high + pad
     inside = lambda ticks: [t for t in ticks if axis_low - 1e-9 <= to_axis(t) <= axis_high + 1e-9]
     ticks, step = inside(candidates), None if log else candidates[1] - candidates[0]
-    if log and len(ticks) < 2:  # the data spans less than a 1-1.5-2-3-5-7 step: evenly spaced round values read better
+    # the data spans less than a 1-1.5-2-3-5-7 step: evenly spaced round values read better
+    if log and len(ticks) < 2:
         candidates = nice_ticks(10**axis_low, 10**axis_high, max_ticks)
         ticks, step = inside(candidates), candidates[1] - candidates[0]
     return axis_low, axis_high, [to_axis(t) for t in ticks], [_format_tick(t, step) for t in ticks]
 
 
 def _trace(pixels: list[tuple[float, float]], spacing: float = 8.0) -> list[tuple[float, float]]:
-    """Points along a polyline no more than about ``spacing`` pixels apart (its vertices plus fill-ins)."""
+    """Points along a polyline no more than about ``spacing`` pixels apart
+    (its vertices plus fill-ins)."""
     traced = pixels[:1]
     for (x0, y0), (x1, y1) in zip(pixels, pixels[1:]):
         pieces = max(1, int(math.hypot(x1 - x0, y1 - y0) // spacing))
@@ -142,7 +149,8 @@ def _legend_corner(traced: list[tuple[float, float]], frame: tuple[float, float,
     corners = [(right - width - 8, top + 8), (left + 8, top + 8), (right - width - 8, bottom - height - 8), (left + 8, bottom - height - 8)]
     near = 6  # line width and marker radius
     covered = lambda c: sum(c[0] - near <= x <= c[0] + width + near and c[1] - near <= y <= c[1] + height + near for x, y in traced)
-    return min(corners, key=covered)  # ties: the first, top-right, where falling loss curves rarely are
+    # ties: the first, top-right, where falling loss curves rarely are
+    return min(corners, key=covered)
 
 
 def line_chart_svg(
@@ -155,7 +163,8 @@ def line_chart_svg(
     log_y: bool = False,
     styles: dict[str, dict] | None = None,
 ) -> str:
-    """An SVG line chart with one polyline per named series ``{name: (xs, ys)}``, grid, ticks and legend.
+    """An SVG line chart with one polyline per named series ``{name: (xs, ys)}``, grid,
+    ticks and legend.
 
     Points that are NaN or infinite (or not positive, with ``log_y``) are left out; a series left with
     no points is dropped. Series of at most ``MARKERS_UP_TO`` points also get a dot per point. Raises
@@ -196,7 +205,8 @@ def _draw_frame(out, usable, labels, width, height, log_y) -> dict:
     top, right, bottom = 44, width - 24, height - 52
     to_axis = math.log10 if log_y else float
     px = lambda x: left + (x - x_low) / (x_high - x_low) * (right - left)
-    py = lambda y: bottom - (to_axis(y) - y_low) / (y_high - y_low) * (bottom - top)  # SVG's y points down
+    # SVG's y points down
+    py = lambda y: bottom - (to_axis(y) - y_low) / (y_high - y_low) * (bottom - top)
     py_axis = lambda tick: bottom - (tick - y_low) / (y_high - y_low) * (bottom - top)
     grid = 'stroke="#e5e5e5"'
     for tick, label in zip(x_ticks, x_labels):
@@ -268,12 +278,13 @@ def _is_number(value) -> bool:
 
 
 def plot_log(log_path, out=None, keys: list[str] | None = None, x: str = "step", title: str = "") -> str:
-    """Plot a ``log.jsonl``: one chart per key, one series per record ``kind`` that has it; returns the SVG path.
+    """Plot a ``log.jsonl``: one chart per key, one series per record ``kind`` that has it;
+    returns the SVG path.
 
-    ``keys=None`` plots every numeric key in order of first appearance (except ``x``); records without
-    a ``kind`` count as kind "log". A key whose values are all positive and span 100× or more is drawn
-    on a log axis (learning-rate schedules, perplexities). The charts are stacked in one SVG, written to
-    ``out`` (default: the log's name with ``.svg``).
+    ``keys=None`` plots every numeric key in order of first appearance (except ``x``); records
+    without a ``kind`` count as kind "log". A key whose values are all positive and span 100× or
+    more is drawn on a log axis (learning-rate schedules, perplexities). The charts are stacked in
+    one SVG, written to ``out`` (default: the log's name with ``.svg``).
     """
     log_path = os.fspath(log_path)
     records = [r for r in read_jsonl(log_path, what="training log") if isinstance(r, dict)]
@@ -301,8 +312,9 @@ def plot_log(log_path, out=None, keys: list[str] | None = None, x: str = "step",
 
 
 def smooth(values: list[float], window: int) -> list[float]:
-    """Exponential moving average over about ``window`` points, debiased as in Adam: each output is the
-    weighted mean of the points so far, weights (1 - 1/window)^age, so the first ones are not pulled to 0."""
+    """Exponential moving average over about ``window`` points, debiased as in Adam: each output is
+    the weighted mean of the points so far, weights (1 - 1/window)^age, so the first ones are not
+    pulled to 0."""
     decay, average, weight, smoothed = 1.0 - 1.0 / max(window, 1), 0.0, 0.0, []
     for value in values:
         average = decay * average + (1.0 - decay) * value
@@ -315,9 +327,9 @@ def plot_run(run_dir, out=None) -> str:
     """Draw train and validation loss against step from ``run_dir/log.jsonl`` into ``run_dir/loss.svg``.
 
     Reads ``{"kind": "train", "step", "loss"}`` records and ``{"kind": "eval", "step", "val_loss",
-    "train_loss"}`` records; returns the path written. The loss of each step's batch is noisy, so it is
-    drawn faint with its moving average (``smooth``, over a 50th of the run) on top. The evaluations are
-    drawn as dots, not joined: between two of them nothing was measured.
+    "train_loss"}`` records; returns the path written. The loss of each step's batch is noisy, so it
+    is drawn faint with its moving average (``smooth``, over a 50th of the run) on top. The
+    evaluations are drawn as dots, not joined: between two of them nothing was measured.
     """
     run_dir = os.fspath(run_dir)
     log_path = os.path.join(run_dir, "log.jsonl")

@@ -1,8 +1,8 @@
 """The safetensors file format, read and written with NumPy alone.
 
-safetensors (Hugging Face) is the format for model weights that is safe to open: unlike a pickle, loading
-it runs no code, so a checkpoint downloaded from a stranger can at worst contain wrong numbers. The layout
-is simple enough to describe in three lines::
+safetensors (Hugging Face) is the format for model weights that is safe to open: unlike a pickle,
+loading it runs no code, so a checkpoint downloaded from a stranger can at worst contain wrong
+numbers. The layout is simple enough to describe in three lines::
 
     [8 bytes]  N, the header length, as a little-endian unsigned 64-bit integer
     [N bytes]  the header: UTF-8 JSON, padded with spaces to a multiple of 8
@@ -14,21 +14,21 @@ and the header maps each tensor name to where its bytes are, plus an optional st
     {"__metadata__": {"format": "np"},
      "wte": {"dtype": "F32", "shape": [50257, 768], "data_offsets": [0, 154389504]}, ...}
 
-``data_offsets`` are ``[begin, end)`` byte positions counted from the start of the data section, so a
-tensor's bytes are ``file[8 + N + begin : 8 + N + end]``, and ``end - begin`` must equal
-``itemsize(dtype) * prod(shape)``. Tensors must tile the data section exactly: no gaps, no overlaps, no
-bytes after the last one (the reference library enforces this too, and it is what makes a file easy to
-check). A 0-d tensor has ``shape: []`` and one element; an empty tensor has a 0 in its shape and
-``begin == end``.
+``data_offsets`` are ``[begin, end)`` byte positions counted from the start of the data section, so
+a tensor's bytes are ``file[8 + N + begin : 8 + N + end]``, and ``end - begin`` must equal
+``itemsize(dtype) * prod(shape)``. Tensors must tile the data section exactly: no gaps, no overlaps,
+no bytes after the last one (the reference library enforces this too, and it is what makes a file
+easy to check). A 0-d tensor has ``shape: []`` and one element; an empty tensor has a 0 in its shape
+and ``begin == end``.
 
-Writing sorts tensors by element size (largest first), then by name. With the header padded to a multiple
-of 8, every tensor then starts at a multiple of its own element size, so the file can be memory-mapped
-without unaligned reads. That is the order the reference library uses as well.
+Writing sorts tensors by element size (largest first), then by name. With the header padded to a
+multiple of 8, every tensor then starts at a multiple of its own element size, so the file can be
+memory-mapped without unaligned reads. That is the order the reference library uses as well.
 
-bfloat16 has no NumPy dtype. It is the top half of a float32 (same sign and 8-bit exponent, mantissa cut
-from 23 bits to 7), so it is read by widening: ``float32 bits = bf16 bits << 16``, exact. Writing rounds
-float32 to the nearest bfloat16 (ties to even): see ``float32_to_bfloat16_bits``. Pass
-``save_file(..., bf16={"wte", ...})`` to store chosen tensors that way and halve their size.
+bfloat16 has no NumPy dtype. It is the top half of a float32 (same sign and 8-bit exponent, mantissa
+cut from 23 bits to 7), so it is read by widening: ``float32 bits = bf16 bits << 16``, exact.
+Writing rounds float32 to the nearest bfloat16 (ties to even): see ``float32_to_bfloat16_bits``.
+Pass ``save_file(..., bf16={"wte", ...})`` to store chosen tensors that way and halve their size.
 
 Nothing read from the file is ever executed: the header goes through ``json.loads`` and every tensor
 through ``file.readinto`` into a freshly allocated array.
@@ -76,11 +76,13 @@ DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-# NumPy dtype (by kind and size, byte order aside) -> safetensors name, for writing. BF16 is chosen explicitly.
+# NumPy dtype (by kind and size, byte order aside) -> safetensors name,
+# for writing. BF16 is chosen explicitly.
 _NAME_OF_NUMPY_DTYPE = {(dt.kind, dt.itemsize): name for name, dt in DTYPES.items() if name != "BF16"}
 
 _HEADER_LENGTH_BYTES = 8
-_MAX_HEADER_BYTES = 100_000_000  # the reference library's limit; a larger "header" is a corrupt length field
+# the reference library's limit; a larger "header" is a corrupt length field
+_MAX_HEADER_BYTES = 100_000_000
 _METADATA_KEY = "__metadata__"
 _READ_CHUNK_BYTES = 1 << 30
 
@@ -89,7 +91,8 @@ _READ_CHUNK_BYTES = 1 << 30
 
 
 def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
-    """Round float values to bfloat16, returned as the uint16 bit patterns (round to nearest, ties to even).
+    """Round float values to bfloat16, returned as the uint16 bit patterns (round to nearest,
+    ties to even).
 
     Keeping the top 16 bits of a float32 truncates; to round instead, add just under half of the dropped
     part's range before cutting: ``0x7FFF`` plus the lowest kept bit, so that an exact tie (dropped part
@@ -98,7 +101,8 @@ def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     case the trick breaks (a NaN with only low mantissa bits set would round to infinity), so NaNs become
     the canonical quiet NaN ``0x7FC0`` with their sign kept. float64 input is converted to float32 first.
     """
-    bits = np.asarray(values, dtype=np.float32, order="C").view(np.uint32)  # asarray keeps 0-d arrays 0-d
+    # asarray keeps 0-d arrays 0-d
+    bits = np.asarray(values, dtype=np.float32, order="C").view(np.uint32)
     lowest_kept_bit = (bits >> 16) & np.uint32(1)
     rounded = ((bits + np.uint32(0x7FFF) + lowest_kept_bit) >> 16).astype(np.uint16)
     is_nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
@@ -109,7 +113,8 @@ def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
 
 
 def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """Widen bfloat16 bit patterns (uint16) to float32 exactly: they are the float32's top 16 bits."""
+    """Widen bfloat16 bit patterns (uint16) to float32 exactly:
+    they are the float32's top 16 bits."""
     bits = np.asarray(bits)
     if bits.dtype.kind != "u" or bits.dtype.itemsize != 2:
         raise TypeError(f"bfloat16 bits must be a uint16 array, got dtype {bits.dtype}")
@@ -122,7 +127,8 @@ def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
 
 
 def _prepare_tensor(name, value, as_bf16: bool) -> tuple[str, np.ndarray]:
-    """Check one tensor and return (safetensors dtype name, contiguous little-endian array to write)."""
+    """Check one tensor and return (safetensors dtype name,
+    contiguous little-endian array to write)."""
     if not isinstance(name, str):
         raise TypeError(f"tensor names must be str, got {name!r} ({type(name).__name__})")
     if name == _METADATA_KEY:
@@ -133,7 +139,8 @@ def _prepare_tensor(name, value, as_bf16: bool) -> tuple[str, np.ndarray]:
             "(convert GPU arrays with tinyllm.backend.to_numpy first)"
         )
     array = np.asarray(value)
-    if as_bf16 or array.dtype.name == "bfloat16":  # the second: an ml_dtypes.bfloat16 array, if a caller has one
+    # the second: an ml_dtypes.bfloat16 array, if a caller has one
+    if as_bf16 or array.dtype.name == "bfloat16":
         if array.dtype.name == "bfloat16":
             bits = array.view(np.uint16)
         elif array.dtype.kind == "f":
@@ -157,9 +164,9 @@ def save_file(
 ) -> None:
     """Write ``tensors`` (name -> NumPy array) to ``path`` in safetensors format, atomically.
 
-    ``metadata`` is an optional str -> str table stored in the header. ``bf16`` names tensors to round to
-    bfloat16 on the way out (``load_file`` gives them back as float32). Any existing file at ``path`` is
-    replaced only once the new one is completely on disk.
+    ``metadata`` is an optional str -> str table stored in the header. ``bf16`` names tensors to
+    round to bfloat16 on the way out (``load_file`` gives them back as float32). Any existing file
+    at ``path`` is replaced only once the new one is completely on disk.
     """
     path = os.fspath(path)
     bf16 = set(bf16)
@@ -172,7 +179,8 @@ def save_file(
                 raise TypeError(f"safetensors metadata must map str to str; got {key!r}: {value!r} (use json.dumps for other values)")
 
     prepared = {name: _prepare_tensor(name, value, name in bf16) for name, value in tensors.items()}
-    # Largest elements first, so every tensor starts at a multiple of its element size; then by name.
+    # Largest elements first, so every tensor starts at a multiple of its element size;
+    # then by name.
     order = sorted(prepared, key=lambda name: (-prepared[name][1].itemsize, name))
 
     header: dict = {}
@@ -201,7 +209,8 @@ def save_file(
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where one tensor lives: ``dtype`` is the safetensors name ("F32"), offsets are relative to the data section."""
+    """Where one tensor lives: ``dtype`` is the safetensors name ("F32"),
+    offsets are relative to the data section."""
 
     name: str
     dtype: str
@@ -212,7 +221,8 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Header:
-    """A checked safetensors header: tensors in file order, the metadata table, where the data section starts."""
+    """A checked safetensors header: tensors in file order, the metadata table,
+    where the data section starts."""
 
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
@@ -241,7 +251,8 @@ def _check_tensor_entry(path: str, name: str, entry) -> TensorInfo:
     begin, end = offsets
     if end < begin:
         raise ValueError(f"{where}: data_offsets {offsets} end before they begin")
-    expected = DTYPES[dtype].itemsize * math.prod(shape)  # Python ints: no overflow on absurd shapes
+    # Python ints: no overflow on absurd shapes
+    expected = DTYPES[dtype].itemsize * math.prod(shape)
     if end - begin != expected:
         raise ValueError(
             f"{where}: data_offsets {offsets} span {end - begin} bytes, but dtype {dtype} with shape {shape} "
@@ -251,7 +262,8 @@ def _check_tensor_entry(path: str, name: str, entry) -> TensorInfo:
 
 
 def _check_layout(path: str, infos: list[TensorInfo], data_length: int) -> list[TensorInfo]:
-    """Sort by offset and check the tensors tile the data section exactly; returns them in file order."""
+    """Sort by offset and check the tensors tile the data section exactly;
+    returns them in file order."""
     infos = sorted(infos, key=lambda info: (info.begin, info.end))
     position, previous = 0, None
     for info in infos:
@@ -336,7 +348,8 @@ def _read_into(file, buffer: memoryview) -> int:
 
 
 def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every tensor of a safetensors file into NumPy arrays (BF16 tensors come back as float32).
+    """Read every tensor of a safetensors file into NumPy arrays
+    (BF16 tensors come back as float32).
 
     Each tensor is read straight from the file into its own new, aligned, writable array, so peak memory
     is the size of the tensors, not twice it.
@@ -345,11 +358,13 @@ def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     tensors = {}
     with open(path, "rb") as file:
         header = _read_header_from(file, path)
-        file.seek(header.data_start)  # tensors are contiguous and in file order: read them in sequence
+        # tensors are contiguous and in file order: read them in sequence
+        file.seek(header.data_start)
         for name, info in header.tensors.items():
             try:
                 array = np.empty(info.shape, dtype=DTYPES[info.dtype])
-            except (ValueError, OverflowError) as e:  # e.g. 65 dimensions, or [0, 2**70]: empty but not allocatable
+            # e.g. 65 dimensions, or [0, 2**70]: empty but not allocatable
+            except (ValueError, OverflowError) as e:
                 raise ValueError(f"{path}: tensor {name!r} with shape {list(info.shape)} cannot be made: {e}") from None
             got = _read_into(file, memoryview(array.reshape(-1)).cast("B"))
             if got != array.nbytes:  # the file shrank after we checked its size

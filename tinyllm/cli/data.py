@@ -152,7 +152,8 @@ def run_prepare(args) -> int:
 
 
 def format_report(report, output=None) -> str:
-    """The report as a table: documents and characters each stage removed, in total and per source."""
+    """The report as a table: documents and characters each stage removed,
+    in total and per source."""
     names = [Path(n).name for n in report.names]
     lines = [f"read {report.read['documents']:,} documents, {report.read['characters']:,} characters: "
              + ", ".join(f"{n} {c:,}" for n, c in zip(names, report.read["per_source"])),

@@ -45,7 +45,8 @@ def run_fill_mask(args) -> int:
 # ---------------------------------------------------------------------------------------------- pretraining
 
 def encoder_config(args, vocab_size: int):
-    """The EncoderConfig for ``pretrain --objective mlm``: the GPT preset's shape, overridden by the flags."""
+    """The EncoderConfig for ``pretrain --objective mlm``: the GPT preset's shape,
+    overridden by the flags."""
     from ..encoder import EncoderConfig
     from ..model import PRESETS
     shape = dict(PRESETS[args.preset])
