@@ -50,7 +50,8 @@ def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer | HF
     """
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-            raise FileNotFoundError(f"'{path}' is a directory without a tokenizer.json; give a tokenizer file "
+            raise FileNotFoundError(f"'{path}' is a directory without a tokenizer.json; give a "
+                                    "tokenizer file "
                                     "or a run directory that holds one")
         path = os.path.join(path, "tokenizer.json")
     elif not os.path.exists(path):
@@ -59,7 +60,8 @@ def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer | HF
         return load_hf_tokenizer(path)
     fmt = read_tokenizer_json(path)["format"]
     if fmt not in _CLASSES:
-        raise ValueError(f"tokenizer file '{path}' has format {fmt!r}; expected one of {sorted(_CLASSES)}")
+        raise ValueError(f"tokenizer file '{path}' has format {fmt!r}; expected one of "
+                         f"{sorted(_CLASSES)}")
     return _CLASSES[fmt].load(path)
 
 

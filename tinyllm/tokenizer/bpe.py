@@ -72,7 +72,8 @@ class BPETokenizer:
         self._bytes_are_ids = self._byte_ids == list(range(256))
         self._pair_ranks = pair_ranks_of(self._ranks)
         self._merges = merges
-        self._special_tokens = bpe_vocab.check_special_tokens(special_tokens or {}, len(self._ranks))
+        self._special_tokens = bpe_vocab.check_special_tokens(special_tokens or {},
+                                                              len(self._ranks))
         for text, token_id in self._special_tokens.items():
             self._decoder[token_id] = text.encode("utf-8")
         self._vocab_size = max(self._decoder) + 1
@@ -277,7 +278,8 @@ class BPETokenizer:
     def encode_batch(self, texts: Iterable[str], allowed_special="none_raise") -> list[list[int]]:
         """Encode each text of a list (see :meth:`encode`)."""
         if isinstance(texts, str):
-            raise TypeError("encode_batch takes a list of texts, not one str; use encode() for a single text")
+            raise TypeError("encode_batch takes a list of texts, not one str; use encode() "
+                            "for a single text")
         return [self.encode(text, allowed_special) for text in texts]
 
     def _allowed_special_set(self, allowed_special) -> frozenset:
@@ -292,7 +294,8 @@ class BPETokenizer:
         allowed = frozenset(allowed_special)
         unknown = sorted(allowed - self._special_tokens.keys())
         if unknown:
-            raise ValueError(f"allowed_special names {unknown[0]!r}, which is not a special token of this tokenizer")
+            raise ValueError(f"allowed_special names {unknown[0]!r}, which is not a special token "
+                             "of this tokenizer")
         return allowed
 
     # ----------------------------------------------------------------------------------------- decoding
@@ -317,8 +320,10 @@ class BPETokenizer:
 
     def _bad_id(self, token_id) -> Exception:
         if not isinstance(token_id, numbers.Integral):
-            return TypeError(f"token ids must be ints, got {token_id!r} of type {type(token_id).__name__}")
-        return ValueError(f"token id {token_id} is not in this tokenizer (ids are 0..{self.vocab_size - 1})")
+            return TypeError(f"token ids must be ints, got {token_id!r} of type "
+                             f"{type(token_id).__name__}")
+        return ValueError(f"token id {token_id} is not in this tokenizer (ids are "
+                          f"0..{self.vocab_size - 1})")
 
     # ------------------------------------------------------------------------------------- files, interop
 
@@ -339,7 +344,8 @@ class BPETokenizer:
 
     @classmethod
     def from_tiktoken_file(
-        cls, path: str | os.PathLike, pattern: str | None, special_tokens: dict[str, int] | None = None
+        cls, path: str | os.PathLike, pattern: str | None,
+        special_tokens: dict[str, int] | None = None
     ) -> BPETokenizer:
         """Load a ``.tiktoken`` file (one ``base64(token) id`` per line), e.g. cl100k_base.tiktoken with
         ``pattern="gpt4"`` and ``special_tokens={"<|endoftext|>": 100257}``."""

@@ -39,7 +39,8 @@ def count_chunks(texts: Iterable[str], split: Callable[[str], list[str]]) -> Cou
     return counts
 
 
-def merge_pair(word: list[int], first: int, second: int, new_id: int) -> tuple[list[int], list[int], list[int]]:
+def merge_pair(word: list[int], first: int, second: int,
+               new_id: int) -> tuple[list[int], list[int], list[int]]:
     """Replace each ``first, second`` in ``word``, left to right, by ``new_id``.
 
     Returns the new word, the positions of the replaced pairs in the old word, and the positions of

@@ -65,18 +65,21 @@ def check_ranks(ranks: dict[bytes, int], decoder: dict[int, bytes]) -> None:
                 raise ValueError(f"tokens {seen[rank]!r} and {token!r} both have id {rank}")
             seen[rank] = token
     if ranks and (min(decoder) != 0 or max(decoder) != len(ranks) - 1):
-        raise ValueError(f"token ids must be 0..{len(ranks) - 1}, found {min(decoder)}..{max(decoder)}")
+        raise ValueError(f"token ids must be 0..{len(ranks) - 1}, found "
+                         f"{min(decoder)}..{max(decoder)}")
     for byte in range(256):
         rank = ranks.get(bytes((byte,)))
         if rank is None or rank >= 256:
             where = "is missing" if rank is None else f"has id {rank}"
-            raise ValueError(f"byte {byte} {where}: the 256 single bytes must be tokens with ids 0..255")
+            raise ValueError(f"byte {byte} {where}: the 256 single bytes must be tokens "
+                             "with ids 0..255")
 
 
 def check_special_list(special_tokens: Iterable[str]) -> list[str]:
     """A list of distinct, non-empty special token strings, or ValueError naming the bad one."""
     if isinstance(special_tokens, str):
-        raise TypeError(f"special_tokens must be a list of strings, not the single str {special_tokens!r}")
+        raise TypeError("special_tokens must be a list of strings, not the single str "
+                        f"{special_tokens!r}")
     result: list[str] = []
     for token in special_tokens:
         if not isinstance(token, str) or not token:
@@ -98,7 +101,8 @@ def check_special_tokens(special_tokens: dict[str, int], first_free_id: int) -> 
                 f"special token {token!r} has id {token_id!r}; ids 0..{first_free_id - 1} are ordinary tokens"
             )
         if token_id in owner:
-            raise ValueError(f"special tokens {owner[token_id]!r} and {token!r} both have id {token_id}")
+            raise ValueError(f"special tokens {owner[token_id]!r} and {token!r} both "
+                             f"have id {token_id}")
         owner[token_id] = token
     return dict(special_tokens)
 
@@ -113,7 +117,8 @@ def special_splitter(allowed: Iterable[str]):
 # -------------------------------------------------------------------------------------- merges <-> ranks
 
 
-def ranks_from_merges(merges: list[tuple[int, int]], byte_order: list[int] | None = None) -> dict[bytes, int]:
+def ranks_from_merges(merges: list[tuple[int, int]],
+                      byte_order: list[int] | None = None) -> dict[bytes, int]:
     """Replay the merges: ``{token bytes: id}`` with the single bytes first, in ``byte_order``."""
     order = list(range(256)) if byte_order is None else list(byte_order)
     if sorted(order) != list(range(256)):
@@ -125,7 +130,8 @@ def ranks_from_merges(merges: list[tuple[int, int]], byte_order: list[int] | Non
             raise ValueError(f"merge {i} is {pair!r}; it must join two ids from 0..{len(vocab) - 1}")
         token = vocab[pair[0]] + vocab[pair[1]]
         if token in ranks:
-            raise ValueError(f"merge {i} makes {escape_bytes(token)!r}, which is already token {ranks[token]}")
+            raise ValueError(f"merge {i} makes {escape_bytes(token)!r}, which is already token "
+                             f"{ranks[token]}")
         ranks[token] = len(vocab)
         vocab.append(token)
     return ranks
@@ -143,7 +149,8 @@ def recover_merges(ranks: dict[bytes, int], decoder: dict[int, bytes], pair_rank
             halves = [(ranks.get(token[:cut], rank), ranks.get(token[cut:], rank)) for cut in range(1, len(token))]
             lower = [(left, right) for left, right in halves if left < rank and right < rank]
             if not lower:
-                raise ValueError(f"token {rank} ({escape_bytes(token)!r}) is not two lower-ranked tokens joined")
+                raise ValueError(f"token {rank} ({escape_bytes(token)!r}) is not two "
+                                 "lower-ranked tokens joined")
             parts = lower[0]
         merges.append(tuple(parts))
     return merges
@@ -182,11 +189,13 @@ def load_json(cls, path: str | os.PathLike):
         ranks = {bytes((byte,)): i for i, byte in enumerate(byte_order)}
         merges = []
         for i, pair in enumerate(data["merges"]):
-            if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(s, str) for s in pair):
+            if not isinstance(pair,
+                              list) or len(pair) != 2 or not all(isinstance(s, str) for s in pair):
                 raise ValueError(f"merge {i} is {pair!r}, expected two strings")
             ids = [ranks.get(unescape_bytes(s)) for s in pair]
             if None in ids:
-                raise ValueError(f"merge {i} joins {pair[ids.index(None)]!r}, which is not a token yet")
+                raise ValueError(f"merge {i} joins {pair[ids.index(None)]!r}, which is "
+                                 "not a token yet")
             merges.append((ids[0], ids[1]))
             ranks[unescape_bytes(pair[0]) + unescape_bytes(pair[1])] = 256 + i
         if data.get("num_merges", len(merges)) != len(merges):

@@ -91,7 +91,8 @@ class CharTokenizer:
 
     def encode_batch(self, texts: Iterable[str], allowed_special="none_raise") -> list[list[int]]:
         if isinstance(texts, str):
-            raise TypeError("encode_batch takes a list of texts, not one str; use encode() for a single text")
+            raise TypeError("encode_batch takes a list of texts, not one str; use encode() "
+                            "for a single text")
         return [self.encode(text) for text in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -126,7 +127,8 @@ class CharTokenizer:
         check_format(data, path, FORMAT_NAME, FORMAT_VERSION)
         chars = data.get("chars")
         if not isinstance(chars, str) or len(set(chars)) != len(chars):
-            raise ValueError(f"tokenizer file '{path}': \"chars\" must be a string of distinct characters")
+            raise ValueError(f"tokenizer file '{path}': \"chars\" must be a string of "
+                             "distinct characters")
         return cls(chars)
 
     def __repr__(self) -> str:

@@ -62,7 +62,8 @@ def _byte_chars() -> dict[str, int]:
 
 
 def _refuse(where: str, part: str, why: str):
-    raise ValueError(f"{where}: {part} is not supported: {why}. tinyllm reads byte-level BPE tokenizers "
+    raise ValueError(f"{where}: {part} is not supported: {why}. tinyllm reads byte-level "
+                     "BPE tokenizers "
                      "(GPT-2, Llama 3, Qwen2, SmolLM) and SentencePiece-style BPE as transformers converts it "
                      "(▁ and byte_fallback: Llama 2, TinyLlama, Mistral v0.1)")
 
@@ -71,7 +72,8 @@ def _split_patterns(pre, where: str) -> list[str]:
     """The regexes a pre-tokenizer cuts text with, in order
     (each applied to the previous one's chunks)."""
     if pre is None:
-        _refuse(where, "a tokenizer without a pre_tokenizer", "byte-level BPE needs the ByteLevel pre-tokenizer")
+        _refuse(where, "a tokenizer without a pre_tokenizer",
+                "byte-level BPE needs the ByteLevel pre-tokenizer")
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     patterns, byte_level = [], False
     for step in steps:
@@ -84,7 +86,8 @@ def _split_patterns(pre, where: str) -> list[str]:
             patterns.append(pattern["Regex"])
         elif kind == "ByteLevel":
             if step.get("add_prefix_space"):
-                _refuse(where, "ByteLevel add_prefix_space=true", "text is encoded without an added leading space")
+                _refuse(where, "ByteLevel add_prefix_space=true",
+                        "text is encoded without an added leading space")
             if step.get("use_regex", True):
                 patterns.append(GPT2_SPLIT_PATTERN)
             byte_level = True
@@ -108,7 +111,8 @@ def _token_bytes(token: str, where: str) -> bytes:
     try:
         return bytes(table[char] for char in token)
     except KeyError as e:
-        _refuse(where, f"vocabulary entry {token!r}", f"{e.args[0]!r} is not one of the 256 byte-level characters")
+        _refuse(where, f"vocabulary entry {token!r}",
+                f"{e.args[0]!r} is not one of the 256 byte-level characters")
 
 
 def _merge_pairs(merges, where: str) -> list[tuple[str, str]]:
@@ -117,7 +121,8 @@ def _merge_pairs(merges, where: str) -> list[tuple[str, str]]:
     pairs = []
     for i, merge in enumerate(merges):
         pair = merge.split(" ") if isinstance(merge, str) else merge
-        if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+        if not isinstance(pair,
+                          list) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
             raise ValueError(f"{where}: merge {i} is {merge!r}; expected \"a b\" or [\"a\", \"b\"]")
         pairs.append((pair[0], pair[1]))
     return pairs
@@ -130,7 +135,8 @@ def merge_table(base: list, pairs: list, vocab, where: str) -> tuple[list, dict]
     internal, internal_id, pair_ranks = list(base), {token: i for i, token in enumerate(base)}, {}
     for i, (left, right) in enumerate(pairs):
         if left not in internal_id or right not in internal_id or left + right not in vocab:
-            raise ValueError(f"{where}: merge {i} ({left!r}, {right!r}) uses or makes a token that is not in the "
+            raise ValueError(f"{where}: merge {i} ({left!r}, {right!r}) uses or makes a token that "
+                             "is not in the "
                              "vocabulary or not made by an earlier merge")
         pair_ranks.setdefault((internal_id[left], internal_id[right]), len(internal))
         # a token two merges make keeps its first id
@@ -167,7 +173,8 @@ class HFBPETokenizer(BPETokenizer):
         file_ids = {_token_bytes(token, where_vocab): token_id for token, token_id in vocab.items()}
         missing = [b for b in range(256) if bytes((b,)) not in file_ids]
         if missing:
-            raise ValueError(f"{where}: the vocabulary lacks {len(missing)} of the 256 single bytes (first: byte "
+            raise ValueError(f"{where}: the vocabulary lacks {len(missing)} of the 256 single "
+                             "bytes (first: byte "
                              f"{missing[0]}), so some text could not be encoded; train it with "
                              "initial_alphabet=ByteLevel.alphabet()")
         pairs = [(_token_bytes(left, where), _token_bytes(right, where))
@@ -176,7 +183,8 @@ class HFBPETokenizer(BPETokenizer):
         added = {}
         for entry in data.get("added_tokens", []):
             if entry.get("lstrip") or entry.get("rstrip") or entry.get("single_word"):
-                _refuse(where, f"added token {entry.get('content')!r} with lstrip/rstrip/single_word",
+                _refuse(where,
+                        f"added token {entry.get('content')!r} with lstrip/rstrip/single_word",
                         "added tokens are matched exactly")
             added[entry["content"]] = int(entry["id"])
         self._data, self._where = data, where
@@ -232,10 +240,12 @@ class HFBPETokenizer(BPETokenizer):
 
     @property
     def merges(self):
-        raise NotImplementedError("a Hugging Face tokenizer's merges are in its tokenizer.json (model.merges)")
+        raise NotImplementedError("a Hugging Face tokenizer's merges are in its tokenizer.json "
+                                  "(model.merges)")
 
     def to_tiktoken_ranks(self):
-        raise NotImplementedError("Hugging Face tokenizers merge by merge order, not token id: no tiktoken form")
+        raise NotImplementedError("Hugging Face tokenizers merge by merge order, not token id: "
+                                  "no tiktoken form")
 
 
 def read_tokenizer_json_file(path) -> dict:
@@ -271,17 +281,26 @@ def hf_tokenizer_json(bpe: BPETokenizer) -> dict:
     vocab = {encode_token(bpe.token_to_bytes(i)): i for i in range(bpe.vocab_size) if i not in
              bpe.special_tokens.values()}
     merges = [[encode_token(bpe.token_to_bytes(a)), encode_token(bpe.token_to_bytes(b))] for a, b in bpe.merges]
-    steps = [{"type": "Split", "pattern": {"Regex": bpe.pattern}, "behavior": "Isolated", "invert": False}] \
+    steps = [{"type": "Split", "pattern": {"Regex": bpe.pattern}, "behavior": "Isolated",
+              "invert": False}] \
         if bpe.pattern else []
-    steps.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False})
-    added = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for text, i in sorted(bpe.special_tokens.items(), key=lambda item: item[1])]
-    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+    steps.append(
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    )
+    added = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False,
+              "special": True} for text,
+              i in sorted(bpe.special_tokens.items(), key=lambda item: item[1])]
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": None,
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps}, "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                        "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                       "vocab": vocab, "merges": merges}}
 
 
-__all__ = ["HFBPETokenizer", "hf_tokenizer_json", "is_hf_tokenizer_json", "load_hf_tokenizer", "FORMAT_NAME"]
+__all__ = ["HFBPETokenizer", "hf_tokenizer_json", "is_hf_tokenizer_json", "load_hf_tokenizer",
+           "FORMAT_NAME"]

@@ -60,7 +60,8 @@ def resolve_pattern(pattern: str | None) -> str | None:
     if pattern is None:
         return None
     if not isinstance(pattern, str):
-        raise TypeError(f"split pattern must be a name, a regex string or None, not {type(pattern).__name__}")
+        raise TypeError("split pattern must be a name, a regex string or None, not "
+                        f"{type(pattern).__name__}")
     pattern = PATTERNS.get(pattern, pattern)
     try:
         regex.compile(pattern)

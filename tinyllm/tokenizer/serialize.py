@@ -51,14 +51,16 @@ def read_tokenizer_json(path: str | os.PathLike) -> dict:
             f"tokenizer file '{path}' is not valid JSON, is it truncated? line {e.lineno}, column {e.colno}: {e.msg}"
         ) from None
     if not isinstance(data, dict) or "format" not in data:
-        raise ValueError(f"tokenizer file '{path}' has no \"format\" field; it is not a tinyllm tokenizer")
+        raise ValueError(f"tokenizer file '{path}' has no \"format\" field; it is not a "
+                         "tinyllm tokenizer")
     return data
 
 
 def check_format(data: dict, path, name: str, version: int) -> None:
     """Raise ValueError unless ``data`` says it is format ``name`` at a ``version`` we can read."""
     if data.get("format") != name:
-        raise ValueError(f"tokenizer file '{path}' has format {data.get('format')!r}, expected {name!r}")
+        raise ValueError(f"tokenizer file '{path}' has format {data.get('format')!r}, "
+                         f"expected {name!r}")
     if data.get("version") != version:
         raise ValueError(
             f"tokenizer file '{path}' is {name} version {data.get('version')!r}; this tinyllm reads version {version}"

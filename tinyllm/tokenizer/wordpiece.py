@@ -53,7 +53,8 @@ MAX_INPUT_CHARS_PER_WORD = 100
 # which HF tokenizers uses).
 _WHITESPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | \
     {chr(c) for c in range(0x2000, 0x200B)}
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F),
                (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 
 
@@ -98,7 +99,9 @@ def normalize(text: str, lowercase: bool = True, strip_accents: bool | None = No
     table built for the distinct characters of the text (a few hundred, even in a large text)."""
     text = text.translate({ord(c): _normalized_char(c) for c in set(text)})
     if lowercase if strip_accents is None else strip_accents:
-        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+        text = "".join(
+            c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn"
+        )
     # character by character, as Hugging Face does (str.lower() turns a word-final Σ into ς)
     if lowercase:
         text = text.translate({ord(c): c.lower() for c in set(text)})
@@ -117,7 +120,8 @@ def pre_tokenize(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def word_pieces(word: str, vocab: dict[str, int], max_chars: int = MAX_INPUT_CHARS_PER_WORD) -> list[str] | None:
+def word_pieces(word: str, vocab: dict[str, int],
+                max_chars: int = MAX_INPUT_CHARS_PER_WORD) -> list[str] | None:
     """Greedy longest-match-first pieces of one word, or None when it cannot be spelled
     (→ one [UNK])."""
     if len(word) > max_chars:
@@ -143,13 +147,16 @@ def check_vocab(tokens: list[str], where: str) -> dict[str, int]:
     vocab = {}
     for i, token in enumerate(tokens):
         if not token or token != token.strip():
-            raise ValueError(f"{where}: line {i + 1} holds {token!r}; every line must be one token without spaces")
+            raise ValueError(f"{where}: line {i + 1} holds {token!r}; every line must be one token "
+                             "without spaces")
         if token in vocab:
-            raise ValueError(f"{where}: token {token!r} appears twice (lines {vocab[token] + 1} and {i + 1})")
+            raise ValueError(f"{where}: token {token!r} appears twice (lines "
+                             f"{vocab[token] + 1} and {i + 1})")
         vocab[token] = i
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
-        raise ValueError(f"{where}: the vocabulary lacks {', '.join(missing)}; a BERT vocabulary needs all of "
+        raise ValueError(f"{where}: the vocabulary lacks {', '.join(missing)}; a BERT "
+                         "vocabulary needs all of "
                          f"{' '.join(SPECIAL_TOKENS)}")
     return vocab
 
@@ -165,13 +172,16 @@ class WordPieceTokenizer:
     format_name = FORMAT_NAME
 
     def __init__(self, vocab, lowercase: bool = True, strip_accents: bool | None = None,
-                 max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD, where: str = "vocabulary"):
+                 max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD,
+                 where: str = "vocabulary"):
         self.tokens = list(vocab)
         self.vocab = check_vocab(self.tokens, where)
         self.lowercase, self.strip_accents = bool(lowercase), strip_accents
         self.max_input_chars_per_word = int(max_input_chars_per_word)
         self.special_tokens = {t: self.vocab[t] for t in SPECIAL_TOKENS}
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.vocab[t] for t in SPECIAL_TOKENS)
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            self.vocab[t] for t in SPECIAL_TOKENS
+        )
         self._cache = {}                        # word → its pieces
 
     @property
@@ -180,7 +190,8 @@ class WordPieceTokenizer:
 
     def id_to_token(self, token_id: int) -> str:
         if not 0 <= token_id < len(self.tokens):
-            raise ValueError(f"token id {token_id} is not in this tokenizer (ids are 0..{len(self.tokens) - 1})")
+            raise ValueError(f"token id {token_id} is not in this tokenizer (ids are "
+                             f"0..{len(self.tokens) - 1})")
         return self.tokens[token_id]
 
     def tokenize(self, text: str, allowed_special="all") -> list[str]:
@@ -206,10 +217,12 @@ class WordPieceTokenizer:
     def _split_special(self, text, allowed_special):
         """(part, is_special) pieces of the text, cut at the special tokens' strings."""
         if allowed_special not in ("all", "none", "none_raise"):
-            raise ValueError(f"allowed_special must be 'all', 'none' or 'none_raise', got {allowed_special!r}")
+            raise ValueError("allowed_special must be 'all', 'none' or 'none_raise', got "
+                             f"{allowed_special!r}")
         found = [t for t in SPECIAL_TOKENS if t in text]
         if found and allowed_special == "none_raise":
-            raise ValueError(f"the text contains the special token {found[0]}; pass allowed_special='all' to "
+            raise ValueError(f"the text contains the special token {found[0]}; pass "
+                             "allowed_special='all' to "
                              "encode it as one, or 'none' to encode it as ordinary text")
         if not found or allowed_special == "none":
             return [(text, False)]
@@ -231,7 +244,8 @@ class WordPieceTokenizer:
 
     def encode_batch(self, texts, allowed_special="all") -> list[list[int]]:
         if isinstance(texts, str):
-            raise TypeError("encode_batch takes a list of texts, not one str; use encode() for a single text")
+            raise TypeError("encode_batch takes a list of texts, not one str; use encode() "
+                            "for a single text")
         return [self.encode(text, allowed_special) for text in texts]
 
     def encode_pair(self, first: str, second: str | None = None, allowed_special="all"):
@@ -259,14 +273,16 @@ class WordPieceTokenizer:
         write_text_atomically(path, "".join(token + "\n" for token in self.tokens))
 
     @classmethod
-    def from_vocab_file(cls, path, lowercase: bool = True, strip_accents: bool | None = None) -> "WordPieceTokenizer":
+    def from_vocab_file(cls, path, lowercase: bool = True,
+                        strip_accents: bool | None = None) -> "WordPieceTokenizer":
         """Read BERT's ``vocab.txt``. The file does not say whether the vocabulary is cased: pass
         ``lowercase=False`` for a cased one (bert-base-cased)."""
         return cls(load_vocab(path), lowercase, strip_accents, where=str(path))
 
     def save(self, path) -> None:
         data = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "lowercase": self.lowercase,
-                "strip_accents": self.strip_accents, "max_input_chars_per_word": self.max_input_chars_per_word}
+                "strip_accents": self.strip_accents,
+                "max_input_chars_per_word": self.max_input_chars_per_word}
         text = json.dumps(data, ensure_ascii=False)[:-1] + ',\n "vocab": [\n'
         tokens = ",\n".join(json.dumps(t, ensure_ascii=False) for t in self.tokens)   # one per line
         write_text_atomically(path, text + tokens + "\n]}\n")

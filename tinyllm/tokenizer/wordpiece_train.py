@@ -46,8 +46,10 @@ def _merged(a: str, b: str) -> str:
     return a + b[len(PREFIX):]          # b always continues a word: "un" + "##aff" → "unaff"
 
 
-def train_wordpiece(text: str, vocab_size: int, lowercase: bool = True, strip_accents: bool | None = None,
-                    min_frequency: int = 5, verbose: bool = False, criterion: str = "likelihood") -> WordPieceTokenizer:
+def train_wordpiece(text: str, vocab_size: int, lowercase: bool = True,
+                    strip_accents: bool | None = None,
+                    min_frequency: int = 5, verbose: bool = False,
+                    criterion: str = "likelihood") -> WordPieceTokenizer:
     """A WordPiece vocabulary of at most ``vocab_size`` tokens learned from ``text``: the five
     special tokens, every character (and its "##" form) seen in the text, then merges until the size
     is reached or no pair occurs ``min_frequency`` times. ``criterion``: "likelihood" (WordPiece's
@@ -55,7 +57,8 @@ def train_wordpiece(text: str, vocab_size: int, lowercase: bool = True, strip_ac
     if criterion not in ("likelihood", "count"):
         raise ValueError(f"criterion must be 'likelihood' or 'count', got {criterion!r}")
     if not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"vocab_size must be an integer above {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+        raise ValueError(f"vocab_size must be an integer above {len(SPECIAL_TOKENS)}, got "
+                         f"{vocab_size!r}")
     word_counts = Counter(w for w in pre_tokenize(normalize(text, lowercase, strip_accents))
                           if len(w) <= MAX_INPUT_CHARS_PER_WORD)
     if not word_counts:
@@ -65,7 +68,8 @@ def train_wordpiece(text: str, vocab_size: int, lowercase: bool = True, strip_ac
     alphabet = sorted({unit for units in words for unit in units})
     vocab = list(SPECIAL_TOKENS) + alphabet
     if len(vocab) > vocab_size:
-        raise ValueError(f"vocab_size {vocab_size} is smaller than the {len(vocab)} special tokens and characters "
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the {len(vocab)} special tokens "
+                         "and characters "
                          "of the text; ask for a larger vocabulary")
     known = set(vocab)
     unit_count, pair_count, pair_words = Counter(), Counter(), defaultdict(set)
@@ -113,7 +117,8 @@ def _best_pair(pair_count, unit_count, min_frequency, criterion="likelihood"):
     for (a, b), count in pair_count.items():
         if count < min_frequency:
             continue
-        key = (count / (unit_count[a] * unit_count[b]), count) if criterion == "likelihood" else (count,)
+        key = (count / (unit_count[a] * unit_count[b]),
+               count) if criterion == "likelihood" else (count,)
         if best_key is None or key > best_key:
             best, best_key = (a, b), key
     return best
