@@ -211,7 +211,8 @@ def multi_head_attention_backward(dy, cache, needs=None):
 # ---------------------------------------------------------------- Tensor wrappers
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask=None) -> Tensor:
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
+                                 mask=None) -> Tensor:
     """softmax(Q Kᵀ/√D + M) V for every batch element and head.
 
     Shapes: q (B, H, Tq, D), k and v (B, H_kv, Tk, D) → (B, H, Tq, D), where H_kv = H (multi-head)
@@ -251,7 +252,8 @@ def self_attention_backward(dy, cache, needs=None):
     return (d_heads.reshape(batch, time, width),)
 
 
-def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None, n_kv_head: int | None = None,
+def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None,
+                   n_kv_head: int | None = None,
                    rope=None) -> Tensor:
     """Multi-head (or grouped-query) self-attention on packed projections: (B, T, (H + 2 H_kv)·D) →
     (B, T, H·D). For H_kv = H the input is GPT-2's (B, T, 3C). ``rope``: (cos, sin) from
@@ -293,7 +295,8 @@ def _check_packed_heads(width, n_head, n_kv_head):
         return n_head
     check_heads(n_head, n_kv_head)
     if width % (n_head + 2 * n_kv_head):
-        raise ValueError(f"self_attention: last axis {width} must be (n_head + 2·n_kv_head) × head size with "
+        raise ValueError(f"self_attention: last axis {width} must be (n_head + 2·n_kv_head) × "
+                         "head size with "
                          f"n_head={n_head}, n_kv_head={n_kv_head}")
     return n_kv_head
 
@@ -301,14 +304,17 @@ def _check_packed_heads(width, n_head, n_kv_head):
 def _check_shapes(q, k, v, causal):
     if (q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0]
             or q.shape[-1] != k.shape[-1]):
-        raise ValueError(f"attention expects q (B, H, Tq, D) and k, v (B, H_kv, Tk, D) with matching B and D; "
+        raise ValueError("attention expects q (B, H, Tq, D) and k, v (B, H_kv, Tk, D) with "
+                         "matching B and D; "
                          f"got q {q.shape}, k {k.shape}, v {v.shape}")
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"attention: the {q.shape[1]} query heads must be a multiple of the {k.shape[1]} "
+        raise ValueError(f"attention: the {q.shape[1]} query heads must be a multiple of "
+                         f"the {k.shape[1]} "
                          f"key/value heads (grouped-query attention); got q {q.shape}, k {k.shape}, "
                          f"v {v.shape}")
     if causal and q.shape[-2] > k.shape[-2]:
-        raise ValueError(f"causal attention needs at least as many keys as queries; got {q.shape[-2]} "
+        raise ValueError("causal attention needs at least as many keys as queries; got "
+                         f"{q.shape[-2]} "
                          f"queries, {k.shape[-2]} keys")
 
 
@@ -317,7 +323,8 @@ def _check_mask(mask, expected):
         return None
     mask = backend.xp.asarray(mask.data if isinstance(mask, Tensor) else mask)
     if mask.dtype != bool:
-        raise ValueError(f"attention mask must be boolean (True = may attend), got dtype {mask.dtype}")
+        raise ValueError("attention mask must be boolean (True = may attend), got "
+                         f"dtype {mask.dtype}")
     # must broadcast *to* the scores' shape, not merely with it (a (4, 1, 1, T) mask for B=1 would
     # grow y)
     try:
@@ -325,6 +332,7 @@ def _check_mask(mask, expected):
     except ValueError:
         fits = False
     if not fits:
-        raise ValueError(f"attention mask of shape {mask.shape} does not broadcast to the scores' shape "
+        raise ValueError(f"attention mask of shape {mask.shape} does not broadcast to the "
+                         "scores' shape "
                          f"{expected}")
     return mask

@@ -39,10 +39,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x Wᵀ + b (see ``linear_forward``); saves nothing beyond its inputs."""
     c_out, c_in = weight.shape
     if x.shape[-1] != c_in:
-        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1]} features but the weight "
+        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1]} features "
+                         "but the weight "
                          f"{weight.shape} expects {c_in}")
     if bias is not None and bias.shape != (c_out,):
-        raise ValueError(f"linear: bias of shape {bias.shape} does not match the weight's {c_out} outputs")
+        raise ValueError(f"linear: bias of shape {bias.shape} does not match the weight's "
+                         f"{c_out} outputs")
     y, cache = linear_forward(x.data, weight.data, None if bias is None else bias.data)
     return fused_op(linear_backward, y, cache, x, weight, bias)
 

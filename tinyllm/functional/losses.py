@@ -58,7 +58,8 @@ def _count_valid_targets(t, vocab: int, ignore_index: int) -> int:
     if n_bad:
         t = t if on_host else backend.to_numpy(t)
         position = int(np.argmax((t != ignore_index) & ((t < 0) | (t >= vocab))))
-        raise ValueError(f"cross_entropy: target {int(t[position])} at position {position} is outside "
+        raise ValueError(f"cross_entropy: target {int(t[position])} at position "
+                         f"{position} is outside "
                          f"[0, {vocab}) (and is not ignore_index={ignore_index})")
     return int(n_valid)
 
@@ -98,18 +99,21 @@ def cross_entropy_backward(dout, cache, needs=(True,)):
     return (dz,)
 
 
-def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100,
+                  reduction: str = "mean") -> Tensor:
     """The mean (or sum, or per-position) cross-entropy of ``logits`` (..., V) against ``targets``
     (...), integers in [0, V) or ``ignore_index`` (``cross_entropy_forward``). "mean" averages over
     the targets that are not ignored; when all are, it is 0 with a zero gradient. "none" gives 0
     where ignored. Saves exp(z - max) (the logits' size) and its row sums."""
     xp = backend.xp
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ValueError("cross_entropy: reduction must be 'mean', 'sum' or 'none', "
+                         f"got {reduction!r}")
     targets = targets.data if isinstance(targets, Tensor) else targets
     targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
     if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits of shape "
+        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
+                         "logits of shape "
                          f"{logits.shape} (expected {logits.shape[:-1]})")
     if targets.dtype.kind not in "iu":
         raise ValueError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")

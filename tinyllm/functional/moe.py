@@ -155,7 +155,8 @@ def moe_experts_forward(x, indices, weights, w_gate, w_up, w_down):
         slots[order[s:t]] = (h @ w_down[e].T) * a_sorted[s:t, None]
     # a token's output: the sum of its k slots
     y = slots.reshape(-1, k, channels).sum(axis=1)
-    cache = (x2d, x.shape, k, order, token_of, bounds, a_sorted, gate_pre, up_pre, w_gate, w_up, w_down)
+    cache = (x2d, x.shape, k, order, token_of, bounds, a_sorted, gate_pre, up_pre, w_gate, w_up,
+             w_down)
     return y.reshape(x.shape), cache
 
 
@@ -203,23 +204,29 @@ def moe_experts_backward(dy, cache, needs=(True, False, True, True, True, True))
     return dx, None, dweights, *dW
 
 
-def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tensor,
+                w_down: Tensor) -> Tensor:
     """The experts' outputs mixed by ``weights`` (``moe_experts_forward``)."""
     n_expert, _, channels = w_gate.shape
     if w_up.shape != w_gate.shape or w_down.shape != (n_expert, channels, w_gate.shape[1]):
-        raise ValueError(f"moe_experts: w_gate {w_gate.shape} and w_up {w_up.shape} must be (E, H, C) and "
+        raise ValueError(f"moe_experts: w_gate {w_gate.shape} and w_up {w_up.shape} must be "
+                         "(E, H, C) and "
                          f"w_down {w_down.shape} must be (E, C, H)")
     if x.shape[-1] != channels:
-        raise ValueError(f"moe_experts: input of shape {x.shape} has {x.shape[-1]} features but the experts "
+        raise ValueError(f"moe_experts: input of shape {x.shape} has {x.shape[-1]} features "
+                         "but the experts "
                          f"expect {channels}")
     indices = backend.xp.asarray(getattr(indices, "data", indices))
     if indices.shape != x.shape[:-1] + indices.shape[-1:] or weights.shape != indices.shape:
-        raise ValueError(f"moe_experts: indices {indices.shape} and weights {weights.shape} must both be "
+        raise ValueError(f"moe_experts: indices {indices.shape} and weights "
+                         f"{weights.shape} must both be "
                          f"{x.shape[:-1]} + (k,) for x of shape {x.shape}")
     lowest, highest = backend.host_min_max(indices) if indices.size else (0, 0)
     if lowest < 0 or highest >= n_expert:
-        raise ValueError(f"moe_experts: expert ids must be in [0, {n_expert}), got {lowest}…{highest}")
-    y, cache = moe_experts_forward(x.data, indices, weights.data, w_gate.data, w_up.data, w_down.data)
+        raise ValueError(f"moe_experts: expert ids must be in [0, {n_expert}), got "
+                         f"{lowest}…{highest}")
+    y, cache = moe_experts_forward(x.data, indices, weights.data, w_gate.data, w_up.data,
+                                   w_down.data)
     return fused_op(moe_experts_backward, y, cache, x, indices, weights, w_gate, w_up, w_down)
 
 
@@ -234,7 +241,8 @@ def moe(x: Tensor, router_weight: Tensor, w_gate: Tensor, w_up: Tensor, w_down: 
     """
     n_expert = router_weight.shape[0]
     if w_gate.shape[0] != n_expert:
-        raise ValueError(f"moe: the router scores {n_expert} experts but the expert weights hold {w_gate.shape[0]}")
+        raise ValueError(f"moe: the router scores {n_expert} experts but the expert weights hold "
+                         f"{w_gate.shape[0]}")
     probs = softmax(linear(x, router_weight))                # (..., E)
     indices = top_k_experts(probs.data, top_k)               # (..., k)
     weights = router_weights(probs, indices, normalize)       # (..., k)

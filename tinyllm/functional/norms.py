@@ -43,7 +43,8 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     channels = x.shape[-1]
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (channels,):
-            raise ValueError(f"layer_norm: {name} of shape {t.shape} does not match the {channels} channels "
+            raise ValueError(f"layer_norm: {name} of shape {t.shape} does not match the "
+                             f"{channels} channels "
                              f"of x {x.shape}")
     y, cache = layer_norm_forward(x.data, None if weight is None else weight.data,
                                   None if bias is None else bias.data, eps)
@@ -81,7 +82,8 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float = 1e-5) -> Tensor:
     """RMS norm (``rms_norm_forward``); saves x̂ (x's size) and r (one value per row)."""
     channels = x.shape[-1]
     if weight is not None and weight.shape != (channels,):
-        raise ValueError(f"rms_norm: weight of shape {weight.shape} does not match the {channels} channels "
+        raise ValueError(f"rms_norm: weight of shape {weight.shape} does not match the "
+                         f"{channels} channels "
                          f"of x {x.shape}")
     y, cache = rms_norm_forward(x.data, None if weight is None else weight.data, eps)
     return fused_op(rms_norm_backward, y, cache, x, weight)

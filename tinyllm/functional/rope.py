@@ -47,20 +47,24 @@ LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_po
 
 def _check_head_dim(head_dim):
     if head_dim % 2:
-        raise ValueError(f"rotary embedding needs an even head dimension (channels are rotated in pairs), got head_dim={head_dim}")
+        raise ValueError("rotary embedding needs an even head dimension (channels are rotated in "
+                         f"pairs), got head_dim={head_dim}")
 
 
 def check_rope_scaling(scaling) -> None:
     """ValueError unless ``scaling`` is None, {"rope_type":
     "default"} or a complete "llama3" scaling."""
-    if scaling is None or (isinstance(scaling, dict) and scaling.get("rope_type", "default") == "default"):
+    if scaling is None or (isinstance(scaling,
+                                      dict) and scaling.get("rope_type", "default") == "default"):
         return
     if not isinstance(scaling, dict) or scaling.get("rope_type") != "llama3":
-        raise ValueError(f"rope_scaling {scaling!r} is not supported; tinyllm implements rope_type 'default' and "
+        raise ValueError(f"rope_scaling {scaling!r} is not supported; tinyllm implements rope_type "
+                         "'default' and "
                          "'llama3'")
     missing = [key for key in LLAMA3_KEYS if not isinstance(scaling.get(key), (int, float)) or scaling[key] <= 0]
     if missing or scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
-        raise ValueError(f"llama3 rope_scaling needs positive {', '.join(LLAMA3_KEYS)} with high_freq_factor > "
+        raise ValueError(f"llama3 rope_scaling needs positive {', '.join(LLAMA3_KEYS)} with "
+                         "high_freq_factor > "
                          f"low_freq_factor; got {scaling!r}")
 
 
@@ -84,7 +88,8 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None
     return np.where(between, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
 
 
-def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None, scaling: dict | None = None):
+def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None,
+                scaling: dict | None = None):
     """(cos, sin) of p · ω_i for positions p = 0 … at least ``length - 1``: two (L, D/2)
     arrays, cached."""
     _check_head_dim(head_dim)
@@ -99,12 +104,14 @@ def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None, 
         inv_freq = rope_frequencies(head_dim, theta, scaling)
         # (L, D/2)
         angles = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]
-        tables = (backend.xp.asarray(np.cos(angles), dtype=dtype), backend.xp.asarray(np.sin(angles), dtype=dtype))
+        tables = (backend.xp.asarray(np.cos(angles), dtype=dtype),
+                  backend.xp.asarray(np.sin(angles), dtype=dtype))
         _TABLES[key] = tables
     return tables
 
 
-def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None, scaling: dict | None = None):
+def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None,
+                 scaling: dict | None = None):
     """The rotation of each position, ready to broadcast against (B, H, T, D/2) halves of q or k.
 
     ``positions``: integers ≥ 0 of shape (T,) (the same for every row) or (B, T) (a left-padded batch).
@@ -114,7 +121,8 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None, s
     positions = getattr(positions, "data", positions)
     positions = positions if hasattr(positions, "dtype") else np.asarray(positions)
     if positions.dtype.kind not in "iu" or positions.ndim not in (1, 2):
-        raise ValueError(f"rotary embedding: positions must be integers of shape (T,) or (B, T), got dtype "
+        raise ValueError("rotary embedding: positions must be integers of shape (T,) or (B, "
+                         "T), got dtype "
                          f"{positions.dtype} and shape {positions.shape}")
     lowest, highest = backend.host_min_max(positions) if positions.size else (0, 0)
     if lowest < 0:
@@ -160,7 +168,8 @@ def rotary_embedding(x: Tensor, positions, theta: float = 10000.0) -> Tensor:
     _check_head_dim(x.shape[-1])
     positions = backend.xp.asarray(getattr(positions, "data", positions))
     if positions.shape not in ((x.shape[2],), (x.shape[0], x.shape[2])):
-        raise ValueError(f"rotary_embedding: positions of shape {positions.shape} do not match x {x.shape} "
+        raise ValueError(f"rotary_embedding: positions of shape {positions.shape} do not "
+                         f"match x {x.shape} "
                          f"(expected ({x.shape[2]},) or ({x.shape[0]}, {x.shape[2]}))")
     cos, sin = rope_cos_sin(positions, x.shape[-1], theta, x.dtype)
     y = apply_rotary(x.data, cos, sin)
