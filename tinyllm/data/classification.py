@@ -85,7 +85,8 @@ def _csv_rows(path, content):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < 2:
-            _fail(path, number, f"expected two columns 'label,text' but found {len(row)}: {row!r}"[:200])
+            _fail(path, number,
+                  f"expected two columns 'label,text' but found {len(row)}: {row!r}"[:200])
         if number == 1 and [c.strip().lower() for c in row[:2]] == ["label", "text"]:
             continue
         yield number, row[0], ",".join(row[1:]) if len(row) > 2 else row[1]
@@ -93,7 +94,8 @@ def _csv_rows(path, content):
 
 def _record_fields(path, where, record):
     if not isinstance(record, dict):
-        _fail(path, where, f"expected a JSON object with 'label' and 'text', got {type(record).__name__}")
+        _fail(path, where,
+              f"expected a JSON object with 'label' and 'text', got {type(record).__name__}")
     missing = [k for k in ("label", "text") if k not in record]
     if missing:
         _fail(path, where, f"the record lacks the field(s) {missing} (it has {sorted(record)})")
@@ -128,7 +130,8 @@ def label_names(examples) -> list[str]:
     counts = Counter(label for label, _ in examples)
     if len(counts) < 2:
         only = ", ".join(f"{label!r} ({n} examples)" for label, n in counts.items()) or "none"
-        raise ValueError(f"classification needs at least two classes, but the label column has only one: {only}")
+        raise ValueError("classification needs at least two classes, but the label column has "
+                         f"only one: {only}")
     return sorted(counts)
 
 
@@ -136,7 +139,9 @@ def balance(examples, seed: int = 123) -> list[tuple[str, str]]:
     """Keep a random subset of every class as large as the smallest class;
     the result is in file order."""
     names = label_names(examples)
-    by_label = {name: [i for i, (label, _) in enumerate(examples) if label == name] for name in names}
+    by_label = {
+        name: [i for i, (label, _) in enumerate(examples) if label == name] for name in names
+    }
     smallest = min(len(rows) for rows in by_label.values())
     rng = np.random.default_rng(seed)
     keep = sorted(i for rows in by_label.values() for i in rng.choice(rows, size=smallest, replace=False).tolist())
@@ -147,7 +152,8 @@ def split_examples(examples, fractions=(0.7, 0.1, 0.2), seed: int = 123):
     """(train, val, test): the examples shuffled (seeded)
     and cut at the cumulative ``fractions``."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
+        raise ValueError("split fractions must be three non-negative numbers summing to 1, got "
+                         f"{tuple(fractions)}")
     order = np.random.default_rng(seed).permutation(len(examples))
     shuffled = [examples[i] for i in order]
     train_end = int(len(shuffled) * fractions[0])
@@ -214,6 +220,7 @@ def builtin_task(per_class: int = 600, seed: int = 123) -> list[tuple[str, str]]
     examples = []
     for label, pool in (("prose", _prose_lines()), ("code", _code_lines())):
         if len(pool) < per_class:
-            raise ValueError(f"the built-in task has only {len(pool)} {label} lines; ask for per_class <= {len(pool)}")
+            raise ValueError(f"the built-in task has only {len(pool)} {label} lines; ask for "
+                             f"per_class <= {len(pool)}")
         examples += [(label, pool[i]) for i in rng.choice(len(pool), size=per_class, replace=False)]
     return [examples[i] for i in rng.permutation(len(examples))]

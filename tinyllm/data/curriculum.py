@@ -45,15 +45,19 @@ def competence(step: int, steps: int, warmup: float = 0.5, initial: float = 0.1)
     return min(1.0, math.sqrt(step * (1 - initial ** 2) / (warmup * steps) + initial ** 2))
 
 
-def sentence_length_difficulty(ids: np.ndarray, starts: np.ndarray, context: int, tokenizer) -> np.ndarray:
+def sentence_length_difficulty(ids: np.ndarray, starts: np.ndarray, context: int,
+                               tokenizer) -> np.ndarray:
     """Mean sentence length (tokens) of each window: context / (1 + sentence-end tokens in it)."""
-    ends = np.array([any(c in tokenizer.decode([i]) for c in ".!?\n") for i in range(tokenizer.vocab_size)])
+    ends = np.array(
+        [any(c in tokenizer.decode([i]) for c in ".!?\n") for i in range(tokenizer.vocab_size)]
+    )
     # counts[k] = sentence ends among ids[:k]
     counts = np.concatenate([[0], np.cumsum(ends[ids])])
     return context / (1.0 + counts[starts + context] - counts[starts])
 
 
-def bigram_difficulty(ids: np.ndarray, starts: np.ndarray, context: int, vocab_size: int) -> np.ndarray:
+def bigram_difficulty(ids: np.ndarray, starts: np.ndarray, context: int,
+                      vocab_size: int) -> np.ndarray:
     """Mean bigram loss −log p(ids[k+1] | ids[k]) over each window's context targets (add-one smoothing)."""
     ids = ids.astype(np.int64)
     pairs = ids[:-1] * vocab_size + ids[1:]
@@ -75,7 +79,8 @@ class CurriculumSampler:
     def __init__(self, ids, context: int, batch_size: int, steps: int, difficulty: np.ndarray,
                  starts: np.ndarray, warmup: float = 0.5, initial: float = 0.1):
         if len(difficulty) != len(starts) or len(starts) == 0:
-            raise ValueError(f"need one difficulty per window: {len(difficulty)} scores for {len(starts)} windows")
+            raise ValueError(f"need one difficulty per window: {len(difficulty)} scores for "
+                             f"{len(starts)} windows")
         self.ids, self.context, self.batch_size, self.steps = ids, context, batch_size, steps
         self.order = starts[np.argsort(difficulty, kind="stable")]   # window starts, easiest first
         self.warmup, self.initial = warmup, initial
@@ -83,7 +88,8 @@ class CurriculumSampler:
     def __call__(self, step: int, generator: np.random.Generator):
         share = competence(step, self.steps, self.warmup, self.initial)
         available = max(self.batch_size, int(math.ceil(share * len(self.order))))
-        picked = self.order[generator.integers(0, min(available, len(self.order)), size=self.batch_size)]
+        picked = self.order[generator.integers(0, min(available, len(self.order)),
+                                               size=self.batch_size)]
         windows = np.stack([self.ids[s:s + self.context + 1] for s in picked]).astype(np.int64)
         return windows[:, :-1], windows[:, 1:]
 

@@ -88,7 +88,8 @@ def _sms_spam_to_tsv(raw: bytes) -> bytes:
     lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
     for number, line in enumerate(lines, 1):
         if line.split("\t", 1)[0] not in ("ham", "spam") or "\t" not in line:
-            raise DownloadError(f"SMSSpamCollection line {number} is not 'ham|spam<TAB>text': {line[:60]!r}")
+            raise DownloadError(f"SMSSpamCollection line {number} is not "
+                                f"'ham|spam<TAB>text': {line[:60]!r}")
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -100,26 +101,30 @@ _GSM8K_CITATION = "Cobbe, K. et al. (2021). Training Verifiers to Solve Math Wor
 _GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2/models/124M/"
 
 DATASETS = {d.name: d for d in [
-    Dataset("tiny-shakespeare", "40,000 lines of Shakespeare's plays; nanoGPT's character-level pretraining set",
+    Dataset("tiny-shakespeare",
+            "40,000 lines of Shakespeare's plays; nanoGPT's character-level pretraining set",
             (RemoteFile("tinyshakespeare.txt",
                         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
                         "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", 1_115_394),),
             "public-domain text; collected in karpathy/char-rnn (MIT)",
             "Karpathy, A. (2015). The Unreasonable Effectiveness of Recurrent Neural Networks. "
             "https://github.com/karpathy/char-rnn"),
-    Dataset("the-verdict", "Edith Wharton's short story (1908), the first pretraining text of 'LLMs from scratch'",
+    Dataset("the-verdict",
+            "Edith Wharton's short story (1908), the first pretraining text of 'LLMs from scratch'",
             (RemoteFile("the-verdict.txt", _RASBT + "ch02/01_main-chapter-code/the-verdict.txt",
                         "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f", 20_479),),
             "public-domain text", _RASBT_CITATION),
     Dataset("sms-spam", "UCI SMS Spam Collection as label<TAB>text (4,827 ham, 747 spam), for classification",
-            (RemoteFile("sms_spam.tsv", "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+            (RemoteFile("sms_spam.tsv",
+                        "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
                         "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d", 477_907,
                         convert=_sms_spam_to_tsv, mirror_path="sms+spam+collection.zip"),),
             "CC BY 4.0",
             "Almeida, T. A., Gómez Hidalgo, J. M., Yamakami, A. (2011). Contributions to the Study of SMS Spam "
             "Filtering: New Collection and Results. DocEng '11"),
     Dataset("instruction-data", "1,100 Alpaca-style {instruction, input, output} records, for instruction tuning",
-            (RemoteFile("instruction-data.json", _RASBT + "ch07/01_main-chapter-code/instruction-data.json",
+            (RemoteFile("instruction-data.json",
+                        _RASBT + "ch07/01_main-chapter-code/instruction-data.json",
                         "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944", 203_524),),
             "Apache-2.0", _RASBT_CITATION),
     Dataset("preference-data", "the same 1,100 records with chosen/rejected responses, for reward models and DPO",
@@ -127,7 +132,8 @@ DATASETS = {d.name: d for d in [
                         _RASBT + "ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
                         "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e", 386_968),),
             "Apache-2.0", _RASBT_CITATION),
-    Dataset("gsm8k-train", "7,473 grade-school math word problems with worked answers ending '#### N'",
+    Dataset("gsm8k-train",
+            "7,473 grade-school math word problems with worked answers ending '#### N'",
             (RemoteFile("gsm8k/train.jsonl", _GSM8K + "train.jsonl",
                         "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465", 4_166_206),),
             "MIT", _GSM8K_CITATION),
@@ -135,7 +141,8 @@ DATASETS = {d.name: d for d in [
             (RemoteFile("gsm8k/test.jsonl", _GSM8K + "test.jsonl",
                         "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14", 749_738),),
             "MIT", _GSM8K_CITATION),
-    Dataset("gpt2-bpe", "OpenAI GPT-2's BPE vocabulary and merges (encoder.json, vocab.bpe; 50,257 tokens)",
+    Dataset("gpt2-bpe",
+            "OpenAI GPT-2's BPE vocabulary and merges (encoder.json, vocab.bpe; 50,257 tokens)",
             (RemoteFile("gpt2/encoder.json", _GPT2 + "encoder.json",
                         "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783", 1_042_301),
              RemoteFile("gpt2/vocab.bpe", _GPT2 + "vocab.bpe",
@@ -151,7 +158,8 @@ def cache_dir() -> Path:
 
 def get_dataset(name: str) -> Dataset:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; the datasets are: {', '.join(DATASETS)} (`tinyllm data list`)")
+        raise ValueError(f"unknown dataset {name!r}; the datasets are: {', '.join(DATASETS)} "
+                         "(`tinyllm data list`)")
     return DATASETS[name]
 
 
@@ -206,9 +214,11 @@ def _fetch_file(name: str, remote: RemoteFile, dest: Path, progress: bool) -> No
     url = source_url(remote)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    download(url, part, label=f"{name}: {Path(remote.mirror_path or remote.path).name}", progress=progress,
-             help_text=f"run `tinyllm data get {name}` again to resume, or download {url} yourself and place "
-                       f"it at {dest}" + (" (converted: see tinyllm/data/datasets.py)" if remote.convert else ""))
+    download(url, part, label=f"{name}: {Path(remote.mirror_path or remote.path).name}",
+             progress=progress,
+             help_text=f"run `tinyllm data get {name}` again to resume, or download {url} "
+                       f"yourself and place it at {dest}"
+                       + (" (converted: see tinyllm/data/datasets.py)" if remote.convert else ""))
     stored = part.read_bytes() if remote.convert is not None else None
     if remote.convert is not None:
         try:
@@ -219,7 +229,8 @@ def _fetch_file(name: str, remote: RemoteFile, dest: Path, progress: bool) -> No
     found = hashlib.sha256(stored).hexdigest() if stored is not None else sha256_of(part)
     if found != remote.sha256:
         part.unlink()
-        raise DownloadError(f"{name}: the file from {url} has SHA-256 {found}, but {remote.sha256} was expected. "
+        raise DownloadError(f"{name}: the file from {url} has SHA-256 {found}, but {remote.sha256} "
+                            "was expected. "
                             f"It was deleted; nothing was cached. The download was corrupted or the source changed: "
                             f"try `tinyllm data get {name}` again, and if it fails the same way, report it")
     if stored is None:
@@ -229,11 +240,13 @@ def _fetch_file(name: str, remote: RemoteFile, dest: Path, progress: bool) -> No
         part.unlink()
 
 
-def download(url: str, part: Path, label: str, progress: bool = True, help_text: str = "", timeout: float = 30.0):
+def download(url: str, part: Path, label: str, progress: bool = True, help_text: str = "",
+             timeout: float = 30.0):
     """Append ``url``'s bytes to ``part`` from where it stops (HTTP Range),
     with a progress line on stderr."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "tinyllm", **({"Range": f"bytes={have}-"} if have else {})})
+    request = urllib.request.Request(url, headers={"User-Agent": "tinyllm",
+                                                   **({"Range": f"bytes={have}-"} if have else {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             if have and response.status != 206:     # the server ignored the range: start again
@@ -257,7 +270,8 @@ def download(url: str, part: Path, label: str, progress: bool = True, help_text:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         kept = f" ({part.stat().st_size:,} bytes kept in {part})" if part.exists() and part.stat().st_size else ""
-        raise DownloadError(f"could not download {url}: {reason}{kept}. Are you offline? Check the network "
+        raise DownloadError(f"could not download {url}: {reason}{kept}. Are you offline? "
+                            "Check the network "
                             f"(or proxy settings), then {help_text}") from None
 
 

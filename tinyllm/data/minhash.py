@@ -30,7 +30,8 @@ _WORD = re.compile(r"\w+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)     # odd: multiplying by it permutes 64-bit integers
 
 
-def lsh_bands(threshold: float, num_perm: int, false_negative_weight: float = 0.9) -> tuple[int, int]:
+def lsh_bands(threshold: float, num_perm: int,
+              false_negative_weight: float = 0.9) -> tuple[int, int]:
     """(bands, rows)
     with bands·rows ≤ num_perm whose S-curve best separates J < threshold from J ≥ threshold:
     the least weighted sum of the false-positive and false-negative probability mass,
@@ -74,7 +75,8 @@ def _stable_hash(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def signatures(texts, num_perm: int = 128, shingle: int = 3, seed: int = 0, chunk: int = 16) -> np.ndarray:
+def signatures(texts, num_perm: int = 128, shingle: int = 3, seed: int = 0,
+               chunk: int = 16) -> np.ndarray:
     """MinHash signatures (len(texts), num_perm) of uint32."""
     rng = np.random.default_rng(seed)
     # odd multipliers
@@ -95,7 +97,8 @@ def signatures(texts, num_perm: int = 128, shingle: int = 3, seed: int = 0, chun
     return out
 
 
-def near_duplicates(texts, threshold: float = 0.7, num_perm: int = 128, shingle: int = 3, seed: int = 0):
+def near_duplicates(texts, threshold: float = 0.7, num_perm: int = 128, shingle: int = 3,
+                    seed: int = 0):
     """Indices of the texts to drop as near-duplicates of an earlier kept text,
     and the confirmed pairs.
 

@@ -82,7 +82,9 @@ def read_documents(path) -> list[str]:
     """The documents of a file or directory (see the module docstring)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+        )
         if not files:
             raise ValueError(f"'{path}' holds no {', '.join(TEXT_SUFFIXES)} files")
         return [doc for file in files for doc in read_documents(file)]
@@ -121,7 +123,9 @@ class Report:
         removed = [(src, text) for doc_id, src, text in before if doc_id not in kept_ids]
         self.stages.append({"stage": stage, "documents_in": len(before), "removed": len(removed),
                             "characters_removed": sum(len(t) for _, t in removed),
-                            "removed_per_source": [sum(src == k for src, _ in removed) for k in range(len(self.names))],
+                            "removed_per_source": [
+                                sum(src == k for src, _ in removed) for k in range(len(self.names))
+                            ],
                             "seconds": round(seconds, 3)})
 
 
@@ -133,7 +137,9 @@ def run_stages(sources: list[Source], config: PrepareConfig, documents=None):
     current = [(doc_id, src, text) for doc_id, (src, text) in enumerate(documents)]
     report = Report(sources)
     report.read = {"documents": len(current), "characters": sum(len(t) for _, _, t in current),
-                   "per_source": [sum(src == k for _, src, _ in current) for k in range(len(sources))]}
+                   "per_source": [
+                       sum(src == k for _, src, _ in current) for k in range(len(sources))
+                   ]}
 
     def stage(name, keep):
         nonlocal current

@@ -50,7 +50,8 @@ class QualityConfig:
     max_repeated_lines: float = 0.3
     max_repeated_line_chars: float = 0.2
     max_top_ngram: tuple = ((2, 0.20), (3, 0.18), (4, 0.16))
-    max_duplicate_ngrams: tuple = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+    max_duplicate_ngrams: tuple = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11),
+                                   (10, 0.10))
     min_stop_words: int = 2
     # None: ``corpus_stop_words`` of the documents being filtered
     stop_words: tuple | None = None

@@ -24,13 +24,15 @@ from __future__ import annotations
 import random
 import re
 
-POSITIVE = ("great", "wonderful", "brilliant", "beautiful", "charming", "moving", "delightful", "lovely",
+POSITIVE = ("great", "wonderful", "brilliant", "beautiful", "charming", "moving", "delightful",
+            "lovely",
             "loved", "enjoyed", "admired")
 NEGATIVE = ("terrible", "boring", "dull", "weak", "clumsy", "tedious", "dreadful", "painful",
             "hated", "disliked", "endured")
 ADJECTIVES = (POSITIVE[:8], NEGATIVE[:8])          # (positive, negative)
 VERBS = (POSITIVE[8:], NEGATIVE[8:])
-NOUNS = ("film", "story", "acting", "ending", "soundtrack", "cast", "plot", "script", "dialogue", "finale")
+NOUNS = ("film", "story", "acting", "ending", "soundtrack", "cast", "plot", "script", "dialogue",
+         "finale")
 # (opening, rest): the opening ends just before the sentiment word, which the rest begins with.
 SENTENCES = (("The {noun} was", " {adjective}."), ("I found the {noun}", " {adjective}."),
              ("The {noun} felt", " {adjective}."), ("What a", " {adjective} {noun}!"),
@@ -78,7 +80,9 @@ def review_preferences(count: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     pairs = []
     while len(pairs) < count:
-        chosen, rejected = ([rng.random() < 0.5 for _ in range(SENTENCES_PER_REVIEW)] for _ in range(2))
+        chosen, rejected = (
+            [rng.random() < 0.5 for _ in range(SENTENCES_PER_REVIEW)] for _ in range(2)
+        )
         if sum(chosen) == sum(rejected):
             continue
         if sum(chosen) < sum(rejected):
@@ -86,8 +90,12 @@ def review_preferences(count: int, seed: int = 0) -> list[dict]:
         form, noun = rng.choice(SENTENCES), rng.choice(NOUNS)
         texts = []
         for positives in (chosen, rejected):
-            sentences = [_sentence(rng, positives[0], form, noun)] + [_sentence(rng, p) for p in positives[1:]]
-            texts.append(sentences[0][1] + "".join(" " + opening + rest for opening, rest in sentences[1:]))
+            sentences = [_sentence(rng, positives[0], form, noun)] + [
+                _sentence(rng, p) for p in positives[1:]
+            ]
+            texts.append(
+                sentences[0][1] + "".join(" " + opening + rest for opening, rest in sentences[1:])
+            )
         pairs.append({"prompt": sentences[0][0], "chosen": texts[0], "rejected": texts[1]})
     return pairs
 

@@ -15,7 +15,8 @@ from collections.abc import Callable, Hashable, Iterable
 
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-_LINE_BREAK_TAG = re.compile(r"<(?:br|/?p|/div|/li|/h[1-6]|/tr|/blockquote|/pre)\b[^<>]*>", re.IGNORECASE)
+_LINE_BREAK_TAG = re.compile(r"<(?:br|/?p|/div|/li|/h[1-6]|/tr|/blockquote|/pre)\b[^<>]*>",
+                             re.IGNORECASE)
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>|<![^<>]*>")  # <b>, </a>, <img src=x />, <!DOCTYPE html>
 _LINE_ENDING = re.compile(r"\r\n?")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # category Cc except \t (09) and \n (0a)

@@ -37,7 +37,8 @@ def read_text(path) -> str:
             parts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
             line = raw[: e.start].count(b"\n") + 1
-            raise ValueError(f"data file '{file}' is not valid UTF-8: byte {e.start} (line {line}) is {raw[e.start:e.start + 1]!r}") from None
+            raise ValueError(f"data file '{file}' is not valid UTF-8: byte {e.start} (line {line}) "
+                             f"is {raw[e.start:e.start + 1]!r}") from None
     text = "\n\n".join(parts)
     if not text.strip():
         raise ValueError(f"data '{path}' is empty")
@@ -58,7 +59,8 @@ def tokenize(text: str, tokenizer, cache_dir=None) -> np.ndarray:
         cache = Path(cache_dir) / f"tokens-{digest.hexdigest()[:16]}.npy"
         if cache.exists():
             return np.load(cache, allow_pickle=False)
-    ids = np.asarray(tokenizer.encode(text, allowed_special="all"), dtype=id_dtype(tokenizer.vocab_size))
+    ids = np.asarray(tokenizer.encode(text, allowed_special="all"),
+                     dtype=id_dtype(tokenizer.vocab_size))
     if cache is not None:
         os.makedirs(cache.parent, exist_ok=True)
         atomic_write_with(cache, lambda f: np.save(f, ids, allow_pickle=False))
