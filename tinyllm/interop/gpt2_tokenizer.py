@@ -49,7 +49,8 @@ MERGES_HEADER = "#version: 0.2"
 def bytes_to_unicode() -> dict[int, str]:
     """byte → the character GPT-2's files show it as (printable Latin-1 as itself,
     others chr(256 + n))."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     mapping = {byte: chr(byte) for byte in printable}
     shifted = 0
     for byte in range(256):
@@ -77,7 +78,8 @@ def decode_token(text: str, where: str) -> bytes:
     try:
         return bytes(table[char] for char in text)
     except KeyError as e:
-        raise ValueError(f"{where}: {text!r} contains {e.args[0]!r} (U+{ord(e.args[0]):04X}), which is not one of "
+        raise ValueError(f"{where}: {text!r} contains {e.args[0]!r} (U+{ord(e.args[0]):04X}), "
+                         "which is not one of "
                          "GPT-2's 256 byte characters") from None
 
 
@@ -102,7 +104,8 @@ def read_merges(path) -> list[tuple[str, str]]:
                 continue
             parts = line.split(" ")
             if len(parts) != 2 or not all(parts):
-                raise ValueError(f"'{path}' line {line_number}: expected two tokens separated by one space, got {line[:60]!r}")
+                raise ValueError(f"'{path}' line {line_number}: expected two tokens separated by "
+                                 f"one space, got {line[:60]!r}")
             pairs.append((parts[0], parts[1]))
     return pairs
 
@@ -116,15 +119,18 @@ def load_gpt2_tokenizer(vocab_file, merges_file, pattern: str | None = "gpt2") -
     """
     vocab_json = read_json(vocab_file, what="GPT-2 vocabulary")
     if not isinstance(vocab_json, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab_json.values()):
-        raise ValueError(f"'{vocab_file}' must be a JSON object mapping token strings to integer ids")
+        raise ValueError(f"'{vocab_file}' must be a JSON object mapping token strings "
+                         "to integer ids")
     merges_text = read_merges(merges_file)
 
     ranks: dict[bytes, int] = {}
     for byte, char in bytes_to_unicode().items():
         if char not in vocab_json:
-            raise ValueError(f"'{vocab_file}' has no entry {char!r} for byte {byte}; every byte must be a token")
+            raise ValueError(f"'{vocab_file}' has no entry {char!r} for byte {byte}; every byte "
+                             "must be a token")
         if not 0 <= vocab_json[char] < 256:
-            raise ValueError(f"'{vocab_file}': byte token {char!r} has id {vocab_json[char]}; byte tokens must have ids 0..255")
+            raise ValueError(f"'{vocab_file}': byte token {char!r} has id {vocab_json[char]}; byte "
+                             "tokens must have ids 0..255")
         ranks[bytes((byte,))] = vocab_json[char]
     merges: list[tuple[int, int]] = []
     for i, (left, right) in enumerate(merges_text):
@@ -134,16 +140,19 @@ def load_gpt2_tokenizer(vocab_file, merges_file, pattern: str | None = "gpt2") -
             raise ValueError(f"{where}: {missing!r} is not in '{vocab_file}'")
         for part in (left, right):
             if vocab_json[part] >= 256 + i:
-                raise ValueError(f"{where}: {part!r} has id {vocab_json[part]}, which no earlier merge made")
+                raise ValueError(f"{where}: {part!r} has id {vocab_json[part]}, which no "
+                                 "earlier merge made")
         merged = left + right
         if vocab_json.get(merged) != 256 + i:
             found = "is not in it" if merged not in vocab_json else f"has id {vocab_json[merged]}"
-            raise ValueError(f"{where}: makes {merged!r}, which should have id {256 + i} in '{vocab_file}' (merge i "
+            raise ValueError(f"{where}: makes {merged!r}, which should have id {256 + i} in "
+                             f"'{vocab_file}' (merge i "
                              f"makes id 256 + i) but {found}")
         ranks[decode_token(left, where) + decode_token(right, where)] = 256 + i
         merges.append((vocab_json[left], vocab_json[right]))
     if len(ranks) != 256 + len(merges):
-        raise ValueError(f"'{merges_file}': some merge makes a token that an earlier merge or byte already is")
+        raise ValueError(f"'{merges_file}': some merge makes a token that an earlier merge or "
+                         "byte already is")
 
     mergeable = {encode_token(token) for token in ranks}
     special = {text: token_id for text, token_id in vocab_json.items() if text not in mergeable}
@@ -171,7 +180,8 @@ def save_gpt2_tokenizer(tokenizer: BPETokenizer, directory) -> tuple[Path, Path]
     assume GPT-2's (see the module docstring).
     """
     if not isinstance(tokenizer, BPETokenizer):
-        raise TypeError(f"only a BPETokenizer can be written as vocab.json + merges.txt, not a {type(tokenizer).__name__}")
+        raise TypeError("only a BPETokenizer can be written as vocab.json + merges.txt, not a "
+                        f"{type(tokenizer).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     specials = tokenizer.special_tokens
@@ -186,12 +196,14 @@ def save_gpt2_tokenizer(tokenizer: BPETokenizer, directory) -> tuple[Path, Path]
             continue                       # a gap in the ids (no token): nothing to write
     for text, token_id in specials.items():
         if text in vocab:
-            raise ValueError(f"special token {text!r} (id {token_id}) is spelled like ordinary token {vocab[text]} "
+            raise ValueError(f"special token {text!r} (id {token_id}) is spelled like ordinary "
+                             f"token {vocab[text]} "
                              "in byte-level unicode; vocab.json cannot hold both")
         vocab[text] = token_id
     lines = [MERGES_HEADER]
     for left, right in tokenizer.merges:
-        lines.append(f"{encode_token(tokenizer.token_to_bytes(left))} {encode_token(tokenizer.token_to_bytes(right))}")
+        lines.append(f"{encode_token(tokenizer.token_to_bytes(left))} "
+                     f"{encode_token(tokenizer.token_to_bytes(right))}")
     vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
     ordered = dict(sorted(vocab.items(), key=lambda item: item[1]))
     atomic_write(vocab_path, json.dumps(ordered, ensure_ascii=False))
@@ -203,5 +215,7 @@ def uses_gpt2_pattern(tokenizer) -> bool:
     return getattr(tokenizer, "pattern", None) == GPT2_SPLIT_PATTERN
 
 
-__all__ = ["bytes_to_unicode", "encode_token", "decode_token", "find_tokenizer_files", "read_merges",
-           "load_gpt2_tokenizer", "load_gpt2_tokenizer_from", "save_gpt2_tokenizer", "uses_gpt2_pattern"]
+__all__ = ["bytes_to_unicode", "encode_token", "decode_token", "find_tokenizer_files",
+           "read_merges",
+           "load_gpt2_tokenizer", "load_gpt2_tokenizer_from", "save_gpt2_tokenizer",
+           "uses_gpt2_pattern"]

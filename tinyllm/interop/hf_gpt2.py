@@ -80,7 +80,8 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> GPTConfig:
         raise ValueError(f"{where}: expected a JSON object, got {type(hf).__name__}")
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":
-        raise ValueError(f"{where}: model_type is {model_type!r}; only 'gpt2' checkpoints can be imported")
+        raise ValueError(f"{where}: model_type is {model_type!r}; only 'gpt2' checkpoints "
+                         "can be imported")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in SUPPORTED_ACTIVATIONS:
         raise ValueError(
@@ -90,14 +91,16 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> GPTConfig:
     for key, needed in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                         ("add_cross_attention", False)):
         if hf.get(key, needed) != needed:
-            raise ValueError(f"{where}: {key}={hf[key]!r} is not supported (tinyllm's attention needs {needed})")
+            raise ValueError(f"{where}: {key}={hf[key]!r} is not supported (tinyllm's attention "
+                             f"needs {needed})")
     missing = [key for key in ("n_layer", "n_head", "n_embd", "vocab_size") if key not in hf]
     if missing:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
     n_embd = hf["n_embd"]
     n_inner = hf.get("n_inner")
     if n_inner is not None and n_inner != 4 * n_embd:
-        raise ValueError(f"{where}: n_inner={n_inner} is not supported (tinyllm's MLP is 4 × n_embd = {4 * n_embd} wide)")
+        raise ValueError(f"{where}: n_inner={n_inner} is not supported (tinyllm's MLP is 4 × "
+                         f"n_embd = {4 * n_embd} wide)")
     block_size = hf.get("n_positions", hf.get("n_ctx"))
     if block_size is None:
         raise ValueError(f"{where}: missing n_positions")
@@ -105,9 +108,11 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> GPTConfig:
     if not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"{where}: layer_norm_epsilon must be a positive number, got {eps!r}")
     try:
-        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=block_size, n_layer=hf["n_layer"],
+        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=block_size,
+                           n_layer=hf["n_layer"],
                            n_head=hf["n_head"], n_embd=n_embd, dropout=0.0, bias=True,
-                           tie_weights=bool(hf.get("tie_word_embeddings", True)), norm_eps=float(eps))
+                           tie_weights=bool(hf.get("tie_word_embeddings", True)),
+                           norm_eps=float(eps))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     return config
@@ -121,7 +126,8 @@ def require_gpt2_style(config: GPTConfig) -> None:
     if config.n_kv_head not in (None, config.n_head):
         different.append(f"n_kv_head={config.n_kv_head}")
     if different:
-        raise ValueError(f"only GPT-2-style models can be written as Hugging Face GPT-2 files; this one has {', '.join(different)}")
+        raise ValueError("only GPT-2-style models can be written as Hugging Face GPT-2 files; "
+                         f"this one has {', '.join(different)}")
 
 
 def hf_config_from(config: GPTConfig, eos_token_id: int | None = None) -> dict:
@@ -205,8 +211,11 @@ def read_hf_tensors(directory) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             raise ValueError(f"{index}: has no 'weight_map' object")
         files = [directory / name for name in dict.fromkeys(weight_map.values())]
     else:
-        pickles = [name for name in ("pytorch_model.bin", "tf_model.h5") if (directory / name).exists()]
-        hint = (f" (it has {', '.join(pickles)}, which tinyllm will not unpickle; convert it to safetensors with "
+        pickles = [
+            name for name in ("pytorch_model.bin", "tf_model.h5") if (directory / name).exists()
+        ]
+        hint = (f" (it has {', '.join(pickles)}, which tinyllm will not unpickle; convert it to "
+                "safetensors with "
                 "transformers' save_pretrained(..., safe_serialization=True))") if pickles else ""
         raise FileNotFoundError(f"no {HF_WEIGHTS} in '{directory}'{hint}")
     tensors, source = {}, {}
@@ -216,7 +225,8 @@ def read_hf_tensors(directory) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return tensors, source
 
 
-def hf_to_tinyllm_state(tensors: dict, config: GPTConfig, source: dict | str = HF_WEIGHTS) -> dict[str, np.ndarray]:
+def hf_to_tinyllm_state(tensors: dict, config: GPTConfig,
+                        source: dict | str = HF_WEIGHTS) -> dict[str, np.ndarray]:
     """HF GPT-2 tensors (either naming) → a tinyllm state dict for ``GPT(config)``,
     checked name by name.
 
@@ -239,21 +249,26 @@ def hf_to_tinyllm_state(tensors: dict, config: GPTConfig, source: dict | str = H
             # tied: HF ties it to wte on loading as well
             continue
         if short not in expected:
-            raise ValueError(f"{where(name)}: tensor {name!r} is not part of a GPT-2 with this config.json "
+            raise ValueError(f"{where(name)}: tensor {name!r} is not part of a GPT-2 with "
+                             "this config.json "
                              f"(n_layer={config.n_layer}, tie_word_embeddings={config.tie_weights})")
         if short in found:
-            raise ValueError(f"{where(name)}: tensor {short!r} appears twice, as {found[short][0]!r} and {name!r}")
+            raise ValueError(f"{where(name)}: tensor {short!r} appears twice, as "
+                             f"{found[short][0]!r} and {name!r}")
         if tuple(array.shape) != expected[short]:
-            raise ValueError(f"{where(name)}: tensor {name!r} has shape {tuple(array.shape)}, but config.json "
+            raise ValueError(f"{where(name)}: tensor {name!r} has shape {tuple(array.shape)}, "
+                             "but config.json "
                              f"(n_embd={config.n_embd}, vocab_size={config.vocab_size}, n_positions="
                              f"{config.block_size}) needs {expected[short]}")
         if array.dtype.kind != "f":
-            raise ValueError(f"{where(name)}: tensor {name!r} has dtype {array.dtype}; weights must be floating point")
+            raise ValueError(f"{where(name)}: tensor {name!r} has dtype {array.dtype}; weights "
+                             "must be floating point")
         found[short] = (name, array)
     missing = [name for name in expected if name not in found]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise ValueError(f"{where(missing[0])}: missing tensor(s) {', '.join(map(repr, missing[:3]))}{more}")
+        raise ValueError(f"{where(missing[0])}: missing tensor(s) "
+                         f"{', '.join(map(repr, missing[:3]))}{more}")
     state = {}
     for short, (_, array) in found.items():
         array = array.T if _is_conv1d_weight(short) else array
@@ -273,7 +288,8 @@ def load_hf_gpt2(path, dtype=None) -> GPT:
         raise FileNotFoundError(f"no Hugging Face model directory at '{directory}'")
     config_file = directory / HF_CONFIG
     if not config_file.exists():
-        raise ValueError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face model directory")
+        raise ValueError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face "
+                         "model directory")
     config = config_from_hf(read_json(config_file, what="Hugging Face config"), str(config_file))
     tensors, source = read_hf_tensors(directory)
     with backend.default_dtype(dtype or backend.dtype):
@@ -353,9 +369,11 @@ def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):            # overflow is checked just below
         half = array.astype(np.float16)
     if not np.isfinite(half).all() and np.isfinite(array).all():
-        raise ValueError(f"tensor {name!r} has values beyond float16's range (±65504); save it as float32 or bfloat16")
+        raise ValueError(f"tensor {name!r} has values beyond float16's range (±65504); save it as "
+                         "float32 or bfloat16")
     return half
 
 
-__all__ = ["load_hf_gpt2", "save_hf_gpt2", "config_from_hf", "hf_config_from", "hf_to_tinyllm_state",
+__all__ = ["load_hf_gpt2", "save_hf_gpt2", "config_from_hf", "hf_config_from",
+           "hf_to_tinyllm_state",
            "tinyllm_to_hf_state", "read_hf_tensors", "hf_shapes", "tinyllm_name"]
