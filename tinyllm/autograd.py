@@ -50,7 +50,8 @@ class Tensor:
     integer dtype.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_grad_owned", "_op", "_retain")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_grad_owned", "_op",
+                 "_retain")
     __array_ufunc__ = None  # ndarray (op) Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -168,7 +169,8 @@ class Tensor:
             return xp.ones_like(self.data)
         grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
         if grad.shape != self.shape:
-            raise ValueError(f"backward(grad) got a gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+            raise ValueError(f"backward(grad) got a gradient of shape {grad.shape} for a tensor of "
+                             f"shape {self.shape}")
         return grad
 
     def _topological_order(self) -> list:
@@ -338,7 +340,8 @@ def neg(a) -> Tensor:
 def power(a, exponent) -> Tensor:
     """out = a ** p for a constant number p;  da = dout * p * a ** (p - 1)."""
     if isinstance(exponent, Tensor) or not np.isscalar(exponent):
-        raise TypeError(f"Tensor ** only takes a constant number as the exponent, got {type(exponent).__name__}")
+        raise TypeError("Tensor ** only takes a constant number as the exponent, got "
+                        f"{type(exponent).__name__}")
     if isinstance(exponent, np.generic):
         exponent = exponent.item()  # a Python number, so that a float32 base stays float32
     def backward(g):
@@ -356,7 +359,8 @@ def matmul(a, b) -> Tensor:
     """
     a, b = _lift(a, b), _lift(b, a)
     if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul needs arrays of at least 1 dimension, got shapes {a.shape} and {b.shape}")
+        raise ValueError("matmul needs arrays of at least 1 dimension, got shapes "
+                         f"{a.shape} and {b.shape}")
     a2 = a.data if a.ndim > 1 else a.data[None, :]
     b2 = b.data if b.ndim > 1 else b.data[:, None]
     if a2.shape[-1] != b2.shape[-2]:
@@ -429,7 +433,8 @@ def transpose(a, axes=None) -> Tensor:
     """out = a with its axes permuted (reversed by default);  da = dout with the inverse permutation."""
     axes = tuple(reversed(range(a.ndim))) if axes is None else tuple(ax % a.ndim for ax in axes)
     if sorted(axes) != list(range(a.ndim)):
-        raise ValueError(f"transpose axes {axes} are not a permutation of the {a.ndim} axes of shape {a.shape}")
+        raise ValueError(f"transpose axes {axes} are not a permutation of the {a.ndim} axes of "
+                         f"shape {a.shape}")
     inverse = tuple(np.argsort(axes))
     return Tensor._make(a.data.transpose(axes), (a,), lambda g: (g.transpose(inverse),))
 

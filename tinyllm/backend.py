@@ -55,7 +55,8 @@ def _cupy():
     try:
         import cupy  # the only import of cupy in tinyllm
     except ImportError:
-        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip install -e '.[gpu]' "
+        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip "
+                          "install -e '.[gpu]' "
                           "(or the cupy-cuda12x / cupy-cuda13x wheel that matches your CUDA)") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -63,7 +64,8 @@ def _cupy():
         raise DeviceError(f"device 'cuda': CuPy is installed but finds no usable GPU "
                           f"({type(e).__name__}: {e}); check nvidia-smi and the CUDA driver") from None
     if count == 0:
-        raise DeviceError("device 'cuda': CuPy is installed but no GPU is visible (CUDA_VISIBLE_DEVICES?)")
+        raise DeviceError("device 'cuda': CuPy is installed but no GPU is visible "
+                          "(CUDA_VISIBLE_DEVICES?)")
     return cupy
 
 

@@ -30,26 +30,33 @@ class ChatTemplate:
     """``render(messages, add_generation_prompt=True)`` → text; ``stop_tokens``:
     the strings that end a reply."""
 
-    def __init__(self, source: str | None = None, kind: str = "jinja", bos_token: str = "", eos_token: str = ""):
+    def __init__(self, source: str | None = None, kind: str = "jinja", bos_token: str = "",
+                 eos_token: str = ""):
         if kind not in ("jinja", "chatml", "llama3"):
             raise ValueError(f"unknown chat template kind {kind!r}")
         self.source, self.kind, self.bos_token, self.eos_token = source, kind, bos_token or "", eos_token or ""
-        stops = {"chatml": CHATML_STOPS, "llama3": LLAMA3_STOPS}.get(kind, CHATML_STOPS + LLAMA3_STOPS)
-        self.stop_tokens = tuple(dict.fromkeys(([self.eos_token] if self.eos_token else []) + list(stops)))
+        stops = {"chatml": CHATML_STOPS,
+                 "llama3": LLAMA3_STOPS}.get(kind, CHATML_STOPS + LLAMA3_STOPS)
+        self.stop_tokens = tuple(
+            dict.fromkeys(([self.eos_token] if self.eos_token else []) + list(stops))
+        )
         self._compiled = _compile(source) if kind == "jinja" else None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                     or not isinstance(message.get("content"), str):
-                raise ValueError(f"message {i} must be {{'role': str, 'content': str}}, got {message!r}")
+                raise ValueError(f"message {i} must be {{'role': str, 'content': str}}, "
+                                 f"got {message!r}")
         if self.kind == "chatml":
             text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
             return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
         if self.kind == "llama3":
             text = self.bos_token + "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n"
                                             f"{m['content'].strip()}<|eot_id|>" for m in messages)
-            return text + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else "")
+            return text + (
+                "<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else ""
+            )
         return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token, eos_token=self.eos_token)
 
@@ -59,7 +66,8 @@ def _compile(source: str):
         from jinja2.exceptions import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
-        raise ImportError("rendering a model's own chat_template needs jinja2: pip install 'tinyllm[hf]'") from None
+        raise ImportError("rendering a model's own chat_template needs jinja2: pip "
+                          "install 'tinyllm[hf]'") from None
 
     def raise_exception(message):
         raise TemplateError(message)

@@ -46,7 +46,8 @@ def checkpoint(function, x: Tensor, parameters) -> Tensor:
         inner = Tensor(x.data, dtype=x.dtype, requires_grad=x.requires_grad)
         y = function(inner)
         if not y.requires_grad:
-            raise RuntimeError("checkpoint: the recomputed block built no graph; run the backward with gradients "
+            raise RuntimeError("checkpoint: the recomputed block built no graph; run the backward "
+                               "with gradients "
                                "enabled (not inside no_grad)")
         leaf_grads = {}
         # the recomputed block's leaves: x and its parameters
@@ -64,10 +65,12 @@ def check_checkpointable(model) -> None:
     experts)."""
     config = model.config
     if config.dropout > 0:
-        raise ValueError(f"--checkpoint-activations needs dropout 0 (the model has {config.dropout}): the recomputed "
+        raise ValueError("--checkpoint-activations needs dropout 0 (the model has "
+                         f"{config.dropout}): the recomputed "
                          "forward would draw different dropout masks")
     if config.mlp == "moe" and config.aux_loss_coef > 0:
-        raise ValueError("--checkpoint-activations does not support mixture-of-experts blocks with a load-balancing "
+        raise ValueError("--checkpoint-activations does not support mixture-of-experts blocks with "
+                         "a load-balancing "
                          "loss (it is taken from the forward that the recomputation replaces)")
 
 

@@ -78,10 +78,13 @@ class EncoderConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, choices in (("norm", NORMS), ("activation", ACTIVATIONS)):
             if getattr(self, name) not in choices:
-                raise ValueError(f"EncoderConfig.{name} must be one of {', '.join(map(repr, choices))}, "
+                raise ValueError(f"EncoderConfig.{name} must be one of "
+                                 f"{', '.join(map(repr, choices))}, "
                                  f"got {getattr(self, name)!r}")
-        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
-            raise ValueError(f"EncoderConfig.mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden,
+                                                           int) or self.mlp_hidden < 1):
+            raise ValueError("EncoderConfig.mlp_hidden must be a positive integer or None, got "
+                             f"{self.mlp_hidden!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
 
@@ -198,7 +201,8 @@ class Encoder(Module):
         idx = getattr(idx, "data", idx)
         idx = idx if hasattr(idx, "ndim") else np.asarray(idx)
         if idx.ndim != 2:
-            raise ValueError(f"the encoder expects token ids of shape (batch, time), got shape {idx.shape}")
+            raise ValueError("the encoder expects token ids of shape (batch, time), got "
+                             f"shape {idx.shape}")
         batch, time = idx.shape
         if time > self.config.block_size:
             raise ValueError(f"sequence of length {time} is longer than the model's block_size "
@@ -213,7 +217,8 @@ class Encoder(Module):
         if attention_mask is not None:
             mask = xp.asarray(getattr(attention_mask, "data", attention_mask)).astype(bool)
             if mask.shape != (batch, time):
-                raise ValueError(f"attention_mask of shape {mask.shape} does not match token ids {idx.shape}")
+                raise ValueError(f"attention_mask of shape {mask.shape} does not match token "
+                                 f"ids {idx.shape}")
             # (B, 1, 1, T): the keys
             mask = mask[:, None, None, :]
         for block in self.blocks:
@@ -227,7 +232,8 @@ class Encoder(Module):
         logits = self.mlm(self.hidden_states(idx, token_types, attention_mask), self.wte.weight)
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits, backend.xp.asarray(getattr(targets, "data", targets)))
+        return logits, F.cross_entropy(logits,
+                                       backend.xp.asarray(getattr(targets, "data", targets)))
 
     def pooled(self, hidden):
         """The text's vector: tanh(pooler([CLS] state)),

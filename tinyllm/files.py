@@ -33,7 +33,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable, BinaryIO
 
-__all__ = ["read_records", "atomic_write", "atomic_write_with", "atomic_write_json", "read_json", "append_jsonl", "read_jsonl"]
+__all__ = ["read_records", "atomic_write", "atomic_write_with", "atomic_write_json", "read_json",
+           "append_jsonl", "read_jsonl"]
 
 
 def _fsync_directory(directory: str) -> None:
@@ -102,15 +103,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     if isinstance(data, str):
         data = data.encode("utf-8")
     elif not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"atomic_write({os.fspath(path)!r}) needs bytes or str, got {type(data).__name__}")
+        raise TypeError(f"atomic_write({os.fspath(path)!r}) needs bytes or str, got "
+                        f"{type(data).__name__}")
     atomic_write_with(path, lambda file: file.write(data))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
+                      sort_keys: bool = False) -> None:
     """Write ``obj`` as pretty JSON (UTF-8, non-ASCII kept readable, trailing newline)
     atomically."""
     try:
-        text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False, allow_nan=True)
+        text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False,
+                          allow_nan=True)
     except TypeError as e:
         raise TypeError(f"cannot write {os.fspath(path)} as JSON: {e}") from e
     atomic_write(path, text + "\n")
@@ -163,7 +167,8 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         file.flush()
 
 
-def read_jsonl(path: str | os.PathLike, what: str = "log", *, skip_partial_last_line: bool = True) -> list:
+def read_jsonl(path: str | os.PathLike, what: str = "log", *,
+               skip_partial_last_line: bool = True) -> list:
     """Read a JSON Lines file into a list of records; blank lines are skipped.
 
     A bad line raises ValueError naming the file and line number. The exception is a last line
@@ -183,7 +188,8 @@ def read_jsonl(path: str | os.PathLike, what: str = "log", *, skip_partial_last_
         except json.JSONDecodeError as e:
             if is_partial_last and skip_partial_last_line:
                 break
-            raise ValueError(f"{what} file {path}, line {number} is not valid JSON: column {e.colno}: {e.msg}") from None
+            raise ValueError(f"{what} file {path}, line {number} is not valid JSON: column "
+                             f"{e.colno}: {e.msg}") from None
     return records
 
 
@@ -203,16 +209,19 @@ def read_records(path, check, what: str) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at "
+                                 f"column {e.colno})") from None
             records.append(check(record, f"{path}, line {number}"))
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); a .json file "
+            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column "
+                             f"{e.colno}); a .json file "
                              "must hold one list of records (use .jsonl for one record per line)") from None
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of {what} records, got {type(data).__name__}")
+            raise ValueError(f"{path}: expected a JSON list of {what} records, got "
+                             f"{type(data).__name__}")
         records = [check(r, f"{path}, record {i}") for i, r in enumerate(data)]
     if not records:
         raise ValueError(f"{what} data file '{path}' holds no records")

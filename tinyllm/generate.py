@@ -44,7 +44,8 @@ import numpy as np
 
 from . import backend
 from .kv_cache import KVCache
-from .sampling import (apply_repetition_penalty, apply_temperature, check_sampling_args, greedy, token_log_probabilities,
+from .sampling import (apply_repetition_penalty, apply_temperature, check_sampling_args, greedy,
+                       token_log_probabilities,
                        sample_from_logits, top_k_filter, top_p_filter)
 
 ON_FULL = ("slide", "stop")
@@ -70,7 +71,8 @@ class Decoder:
         for row, prompt in enumerate(prompts):
             if len(prompt) > self.block_size and on_full == "stop":
                 which = "the prompt" if len(prompts) == 1 else f"prompt {row}"
-                raise ValueError(f"{which} has {len(prompt)} tokens but the model's block_size is {self.block_size}; "
+                raise ValueError(f"{which} has {len(prompt)} tokens but the model's block_size is "
+                                 f"{self.block_size}; "
                                  "shorten it or use on_full='slide'")
         self.contexts = [list(p[-self.block_size:]) for p in prompts]   # what each row's model sees
         # the model's, not the default
@@ -105,7 +107,8 @@ class Decoder:
             raise ValueError(f"feed() got {len(tokens)} tokens for {len(self.contexts)} rows")
         full = [self.is_full(row) for row in range(len(self.contexts))]
         if any(full) and self.on_full == "stop":
-            raise ValueError("a row's context is full (block_size tokens) and on_full='stop'; stop that row first")
+            raise ValueError("a row's context is full (block_size tokens) and on_full='stop'; stop "
+                             "that row first")
         for context, token in zip(self.contexts, tokens):
             context.append(int(token))
         # Re-prefill when a row slides, and also if the cache itself is full (a safety net:
@@ -159,7 +162,8 @@ class Decoder:
 
 # ---------------------------------------------------------------------------------------------- sampling
 
-def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+             repetition_penalty=1.0,
              stop_ids=(), seed=None, use_cache=True, on_full="slide"):
     """Continue ``prompt_ids`` by up to ``max_new_tokens`` tokens and return the new ones.
 
@@ -172,7 +176,8 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
     """
     prompts, single = _as_prompts(prompt_ids, model.config.vocab_size)
     results = [[] for _ in prompts]
-    for step in _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+    for step in _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p,
+                              repetition_penalty,
                               stop_ids, seed, use_cache, on_full):
         for row, token in enumerate(step):
             if token is not None:
@@ -181,12 +186,14 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
 
 
 def stream_generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                    repetition_penalty=1.0, stop_ids=(), seed=None, use_cache=True, on_full="slide"):
+                    repetition_penalty=1.0, stop_ids=(), seed=None, use_cache=True,
+                    on_full="slide"):
     """Like ``generate``, but a generator: for one prompt it yields each new token id as soon as it
     is picked; for a batch it yields one list per step (a token per prompt, None where that prompt
     has ended)."""
     prompts, single = _as_prompts(prompt_ids, model.config.vocab_size)
-    for step in _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+    for step in _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p,
+                              repetition_penalty,
                               stop_ids, seed, use_cache, on_full):
         if not single:
             yield step
@@ -194,7 +201,8 @@ def stream_generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=No
             yield step[0]
 
 
-def _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, seed,
+def _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                  stop_ids, seed,
                   use_cache, on_full):
     """One list per step: the token each prompt got (None once it has ended)."""
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
@@ -204,7 +212,9 @@ def _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, rep
         raise ValueError(f"seed must be an int or None, got {seed!r}")
     if max_new_tokens == 0:
         return
-    generators = [np.random.default_rng(None if seed is None else seed + row) for row in range(len(prompts))]
+    generators = [
+        np.random.default_rng(None if seed is None else seed + row) for row in range(len(prompts))
+    ]
     vocab = model.config.vocab_size
     seen = None
     if repetition_penalty != 1.0:
@@ -261,7 +271,8 @@ class _Beam:
         return self.logprob / len(self.tokens) ** length_penalty if self.tokens else 0.0
 
 
-def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.0, stop_ids=(), use_cache=True,
+def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.0, stop_ids=(),
+                use_cache=True,
                 on_full="slide"):
     """The ``beam_width`` best continuations of one prompt, as a list of (new token ids,
     score), best first.
@@ -303,7 +314,9 @@ def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.
             best = np.argsort(-scores.ravel(), kind="stable")[:beam_width]
             vocab = scores.shape[1]
             proposals = [(beam.score(length_penalty), 0, i, beam, None) for i, beam in enumerate(beams) if beam.finished]
-            proposals += [(float(scores.flat[f]), 1, int(f), None, divmod(int(f), vocab)) for f in best]
+            proposals += [
+                (float(scores.flat[f]), 1, int(f), None, divmod(int(f), vocab)) for f in best
+            ]
             proposals.sort(key=lambda p: (-p[0], p[1], p[2]))
             beams, parents, tokens = [], [], []
             for _, _, _, kept, expansion in proposals[:beam_width]:
@@ -311,7 +324,8 @@ def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.
                     beams.append(kept)
                     continue
                 parent, token = expansion
-                beam = _Beam(live[parent].tokens + [token], float(totals[parent, token]), token in stop_ids)
+                beam = _Beam(live[parent].tokens + [token], float(totals[parent, token]),
+                             token in stop_ids)
                 beams.append(beam)
                 if not beam.finished:
                     parents.append(parent)
@@ -338,22 +352,27 @@ def _as_prompts(prompt_ids, vocab_size):
     if hasattr(prompt_ids, "ndim"):                                    # an array
         array = backend.to_numpy(prompt_ids)
         if array.ndim not in (1, 2):
-            raise ValueError(f"prompt_ids must be 1-D (one prompt) or 2-D (a batch), got shape {array.shape}")
+            raise ValueError("prompt_ids must be 1-D (one prompt) or 2-D (a batch), got "
+                             f"shape {array.shape}")
         prompt_ids = array.tolist()
     prompt_ids = list(prompt_ids)
     if not prompt_ids:
-        raise ValueError("the prompt is empty: give at least one token id (e.g. an end-of-text id to start from nothing)")
+        raise ValueError("the prompt is empty: give at least one token id (e.g. an end-of-text id "
+                         "to start from nothing)")
     single = all(isinstance(t, numbers.Integral) for t in prompt_ids)
     prompts = [prompt_ids] if single else [list(p) if not isinstance(p, numbers.Integral) else None for p in prompt_ids]
     for row, prompt in enumerate(prompts):
         which = "the prompt" if single else f"prompt {row}"
         if prompt is None or not all(isinstance(t, numbers.Integral) for t in prompt):
-            raise ValueError(f"{which} must be a list of integer token ids, got {prompt_ids[row]!r}"[:200])
+            raise ValueError(
+                f"{which} must be a list of integer token ids, got {prompt_ids[row]!r}"[:200]
+            )
         if not prompt:
             raise ValueError(f"{which} is empty: give at least one token id")
         bad = [t for t in prompt if not 0 <= t < vocab_size]
         if bad:
-            raise ValueError(f"{which} has token id {bad[0]}, outside the model's vocabulary 0..{vocab_size - 1}")
+            raise ValueError(f"{which} has token id {bad[0]}, outside the model's vocabulary "
+                             f"0..{vocab_size - 1}")
     return [[int(t) for t in p] for p in prompts], single
 
 

@@ -52,7 +52,9 @@ def store_half(model, dtype: str = "bfloat16"):
     for block in model.blocks:
         matrices = [p for _, p in block.named_parameters() if p.ndim >= 2]
         stored = [_narrow(p.data, dtype) for p in matrices]
-        placeholders = [backend.xp.broadcast_to(backend.xp.zeros((), dtype=p.dtype), p.shape) for p in matrices]
+        placeholders = [
+            backend.xp.broadcast_to(backend.xp.zeros((), dtype=p.dtype), p.shape) for p in matrices
+        ]
         for p, empty in zip(matrices, placeholders):
             p.data, p.requires_grad = empty, False            # a zero-byte view of the right shape
         block.forward = _widening_forward(block.forward, matrices, stored, placeholders, dtype)

@@ -91,7 +91,9 @@ class KVCache:
         (default all)."""
         dtype = backend.dtype if dtype is None else dtype
         first = capacity if initial is None else min(initial, capacity)
-        self.layers = [LayerKV(batch_size, n_head, first, head_size, dtype, capacity) for _ in range(n_layer)]
+        self.layers = [
+            LayerKV(batch_size, n_head, first, head_size, dtype, capacity) for _ in range(n_layer)
+        ]
 
     @classmethod
     def for_model(cls, config, batch_size: int = 1, dtype=None) -> "KVCache":
@@ -99,7 +101,8 @@ class KVCache:
         first, doubled as needed), and as many heads as the model has key/value heads
         (``n_kv_head``: fewer than ``n_head`` with grouped-query attention)."""
         n_kv_head = getattr(config, "n_kv_head", None) or config.n_head
-        return cls(config.n_layer, batch_size, n_kv_head, config.block_size, config.n_embd // config.n_head, dtype,
+        return cls(config.n_layer, batch_size, n_kv_head, config.block_size,
+                   config.n_embd // config.n_head, dtype,
                    initial=256)
 
     @property

@@ -46,7 +46,8 @@ __all__ = [
 
 def _check_parallel(first: Sequence, second: Sequence, names: tuple[str, str]) -> None:
     if len(first) != len(second):
-        raise ValueError(f"{names[0]} has {len(first)} items but {names[1]} has {len(second)}; they must pair up one to one")
+        raise ValueError(f"{names[0]} has {len(first)} items but {names[1]} has {len(second)}; "
+                         "they must pair up one to one")
     if len(first) == 0:
         raise ValueError(f"{names[0]} and {names[1]} are empty; a score needs at least one example")
 
@@ -68,7 +69,8 @@ def _sorted_classes(values: set) -> list:
         return sorted(values, key=repr)
 
 
-def confusion_matrix(labels: Sequence[Hashable], preds: Sequence[Hashable], classes: Sequence[Hashable] | None = None) -> np.ndarray:
+def confusion_matrix(labels: Sequence[Hashable], preds: Sequence[Hashable],
+                     classes: Sequence[Hashable] | None = None) -> np.ndarray:
     """Counts ``(K, K)``: row i is the true class ``classes[i]``,
     column j the predicted class ``classes[j]``.
 
@@ -85,7 +87,8 @@ def confusion_matrix(labels: Sequence[Hashable], preds: Sequence[Hashable], clas
     for position, (label, pred) in enumerate(zip(labels, preds)):
         for value, role in ((label, "label"), (pred, "prediction")):
             if value not in index:
-                raise ValueError(f"{role} {value!r} at position {position} is not one of the classes {list(classes)}")
+                raise ValueError(f"{role} {value!r} at position {position} is not one of the "
+                                 f"classes {list(classes)}")
         counts[index[label], index[pred]] += 1
     return counts
 
@@ -147,7 +150,8 @@ def precision_recall_f1(
     raise ValueError(f"average must be 'binary' or 'macro', got {average!r}")
 
 
-def f1_score(labels: Sequence[Hashable], preds: Sequence[Hashable], *, positive: Hashable = 1, average: str = "binary") -> float:
+def f1_score(labels: Sequence[Hashable], preds: Sequence[Hashable], *, positive: Hashable = 1,
+             average: str = "binary") -> float:
     """Just the F1 of ``precision_recall_f1``."""
     return precision_recall_f1(labels, preds, positive=positive, average=average).f1
 
@@ -277,7 +281,8 @@ def corpus_bleu(
     is the standard definition and happens easily on a few short sentences. ``smoothing="add1"`` uses
     (matches + 1) / (n-grams + 1) for n ≥ 2 (Lin & Och 2004), which keeps short-text scores informative.
     """
-    return bleu_report(hypotheses, references, max_n=max_n, smoothing=smoothing, tokenize=tokenize)["bleu"]
+    return bleu_report(hypotheses, references, max_n=max_n, smoothing=smoothing,
+                       tokenize=tokenize)["bleu"]
 
 
 def _lcs_length(a: list[str], b: list[str]) -> int:
@@ -301,7 +306,8 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
 
 
 def rouge_l(
-    hypothesis: str, reference: str, *, beta: float = 1.0, tokenize: Callable[[str], list[str]] = tokenize
+    hypothesis: str, reference: str, *, beta: float = 1.0,
+    tokenize: Callable[[str], list[str]] = tokenize
 ) -> PrecisionRecallF1:
     """ROUGE-L (Lin 2004) of one hypothesis against one reference.
 
@@ -318,7 +324,8 @@ def rouge_l(
     return PrecisionRecallF1(precision, recall, f_measure)
 
 
-def mean_rouge_l(hypotheses: Sequence[str], references: Sequence[str], **kwargs) -> PrecisionRecallF1:
+def mean_rouge_l(hypotheses: Sequence[str], references: Sequence[str],
+                 **kwargs) -> PrecisionRecallF1:
     """ROUGE-L precision, recall and F averaged over pairs (each pair scored by ``rouge_l``)."""
     _check_parallel(hypotheses, references, ("hypotheses", "references"))
     scores = np.array([rouge_l(h, r, **kwargs) for h, r in zip(hypotheses, references)], dtype=np.float64)

@@ -71,7 +71,8 @@ def word_start_table(tokenizer) -> np.ndarray:
 
 def require_mlm_tokenizer(tokenizer) -> None:
     if not hasattr(tokenizer, "mask_id"):
-        raise ValueError(f"masked-LM training needs a WordPiece tokenizer (with [CLS] [SEP] [MASK]); got "
+        raise ValueError("masked-LM training needs a WordPiece tokenizer (with [CLS] "
+                         "[SEP] [MASK]); got "
                          f"{type(tokenizer).__name__}: pass --tokenizer wordpiece, or a WordPiece tokenizer file")
 
 
@@ -83,7 +84,8 @@ class MaskedLM:
                  whole_word: bool = False):
         require_mlm_tokenizer(tokenizer)
         if context < 3:
-            raise ValueError(f"masked-LM windows need a context of at least 3 ([CLS] + text + [SEP]), got {context}")
+            raise ValueError("masked-LM windows need a context of at least 3 ([CLS] + text + "
+                             f"[SEP]), got {context}")
         self.train_ids, self.tokenizer = train_ids, tokenizer
         self.batch_size, self.context, self.mask_prob = batch_size, context, mask_prob
         self.word_starts = word_start_table(tokenizer) if whole_word else None
@@ -96,7 +98,8 @@ class MaskedLM:
                                np.full((batch, 1), self.tokenizer.sep_id)], axis=1).astype(np.int64)
 
     def corrupt(self, ids, rng):
-        return mask_tokens(ids, rng, self.tokenizer.vocab_size, self.tokenizer.mask_id, self.special_ids,
+        return mask_tokens(ids, rng, self.tokenizer.vocab_size, self.tokenizer.mask_id,
+                           self.special_ids,
                            self.mask_prob, self.word_starts)
 
     def __call__(self, step, rng):
@@ -117,7 +120,8 @@ class MaskedLM:
         width = self.context - 2
         starts = np.arange(0, len(ids) - width + 1, width)
         if max_batches is not None and len(starts) > max_batches * self.batch_size:
-            starts = starts[np.linspace(0, len(starts) - 1, max_batches * self.batch_size).astype(int)]
+            starts = starts[np.linspace(0, len(starts) - 1,
+                                        max_batches * self.batch_size).astype(int)]
         if not len(starts):
             raise ValueError(f"{len(ids)} tokens are fewer than one window of {width}")
         rng = np.random.default_rng(seed)
@@ -146,7 +150,8 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5):
     if not positions:
         raise ValueError(f"the text has no {'[MASK]'} token to fill in: {text!r}")
     if len(ids) > model.config.block_size:
-        raise ValueError(f"the text is {len(ids)} tokens with [CLS] and [SEP], more than the model's context "
+        raise ValueError(f"the text is {len(ids)} tokens with [CLS] and [SEP], more than the "
+                         "model's context "
                          f"of {model.config.block_size}")
     with no_grad():
         logits, _ = model(np.array([ids]), token_types=np.array([types]))

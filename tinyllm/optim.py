@@ -74,7 +74,8 @@ class AdamW(Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params,
+                         dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         xp = backend.xp
         self.exp_avg = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]      # m
         self.exp_avg_sq = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]   # v
@@ -92,7 +93,8 @@ class AdamW(Optimizer):
         t, i = self.step_count, 0
         for group in self.groups:
             beta1, beta2 = group["betas"]
-            lr, eps, decay = self.lr * group.get("lr_scale", 1.0), group["eps"], group["weight_decay"]
+            lr, eps, decay = self.lr * group.get("lr_scale",
+                                                 1.0), group["eps"], group["weight_decay"]
             for p in group["params"]:
                 m, v = self.exp_avg[i], self.exp_avg_sq[i]
                 i += 1
@@ -125,7 +127,8 @@ class AdamW(Optimizer):
             for name, buffers in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
                 array = state[f"{name}.{i}"]
                 if tuple(array.shape) != buffers[i].shape:
-                    raise ValueError(f"optimizer state {name}.{i} has shape {tuple(array.shape)}, parameter has {buffers[i].shape}")
+                    raise ValueError(f"optimizer state {name}.{i} has shape {tuple(array.shape)}, "
+                                     f"parameter has {buffers[i].shape}")
                 buffers[i][...] = backend.xp.asarray(array)
         self.step_count = int(state["step"])
         self.lr = float(state["lr"])
@@ -169,7 +172,8 @@ def clip_grad_norm(params, max_norm: float) -> float:
     return total
 
 
-def warmup_cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+def warmup_cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int,
+                     total_steps: int) -> float:
     """Linear warmup from 0 to ``max_lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at
     ``total_steps`` (and ``min_lr`` after). ``step`` counts from 0."""
     if step < warmup_steps:

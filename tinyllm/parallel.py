@@ -38,7 +38,8 @@ def _default_threads() -> int:
     for name in ("TINYLLM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
             return int(os.environ[name])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(os.sched_getaffinity(0)) if hasattr(os,
+                                                   "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 num_threads = _default_threads()
@@ -114,7 +115,9 @@ def _openblas_thread_functions():
     Linux."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = sorted({line.split(maxsplit=5)[-1].strip() for line in maps if "openblas" in line.lower()})
+            paths = sorted(
+                {line.split(maxsplit=5)[-1].strip() for line in maps if "openblas" in line.lower()}
+            )
     except OSError:
         return None
     names = [(prefix, suffix) for prefix in ("scipy_openblas", "openblas") for suffix in ("64_", "")]

@@ -107,7 +107,8 @@ def _usable_points(xs, ys, log_y: bool) -> list[tuple[float, float]]:
     return points
 
 
-def _axis(low: float, high: float, max_ticks: int, log: bool) -> tuple[float, float, list[float], list[str]]:
+def _axis(low: float, high: float, max_ticks: int,
+          log: bool) -> tuple[float, float, list[float], list[str]]:
     """Limits and ticks for one axis showing data from ``low`` to ``high``.
 
     Returns (axis_low, axis_high, tick positions, tick labels), positions and limits in axis units
@@ -137,16 +138,20 @@ def _trace(pixels: list[tuple[float, float]], spacing: float = 8.0) -> list[tupl
     traced = pixels[:1]
     for (x0, y0), (x1, y1) in zip(pixels, pixels[1:]):
         pieces = max(1, int(math.hypot(x1 - x0, y1 - y0) // spacing))
-        traced += [(x0 + (x1 - x0) * k / pieces, y0 + (y1 - y0) * k / pieces) for k in range(1, pieces + 1)]
+        traced += [
+            (x0 + (x1 - x0) * k / pieces, y0 + (y1 - y0) * k / pieces) for k in range(1, pieces + 1)
+        ]
     return traced
 
 
-def _legend_corner(traced: list[tuple[float, float]], frame: tuple[float, float, float, float], size: tuple[float, float]):
+def _legend_corner(traced: list[tuple[float, float]], frame: tuple[float, float, float, float],
+                   size: tuple[float, float]):
     """Top-left (x, y) of the legend box: the corner of the plot frame whose box (plus a few pixels
     around it) covers the fewest points of the curves."""
     left, top, right, bottom = frame
     width, height = size
-    corners = [(right - width - 8, top + 8), (left + 8, top + 8), (right - width - 8, bottom - height - 8), (left + 8, bottom - height - 8)]
+    corners = [(right - width - 8, top + 8), (left + 8, top + 8),
+               (right - width - 8, bottom - height - 8), (left + 8, bottom - height - 8)]
     near = 6  # line width and marker radius
     covered = lambda c: sum(c[0] - near <= x <= c[0] + width + near and c[1] - near <= y <= c[1] + height + near for x, y in traced)
     # ties: the first, top-right, where falling loss curves rarely are
@@ -177,7 +182,8 @@ def line_chart_svg(
         raise ValueError(f"nothing to plot in chart {title!r}: no series has a finite point"
                          + (" > 0" if log_y else ""))
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}">', f'<rect width="{width}" height="{height}" fill="white"/>']
+           f'viewBox="0 0 {width} {height}">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
     frame = _draw_frame(out, usable, (title, xlabel, ylabel), width, height, log_y)
     looks = {name: _style(i, len(points), (styles or {}).get(name))
              for i, (name, points) in enumerate(usable.items())}
@@ -198,8 +204,10 @@ def _draw_frame(out, usable, labels, width, height, log_y) -> dict:
     title, xlabel, ylabel = labels
     all_x = [x for points in usable.values() for x, _ in points]
     all_y = [y for points in usable.values() for _, y in points]
-    x_low, x_high, x_ticks, x_labels = _axis(min(all_x), max(all_x), max(2, width // 110), log=False)
-    y_low, y_high, y_ticks, y_labels = _axis(min(all_y), max(all_y), max(2, height // 70), log=log_y)
+    x_low, x_high, x_ticks, x_labels = _axis(min(all_x), max(all_x), max(2, width // 110),
+                                             log=False)
+    y_low, y_high, y_ticks, y_labels = _axis(min(all_y), max(all_y), max(2, height // 70),
+                                             log=log_y)
     # The plot area, leaving room for the title, the axis labels and the longest tick label.
     left = 36 + 7 * max(len(label) for label in y_labels)
     top, right, bottom = 44, width - 24, height - 52
@@ -210,12 +218,17 @@ def _draw_frame(out, usable, labels, width, height, log_y) -> dict:
     py_axis = lambda tick: bottom - (tick - y_low) / (y_high - y_low) * (bottom - top)
     grid = 'stroke="#e5e5e5"'
     for tick, label in zip(x_ticks, x_labels):
-        out.append(f'<line x1="{px(tick):.1f}" y1="{top}" x2="{px(tick):.1f}" y2="{bottom}" {grid}/>')
-        _svg_text(out, px(tick), bottom + 17, label, 'font-size="12" text-anchor="middle" fill="#444"')
+        out.append(f'<line x1="{px(tick):.1f}" y1="{top}" x2="{px(tick):.1f}" '
+                   f'y2="{bottom}" {grid}/>')
+        _svg_text(out, px(tick), bottom + 17, label,
+                  'font-size="12" text-anchor="middle" fill="#444"')
     for tick, label in zip(y_ticks, y_labels):
-        out.append(f'<line x1="{left}" y1="{py_axis(tick):.1f}" x2="{right}" y2="{py_axis(tick):.1f}" {grid}/>')
-        _svg_text(out, left - 6, py_axis(tick) + 4, label, 'font-size="12" text-anchor="end" fill="#444"')
-    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" '
+        out.append(f'<line x1="{left}" y1="{py_axis(tick):.1f}" x2="{right}" '
+                   f'y2="{py_axis(tick):.1f}" {grid}/>')
+        _svg_text(out, left - 6, py_axis(tick) + 4, label,
+                  'font-size="12" text-anchor="end" fill="#444"')
+    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" '
+               f'height="{bottom - top}" fill="none" '
                'stroke="#888"/>')
     _svg_text(out, width / 2, 26, title, 'font-size="16" font-weight="bold" text-anchor="middle"')
     _svg_text(out, (left + right) / 2, height - 12, xlabel, 'font-size="13" text-anchor="middle"')
@@ -234,7 +247,8 @@ def _draw_series(out, name, points, look, frame) -> list:
                    f'stroke-opacity="{look["opacity"]}" stroke-linejoin="round" points="{coordinates}">'
                    f'<title>{escape(name)}</title></polyline>')
     if look["markers"]:
-        out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}" stroke="white" '
+        out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}" '
+                   'stroke="white" '
                    f'stroke-width="0.8"/>' for x, y in pixels)
     return _trace(pixels) if look["line"] else pixels
 
@@ -243,7 +257,8 @@ def _draw_legend(out, looks, traced, frame) -> None:
     """The legend box, in the corner of the plot area that the curves cross least."""
     size = (34 + 7 * max(len(name) for name in looks), 8 + 18 * len(looks))
     x0, y0 = _legend_corner(traced, frame["box"], size)
-    out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{size[0]:.1f}" height="{size[1]}" fill="white" '
+    out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{size[0]:.1f}" '
+               f'height="{size[1]}" fill="white" '
                'fill-opacity="0.85" stroke="#ccc"/>')
     for i, (name, look) in enumerate(looks.items()):
         y = y0 + 13 + 18 * i
@@ -262,7 +277,8 @@ def _style(index: int, num_points: int, overrides: dict | None) -> dict:
             "markers": num_points <= MARKERS_UP_TO}
     unknown = set(overrides or {}) - set(look)
     if unknown:
-        raise ValueError(f"unknown series style key(s) {sorted(unknown)}; expected some of {sorted(look)}")
+        raise ValueError(f"unknown series style key(s) {sorted(unknown)}; expected some of "
+                         f"{sorted(look)}")
     return {**look, **(overrides or {})}
 
 
@@ -277,7 +293,8 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def plot_log(log_path, out=None, keys: list[str] | None = None, x: str = "step", title: str = "") -> str:
+def plot_log(log_path, out=None, keys: list[str] | None = None, x: str = "step",
+             title: str = "") -> str:
     """Plot a ``log.jsonl``: one chart per key, one series per record ``kind`` that has it;
     returns the SVG path.
 
@@ -289,7 +306,9 @@ def plot_log(log_path, out=None, keys: list[str] | None = None, x: str = "step",
     log_path = os.fspath(log_path)
     records = [r for r in read_jsonl(log_path, what="training log") if isinstance(r, dict)]
     if keys is None:
-        keys = list(dict.fromkeys(k for r in records for k, v in r.items() if k != x and _is_number(v)))
+        keys = list(
+            dict.fromkeys(k for r in records for k, v in r.items() if k != x and _is_number(v))
+        )
     charts, width, height = [], 720, 300
     for key in keys:
         by_kind: dict[str, list[tuple[float, float]]] = {}
@@ -303,7 +322,8 @@ def plot_log(log_path, out=None, keys: list[str] | None = None, x: str = "step",
         log_y = min(values) > 0 and max(values) >= 100 * min(values)
         series = {f"{kind} {key}" if len(by_kind) > 1 else key: tuple(zip(*sorted(points))) for kind, points in by_kind.items()}
         chart_title = f"{title}: {key}" if title else key
-        charts.append(line_chart_svg(series, title=chart_title, xlabel=x, ylabel=key, width=width, height=height, log_y=log_y))
+        charts.append(line_chart_svg(series, title=chart_title, xlabel=x, ylabel=key, width=width,
+                                     height=height, log_y=log_y))
     if not charts:
         raise ValueError(f"training log {log_path} has no numeric values for {keys or 'any key'}")
     out = os.fspath(out) if out is not None else os.path.splitext(log_path)[0] + ".svg"
@@ -336,24 +356,30 @@ def plot_run(run_dir, out=None) -> str:
     records = [r for r in read_jsonl(log_path, what="training log") if isinstance(r, dict) and _is_number(r.get("step"))]
 
     def points(kind, key):
-        return sorted((r["step"], r[key]) for r in records if r.get("kind") == kind and _is_number(r.get(key)))
+        return sorted(
+            (r["step"], r[key]) for r in records if r.get("kind") == kind and _is_number(r.get(key))
+        )
 
     train, val, train_at_eval = points("train", "loss"), points("eval", "val_loss"), points("eval", "train_loss")
     series, styles = {}, {}
     if train:
         steps, losses = zip(*train)
         series["train loss (each step)"] = (steps, losses)
-        styles["train loss (each step)"] = {"color": COLORS[0], "width": 1, "opacity": 0.3, "markers": False}
+        styles["train loss (each step)"] = {"color": COLORS[0], "width": 1, "opacity": 0.3,
+                                            "markers": False}
         window = min(max(len(losses) // 50, 1), 50)
         series["train loss (smoothed)"] = (steps, smooth(list(losses), window))
         styles["train loss (smoothed)"] = {"color": COLORS[0], "width": 2.2, "markers": False}
-    for name, found, color in (("train loss (at eval)", train_at_eval, COLORS[2]), ("val loss", val, COLORS[1])):
+    for name, found, color in (("train loss (at eval)", train_at_eval, COLORS[2]),
+                               ("val loss", val, COLORS[1])):
         if found:
             series[name] = tuple(zip(*found))
             styles[name] = {"color": color, "line": False, "markers": True}
     if not series:
-        raise ValueError(f"training log {log_path} has no train 'loss' or eval 'val_loss' records to plot")
-    svg = line_chart_svg(series, title=os.path.basename(os.path.normpath(run_dir)), xlabel="step", ylabel="loss",
+        raise ValueError(f"training log {log_path} has no train 'loss' or eval 'val_loss' "
+                         "records to plot")
+    svg = line_chart_svg(series, title=os.path.basename(os.path.normpath(run_dir)), xlabel="step",
+                         ylabel="loss",
                          styles=styles)
     out = os.fspath(out) if out is not None else os.path.join(run_dir, "loss.svg")
     atomic_write(out, svg)

@@ -132,7 +132,8 @@ def _prepare_tensor(name, value, as_bf16: bool) -> tuple[str, np.ndarray]:
     if not isinstance(name, str):
         raise TypeError(f"tensor names must be str, got {name!r} ({type(name).__name__})")
     if name == _METADATA_KEY:
-        raise ValueError(f"{_METADATA_KEY!r} is reserved for the metadata table and cannot name a tensor")
+        raise ValueError(f"{_METADATA_KEY!r} is reserved for the metadata table and "
+                         "cannot name a tensor")
     if not isinstance(value, (np.ndarray, np.generic)):
         raise TypeError(
             f"tensor {name!r} is a {type(value).__module__}.{type(value).__name__}, not a NumPy array "
@@ -146,12 +147,16 @@ def _prepare_tensor(name, value, as_bf16: bool) -> tuple[str, np.ndarray]:
         elif array.dtype.kind == "f":
             bits = float32_to_bfloat16_bits(array)
         else:
-            raise TypeError(f"tensor {name!r} was asked to be stored as BF16 but has dtype {array.dtype}, not a float")
+            raise TypeError(f"tensor {name!r} was asked to be stored as BF16 but has dtype "
+                            f"{array.dtype}, not a float")
         return "BF16", np.asarray(bits, dtype="<u2", order="C")
     dtype_name = _NAME_OF_NUMPY_DTYPE.get((array.dtype.kind, array.dtype.itemsize))
     if dtype_name is None:
-        supported = ", ".join(str(DTYPES[name].newbyteorder("=")) for name in _NAME_OF_NUMPY_DTYPE.values())
-        raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store (supported: {supported})")
+        supported = ", ".join(
+            str(DTYPES[name].newbyteorder("=")) for name in _NAME_OF_NUMPY_DTYPE.values()
+        )
+        raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store "
+                        f"(supported: {supported})")
     return dtype_name, np.asarray(array, dtype=DTYPES[dtype_name], order="C")
 
 
@@ -176,7 +181,8 @@ def save_file(
     if metadata is not None:
         for key, value in metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(f"safetensors metadata must map str to str; got {key!r}: {value!r} (use json.dumps for other values)")
+                raise TypeError(f"safetensors metadata must map str to str; got {key!r}: {value!r} "
+                                "(use json.dumps for other values)")
 
     prepared = {name: _prepare_tensor(name, value, name in bf16) for name, value in tensors.items()}
     # Largest elements first, so every tensor starts at a multiple of its element size;
@@ -189,7 +195,8 @@ def save_file(
     offset = 0
     for name in order:
         dtype_name, array = prepared[name]
-        header[name] = {"dtype": dtype_name, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        header[name] = {"dtype": dtype_name, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
     header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
@@ -247,7 +254,8 @@ def _check_tensor_entry(path: str, name: str, entry) -> TensorInfo:
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
-        raise ValueError(f"{where}: data_offsets must be [begin, end] with non-negative integers, got {offsets!r}")
+        raise ValueError(f"{where}: data_offsets must be [begin, end] with non-negative integers, "
+                         f"got {offsets!r}")
     begin, end = offsets
     if end < begin:
         raise ValueError(f"{where}: data_offsets {offsets} end before they begin")
@@ -279,7 +287,8 @@ def _check_layout(path: str, infos: list[TensorInfo], data_length: int) -> list[
             )
         if info.begin > position:
             after = f"after tensor {previous.name!r}" if previous else "at the start of the data section"
-            raise ValueError(f"{path}: {info.begin - position} unused bytes {after} (before tensor {info.name!r})")
+            raise ValueError(f"{path}: {info.begin - position} unused bytes {after} (before tensor "
+                             f"{info.name!r})")
         position, previous = info.end, info
     if position != data_length:
         raise ValueError(f"{path}: {data_length - position} unexpected bytes after the last tensor")
@@ -289,7 +298,8 @@ def _check_layout(path: str, infos: list[TensorInfo], data_length: int) -> list[
 def _read_header_from(file, path: str) -> Header:
     file_size = os.fstat(file.fileno()).st_size
     if file_size < _HEADER_LENGTH_BYTES:
-        raise ValueError(f"{path} is not a safetensors file: it has {file_size} bytes, fewer than the 8-byte header length")
+        raise ValueError(f"{path} is not a safetensors file: it has {file_size} bytes, fewer than "
+                         "the 8-byte header length")
     (header_length,) = struct.unpack("<Q", file.read(_HEADER_LENGTH_BYTES))
     if header_length > file_size - _HEADER_LENGTH_BYTES:
         raise ValueError(
@@ -297,14 +307,16 @@ def _read_header_from(file, path: str) -> Header:
             f"bytes, but only {file_size - _HEADER_LENGTH_BYTES} bytes follow"
         )
     if header_length > _MAX_HEADER_BYTES:
-        raise ValueError(f"{path}: header length {header_length} exceeds the {_MAX_HEADER_BYTES}-byte limit")
+        raise ValueError(f"{path}: header length {header_length} exceeds the "
+                         f"{_MAX_HEADER_BYTES}-byte limit")
     raw = file.read(header_length)
     try:
         header = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not a safetensors file: header is not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not a safetensors file: header is not valid JSON (char {e.pos}: {e.msg})") from None
+        raise ValueError(f"{path} is not a safetensors file: header is not valid JSON (char "
+                         f"{e.pos}: {e.msg})") from None
     except RecursionError:  # "[[[[..." thousands deep: a hostile header, not a tinyllm bug
         raise ValueError(f"{path} is not a safetensors file: header JSON is nested too deeply") from None
     if not isinstance(header, dict):
@@ -313,7 +325,8 @@ def _read_header_from(file, path: str) -> Header:
     metadata = header.pop(_METADATA_KEY, None)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ValueError(f"{path}: {_METADATA_KEY} must be an object of string values, got {metadata!r}")
+        raise ValueError(f"{path}: {_METADATA_KEY} must be an object of string values, "
+                         f"got {metadata!r}")
     data_start = _HEADER_LENGTH_BYTES + header_length
     infos = [_check_tensor_entry(path, name, entry) for name, entry in header.items()]
     infos = _check_layout(path, infos, file_size - data_start)
@@ -365,10 +378,12 @@ def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 array = np.empty(info.shape, dtype=DTYPES[info.dtype])
             # e.g. 65 dimensions, or [0, 2**70]: empty but not allocatable
             except (ValueError, OverflowError) as e:
-                raise ValueError(f"{path}: tensor {name!r} with shape {list(info.shape)} cannot be made: {e}") from None
+                raise ValueError(f"{path}: tensor {name!r} with shape {list(info.shape)} "
+                                 f"cannot be made: {e}") from None
             got = _read_into(file, memoryview(array.reshape(-1)).cast("B"))
             if got != array.nbytes:  # the file shrank after we checked its size
-                raise ValueError(f"{path}: tensor {name!r} is truncated: read {got} of {array.nbytes} bytes")
+                raise ValueError(f"{path}: tensor {name!r} is truncated: read {got} of "
+                                 f"{array.nbytes} bytes")
             if info.dtype == "BF16":
                 array = bfloat16_bits_to_float32(array)
             tensors[name] = array

@@ -61,7 +61,8 @@ def apply_temperature(logits, temperature):
     """z / T. T < 1 sharpens the distribution, T > 1 flattens it; T → 0 tends to greedy (use
     ``greedy`` for T = 0 itself: dividing by zero is not a distribution)."""
     if not isinstance(temperature, numbers.Real) or not temperature > 0:
-        raise ValueError(f"apply_temperature needs a temperature > 0, got {temperature!r} (use greedy() for 0)")
+        raise ValueError(f"apply_temperature needs a temperature > 0, got {temperature!r} (use "
+                         "greedy() for 0)")
     return np.asarray(logits) / temperature
 
 
@@ -76,7 +77,8 @@ def apply_repetition_penalty(logits, seen, penalty):
     logits = np.array(logits)                                   # a copy
     if isinstance(seen, np.ndarray) and seen.dtype == bool:
         if seen.shape != logits.shape:
-            raise ValueError(f"seen mask of shape {seen.shape} does not match logits of shape {logits.shape}")
+            raise ValueError(f"seen mask of shape {seen.shape} does not match logits of shape "
+                             f"{logits.shape}")
         mask = seen
     else:
         if logits.ndim != 1:
@@ -146,7 +148,8 @@ def sample_from_logits(logits, generator):
     cumulative = np.cumsum(probs, axis=-1)
     if isinstance(generator, (list, tuple)):
         if np.ndim(logits) != 2 or len(generator) != len(probs):
-            raise ValueError(f"got {len(generator)} generators for logits of shape {np.shape(logits)}; need one per row")
+            raise ValueError(f"got {len(generator)} generators for logits of shape "
+                             f"{np.shape(logits)}; need one per row")
         u = np.array([g.random() for g in generator])
     else:
         u = generator.random(probs.shape[:-1])

@@ -37,7 +37,8 @@ import numbers
 
 import numpy as np
 
-IMPLICIT = ("Implicit conversion to a NumPy array is not allowed (device 'strict' keeps CuPy's rules). "
+IMPLICIT = ("Implicit conversion to a NumPy array is not allowed (device 'strict' keeps "
+            "CuPy's rules). "
             "Use backend.to_numpy(array) to copy it to the host explicitly.")
 
 # Host reads of device values, by kind ("item", "float", "bool", "tolist", "to_numpy", ...).
@@ -72,7 +73,8 @@ def _unwrap(value, what="argument"):
     if isinstance(value, ndarray):
         return value._a
     if isinstance(value, np.ndarray):
-        raise TypeError(f"Unsupported type {type(value)}: a host numpy.ndarray was passed as a device "
+        raise TypeError(f"Unsupported type {type(value)}: a host numpy.ndarray was "
+                        "passed as a device "
                         f"{what} (CuPy refuses this; move it with xp.asarray first)")
     if isinstance(value, (list, tuple)):
         return type(value)(_unwrap(v, what) for v in value)
@@ -83,7 +85,8 @@ def _unwrap_elementwise(value):
     """Operands of elementwise math: device arrays and scalars only
     (CuPy refuses lists here too)."""
     if isinstance(value, (list, tuple)):
-        raise TypeError(f"Unsupported type {type(value)} in elementwise device math (CuPy refuses it)")
+        raise TypeError(f"Unsupported type {type(value)} in elementwise device math "
+                        "(CuPy refuses it)")
     return _unwrap(value, "operand")
 
 
@@ -275,7 +278,8 @@ class _Ufunc:
         method = getattr(self._ufunc, name)
         if name == "at":
             def at(a, indices, b=None):
-                method(_unwrap(a), _index(indices), *([] if b is None else [_unwrap_elementwise(b)]))
+                method(_unwrap(a), _index(indices),
+                       *([] if b is None else [_unwrap_elementwise(b)]))
             return at
         return _device_function(method, name)
 
@@ -284,7 +288,8 @@ class _Ufunc:
 # shuffle ...) do not exist there.
 _GENERATOR_METHODS = {"random", "uniform", "integers", "standard_normal", "standard_exponential",
                       "standard_gamma", "exponential", "gamma", "beta", "binomial", "chisquare",
-                      "dirichlet", "f", "geometric", "hypergeometric", "logseries", "poisson", "power"}
+                      "dirichlet", "f", "geometric", "hypergeometric", "logseries", "poisson",
+                      "power"}
 
 
 class Generator:
@@ -292,7 +297,8 @@ class Generator:
 
     def __init__(self, seed=None):
         if seed is not None and not isinstance(seed, numbers.Integral):
-            raise TypeError(f"cupy.random.default_rng takes an integer seed, not {type(seed).__name__}")
+            raise TypeError("cupy.random.default_rng takes an integer seed, not "
+                            f"{type(seed).__name__}")
         self._rng = np.random.default_rng(seed)
 
     def __getattr__(self, name):

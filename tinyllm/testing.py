@@ -73,7 +73,8 @@ def _inputs_to_check(inputs) -> list:
         raise ValueError("gradcheck: no input requires grad, so there is nothing to check")
     for i, t in checked:
         if t.dtype != np.float64:
-            raise ValueError(f"gradcheck needs float64 inputs for a meaningful check; input {i} is {t.dtype}")
+            raise ValueError("gradcheck needs float64 inputs for a meaningful check; input "
+                             f"{i} is {t.dtype}")
         if not t.data.flags.c_contiguous:
             t.data = backend.xp.ascontiguousarray(t.data)
     return checked
