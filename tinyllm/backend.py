@@ -1,7 +1,7 @@
 """The one place that chooses the array library.
 
-Everything in tinyllm does array math through ``xp``, which is NumPy by default and CuPy on a GPU. Pick
-the device once, before building models::
+Everything in tinyllm does array math through ``xp``, which is NumPy by default and CuPy on a GPU.
+Pick the device once, before building models::
 
     import tinyllm
     tinyllm.set_device("cuda")        # or set TINYLLM_DEVICE=cuda in the environment
@@ -35,7 +35,8 @@ class DeviceError(RuntimeError):
 
 def set_device(name: str) -> None:
     """Use ``"cpu"`` (NumPy), ``"cuda"`` (CuPy on an NVIDIA GPU) or ``"strict"`` (NumPy under CuPy's
-    rules, for testing the GPU path on a CPU: see ``tinyllm.strict``) for all array math from now on."""
+    rules, for testing the GPU path on a CPU: see ``tinyllm.strict``)
+    for all array math from now on."""
     global xp, device, device_error
     device_error = None
     if name == "cpu":
@@ -54,7 +55,8 @@ def _cupy():
     try:
         import cupy  # the only import of cupy in tinyllm
     except ImportError:
-        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip install -e '.[gpu]' "
+        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip "
+                          "install -e '.[gpu]' "
                           "(or the cupy-cuda12x / cupy-cuda13x wheel that matches your CUDA)") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -89,7 +91,8 @@ def default_dtype(name):
 
 
 def to_numpy(a) -> np.ndarray:
-    """Return a NumPy array for an ``xp`` array: the one explicit way to the host (a copy from the GPU)."""
+    """Return a NumPy array for an ``xp`` array: the one explicit way to the host
+    (a copy from the GPU)."""
     if isinstance(a, np.ndarray):
         return a
     if hasattr(a, "get"):  # cupy.ndarray, strict.ndarray
@@ -98,15 +101,16 @@ def to_numpy(a) -> np.ndarray:
 
 
 def host_min_max(a) -> tuple:
-    """(min, max) of a non-empty array as Python numbers: free for a host array, one read of the device
-    (both values together) for a device array."""
+    """(min, max) of a non-empty array as Python numbers: free for a host array, one read of the
+    device (both values together) for a device array."""
     if isinstance(a, np.ndarray):
         return a.min().item(), a.max().item()
     return tuple(to_numpy(xp.stack([a.min(), a.max()])).tolist())
 
 
 def asarray(a, dtype=None):
-    """An ``xp`` array from anything array-like (NumPy arrays are copied to the GPU when on cuda)."""
+    """An ``xp`` array from anything array-like
+    (NumPy arrays are copied to the GPU when on cuda)."""
     return xp.asarray(a, dtype=dtype)
 
 
@@ -128,9 +132,9 @@ def manual_seed(seed: int) -> None:
 
 
 def seed_stream() -> np.random.Generator:
-    """A NumPy generator on the host (seeded by ``manual_seed``) that hands out seeds for device generators,
-    such as each block's dropout generator in a training step. Its state is a small host object on every
-    device, so a run can save it and resume exactly, on a GPU too."""
+    """A NumPy generator on the host (seeded by ``manual_seed``) that hands out seeds for device
+    generators, such as each block's dropout generator in a training step. Its state is a small host
+    object on every device, so a run can save it and resume exactly, on a GPU too."""
     global _seed_stream
     if _seed_stream is None:
         _seed_stream = np.random.default_rng(0)
@@ -154,9 +158,9 @@ def global_rng():
 
 @contextlib.contextmanager
 def thread_rng(generator):
-    """Within this block, ``global_rng()`` called from this thread returns ``generator``: threads that run
-    micro-batches side by side (``data_parallel``) each draw dropout masks from their own seeded generator,
-    so a run does not depend on which thread got there first."""
+    """Within this block, ``global_rng()`` called from this thread returns ``generator``: threads
+    that run micro-batches side by side (``data_parallel``) each draw dropout masks from their own
+    seeded generator, so a run does not depend on which thread got there first."""
     previous, _this_thread.rng = getattr(_this_thread, "rng", None), generator
     try:
         yield generator
@@ -189,8 +193,9 @@ class RowGenerators:
 
 
 class _UnusableDevice:
-    """Stands in for ``xp`` when TINYLLM_DEVICE named a device that cannot be used: importing tinyllm still
-    works (so the command line can print one clear line), and the first array operation raises the error."""
+    """Stands in for ``xp`` when TINYLLM_DEVICE named a device that cannot be used: importing
+    tinyllm still works (so the command line can print one clear line), and the first array
+    operation raises the error."""
 
     def __init__(self, error: DeviceError):
         self.error = error

@@ -1,8 +1,8 @@
 """Fused ops: each keeps its forward, its hand-derived backward and the derivation in one place.
 
 A fused op computes on raw ``xp`` arrays, saves only what its backward needs, and returns one Tensor whose
-backward closure applies the derived formula, so a transformer layer is a handful of graph nodes rather than
-hundreds of primitive ones. Every op here has a finite-difference test in ``tests/``.
+backward closure applies the derived formula, so a transformer layer is a handful of graph nodes
+rather than hundreds of primitive ones. Every op here has a finite-difference test in ``tests/``.
 """
 
 from .dense import linear, embedding, gelu, silu, swiglu, dropout
