@@ -76,6 +76,11 @@ def cases(b, t, c, n_head, vocab):
     return [
         dict(name="linear", shape=f"({b},{t},{c})→{4 * c}", inputs=[f32(b, t, c), f32(4 * c, c) * 0.05, f32(4 * c)],
              grad=[0, 1, 2], tiny=F.linear, torch=TF.linear),
+        dict(name="int8_linear", shape=f"({b},{t},{c})→{4 * c}",
+             inputs=[f32(b, t, c), rng.integers(-127, 128, size=(4 * c, c)).astype(np.int8), f32(4 * c) * 4e-4 + 1e-3,
+                     f32(4 * c)], grad=[0, 3],
+             tiny=lambda x, q, s, bias: F.int8_linear(x, Tensor(q), s, bias),
+             torch=lambda x, q, s, bias: TF.linear(x, q.float() * s[:, None], bias)),
         dict(name="embedding", shape=f"({b},{t}) in ({vocab},{c})", inputs=[ids, f32(vocab, c)], grad=[1],
              tiny=F.embedding, torch=lambda i, w: TF.embedding(i, w)),
         dict(name="gelu", shape=f"({b},{t},{c})", inputs=[f32(b, t, c)], grad=[0],

@@ -1,6 +1,6 @@
 """Example 11: curriculum learning — does showing the easy windows first help a small GPT?
 
-    python examples/11_curriculum.py                         # built-in text, 3 orders × 2 seeds (~3 minutes)
+    python examples/11_curriculum.py                         # built-in text, 3 orders × 2 seeds (about 1 minute)
     python examples/11_curriculum.py --data tiny-shakespeare # any text file or dataset name
     python examples/11_curriculum.py --steps 100 --seeds 1   # a quick look
 

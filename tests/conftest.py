@@ -67,6 +67,28 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="session")
+def memorise():
+    """``memorise(model, sequences, steps=60)``: train ``model`` (AdamW, lr 2e-2) on ``sequences`` (lists of
+    ids, right-padded) until it repeats them greedily, and return it in eval mode: a real model that knows
+    its lines, for tests of what the serving and safety code does with its text."""
+    from tinyllm import Tensor
+    from tinyllm.optim import AdamW
+
+    def train(model, sequences, steps=60):
+        optimizer = AdamW(model.parameters(), lr=2e-2, weight_decay=0.0)
+        width = max(len(s) for s in sequences)
+        x = np.array([s[:-1] + [s[-1]] * (width - len(s)) for s in sequences])
+        y = np.array([s[1:] + [-100] * (width - len(s)) for s in sequences])
+        for _ in range(steps):
+            _, loss = model(Tensor(x), Tensor(y))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return model.eval()
+    return train
+
+
 @pytest.fixture
 def run_cli():
     """``run_cli(*args)``: ``python -m tinyllm ARGS`` in a subprocess, from this checkout, as a user runs it

@@ -5,6 +5,7 @@ destroys the previous checkpoint."""
 import io
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -216,9 +217,10 @@ def tiny_training(run_dir, steps, **kwargs):
     return pretrain(tiny_model(), train_ids, val_ids, config, run_dir=run_dir, progress=False, **kwargs)
 
 
-def test_a_save_interrupted_between_train_state_and_weights_is_detected_on_resume(tmp_path, monkeypatch):
-    # pretrain saves the training state first, then the weights. Dying in between leaves a step-4 train
-    # state next to step-2 weights; resuming from that mix would silently train the wrong model.
+def test_a_save_dying_between_train_state_and_weights_keeps_the_previous_checkpoint(tmp_path,
+                                                                                    monkeypatch):
+    # pretrain writes the training state, then the weights, and renames both only once both are
+    # written (files.written_together): dying in between leaves the step-2 checkpoint, resumable.
     real_save_model = train_module.save_model
 
     def crash_at_step_4(run_dir, model, tokenizer, step, *args):
@@ -230,8 +232,20 @@ def test_a_save_interrupted_between_train_state_and_weights_is_detected_on_resum
         tiny_training(tmp_path, steps=6)
     monkeypatch.setattr(train_module, "save_model", real_save_model)
 
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "a temp file left"
+    assert tiny_training(tmp_path, steps=6, resume=True)["start_step"] == 2
+
+
+def test_weights_and_train_state_of_different_steps_are_refused_on_resume(tmp_path):
+    # Only a kill during the two renames themselves could still mix two checkpoints; resuming
+    # detects it, since training the step-2 weights with step-4 moments would be a wrong model.
+    tiny_training(tmp_path / "run", steps=2)
+    tiny_training(tmp_path / "later", steps=4)
+    state = "train_state.safetensors"
+    shutil.copy(tmp_path / "later" / state, tmp_path / "run" / state)
+
     with pytest.raises(ValueError, match=r"model\.safetensors is from step 2 but train_state\.safetensors is from step 4"):
-        tiny_training(tmp_path, steps=6, resume=True)
+        tiny_training(tmp_path / "run", steps=6, resume=True)
 
 
 def test_a_failed_weights_write_leaves_the_previous_file_intact(saved_run, monkeypatch):

@@ -122,6 +122,23 @@ def test_forward_backward_with_dropout_is_the_same_on_every_run(two_threads):
 
 
 @pytest.mark.usefixtures("float64")
+def test_dropout_masks_do_not_depend_on_how_the_batch_is_split(monkeypatch):
+    # Each row draws its masks from its own generator (backend.RowGenerators), so one, two or three
+    # blocks of rows (threads, or processes: tinyllm.distributed) compute the same step.
+    runs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(parallel, "num_threads", threads)
+        backend.manual_seed(7)
+        model = GPT(GPTConfig(**TINY, dropout=0.3), seed=0)
+        loss = forward_backward(model, *_batch(rows=6))
+        runs.append((loss, [to_numpy(p.grad) for p in model.parameters()]))
+    for loss, grads in runs[1:]:
+        assert loss == pytest.approx(runs[0][0], rel=1e-12)
+        for a, b in zip(grads, runs[0][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.usefixtures("float64")
 def test_forward_backward_runs_a_mixture_of_experts_model_whole(two_threads, monkeypatch):
     moe = dict(TINY, mlp="moe", n_expert=4, expert_top_k=2, norm="rmsnorm", pos="rope", bias=False)
     model, reference = GPT(GPTConfig(**moe), seed=0), GPT(GPTConfig(**moe), seed=0)

@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from tinyllm.files import append_jsonl, atomic_write, atomic_write_json, atomic_write_with, read_json, read_jsonl
+from tinyllm.files import (append_jsonl, atomic_write, atomic_write_json, atomic_write_with, read_json,
+                           read_jsonl, written_together)
 
 
 def test_atomic_write_creates_and_replaces_bytes_and_text(tmp_path):
@@ -146,3 +147,26 @@ def test_replacing_a_file_keeps_its_permissions(tmp_path):
 def test_writing_into_a_missing_directory_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="directory .*no_such_dir does not exist"):
         atomic_write(tmp_path / "no_such_dir" / "config.json", "{}")
+
+
+def test_files_written_together_appear_together_at_the_end_of_the_block(tmp_path):
+    (tmp_path / "a").write_text("old a")
+    (tmp_path / "b").write_text("old b")
+    with written_together():
+        atomic_write(tmp_path / "a", "new a")
+        atomic_write(tmp_path / "b", "new b")
+        assert (tmp_path / "a").read_text() == "old a", "renamed before the block ended"
+    assert [(tmp_path / n).read_text() for n in "ab"] == ["new a", "new b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_a_block_that_fails_replaces_none_of_its_files(tmp_path):
+    (tmp_path / "a").write_text("old a")
+    with pytest.raises(OSError, match="killed"):
+        with written_together():
+            atomic_write(tmp_path / "a", "new a")
+            atomic_write(tmp_path / "b", "new b")
+            raise OSError("killed while writing")
+    assert (tmp_path / "a").read_text() == "old a" and not (tmp_path / "b").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"], "a temporary file was left behind"
+

@@ -160,9 +160,12 @@ def test_cli_finetune_instruct_then_evaluate(tmp_path, capsys, adapter):
     assert (out / "model.safetensors").exists() == (adapter[0] == "--lora-rank")
     config = load_config(out)
     assert config["task"] == "instruct" and config["template"]["name"] == "alpaca"
+    assert config["data"]["refusals"] is True, "the built-in tasks include refusals unless --no-refusals"
     assert "{instruction}" in config["template"]["prompt"], "tinyllm chat reads the prompt with an {instruction} field"
     assert main(["evaluate", "--ckpt", str(out), "--max-new-tokens", "4"]) == 0
     assert "exact match" in capsys.readouterr().out
+    assert main(["evaluate", "--ckpt", str(out), "--max-new-tokens", "2", "--split", "train", "--limit", "7", "--json"]) == 0
+    assert "refuse" in json.loads(capsys.readouterr().out)["exact_match_by_task"], "evaluate rebuilds the same data"
     assert main(["generate", "--ckpt", str(out), "--prompt", "Add", "--max-new-tokens", "3"]) == 0
 
 

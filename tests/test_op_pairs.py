@@ -10,7 +10,7 @@ import pytest
 from tinyllm import backend, default_dtype
 from tinyllm.autograd import Tensor, fused_op
 from tinyllm.backend import to_numpy
-from tinyllm.functional import attention, dense, gelu_erf, losses, norms, rope
+from tinyllm.functional import attention, dense, gelu_erf, int8, losses, norms, rope
 from tinyllm.functional.moe import check_expert_top_k, moe_experts_backward, moe_experts_forward
 from tinyllm.testing import gradcheck
 
@@ -54,6 +54,21 @@ def test_linear_pair(with_bias):
     else:
         check_pair(dense.linear_forward, lambda dy, cache, needs: dense.linear_backward(dy, cache, needs + (False,)),
                    inputs, constants=(None,))
+
+
+def test_int8_linear_pair_differentiates_the_input_and_bias():
+    q = backend.asarray(R.integers(-127, 128, size=(5, 4)).astype(np.int8))
+    scale = backend.asarray(R.uniform(0.01, 0.1, size=5))
+
+    def op(x, b):                                            # q and scale are frozen: not inputs of the graph
+        out, cache = int8.int8_linear_forward(x.data, q, scale, b.data)
+        return fused_op(int8.int8_linear_backward, out, cache, x, None, None, b)
+
+    error = gradcheck(op, [leaf(R.standard_normal((2, 3, 4))), leaf(R.standard_normal(5))], seed=3)
+    assert error < TOLERANCE, f"int8_linear pair: relative gradient error {error:.3g}"
+    x = backend.asarray(R.standard_normal((3, 4)))
+    expected, _ = dense.linear_forward(x, q.astype(np.float64) * scale[:, None], None)   # W = q · s, dense
+    np.testing.assert_allclose(to_numpy(int8.int8_linear_forward(x, q, scale, None)[0]), to_numpy(expected), rtol=1e-13)
 
 
 def test_embedding_pair_adds_repeated_rows():

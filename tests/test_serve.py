@@ -10,15 +10,12 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
-from tinyllm import Tensor
 from tinyllm.checkpoint import save_model
 from tinyllm.cli import main
 from tinyllm.generate import generate
 from tinyllm.model import GPT, GPTConfig
-from tinyllm.optim import AdamW
 from tinyllm.serve import start
 from tinyllm.serve.chat import ChatTemplate, format_tool_call, format_tool_result
 from tinyllm.serve.server import Server
@@ -31,29 +28,15 @@ REPLY_TEXT = "The answer is 42."
 END = "<|endoftext|>"
 
 
-def _memorise(model, sequences, steps=60):
-    """Train until the model repeats ``sequences`` (lists of ids) greedily: a real model that knows its lines."""
-    optimizer = AdamW(model.parameters(), lr=2e-2, weight_decay=0.0)
-    width = max(len(s) for s in sequences)
-    x = np.array([s[:-1] + [s[-1]] * (width - len(s)) for s in sequences])
-    y = np.array([s[1:] + [-100] * (width - len(s)) for s in sequences])
-    for _ in range(steps):
-        _, loss = model(Tensor(x), Tensor(y))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, memorise):
     template = ChatTemplate(None)                                 # a base run: plain concatenation
     with_tools = template.render([{"role": "user", "content": QUESTION}], ["calculator"])
     after_result = with_tools + CALL + format_tool_result("42")
     texts = [with_tools + CALL + END, after_result + REPLY_TEXT + END, "Hello there. General Kenobi!" + END]
     tokenizer = BPETokenizer.train("".join(texts) * 5, 320, special_tokens=(END,))
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32)
-    model = _memorise(GPT(config, seed=0), [tokenizer.encode(t, allowed_special="all") for t in texts])
+    model = memorise(GPT(config, seed=0), [tokenizer.encode(t, allowed_special="all") for t in texts])
     root = tmp_path_factory.mktemp("serve") / "tiny"
     save_model(root, model, tokenizer)
     return root

@@ -1,14 +1,16 @@
 """Reverse-mode automatic differentiation on ``xp`` arrays.
 
-A ``Tensor`` wraps an array (``.data``) and, when it was computed from tensors that require gradients,
-remembers its parents and a ``backward`` closure. The closure takes the gradient of the final scalar with
-respect to this tensor's output, dL/d(out), and returns dL/d(parent) for each parent. ``Tensor.backward()``
-walks the graph from the loss to the leaves in reverse topological order, calling each closure once.
+A ``Tensor`` wraps an array (``.data``) and, when it was computed from tensors that require
+gradients, remembers its parents and a ``backward`` closure. The closure takes the gradient of the
+final scalar with respect to this tensor's output, dL/d(out), and returns dL/d(parent) for each
+parent. ``Tensor.backward()`` walks the graph from the loss to the leaves in reverse topological
+order, calling each closure once.
 
-Each primitive op below keeps its forward and its backward side by side, micrograd-style. The expensive
-layers of a transformer do not use them: ``tinyllm.functional`` has fused ops (linear, layer_norm,
-attention, cross_entropy, ...) whose backward is derived by hand, so a training step builds a graph of a few
-dozen nodes. The primitives are for composition: LoRA, RL losses, and your own experiments.
+Each primitive op below keeps its forward and its backward side by side, micrograd-style. The
+expensive layers of a transformer do not use them: ``tinyllm.functional`` has fused ops (linear,
+layer_norm, attention, cross_entropy, ...) whose backward is derived by hand, so a training step
+builds a graph of a few dozen nodes. The primitives are for composition: LoRA, RL losses, and your
+own experiments.
 
 Memory: once a node's backward has run, its saved arrays (captured by the closure), its link to its parents
 and its gradient are dropped, so activations are freed as the backward pass moves towards the inputs.
@@ -48,7 +50,8 @@ class Tensor:
     integer dtype.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_grad_owned", "_op", "_retain")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_grad_owned", "_op",
+                 "_retain")
     __array_ufunc__ = None  # ndarray (op) Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -73,8 +76,8 @@ class Tensor:
 
     @staticmethod
     def _make(data, parents, backward) -> "Tensor":
-        """The result of an op: records ``parents`` and ``backward`` only when a gradient can flow. The op's
-        name (for ``repr``) is the function that defined ``backward``."""
+        """The result of an op: records ``parents`` and ``backward`` only when a gradient can flow.
+        The op's name (for ``repr``) is the function that defined ``backward``."""
         out = Tensor.__new__(Tensor)
         out.data = data
         out.grad = None
@@ -101,8 +104,8 @@ class Tensor:
         return f"Tensor(shape={self.shape}, dtype={self.dtype}{flag}{op})"
 
     def retain_grad(self) -> "Tensor":
-        """Keep this interior tensor's gradient in ``.grad`` after ``backward()`` (which otherwise frees
-        it as soon as it has been passed on), to look at dL/d(this), as in micrograd."""
+        """Keep this interior tensor's gradient in ``.grad`` after ``backward()`` (which otherwise
+        frees it as soon as it has been passed on), to look at dL/d(this), as in micrograd."""
         self._retain = True
         return self
 
@@ -118,7 +121,8 @@ class Tensor:
 
     # ------------------------------------------------------------------ the backward pass
     def backward(self, grad=None, leaf_grads: dict | None = None) -> None:
-        """Accumulate dL/d(leaf) into ``.grad`` of every leaf that requires grad, where L is this tensor.
+        """Accumulate dL/d(leaf) into ``.grad`` of every leaf that requires grad,
+        where L is this tensor.
 
         ``grad`` is dL/d(self); it may be omitted only for a single-element tensor (it is then 1).
         ``leaf_grads``: a dict that receives the leaves' gradients (``{id(leaf): [leaf, gradient]}``) instead
@@ -133,10 +137,11 @@ class Tensor:
         self._accumulate(grad)
         for node in reversed(self._topological_order()):
             node_grad, backward, parents = node.grad, node._backward, node._parents
-            if backward is None:  # a leaf (only the root can be one here): its gradient is the result
+            # a leaf (only the root can be one here): its gradient is the result
+            if backward is None:
                 continue
-            # Free what this node holds before its parents' work starts: its gradient (unless retained), its
-            # saved arrays (inside the closure) and its links.
+            # Free what this node holds before its parents' work starts: its gradient (unless
+            # retained), its saved arrays (inside the closure) and its links.
             node.grad = node_grad if node._retain else None
             node._backward, node._parents = None, ()
             if node_grad is None:
@@ -164,14 +169,16 @@ class Tensor:
             return xp.ones_like(self.data)
         grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
         if grad.shape != self.shape:
-            raise ValueError(f"backward(grad) got a gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+            raise ValueError(f"backward(grad) got a gradient of shape {grad.shape} for a tensor of "
+                             f"shape {self.shape}")
         return grad
 
     def _topological_order(self) -> list:
-        """The interior nodes behind this one, each after all of its parents. Recursively this would read
+        """The interior nodes behind this one,
+        each after all of its parents. Recursively this would read
             def visit(node): [visit(p) for p in node._parents if unvisited]; order.append(node)
-        here it runs on an explicit stack, so that deep graphs (thousands of ops) never hit Python's recursion
-        limit."""
+        here it runs on an explicit stack, so that deep graphs (thousands of ops) never hit Python's
+        recursion limit."""
         order, visited, stack = [], {id(self)}, [(self, iter(self._parents))]
         while stack:
             node, parents = stack[-1]
@@ -186,8 +193,9 @@ class Tensor:
         return order
 
     def _accumulate(self, grad) -> None:
-        # The first gradient is stored as is (it may be shared with another tensor, e.g. both inputs of an
-        # add); a second one makes a private copy, after which further ones are added in place.
+        # The first gradient is stored as is (it may be shared with another tensor, e.g. both inputs
+        # of an add); a second one makes a private copy, after which further ones are added in
+        # place.
         if self.grad is None:
             self.grad, self._grad_owned = grad, False
         elif self._grad_owned:
@@ -227,8 +235,9 @@ class Tensor:
 
 def fused_op(backward_fn, out, cache, *inputs) -> Tensor:
     """The Tensor of a fused op (``tinyllm.functional``): ``out`` and ``cache`` come from its
-    ``name_forward(...)``, and ``backward_fn(dout, cache, needs)`` returns one gradient per input — None for an
-    input that is None or not a Tensor, or that needs none (``needs[i]``: does input i require a gradient)."""
+    ``name_forward(...)``, and ``backward_fn(dout, cache, needs)`` returns one gradient per input —
+    None for an input that is None or not a Tensor, or that needs none (``needs[i]``: does input i
+    require a gradient)."""
     parents = tuple(t for t in inputs if isinstance(t, Tensor))
     needs = tuple(isinstance(t, Tensor) and t.requires_grad for t in inputs)
 
@@ -248,13 +257,14 @@ def tensor(data, requires_grad=False, dtype=None) -> Tensor:
 
 
 def _lift(x, like=None) -> Tensor:
-    """A Tensor for ``x``; Python numbers take the dtype of ``like`` so that they never upcast it."""
+    """A Tensor for ``x``;
+    Python numbers take the dtype of ``like`` so that they never upcast it."""
     if isinstance(x, Tensor):
         return x
     dtype = None
     if like is not None and not hasattr(x, "dtype"):
-        # ...but a float next to an integer tensor, or a number next to a boolean one, must not be cast
-        # (truncated) to that tensor's dtype: those take NumPy's own promotion.
+        # ...but a float next to an integer tensor, or a number next to a boolean one, must not be
+        # cast (truncated) to that tensor's dtype: those take NumPy's own promotion.
         if like.dtype.kind == "f" or (like.dtype.kind in "iu" and isinstance(x, int)):
             dtype = like.dtype
     return Tensor(x, dtype=dtype)
@@ -278,7 +288,8 @@ def unbroadcast(grad, shape):
 
 
 def _expand(grad, shape):
-    """A writable array of ``shape`` filled by broadcasting ``grad`` (the backward of a reduction)."""
+    """A writable array of ``shape`` filled by broadcasting ``grad``
+    (the backward of a reduction)."""
     out = backend.xp.empty(shape, dtype=grad.dtype)
     out[...] = grad
     return out
@@ -329,7 +340,8 @@ def neg(a) -> Tensor:
 def power(a, exponent) -> Tensor:
     """out = a ** p for a constant number p;  da = dout * p * a ** (p - 1)."""
     if isinstance(exponent, Tensor) or not np.isscalar(exponent):
-        raise TypeError(f"Tensor ** only takes a constant number as the exponent, got {type(exponent).__name__}")
+        raise TypeError("Tensor ** only takes a constant number as the exponent, got "
+                        f"{type(exponent).__name__}")
     if isinstance(exponent, np.generic):
         exponent = exponent.item()  # a Python number, so that a float32 base stays float32
     def backward(g):
@@ -342,12 +354,13 @@ def matmul(a, b) -> Tensor:
     """out = a @ b, batched over leading axes with broadcasting (as ``numpy.matmul``).
 
     For 2-D: out[i,j] = Σ_k a[i,k] b[k,j], so da = dout @ bᵀ and db = aᵀ @ dout. Batched operands use the
-    same formulas per matrix; an operand that was broadcast over batch axes sums its gradient over them.
-    A 1-D operand is treated as a row (left) or column (right) vector, as NumPy does.
+    same formulas per matrix; an operand that was broadcast over batch axes sums its gradient over
+    them. A 1-D operand is treated as a row (left) or column (right) vector, as NumPy does.
     """
     a, b = _lift(a, b), _lift(b, a)
     if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul needs arrays of at least 1 dimension, got shapes {a.shape} and {b.shape}")
+        raise ValueError("matmul needs arrays of at least 1 dimension, got shapes "
+                         f"{a.shape} and {b.shape}")
     a2 = a.data if a.ndim > 1 else a.data[None, :]
     b2 = b.data if b.ndim > 1 else b.data[:, None]
     if a2.shape[-1] != b2.shape[-2]:
@@ -420,7 +433,8 @@ def transpose(a, axes=None) -> Tensor:
     """out = a with its axes permuted (reversed by default);  da = dout with the inverse permutation."""
     axes = tuple(reversed(range(a.ndim))) if axes is None else tuple(ax % a.ndim for ax in axes)
     if sorted(axes) != list(range(a.ndim)):
-        raise ValueError(f"transpose axes {axes} are not a permutation of the {a.ndim} axes of shape {a.shape}")
+        raise ValueError(f"transpose axes {axes} are not a permutation of the {a.ndim} axes of "
+                         f"shape {a.shape}")
     inverse = tuple(np.argsort(axes))
     return Tensor._make(a.data.transpose(axes), (a,), lambda g: (g.transpose(inverse),))
 

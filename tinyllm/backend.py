@@ -1,7 +1,7 @@
 """The one place that chooses the array library.
 
-Everything in tinyllm does array math through ``xp``, which is NumPy by default and CuPy on a GPU. Pick
-the device once, before building models::
+Everything in tinyllm does array math through ``xp``, which is NumPy by default and CuPy on a GPU.
+Pick the device once, before building models::
 
     import tinyllm
     tinyllm.set_device("cuda")        # or set TINYLLM_DEVICE=cuda in the environment
@@ -35,7 +35,8 @@ class DeviceError(RuntimeError):
 
 def set_device(name: str) -> None:
     """Use ``"cpu"`` (NumPy), ``"cuda"`` (CuPy on an NVIDIA GPU) or ``"strict"`` (NumPy under CuPy's
-    rules, for testing the GPU path on a CPU: see ``tinyllm.strict``) for all array math from now on."""
+    rules, for testing the GPU path on a CPU: see ``tinyllm.strict``)
+    for all array math from now on."""
     global xp, device, device_error
     device_error = None
     if name == "cpu":
@@ -54,7 +55,8 @@ def _cupy():
     try:
         import cupy  # the only import of cupy in tinyllm
     except ImportError:
-        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip install -e '.[gpu]' "
+        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip "
+                          "install -e '.[gpu]' "
                           "(or the cupy-cuda12x / cupy-cuda13x wheel that matches your CUDA)") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -63,6 +65,8 @@ def _cupy():
                           f"({type(e).__name__}: {e}); check nvidia-smi and the CUDA driver") from None
     if count == 0:
         raise DeviceError("device 'cuda': CuPy is installed but no GPU is visible (CUDA_VISIBLE_DEVICES?)")
+    from .distributed import local_rank_from_launcher
+    cupy.cuda.Device(local_rank_from_launcher() % count).use()   # a GPU per process of a job
     return cupy
 
 
@@ -87,7 +91,8 @@ def default_dtype(name):
 
 
 def to_numpy(a) -> np.ndarray:
-    """Return a NumPy array for an ``xp`` array: the one explicit way to the host (a copy from the GPU)."""
+    """Return a NumPy array for an ``xp`` array: the one explicit way to the host
+    (a copy from the GPU)."""
     if isinstance(a, np.ndarray):
         return a
     if hasattr(a, "get"):  # cupy.ndarray, strict.ndarray
@@ -96,15 +101,16 @@ def to_numpy(a) -> np.ndarray:
 
 
 def host_min_max(a) -> tuple:
-    """(min, max) of a non-empty array as Python numbers: free for a host array, one read of the device
-    (both values together) for a device array."""
+    """(min, max) of a non-empty array as Python numbers: free for a host array, one read of the
+    device (both values together) for a device array."""
     if isinstance(a, np.ndarray):
         return a.min().item(), a.max().item()
     return tuple(to_numpy(xp.stack([a.min(), a.max()])).tolist())
 
 
 def asarray(a, dtype=None):
-    """An ``xp`` array from anything array-like (NumPy arrays are copied to the GPU when on cuda)."""
+    """An ``xp`` array from anything array-like
+    (NumPy arrays are copied to the GPU when on cuda)."""
     return xp.asarray(a, dtype=dtype)
 
 
@@ -126,9 +132,9 @@ def manual_seed(seed: int) -> None:
 
 
 def seed_stream() -> np.random.Generator:
-    """A NumPy generator on the host (seeded by ``manual_seed``) that hands out seeds for device generators,
-    such as each block's dropout generator in a training step. Its state is a small host object on every
-    device, so a run can save it and resume exactly, on a GPU too."""
+    """A NumPy generator on the host (seeded by ``manual_seed``) that hands out seeds for device
+    generators, such as each block's dropout generator in a training step. Its state is a small host
+    object on every device, so a run can save it and resume exactly, on a GPU too."""
     global _seed_stream
     if _seed_stream is None:
         _seed_stream = np.random.default_rng(0)
@@ -152,9 +158,9 @@ def global_rng():
 
 @contextlib.contextmanager
 def thread_rng(generator):
-    """Within this block, ``global_rng()`` called from this thread returns ``generator``: threads that run
-    micro-batches side by side (``data_parallel``) each draw dropout masks from their own seeded generator,
-    so a run does not depend on which thread got there first."""
+    """Within this block, ``global_rng()`` called from this thread returns ``generator``: threads
+    that run micro-batches side by side (``data_parallel``) each draw dropout masks from their own
+    seeded generator, so a run does not depend on which thread got there first."""
     previous, _this_thread.rng = getattr(_this_thread, "rng", None), generator
     try:
         yield generator
@@ -162,9 +168,34 @@ def thread_rng(generator):
         _this_thread.rng = previous
 
 
+class RowGenerators:
+    """Random numbers for a block of a batch's rows, each row drawing from its own generator (seeded
+    with ``seeds[b]``): an array whose first axis holds the rows, (B, ...), or their positions,
+    (B·T, ...), is cut into len(seeds) equal parts along it, and part b comes from row b's
+    generator. A row's dropout masks are then the same whichever block it falls in, so splitting a
+    batch over threads or processes (``train.data_parallel_backward``) does not change them.
+    Anything else, or a first axis that does not divide into the rows (say, the tokens one expert of
+    a mixture received), draws from the first row's."""
+
+    def __init__(self, seeds):
+        self.generators = [rng(int(seed)) for seed in seeds]
+
+    def random(self, shape, dtype=None):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        rows = len(self.generators)
+        if not shape or shape[0] % rows:
+            return self.generators[0].random(shape, dtype=dtype)
+        piece = (shape[0] // rows,) + shape[1:]
+        return xp.concatenate([g.random(piece, dtype=dtype) for g in self.generators])
+
+    def __getattr__(self, name):
+        return getattr(self.generators[0], name)
+
+
 class _UnusableDevice:
-    """Stands in for ``xp`` when TINYLLM_DEVICE named a device that cannot be used: importing tinyllm still
-    works (so the command line can print one clear line), and the first array operation raises the error."""
+    """Stands in for ``xp`` when TINYLLM_DEVICE named a device that cannot be used: importing
+    tinyllm still works (so the command line can print one clear line), and the first array
+    operation raises the error."""
 
     def __init__(self, error: DeviceError):
         self.error = error

@@ -1,5 +1,5 @@
-"""Chat templates: a conversation (a list of {"role", "content"} messages) → the exact text a chat model was
-trained on, e.g. ChatML (SmolLM2, Qwen2):
+"""Chat templates: a conversation (a list of {"role", "content"} messages) → the exact text a chat
+model was trained on, e.g. ChatML (SmolLM2, Qwen2):
 
     <|im_start|>user\\nHello!<|im_end|>\\n<|im_start|>assistant\\n        ← add_generation_prompt: the reply follows
 
@@ -7,8 +7,8 @@ A Hugging Face model ships its template as a Jinja program in ``tokenizer_config
 With the optional ``jinja2`` package (extra ``[hf]``) it is rendered the way ``transformers``'
 ``apply_chat_template`` does: a sandboxed, immutable environment with ``trim_blocks`` and ``lstrip_blocks``,
 the variables ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token`` and a
-``raise_exception(message)`` function. Without ``jinja2``, two built-in templates cover most small models —
-ChatML and Llama 3's header format —, picked by the special tokens the tokenizer has.
+``raise_exception(message)`` function. Without ``jinja2``, two built-in templates cover most small
+models — ChatML and Llama 3's header format —, picked by the special tokens the tokenizer has.
 """
 
 from __future__ import annotations
@@ -27,28 +27,36 @@ def _token_text(value):
 
 
 class ChatTemplate:
-    """``render(messages, add_generation_prompt=True)`` → text; ``stop_tokens``: the strings that end a reply."""
+    """``render(messages, add_generation_prompt=True)`` → text; ``stop_tokens``:
+    the strings that end a reply."""
 
-    def __init__(self, source: str | None = None, kind: str = "jinja", bos_token: str = "", eos_token: str = ""):
+    def __init__(self, source: str | None = None, kind: str = "jinja", bos_token: str = "",
+                 eos_token: str = ""):
         if kind not in ("jinja", "chatml", "llama3"):
             raise ValueError(f"unknown chat template kind {kind!r}")
         self.source, self.kind, self.bos_token, self.eos_token = source, kind, bos_token or "", eos_token or ""
-        stops = {"chatml": CHATML_STOPS, "llama3": LLAMA3_STOPS}.get(kind, CHATML_STOPS + LLAMA3_STOPS)
-        self.stop_tokens = tuple(dict.fromkeys(([self.eos_token] if self.eos_token else []) + list(stops)))
+        stops = {"chatml": CHATML_STOPS,
+                 "llama3": LLAMA3_STOPS}.get(kind, CHATML_STOPS + LLAMA3_STOPS)
+        self.stop_tokens = tuple(
+            dict.fromkeys(([self.eos_token] if self.eos_token else []) + list(stops))
+        )
         self._compiled = _compile(source) if kind == "jinja" else None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                     or not isinstance(message.get("content"), str):
-                raise ValueError(f"message {i} must be {{'role': str, 'content': str}}, got {message!r}")
+                raise ValueError(f"message {i} must be {{'role': str, 'content': str}}, "
+                                 f"got {message!r}")
         if self.kind == "chatml":
             text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
             return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
         if self.kind == "llama3":
             text = self.bos_token + "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n"
                                             f"{m['content'].strip()}<|eot_id|>" for m in messages)
-            return text + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else "")
+            return text + (
+                "<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else ""
+            )
         return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token, eos_token=self.eos_token)
 
@@ -58,7 +66,8 @@ def _compile(source: str):
         from jinja2.exceptions import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
-        raise ImportError("rendering a model's own chat_template needs jinja2: pip install 'tinyllm[hf]'") from None
+        raise ImportError("rendering a model's own chat_template needs jinja2: pip "
+                          "install 'tinyllm[hf]'") from None
 
     def raise_exception(message):
         raise TemplateError(message)
@@ -89,12 +98,14 @@ def jinja_available() -> bool:
 
 
 def load_chat_template(directory, tokenizer=None) -> ChatTemplate | None:
-    """The chat template of a model directory or run: ``tokenizer_config.json``'s ``chat_template`` (rendered
-    with jinja2 when installed), else a built-in one matching the tokenizer's special tokens, else None."""
+    """The chat template of a model directory or run: ``tokenizer_config.json``'s ``chat_template``
+    (rendered with jinja2 when installed), else a built-in one matching the tokenizer's special
+    tokens, else None."""
     config_file = Path(directory) / "tokenizer_config.json"
     config = read_json(config_file, what="tokenizer config") if config_file.exists() else {}
     source = config.get("chat_template")
-    if isinstance(source, list):                       # [{"name": "default", "template": ...}, {"name": "tool_use"}]
+    # [{"name": "default", "template": ...}, {"name": "tool_use"}]
+    if isinstance(source, list):
         source = next((t.get("template") for t in source if t.get("name") == "default"), None)
     bos, eos = _token_text(config.get("bos_token")) or "", _token_text(config.get("eos_token")) or ""
     special = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}

@@ -26,15 +26,38 @@ from .safetensors import load_file, load_metadata, read_header, save_file
 CONFIG, WEIGHTS, TOKENIZER, TRAIN_STATE = "config.json", "model.safetensors", "tokenizer.json", "train_state.safetensors"
 
 
-def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict | None = None) -> None:
-    """Write the weights, the config (merged with ``extra_config``) and the tokenizer into ``run_dir``."""
+# config.json keys that say how layers are stored, beyond the model's GPTConfig (see ``layout_config``)
+LAYOUT_KEYS = ("quantization", "low_rank")
+
+
+def layout_config(model) -> dict:
+    """What config.json must say, beyond GPTConfig, for the weights to load back into the same layers:
+    ``"quantization": "int8"`` when some layers hold int8 weights (``tinyllm.quantize``), ``"low_rank":
+    {layer: rank}`` for Linear layers factored in two (``tinyllm.low_rank``)."""
+    from .low_rank import low_rank_ranks
+    from .quantize import int8_layers
+    layout = {"quantization": "int8"} if int8_layers(model) else {}
+    ranks = low_rank_ranks(model)
+    if ranks:
+        layout["low_rank"] = ranks
+    return layout
+
+
+def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict | None = None,
+               tensors: dict | None = None) -> None:
+    """Write the weights, the config (merged with ``extra_config``) and the tokenizer into ``run_dir``.
+    ``tensors``: the arrays to write instead of the model's state dict (e.g. its float16 copies)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    weights = {name: backend.to_numpy(array) for name, array in model.state_dict().items()}
-    save_file(weights, run_dir / WEIGHTS, metadata={"format": "tinyllm", "step": str(step)})
+    if tensors is None:
+        tensors = {name: backend.to_numpy(array) for name, array in model.state_dict().items()}
+    save_file(tensors, run_dir / WEIGHTS, metadata={"format": "tinyllm", "step": str(step)})
     config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
     config.update(extra_config or {})
     config["model"] = model.config.to_dict()
+    for key in LAYOUT_KEYS:
+        config.pop(key, None)
+    config.update(layout_config(model))
     if getattr(model, "architecture", None):           # "encoder" (tinyllm.encoder); a GPT writes no key
         config["architecture"] = model.architecture
     if tokenizer is not None:
@@ -44,9 +67,12 @@ def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict
 
 
 def save_train_state(run_dir, optimizer, state: dict) -> None:
-    """Write the optimizer's moment arrays and ``state`` (JSON-able: step, RNG states, settings)."""
+    """Write the optimizer's moment arrays and ``state`` (JSON-able: step, RNG states, settings).
+    ``optimizer``: the optimizer, or its ``state_dict()`` (taken already: ZeRO gathers it from every
+    process)."""
     arrays, scalars = {}, {}
-    for key, value in optimizer.state_dict().items():
+    optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    for key, value in optimizer_state.items():
         if hasattr(value, "shape"):
             arrays[f"optimizer.{key}"] = backend.to_numpy(value)
         else:
@@ -130,6 +156,19 @@ def load_weights(model, path) -> int:
     return int(load_metadata(file).get("step", 0))
 
 
+def load_weights_as_saved(model, path, config: dict) -> int:
+    """Load weights into ``model`` after giving it the layers that the run's ``config`` (its config.json)
+    describes beyond GPTConfig (``layout_config``): factored ones, int8 ones. Returns the saved step."""
+    file = _weights_file(path)
+    if config.get("low_rank"):                 # written by `tinyllm compress --low-rank`: factored layers
+        from .low_rank import factored_layout
+        factored_layout(model, config["low_rank"], _run_dir(file) / CONFIG)
+    if "quantization" in config:               # written by `tinyllm compress --int8`: int8 weights + scales
+        from .quantize import load_quantized_weights
+        return load_quantized_weights(model, file, config["quantization"])
+    return load_weights(model, file)
+
+
 def load_tokenizer_of(path):
     """The tokenizer saved in a run directory."""
     from .tokenizer import load_tokenizer
@@ -168,11 +207,7 @@ def load_pretrained(path, dtype=None, allow_encoder: bool = False):
             model = Encoder(EncoderConfig.from_dict(config["model"]))
         else:
             model = GPT(GPTConfig.from_dict(config["model"]))
-    if "quantization" in config:               # written by `tinyllm compress --int8`: int8 weights + scales
-        from .quantize import load_quantized_weights
-        load_quantized_weights(model, file, config["quantization"])
-    else:
-        load_weights(model, file)
+        load_weights_as_saved(model, file, config)
     tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer", TOKENIZER)).exists() else None
     return model, tokenizer
 

@@ -1,30 +1,32 @@
-"""The encoder (BERT): every position sees every other one, and the model learns by filling in blanks.
+"""The encoder (BERT): every position sees every other one,
+and the model learns by filling in blanks.
 
     ids (B, T) ──wte──► + wpe(0…T-1) + wtype(segment) ──► ln_emb ──► [Block] × n_layer ──► (B, T, C)
     hidden ──MLM head──► logits (B, T, V)         the token each position holds (trained on masked ones)
     hidden[:, 0] ([CLS]) ──pooler──► (B, C)        a vector for the whole text (classification)
 
 The blocks are the GPT's with one difference that changes what the model is for: attention is
-*bidirectional* (``self_attention(..., causal=False)``), so position t mixes in positions after it too.
-A GPT can only be trained to predict the next token (its causal mask hides the answer); an encoder would
-just copy the next token, so it is trained instead as a masked language model (``tinyllm.mlm``): hide
-some tokens behind [MASK] and predict them from both sides. It cannot generate text left to right, but
-its [CLS] state has read the whole text in every layer, which is why it classifies well.
+*bidirectional* (``self_attention(..., causal=False)``), so position t mixes in positions after it
+too. A GPT can only be trained to predict the next token (its causal mask hides the answer); an
+encoder would just copy the next token, so it is trained instead as a masked language model
+(``tinyllm.mlm``): hide some tokens behind [MASK] and predict them from both sides. It cannot
+generate text left to right, but its [CLS] state has read the whole text in every layer, which is
+why it classifies well.
 
-Padding: rows of different lengths are right-padded, and an attention mask (B, 1, 1, T) keeps every query
-from attending to padded keys (their ids would otherwise leak into the real positions, which a causal
-model is spared by construction).
+Padding: rows of different lengths are right-padded, and an attention mask (B, 1, 1, T) keeps every
+query from attending to padded keys (their ids would otherwise leak into the real positions, which a
+causal model is spared by construction).
 
-BERT (Devlin et al. 2019) is post-LN: ``x = LN(x + attn(x)); x = LN(x + mlp(x))``, with a LayerNorm after the
-embeddings; ``norm="pre"`` gives the GPT-style ``x = x + attn(LN(x))`` with a final LayerNorm instead,
-which trains more stably without warmup. The MLM head is dense → GELU → LayerNorm → the token embedding
-matrix transposed (tied, as in BERT) plus its own output bias. BERT's GELU is the exact erf form
-(``functional.gelu_erf``); ``activation="gelu_tanh"`` uses GPT-2's approximation.
+BERT (Devlin et al. 2019) is post-LN: ``x = LN(x + attn(x)); x = LN(x + mlp(x))``, with a LayerNorm
+after the embeddings; ``norm="pre"`` gives the GPT-style ``x = x + attn(LN(x))`` with a final
+LayerNorm instead, which trains more stably without warmup. The MLM head is dense → GELU → LayerNorm
+→ the token embedding matrix transposed (tied, as in BERT) plus its own output bias. BERT's GELU is
+the exact erf form (``functional.gelu_erf``); ``activation="gelu_tanh"`` uses GPT-2's approximation.
 
-Parameter names follow the GPT's where the part is the same (``wte``, ``wpe``, ``blocks.{i}.attn.qkv``,
-``attn.proj``, ``ln_1``, ``mlp.fc``, ``mlp.proj``, ``ln_2``), so LoRA targets and the freezing helpers
-apply unchanged; the rest: ``wtype`` (segment embeddings), ``ln_emb``, ``ln_f`` (pre-LN only),
-``mlm.dense``, ``mlm.ln``, ``mlm.bias``, ``pooler``.
+Parameter names follow the GPT's where the part is the same (``wte``, ``wpe``,
+``blocks.{i}.attn.qkv``, ``attn.proj``, ``ln_1``, ``mlp.fc``, ``mlp.proj``, ``ln_2``), so LoRA
+targets and the freezing helpers apply unchanged; the rest: ``wtype`` (segment embeddings),
+``ln_emb``, ``ln_f`` (pre-LN only), ``mlm.dense``, ``mlm.ln``, ``mlm.bias``, ``pooler``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ ACTIVATIONS = ("gelu", "gelu_tanh")
 @dataclasses.dataclass
 class EncoderConfig:
     vocab_size: int = 30522
-    block_size: int = 512          # the longest input, [CLS] and [SEP] included (max_position_embeddings)
+    # the longest input, [CLS] and [SEP] included (max_position_embeddings)
+    block_size: int = 512
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -57,9 +60,11 @@ class EncoderConfig:
     norm: str = "post"             # "post" (BERT) | "pre"
     activation: str = "gelu"       # "gelu" (exact, erf: BERT) | "gelu_tanh" (GPT-2's approximation)
     norm_eps: float = 1e-12        # BERT's LayerNorm ε
-    pooler: bool = True            # the dense + tanh layer on [CLS] (BertModel has it, BertForMaskedLM not)
+    # the dense + tanh layer on [CLS] (BertModel has it, BertForMaskedLM not)
+    pooler: bool = True
     pad_token_id: int = 0
-    cls_token_id: int | None = None    # from the tokenizer: the classifier wraps texts in [CLS] … [SEP]
+    # from the tokenizer: the classifier wraps texts in [CLS] … [SEP]
+    cls_token_id: int | None = None
     sep_token_id: int | None = None
 
     def __post_init__(self):
@@ -73,10 +78,13 @@ class EncoderConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, choices in (("norm", NORMS), ("activation", ACTIVATIONS)):
             if getattr(self, name) not in choices:
-                raise ValueError(f"EncoderConfig.{name} must be one of {', '.join(map(repr, choices))}, "
+                raise ValueError(f"EncoderConfig.{name} must be one of "
+                                 f"{', '.join(map(repr, choices))}, "
                                  f"got {getattr(self, name)!r}")
-        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
-            raise ValueError(f"EncoderConfig.mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden,
+                                                           int) or self.mlp_hidden < 1):
+            raise ValueError("EncoderConfig.mlp_hidden must be a positive integer or None, got "
+                             f"{self.mlp_hidden!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
 
@@ -104,7 +112,8 @@ def activation(config: EncoderConfig, x: Tensor) -> Tensor:
 
 
 class SelfAttention(Module):
-    """Bidirectional multi-head self-attention: the GPT's layer with ``causal=False`` and a padding mask."""
+    """Bidirectional multi-head self-attention:
+    the GPT's layer with ``causal=False`` and a padding mask."""
 
     def __init__(self, n_embd, n_head, dropout=0.0, generator=None):
         self.n_head = n_head
@@ -112,7 +121,8 @@ class SelfAttention(Module):
         self.proj = Linear(n_embd, n_embd, True, 0.02, generator)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x, mask=None):                          # (B, T, C), mask (B, 1, 1, T) True = real key
+    # (B, T, C), mask (B, 1, 1, T) True = real key
+    def forward(self, x, mask=None):
         y = F.self_attention(self.qkv(x), self.n_head, causal=False, mask=mask)
         return self.dropout(self.proj(y))
 
@@ -142,12 +152,14 @@ class EncoderBlock(Module):
         if self.post_ln:                                      # BERT: normalise the sum
             x = self.ln_1(x + self.attn(x, mask))
             return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x), mask)                 # GPT-style: normalise the branch input
+        # GPT-style: normalise the branch input
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
 class MLMHead(Module):
-    """dense → GELU → LayerNorm → · Wteᵀ + bias: a score for every vocabulary entry at every position."""
+    """dense → GELU → LayerNorm → · Wteᵀ + bias:
+    a score for every vocabulary entry at every position."""
 
     def __init__(self, config: EncoderConfig, generator):
         self.config = config
@@ -160,8 +172,9 @@ class MLMHead(Module):
 
 
 class Encoder(Module):
-    """A BERT-style encoder with its masked-LM head (and pooler). ``forward(ids, targets)`` is the MLM
-    loss, so ``tinyllm.train.pretrain`` trains it like a GPT given masked batches (``tinyllm.mlm``)."""
+    """A BERT-style encoder with its masked-LM head (and pooler). ``forward(ids, targets)`` is the
+    MLM loss, so ``tinyllm.train.pretrain`` trains it like a GPT given masked batches
+    (``tinyllm.mlm``)."""
 
     architecture = ARCHITECTURE
 
@@ -182,13 +195,14 @@ class Encoder(Module):
     def hidden_states(self, idx, token_types=None, attention_mask=None):
         """The last layer's hidden state of every position: ids (B, T) → (B, T, C).
 
-        ``token_types`` (B, T): segment of each token (default all 0). ``attention_mask`` (B, T): 1 (or
-        True) at real tokens, 0 at padding (default: all real)."""
+        ``token_types`` (B, T): segment of each token (default all 0). ``attention_mask`` (B, T): 1
+        (or True) at real tokens, 0 at padding (default: all real)."""
         xp = backend.xp
         idx = getattr(idx, "data", idx)
         idx = idx if hasattr(idx, "ndim") else np.asarray(idx)
         if idx.ndim != 2:
-            raise ValueError(f"the encoder expects token ids of shape (batch, time), got shape {idx.shape}")
+            raise ValueError("the encoder expects token ids of shape (batch, time), got "
+                             f"shape {idx.shape}")
         batch, time = idx.shape
         if time > self.config.block_size:
             raise ValueError(f"sequence of length {time} is longer than the model's block_size "
@@ -203,24 +217,30 @@ class Encoder(Module):
         if attention_mask is not None:
             mask = xp.asarray(getattr(attention_mask, "data", attention_mask)).astype(bool)
             if mask.shape != (batch, time):
-                raise ValueError(f"attention_mask of shape {mask.shape} does not match token ids {idx.shape}")
-            mask = mask[:, None, None, :]                                        # (B, 1, 1, T): the keys
+                raise ValueError(f"attention_mask of shape {mask.shape} does not match token "
+                                 f"ids {idx.shape}")
+            # (B, 1, 1, T): the keys
+            mask = mask[:, None, None, :]
         for block in self.blocks:
             x = block(x, mask)
         return x if self.ln_f is None else self.ln_f(x)
 
     def forward(self, idx, targets=None, token_types=None, attention_mask=None):
-        """ids (B, T) → (MLM logits (B, T, V), loss or None). ``targets`` (B, T): the original token at
-        each masked position and -100 elsewhere; the loss is the mean cross-entropy over masked positions."""
+        """ids (B, T) → (MLM logits (B, T, V), loss or None). ``targets`` (B, T): the original token
+        at each masked position and -100 elsewhere; the loss is the mean cross-entropy over masked
+        positions."""
         logits = self.mlm(self.hidden_states(idx, token_types, attention_mask), self.wte.weight)
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits, backend.xp.asarray(getattr(targets, "data", targets)))
+        return logits, F.cross_entropy(logits,
+                                       backend.xp.asarray(getattr(targets, "data", targets)))
 
     def pooled(self, hidden):
-        """The text's vector: tanh(pooler([CLS] state)), or the [CLS] state itself without a pooler."""
+        """The text's vector: tanh(pooler([CLS] state)),
+        or the [CLS] state itself without a pooler."""
         from .finetune.classify import last_token_states
-        first = last_token_states(hidden, backend.xp.ones(hidden.shape[0], dtype=np.int64))   # (B, C)
+        # (B, C)
+        first = last_token_states(hidden, backend.xp.ones(hidden.shape[0], dtype=np.int64))
         return first if self.pooler is None else self.pooler(first).tanh()
 
 

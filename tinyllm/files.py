@@ -1,12 +1,15 @@
 """Atomic writes and friendly reads for the small files a run directory holds.
 
 A training run that is killed halfway through saving a checkpoint must not leave a half-written
-``model.safetensors`` behind, or the next ``--resume`` fails with a confusing error (or, worse, loads
-garbage). The standard recipe, used here for every file tinyllm writes:
+``model.safetensors`` behind, or the next ``--resume`` fails with a confusing error (or, worse,
+loads garbage). The standard recipe, used here for every file tinyllm writes:
 
-1. write the new contents to a temporary file *in the same directory* (so step 3 stays on one file system),
-2. flush Python's buffer and ``os.fsync`` the file, so the bytes are on disk and not only in the OS cache,
-3. ``os.replace(temp, path)``, which renames atomically: a reader sees the old file or the new one, never a mix,
+1. write the new contents to a temporary file *in the same directory*
+   (so step 3 stays on one file system),
+2. flush Python's buffer and ``os.fsync`` the file,
+   so the bytes are on disk and not only in the OS cache,
+3. ``os.replace(temp, path)``, which renames atomically: a reader sees the old file or the new one,
+   never a mix,
 4. fsync the directory too (where the OS allows it), so the rename itself survives a power cut.
 
 If anything fails before step 3, the temporary file is deleted and the old file is untouched.
@@ -27,14 +30,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, BinaryIO
 
-__all__ = ["read_records", "atomic_write", "atomic_write_with", "atomic_write_json", "read_json", "append_jsonl", "read_jsonl"]
+__all__ = ["read_records", "atomic_write", "atomic_write_with", "atomic_write_json", "read_json",
+           "append_jsonl", "read_jsonl", "written_together"]
+
+_staged = None   # inside ``written_together``: (temporary file, final path) pairs to rename
 
 
 def _fsync_directory(directory: str) -> None:
-    """Make a rename in ``directory`` durable. Not possible on Windows (and some file systems): skipped there."""
+    """Make a rename in ``directory`` durable. Not possible on Windows (and some file systems):
+    skipped there."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -65,8 +73,8 @@ def _create_temp_file(directory: str, name: str) -> tuple[int, str]:
 def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Create or replace ``path`` atomically with whatever ``write(file)`` writes to the binary file it is given.
 
-    Use this when the contents are produced in pieces (a safetensors header, then each tensor's bytes)
-    and joining them into one ``bytes`` object first would double the memory.
+    Use this when the contents are produced in pieces (a safetensors header, then each tensor's
+    bytes) and joining them into one ``bytes`` object first would double the memory.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -82,6 +90,9 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
             os.chmod(temp_path, os.stat(path).st_mode & 0o7777)
         except FileNotFoundError:
             pass
+        if _staged is not None:            # renamed at the end of ``written_together``
+            _staged.append((temp_path, path))
+            return
         os.replace(temp_path, path)
     except BaseException:  # also on KeyboardInterrupt: never leave the temp file behind
         try:
@@ -92,26 +103,66 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
     _fsync_directory(directory)
 
 
+@contextmanager
+def written_together():
+    """The files written atomically inside this block replace their old versions together, at its
+    end.
+
+    A checkpoint is several files (the optimizer state, the weights, the config). Each is written in
+    full to its temporary file and fsynced as usual, but the renames wait until the block is done
+    and then run back to back: a process killed while writing (say, by ``mpiexec`` when another
+    process of the job failed) leaves the previous checkpoint whole, instead of new weights beside
+    an old optimizer state. If the block raises, none of its files replaces anything. Only a kill
+    during the renames themselves, microseconds, can separate them; the step recorded in each file
+    catches that (``checkpoint.load_train_state``)."""
+    global _staged
+    if _staged is not None:               # inside another such block: that one renames
+        yield
+        return
+    _staged = staged = []
+    try:
+        yield
+    except BaseException:
+        for temp_path, _ in staged:
+            try:
+                os.unlink(temp_path)
+            except FileNotFoundError:
+                pass
+        raise
+    finally:
+        _staged = None
+    for temp_path, path in staged:
+        os.replace(temp_path, path)
+    for directory in dict.fromkeys(os.path.dirname(os.path.abspath(path)) for _, path in staged):
+        _fsync_directory(directory)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Create or replace ``path`` with ``data`` (str is written as UTF-8) so that it is never half-written."""
+    """Create or replace ``path`` with ``data`` (str is written as UTF-8)
+    so that it is never half-written."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     elif not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"atomic_write({os.fspath(path)!r}) needs bytes or str, got {type(data).__name__}")
+        raise TypeError(f"atomic_write({os.fspath(path)!r}) needs bytes or str, got "
+                        f"{type(data).__name__}")
     atomic_write_with(path, lambda file: file.write(data))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
-    """Write ``obj`` as pretty JSON (UTF-8, non-ASCII kept readable, trailing newline) atomically."""
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
+                      sort_keys: bool = False) -> None:
+    """Write ``obj`` as pretty JSON (UTF-8, non-ASCII kept readable, trailing newline)
+    atomically."""
     try:
-        text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False, allow_nan=True)
+        text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False,
+                          allow_nan=True)
     except TypeError as e:
         raise TypeError(f"cannot write {os.fspath(path)} as JSON: {e}") from e
     atomic_write(path, text + "\n")
 
 
 def _parse_json(text: str, where: str) -> Any:
-    """``json.loads`` whose error names ``where`` (a file, or a file and a line) and the line and column."""
+    """``json.loads`` whose error names ``where`` (a file, or a file and a line)
+    and the line and column."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -121,7 +172,8 @@ def _parse_json(text: str, where: str) -> Any:
 
 
 def read_utf8(path, what: str) -> str:
-    """The text of a UTF-8 file; a missing file, a directory or other bytes are errors naming ``what`` it is."""
+    """The text of a UTF-8 file; a missing file,
+    a directory or other bytes are errors naming ``what`` it is."""
     try:
         with open(path, "r", encoding="utf-8") as file:
             return file.read()
@@ -155,12 +207,13 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         file.flush()
 
 
-def read_jsonl(path: str | os.PathLike, what: str = "log", *, skip_partial_last_line: bool = True) -> list:
+def read_jsonl(path: str | os.PathLike, what: str = "log", *,
+               skip_partial_last_line: bool = True) -> list:
     """Read a JSON Lines file into a list of records; blank lines are skipped.
 
-    A bad line raises ValueError naming the file and line number. The exception is a last line without
-    its newline that does not parse: that is what a crash in the middle of ``append_jsonl`` leaves, so by
-    default it is dropped rather than making the whole log unreadable.
+    A bad line raises ValueError naming the file and line number. The exception is a last line
+    without its newline that does not parse: that is what a crash in the middle of ``append_jsonl``
+    leaves, so by default it is dropped rather than making the whole log unreadable.
     """
     path = os.fspath(path)
     text = read_utf8(path, what)
@@ -175,13 +228,15 @@ def read_jsonl(path: str | os.PathLike, what: str = "log", *, skip_partial_last_
         except json.JSONDecodeError as e:
             if is_partial_last and skip_partial_last_line:
                 break
-            raise ValueError(f"{what} file {path}, line {number} is not valid JSON: column {e.colno}: {e.msg}") from None
+            raise ValueError(f"{what} file {path}, line {number} is not valid JSON: column "
+                             f"{e.colno}: {e.msg}") from None
     return records
 
 
 def read_records(path, check, what: str) -> list[dict]:
-    """Records from a JSONL file (one object per line) or a JSON file (one list), each passed through
-    ``check(record, where)``; bad JSON names the file and line, an empty file is an error."""
+    """Records from a JSONL file (one object per line) or a JSON file (one list), each passed
+    through ``check(record, where)``; bad JSON names the file and line, an empty file is an
+    error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} data file at '{path}'")
@@ -194,16 +249,19 @@ def read_records(path, check, what: str) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at "
+                                 f"column {e.colno})") from None
             records.append(check(record, f"{path}, line {number}"))
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); a .json file "
+            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column "
+                             f"{e.colno}); a .json file "
                              "must hold one list of records (use .jsonl for one record per line)") from None
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of {what} records, got {type(data).__name__}")
+            raise ValueError(f"{path}: expected a JSON list of {what} records, got "
+                             f"{type(data).__name__}")
         records = [check(r, f"{path}, record {i}") for i, r in enumerate(data)]
     if not records:
         raise ValueError(f"{what} data file '{path}' holds no records")

@@ -30,8 +30,10 @@ from pathlib import Path
 from . import backend
 from .autograd import Tensor
 from .functional.dense import dropout_mask
+from .functional.int8 import int8_linear_backward, int8_linear_forward
 from .files import atomic_write_json, read_json
 from .nn import Linear, Module, Parameter
+from .quantize import Int8Linear, Int8Weight, int8_layers
 
 # Every Linear of attention and of the MLP, whichever the architecture has: GPT-2's mlp.fc, Llama's SwiGLU
 # mlp.gate and mlp.up (an MoE model's experts are stacked weights, not Linear layers: attention only there).
@@ -41,8 +43,8 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 
 # ---------------------------------------------------------------------------------------------- the fused op
 
-def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor, scale: float,
-                dropout: float = 0.0, training: bool = False, generator=None) -> Tensor:
+def lora_linear(x: Tensor, weight: Tensor | Int8Weight, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor,
+                scale: float, dropout: float = 0.0, training: bool = False, generator=None) -> Tensor:
     """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = dropout(x) on the adapter's path only (as in PEFT).
 
     Shapes: x (..., in), W (out, in), b (out,), A (r, in), B (out, r), y (..., out).
@@ -55,6 +57,9 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, 
         dW = dYᵀ X,  db = Σ_n dY[n]     only if W / b require grad — in LoRA they are frozen, so the
                                         (out × N) @ (N × in) product of a full finetune is skipped.
     Saves u (N × r: small) and the dropout mask if any; x, W, A, B are inputs it keeps anyway.
+
+    ``weight`` may be an ``Int8Weight`` (QLoRA-style, Dettmers et al. 2023: a frozen int8 base, float
+    adapters): X Wᵀ and dY W then come from the int8 rows (``functional.int8``), and W never gets a gradient.
     """
     c_out, c_in = weight.shape
     rank = lora_a.shape[0]
@@ -75,7 +80,11 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, 
         mask = dropout_mask(x2d.shape, dropout, x2d.dtype, generator)
         x_adapter = x2d * mask
     u = x_adapter @ lora_a.data.T                             # (N, r)
-    y = x2d @ weight.data.T                                   # (N, out)
+    quantized = isinstance(weight, Int8Weight)
+    if quantized:
+        y, base_cache = int8_linear_forward(x2d, weight.int8.data, weight.scale.data, None)   # (N, out)
+    else:
+        y = x2d @ weight.data.T                               # (N, out)
     y += (u @ lora_b.data.T) * x2d.dtype.type(scale)          # (N, out)
     if bias is not None:
         y += bias.data
@@ -91,12 +100,15 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, 
             dx_adapter = du @ lora_a.data                                 # (N, in)
             if mask is not None:
                 dx_adapter *= mask
-            dx = (dy2d @ weight.data + dx_adapter).reshape(x.shape)
-        dW = dy2d.T @ x2d if weight.requires_grad else None
+            dx_base = (int8_linear_backward(dy2d, base_cache, (True, False, False, False))[0] if quantized
+                       else dy2d @ weight.data)                           # dY W
+            dx = (dx_base + dx_adapter).reshape(x.shape)
+        dW = dy2d.T @ x2d if base.requires_grad else None
         db = dy2d.sum(axis=0) if bias is not None and bias.requires_grad else None
         return (dx, dW, dA, dB) if bias is None else (dx, dW, dA, dB, db)
 
-    parents = (x, weight, lora_a, lora_b) if bias is None else (x, weight, lora_a, lora_b, bias)
+    base = weight.int8 if quantized else weight               # the graph's parent for W (frozen when int8)
+    parents = (x, base, lora_a, lora_b) if bias is None else (x, base, lora_a, lora_b, bias)
     return Tensor._make(y.reshape(*x.shape[:-1], c_out), parents, backward)
 
 
@@ -106,13 +118,12 @@ class LoRALinear(Module):
     """A ``Linear`` with a frozen ``weight``/``bias`` (the very Parameters of the layer it wraps) and a
     trainable low-rank update ``lora_A`` (r × in), ``lora_B`` (out × r), scaled by alpha / r."""
 
-    def __init__(self, base: Linear, rank: int, alpha: float, dropout: float = 0.0, generator=None):
+    def __init__(self, base: Linear | Int8Linear, rank: int, alpha: float, dropout: float = 0.0, generator=None):
         out_features, in_features = base.weight.shape
-        self.weight = base.weight
+        self.weight = base.weight                             # a Parameter, or an Int8Weight
         self.bias = base.bias
-        self.weight.requires_grad = False
-        if self.bias is not None:
-            self.bias.requires_grad = False
+        for p in base.parameters():
+            p.requires_grad = False
         generator = generator if generator is not None else backend.global_rng()
         bound = 1.0 / math.sqrt(in_features)                  # Kaiming-uniform with a = √5, as in PEFT
         a = generator.random((rank, in_features), dtype=backend.dtype) * (2 * bound) - bound
@@ -132,18 +143,6 @@ class LoRALinear(Module):
 
 
 # ---------------------------------------------------------------------------------------------- apply / merge
-
-def _set_child(model, dotted: str, value) -> None:
-    """Replace the module at ``dotted`` (``blocks.0.attn.qkv``) inside ``model``."""
-    *path, last = dotted.split(".")
-    parent = model
-    for part in path:
-        parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
-    if last.isdigit():
-        parent[int(last)] = value
-    else:
-        setattr(parent, last, value)
-
 
 def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
@@ -194,7 +193,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
     """
     if getattr(model, "lora_config", None) is not None:
         raise ValueError("this model already has LoRA adapters; merge_lora(model) first to add new ones")
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, Linear)]
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, (Linear, Int8Linear))]
     if targets is None:
         targets = tuple(t for t in DEFAULT_TARGETS if any(_matches(name, t) for name, _ in linears)) or DEFAULT_TARGETS
     targets = tuple(targets) if not isinstance(targets, str) else targets
@@ -209,7 +208,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
     wrapped = []
     for name, linear in linears:
         if any(_matches(name, t) for t in targets):
-            _set_child(model, name, LoRALinear(linear, rank, alpha, dropout, generator))
+            model.set_submodule(name, LoRALinear(linear, rank, alpha, dropout, generator))
             wrapped.append(name)
     model.lora_config = {"rank": int(rank), "alpha": float(alpha), "dropout": float(dropout),
                          "targets": list(targets), "trainable": list(trainable)}
@@ -240,18 +239,25 @@ def merge_lora(model):
     """Fold each adapter into its weight (W ← W + s·B A) and put a plain ``Linear`` back in its place.
 
     The merged model computes the same function with no extra cost per token. Afterwards every parameter is
-    trainable again (a plain model, as before ``apply_lora``). Returns the model.
+    trainable again (a plain model, as before ``apply_lora``), except int8 weights. An int8 base layer becomes
+    a float Linear holding q·s + s·B A: rounding that back to int8 would round most of the update away.
+    Returns the model.
     """
     layers = lora_layers(model)
     if not layers:
         raise ValueError("merge_lora: the model has no LoRA layers (apply_lora was not called, or it was merged already)")
     for name, layer in layers:
-        layer.weight.data += layer.delta_weight()
+        if isinstance(layer.weight, Int8Weight):
+            weight = Parameter(layer.weight.dequantize() + layer.delta_weight(), dtype=layer.weight.dtype)
+        else:
+            weight = layer.weight
+            weight.data += layer.delta_weight()
         plain = Linear.__new__(Linear)
-        plain.weight, plain.bias = layer.weight, layer.bias
-        _set_child(model, name, plain)
+        plain.weight, plain.bias = weight, layer.bias
+        model.set_submodule(name, plain)
+    int8 = {id(p) for name in int8_layers(model) for p in model.get_submodule(name).parameters()}
     for p in model.parameters():
-        p.requires_grad = True
+        p.requires_grad = id(p) not in int8
     model.lora_config = None
     return model
 

@@ -1,8 +1,8 @@
 """Task metrics: classification scores, perplexity, BLEU, ROUGE-L and exact match, in plain Python.
 
-Every function takes parallel sequences (one prediction per example) and raises ValueError, naming both
-lengths, when they disagree or are empty: a silently truncated ``zip`` is the classic way to report a
-score computed on half the data.
+Every function takes parallel sequences (one prediction per example) and raises ValueError, naming
+both lengths, when they disagree or are empty: a silently truncated ``zip`` is the classic way to
+report a score computed on half the data.
 
 Classification (labels and predictions may be any hashable values: ints, strings)
     accuracy              fraction of predictions equal to their label
@@ -46,7 +46,8 @@ __all__ = [
 
 def _check_parallel(first: Sequence, second: Sequence, names: tuple[str, str]) -> None:
     if len(first) != len(second):
-        raise ValueError(f"{names[0]} has {len(first)} items but {names[1]} has {len(second)}; they must pair up one to one")
+        raise ValueError(f"{names[0]} has {len(first)} items but {names[1]} has {len(second)}; "
+                         "they must pair up one to one")
     if len(first) == 0:
         raise ValueError(f"{names[0]} and {names[1]} are empty; a score needs at least one example")
 
@@ -68,8 +69,10 @@ def _sorted_classes(values: set) -> list:
         return sorted(values, key=repr)
 
 
-def confusion_matrix(labels: Sequence[Hashable], preds: Sequence[Hashable], classes: Sequence[Hashable] | None = None) -> np.ndarray:
-    """Counts ``(K, K)``: row i is the true class ``classes[i]``, column j the predicted class ``classes[j]``.
+def confusion_matrix(labels: Sequence[Hashable], preds: Sequence[Hashable],
+                     classes: Sequence[Hashable] | None = None) -> np.ndarray:
+    """Counts ``(K, K)``: row i is the true class ``classes[i]``,
+    column j the predicted class ``classes[j]``.
 
     ``classes`` fixes the order (and lets a class that never occurs have its row); by default it is the
     sorted set of values seen in ``labels`` and ``preds``. The diagonal holds the correct predictions.
@@ -84,7 +87,8 @@ def confusion_matrix(labels: Sequence[Hashable], preds: Sequence[Hashable], clas
     for position, (label, pred) in enumerate(zip(labels, preds)):
         for value, role in ((label, "label"), (pred, "prediction")):
             if value not in index:
-                raise ValueError(f"{role} {value!r} at position {position} is not one of the classes {list(classes)}")
+                raise ValueError(f"{role} {value!r} at position {position} is not one of the "
+                                 f"classes {list(classes)}")
         counts[index[label], index[pred]] += 1
     return counts
 
@@ -96,7 +100,8 @@ class PrecisionRecallF1(NamedTuple):
 
 
 def _ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator, and 0.0 for 0/0 (e.g. precision when nothing was predicted positive)."""
+    """numerator / denominator, and 0.0 for 0/0
+    (e.g. precision when nothing was predicted positive)."""
     return numerator / denominator if denominator else 0.0
 
 
@@ -115,8 +120,8 @@ def precision_recall_f1(
     recall = TP / (TP + FN) (how many of the real positives were found).
 
     ``average="macro"``: compute the three per class (each class in turn the positive one) over
-    ``classes`` (default: every value seen) and take plain means, so rare classes count as much as common
-    ones. Macro F1 is the mean of the per-class F1s (not the F1 of the mean P and R).
+    ``classes`` (default: every value seen) and take plain means, so rare classes count as much as
+    common ones. Macro F1 is the mean of the per-class F1s (not the F1 of the mean P and R).
 
     A ratio whose denominator is 0 (no positive predictions, no positive labels) counts as 0.0.
     """
@@ -145,7 +150,8 @@ def precision_recall_f1(
     raise ValueError(f"average must be 'binary' or 'macro', got {average!r}")
 
 
-def f1_score(labels: Sequence[Hashable], preds: Sequence[Hashable], *, positive: Hashable = 1, average: str = "binary") -> float:
+def f1_score(labels: Sequence[Hashable], preds: Sequence[Hashable], *, positive: Hashable = 1,
+             average: str = "binary") -> float:
     """Just the F1 of ``precision_recall_f1``."""
     return precision_recall_f1(labels, preds, positive=positive, average=average).f1
 
@@ -154,7 +160,8 @@ def f1_score(labels: Sequence[Hashable], preds: Sequence[Hashable], *, positive:
 
 
 def perplexity(mean_nll: float) -> float:
-    """exp(mean negative log-likelihood per token, natural log): the effective number of equally likely choices.
+    """exp(mean negative log-likelihood per token, natural log):
+    the effective number of equally likely choices.
 
     A model that spreads its bets uniformly over V tokens has mean NLL = ln V and perplexity V.
     Returns ``inf`` if the exponent overflows.
@@ -174,10 +181,11 @@ _WORD_OR_SYMBOL = regex.compile(r"\w+|[^\w\s]")
 
 
 def tokenize(text: str) -> list[str]:
-    """Split text into words and single punctuation marks: ``"Hi, you!"`` -> ``["Hi", ",", "you", "!"]``.
+    """Split text into words and single punctuation marks:
+    ``"Hi, you!"`` -> ``["Hi", ",", "you", "!"]``.
 
-    Case is kept (BLEU is case-sensitive by convention); pass ``tokenize=lambda s: s.lower().split()`` or
-    ``str.split`` to the metrics for other conventions.
+    Case is kept (BLEU is case-sensitive by convention); pass
+    ``tokenize=lambda s: s.lower().split()`` or ``str.split`` to the metrics for other conventions.
     """
     return _WORD_OR_SYMBOL.findall(text)
 
@@ -194,7 +202,8 @@ def bleu_report(
     smoothing: str | None = None,
     tokenize: Callable[[str], list[str]] = tokenize,
 ) -> dict:
-    """Corpus BLEU with its parts: ``{"bleu", "precisions", "brevity_penalty", "hypothesis_length", "reference_length"}``.
+    """Corpus BLEU with its parts:
+    ``{"bleu", "precisions", "brevity_penalty", "hypothesis_length", "reference_length"}``.
 
     See ``corpus_bleu`` for the definition.
     """
@@ -256,25 +265,29 @@ def corpus_bleu(
     smoothing: str | None = None,
     tokenize: Callable[[str], list[str]] = tokenize,
 ) -> float:
-    """Corpus BLEU (Papineni et al. 2002) in [0, 1]; ``references[i]`` is one string or a list of strings.
+    """Corpus BLEU (Papineni et al. 2002) in [0, 1];
+    ``references[i]`` is one string or a list of strings.
 
     BLEU = BP · exp( (1/N) Σ_{n=1..N} log p_n ), with
 
     - p_n, the clipped n-gram precision summed over the whole corpus (not averaged per sentence):
-      Σ_hyp Σ_gram min(count in hyp, max count in any one of its references) / Σ_hyp (n-grams in hyp);
-    - BP, the brevity penalty: with c the total hypothesis length and r the sum over hypotheses of the
-      reference length closest to each hypothesis's length, BP = 1 if c > r else exp(1 − r/c).
+      Σ_hyp Σ_gram min(count in hyp, max count in any one of its references) / Σ_hyp
+      (n-grams in hyp);
+    - BP, the brevity penalty: with c the total hypothesis length and r the sum over hypotheses of
+      the reference length closest to each hypothesis's length, BP = 1 if c > r else exp(1 − r/c).
       Precision alone would reward saying very little; BP takes that back.
 
     If any p_n is 0 (say, no 4-gram of the corpus matches) the geometric mean, and so BLEU, is 0.0; that
     is the standard definition and happens easily on a few short sentences. ``smoothing="add1"`` uses
     (matches + 1) / (n-grams + 1) for n ≥ 2 (Lin & Och 2004), which keeps short-text scores informative.
     """
-    return bleu_report(hypotheses, references, max_n=max_n, smoothing=smoothing, tokenize=tokenize)["bleu"]
+    return bleu_report(hypotheses, references, max_n=max_n, smoothing=smoothing,
+                       tokenize=tokenize)["bleu"]
 
 
 def _lcs_length(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence (in order, not necessarily adjacent), by dynamic programming.
+    """Length of the longest common subsequence (in order, not necessarily adjacent),
+    by dynamic programming.
 
     ``row[j]`` is the LCS of the first i tokens of ``a`` and the first j of ``b``; each new token of ``a``
     either extends a match diagonally or carries the best of the left and upper neighbours. O(len a · len b)
@@ -293,7 +306,8 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
 
 
 def rouge_l(
-    hypothesis: str, reference: str, *, beta: float = 1.0, tokenize: Callable[[str], list[str]] = tokenize
+    hypothesis: str, reference: str, *, beta: float = 1.0,
+    tokenize: Callable[[str], list[str]] = tokenize
 ) -> PrecisionRecallF1:
     """ROUGE-L (Lin 2004) of one hypothesis against one reference.
 
@@ -310,7 +324,8 @@ def rouge_l(
     return PrecisionRecallF1(precision, recall, f_measure)
 
 
-def mean_rouge_l(hypotheses: Sequence[str], references: Sequence[str], **kwargs) -> PrecisionRecallF1:
+def mean_rouge_l(hypotheses: Sequence[str], references: Sequence[str],
+                 **kwargs) -> PrecisionRecallF1:
     """ROUGE-L precision, recall and F averaged over pairs (each pair scored by ``rouge_l``)."""
     _check_parallel(hypotheses, references, ("hypotheses", "references"))
     scores = np.array([rouge_l(h, r, **kwargs) for h, r in zip(hypotheses, references)], dtype=np.float64)

@@ -88,14 +88,17 @@ class GPTConfig:
     norm_eps: float = 1e-5     # ε of the norms
     qkv_bias: bool = False     # biases on the q/k/v projection even when bias=False (Qwen2)
     rope_scaling: dict | None = None   # pos="rope": frequency scaling, e.g. Llama 3's {"rope_type": "llama3", ...}
+    head_dim: int | None = None    # width of one attention head; None = n_embd / n_head (fewer after head pruning)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):
+            raise ValueError(f"GPTConfig.head_dim must be a positive integer or None, got {self.head_dim!r}")
+        if self.head_dim is None and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} (or set head_dim)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, choices in (("norm", NORMS), ("pos", POSITIONS), ("mlp", MLPS)):
@@ -108,8 +111,10 @@ class GPTConfig:
                 raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head} "
                                  "(each key/value head serves an equal group of query heads)")
         if self.pos == "rope" and self.head_size % 2:
-            raise ValueError(f"pos='rope' needs an even head dimension, but n_embd={self.n_embd} / n_head={self.n_head} "
-                             f"= {self.head_size} (rotary embeddings rotate channels in pairs)")
+            width = (f"n_embd={self.n_embd} / n_head={self.n_head} = {self.head_size}" if self.head_dim is None
+                     else f"head_dim={self.head_dim}")
+            raise ValueError(f"pos='rope' needs an even head dimension, but {width} (rotary embeddings rotate "
+                             "channels in pairs)")
         if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
             raise ValueError(f"GPTConfig.mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}")
         if self.mlp == "moe":
@@ -125,7 +130,8 @@ class GPTConfig:
 
     @property
     def head_size(self) -> int:
-        return self.n_embd // self.n_head
+        """The width D of one attention head: head_dim, else n_embd / n_head."""
+        return self.n_embd // self.n_head if self.head_dim is None else self.head_dim
 
     @property
     def kv_heads(self) -> int:
@@ -190,7 +196,7 @@ class Block(Module):
         c, hidden = config.n_embd, config.hidden_size
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(c, config.n_head, config.bias, config.dropout, 0.02, proj_std, generator,
-                                        config.n_kv_head)
+                                        config.n_kv_head, config.head_dim)
         if config.qkv_bias and self.attn.qkv.bias is None:   # Qwen2: q/k/v biases, none on the output projection
             self.attn.qkv.bias = Parameter(backend.xp.zeros(self.attn.qkv.weight.shape[0], dtype=backend.dtype))
         self.ln_2 = make_norm(config)
@@ -222,6 +228,11 @@ class GPT(Module):
     @property
     def head_weight(self):
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
+
+    def logits(self, hidden):
+        """The output head: hidden states (..., C) → scores (..., V), hidden · Wᵀ with W the token embedding
+        table (tied: ``wte.attend``) or lm_head's weight — float or int8 (``tinyllm.quantize``) alike."""
+        return self.wte.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
 
     def hidden_states(self, idx, mask=None, positions=None, cache=None):
         """The final normalised hidden state of every position: (B, T) ids → (B, T, C).
@@ -277,7 +288,7 @@ class GPT(Module):
         The loss is the mean cross-entropy against ``targets`` (B, T); for a mixture-of-experts model in
         training mode it also includes ``aux_loss_coef`` × the layers' load-balancing losses (see
         ``moe_aux_loss``). In eval mode it is the cross-entropy alone, comparable across architectures."""
-        logits = F.linear(self.hidden_states(idx, mask, positions, cache), self.head_weight)   # (B, T, V)
+        logits = self.logits(self.hidden_states(idx, mask, positions, cache))   # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         if loss is not None and self.training:
             loss = self.add_moe_aux_loss(loss)
@@ -330,4 +341,4 @@ class GPT(Module):
         of T tokens that saves a (T × C) @ (C × V) matmul)."""
         with no_grad():
             hidden = self.hidden_states(idx, mask, positions, cache)          # (B, T, C)
-            return F.linear(hidden[:, -1], self.head_weight).data            # (B, V)
+            return self.logits(hidden[:, -1]).data                          # (B, V)

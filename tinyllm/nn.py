@@ -21,8 +21,8 @@ from .functional.rope import apply_rotary
 class Parameter(Tensor):
     """A Tensor that is learned: it requires grad, and modules find it by walking their attributes."""
 
-    def __init__(self, data, requires_grad: bool = True):
-        super().__init__(data, requires_grad=requires_grad)
+    def __init__(self, data, requires_grad: bool = True, dtype=None):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
 
 
 class Module:
@@ -48,6 +48,22 @@ class Module:
         yield prefix, self
         for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def get_submodule(self, dotted: str) -> "Module":
+        """The module at a dotted path such as ``blocks.0.attn.qkv`` ("" is this module)."""
+        module = self
+        for part in dotted.split(".") if dotted else ():
+            module = module[int(part)] if part.isdigit() else getattr(module, part)
+        return module
+
+    def set_submodule(self, dotted: str, value: "Module") -> None:
+        """Put ``value`` at a dotted path in place of the module there (to swap one kind of layer for another)."""
+        parent_path, _, last = dotted.rpartition(".")
+        parent = self.get_submodule(parent_path)
+        if last.isdigit():
+            parent[int(last)] = value
+        else:
+            setattr(parent, last, value)
 
     def named_parameters(self, prefix=""):
         """(name, Parameter) pairs, each parameter once (a tied weight appears under its first name)."""
@@ -128,6 +144,10 @@ class Embedding(Module):
 
     def forward(self, ids):
         return F.embedding(ids, self.weight)
+
+    def attend(self, x):
+        """x (..., C) → (..., V): the dot product of x with every row, x Wᵀ (a tied output head)."""
+        return F.linear(x, self.weight)
 
 
 class LayerNorm(Module):
@@ -247,16 +267,18 @@ class CausalSelfAttention(Module):
 
     ``n_kv_head`` < ``n_head`` makes it grouped-query attention: ``qkv`` then makes H query heads and only
     H_kv key and value heads (its output is (H + 2 H_kv)·D wide), and the KV cache holds H_kv heads.
-    ``forward(..., rope=(cos, sin))`` rotates queries and keys by their positions (Llama)."""
+    ``forward(..., rope=(cos, sin))`` rotates queries and keys by their positions (Llama). ``head_size``:
+    D, by default C / H; H·D may then differ from C (heads pruned away: ``tinyllm.pruning``)."""
 
-    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, std=0.02, proj_std=0.02, generator=None, n_kv_head=None):
-        if n_embd % n_head:
+    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, std=0.02, proj_std=0.02, generator=None, n_kv_head=None,
+                 head_size=None):
+        if head_size is None and n_embd % n_head:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
         self.n_head = n_head
         self.n_kv_head = check_heads(n_head, n_kv_head)
-        head_size = n_embd // n_head
+        head_size = n_embd // n_head if head_size is None else head_size
         self.qkv = Linear(n_embd, (n_head + 2 * self.n_kv_head) * head_size, bias, std, generator)
-        self.proj = Linear(n_embd, n_embd, bias, proj_std, generator)
+        self.proj = Linear(n_head * head_size, n_embd, bias, proj_std, generator)
         self.dropout = Dropout(dropout)  # masks come from the global generator (tinyllm.manual_seed)
 
     def forward(self, x, mask=None, cache=None, rope=None, prefix=None):    # (B, T, C)

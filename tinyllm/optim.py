@@ -13,7 +13,8 @@ from . import backend
 
 
 def _groups(params, defaults):
-    """Accept a list of parameters or a list of dicts {"params": [...], <setting>: value} (param groups)."""
+    """Accept a list of parameters or a list of dicts {"params": [...], <setting>: value}
+    (param groups)."""
     params = list(params)
     if not params:
         raise ValueError("the optimizer got an empty parameter list")
@@ -24,7 +25,8 @@ def _groups(params, defaults):
 class Optimizer:
     def __init__(self, params, defaults):
         self.groups = _groups(params, defaults)
-        self.lr = defaults["lr"]  # the schedule sets this each step; a group's "lr_scale" multiplies it
+        # the schedule sets this each step; a group's "lr_scale" multiplies it
+        self.lr = defaults["lr"]
         self.step_count = 0
 
     def parameters(self):
@@ -72,39 +74,33 @@ class AdamW(Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params,
+                         dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         xp = backend.xp
         self.exp_avg = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]      # m
         self.exp_avg_sq = [xp.zeros(p.data.shape, p.data.dtype) for p in self.parameters()]   # v
 
     def step(self, grad_scale: float = 1.0) -> None:
-        """One update of every parameter p with gradient g (Loshchilov & Hutter's AdamW, as llm.c writes it):
+        """One update of every parameter p with gradient g (Loshchilov & Hutter's AdamW,
+        as llm.c writes it):
             m = β1 m + (1-β1) g,   v = β2 v + (1-β2) g²          running means of g and g²
             m̂ = m / (1-β1ᵗ),       v̂ = v / (1-β2ᵗ)               bias corrections (m, v start at 0)
             p = p - lr (m̂ / (√v̂ + ε) + λ p)                     decoupled weight decay λ
         ``grad_scale`` multiplies every gradient as it is read: gradient clipping (``clip_factor``)."""
-        xp, grad_scale = backend.xp, float(grad_scale)
+        grad_scale = float(grad_scale)
         self.step_count += 1
-        t, i = self.step_count, 0
+        i = 0
         for group in self.groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, decay = self.lr * group.get("lr_scale", 1.0), group["eps"], group["weight_decay"]
             for p in group["params"]:
                 m, v = self.exp_avg[i], self.exp_avg_sq[i]
                 i += 1
-                if p.grad is None:
-                    continue
-                g = p.grad * grad_scale if grad_scale != 1.0 else p.grad
-                m *= beta1
-                m += (1 - beta1) * g
-                v *= beta2
-                v += (1 - beta2) * (g * g)
-                m_hat = m / (1 - beta1 ** t)
-                v_hat = v / (1 - beta2 ** t)
-                p.data -= lr * (m_hat / (xp.sqrt(v_hat) + eps) + decay * p.data)
+                if p.grad is not None:
+                    g = p.grad * grad_scale if grad_scale != 1.0 else p.grad
+                    adamw_update(p.data, g, m, v, self.lr, group, self.step_count)
 
     def state_dict(self) -> dict:
-        """Arrays (``exp_avg.{i}``, ``exp_avg_sq.{i}`` in parameter order) plus ``step`` and ``lr``."""
+        """Arrays (``exp_avg.{i}``, ``exp_avg_sq.{i}`` in parameter order)
+        plus ``step`` and ``lr``."""
         state = {"step": self.step_count, "lr": self.lr}
         for i, (m, v) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
             state[f"exp_avg.{i}"] = m
@@ -120,17 +116,40 @@ class AdamW(Optimizer):
             for name, buffers in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
                 array = state[f"{name}.{i}"]
                 if tuple(array.shape) != buffers[i].shape:
-                    raise ValueError(f"optimizer state {name}.{i} has shape {tuple(array.shape)}, parameter has {buffers[i].shape}")
+                    raise ValueError(f"optimizer state {name}.{i} has shape {tuple(array.shape)}, "
+                                     f"parameter has {buffers[i].shape}")
                 buffers[i][...] = backend.xp.asarray(array)
         self.step_count = int(state["step"])
         self.lr = float(state["lr"])
 
 
+def adamw_update(weights, g, m, v, lr: float, group: dict, t: int) -> None:
+    """AdamW's update (``AdamW.step``) of the array ``weights`` in place, with its gradient ``g``
+    and its moments ``m``, ``v`` (updated in place too), the settings of its param ``group`` and
+    step number ``t``. Element by element: any piece of a parameter can be updated on its own
+    (``zero.ShardedAdamW``)."""
+    beta1, beta2 = group["betas"]
+    lr, eps, decay = lr * group.get("lr_scale", 1.0), group["eps"], group["weight_decay"]
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    m_hat = m / (1 - beta1 ** t)
+    v_hat = v / (1 - beta2 ** t)
+    weights -= lr * (m_hat / (backend.xp.sqrt(v_hat) + eps) + decay * weights)
+
+
+def optimizer_bytes(optimizer) -> int:
+    """Bytes of AdamW's two moment arrays: 2 × (trainable parameters) × bytes per number (this
+    process's shard of them under ZeRO, ``tinyllm.zero``)."""
+    return int(sum(m.nbytes + v.nbytes for m, v in zip(optimizer.exp_avg, optimizer.exp_avg_sq)))
+
+
 def grad_norm(params) -> float:
     """The global L2 norm of all gradients together, √(Σ g²) over every element of every parameter.
 
-    Each parameter's Σ g² is added in float64, in parameter order, on the device: one read of the device
-    in all (on a GPU a read per parameter would stop it a hundred times a step)."""
+    Each parameter's Σ g² is added in float64, in parameter order, on the device: one read of the
+    device in all (on a GPU a read per parameter would stop it a hundred times a step)."""
     squares = [backend.xp.vdot(p.grad.ravel(), p.grad.ravel()) for p in params if p.grad is not None]
     total = 0.0
     for square in squares:
@@ -139,28 +158,33 @@ def grad_norm(params) -> float:
 
 
 def clip_factor(norm: float, max_norm: float | None) -> float:
-    """The factor that brings a gradient of global norm ``norm`` down to ``max_norm`` (1 when it is already
-    within it, when ``max_norm`` is None, or when the norm is not finite: such a step should be skipped)."""
+    """The factor that brings a gradient of global norm ``norm`` down to ``max_norm`` (1 when it is
+    already within it, when ``max_norm`` is None, or when the norm is not finite: such a step should
+    be skipped)."""
     if max_norm is None or not norm > max_norm or not math.isfinite(norm):
         return 1.0
     return max_norm / (norm + 1e-6)
 
 
 def clip_grad_norm(params, max_norm: float) -> float:
-    """Scale all gradients together so that their global L2 norm is at most ``max_norm``; returns the norm
-    before clipping (useful to log; inf or nan means the step should be skipped). The training loops instead
-    pass ``clip_factor(grad_norm(params), max_norm)`` to ``AdamW.step``, which saves the rescaling pass."""
-    params = list(params)  # a generator would be used up by the norm, and then nothing would be scaled
+    """Scale all gradients together so that their global L2 norm is at most ``max_norm``; returns
+    the norm before clipping (useful to log; inf or nan means the step should be skipped). The
+    training loops instead pass ``clip_factor(grad_norm(params), max_norm)`` to ``AdamW.step``,
+    which saves the rescaling pass."""
+    # a generator would be used up by the norm, and then nothing would be scaled
+    params = list(params)
     total = grad_norm(params)
     scale = clip_factor(total, max_norm)
     if scale != 1.0:
         for p in params:
-            if p.grad is not None:                           # not in place: a gradient may be shared
+            # not in place: a gradient may be shared
+            if p.grad is not None:
                 p.grad = p.grad * scale
     return total
 
 
-def warmup_cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+def warmup_cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int,
+                     total_steps: int) -> float:
     """Linear warmup from 0 to ``max_lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at
     ``total_steps`` (and ``min_lr`` after). ``step`` counts from 0."""
     if step < warmup_steps:

@@ -1,8 +1,4 @@
-"""Making a trained model smaller for deployment: int8 weights, float16 storage, magnitude pruning.
-
-All three keep the model a plain tinyllm ``GPT`` once loaded (weights are turned back into floats at load
-time), so ``generate``, ``eval``, ``chat`` and finetuning need nothing new. What they buy is a smaller
-file, at the price of a little accuracy; ``tinyllm compress`` measures both.
+"""Making a trained model smaller: int8 weights used as int8, float16 storage, magnitude pruning.
 
 **int8, symmetric, per output channel.** Each row ``w`` of a Linear weight (out, in) (one output
 channel) or of an Embedding table (one token's vector) gets its own scale::
@@ -12,12 +8,18 @@ channel) or of an Embedding table (one token's vector) gets its own scale::
 Symmetric: zero maps to 0 exactly and no offset is stored. Per row: one large weight in one row does not
 blur every other row's precision. The rounding error of each weight is at most scale/2, i.e. at most
 1/254 of its row's largest magnitude. -128 is left unused so that the range is symmetric. A row of zeros
-gets scale 0 and q = 0. Biases and LayerNorm parameters are tiny and sensitive, so they stay float32.
-Stored as ``NAME.int8`` (int8, the shape of the weight) and ``NAME.scale`` (float32, one per row) in
-``model.safetensors``, with ``"quantization": "int8"`` in config.json; ``checkpoint.load_pretrained``
-sees that key and calls ``load_quantized_weights``. A float32 weight takes 4 bytes, its int8 form 1 byte
-plus 4 bytes per row, so the file shrinks almost 4×. (Dequantizing at load time keeps the code honest
-and simple; it does not make the model faster or smaller in memory — int8 matmul kernels would.)
+gets scale 0 and q = 0. Biases and LayerNorm parameters are tiny and sensitive, so they stay float.
+
+``quantize_model`` swaps every ``Linear`` for an ``Int8Linear`` and every ``Embedding`` for an
+``Int8Embedding``; both hold an ``Int8Weight`` (the int8 matrix + its scales) and compute with it directly
+(``functional.int8``: row blocks widened inside the product, never a float copy of W), so the model takes
+about a quarter of the memory. A tied output head reads the int8 token table the same way (``attend``).
+In a state dict and in ``model.safetensors`` the two arrays are ``NAME.int8`` (int8, the weight's shape) and
+``NAME.scale`` (one per row), with ``"quantization": "int8"`` in config.json; ``checkpoint.load_pretrained``
+sees that key and calls ``load_quantized_weights``, which builds the int8 layers straight from the file.
+A float32 weight takes 4 bytes, its int8 form 1 byte plus 4 bytes per row: the file shrinks almost 4×.
+int8 weights cannot train (a step smaller than a scale step rounds away): such a model is finetuned with
+LoRA, whose adapters are float (QLoRA-style; ``tinyllm.lora``).
 
 **float16 storage.** Every float tensor written as F16 (2 bytes: half the file). ``load_pretrained``
 upcasts to float32 as it loads, so nothing else changes. float16 keeps 11 significant bits (a relative
@@ -25,8 +27,9 @@ rounding error ≤ 2⁻¹¹ ≈ 0.05%) and overflows past ±65504, which is chec
 
 **Global magnitude pruning.** Zero the fraction ``sparsity`` of all Linear weights with the smallest
 |w|, ranked across all layers at once (so layers with many small weights lose more). Embeddings, biases
-and norms are kept. The file stays dense (zeros take as much room as other numbers); the gain would come
-from a sparse format or kernel, and the table shows the accuracy it costs.
+and norms are kept. This saves nothing, stored or at run time: the file stays dense (a zero takes as much
+room as any other number) and so do the matmuls; only a sparse format and sparse kernels would gain from
+it. ``tinyllm.pruning`` removes whole heads and channels instead, which does shrink the matrices.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .files import atomic_write_json, read_json
-from .nn import Embedding, Linear
-from .safetensors import load_file, load_metadata, save_file
+from . import functional as F
+from .files import read_json
+from .nn import Embedding, Linear, Module, Parameter
+from .safetensors import load_file, load_metadata
 
 INT8_SUFFIX, SCALE_SUFFIX = ".int8", ".scale"
 QMAX = 127
@@ -74,30 +78,126 @@ def quantizable_names(model) -> list[str]:
     return [name for name in names if name in params]              # a tied head appears once
 
 
-def int8_state(model) -> dict[str, np.ndarray]:
-    """The tensors of an int8 checkpoint: ``NAME.int8`` + ``NAME.scale`` for each quantizable weight, the
-    other parameters as float32."""
-    quantize = set(quantizable_names(model))
-    state = {}
-    for name, array in model.state_dict().items():
-        array = backend.to_numpy(array)
-        if name in quantize:
-            state[name + INT8_SUFFIX], state[name + SCALE_SUFFIX] = quantize_int8(array)
-        else:
-            state[name] = array.astype(np.float32, copy=False)
-    return state
+# ---------------------------------------------------------------------------------------------- int8 layers
 
 
-def dequantize_state(tensors: dict[str, np.ndarray], file="model.safetensors") -> dict[str, np.ndarray]:
-    """An int8 checkpoint's tensors → an ordinary float32 state dict (ValueError naming file and tensor)."""
-    state = {}
+class Int8Weight(Module):
+    """A weight matrix kept as int8 rows and one float scale per row, W ≈ int8 · scale[:, None]. Its
+    parameters are named ``int8`` and ``scale``, so a layer's state dict holds ``….weight.int8`` and
+    ``….weight.scale``: the int8 file format itself. Frozen (no gradient reaches it)."""
+
+    def __init__(self, q, scale, dtype=None):
+        self.int8 = Parameter(q, requires_grad=False)                      # (out, in) int8
+        self.scale = Parameter(scale, requires_grad=False, dtype=dtype)    # (out,) float
+
+    shape = property(lambda self: self.int8.shape)
+    dtype = property(lambda self: self.scale.dtype, doc="the float dtype it computes in (a float W's dtype)")
+
+    @classmethod
+    def of(cls, weight):
+        """The int8 form of a float weight matrix (a Parameter), its scales in the weight's dtype."""
+        return cls(*quantize_int8(backend.to_numpy(weight.data)), dtype=weight.dtype)
+
+    @classmethod
+    def empty(cls, shape, dtype):
+        """Zeros of the given (out, in) shape, for a state dict to be loaded into."""
+        return cls(np.zeros(shape, dtype=np.int8), np.zeros(shape[0]), dtype=dtype)
+
+    def dequantize(self):
+        """The float matrix q · s: a full copy, for merging LoRA into and for export, never for the forward."""
+        return self.int8.data.astype(self.dtype) * self.scale.data[:, None]
+
+
+class Int8Linear(Module):
+    """A ``Linear`` whose weight is an ``Int8Weight``: y = x (q·s)ᵀ + b computed from the int8 numbers
+    (``functional.int8``); the bias stays float."""
+
+    def __init__(self, weight: Int8Weight, bias=None):
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x):
+        return F.int8_linear(x, self.weight.int8, self.weight.scale, self.bias)
+
+
+class Int8Embedding(Module):
+    """An ``Embedding`` whose table is an ``Int8Weight``: a lookup widens only the rows it returns."""
+
+    def __init__(self, weight: Int8Weight):
+        self.weight = weight
+
+    def forward(self, ids):                                             # (...) → (..., C)
+        rows = F.embedding(ids, self.weight.int8)                       # (..., C) int8
+        scales = F.embedding(ids, self.weight.scale.reshape(-1, 1))     # (..., 1)
+        return rows * scales
+
+    def attend(self, x):
+        """x (..., C) → (..., V) = x Wᵀ: a tied output head, from the int8 table."""
+        return F.int8_linear(x, self.weight.int8, self.weight.scale)
+
+
+def _swap_in_int8(model, layer_name: str, weight: Int8Weight, file=None) -> None:
+    """Replace the Linear or Embedding at ``layer_name`` by its int8 counterpart holding ``weight``."""
+    try:
+        layer = model.get_submodule(layer_name)
+    except (AttributeError, IndexError):
+        layer = None
+    if isinstance(layer, Linear):
+        model.set_submodule(layer_name, Int8Linear(weight, layer.bias))
+    elif isinstance(layer, Embedding):
+        model.set_submodule(layer_name, Int8Embedding(weight))
+    else:
+        where = f"{file}: " if file else ""
+        raise ValueError(f"{where}int8 weights for {layer_name!r}, but the model has no Linear or Embedding "
+                         f"layer there (it has {type(layer).__name__ if layer is not None else 'nothing'})")
+
+
+def quantize_model(model):
+    """Make every Linear and Embedding layer int8 (``Int8Linear``, ``Int8Embedding``), in place; the float
+    weights are dropped. Returns the model. LoRA adapters must be merged first."""
+    if getattr(model, "lora_config", None) is not None:
+        raise ValueError("the model has LoRA adapters: merge them first (tinyllm.lora.merge_lora)")
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (Linear, Embedding)):
+            _swap_in_int8(model, name, Int8Weight.of(module.weight))
+    return model
+
+
+def int8_layers(model) -> list[str]:
+    """The names of the model's int8 weights (``Int8Weight`` modules)."""
+    return [name for name, module in model.named_modules() if isinstance(module, Int8Weight)]
+
+
+def dequantize_model(model):
+    """Turn every int8 layer back into a float Linear or Embedding (W = q · s), in place; returns the model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (Int8Linear, Int8Embedding)):
+            plain = Linear.__new__(Linear) if isinstance(module, Int8Linear) else Embedding.__new__(Embedding)
+            plain.weight = Parameter(module.weight.dequantize(), dtype=module.weight.dtype)
+            if isinstance(module, Int8Linear):
+                plain.bias = module.bias
+            model.set_submodule(name, plain)
+    return model
+
+
+def check_trainable(model, run="the model") -> None:
+    """ValueError when ``model`` holds int8 weights and is about to be trained as a whole."""
+    if int8_layers(model):
+        raise ValueError(f"{run} holds int8 weights, which cannot take gradient steps (a step smaller than a "
+                         "rounding step is lost): train LoRA adapters on it instead (--lora-rank 8, QLoRA-style), "
+                         "or train the float run it was compressed from")
+
+
+# ---------------------------------------------------------------------------------------------- int8 files
+
+
+def int8_pairs(tensors: dict, file="model.safetensors") -> dict[str, tuple]:
+    """{weight name: (q, scale)} of an int8 checkpoint's ``NAME.int8`` + ``NAME.scale`` tensors, checked
+    (ValueError naming file and tensor)."""
+    pairs = {}
     for name, array in tensors.items():
-        if name.endswith(SCALE_SUFFIX):
-            if name[: -len(SCALE_SUFFIX)] + INT8_SUFFIX not in tensors:
-                raise ValueError(f"{file}: tensor {name!r} has no {name[: -len(SCALE_SUFFIX)] + INT8_SUFFIX!r} to scale")
-            continue
+        if name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] + INT8_SUFFIX not in tensors:
+            raise ValueError(f"{file}: tensor {name!r} has no {name[: -len(SCALE_SUFFIX)] + INT8_SUFFIX!r} to scale")
         if not name.endswith(INT8_SUFFIX):
-            state[name] = array
             continue
         base = name[: -len(INT8_SUFFIX)]
         scale = tensors.get(base + SCALE_SUFFIX)
@@ -108,12 +208,13 @@ def dequantize_state(tensors: dict[str, np.ndarray], file="model.safetensors") -
         if scale.shape != (array.shape[0],) or scale.dtype.kind != "f":
             raise ValueError(f"{file}: scale {base + SCALE_SUFFIX!r} must be float of shape ({array.shape[0]},), "
                              f"got {scale.dtype} {scale.shape}")
-        state[base] = dequantize_int8(array, scale)
-    return state
+        pairs[base] = (array, scale)
+    return pairs
 
 
 def load_quantized_weights(model, path, method: str = "int8") -> int:
-    """Load an int8 ``model.safetensors`` (or a run directory holding one) into ``model``; returns the step.
+    """Load an int8 ``model.safetensors`` (or a run directory holding one) into ``model``, whose layers
+    named in the file become int8 layers (the weights stay int8 in memory); returns the step.
 
     ``method``: the run config's "quantization" value; only "int8" exists.
     """
@@ -121,9 +222,15 @@ def load_quantized_weights(model, path, method: str = "int8") -> int:
     file = path / "model.safetensors" if path.is_dir() else path
     if method != "int8":
         raise ValueError(f"{file.parent / 'config.json'}: quantization {method!r} is not supported (tinyllm knows 'int8')")
-    state = dequantize_state(load_file(file), file)
+    tensors = load_file(file)
+    params = dict(model.named_parameters())
+    for name in int8_pairs(tensors, file):
+        if name not in params:
+            raise ValueError(f"{file}: int8 tensors for {name!r}, which is not a weight of the model")
+        empty = Int8Weight.empty(params[name].shape, params[name].dtype)   # the config's shape: the file's
+        _swap_in_int8(model, name.rpartition(".")[0], empty, file)       # is checked as it loads
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(tensors)
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
     return int(load_metadata(file).get("step", 0))
@@ -133,10 +240,14 @@ def load_quantized_weights(model, path, method: str = "int8") -> int:
 
 
 def float16_state(model) -> dict[str, np.ndarray]:
-    """Every parameter as float16; ValueError naming the tensor if a value would overflow to infinity."""
+    """Every float parameter as float16 (int8 ones stay int8); ValueError naming the tensor if a value would
+    overflow to infinity."""
     state = {}
     for name, array in model.state_dict().items():
         array = backend.to_numpy(array)
+        if array.dtype.kind != "f":
+            state[name] = array
+            continue
         with np.errstate(over="ignore"):        # overflow is checked just below
             half = array.astype(np.float16)
         if not np.isfinite(half).all() and np.isfinite(array).all():
@@ -183,39 +294,29 @@ def prune_global(model, sparsity: float) -> dict:
 # ---------------------------------------------------------------------------------------------- run dirs
 
 
-def save_compressed(source_run, out_dir, model, method: str, sparsity: float = 0.0, tokenizer=None,
-                    step: int = 0, details: dict | None = None) -> Path:
-    """Write ``model`` compressed by ``method`` ("int8", "fp16" or "float32", after any pruning) as a run dir.
+def save_compressed(source_run, out_dir, model, storage: str = "float32", tokenizer=None, step: int = 0,
+                    details: dict | None = None) -> Path:
+    """Write ``model`` (pruned, factored, int8: whatever was done to it) as a run directory, its float tensors
+    stored as ``storage`` ("float32" or "fp16").
 
     The source run's config.json is copied (so templates and other settings travel), with the model section
-    refreshed and a ``"compression"`` record; an int8 run also gets ``"quantization": "int8"``, which is what
-    ``load_pretrained`` dispatches on.
+    and the layout keys refreshed (``checkpoint.save_model``) and ``details`` as its ``"compression"`` record.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if method == "int8":
-        tensors = int8_state(model)
-    elif method == "fp16":
-        tensors = float16_state(model)
-    elif method == "float32":
-        tensors = {name: backend.to_numpy(array).astype(np.float32, copy=False) for name, array in model.state_dict().items()}
-    else:
-        raise ValueError(f"unknown compression method {method!r}; expected 'int8', 'fp16' or 'float32'")
-    metadata = {"format": "tinyllm", "step": str(step)}
-    if method == "int8":
-        metadata["quantization"] = "int8"
-    save_file(tensors, out_dir / "model.safetensors", metadata=metadata)
+    from .checkpoint import LAYOUT_KEYS, save_model
+    if storage not in ("float32", "fp16"):
+        raise ValueError(f"unknown storage {storage!r}; expected 'float32' or 'fp16'")
     config = read_json(Path(source_run) / "config.json", what="run config") if source_run else {}
-    config.pop("quantization", None)
-    config["model"] = model.config.to_dict()
-    if method == "int8":
-        config["quantization"] = "int8"
-    config["compression"] = {"method": method, "prune_sparsity": sparsity, "source": str(source_run), **(details or {})}
-    if tokenizer is not None:
-        tokenizer.save(out_dir / "tokenizer.json")
-        config["tokenizer"] = "tokenizer.json"
-    atomic_write_json(out_dir / "config.json", config)
-    return out_dir
+    for key in ("model", "compression", *LAYOUT_KEYS):
+        config.pop(key, None)
+    config["compression"] = {"source": str(source_run), "storage": storage, **(details or {})}
+    tensors = float16_state(model) if storage == "fp16" else None
+    save_model(out_dir, model, tokenizer, step, extra_config=config, tensors=tensors)
+    return Path(out_dir)
+
+
+def model_bytes(model) -> int:
+    """Bytes the model's parameters occupy in memory (each array once; int8 weights at 1 byte each)."""
+    return int(sum(p.data.nbytes for p in model.parameters()))
 
 
 def file_size(path) -> int:
@@ -230,6 +331,7 @@ def human_bytes(size: int) -> str:
     return f"{size / 1000 ** power:.2f} {units[power]}" if power else f"{size} B"
 
 
-__all__ = ["quantize_int8", "dequantize_int8", "int8_state", "dequantize_state", "load_quantized_weights",
-           "float16_state", "prune_global", "prunable_names", "quantizable_names", "save_compressed",
+__all__ = ["quantize_int8", "dequantize_int8", "Int8Weight", "Int8Linear", "Int8Embedding", "quantize_model",
+           "dequantize_model", "int8_layers", "check_trainable", "int8_pairs", "load_quantized_weights",
+           "float16_state", "prune_global", "prunable_names", "quantizable_names", "save_compressed", "model_bytes",
            "file_size", "human_bytes"]

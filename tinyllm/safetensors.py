@@ -1,8 +1,8 @@
 """The safetensors file format, read and written with NumPy alone.
 
-safetensors (Hugging Face) is the format for model weights that is safe to open: unlike a pickle, loading
-it runs no code, so a checkpoint downloaded from a stranger can at worst contain wrong numbers. The layout
-is simple enough to describe in three lines::
+safetensors (Hugging Face) is the format for model weights that is safe to open: unlike a pickle,
+loading it runs no code, so a checkpoint downloaded from a stranger can at worst contain wrong
+numbers. The layout is simple enough to describe in three lines::
 
     [8 bytes]  N, the header length, as a little-endian unsigned 64-bit integer
     [N bytes]  the header: UTF-8 JSON, padded with spaces to a multiple of 8
@@ -14,21 +14,21 @@ and the header maps each tensor name to where its bytes are, plus an optional st
     {"__metadata__": {"format": "np"},
      "wte": {"dtype": "F32", "shape": [50257, 768], "data_offsets": [0, 154389504]}, ...}
 
-``data_offsets`` are ``[begin, end)`` byte positions counted from the start of the data section, so a
-tensor's bytes are ``file[8 + N + begin : 8 + N + end]``, and ``end - begin`` must equal
-``itemsize(dtype) * prod(shape)``. Tensors must tile the data section exactly: no gaps, no overlaps, no
-bytes after the last one (the reference library enforces this too, and it is what makes a file easy to
-check). A 0-d tensor has ``shape: []`` and one element; an empty tensor has a 0 in its shape and
-``begin == end``.
+``data_offsets`` are ``[begin, end)`` byte positions counted from the start of the data section, so
+a tensor's bytes are ``file[8 + N + begin : 8 + N + end]``, and ``end - begin`` must equal
+``itemsize(dtype) * prod(shape)``. Tensors must tile the data section exactly: no gaps, no overlaps,
+no bytes after the last one (the reference library enforces this too, and it is what makes a file
+easy to check). A 0-d tensor has ``shape: []`` and one element; an empty tensor has a 0 in its shape
+and ``begin == end``.
 
-Writing sorts tensors by element size (largest first), then by name. With the header padded to a multiple
-of 8, every tensor then starts at a multiple of its own element size, so the file can be memory-mapped
-without unaligned reads. That is the order the reference library uses as well.
+Writing sorts tensors by element size (largest first), then by name. With the header padded to a
+multiple of 8, every tensor then starts at a multiple of its own element size, so the file can be
+memory-mapped without unaligned reads. That is the order the reference library uses as well.
 
-bfloat16 has no NumPy dtype. It is the top half of a float32 (same sign and 8-bit exponent, mantissa cut
-from 23 bits to 7), so it is read by widening: ``float32 bits = bf16 bits << 16``, exact. Writing rounds
-float32 to the nearest bfloat16 (ties to even): see ``float32_to_bfloat16_bits``. Pass
-``save_file(..., bf16={"wte", ...})`` to store chosen tensors that way and halve their size.
+bfloat16 has no NumPy dtype. It is the top half of a float32 (same sign and 8-bit exponent, mantissa
+cut from 23 bits to 7), so it is read by widening: ``float32 bits = bf16 bits << 16``, exact.
+Writing rounds float32 to the nearest bfloat16 (ties to even): see ``float32_to_bfloat16_bits``.
+Pass ``save_file(..., bf16={"wte", ...})`` to store chosen tensors that way and halve their size.
 
 Nothing read from the file is ever executed: the header goes through ``json.loads`` and every tensor
 through ``file.readinto`` into a freshly allocated array.
@@ -76,11 +76,13 @@ DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-# NumPy dtype (by kind and size, byte order aside) -> safetensors name, for writing. BF16 is chosen explicitly.
+# NumPy dtype (by kind and size, byte order aside) -> safetensors name,
+# for writing. BF16 is chosen explicitly.
 _NAME_OF_NUMPY_DTYPE = {(dt.kind, dt.itemsize): name for name, dt in DTYPES.items() if name != "BF16"}
 
 _HEADER_LENGTH_BYTES = 8
-_MAX_HEADER_BYTES = 100_000_000  # the reference library's limit; a larger "header" is a corrupt length field
+# the reference library's limit; a larger "header" is a corrupt length field
+_MAX_HEADER_BYTES = 100_000_000
 _METADATA_KEY = "__metadata__"
 _READ_CHUNK_BYTES = 1 << 30
 
@@ -89,7 +91,8 @@ _READ_CHUNK_BYTES = 1 << 30
 
 
 def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
-    """Round float values to bfloat16, returned as the uint16 bit patterns (round to nearest, ties to even).
+    """Round float values to bfloat16, returned as the uint16 bit patterns (round to nearest,
+    ties to even).
 
     Keeping the top 16 bits of a float32 truncates; to round instead, add just under half of the dropped
     part's range before cutting: ``0x7FFF`` plus the lowest kept bit, so that an exact tie (dropped part
@@ -98,7 +101,8 @@ def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     case the trick breaks (a NaN with only low mantissa bits set would round to infinity), so NaNs become
     the canonical quiet NaN ``0x7FC0`` with their sign kept. float64 input is converted to float32 first.
     """
-    bits = np.asarray(values, dtype=np.float32, order="C").view(np.uint32)  # asarray keeps 0-d arrays 0-d
+    # asarray keeps 0-d arrays 0-d
+    bits = np.asarray(values, dtype=np.float32, order="C").view(np.uint32)
     lowest_kept_bit = (bits >> 16) & np.uint32(1)
     rounded = ((bits + np.uint32(0x7FFF) + lowest_kept_bit) >> 16).astype(np.uint16)
     is_nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
@@ -109,7 +113,8 @@ def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
 
 
 def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """Widen bfloat16 bit patterns (uint16) to float32 exactly: they are the float32's top 16 bits."""
+    """Widen bfloat16 bit patterns (uint16) to float32 exactly:
+    they are the float32's top 16 bits."""
     bits = np.asarray(bits)
     if bits.dtype.kind != "u" or bits.dtype.itemsize != 2:
         raise TypeError(f"bfloat16 bits must be a uint16 array, got dtype {bits.dtype}")
@@ -122,29 +127,36 @@ def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
 
 
 def _prepare_tensor(name, value, as_bf16: bool) -> tuple[str, np.ndarray]:
-    """Check one tensor and return (safetensors dtype name, contiguous little-endian array to write)."""
+    """Check one tensor and return (safetensors dtype name,
+    contiguous little-endian array to write)."""
     if not isinstance(name, str):
         raise TypeError(f"tensor names must be str, got {name!r} ({type(name).__name__})")
     if name == _METADATA_KEY:
-        raise ValueError(f"{_METADATA_KEY!r} is reserved for the metadata table and cannot name a tensor")
+        raise ValueError(f"{_METADATA_KEY!r} is reserved for the metadata table and "
+                         "cannot name a tensor")
     if not isinstance(value, (np.ndarray, np.generic)):
         raise TypeError(
             f"tensor {name!r} is a {type(value).__module__}.{type(value).__name__}, not a NumPy array "
             "(convert GPU arrays with tinyllm.backend.to_numpy first)"
         )
     array = np.asarray(value)
-    if as_bf16 or array.dtype.name == "bfloat16":  # the second: an ml_dtypes.bfloat16 array, if a caller has one
+    # the second: an ml_dtypes.bfloat16 array, if a caller has one
+    if as_bf16 or array.dtype.name == "bfloat16":
         if array.dtype.name == "bfloat16":
             bits = array.view(np.uint16)
         elif array.dtype.kind == "f":
             bits = float32_to_bfloat16_bits(array)
         else:
-            raise TypeError(f"tensor {name!r} was asked to be stored as BF16 but has dtype {array.dtype}, not a float")
+            raise TypeError(f"tensor {name!r} was asked to be stored as BF16 but has dtype "
+                            f"{array.dtype}, not a float")
         return "BF16", np.asarray(bits, dtype="<u2", order="C")
     dtype_name = _NAME_OF_NUMPY_DTYPE.get((array.dtype.kind, array.dtype.itemsize))
     if dtype_name is None:
-        supported = ", ".join(str(DTYPES[name].newbyteorder("=")) for name in _NAME_OF_NUMPY_DTYPE.values())
-        raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store (supported: {supported})")
+        supported = ", ".join(
+            str(DTYPES[name].newbyteorder("=")) for name in _NAME_OF_NUMPY_DTYPE.values()
+        )
+        raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store "
+                        f"(supported: {supported})")
     return dtype_name, np.asarray(array, dtype=DTYPES[dtype_name], order="C")
 
 
@@ -157,9 +169,9 @@ def save_file(
 ) -> None:
     """Write ``tensors`` (name -> NumPy array) to ``path`` in safetensors format, atomically.
 
-    ``metadata`` is an optional str -> str table stored in the header. ``bf16`` names tensors to round to
-    bfloat16 on the way out (``load_file`` gives them back as float32). Any existing file at ``path`` is
-    replaced only once the new one is completely on disk.
+    ``metadata`` is an optional str -> str table stored in the header. ``bf16`` names tensors to
+    round to bfloat16 on the way out (``load_file`` gives them back as float32). Any existing file
+    at ``path`` is replaced only once the new one is completely on disk.
     """
     path = os.fspath(path)
     bf16 = set(bf16)
@@ -169,10 +181,12 @@ def save_file(
     if metadata is not None:
         for key, value in metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(f"safetensors metadata must map str to str; got {key!r}: {value!r} (use json.dumps for other values)")
+                raise TypeError(f"safetensors metadata must map str to str; got {key!r}: {value!r} "
+                                "(use json.dumps for other values)")
 
     prepared = {name: _prepare_tensor(name, value, name in bf16) for name, value in tensors.items()}
-    # Largest elements first, so every tensor starts at a multiple of its element size; then by name.
+    # Largest elements first, so every tensor starts at a multiple of its element size;
+    # then by name.
     order = sorted(prepared, key=lambda name: (-prepared[name][1].itemsize, name))
 
     header: dict = {}
@@ -181,7 +195,8 @@ def save_file(
     offset = 0
     for name in order:
         dtype_name, array = prepared[name]
-        header[name] = {"dtype": dtype_name, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        header[name] = {"dtype": dtype_name, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
     header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
@@ -201,7 +216,8 @@ def save_file(
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where one tensor lives: ``dtype`` is the safetensors name ("F32"), offsets are relative to the data section."""
+    """Where one tensor lives: ``dtype`` is the safetensors name ("F32"),
+    offsets are relative to the data section."""
 
     name: str
     dtype: str
@@ -212,7 +228,8 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Header:
-    """A checked safetensors header: tensors in file order, the metadata table, where the data section starts."""
+    """A checked safetensors header: tensors in file order, the metadata table,
+    where the data section starts."""
 
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
@@ -237,11 +254,13 @@ def _check_tensor_entry(path: str, name: str, entry) -> TensorInfo:
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
-        raise ValueError(f"{where}: data_offsets must be [begin, end] with non-negative integers, got {offsets!r}")
+        raise ValueError(f"{where}: data_offsets must be [begin, end] with non-negative integers, "
+                         f"got {offsets!r}")
     begin, end = offsets
     if end < begin:
         raise ValueError(f"{where}: data_offsets {offsets} end before they begin")
-    expected = DTYPES[dtype].itemsize * math.prod(shape)  # Python ints: no overflow on absurd shapes
+    # Python ints: no overflow on absurd shapes
+    expected = DTYPES[dtype].itemsize * math.prod(shape)
     if end - begin != expected:
         raise ValueError(
             f"{where}: data_offsets {offsets} span {end - begin} bytes, but dtype {dtype} with shape {shape} "
@@ -251,7 +270,8 @@ def _check_tensor_entry(path: str, name: str, entry) -> TensorInfo:
 
 
 def _check_layout(path: str, infos: list[TensorInfo], data_length: int) -> list[TensorInfo]:
-    """Sort by offset and check the tensors tile the data section exactly; returns them in file order."""
+    """Sort by offset and check the tensors tile the data section exactly;
+    returns them in file order."""
     infos = sorted(infos, key=lambda info: (info.begin, info.end))
     position, previous = 0, None
     for info in infos:
@@ -267,7 +287,8 @@ def _check_layout(path: str, infos: list[TensorInfo], data_length: int) -> list[
             )
         if info.begin > position:
             after = f"after tensor {previous.name!r}" if previous else "at the start of the data section"
-            raise ValueError(f"{path}: {info.begin - position} unused bytes {after} (before tensor {info.name!r})")
+            raise ValueError(f"{path}: {info.begin - position} unused bytes {after} (before tensor "
+                             f"{info.name!r})")
         position, previous = info.end, info
     if position != data_length:
         raise ValueError(f"{path}: {data_length - position} unexpected bytes after the last tensor")
@@ -277,7 +298,8 @@ def _check_layout(path: str, infos: list[TensorInfo], data_length: int) -> list[
 def _read_header_from(file, path: str) -> Header:
     file_size = os.fstat(file.fileno()).st_size
     if file_size < _HEADER_LENGTH_BYTES:
-        raise ValueError(f"{path} is not a safetensors file: it has {file_size} bytes, fewer than the 8-byte header length")
+        raise ValueError(f"{path} is not a safetensors file: it has {file_size} bytes, fewer than "
+                         "the 8-byte header length")
     (header_length,) = struct.unpack("<Q", file.read(_HEADER_LENGTH_BYTES))
     if header_length > file_size - _HEADER_LENGTH_BYTES:
         raise ValueError(
@@ -285,14 +307,16 @@ def _read_header_from(file, path: str) -> Header:
             f"bytes, but only {file_size - _HEADER_LENGTH_BYTES} bytes follow"
         )
     if header_length > _MAX_HEADER_BYTES:
-        raise ValueError(f"{path}: header length {header_length} exceeds the {_MAX_HEADER_BYTES}-byte limit")
+        raise ValueError(f"{path}: header length {header_length} exceeds the "
+                         f"{_MAX_HEADER_BYTES}-byte limit")
     raw = file.read(header_length)
     try:
         header = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not a safetensors file: header is not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not a safetensors file: header is not valid JSON (char {e.pos}: {e.msg})") from None
+        raise ValueError(f"{path} is not a safetensors file: header is not valid JSON (char "
+                         f"{e.pos}: {e.msg})") from None
     except RecursionError:  # "[[[[..." thousands deep: a hostile header, not a tinyllm bug
         raise ValueError(f"{path} is not a safetensors file: header JSON is nested too deeply") from None
     if not isinstance(header, dict):
@@ -301,7 +325,8 @@ def _read_header_from(file, path: str) -> Header:
     metadata = header.pop(_METADATA_KEY, None)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ValueError(f"{path}: {_METADATA_KEY} must be an object of string values, got {metadata!r}")
+        raise ValueError(f"{path}: {_METADATA_KEY} must be an object of string values, "
+                         f"got {metadata!r}")
     data_start = _HEADER_LENGTH_BYTES + header_length
     infos = [_check_tensor_entry(path, name, entry) for name, entry in header.items()]
     infos = _check_layout(path, infos, file_size - data_start)
@@ -336,7 +361,8 @@ def _read_into(file, buffer: memoryview) -> int:
 
 
 def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every tensor of a safetensors file into NumPy arrays (BF16 tensors come back as float32).
+    """Read every tensor of a safetensors file into NumPy arrays
+    (BF16 tensors come back as float32).
 
     Each tensor is read straight from the file into its own new, aligned, writable array, so peak memory
     is the size of the tensors, not twice it.
@@ -345,15 +371,19 @@ def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     tensors = {}
     with open(path, "rb") as file:
         header = _read_header_from(file, path)
-        file.seek(header.data_start)  # tensors are contiguous and in file order: read them in sequence
+        # tensors are contiguous and in file order: read them in sequence
+        file.seek(header.data_start)
         for name, info in header.tensors.items():
             try:
                 array = np.empty(info.shape, dtype=DTYPES[info.dtype])
-            except (ValueError, OverflowError) as e:  # e.g. 65 dimensions, or [0, 2**70]: empty but not allocatable
-                raise ValueError(f"{path}: tensor {name!r} with shape {list(info.shape)} cannot be made: {e}") from None
+            # e.g. 65 dimensions, or [0, 2**70]: empty but not allocatable
+            except (ValueError, OverflowError) as e:
+                raise ValueError(f"{path}: tensor {name!r} with shape {list(info.shape)} "
+                                 f"cannot be made: {e}") from None
             got = _read_into(file, memoryview(array.reshape(-1)).cast("B"))
             if got != array.nbytes:  # the file shrank after we checked its size
-                raise ValueError(f"{path}: tensor {name!r} is truncated: read {got} of {array.nbytes} bytes")
+                raise ValueError(f"{path}: tensor {name!r} is truncated: read {got} of "
+                                 f"{array.nbytes} bytes")
             if info.dtype == "BF16":
                 array = bfloat16_bits_to_float32(array)
             tensors[name] = array

@@ -1,26 +1,30 @@
-"""A CPU stand-in for CuPy that keeps CuPy's rules, so the GPU code path can be tested without a GPU.
+"""A CPU stand-in for CuPy that keeps CuPy's rules,
+so the GPU code path can be tested without a GPU.
 
-``tinyllm.set_device("strict")`` (or ``TINYLLM_DEVICE=strict``) makes ``backend.xp`` the namespace below.
-Its arrays hold an ordinary NumPy array and compute with NumPy, but they behave like ``cupy.ndarray``
-wherever CuPy differs from NumPy in a way that breaks NumPy-written code:
+``tinyllm.set_device("strict")`` (or ``TINYLLM_DEVICE=strict``) makes ``backend.xp`` the namespace
+below. Its arrays hold an ordinary NumPy array and compute with NumPy, but they behave like
+``cupy.ndarray`` wherever CuPy differs from NumPy in a way that breaks NumPy-written code:
 
-- No implicit trip to the host: ``numpy.asarray(a)``, ``numpy.array(a)`` and any ``numpy`` function or
-  ufunc called on a device array raise ``TypeError`` (CuPy: "Implicit conversion to a NumPy array is not
-  allowed"). The only way out is explicit: ``backend.to_numpy(a)`` (``a.get()``).
+- No implicit trip to the host: ``numpy.asarray(a)``, ``numpy.array(a)`` and any ``numpy`` function
+  or ufunc called on a device array raise ``TypeError`` (CuPy: "Implicit conversion to a NumPy array
+  is not allowed"). The only way out is explicit: ``backend.to_numpy(a)`` (``a.get()``).
 - No host arrays inside device math: ``device_array + numpy_array``, ``xp.exp(numpy_array)`` or
-  ``device_array[...] = numpy_array`` raise ``TypeError``. Host data enters through ``xp.asarray``, which
-  copies (the result never shares memory with the host array). Python and NumPy scalars mix freely.
+  ``device_array[...] = numpy_array`` raise ``TypeError``. Host data enters through ``xp.asarray``,
+  which copies (the result never shares memory with the host array). Python and NumPy scalars mix
+  freely.
 - Reductions and single-element indexing return 0-d device arrays, never NumPy scalars.
-- Random generators have CuPy's ``Generator`` methods only (``random``, ``standard_normal``, ``integers``,
-  ``uniform``, ...; no ``normal``, ``choice``, ``permutation``), and ``integers`` without ``size`` gives
-  a 0-d array.
+- Random generators have CuPy's ``Generator`` methods only (``random``, ``standard_normal``,
+  ``integers``, ``uniform``, ...; no ``normal``, ``choice``, ``permutation``), and ``integers``
+  without ``size`` gives a 0-d array.
 - ``ufunc.at`` / ``reduce`` / ``accumulate`` / ``reduceat`` exist only for the ufuncs CuPy implements.
 
-Reading a value on the host (``.item()``, ``float()``, ``int()``, ``bool()``, ``.tolist()``, formatting)
-works, as on CuPy, where it waits for the GPU: each such read is a *sync*, counted in ``counts`` so that tests
-can bound how often a training step or a decoding step stops the device. ``to_numpy`` counts as a transfer.
+Reading a value on the host (``.item()``, ``float()``, ``int()``, ``bool()``, ``.tolist()``,
+formatting) works, as on CuPy, where it waits for the GPU: each such read is a *sync*, counted in
+``counts`` so that tests can bound how often a training step or a decoding step stops the device.
+``to_numpy`` counts as a transfer.
 
-This is a thin wrapper (every result is computed by NumPy), not a second array library. It is for tests:
+This is a thin wrapper (every result is computed by NumPy),
+not a second array library. It is for tests:
 it is several times slower than NumPy.
 """
 
@@ -33,7 +37,8 @@ import numbers
 
 import numpy as np
 
-IMPLICIT = ("Implicit conversion to a NumPy array is not allowed (device 'strict' keeps CuPy's rules). "
+IMPLICIT = ("Implicit conversion to a NumPy array is not allowed (device 'strict' keeps "
+            "CuPy's rules). "
             "Use backend.to_numpy(array) to copy it to the host explicitly.")
 
 # Host reads of device values, by kind ("item", "float", "bool", "tolist", "to_numpy", ...).
@@ -47,7 +52,8 @@ def sync_count() -> int:
 
 @contextlib.contextmanager
 def count_syncs():
-    """``with count_syncs() as seen: ...`` — afterwards ``seen`` holds the host reads made inside, by kind."""
+    """``with count_syncs() as seen: ...`` —
+    afterwards ``seen`` holds the host reads made inside, by kind."""
     before = counts.copy()
     seen: collections.Counter = collections.Counter()
     try:
@@ -67,7 +73,8 @@ def _unwrap(value, what="argument"):
     if isinstance(value, ndarray):
         return value._a
     if isinstance(value, np.ndarray):
-        raise TypeError(f"Unsupported type {type(value)}: a host numpy.ndarray was passed as a device "
+        raise TypeError(f"Unsupported type {type(value)}: a host numpy.ndarray was "
+                        "passed as a device "
                         f"{what} (CuPy refuses this; move it with xp.asarray first)")
     if isinstance(value, (list, tuple)):
         return type(value)(_unwrap(v, what) for v in value)
@@ -75,14 +82,17 @@ def _unwrap(value, what="argument"):
 
 
 def _unwrap_elementwise(value):
-    """Operands of elementwise math: device arrays and scalars only (CuPy refuses lists here too)."""
+    """Operands of elementwise math: device arrays and scalars only
+    (CuPy refuses lists here too)."""
     if isinstance(value, (list, tuple)):
-        raise TypeError(f"Unsupported type {type(value)} in elementwise device math (CuPy refuses it)")
+        raise TypeError(f"Unsupported type {type(value)} in elementwise device math "
+                        "(CuPy refuses it)")
     return _unwrap(value, "operand")
 
 
 def _wrap(result):
-    """NumPy results back as device arrays; a NumPy scalar becomes a 0-d device array, as in CuPy."""
+    """NumPy results back as device arrays; a NumPy scalar becomes a 0-d device array,
+    as in CuPy."""
     if isinstance(result, np.ndarray):
         return ndarray(result)
     if isinstance(result, np.generic):
@@ -119,7 +129,8 @@ class ndarray:
     """A device array: a NumPy array behind CuPy's rules (see the module docstring)."""
 
     __slots__ = ("_a",)
-    __array_ufunc__ = None        # numpy ufuncs refuse it; numpy scalars defer to its reflected operators
+    # numpy ufuncs refuse it; numpy scalars defer to its reflected operators
+    __array_ufunc__ = None
     __hash__ = None
 
     def __init__(self, a: np.ndarray):
@@ -186,7 +197,8 @@ class ndarray:
         self._a[_index(key)] = _unwrap(value, "value")
 
     def __getattr__(self, name):
-        if name.startswith("__"):      # no __array_interface__, __array_struct__, __dlpack__ ... from NumPy
+        # no __array_interface__, __array_struct__, __dlpack__ ... from NumPy
+        if name.startswith("__"):
             raise AttributeError(name)
         attr = getattr(self._a, name)
         if callable(attr):
@@ -266,7 +278,8 @@ class _Ufunc:
         method = getattr(self._ufunc, name)
         if name == "at":
             def at(a, indices, b=None):
-                method(_unwrap(a), _index(indices), *([] if b is None else [_unwrap_elementwise(b)]))
+                method(_unwrap(a), _index(indices),
+                       *([] if b is None else [_unwrap_elementwise(b)]))
             return at
         return _device_function(method, name)
 
@@ -275,7 +288,8 @@ class _Ufunc:
 # shuffle ...) do not exist there.
 _GENERATOR_METHODS = {"random", "uniform", "integers", "standard_normal", "standard_exponential",
                       "standard_gamma", "exponential", "gamma", "beta", "binomial", "chisquare",
-                      "dirichlet", "f", "geometric", "hypergeometric", "logseries", "poisson", "power"}
+                      "dirichlet", "f", "geometric", "hypergeometric", "logseries", "poisson",
+                      "power"}
 
 
 class Generator:
@@ -283,7 +297,8 @@ class Generator:
 
     def __init__(self, seed=None):
         if seed is not None and not isinstance(seed, numbers.Integral):
-            raise TypeError(f"cupy.random.default_rng takes an integer seed, not {type(seed).__name__}")
+            raise TypeError("cupy.random.default_rng takes an integer seed, not "
+                            f"{type(seed).__name__}")
         self._rng = np.random.default_rng(seed)
 
     def __getattr__(self, name):
@@ -323,7 +338,8 @@ def _unwrap_host_sequence(a):
 
 
 def _fuse(*args, **kwargs):
-    """``cupy.fuse``: compiles an elementwise function into one kernel on a GPU; here, the function itself."""
+    """``cupy.fuse``: compiles an elementwise function into one kernel on a GPU; here,
+    the function itself."""
     if len(args) == 1 and callable(args[0]) and not kwargs:
         return args[0]
     return lambda fn: fn
@@ -340,7 +356,8 @@ _OWN = {"ndarray": ndarray, "asarray": _asarray, "array": _asarray, "asanyarray"
 
 
 class _Namespace:
-    """What ``backend.xp`` is on device 'strict': NumPy's names, each wrapped to follow CuPy's rules."""
+    """What ``backend.xp`` is on device 'strict': NumPy's names,
+    each wrapped to follow CuPy's rules."""
 
     __name__ = "tinyllm.strict"
 

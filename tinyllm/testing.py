@@ -1,13 +1,14 @@
 """Check a hand-written backward pass against finite differences.
 
 For a function f of tensors and a fixed random "upstream gradient" R of f's output shape, the scalar
-L = Σ f(x) * R has the gradient dL/dx that ``backward(R)`` computes. Central differences estimate the same
-thing from the forward alone:
+L = Σ f(x) * R has the gradient dL/dx that ``backward(R)`` computes. Central differences estimate
+the same thing from the forward alone:
 
     dL/dx[i] ≈ (L(x + eps·e_i) - L(x - eps·e_i)) / (2 eps)
 
 with an error of O(eps²) from truncation plus O(1e-16 |L| / eps) from rounding; in float64 with eps = 1e-6
-both are far below 1e-6 relative, so any larger disagreement is a bug in the backward. Use it on your own ops:
+both are far below 1e-6 relative,
+so any larger disagreement is a bug in the backward. Use it on your own ops:
 
     from tinyllm import Tensor, default_dtype
     from tinyllm.testing import gradcheck
@@ -25,7 +26,8 @@ from .autograd import Tensor, no_grad
 
 
 def gradcheck(fn, inputs, eps=1e-6, rtol=1e-6, atol=1e-8, seed=0, max_elements=None) -> float:
-    """Compare ``fn``'s analytic gradients with central finite differences, for every input that requires grad.
+    """Compare ``fn``'s analytic gradients with central finite differences,
+    for every input that requires grad.
 
     fn:           called as ``fn(*inputs)``; returns a Tensor (any shape) — or a tuple whose first item is one.
     inputs:       Tensors (float64 when they require grad) and any other arguments ``fn`` takes.
@@ -64,21 +66,23 @@ def gradcheck(fn, inputs, eps=1e-6, rtol=1e-6, atol=1e-8, seed=0, max_elements=N
 
 
 def _inputs_to_check(inputs) -> list:
-    """(position, tensor) of every input that requires grad: float64, C-contiguous (perturbed through a
-    flat view)."""
+    """(position, tensor) of every input that requires grad: float64, C-contiguous (perturbed
+    through a flat view)."""
     checked = [(i, t) for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input requires grad, so there is nothing to check")
     for i, t in checked:
         if t.dtype != np.float64:
-            raise ValueError(f"gradcheck needs float64 inputs for a meaningful check; input {i} is {t.dtype}")
+            raise ValueError("gradcheck needs float64 inputs for a meaningful check; input "
+                             f"{i} is {t.dtype}")
         if not t.data.flags.c_contiguous:
             t.data = backend.xp.ascontiguousarray(t.data)
     return checked
 
 
 def _analytic_gradients(output, inputs, checked, seed):
-    """dL/dx of L = Σ out * R for a random upstream gradient R, by ``backward(R)``; returns them and R."""
+    """dL/dx of L = Σ out * R for a random upstream gradient R, by ``backward(R)``;
+    returns them and R."""
     for _, t in checked:
         t.grad = None
     out = output(*inputs)
@@ -88,7 +92,8 @@ def _analytic_gradients(output, inputs, checked, seed):
 
 
 def _central_difference(flat, k, loss, eps) -> float:
-    """(L(x + eps e_k) - L(x - eps e_k)) / 2 eps, perturbing element k of the input in place and restoring it."""
+    """(L(x + eps e_k) - L(x - eps e_k)) / 2 eps,
+    perturbing element k of the input in place and restoring it."""
     original = flat[k].item()
     flat[k] = original + eps
     plus = loss()

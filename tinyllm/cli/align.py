@@ -16,8 +16,10 @@ import dataclasses
 import time
 from pathlib import Path
 
+from .. import distributed
 from .common import (group_size, non_negative_float, non_negative_int, positive_float, positive_int,
                      split_fractions, stop_if_interrupted, unit_interval)
+from .train import add_zero_flag
 
 DEFAULT_BASES = ("runs/instruct", "runs/demo")
 
@@ -134,6 +136,7 @@ def _common(p, out, lr) -> None:
     p.add_argument("--lr", type=positive_float, default=lr, help="learning rate (AdamW)")
     p.add_argument("--log-interval", type=positive_int, default=5, help="steps between progress lines (when not on a terminal)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling, shuffling and new heads' initialisation")
+    add_zero_flag(p)
 
 
 def _lora_flags(p) -> None:
@@ -184,7 +187,7 @@ def base_checkpoint(ckpt) -> Path:
         if (Path(candidate) / "model.safetensors").exists():
             return Path(candidate)
     raise FileNotFoundError(f"no --ckpt given and none of {', '.join(DEFAULT_BASES)} exists; create one with "
-                            "`tinyllm demo` (about 3 minutes) and optionally `tinyllm finetune instruct`")
+                            "`tinyllm demo` (3–5 minutes) and optionally `tinyllm finetune instruct`")
 
 
 def _start(args):
@@ -192,10 +195,15 @@ def _start(args):
     out = Path(args.out)
     if (out / "model.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")
+    if hasattr(args, "batch_size"):                  # reward, dpo: pairs split over the processes
+        distributed.check_divides(args.batch_size)
     ckpt = base_checkpoint(args.ckpt)
     model, tokenizer = load_pretrained(ckpt)
     if tokenizer is None:
         raise ValueError(f"'{ckpt}' has no tokenizer.json, so text cannot be encoded for it")
+    if not getattr(args, "lora_rank", 0):
+        from ..quantize import check_trainable
+        check_trainable(model, f"'{ckpt}'")
     print(f"start: {ckpt} ({model.num_parameters():,} parameters, context {model.config.block_size})")
     return ckpt, model, tokenizer, out
 
@@ -233,6 +241,14 @@ def _save_policy(out: Path, gpt, tokenizer, ckpt: Path, alignment: dict) -> None
     save_model(out, gpt, tokenizer, extra_config={**_base_extras(ckpt), "base": str(ckpt), "alignment": alignment})
 
 
+def _pairs_config(args):
+    """The finetuning loop's settings for training on preference pairs (reward model, DPO)."""
+    from ..finetune.loop import FinetuneConfig
+    return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          min_lr=args.lr / 10, warmup=10, weight_decay=0.0,
+                          log_interval=args.log_interval, seed=args.seed, zero=args.zero)
+
+
 def _preference_splits(args, tokenizer, block_size):
     from ..rl.data import builtin_preferences, encode_preferences, read_preferences, split_pairs
     if args.data is None:
@@ -255,16 +271,16 @@ def _preference_splits(args, tokenizer, block_size):
 # ---------------------------------------------------------------------------------------------- reward
 
 def run_reward(args) -> int:
-    from ..finetune.loop import FinetuneConfig
     from ..rl.reward import RewardModel, evaluate_reward_model, save_reward_model, train_reward_model
     ckpt, model, tokenizer, out = _start(args)
     train, val, test = _preference_splits(args, tokenizer, model.config.block_size)
     model = RewardModel.from_gpt(model, seed=args.seed)
     before = evaluate_reward_model(model, test)
     print(f"before: held-out pairwise accuracy {before['accuracy']:.3f} (loss {before['loss']:.4f})")
-    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
-                            warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed)
+    config = _pairs_config(args)
     summary = train_reward_model(model, train, val if len(val) else None, config, log=_logger(out))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     extras = {"base": str(ckpt), "data": args.data, "seconds": round(summary["seconds"], 1),
               **{k: v for k, v in _base_extras(ckpt).items() if k != "task"}}
     stop_if_interrupted(summary, out, lambda: save_reward_model(out, model, tokenizer, extras))
@@ -282,7 +298,6 @@ def run_reward(args) -> int:
 # ---------------------------------------------------------------------------------------------- dpo
 
 def run_dpo(args) -> int:
-    from ..finetune.loop import FinetuneConfig
     from ..rl.dpo import all_pair_log_probs, evaluate_dpo, train_dpo
     from ..rl.logprobs import disable_dropout, frozen_copy
     ckpt, policy, tokenizer, out = _start(args)
@@ -292,9 +307,10 @@ def run_dpo(args) -> int:
     _maybe_lora(policy, args)
     ref_test = all_pair_log_probs(reference, test)
     before = evaluate_dpo(policy, test, ref_test, args.beta)
-    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
-                            warmup=10, weight_decay=0.0, log_interval=args.log_interval, seed=args.seed)
+    config = _pairs_config(args)
     summary = train_dpo(policy, reference, train, val if len(val) else None, config, args.beta, log=_logger(out))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     alignment = {"method": "dpo", "beta": args.beta, "epochs": args.epochs, "lr": args.lr, "data": args.data,
                  "seconds": round(summary["seconds"], 1)}
     stop_if_interrupted(summary, out, lambda: (_merge_lora(policy, args),
@@ -363,6 +379,8 @@ def run_ppo(args) -> int:
 
     print(f"PPO: {len(prompts)} training prompts, {len(test)} held-out; reward model {args.reward_model}")
     summary = train_ppo(policy, reference, prompts, score, config, end, eval_fn=evaluate, log=_logger(out))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     first, last = summary["evals"][0], summary["evals"][-1]
     _merge_lora(policy, args)
     _save_policy(out, policy.as_gpt(), tokenizer, ckpt,
@@ -423,6 +441,8 @@ def run_grpo(args) -> int:
                          eval_fn=lambda model: {f"test_{k}": v for k, v in
                                                 task_accuracy(model, tokenizer, test, args.max_new_tokens).items()},
                          log=_logger(out))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     first, last = summary["evals"][0], summary["evals"][-1]
     _merge_lora(policy, args)
     _save_policy(out, policy, tokenizer, ckpt, {"method": "grpo", "task": args.task if args.data is None or args.task == "gsm8k" else None,

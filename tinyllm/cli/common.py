@@ -76,6 +76,11 @@ def top_p(text: str) -> float:
     return _number(text, lambda v: 0 < v <= 1, "a probability mass in (0, 1]")
 
 
+def energy_share(text: str) -> float:
+    """A share of a total to keep (the singular values' energy of a low-rank factorisation): in (0, 1]."""
+    return _number(text, lambda v: 0 < v <= 1, "a share in (0, 1]")
+
+
 def group_size(text: str) -> int:
     """GRPO's completions per prompt: at least two, to compare them with each other."""
     return _integer(text, 2)
@@ -184,3 +189,23 @@ def stop_if_interrupted(summary: dict, out, save=None) -> None:
     raise TrainingInterrupted(f"interrupted after step {steps} of {total}: the model as trained so far is saved "
                               f"in {out}/, not scored (finetuning cannot be resumed: run the command again to "
                               "train it fully)", steps)
+
+
+def add_filter_flags(p) -> None:
+    """``--filter BLOCKLIST`` and ``--filter-mode`` (generate, chat, serve; see tinyllm.safety.blocklist)."""
+    g = p.add_argument_group("output filter")
+    g.add_argument("--filter", metavar="BLOCKLIST", default=None,
+                   help="a file of words and phrases (one per line, # comments) that must not reach the output: "
+                        "matched case-insensitively as whole words, also across streamed pieces")
+    g.add_argument("--filter-mode", choices=("mask", "block"), default="mask",
+                   help="mask: replace each blocked term by asterisks; block: end the reply before the first one")
+
+
+def output_filter(args):
+    """A function making one ``FilterStream`` per reply (None without ``--filter``); the file is read and
+    checked here, before any model is loaded."""
+    if args.filter is None:
+        return lambda: None
+    from ..safety.blocklist import FilterStream, load_blocklist
+    blocklist = load_blocklist(args.filter)
+    return lambda: FilterStream(blocklist, args.filter_mode)

@@ -13,8 +13,10 @@ import json
 import time
 from pathlib import Path
 
+from .. import distributed
 from .common import (non_negative_float, non_negative_int, positive_float, positive_int, probability,
                      split_fractions, stop_if_interrupted)
+from .train import add_zero_flag
 
 
 
@@ -55,6 +57,9 @@ def add_commands(sub) -> None:
     g.add_argument("--split", default="0.85,0.05,0.1", type=split_fractions, help="train,val,test fractions of --data, in file order")
     g.add_argument("--train-size", type=positive_int, default=1500, help="built-in tasks: training records")
     g.add_argument("--test-size", type=non_negative_int, default=120, help="built-in tasks: held-out test records (60 more for validation)")
+    g.add_argument("--refusals", action=argparse.BooleanOptionalAction, default=True,
+                   help="built-in tasks: include requests to decline, answered \"I can't help with that.\" "
+                        "(a seventh task, tinyllm.data.refusals), so the model learns to refuse")
     g.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest generated response when scoring")
     g.add_argument("--template", choices=["alpaca", "chat"], default="alpaca",
                    help="prompt format: the Alpaca template, or the base run's own chat template (an imported "
@@ -64,19 +69,29 @@ def add_commands(sub) -> None:
                    help="also score the model before finetuning")
     i.set_defaults(func=run_instruct)
 
-    e = sub.add_parser("evaluate", help="task metrics of a finetuned run (classification or instructions)",
+    e = sub.add_parser("evaluate", help="task metrics of a finetuned run; red-teaming; a long-dialogue check",
                        description="classify: accuracy, precision, recall, F1 and the confusion matrix. instruct: "
                                    "response perplexity, and exact match, ROUGE-L and BLEU of greedy responses "
                                    "stopped at the end token. Without --data, the data the run was trained on "
-                                   "(its test split).")
-    e.add_argument("--ckpt", required=True, help="finetuned run directory")
-    e.add_argument("--task", choices=["classify", "instruct"], default=None, help="default: the run's own task")
-    e.add_argument("--data", default=None, help="data file (default: the run's training data)")
+                                   "(its test split). safety (any run that writes text): the red-team prompt set "
+                                   "shipped with tinyllm — refusal rate, over-refusal, prompt injections followed, "
+                                   "toxic-word hits, the bias probe's score gap (tinyllm.safety.redteam). "
+                                   "dialogue: a scripted conversation through chat's history, checking what is "
+                                   "kept and whether early facts survive (tinyllm.safety.dialogue).")
+    e.add_argument("--ckpt", required=True, help="run directory")
+    e.add_argument("--task", choices=["classify", "instruct", "safety", "dialogue"], default=None,
+                   help="default: the run's own task")
+    e.add_argument("--data", default=None, help="data file (default: the run's training data; safety: a red-team "
+                                                 "set shaped like tinyllm/safety/redteam.json)")
     e.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
                    help="which part of the data to score (the run's split settings)")
-    e.add_argument("--max-new-tokens", type=positive_int, default=64, help="instruct: longest generated response")
-    e.add_argument("--limit", type=positive_int, default=None, help="score at most this many examples")
-    e.add_argument("--show", type=non_negative_int, default=3, help="instruct: print this many responses next to their references")
+    e.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest generated response")
+    e.add_argument("--limit", type=positive_int, default=None, help="score at most this many examples (safety: prompts)")
+    e.add_argument("--show", type=non_negative_int, default=3,
+                   help="instruct: print this many responses next to their references; safety: this many per category")
+    e.add_argument("--toxicity-words", default=None, metavar="FILE",
+                   help="safety: the word list toxic words are counted with (default: a small built-in one)")
+    e.add_argument("--turns", type=positive_int, default=24, help="dialogue: turns in the scripted conversation")
     e.add_argument("--adapter", action="store_true", help="load the base run + adapter.safetensors instead of merged weights")
     e.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     e.set_defaults(func=run_evaluate)
@@ -122,6 +137,7 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr, prompt_lr) -> None:
     g.add_argument("--checkpoint-activations", action="store_true",
                    help="keep only each block's input and recompute the block in the backward: less memory, "
                         "about a third more compute (needs dropout 0)")
+    add_zero_flag(g)
     p.set_defaults(default_lr=lr, default_lora_lr=lora_lr, default_prompt_lr=prompt_lr)
 
 
@@ -137,8 +153,7 @@ def _finetune_config(args):
     return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, warmup=args.warmup,
                           weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_interval=args.log_interval,
-                          bucket=args.bucket, dropout=args.dropout,
-                          seed=args.seed)
+                          bucket=args.bucket, dropout=args.dropout, seed=args.seed, zero=args.zero)
 
 
 def _load_base(args, allow_encoder=False):
@@ -146,6 +161,7 @@ def _load_base(args, allow_encoder=False):
     out = Path(args.out)
     if (out / "model.safetensors").exists() or (out / "adapter.safetensors").exists():
         raise ValueError(f"'{out}' already holds a run; choose another --out or delete it")
+    distributed.check_divides(args.batch_size)       # under mpiexec: before any work
     model, tokenizer = load_pretrained(args.ckpt, allow_encoder=allow_encoder)
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer.json, so text cannot be encoded for it")
@@ -174,6 +190,9 @@ def _prepare_training(model, args, also=()):
         if args.dropout:
             raise ValueError("--checkpoint-activations needs --dropout 0: recomputed blocks would draw new masks")
         enable_checkpointing(model)
+    if not args.lora_rank and not prompt:                 # LoRA and prompts leave the int8 base frozen
+        from ..quantize import check_trainable
+        check_trainable(model, f"'{args.ckpt}'")
     if prompt:
         from ..prompt_tuning import apply_prompt_tuning
         report = apply_prompt_tuning(model, prompt[1], prompt[0], trainable=also, seed=args.seed)
@@ -255,10 +274,13 @@ def run_classify(args) -> int:
         model = GPTClassifier.from_gpt(model, len(names), names, seed=args.seed)
     _prepare_training(model, args, also=("classifier",))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "log.jsonl").unlink(missing_ok=True)
     summary = train_classifier(model, tokenizer, train, val, _finetune_config(args),
                                log=lambda r: append_jsonl(out / "log.jsonl", r))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
     extra = {"task": "classify", "labels": names, "base": str(args.ckpt),
              "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "balance": args.balance,
@@ -280,10 +302,10 @@ def run_classify(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- instruct
 
-def _instruction_data(path, fractions, seed, train_size, test_size):
-    from ..data.instructions import builtin_instructions, read_instructions, split_records
+def _instruction_data(path, fractions, seed, train_size, test_size, refusals=False):
+    from ..data.instructions import REFUSE, TASKS, builtin_instructions, read_instructions, split_records
     if path is None:
-        return builtin_instructions(train_size, 60, test_size, seed)
+        return builtin_instructions(train_size, 60, test_size, seed, TASKS + (REFUSE,) if refusals else TASKS)
     return split_records(read_instructions(path), fractions)
 
 
@@ -307,10 +329,12 @@ def run_instruct(args) -> int:
     from ..finetune.instruct import evaluate_instructions, format_scores, train_instructions
     model, tokenizer = _load_base(args)
     fractions = args.split
-    train, val, test = _instruction_data(args.data, fractions, args.seed, args.train_size, args.test_size)
+    train, val, test = _instruction_data(args.data, fractions, args.seed, args.train_size, args.test_size,
+                                         args.refusals)
     template = _instruct_template(args, tokenizer)
     end = end_token(tokenizer, template)
-    print(f"data: {args.data or 'built-in generated tasks'}; {len(train)} train / {len(val)} val / {len(test)} test records; "
+    builtin = f"built-in generated tasks{' with refusals' if args.refusals else ''}"
+    print(f"data: {args.data or builtin}; {len(train)} train / {len(val)} val / {len(test)} test records; "
           f"responses end with {end.text!r} (id {end.id}){'; ' + end.note if end.note else ''}")
     scored = test[:args.eval_limit] if args.eval_limit else test
     _prepare_training(model, args)     # checks the adapter flags before the minutes of scoring below; new LoRA
@@ -322,17 +346,21 @@ def run_instruct(args) -> int:
             before = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens, template)
         print(f"before finetuning ({time.perf_counter() - t0:.0f}s): {format_scores(before)}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "log.jsonl").unlink(missing_ok=True)
     summary = train_instructions(model, tokenizer, train, val, _finetune_config(args), template,
                                  log=lambda r: append_jsonl(out / "log.jsonl", r))
+    if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
+        return 0
     trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
     keys = ("exact_match", "rouge_l", "bleu", "response_ppl")
     own = {} if args.template == "chat" else {"template": chat_template("alpaca")}   # chat: tokenizer_config.json
     extra = {"task": "instruct", **own, "end_token": END_OF_TEXT if end.text == END_OF_TEXT else end.text,
              "base": str(args.ckpt),
              "data": {"path": None if args.data is None else str(Path(args.data).resolve()), "split": list(fractions),
-                      "seed": args.seed, "train_size": args.train_size, "test_size": args.test_size},
+                      "seed": args.seed, "train_size": args.train_size, "test_size": args.test_size,
+                      "refusals": args.refusals and args.data is None},
              "finetune": {"lora_rank": args.lora_rank, "prompt_tuning": args.prompt_tuning,
                           "prefix_tuning": args.prefix_tuning, "epochs": args.epochs, "lr": args.lr, "trainable": trainable,
                           "seconds": round(summary["seconds"], 1)}}
@@ -368,12 +396,16 @@ def run_evaluate(args) -> int:
     from ..finetune import load_finetuned
     model, tokenizer, config = load_finetuned(args.ckpt, prefer_adapter=args.adapter)
     task = args.task or config.get("task")
-    if task not in ("classify", "instruct"):
-        raise ValueError(f"'{args.ckpt}' records no finetuning task; pass --task classify or --task instruct")
-    if task == "classify" and not hasattr(model, "label_names"):
-        raise ValueError(f"'{args.ckpt}' is not a classifier run, so it cannot be evaluated with --task classify")
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer.json")
+    if task in ("safety", "dialogue"):
+        from .safety import evaluate_dialogue, evaluate_safety
+        return (evaluate_safety if task == "safety" else evaluate_dialogue)(args, model, tokenizer, config)
+    if task not in ("classify", "instruct"):
+        raise ValueError(f"'{args.ckpt}' records no finetuning task; pass --task classify or instruct (or safety "
+                         "or dialogue, which any run that writes text can take)")
+    if task == "classify" and not hasattr(model, "label_names"):
+        raise ValueError(f"'{args.ckpt}' is not a classifier run, so it cannot be evaluated with --task classify")
     data = config.get("data", {})
     path = args.data if args.data is not None else data.get("path")
     seed = data.get("seed", 123)
@@ -388,7 +420,7 @@ def run_evaluate(args) -> int:
     else:
         from ..finetune.instruct import evaluate_instructions, format_scores
         splits = _instruction_data(path, tuple(data.get("split", (0.85, 0.05, 0.1))), seed,
-                                   data.get("train_size", 1500), data.get("test_size", 120))
+                                   data.get("train_size", 1500), data.get("test_size", 120), data.get("refusals", False))
         records = _pick_split(splits, args.split)[:args.limit]
         scores = evaluate_instructions(model, tokenizer, records, args.max_new_tokens)
         if args.json:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import non_negative_float, non_negative_int, positive_float, positive_int, top_p
+from .common import (add_filter_flags, non_negative_float, non_negative_int, output_filter, positive_float,
+                     positive_int, top_p)
 from ..serve.chat import end_token_ids as _stop_ids     # <|endoftext|> and the run's "end_token"
 
 END_OF_TEXT = "<|endoftext|>"
@@ -41,6 +42,7 @@ def add_commands(sub) -> None:
     p.add_argument("--length-penalty", type=float, default=1.0, help="with --beam: score = Σ log p / length^this")
     p.add_argument("--chat", action="store_true", help="wrap --prompt as a user message in the model's chat "
                                                        "template (tokenizer_config.json's, or ChatML / Llama 3)")
+    add_filter_flags(p)
     p.set_defaults(func=run_generate)
 
     p = sub.add_parser("chat", help="talk to a model: read lines from stdin, answer each one",
@@ -50,6 +52,7 @@ def add_commands(sub) -> None:
                                    "them; a line starting with / is never sent to the model.")
     p.add_argument("--ckpt", required=True, help="run directory (or its model.safetensors)")
     add_sampling_flags(p, max_new_tokens=128)
+    add_filter_flags(p)
     p.set_defaults(func=run_chat)
 
 
@@ -88,15 +91,23 @@ class TextStream:
 
     ``stop_text``: once the text contains it, the text is cut just before it and ``add`` returns True.
     ``strip_leading``: leading whitespace is not printed (a chat reply often starts with a newline).
+    ``output_filter``: a ``tinyllm.safety.blocklist.FilterStream`` the printed text goes through; when it
+    blocks, ``add`` returns True too. ``text`` is what the model wrote, ``shown`` what was printed.
     """
 
-    def __init__(self, tokenizer, out=None, stop_text=None, strip_leading=False):
+    def __init__(self, tokenizer, out=None, stop_text=None, strip_leading=False, output_filter=None):
         self.tokenizer, self.out = tokenizer, out or sys.stdout
-        self.stop_text, self.strip_leading = stop_text, strip_leading
-        self.ids, self.text, self.printed, self._pending = [], "", 0, None
+        self.stop_text, self.strip_leading, self.filter = stop_text, strip_leading, output_filter
+        self.ids, self.text, self.printed, self._pending, self.shown = [], "", 0, None, ""
+
+    @property
+    def blocked(self):
+        """The term the filter blocked the text at, or None."""
+        return self.filter.blocked if self.filter is not None else None
 
     def add(self, token: int) -> bool:
-        """Append a token and print the text that became complete; True when ``stop_text`` was reached."""
+        """Append a token and print the text that became complete; True when ``stop_text`` was reached
+        or the filter blocked the text."""
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids)
         if self.strip_leading:
@@ -109,7 +120,7 @@ class TextStream:
             return False
         self.text, self._pending = text, None
         self._flush()
-        return cut >= 0
+        return cut >= 0 or self.blocked is not None
 
     def _could_become_stop(self, text: str) -> bool:
         """Whether the text ends with the start of ``stop_text`` (printing it could print part of a stop)."""
@@ -119,11 +130,14 @@ class TextStream:
         """Print whatever is left (an incomplete character at the very end shows as "\ufffd")."""
         if self._pending is not None:
             self.text, self._pending = self._pending, None
-        self._flush()
+        self._flush(final=True)
 
-    def _flush(self) -> None:
+    def _flush(self, final: bool = False) -> None:
         new, self.printed = self.text[self.printed:], len(self.text)
+        if self.filter is not None:
+            new = self.filter.feed(new) + (self.filter.finish() if final else "")
         if new:
+            self.shown += new
             self.out.write(new)
             self.out.flush()
 
@@ -137,6 +151,7 @@ def run_generate(args) -> int:
     from ..generate import beam_search, stream_generate
     from ..sampling import check_sampling_args
     check_sampling_args(args.temperature, args.top_k or None, args.top_p, args.repetition_penalty)
+    new_filter = output_filter(args)
     model, tokenizer, config = _load(args.ckpt, args.dtype)
     stop_ids = _stop_ids(tokenizer, config)
     start = [tokenizer.special_tokens[END_OF_TEXT]] if END_OF_TEXT in tokenizer.special_tokens else []
@@ -152,35 +167,37 @@ def run_generate(args) -> int:
         results = beam_search(model, prompt_ids, args.beam, args.max_new_tokens, args.length_penalty, stop_ids,
                               use_cache=not args.no_cache)
         tokens, score = results[0]
-        print(args.prompt + tokenizer.decode(tokens))
+        text, blocked = _filtered(tokenizer.decode(tokens), new_filter())
+        print(args.prompt + text)
         _report(len(tokens), time.perf_counter() - start, f", best of {args.beam} beams, score {score:.3f}")
+        _say_if_blocked(blocked)
         return 0
     sys.stdout.write(args.prompt)
-    stream, count = TextStream(tokenizer), 0
+    stream, count = TextStream(tokenizer, output_filter=new_filter()), 0
     for token in stream_generate(model, prompt_ids, args.max_new_tokens, stop_ids=stop_ids, **_sampling_kwargs(args)):
-        stream.add(token)
         count += 1
+        if stream.add(token):
+            break
     stream.finish()
     sys.stdout.write("\n")
     _report(count, time.perf_counter() - start, f", prompt {len(prompt_ids)} tokens")
+    _say_if_blocked(stream.blocked)
     return 0
 
 
+def _filtered(text: str, output_filter):
+    """(``text`` through ``output_filter``, the term that blocked it or None); ``text`` itself without one."""
+    if output_filter is None:
+        return text, None
+    return output_filter.filter_all(text), output_filter.blocked
+
+
+def _say_if_blocked(term) -> None:
+    if term is not None:
+        print("[the output filter stopped the text before a blocked term]", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------------------------------- chat
-
-def _fit_history(turns, current, budget):
-    """The most recent turns (each a list of ids) that fit in ``budget`` tokens together with ``current``;
-    ``current`` alone is cut to its last ``budget`` tokens."""
-    if len(current) >= budget:
-        return current[-budget:]
-    kept, used = [], len(current)
-    for turn in reversed(turns):
-        if used + len(turn) > budget:
-            break
-        kept.append(turn)
-        used += len(turn)
-    return [t for turn in reversed(kept) for t in turn] + current
-
 
 def _chat_template(ckpt, tokenizer, required=False):
     from pathlib import Path
@@ -198,98 +215,78 @@ def _template_stop_ids(tokenizer, template) -> list[int]:
     return [tokenizer.special_tokens[t] for t in template.stop_tokens if t in tokenizer.special_tokens]
 
 
-def _chat_with_template(args, model, tokenizer, template) -> int:
-    """The chat loop for a model with its own chat template: the whole conversation is re-rendered each
-    turn (oldest messages dropped while it does not fit), and a reply ends at the template's stop tokens."""
-    from ..generate import generate
-    stop_ids = _template_stop_ids(tokenizer, template)
-    budget = max(model.config.block_size - args.max_new_tokens, model.config.block_size // 2)
-    print(f"chat with {args.ckpt} (the model's chat template, context {model.config.block_size} tokens). "
-          f"{CHAT_COMMANDS}", file=sys.stderr)
-    messages, sampling = [], _sampling_kwargs(args)
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "/quit":
-            break
-        if not command:
-            continue
-        if command.startswith("/"):           # /reset, /help and any other /word: ours, not the model's
-            messages = [] if command == "/reset" else messages
-            print(f"[{'conversation forgotten' if command == '/reset' else CHAT_COMMANDS}]", file=sys.stderr)
-            continue
-        messages.append({"role": "user", "content": line.rstrip("\n")})
-        ids = tokenizer.encode(template.render(messages), allowed_special="all")
-        while len(ids) > budget and len(messages) > 1:
-            messages = messages[2:] if len(messages) > 2 else messages[1:]
-            ids = tokenizer.encode(template.render(messages), allowed_special="all")
-        reply = tokenizer.decode(generate(model, ids[-budget:], args.max_new_tokens, stop_ids=stop_ids, **sampling))
-        print(reply.strip(), flush=True)
-        messages.append({"role": "assistant", "content": reply.strip()})
-    return 0
-
-
-def run_chat(args) -> int:
-    from ..serve.chat import ChatTemplate, tools_line
-    model, tokenizer, config = _load(args.ckpt, args.dtype)
-    template = None if config.get("template") is not None else _chat_template(args.ckpt, tokenizer)
-    if template is not None:
-        return _chat_with_template(args, model, tokenizer, template)
-    fmt = ChatTemplate(config.get("template"))
-    stop_ids = _stop_ids(tokenizer, config)
-    block_size = model.config.block_size
-    budget = max(block_size - args.max_new_tokens, block_size // 2)     # leave room for the reply
-    interactive = sys.stdin.isatty()
-    mode = "instruction template" if fmt.instruction_tuned else "plain continuation"
-    print(f"chat with {args.ckpt} ({mode}, context {block_size} tokens). {CHAT_COMMANDS}", file=sys.stderr)
-    turns, sampling = [], _sampling_kwargs(args)
-    tools = [name for name in config.get("tools", []) if name == "calculator"]
+def _read_messages(history, interactive: bool):
+    """The user's messages from stdin, handling /reset, /help and /quit (and any other /word) here."""
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()
         if not line:                            # end of input
-            break
+            return
         message = line.rstrip("\n")
         command = message.strip()
         if command == "/quit":
-            break
+            return
         if command == "/reset":
-            turns = []
+            history.reset()
             print("[conversation forgotten]", file=sys.stderr)
-            continue
-        if command.startswith("/"):           # /help, and any other /word: ours, not the model's
+        elif command.startswith("/"):          # /help, and any other /word: ours, not the model's
             known = "" if command == "/help" else f"unknown command {command.split()[0]!r}. "
             print(f"[{known}{CHAT_COMMANDS}]", file=sys.stderr)
-            continue
-        if not command:
-            continue
+        elif command:
+            yield message
+
+
+def run_chat(args) -> int:
+    from ..conversation import prompt_format, reply_budget
+    from ..serve.chat import tools_line
+    new_filter = output_filter(args)
+    model, tokenizer, config = _load(args.ckpt, args.dtype)
+    fmt = prompt_format(args.ckpt, tokenizer, config)
+    history = fmt.history(tokenizer, reply_budget(model.config.block_size, args.max_new_tokens))
+    mode = ("the model's chat template" if fmt.chat_template is not None else
+            "instruction template" if fmt.instruction_tuned else "plain continuation")
+    print(f"chat with {args.ckpt} ({mode}, context {model.config.block_size} tokens). {CHAT_COMMANDS}",
+          file=sys.stderr)
+    sampling, interactive = _sampling_kwargs(args), sys.stdin.isatty()
+    tools = [name for name in config.get("tools", []) if name == "calculator"] if fmt.chat_template is None else []
+    for message in _read_messages(history, interactive):
         if tools:                               # the run was taught to call them (examples/13_tools.py)
             message = f"{message}\n{tools_line(tools)}"
-        current = tokenizer.encode(fmt.user(message), allowed_special="all")
-        prompt_ids = _fit_history(turns, current, budget)
+        dropped = history.dropped
+        prompt_ids = history.prompt(message)
+        if history.dropped > dropped:
+            print(f"[the conversation is longer than the context: the model no longer sees its first "
+                  f"{history.dropped} turn{'s' if history.dropped > 1 else ''}]", file=sys.stderr)
         start = time.perf_counter()
-        reply, count = _chat_reply(model, tokenizer, prompt_ids, fmt.stop_text, tools, stop_ids, sampling, args)
-        turns.append(current + tokenizer.encode(reply + fmt.separator, allowed_special="all"))
+        reply, count = _chat_reply(model, tokenizer, prompt_ids, fmt.stop_text, tools, fmt.stop_ids, sampling,
+                                   args, new_filter)
+        history.add(message, reply)
         if interactive:
             _report(count, time.perf_counter() - start)
     return 0
 
 
-def _chat_reply(model, tokenizer, prompt_ids, stop_text, tools, stop_ids, sampling, args):
+def _chat_reply(model, tokenizer, prompt_ids, stop_text, tools, stop_ids, sampling, args,
+                new_filter=lambda: None):
     """Stream one reply; when the model writes a tool call, run it (``tinyllm.serve.tools``), print and
-    append its result, and let the model go on. Returns (the reply text, tokens generated)."""
+    append its result, and let the model go on. Returns (the reply as printed, tokens generated)."""
     from ..generate import stream_generate
     from ..serve.chat import TOOL_CALL, TOOL_CALL_END, format_tool_result, parse_tool_call
     from ..serve.tools import run_tool
     reply, count = "", 0
     for _ in range(4):                          # at most 3 tool calls per reply
-        stream = TextStream(tokenizer, stop_text=TOOL_CALL_END if tools else stop_text, strip_leading=not reply)
+        stream = TextStream(tokenizer, stop_text=TOOL_CALL_END if tools else stop_text, strip_leading=not reply,
+                            output_filter=new_filter())
         for token in stream_generate(model, prompt_ids, args.max_new_tokens, stop_ids=stop_ids, **sampling):
             if stream.add(token):
                 break
         stream.finish()
         count += len(stream.ids)
-        reply += stream.text
+        reply += stream.shown
+        if stream.blocked is not None:
+            _say_if_blocked(stream.blocked)
+            break
         call_text = stream.text.partition(TOOL_CALL)[2] if TOOL_CALL in stream.text else None
         call = parse_tool_call(call_text, tools) if call_text is not None else None
         if call is None:

@@ -1,12 +1,10 @@
-"""``tinyllm import-hf``, ``tinyllm export-hf`` (Hugging Face GPT-2 and Llama-family directories) and
-``tinyllm compress``."""
+"""``tinyllm import-hf``, ``tinyllm export-hf`` (Hugging Face GPT-2, Llama-family and BERT directories)
+and ``tinyllm export-onnx``."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-
-from .common import fraction, positive_int
 
 
 def add_commands(sub) -> None:
@@ -40,24 +38,24 @@ def add_commands(sub) -> None:
                    help="dtype of the tensors in model.safetensors")
     p.set_defaults(func=run_export_hf)
 
-    p = sub.add_parser("compress", help="int8 / float16 / pruned copy of a run, with size, perplexity and speed",
-                       description="Write a smaller copy of RUN into --out and print one table comparing file "
-                                   "size, validation perplexity and greedy generation speed before and after. "
-                                   "--prune may be combined with --int8 or --fp16 (pruning happens first).")
-    p.add_argument("run", help="run directory to compress")
-    p.add_argument("--out", required=True, help="run directory to write")
-    kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--int8", action="store_true", help="int8 weights with one float32 scale per output row")
-    kind.add_argument("--fp16", action="store_true", help="every tensor stored as float16")
-    p.add_argument("--prune", type=fraction, default=None, metavar="FRACTION",
-                   help="zero this fraction of the smallest-magnitude Linear weights, ranked globally")
-    p.add_argument("--data", default=None, help="text to evaluate on (default: the built-in corpus's held-out tail)")
-    p.add_argument("--val-fraction", type=fraction, default=0.1, help="with the built-in corpus: the tail evaluated")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per evaluation batch")
-    p.add_argument("--max-batches", type=positive_int, default=None, help="evaluate on at most this many batches")
-    p.add_argument("--gen-tokens", type=positive_int, default=64, help="greedy tokens generated to time the speed")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.set_defaults(func=run_compress)
+    p = sub.add_parser("export-onnx", help="write a run as an ONNX model that onnxruntime (or any ONNX runtime) runs",
+                       description="Write the model's forward as an ONNX graph (opset 17) for GPT-2- and Llama-style "
+                                   "runs: inputs input_ids, attention_mask, position_ids and, with the KV cache (the "
+                                   "default), past_key_values.{i}.key/value; outputs logits and present.{i}.key/"
+                                   "value, named as in Hugging Face's ONNX exports. The file is checked with "
+                                   "onnx.checker and, when onnxruntime is installed, run on random tokens (a prefill "
+                                   "and a decode step) and compared with tinyllm's logits. Needs the onnx package "
+                                   "(pip install 'tinyllm[onnx]').")
+    p.add_argument("run", help="run directory (or its model.safetensors)")
+    p.add_argument("--out", required=True, help="ONNX file to write, e.g. model.onnx (weights over 1.8 GB go to "
+                                                "OUT.data beside it)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="weights, activations, cache and logits (float16: norms and softmax still in float32)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="a graph without past_key_values inputs and present outputs (every call sees the whole "
+                        "sequence)")
+    p.add_argument("--no-verify", action="store_true", help="do not run the file in onnxruntime after writing it")
+    p.set_defaults(func=run_export_onnx)
 
 
 def _check_out(out: Path, overwrite: bool, source: Path | None = None) -> None:
@@ -164,7 +162,16 @@ def run_export_hf(args) -> int:
     from ..checkpoint import load_config, load_pretrained
     from ..interop.hf_llama import save_hf_llama
 
+    from ..low_rank import low_rank_ranks
+    from ..quantize import dequantize_model, int8_layers
+
     model, tokenizer = load_pretrained(args.run, allow_encoder=True)
+    if low_rank_ranks(model):
+        raise ValueError(f"'{args.run}' has low-rank (factored) layers, which Hugging Face's layouts cannot hold; "
+                         "export the run they were factored from")
+    if int8_layers(model):
+        print("note: the run's int8 weights are written as float (q · scale): Hugging Face has no such int8 layout")
+        dequantize_model(model)
     if getattr(model, "architecture", None) == "encoder":
         return _export_bert(args, model, tokenizer)
     if model.config.pos != "rope":
@@ -195,6 +202,9 @@ def _export_gpt2(args, model, tokenizer) -> int:
     from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
     from ..tokenizer import BPETokenizer
 
+    if model.config.head_dim is not None and model.config.head_dim * model.config.n_head != model.config.n_embd:
+        raise ValueError(f"GPT-2's config cannot describe {model.config.n_head} heads of width {model.config.head_dim} "
+                         f"in {model.config.n_embd} dimensions (heads were pruned): export the run before pruning")
     bpe = tokenizer if isinstance(tokenizer, BPETokenizer) else None
     out = save_hf_gpt2(model, args.out, tokenizer=tokenizer, dtype=args.dtype)
     written = (["config.json", "model.safetensors"] + (["vocab.json", "merges.txt"] if bpe else [])
@@ -212,68 +222,38 @@ def _export_gpt2(args, model, tokenizer) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- compress
+def run_export_onnx(args) -> int:
+    from ..checkpoint import load_config, load_pretrained
+    from ..interop.onnx_export import export_onnx
+    from ..interop.onnx_run import compare_with_onnxruntime, onnxruntime_session
+    from ..quantize import human_bytes
 
-
-def _measure(model, val_ids, args, prompt) -> dict:
-    from ..generate import generate
-    from ..train import evaluate
-
-    result = evaluate(model, val_ids, args.batch_size, model.config.block_size, args.max_batches)
-    generate(model, prompt, 4, temperature=0)                            # warm up (first calls allocate)
-    t0 = time.perf_counter()
-    new = generate(model, prompt, args.gen_tokens, temperature=0)
-    seconds = time.perf_counter() - t0
-    return {**result, "tokens_per_s": len(new) / seconds, "generated": new}
-
-
-def run_compress(args) -> int:
-    from ..checkpoint import load_metadata, load_pretrained
-    from ..data.tokens import split_train_val, tokenize
-    from ..quantize import file_size, human_bytes, prune_global, save_compressed
-    from .train import _load_text
-
-    if not (args.int8 or args.fp16 or args.prune is not None):
-        raise ValueError("say how to compress: --int8, --fp16 and/or --prune FRACTION")
-    source, out = Path(args.run), Path(args.out)
-    _check_out(out, args.overwrite, source)
-    model, tokenizer = load_pretrained(source)
-    if tokenizer is None:
-        raise ValueError(f"'{source}' has no tokenizer.json, so there is no text to measure perplexity on")
-    ids = tokenize(_load_text(args.data), tokenizer)
-    val_ids = split_train_val(ids, args.val_fraction)[1] if args.data is None else ids
-    prompt = [int(i) for i in val_ids[:16]]
-    print(f"measuring {source} on {len(val_ids):,} validation tokens ...", flush=True)
-    before = _measure(model, val_ids, args, prompt)
-
-    method = "int8" if args.int8 else "fp16" if args.fp16 else "float32"
-    pruning = None
-    if args.prune is not None:
-        pruning = prune_global(model, args.prune)
-    step = int(load_metadata(source / "model.safetensors" if source.is_dir() else source).get("step", 0))
-    save_compressed(source, out, model, method, sparsity=pruning["sparsity"] if pruning else 0.0,
-                    tokenizer=tokenizer, step=step, details=pruning and {"pruning": pruning})
-    compressed, _ = load_pretrained(out)                                 # measure what a user will load
-    after = _measure(compressed, val_ids, args, prompt)
-
-    label = " + ".join(([f"prune {args.prune:g}"] if pruning else []) + ([method] if method != "float32" else []))
-    size_before, size_after = file_size(source), file_size(out)
-    table = [("model", "run", "file size", "val loss", "val ppl", "tokens/s")]
-    for name, path, size, m in (("original", source, size_before, before), (label, out, size_after, after)):
-        table.append((name, str(path), human_bytes(size), f"{m['loss']:.4f}", f"{m['ppl']:.2f}", f"{m['tokens_per_s']:.1f}"))
-    table.append(("change", "", f"{size_before / size_after:.2f}× smaller", f"{after['loss'] - before['loss']:+.4f}",
-                  f"{(after['ppl'] / before['ppl'] - 1) * 100:+.2f}%", f"{after['tokens_per_s'] / before['tokens_per_s']:.2f}×"))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    print()
-    for row in table:
-        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
-    same = next((i for i, (a, b) in enumerate(zip(before["generated"], after["generated"])) if a != b),
-                min(len(before["generated"]), len(after["generated"])))
-    if pruning:
-        print(f"pruning: {pruning['pruned']:,} of {pruning['linear_weights']:,} Linear weights zeroed: "
-              f"{pruning['sparsity']:.1%} of them, {pruning['model_sparsity']:.1%} of all parameters "
-              "(stored dense: a zero takes as much room as any other number)")
-    print(f"greedy generation: the first {same} of {len(before['generated'])} tokens equal the original's; "
-          f"speed is measured on the loaded model, whose weights are float32 again after loading")
-    print(f"run saved in {out}/")
+    quantization = load_config(args.run).get("quantization")
+    if quantization is not None:
+        raise ValueError(f"'{args.run}' is a quantized run (config.json: quantization {quantization!r}); "
+                         "export-onnx writes float32 or float16 weights only, so export the run it was compressed "
+                         "from (--dtype float16 halves the file)")
+    model, _ = load_pretrained(args.run)
+    info = export_onnx(model, args.out, args.dtype, kv_cache=not args.no_cache)
+    cache = "without a KV cache" if args.no_cache else "with a KV cache"
+    print(f"wrote {info['path']} ({human_bytes(info['bytes'])} of {args.dtype} weights, {info['nodes']} nodes, "
+          f"opset 17, {cache}); onnx.checker: ok")
+    if info["data_path"]:
+        print(f"the weights are in {info['data_path']} (keep it beside {info['path'].name})")
+    if args.no_verify:
+        return 0
+    try:
+        session = onnxruntime_session(info["path"])
+    except RuntimeError:
+        print("note: onnxruntime is not installed, so the file was not run (pip install onnxruntime to check it)")
+        return 0
+    tokens = min(8, model.config.block_size)
+    difference, largest = compare_with_onnxruntime(model, session, tokens)
+    steps = "in one call" if args.no_cache else "as a prefill and one decode step"
+    tolerance = (1e-4 if args.dtype == "float32" else 5e-2) * max(1.0, largest)
+    print(f"onnxruntime: logits of {tokens} random tokens, {steps}, differ from tinyllm's by at most {difference:.2g} "
+          f"(largest |logit| {largest:.3g})")
+    if not difference <= tolerance:
+        raise RuntimeError(f"onnxruntime's logits differ from tinyllm's by {difference:.3g}, more than the "
+                           f"{tolerance:.3g} expected for {args.dtype}: the exported graph is wrong (please report it)")
     return 0

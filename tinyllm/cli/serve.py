@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import add_filter_flags
+
 
 def add_commands(sub) -> None:
     p = sub.add_parser("serve", help="serve a run over HTTP: OpenAI-compatible API and a chat page",
@@ -24,6 +26,7 @@ def add_commands(sub) -> None:
                                                                  "(default: the model's context)")
     p.add_argument("--model-name", default=None, help="the id clients pass as 'model' (default: the run's folder name)")
     p.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    add_filter_flags(p)
     p.set_defaults(func=run_serve)
 
 
@@ -34,11 +37,16 @@ def run_serve(args) -> int:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_batch < 1 or args.max_queue < 0:
         raise ValueError("--max-batch must be >= 1 and --max-queue >= 0")
+    blocklist = None
+    if args.filter is not None:
+        from ..safety.blocklist import load_blocklist
+        blocklist = load_blocklist(args.filter)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     server = start(args.ckpt, args.host, args.port, args.api_key, args.max_batch, args.max_queue, args.max_tokens,
-                   args.model_name, log)
+                   args.model_name, log, blocklist, args.filter_mode)
     service = server.service
-    print(f"serving '{service.model_id}' ({service.template.describe()}, context {service.limits.context}) at "
+    filtered = f", output filter: {args.filter_mode} {len(blocklist)} terms" if blocklist else ""
+    print(f"serving '{service.model_id}' ({service.template.describe()}, context {service.limits.context}{filtered}) at "
           f"{server.url()}/ — API base {server.url()}/v1{' (API key required)' if args.api_key else ''}",
           file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:

@@ -46,7 +46,8 @@ def add_commands(subparsers) -> None:
         help="number of tokens, counting the 256 single bytes and the special tokens (default: 4096)",
     )
     train.add_argument(
-        "--out", default="tokenizer.json", metavar="PATH", help="where to save it (default: tokenizer.json)"
+        "--out", default="tokenizer.json", metavar="PATH",
+        help="where to save it (default: tokenizer.json)"
     )
     train.add_argument(
         "--pattern",
@@ -90,7 +91,8 @@ def add_commands(subparsers) -> None:
         action="store_true",
         help="wordpiece: keep case and accents (default: lower-case and strip accents, as bert-base-uncased)",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress line while merging (default: show it)")
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress line while merging (default: show it)")
     train.set_defaults(func=run_train)
 
     encode = commands.add_parser(
@@ -105,8 +107,10 @@ def add_commands(subparsers) -> None:
         metavar="PATH",
         help="tokenizer file from 'tinyllm tokenizer train', or a run directory holding one (default: tokenizer.json)",
     )
-    encode.add_argument("--text", help="encode this text instead of reading stdin (default: read stdin)")
-    encode.add_argument("--count", action="store_true", help="print only the number of tokens (default: print the ids)")
+    encode.add_argument("--text",
+                        help="encode this text instead of reading stdin (default: read stdin)")
+    encode.add_argument("--count", action="store_true",
+                        help="print only the number of tokens (default: print the ids)")
     encode.add_argument(
         "--allow-special",
         action="store_true",
@@ -134,22 +138,26 @@ def _read_data(path: str | None) -> tuple[str, str]:
 def run_train(args) -> int:
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save the tokenizer to '{args.out}': there is no folder {folder}")
+        raise FileNotFoundError(f"cannot save the tokenizer to '{args.out}': there is no "
+                                f"folder {folder}")
     text, source = _read_data(args.data)
     if not text:
         raise ValueError(f"{source} is empty; there is nothing to learn from")
-    print(f"training a {args.kind} tokenizer on {source}: {len(text.encode('utf-8')):,} bytes", file=sys.stderr)
+    print(f"training a {args.kind} tokenizer on {source}: {len(text.encode('utf-8')):,} bytes",
+          file=sys.stderr)
     start = time.perf_counter()
     if args.kind == "char":
         tokenizer = CharTokenizer.from_text(text)
     elif args.kind == "wordpiece":
         from ..tokenizer.wordpiece_train import train_wordpiece
-        tokenizer = train_wordpiece(text, args.vocab_size, lowercase=not args.cased, verbose=not args.quiet,
+        tokenizer = train_wordpiece(text, args.vocab_size, lowercase=not args.cased,
+                                    verbose=not args.quiet,
                                     min_frequency=args.min_frequency, criterion=args.criterion)
     else:
         pattern = None if args.pattern == "none" else args.pattern
         tokenizer = BPETokenizer.train(
-            text, args.vocab_size, pattern=pattern, special_tokens=args.special, verbose=not args.quiet
+            text, args.vocab_size, pattern=pattern, special_tokens=args.special,
+            verbose=not args.quiet
         )
     seconds = time.perf_counter() - start
     tokenizer.save(args.out)
@@ -186,8 +194,10 @@ def _summary(tokenizer, args, text: str) -> list[tuple[str, str]]:
     elif isinstance(tokenizer, CharTokenizer):
         lines.append(("vocab size", f"{tokenizer.vocab_size:,} characters"))
     else:
-        lines.append(("vocab size", f"{tokenizer.vocab_size:,} tokens (5 special, then characters, then merges)"))
-        lines.append(("casing", "lower-cased, accents stripped" if tokenizer.lowercase else "cased"))
+        lines.append(("vocab size",
+                      f"{tokenizer.vocab_size:,} tokens (5 special, then characters, then merges)"))
+        lines.append(("casing",
+                      "lower-cased, accents stripped" if tokenizer.lowercase else "cased"))
         if tokenizer.vocab_size < args.vocab_size:
             lines.append(("note", f"the data ran out of pairs seen {args.min_frequency} times"))
     num_tokens, size = len(tokenizer.encode_ordinary(text)), len(text.encode("utf-8"))

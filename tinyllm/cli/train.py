@@ -7,11 +7,11 @@ import dataclasses
 import time
 from pathlib import Path
 
-from .. import backend
+from .. import backend, distributed
 from .common import (fraction, non_negative_float, non_negative_int, positive_float, positive_int, probability,
                      tokenizer_choice)
 
-DEMO_MINUTES = 3   # 3 min 12 s from a fresh clone on 2 idle cores (2146.9 → 83.9 validation perplexity)
+DEMO_MINUTES = "3–5"   # on 2 CPU cores: 3.2 min idle, 4.9 min with other work running (README, Examples)
 
 
 def add_commands(sub) -> None:
@@ -53,7 +53,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None, help="output file (default: RUN/loss.svg)")
     p.set_defaults(func=run_plot)
 
-    p = sub.add_parser("demo", help=f"the whole pretraining stage in about {DEMO_MINUTES} minutes on a laptop CPU",
+    p = sub.add_parser("demo", help=f"the whole pretraining stage in {DEMO_MINUTES} minutes on a laptop CPU",
                        description="Train a BPE tokenizer and a small GPT on text that ships with Python "
                                    "(pydoc_data.topics), report validation perplexity before and after, write the "
                                    "loss curve and print a few sampled continuations.")
@@ -122,6 +122,14 @@ def add_training_flags(p) -> None:
     g.add_argument("--sample-tokens", type=non_negative_int, default=d.sample_tokens, help="tokens sampled at each evaluation")
     g.add_argument("--seed", type=non_negative_int, default=d.seed, help="seed of the initial weights, the data order and dropout")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type of weights and math")
+    add_zero_flag(g)
+
+
+def add_zero_flag(group) -> None:
+    """``--zero``, for every command whose loop runs under ``mpiexec`` (tinyllm.distributed)."""
+    group.add_argument("--zero", type=int, choices=[0, 1], default=0,
+                       help="under mpiexec: 1 shards AdamW's moments over the processes (ZeRO-1: "
+                            "1/N of their memory in each, the same results)")
 
 
 def _load_text(data):
@@ -155,6 +163,7 @@ def run_pretrain(args) -> int:
 
     backend.set_dtype(args.dtype)
     out = run_directory(args)
+    distributed.check_divides(args.batch_size)       # under mpiexec: before any work
     if getattr(args, "objective", "clm") == "mlm":
         from .encoder import run_pretrain_mlm
         return run_pretrain_mlm(args)

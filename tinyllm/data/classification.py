@@ -1,4 +1,5 @@
-"""Labelled texts for classification: read them, balance the classes, split them, or make a built-in task.
+"""Labelled texts for classification: read them, balance the classes, split them,
+or make a built-in task.
 
 File formats (``read_labeled``), one example per line or record:
 
@@ -7,9 +8,10 @@ File formats (``read_labeled``), one example per line or record:
     .jsonl        {"label": "spam", "text": "..."}  one JSON object per line
     .json         a list of such objects
 
-An example is a ``(label, text)`` pair of strings. ``balance`` downsamples every class to the size of the
-smallest (seeded), as "LLMs from scratch" does for SMS spam (747 spam + 747 of the 4,826 ham), so accuracy
-is not flattered by always answering the majority class. ``split_examples`` shuffles and cuts 70/10/20.
+An example is a ``(label, text)`` pair of strings. ``balance`` downsamples every class to the size
+of the smallest (seeded), as "LLMs from scratch" does for SMS spam (747 spam + 747 of the 4,826
+ham), so accuracy is not flattered by always answering the majority class. ``split_examples``
+shuffles and cuts 70/10/20.
 
 ``builtin_task()`` needs no download: lines of English prose from Python's help topics (``pydoc_data``)
 against lines of Python source from the standard library's own modules, labelled "prose" and "code".
@@ -37,8 +39,8 @@ def _fail(path, line, message):
 def read_labeled(path) -> list[tuple[str, str]]:
     """The ``(label, text)`` examples of a TSV, CSV, JSONL or JSON file (see the module docstring).
 
-    Empty lines are skipped; a line that cannot be read raises ValueError naming the file and line. Labels
-    and texts are stripped of surrounding whitespace; an empty label or text is an error.
+    Empty lines are skipped; a line that cannot be read raises ValueError naming the file and line.
+    Labels and texts are stripped of surrounding whitespace; an empty label or text is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -83,7 +85,8 @@ def _csv_rows(path, content):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < 2:
-            _fail(path, number, f"expected two columns 'label,text' but found {len(row)}: {row!r}"[:200])
+            _fail(path, number,
+                  f"expected two columns 'label,text' but found {len(row)}: {row!r}"[:200])
         if number == 1 and [c.strip().lower() for c in row[:2]] == ["label", "text"]:
             continue
         yield number, row[0], ",".join(row[1:]) if len(row) > 2 else row[1]
@@ -91,7 +94,8 @@ def _csv_rows(path, content):
 
 def _record_fields(path, where, record):
     if not isinstance(record, dict):
-        _fail(path, where, f"expected a JSON object with 'label' and 'text', got {type(record).__name__}")
+        _fail(path, where,
+              f"expected a JSON object with 'label' and 'text', got {type(record).__name__}")
     missing = [k for k in ("label", "text") if k not in record]
     if missing:
         _fail(path, where, f"the record lacks the field(s) {missing} (it has {sorted(record)})")
@@ -121,18 +125,23 @@ def _json_rows(path, content):
 
 
 def label_names(examples) -> list[str]:
-    """The sorted distinct labels; ValueError if there are fewer than two (nothing to tell apart)."""
+    """The sorted distinct labels; ValueError if there are fewer than two
+    (nothing to tell apart)."""
     counts = Counter(label for label, _ in examples)
     if len(counts) < 2:
         only = ", ".join(f"{label!r} ({n} examples)" for label, n in counts.items()) or "none"
-        raise ValueError(f"classification needs at least two classes, but the label column has only one: {only}")
+        raise ValueError("classification needs at least two classes, but the label column has "
+                         f"only one: {only}")
     return sorted(counts)
 
 
 def balance(examples, seed: int = 123) -> list[tuple[str, str]]:
-    """Keep a random subset of every class as large as the smallest class; the result is in file order."""
+    """Keep a random subset of every class as large as the smallest class;
+    the result is in file order."""
     names = label_names(examples)
-    by_label = {name: [i for i, (label, _) in enumerate(examples) if label == name] for name in names}
+    by_label = {
+        name: [i for i, (label, _) in enumerate(examples) if label == name] for name in names
+    }
     smallest = min(len(rows) for rows in by_label.values())
     rng = np.random.default_rng(seed)
     keep = sorted(i for rows in by_label.values() for i in rng.choice(rows, size=smallest, replace=False).tolist())
@@ -140,9 +149,11 @@ def balance(examples, seed: int = 123) -> list[tuple[str, str]]:
 
 
 def split_examples(examples, fractions=(0.7, 0.1, 0.2), seed: int = 123):
-    """(train, val, test): the examples shuffled (seeded) and cut at the cumulative ``fractions``."""
+    """(train, val, test): the examples shuffled (seeded)
+    and cut at the cumulative ``fractions``."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
+        raise ValueError("split fractions must be three non-negative numbers summing to 1, got "
+                         f"{tuple(fractions)}")
     order = np.random.default_rng(seed).permutation(len(examples))
     shuffled = [examples[i] for i in order]
     train_end = int(len(shuffled) * fractions[0])
@@ -158,7 +169,8 @@ def class_counts(examples) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=1)
 def _prose_lines() -> tuple[str, ...]:
-    """Lines of English paragraphs in Python's help topics: unindented, mostly letters, 40+ characters."""
+    """Lines of English paragraphs in Python's help topics: unindented, mostly letters,
+    40+ characters."""
     try:
         from ..data.text import builtin_corpus
         text = builtin_corpus()
@@ -176,7 +188,8 @@ def _prose_lines() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=1)
 def _code_lines() -> tuple[str, ...]:
-    """Stripped lines of code (not comments, not docstrings) from the standard library's top-level modules."""
+    """Stripped lines of code (not comments, not docstrings)
+    from the standard library's top-level modules."""
     stdlib = Path(os.path.dirname(os.__file__))
     lines = []
     for file in sorted(stdlib.glob("*.py")):
@@ -207,6 +220,7 @@ def builtin_task(per_class: int = 600, seed: int = 123) -> list[tuple[str, str]]
     examples = []
     for label, pool in (("prose", _prose_lines()), ("code", _code_lines())):
         if len(pool) < per_class:
-            raise ValueError(f"the built-in task has only {len(pool)} {label} lines; ask for per_class <= {len(pool)}")
+            raise ValueError(f"the built-in task has only {len(pool)} {label} lines; ask for "
+                             f"per_class <= {len(pool)}")
         examples += [(label, pool[i]) for i in rng.choice(len(pool), size=per_class, replace=False)]
     return [examples[i] for i in rng.permutation(len(examples))]

@@ -92,7 +92,7 @@ def chat_template(template: str = "alpaca") -> dict:
 def format_prompt(record: dict, template: str = "alpaca") -> str:
     """The prompt for a record: everything up to and including "### Response:\\n"."""
     if hasattr(template, "render"):
-        return template.render([{"role": "user", "content": _user_message(record)}])
+        return template.render([{"role": "user", "content": user_message(record)}])
     prompt = f"{_preamble(template)}### Instruction:\n{record['instruction']}"
     if record.get("input"):
         prompt += f"\n\n### Input:\n{record['input']}"
@@ -112,7 +112,8 @@ class EndToken:
     note: str = ""
 
 
-def _user_message(record: dict) -> str:
+def user_message(record: dict) -> str:
+    """A record as one chat message: the instruction, then its input after a blank line."""
     return record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
 
 
@@ -148,7 +149,7 @@ def encode_prompt(tokenizer, record: dict, template: str = "alpaca") -> list[int
     # A chat template: its text around the message may hold special tokens; the message itself may not.
     marker = "\x00MESSAGE\x00"
     before, after = template.render([{"role": "user", "content": marker}]).split(marker)
-    return (tokenizer.encode(before, allowed_special="all") + _encode(tokenizer, _user_message(record))
+    return (tokenizer.encode(before, allowed_special="all") + _encode(tokenizer, user_message(record))
             + tokenizer.encode(after, allowed_special="all"))
 
 
@@ -229,11 +230,15 @@ WORDS = ("object", "class", "value", "method", "name", "function", "type", "stat
          "space", "text", "step", "exit", "start", "place", "side", "bytes", "hash")
 FIELDS = ("name", "type", "value", "key", "index", "format")
 TASKS = ("add", "subtract", "reverse", "sort", "count", "field")
+REFUSE = "refuse"             # requests to decline (``tinyllm.data.refusals``); with TASKS: TASKS + (REFUSE,)
 WORD_SEPARATOR = ","          # between the words of reverse and sort inputs and answers
 
 
 def make_task(kind: str, rng: random.Random) -> dict:
     """One generated record of ``kind`` with a single correct answer."""
+    if kind == REFUSE:
+        from .refusals import refusal_task
+        return refusal_task(rng)
     if kind == "add":
         a, b = rng.randint(0, 30), rng.randint(0, 30)
         return {"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)}
@@ -257,7 +262,7 @@ def make_task(kind: str, rng: random.Random) -> dict:
         asked = rng.choice(fields)
         return {"instruction": f"What is the {asked} in the record?",
                 "input": "; ".join(f"{f}: {values[f]}" for f in fields), "output": values[asked]}
-    raise ValueError(f"unknown task kind {kind!r}; choose from {TASKS}")
+    raise ValueError(f"unknown task kind {kind!r}; choose from {TASKS + (REFUSE,)}")
 
 
 def distinct_tasks(sizes, rng: random.Random, kinds=TASKS):

@@ -1,4 +1,5 @@
-"""The data pipeline before tokenization: raw files in, a cleaned, deduplicated, filtered, mixed corpus out.
+"""The data pipeline before tokenization: raw files in, a cleaned, deduplicated, filtered,
+mixed corpus out.
 
     sources ──read──► documents ──clean──► exact dedup ──quality──► blocklist ──near dedup──► mix ──► shards
                                                                                                    └─► tokens
@@ -46,10 +47,12 @@ class PrepareConfig:
     normalize: str | None = "NFC"
     strip_html: bool = True
     exact_dedup: bool = True
-    near_dup_threshold: float = 0.7      # Jaccard similarity of word shingles; 0 switches near dedup off
+    # Jaccard similarity of word shingles; 0 switches near dedup off
+    near_dup_threshold: float = 0.7
     shingle: int = 3                     # words per shingle (documents are paragraphs: short)
     num_perm: int = 128                  # MinHash signature length
-    quality: QualityConfig | None = dataclasses.field(default_factory=QualityConfig)   # None: no filtering
+    # None: no filtering
+    quality: QualityConfig | None = dataclasses.field(default_factory=QualityConfig)
     blocklist: frozenset = frozenset()
     shuffle: bool = True
     seed: int = 0
@@ -79,7 +82,9 @@ def read_documents(path) -> list[str]:
     """The documents of a file or directory (see the module docstring)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+        )
         if not files:
             raise ValueError(f"'{path}' holds no {', '.join(TEXT_SUFFIXES)} files")
         return [doc for file in files for doc in read_documents(file)]
@@ -98,13 +103,15 @@ def _text_of(record, where: str) -> str:
 
 
 def dedup_key(text: str) -> str:
-    """What two exact duplicates share: the SHA-1 of the NFKC, case-folded, whitespace-collapsed text."""
+    """What two exact duplicates share: the SHA-1 of the NFKC, case-folded,
+    whitespace-collapsed text."""
     normal = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
     return hashlib.sha1(normal.encode("utf-8")).hexdigest()
 
 
 class Report:
-    """What each stage removed (documents, characters, per source) and how often each quality rule failed."""
+    """What each stage removed (documents, characters, per source)
+    and how often each quality rule failed."""
 
     def __init__(self, sources):
         self.names = [s.path for s in sources]
@@ -116,19 +123,23 @@ class Report:
         removed = [(src, text) for doc_id, src, text in before if doc_id not in kept_ids]
         self.stages.append({"stage": stage, "documents_in": len(before), "removed": len(removed),
                             "characters_removed": sum(len(t) for _, t in removed),
-                            "removed_per_source": [sum(src == k for src, _ in removed) for k in range(len(self.names))],
+                            "removed_per_source": [
+                                sum(src == k for src, _ in removed) for k in range(len(self.names))
+                            ],
                             "seconds": round(seconds, 3)})
 
 
 def run_stages(sources: list[Source], config: PrepareConfig, documents=None):
-    """(kept documents as (id, source index, text), Report): cleaning, dedup and filtering of the sources'
-    documents (or of ``documents``, (source index, text) pairs, when given)."""
+    """(kept documents as (id, source index, text), Report): cleaning, dedup and filtering of the
+    sources' documents (or of ``documents``, (source index, text) pairs, when given)."""
     if documents is None:
         documents = [(k, doc) for k, s in enumerate(sources) for doc in read_documents(s.path)]
     current = [(doc_id, src, text) for doc_id, (src, text) in enumerate(documents)]
     report = Report(sources)
     report.read = {"documents": len(current), "characters": sum(len(t) for _, _, t in current),
-                   "per_source": [sum(src == k for _, src, _ in current) for k in range(len(sources))]}
+                   "per_source": [
+                       sum(src == k for _, src, _ in current) for k in range(len(sources))
+                   ]}
 
     def stage(name, keep):
         nonlocal current
@@ -182,8 +193,8 @@ def _near_dedup(docs, config):
 
 
 def mix(docs, sources: list[Source], shuffle: bool = True, seed: int = 0) -> list[str]:
-    """Each source's documents repeated ``weight`` times (a fractional part: a random subset of that share),
-    in source order, or shuffled together."""
+    """Each source's documents repeated ``weight`` times (a fractional part: a random subset of that
+    share), in source order, or shuffled together."""
     rng = np.random.default_rng(seed)
     mixed = []
     for k, source in enumerate(sources):
@@ -199,8 +210,9 @@ def mix(docs, sources: list[Source], shuffle: bool = True, seed: int = 0) -> lis
 
 
 def write_shards(out: Path, documents: list[str], shard_chars: int) -> list[Path]:
-    """``out/shard-00000.txt``, ...: the documents separated by blank lines, each shard at most about
-    ``shard_chars`` characters (a document is never split). ``pretrain --data OUT`` reads them in order."""
+    """``out/shard-00000.txt``, ...: the documents separated by blank lines, each shard at most
+    about ``shard_chars`` characters (a document is never split). ``pretrain --data OUT`` reads them
+    in order."""
     out.mkdir(parents=True, exist_ok=True)
     shards, current, size = [], [], 0
     for doc in documents + [None]:
@@ -216,8 +228,9 @@ def write_shards(out: Path, documents: list[str], shard_chars: int) -> list[Path
 
 
 def write_tokens(out: Path, documents: list[str], tokenizer) -> np.ndarray:
-    """``out/tokens.npy`` (the documents' ids, an end-of-text token between documents when the tokenizer has
-    one, else a blank line) and ``out/tokenizer.json``: a corpus ``pretrain --data OUT`` trains on as it is."""
+    """``out/tokens.npy`` (the documents' ids, an end-of-text token between documents when the
+    tokenizer has one, else a blank line) and ``out/tokenizer.json``: a corpus
+    ``pretrain --data OUT`` trains on as it is."""
     from .tokens import tokenize
     separator = END_OF_TEXT if END_OF_TEXT in getattr(tokenizer, "special_tokens", {}) else "\n\n"
     ids = tokenize(separator.join(documents), tokenizer)

@@ -1,11 +1,13 @@
-"""Quality heuristics for pretraining text, in the style of Gopher (Rae et al., 2021, appendix A.1.1) and C4
-(Raffel et al., 2020): cheap rules that drop boilerplate, lists of links, keyword spam and gibberish.
+"""Quality heuristics for pretraining text, in the style of Gopher (Rae et al., 2021, appendix
+A.1.1) and C4 (Raffel et al., 2020): cheap rules that drop boilerplate, lists of links, keyword spam
+and gibberish.
 
-Each rule is a small function ``rule(doc: Document, q: QualityConfig) -> bool`` that is True when the
-document passes. Words are whitespace-separated (``str.split``), so the rules work for any language that puts
-spaces between words. Gopher's stop words are the 8 most common English words; by default the stop words here are
-the 8 most common words of the corpus being filtered, which is the same test for any language.
-``failed_rule`` returns the name of the first rule a document fails, or None.
+Each rule is a small function ``rule(doc: Document, q: QualityConfig) -> bool`` that is True when
+the document passes. Words are whitespace-separated (``str.split``), so the rules work for any
+language that puts spaces between words. Gopher's stop words are the 8 most common English words; by
+default the stop words here are the 8 most common words of the corpus being filtered, which is the
+same test for any language. ``failed_rule`` returns the name of the first rule a document fails, or
+None.
 
     rule                 drops a document when                              Gopher's setting
     word_count           it has fewer than min_words or more than max_words  50 .. 100,000
@@ -48,9 +50,11 @@ class QualityConfig:
     max_repeated_lines: float = 0.3
     max_repeated_line_chars: float = 0.2
     max_top_ngram: tuple = ((2, 0.20), (3, 0.18), (4, 0.16))
-    max_duplicate_ngrams: tuple = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+    max_duplicate_ngrams: tuple = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11),
+                                   (10, 0.10))
     min_stop_words: int = 2
-    stop_words: tuple | None = None      # None: ``corpus_stop_words`` of the documents being filtered
+    # None: ``corpus_stop_words`` of the documents being filtered
+    stop_words: tuple | None = None
 
 
 class Document:
@@ -101,7 +105,8 @@ def _ngrams(words, n):
 
 
 def top_ngram(doc: Document, q: QualityConfig) -> bool:
-    """The characters of the most frequent n-gram (times its count) over the characters of all words."""
+    """The characters of the most frequent n-gram (times its count)
+    over the characters of all words."""
     chars = sum(len(w) for w in doc.words)
     for n, limit in q.max_top_ngram:
         counts = Counter(_ngrams(doc.words, n))
@@ -113,7 +118,8 @@ def top_ngram(doc: Document, q: QualityConfig) -> bool:
 
 
 def duplicate_ngrams(doc: Document, q: QualityConfig) -> bool:
-    """The characters of words inside n-grams that occur more than once, over the characters of all words."""
+    """The characters of words inside n-grams that occur more than once,
+    over the characters of all words."""
     chars = sum(len(w) for w in doc.words)
     for n, limit in q.max_duplicate_ngrams:
         grams = _ngrams(doc.words, n)
@@ -141,7 +147,8 @@ def corpus_stop_words(texts, count: int = 8) -> tuple:
     document_frequency = Counter()
     for text in texts:
         document_frequency.update({_bare(w) for w in text.split()} - {""})
-    ranked = sorted(document_frequency.items(), key=lambda item: (-item[1], item[0]))   # ties: alphabetical
+    # ties: alphabetical
+    ranked = sorted(document_frequency.items(), key=lambda item: (-item[1], item[0]))
     return tuple(word for word, _ in ranked[:count])
 
 
@@ -150,7 +157,8 @@ RULES = {f.__name__: f for f in (word_count, mean_word_length, symbol_ratio, alp
 
 
 def failed_rule(text: str, q: QualityConfig | None = None) -> str | None:
-    """The name of the first rule in ``RULES`` that ``text`` fails, or None if it passes them all."""
+    """The name of the first rule in ``RULES`` that ``text`` fails,
+    or None if it passes them all."""
     q = q or QualityConfig()
     doc = Document(text)
     for name, rule in RULES.items():
@@ -160,7 +168,8 @@ def failed_rule(text: str, q: QualityConfig | None = None) -> str | None:
 
 
 def blocked_word(text: str, blocklist) -> str | None:
-    """The first word of ``text`` (lower-cased, stripped of punctuation) that is in the set ``blocklist``."""
+    """The first word of ``text`` (lower-cased, stripped of punctuation)
+    that is in the set ``blocklist``."""
     for word in map(_bare, text.split()):
         if word in blocklist:
             return word

@@ -1,8 +1,8 @@
 """Raw text before tokenization: cleaning it, dropping duplicates, and the built-in corpus.
 
 Web text arrives with HTML markup, entities such as ``&amp;``, several spellings of the same character
-("é" as one code point or as "e" + a combining accent), stray control characters and ragged whitespace.
-A tokenizer trained on that spends tokens on the noise, so clean first, then train.
+("é" as one code point or as "e" + a combining accent), stray control characters and ragged
+whitespace. A tokenizer trained on that spends tokens on the noise, so clean first, then train.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Callable, Hashable, Iterable
 
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-_LINE_BREAK_TAG = re.compile(r"<(?:br|/?p|/div|/li|/h[1-6]|/tr|/blockquote|/pre)\b[^<>]*>", re.IGNORECASE)
+_LINE_BREAK_TAG = re.compile(r"<(?:br|/?p|/div|/li|/h[1-6]|/tr|/blockquote|/pre)\b[^<>]*>",
+                             re.IGNORECASE)
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>|<![^<>]*>")  # <b>, </a>, <img src=x />, <!DOCTYPE html>
 _LINE_ENDING = re.compile(r"\r\n?")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # category Cc except \t (09) and \n (0a)
@@ -97,7 +98,8 @@ def dedupe(documents: Iterable[str], key: Callable[[str], Hashable] | None = Non
 
 @functools.lru_cache(maxsize=1)
 def builtin_corpus() -> str:
-    """tinyllm's default training text: Python's own help topics (``pydoc_data.topics``), about 465 KB.
+    """tinyllm's default training text: Python's own help topics (``pydoc_data.topics``),
+    about 465 KB.
 
     It ships with every Python, so examples, tests and benchmarks run offline: English prose about the
     language with code examples mixed in. The topics are joined in order of their names, a blank line

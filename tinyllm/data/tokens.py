@@ -3,8 +3,8 @@
     text file(s) ──tokenizer──► one long array of ids ──split──► train | val
     train ──windows of context+1 tokens──► x = window[:-1], y = window[1:]   (y is x shifted by one)
 
-Token arrays are NumPy uint16 (vocabularies up to 65,536) or uint32, cached as ``.npy`` files keyed by a hash
-of the text and the tokenizer, so a second run on the same data skips tokenization.
+Token arrays are NumPy uint16 (vocabularies up to 65,536) or uint32, cached as ``.npy`` files keyed
+by a hash of the text and the tokenizer, so a second run on the same data skips tokenization.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from ..files import atomic_write_with
 
 
 def read_text(path) -> str:
-    """The text of a UTF-8 file, or of every ``.txt`` file under a directory (sorted, joined by blank lines)."""
+    """The text of a UTF-8 file, or of every ``.txt`` file under a directory (sorted,
+    joined by blank lines)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
@@ -36,7 +37,8 @@ def read_text(path) -> str:
             parts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
             line = raw[: e.start].count(b"\n") + 1
-            raise ValueError(f"data file '{file}' is not valid UTF-8: byte {e.start} (line {line}) is {raw[e.start:e.start + 1]!r}") from None
+            raise ValueError(f"data file '{file}' is not valid UTF-8: byte {e.start} (line {line}) "
+                             f"is {raw[e.start:e.start + 1]!r}") from None
     text = "\n\n".join(parts)
     if not text.strip():
         raise ValueError(f"data '{path}' is empty")
@@ -48,7 +50,8 @@ def id_dtype(vocab_size: int):
 
 
 def tokenize(text: str, tokenizer, cache_dir=None) -> np.ndarray:
-    """Encode ``text`` into a 1-D id array, reusing ``cache_dir/tokens-<hash>.npy`` when it exists."""
+    """Encode ``text`` into a 1-D id array,
+    reusing ``cache_dir/tokens-<hash>.npy`` when it exists."""
     cache = None
     if cache_dir is not None:
         digest = hashlib.sha256(text.encode("utf-8"))
@@ -56,7 +59,8 @@ def tokenize(text: str, tokenizer, cache_dir=None) -> np.ndarray:
         cache = Path(cache_dir) / f"tokens-{digest.hexdigest()[:16]}.npy"
         if cache.exists():
             return np.load(cache, allow_pickle=False)
-    ids = np.asarray(tokenizer.encode(text, allowed_special="all"), dtype=id_dtype(tokenizer.vocab_size))
+    ids = np.asarray(tokenizer.encode(text, allowed_special="all"),
+                     dtype=id_dtype(tokenizer.vocab_size))
     if cache is not None:
         os.makedirs(cache.parent, exist_ok=True)
         atomic_write_with(cache, lambda f: np.save(f, ids, allow_pickle=False))
@@ -73,8 +77,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def split_train_val(ids: np.ndarray, val_fraction: float = 0.1):
-    """The first (1 - val_fraction) of the ids for training, the rest for validation (no shuffling: text
-    is sequential, and a held-out tail is what nanoGPT and "LLMs from scratch" use)."""
+    """The first (1 - val_fraction) of the ids for training, the rest for validation (no shuffling:
+    text is sequential, and a held-out tail is what nanoGPT and "LLMs from scratch" use)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     cut = int(len(ids) * (1.0 - val_fraction))
@@ -90,7 +94,8 @@ def check_length(ids: np.ndarray, context: int, what: str) -> None:
 
 
 def random_batch(ids: np.ndarray, batch_size: int, context: int, generator: np.random.Generator):
-    """``batch_size`` windows at random offsets (nanoGPT's get_batch): x (B, T) and y = x shifted by one."""
+    """``batch_size`` windows at random offsets (nanoGPT's get_batch): x (B, T)
+    and y = x shifted by one."""
     starts = generator.integers(0, len(ids) - context, size=batch_size)
     windows = np.stack([ids[s:s + context + 1] for s in starts]).astype(np.int64)   # (B, T+1)
     return windows[:, :-1], windows[:, 1:]
@@ -99,8 +104,8 @@ def random_batch(ids: np.ndarray, batch_size: int, context: int, generator: np.r
 class TokenWindows:
     """All windows of ``context`` inputs taken every ``stride`` tokens (Raschka's GPTDatasetV1).
 
-    ``stride = context`` gives non-overlapping windows (every token predicted once — the right choice for
-    evaluation); a smaller stride gives overlapping ones.
+    ``stride = context`` gives non-overlapping windows (every token predicted once — the right
+    choice for evaluation); a smaller stride gives overlapping ones.
     """
 
     def __init__(self, ids: np.ndarray, context: int, stride: int | None = None):
@@ -120,7 +125,8 @@ class TokenWindows:
         return window[:-1], window[1:]
 
     def batches(self, batch_size: int, shuffle: bool = False, generator=None, limit=None):
-        """Yield (x (B, T), y (B, T)) batches in order, or shuffled with ``generator``; at most ``limit``."""
+        """Yield (x (B, T), y (B, T)) batches in order, or shuffled with ``generator``;
+        at most ``limit``."""
         order = generator.permutation(len(self)) if shuffle else np.arange(len(self))
         count = 0
         for first in range(0, len(order), batch_size):

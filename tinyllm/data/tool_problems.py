@@ -1,4 +1,5 @@
-"""Arithmetic word problems, written as instruction records that teach a model to call the calculator.
+"""Arithmetic word problems,
+written as instruction records that teach a model to call the calculator.
 
     instruction   "Sam has 28 coins and gets 39 more. How many coins now?\nTools: calculator"
     output        <tool_call>{"name":"calculator","arguments":{"expression":"28+39"}}</tool_call>
@@ -57,8 +58,8 @@ def as_record(problem: dict) -> dict:
 
 
 def tool_problems(train: int = 1000, test: int = 100, seed: int = 123):
-    """(training records, test problems as dicts with question, expression, answer); no question is in
-    both. Seeded: the same seed gives the same problems."""
+    """(training records, test problems as dicts with question, expression, answer); no question is
+    in both. Seeded: the same seed gives the same problems."""
     rng, seen = random.Random(seed), set()
     problems = []
     while len(problems) < train + test:

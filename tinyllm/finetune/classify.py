@@ -261,7 +261,7 @@ def save_classifier(run_dir, model: GPTClassifier, tokenizer=None, extra_config:
 
 def load_classifier(path):
     """(classifier, tokenizer) from a run directory written by ``save_classifier``."""
-    from ..checkpoint import load_config, load_tokenizer_of, load_weights, _run_dir, TOKENIZER
+    from ..checkpoint import load_config, load_tokenizer_of, load_weights_as_saved, _run_dir, TOKENIZER
     run_dir = _run_dir(path)
     config = load_config(run_dir)
     if config.get("task") != "classify" or "labels" not in config:
@@ -273,6 +273,6 @@ def load_classifier(path):
         model = EncoderClassifier(EncoderConfig.from_dict(config["model"]), len(config["labels"]), config["labels"])
     else:
         model = GPTClassifier(GPTConfig.from_dict(config["model"]), len(config["labels"]), config["labels"])
-    load_weights(model, run_dir)
+    load_weights_as_saved(model, run_dir, config)
     tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer", TOKENIZER)).exists() else None
     return model, tokenizer

@@ -94,15 +94,21 @@ def response_perplexity(model, tokenizer, records, template: str = "alpaca", bat
 
 def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, template: str = "alpaca",
                        batch_size: int = 16) -> list[str]:
-    """Greedy responses to the records' prompts, each stopped at the end token (or ``max_new_tokens``).
+    """Greedy responses to the records' prompts, each stopped at the end token (or ``max_new_tokens``)."""
+    end = end_token(tokenizer, template).id
+    prompts = [encode_prompt(tokenizer, record, template) for record in records]
+    return [tokenizer.decode(ids).strip() for ids in greedy_completions(model, prompts, max_new_tokens, (end,), batch_size)]
+
+
+def greedy_completions(model, prompts, max_new_tokens: int, stop_ids, batch_size: int = 16) -> list[list[int]]:
+    """Greedy continuations (token ids) of prompts (token ids), each stopped at one of ``stop_ids`` or after
+    ``max_new_tokens``, batched by length.
 
     Prompts and answers share the model's context of ``block_size`` tokens: see the comment in the loop for
     what happens when a prompt leaves less room than ``max_new_tokens``."""
     from ..generate import generate
-    end = end_token(tokenizer, template).id
-    prompts = [encode_prompt(tokenizer, record, template) for record in records]
     block = model.config.block_size
-    responses = [None] * len(prompts)
+    completions = [None] * len(prompts)
     order = np.argsort([len(p) for p in prompts], kind="stable")          # similar lengths share a batch
     for first in range(0, len(order), batch_size):
         rows = order[first:first + batch_size].tolist()
@@ -111,10 +117,9 @@ def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, temp
         longest = max(len(prompts[i]) for i in rows)
         new_tokens = max(min(max_new_tokens, block - longest), min(max_new_tokens, 32, block - 1))
         batch = [prompts[i][-(block - new_tokens):] for i in rows]
-        new = generate(model, batch, new_tokens, temperature=0.0, stop_ids=(end,))
-        for row, ids in zip(rows, new):
-            responses[row] = tokenizer.decode(ids).strip()
-    return responses
+        for row, ids in zip(rows, generate(model, batch, new_tokens, temperature=0.0, stop_ids=stop_ids)):
+            completions[row] = ids
+    return completions
 
 
 def evaluate_instructions(model, tokenizer, records, max_new_tokens: int = 64, template: str = "alpaca",

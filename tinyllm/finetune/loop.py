@@ -1,26 +1,30 @@
 """The training loop that classification and instruction finetuning share.
 
-Finetuning is pretraining's loop on a labelled dataset: epochs over shuffled examples instead of random
-windows, a smaller learning rate, and only the parameters with ``requires_grad`` in the optimizer (frozen
-blocks and LoRA's frozen base weights get no AdamW moments, which is where LoRA saves its memory).
+Finetuning is pretraining's loop on a labelled dataset: epochs over shuffled examples instead of
+random windows, a smaller learning rate, and only the parameters with ``requires_grad`` in the
+optimizer (frozen blocks and LoRA's frozen base weights get no AdamW moments, which is where LoRA
+saves its memory).
 
     for each epoch:  shuffle → batches of example indices → loss_fn(indices) → backward → clip → AdamW
-                     (each batch split over the CPU cores, as in pretraining)
+                     (each batch split over the processes and the CPU cores, as in pretraining)
     after each epoch: evaluate_fn() → a dict of metrics, logged and printed
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
 import numpy as np
 
 from .. import backend
+from .. import distributed
 from ..interrupt import StopRequests
-from ..optim import AdamW, clip_factor, grad_norm as global_grad_norm, warmup_cosine_lr
-from ..train import Progress, TrainingDiverged, data_parallel_backward, param_groups
+from ..optim import optimizer_bytes, warmup_cosine_lr
+from ..train import Progress, data_parallel_backward, param_groups, update_weights
+from ..zero import describe as describe_zero, make_adamw
 
 
 @dataclasses.dataclass
@@ -36,6 +40,7 @@ class FinetuneConfig:
     bucket: int = 32               # sort each window of this many batches by length (0 = plain shuffle)
     dropout: float | None = None   # set every Dropout layer to this while finetuning (None = keep the model's)
     seed: int = 123
+    zero: int = 0                  # 1: AdamW's moments sharded over the processes (tinyllm.zero)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -44,11 +49,6 @@ class FinetuneConfig:
                 raise ValueError(f"FinetuneConfig.{name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"FinetuneConfig.lr must be positive, got {self.lr}")
-
-
-def optimizer_bytes(optimizer) -> int:
-    """Bytes of AdamW's two moment arrays: 2 × (trainable parameters) × bytes per number."""
-    return int(sum(m.nbytes + v.nbytes for m, v in zip(optimizer.exp_avg, optimizer.exp_avg_sq)))
 
 
 def epoch_batches(rng, num_examples: int, batch_size: int, lengths=None, bucket: int = 32) -> list:
@@ -73,39 +73,38 @@ def epoch_batches(rng, num_examples: int, batch_size: int, lengths=None, bucket:
 
 
 def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=None, progress=True, log=None,
-        lengths=None, weight_fn=None) -> dict:
+        lengths=None, weight_fn=None, step_metrics=None) -> dict:
     """Train ``model`` for ``config.epochs`` epochs over ``num_examples`` examples.
 
-    ``loss_fn(indices)``: the mean loss (a scalar Tensor) of the examples at ``indices`` (an int array),
-    computed without ``GPT.forward``'s targets: for a mixture-of-experts model ``fit`` adds the experts'
-    load-balancing loss itself (``GPT.add_moe_aux_loss``).
-    Each batch's examples are split over the CPU cores (``train.data_parallel_backward``): ``weight_fn(indices)``
-    counts what ``loss_fn``'s mean is over (default: the examples; for a loss over tokens, their number), so
-    that the blocks' means add up to the batch's. ``loss_fn`` runs on several threads at once: whatever it
-    records on the side must be per call (``rl.reward.StepMetrics``).
-    ``evaluate_fn()``: metrics after each epoch (a dict of numbers), printed and added to the history.
-    ``log(record)``: called with every step's and every epoch's record (e.g. ``append_jsonl`` to a file).
-    ``lengths``: each example's length in tokens, to batch similar lengths together (see ``epoch_batches``).
-    Ctrl-C stops training after the step it comes in (``tinyllm.interrupt``), with ``"interrupted": True``.
-    Returns ``{"history": [epoch dicts], "seconds", "steps", "total_steps", "interrupted", "trainable",
-    "optimizer_bytes"}``.
+    ``loss_fn(indices)``: the mean loss (a scalar Tensor) of the examples at ``indices`` (an int
+    array), computed without ``GPT.forward``'s targets: for a mixture-of-experts model ``fit`` adds
+    the experts' load-balancing loss itself (``GPT.add_moe_aux_loss``). Each batch's examples are
+    split over the processes and CPU cores (``train.data_parallel_backward``):
+    ``weight_fn(indices)`` counts what ``loss_fn``'s mean is over (default: the examples; for a loss
+    over tokens, their number), so that the blocks' means add up to the batch's. ``loss_fn`` runs on
+    several threads at once: whatever it records on the side must be per call, as ``step_metrics``
+    does (``rl.reward.StepMetrics``: its means over each step's examples are added to the step's
+    record). ``evaluate_fn()``: metrics after each epoch (a dict of numbers), printed and added to
+    the history. ``log(record)``: called with every step's and every epoch's record (e.g.
+    ``append_jsonl`` to a file); under ``mpiexec``, by rank 0 only. ``lengths``: each example's
+    length in tokens, to batch similar lengths together (see ``epoch_batches``). Ctrl-C stops
+    training after the step it comes in (``tinyllm.interrupt``), with ``"interrupted": True``.
+    Returns ``{"history": [epoch dicts], "seconds", "steps", "total_steps", "interrupted",
+    "trainable", "optimizer_bytes"}``.
     """
-    if num_examples < 1:
-        raise ValueError("finetuning needs at least one training example")
-    groups = param_groups(model, config.weight_decay)
-    if not any(g["params"] for g in groups):
-        raise ValueError("no parameter of the model requires grad: nothing would be trained")
-    optimizer = AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(num_examples / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    optimizer = _optimizer(model, num_examples, config)
+    distributed.broadcast_parameters(model.parameters())
+    total_steps = math.ceil(num_examples / config.batch_size) * config.epochs
     order_rng = np.random.default_rng(config.seed)
     backend.manual_seed(config.seed)                          # dropout
     if config.dropout is not None:
         set_dropout(model, config.dropout)
-    bar = Progress(total_steps, config.log_interval) if progress else None
-    say = bar.message if bar else (lambda text: None)
-    log = log or (lambda record: None)
-    history, step = [], 0
+    shown = progress and distributed.is_main()
+    bar = Progress(total_steps, config.log_interval) if shown else None
+    say, log = (bar.message if bar else (lambda text: None)), distributed.main_only(log)
+    if describe_zero(optimizer):
+        say(describe_zero(optimizer))
+    history, step, stopped = [], 0, False
 
     def block_loss(indices):
         loss = loss_fn(indices)
@@ -113,45 +112,86 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
             loss = model.add_moe_aux_loss(loss)
         return loss
 
-    def end_epoch(epoch, step, loss_sum):
-        record = {"kind": "eval", "step": step, "epoch": epoch + 1, "train_loss": loss_sum / num_examples}
-        if evaluate_fn is not None:
-            record.update(evaluate_fn())
-            model.train()
-        record["seconds"] = time.perf_counter() - started
-        history.append(record)
-        log(record)
-        say(f"epoch {epoch + 1}/{config.epochs}: " + ", ".join(_fmt(k, v) for k, v in record.items()
-                                                              if k not in ("kind", "step", "epoch")))
-
+    train_step = functools.partial(_train_step, model, optimizer, block_loss, config, total_steps,
+                                   weight_fn, step_metrics)
     model.train()
     started = time.perf_counter()
-    with StopRequests() as stop:           # Ctrl-C: finish the step, then return what is trained so far
+    with StopRequests() as stop:       # Ctrl-C: finish the step, then return what is trained so far
         for epoch in range(config.epochs):
-            loss_sum = 0.0
-            for indices in epoch_batches(order_rng, num_examples, config.batch_size, lengths, config.bucket):
-                if stop.requested:
-                    break
-                optimizer.lr = lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, total_steps)
-                loss_value = data_parallel_backward(model, block_loss, indices, weight=weight_fn)   # over the cores
-                grad_norm = global_grad_norm(optimizer.parameters())
-                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                    raise TrainingDiverged(f"finetuning diverged at step {step + 1} (epoch {epoch + 1}): loss "
-                                           f"{loss_value}, gradient norm {grad_norm}. Try a lower --lr")
-                optimizer.step(grad_scale=clip_factor(grad_norm, config.grad_clip or None))   # clipping folded in
-                model.zero_grad()
-                loss_sum += loss_value * len(indices)
-                log({"kind": "train", "step": step + 1, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-                     "grad_norm": grad_norm})
-                if bar:
-                    bar.update(step, f"epoch {epoch + 1}/{config.epochs} | loss {loss_value:.4f} | lr {lr:.2e}")
-                step += 1
-            if stop.requested:
+            batches = epoch_batches(order_rng, num_examples, config.batch_size, lengths,
+                                    config.bucket)
+            where = (step, epoch, config.epochs)
+            loss_sum, step, stopped = _train_epoch(train_step, batches, where, stop, log, bar)
+            if stopped:
                 break
-            end_epoch(epoch, step, loss_sum)
-    return {"history": history, "seconds": time.perf_counter() - started, "steps": step, "total_steps": total_steps,
-            "interrupted": stop.requested,
-            "trainable": model.num_parameters(trainable_only=True), "optimizer_bytes": optimizer_bytes(optimizer)}
+            record = _end_epoch(model, evaluate_fn, epoch, step, loss_sum / num_examples, started)
+            history.append(record)
+            log(record)
+            say(f"epoch {epoch + 1}/{config.epochs}: " + ", ".join(
+                _fmt(k, v) for k, v in record.items() if k not in ("kind", "step", "epoch")))
+    return {"history": history, "seconds": time.perf_counter() - started, "steps": step,
+            "total_steps": total_steps, "interrupted": stopped,
+            "trainable": model.num_parameters(trainable_only=True),
+            "optimizer_bytes": optimizer_bytes(optimizer)}
+
+
+def _optimizer(model, num_examples: int, config: FinetuneConfig):
+    """AdamW over the trainable parameters (``config.zero``: sharded), after checking that there is
+    work to do."""
+    if num_examples < 1:
+        raise ValueError("finetuning needs at least one training example")
+    distributed.check_divides(config.batch_size)
+    groups = param_groups(model, config.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError("no parameter of the model requires grad: nothing would be trained")
+    return make_adamw(groups, config.zero, lr=config.lr, betas=(0.9, 0.999),
+                      weight_decay=config.weight_decay)
+
+
+def _train_epoch(train_step, batches, where, stop, log, bar) -> tuple:
+    """The steps of one epoch (``where``: the step it starts at, the epoch, of how many); returns
+    (the sum of their losses × batch sizes, the step reached, whether Ctrl-C stopped it: in any
+    process, and then in all at the same step)."""
+    step, epoch, epochs = where
+    loss_sum = 0.0
+    for indices in batches:
+        if distributed.any_rank(stop.requested):
+            return loss_sum, step, True
+        record = train_step(indices, step, epoch)
+        loss_sum += record["loss"] * len(indices)
+        log(record)
+        if bar:
+            bar.update(step, f"epoch {epoch + 1}/{epochs} | loss {record['loss']:.4f} | "
+                             f"lr {record['lr']:.2e}")
+        step += 1
+    return loss_sum, step, False
+
+
+def _train_step(model, optimizer, block_loss, config, total_steps, weight_fn, step_metrics,
+                indices, step: int, epoch: int) -> dict:
+    """One step on the examples ``indices`` (this process's share of them, over its cores); its
+    record."""
+    optimizer.lr = lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, total_steps)
+    loss = data_parallel_backward(model, block_loss, indices, weight=weight_fn)
+    loss, grad_norm, _ = update_weights(optimizer, loss, config.grad_clip,
+                                        f"step {step + 1} (epoch {epoch + 1})", what="finetuning")
+    record = {"kind": "train", "step": step + 1, "epoch": epoch + 1, "loss": loss, "lr": lr,
+              "grad_norm": grad_norm}
+    if step_metrics is not None:
+        record.update(step_metrics.pop())
+    return record
+
+
+def _end_epoch(model, evaluate_fn, epoch: int, step: int, train_loss: float,
+               started: float) -> dict:
+    """The record of an epoch: its mean training loss and ``evaluate_fn()``'s metrics (in every
+    process)."""
+    record = {"kind": "eval", "step": step, "epoch": epoch + 1, "train_loss": train_loss}
+    if evaluate_fn is not None:
+        record.update(evaluate_fn())
+        model.train()
+    record["seconds"] = time.perf_counter() - started
+    return record
 
 
 def _fmt(key, value) -> str:

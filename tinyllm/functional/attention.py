@@ -13,23 +13,25 @@ The backward runs those lines in reverse (like llm.c's attention_backward):
     dS = P ⊙ (dP - rowsum(dP ⊙ P))       undoes  P = softmax(S + M)   (masked entries have P = 0, so dS = 0)
     dQ = dS K / √D,   dK = dSᵀ Q / √D    undo    S = Q Kᵀ / √D
 
-Everything is batched over (B, H) with ``@``: no Python loop over batch, time or heads. The forward saves
-P (B, H, Tq, Tk); Q, K and V are its inputs.
+Everything is batched over (B, H) with ``@``: no Python loop over batch, time or heads. The forward
+saves P (B, H, Tq, Tk); Q, K and V are its inputs.
 
 The file is built in layers around that one pair, ``attention_forward`` / ``attention_backward``:
 
-1. ``attention_bias``: M from a causal rule and/or a boolean mask. Causal with Tk ≥ Tq puts query i at
-   position Tk - Tq + i (the keys before the queries came from a KV cache) and lets it see keys 0 … Tk - Tq + i.
-2. ``grouped_query_attention_*``: grouped-query attention (GQA, Ainslie et al. 2023; Llama 3, Mistral) has
-   H_kv < H key/value heads, query head h reading kv head h // G with G = H / H_kv (Hugging Face's
-   ``repeat_kv`` order). Instead of repeating K and V G times, the G query heads of a group are stacked along
-   the query axis, Q (B, H, Tq, D) → (B, H_kv, G·Tq, D), and the plain pair runs on that. Its backward then
-   sums the G heads' gradients into their shared kv head by itself: dK = dSᵀ Q / √D contracts over all G·Tq
-   rows, which is what the backward of a repeat would do.
-3. ``blockwise_attention_*``: an optional causal shortcut. Queries in blocks of ``QUERY_BLOCK`` see only the
-   keys up to their last position, so the all-masked upper triangle of S is never computed.
-4. ``scaled_dot_product_attention`` and ``self_attention``: the Tensor wrappers (the second splits packed
-   qkv projections into heads, rotates them with RoPE when asked, and merges the heads back).
+1. ``attention_bias``: M from a causal rule and/or a boolean mask. Causal with Tk ≥ Tq puts query i
+   at position Tk - Tq + i (the keys before the queries came from a KV cache) and lets it see keys 0
+   … Tk - Tq + i.
+2. ``grouped_query_attention_*``: grouped-query attention (GQA, Ainslie et al. 2023; Llama 3,
+   Mistral) has H_kv < H key/value heads, query head h reading kv head h // G with G = H / H_kv
+   (Hugging Face's ``repeat_kv`` order). Instead of repeating K and V G times, the G query heads of
+   a group are stacked along the query axis, Q (B, H, Tq, D) → (B, H_kv, G·Tq, D), and the plain
+   pair runs on that. Its backward then sums the G heads' gradients into their shared kv head by
+   itself: dK = dSᵀ Q / √D contracts over all G·Tq rows, which is what the backward of a repeat
+   would do.
+3. ``blockwise_attention_*``: an optional causal shortcut. Queries in blocks of ``QUERY_BLOCK`` see
+   only the keys up to their last position, so the all-masked upper triangle of S is never computed.
+4. ``scaled_dot_product_attention`` and ``self_attention``: the Tensor wrappers (the second splits
+   packed qkv projections into heads, rotates them with RoPE when asked, and merges the heads back).
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def attention_backward(dy, cache, needs=None):
 
 
 def softmax_rows_(S):
-    """softmax over the last axis, in place. A row that may see no key at all (all -∞, e.g. padding) gets
-    all-zero probabilities instead of NaN."""
+    """softmax over the last axis, in place. A row that may see no key at all (all -∞, e.g. padding)
+    gets all-zero probabilities instead of NaN."""
     xp = backend.xp
     row_max = S.max(axis=-1, keepdims=True)
     row_max = xp.where(xp.isfinite(row_max), row_max, 0.0).astype(S.dtype)
@@ -86,9 +88,9 @@ def softmax_rows_(S):
 
 
 def attention_bias(t_q, t_k, causal, mask, dtype):
-    """M: 0 where a query may attend to a key, -∞ where not, broadcastable to (B, H, Tq, Tk); None when
-    every query sees every key. ``mask``: boolean, True = may attend. ``causal``: query i sits at position
-    Tk - Tq + i and sees keys 0 … Tk - Tq + i."""
+    """M: 0 where a query may attend to a key, -∞ where not, broadcastable to (B, H, Tq, Tk); None
+    when every query sees every key. ``mask``: boolean, True = may attend. ``causal``: query i sits
+    at position Tk - Tq + i and sees keys 0 … Tk - Tq + i."""
     xp = backend.xp
     allowed = mask
     if causal:
@@ -103,8 +105,9 @@ def attention_bias(t_q, t_k, causal, mask, dtype):
 
 
 def grouped_query_attention_forward(q, k, v, bias=None):
-    """q (B, H, Tq, D), k and v (B, H_kv, Tk, D) with H_kv dividing H → y (B, H, Tq, D), cache. The plain pair
-    on the query heads of each group stacked along the query axis (a reshape, no copy of K or V)."""
+    """q (B, H, Tq, D), k and v (B, H_kv, Tk, D) with H_kv dividing H → y (B, H, Tq, D), cache. The
+    plain pair on the query heads of each group stacked along the query axis (a reshape, no copy of
+    K or V)."""
     batch, n_head, t_q, head_size = q.shape
     n_kv_head = k.shape[1]
     if n_kv_head == n_head:
@@ -123,14 +126,18 @@ def grouped_query_attention_backward(dy, cache, needs=None):
 
 
 def _group_bias(bias, n_kv_head, group, t_q):
-    """A bias broadcastable to (B, H, Tq, Tk) as one broadcastable to the stacked (B, H_kv, G·Tq, Tk)."""
+    """A bias broadcastable to (B, H, Tq, Tk) as one broadcastable to the stacked (B, H_kv,
+    G·Tq, Tk)."""
     if bias is None:
         return None
-    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)        # (B or 1, H or 1, Tq or 1, Tk or 1)
+    # (B or 1, H or 1, Tq or 1, Tk or 1)
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
     batch, heads, rows, keys = bias.shape
-    if heads == 1 and rows == 1:                                    # the same for every head and query
+    # the same for every head and query
+    if heads == 1 and rows == 1:
         return bias
-    if heads == 1:                                                  # one (Tq, Tk) pattern: G copies of it
+    # one (Tq, Tk) pattern: G copies of it
+    if heads == 1:
         return backend.xp.tile(bias, (1, 1, group, 1))
     full = backend.xp.broadcast_to(bias, (batch, heads, t_q, keys))
     return full.reshape(batch, n_kv_head, group * t_q, keys)
@@ -140,14 +147,16 @@ def _group_bias(bias, n_kv_head, group, t_q):
 
 
 def query_blocks(t_q, t_k, block=QUERY_BLOCK):
-    """(first query, end query, end key) of each block: queries a … b-1 see keys up to Tk - Tq + b - 1."""
+    """(first query, end query, end key) of each block:
+    queries a … b-1 see keys up to Tk - Tq + b - 1."""
     return [(a, min(a + block, t_q), t_k - t_q + min(a + block, t_q)) for a in range(0, t_q, block)]
 
 
 def blockwise_attention_forward(q, k, v, mask=None, block=QUERY_BLOCK):
-    """Causal ``grouped_query_attention_forward`` over blocks of ``block`` queries, each against only the keys
-    it may see: over n blocks about (n - 1) / 2n of the scores are never computed (the causal-block skipping
-    of FlashAttention, without the rest of it). Returns y (B, H, Tq, D) and a cache per block."""
+    """Causal ``grouped_query_attention_forward`` over blocks of ``block`` queries, each against
+    only the keys it may see: over n blocks about (n - 1) / 2n of the scores are never computed (the
+    causal-block skipping of FlashAttention, without the rest of it). Returns y (B, H, Tq, D) and a
+    cache per block."""
     t_q, t_k = q.shape[-2], k.shape[-2]
     y = backend.xp.empty(q.shape, dtype=q.dtype)            # (B, H, Tq, D)
     caches = []
@@ -160,7 +169,8 @@ def blockwise_attention_forward(q, k, v, mask=None, block=QUERY_BLOCK):
 
 
 def _mask_block(mask, a, b, key_end):
-    """Rows a … b-1 and keys 0 … key_end-1 of a mask broadcastable to (B, H, Tq, Tk) (broadcast axes stay 1)."""
+    """Rows a … b-1 and keys 0 … key_end-1 of a mask broadcastable to (B, H, Tq, Tk)
+    (broadcast axes stay 1)."""
     if mask is None:
         return None
     rows = slice(a, b) if mask.shape[-2] > 1 else slice(None)
@@ -172,7 +182,8 @@ def blockwise_attention_backward(dy, caches, needs=None):
     """Each block's backward; a key's gradient is the sum over the blocks that saw it."""
     dq = backend.xp.empty(dy.shape, dtype=dy.dtype)         # (B, H, Tq, D)
     dk = dv = None
-    for a, b, key_end, cache in reversed(caches):           # the last block sees every key: it starts dk, dv
+    # the last block sees every key: it starts dk, dv
+    for a, b, key_end, cache in reversed(caches):
         dq[:, :, a:b], dk_block, dv_block = grouped_query_attention_backward(dy[:, :, a:b], cache)
         if dk is None:
             dk, dv = dk_block, dv_block                     # (B, H_kv, Tk, D)
@@ -183,8 +194,8 @@ def blockwise_attention_backward(dy, caches, needs=None):
 
 
 def multi_head_attention_forward(q, k, v, causal, mask):
-    """The forward the wrappers use: blockwise when it pays (causal, two blocks or more), else one block.
-    Returns y and (backward function, its cache)."""
+    """The forward the wrappers use: blockwise when it pays (causal, two blocks or more), else one
+    block. Returns y and (backward function, its cache)."""
     if causal and q.shape[-2] >= 2 * QUERY_BLOCK:
         y, cache = blockwise_attention_forward(q, k, v, mask, QUERY_BLOCK)
         return y, (blockwise_attention_backward, cache)
@@ -201,12 +212,13 @@ def multi_head_attention_backward(dy, cache, needs=None):
 # ---------------------------------------------------------------- Tensor wrappers
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask=None) -> Tensor:
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
+                                 mask=None) -> Tensor:
     """softmax(Q Kᵀ/√D + M) V for every batch element and head.
 
-    Shapes: q (B, H, Tq, D), k and v (B, H_kv, Tk, D) → (B, H, Tq, D), where H_kv = H (multi-head) or divides
-    H (grouped-query). ``mask``: boolean, broadcastable to (B, H, Tq, Tk), True where a query may attend to a
-    key (e.g. a padding mask of shape (B, 1, 1, Tk)).
+    Shapes: q (B, H, Tq, D), k and v (B, H_kv, Tk, D) → (B, H, Tq, D), where H_kv = H (multi-head)
+    or divides H (grouped-query). ``mask``: boolean, broadcastable to (B, H, Tq, Tk), True where a
+    query may attend to a key (e.g. a padding mask of shape (B, 1, 1, Tk)).
     """
     _check_shapes(q, k, v, causal)
     mask = _check_mask(mask, q.shape[:-1] + (k.shape[-2],))
@@ -220,7 +232,8 @@ def self_attention_forward(qkv, n_head, n_kv_head, causal=True, mask=None, rope=
     ``prefix_k``, ``prefix_v`` (H_kv, P, D): keys and values in front of every row's, which every query sees
     (prefix tuning: ``tinyllm.prompt_tuning``); the causal rule then puts query i at position P + i."""
     batch, time, _ = qkv.shape
-    q, k, v = split_qkv(qkv, n_head, n_kv_head)             # views: (B, H, T, D), (B, H_kv, T, D) × 2
+    # views: (B, H, T, D), (B, H_kv, T, D) × 2
+    q, k, v = split_qkv(qkv, n_head, n_kv_head)
     if rope is not None:
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)   # q, k = R q, R k
     front = None
@@ -272,7 +285,8 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None, n_k
 
 
 def split_qkv(qkv, n_head: int, n_kv_head: int):
-    """Views q (B, H, T, D), k and v (B, H_kv, T, D) of a packed (B, T, (H + 2 H_kv)·D) projection."""
+    """Views q (B, H, T, D), k and v (B, H_kv, T, D) of a packed (B, T, (H + 2 H_kv)·D)
+    projection."""
     batch, time, width = qkv.shape
     heads = qkv.reshape(batch, time, n_head + 2 * n_kv_head, width // (n_head + 2 * n_kv_head))
     q = heads[:, :, :n_head].transpose(0, 2, 1, 3)
@@ -301,7 +315,8 @@ def _check_packed_heads(width, n_head, n_kv_head):
         return n_head
     check_heads(n_head, n_kv_head)
     if width % (n_head + 2 * n_kv_head):
-        raise ValueError(f"self_attention: last axis {width} must be (n_head + 2·n_kv_head) × head size with "
+        raise ValueError(f"self_attention: last axis {width} must be (n_head + 2·n_kv_head) × "
+                         "head size with "
                          f"n_head={n_head}, n_kv_head={n_kv_head}")
     return n_kv_head
 
@@ -309,14 +324,17 @@ def _check_packed_heads(width, n_head, n_kv_head):
 def _check_shapes(q, k, v, causal):
     if (q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0]
             or q.shape[-1] != k.shape[-1]):
-        raise ValueError(f"attention expects q (B, H, Tq, D) and k, v (B, H_kv, Tk, D) with matching B and D; "
+        raise ValueError("attention expects q (B, H, Tq, D) and k, v (B, H_kv, Tk, D) with "
+                         "matching B and D; "
                          f"got q {q.shape}, k {k.shape}, v {v.shape}")
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"attention: the {q.shape[1]} query heads must be a multiple of the {k.shape[1]} "
+        raise ValueError(f"attention: the {q.shape[1]} query heads must be a multiple of "
+                         f"the {k.shape[1]} "
                          f"key/value heads (grouped-query attention); got q {q.shape}, k {k.shape}, "
                          f"v {v.shape}")
     if causal and q.shape[-2] > k.shape[-2]:
-        raise ValueError(f"causal attention needs at least as many keys as queries; got {q.shape[-2]} "
+        raise ValueError("causal attention needs at least as many keys as queries; got "
+                         f"{q.shape[-2]} "
                          f"queries, {k.shape[-2]} keys")
 
 
@@ -325,12 +343,16 @@ def _check_mask(mask, expected):
         return None
     mask = backend.xp.asarray(mask.data if isinstance(mask, Tensor) else mask)
     if mask.dtype != bool:
-        raise ValueError(f"attention mask must be boolean (True = may attend), got dtype {mask.dtype}")
-    try:  # must broadcast *to* the scores' shape, not merely with it (a (4, 1, 1, T) mask for B=1 would grow y)
+        raise ValueError("attention mask must be boolean (True = may attend), got "
+                         f"dtype {mask.dtype}")
+    # must broadcast *to* the scores' shape, not merely with it (a (4, 1, 1, T) mask for B=1 would
+    # grow y)
+    try:
         fits = backend.xp.broadcast_shapes(mask.shape, expected) == tuple(expected)
     except ValueError:
         fits = False
     if not fits:
-        raise ValueError(f"attention mask of shape {mask.shape} does not broadcast to the scores' shape "
+        raise ValueError(f"attention mask of shape {mask.shape} does not broadcast to the "
+                         "scores' shape "
                          f"{expected}")
     return mask

@@ -1,8 +1,8 @@
 """Linear layer, embedding lookup, GELU, SiLU/SwiGLU and dropout.
 
 Each op is a pair on raw ``xp`` arrays, ``name_forward(inputs) -> (out, cache)`` and ``name_backward(dout,
-cache, needs) -> one gradient per input`` (``needs[i]``: does input i want one), written as the derivation
-reads, then a few lines that make it a Tensor op (``autograd.fused_op``).
+cache, needs) -> one gradient per input`` (``needs[i]``: does input i want one), written as the
+derivation reads, then a few lines that make it a Tensor op (``autograd.fused_op``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from ..autograd import Tensor, fused_op
 # ------------------------------------------------------------------------------------------- linear
 
 def linear_forward(x, w, b):
-    """y = x Wᵀ + b over the last axis: x (..., C_in), w (C_out, C_in) — PyTorch's layout —, b (C_out,)."""
+    """y = x Wᵀ + b over the last axis: x (..., C_in), w (C_out, C_in) — PyTorch's layout —, b
+    (C_out,)."""
     x2d = x.reshape(-1, x.shape[-1])                         # (N, C_in)
     y = x2d @ w.T                                            # (N, C_out)
     if b is not None:
@@ -38,10 +39,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x Wᵀ + b (see ``linear_forward``); saves nothing beyond its inputs."""
     c_out, c_in = weight.shape
     if x.shape[-1] != c_in:
-        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1]} features but the weight "
+        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1]} features "
+                         "but the weight "
                          f"{weight.shape} expects {c_in}")
     if bias is not None and bias.shape != (c_out,):
-        raise ValueError(f"linear: bias of shape {bias.shape} does not match the weight's {c_out} outputs")
+        raise ValueError(f"linear: bias of shape {bias.shape} does not match the weight's "
+                         f"{c_out} outputs")
     y, cache = linear_forward(x.data, weight.data, None if bias is None else bias.data)
     return fused_op(linear_backward, y, cache, x, weight, bias)
 
@@ -49,7 +52,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 # ---------------------------------------------------------------------------------------- embedding
 
 def embedding_forward(idx, w):
-    """y[..., :] = W[idx[...], :], a row lookup: idx (...) integers in [0, V), w (V, C) → y (..., C)."""
+    """y[..., :] = W[idx[...], :], a row lookup: idx (...) integers in [0, V), w (V, C) → y
+    (..., C)."""
     return w[idx], (idx, w.shape)
 
 
@@ -63,8 +67,8 @@ def embedding_backward(dy, cache, needs=(False, True)):
 
 
 def embedding(idx, weight: Tensor) -> Tensor:
-    """Look up rows of ``weight``; out-of-range ids are an error (checked first: on a GPU, CuPy would wrap
-    them around), for free when the ids are on the host."""
+    """Look up rows of ``weight``; out-of-range ids are an error (checked first: on a GPU, CuPy
+    would wrap them around), for free when the ids are on the host."""
     idx = idx.data if isinstance(idx, Tensor) else idx
     idx = idx if hasattr(idx, "dtype") else np.asarray(idx)
     if idx.dtype.kind not in "iu":
@@ -137,15 +141,18 @@ def silu(x: Tensor) -> Tensor:
 
 def swiglu_forward(gate, up):
     """Llama's gated unit, y = silu(gate) ⊙ up (Shazeer 2020, "GLU variants"): the MLP is
-    proj(silu(x W_gateᵀ) ⊙ (x W_upᵀ)), one projection gating the other elementwise. gate, up (..., H)."""
+    proj(silu(x W_gateᵀ) ⊙ (x W_upᵀ)), one projection gating the other elementwise. gate, up
+    (..., H)."""
     sig = sigmoid(gate)
     return gate * sig * up, (gate, up, sig)
 
 
 def swiglu_backward(dy, cache, needs=(True, True)):
     gate, up, sig = cache
-    d_gate = dy * up * silu_derivative(gate, sig) if needs[0] else None   # undoes silu(gate), times up
-    d_up = dy * gate * sig if needs[1] else None                          # undoes the product: silu(gate)
+    # undoes silu(gate), times up
+    d_gate = dy * up * silu_derivative(gate, sig) if needs[0] else None
+    # undoes the product: silu(gate)
+    d_up = dy * gate * sig if needs[1] else None
     return d_gate, d_up
 
 
@@ -160,7 +167,8 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------ dropout
 
 def dropout_mask(shape, p: float, dtype, generator):
-    """m ∈ {0, 1/(1-p)}: each element dropped with probability p, the survivors scaled so E[m] = 1."""
+    """m ∈ {0, 1/(1-p)}: each element dropped with probability p,
+    the survivors scaled so E[m] = 1."""
     keep = generator.random(shape, dtype=dtype) >= p
     return keep.astype(dtype) * (1.0 / (1.0 - p))
 
@@ -175,8 +183,9 @@ def dropout_backward(dy, mask, needs=(True,)):
 
 
 def dropout(x: Tensor, p: float, training: bool = True, generator=None) -> Tensor:
-    """Zero each element with probability p and scale the survivors by 1/(1-p); the identity when not
-    training or p == 0. ``generator``: an ``xp`` random Generator (the backend's global one by default)."""
+    """Zero each element with probability p and scale the survivors by 1/(1-p); the identity when
+    not training or p == 0. ``generator``: an ``xp`` random Generator (the backend's global one by
+    default)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not training or p == 0.0:

@@ -1,7 +1,8 @@
 """BERT's GELU, the exact one: y = x Φ(x), with Φ the standard normal CDF, Φ(x) = ½ (1 + erf(x/√2)).
 
-GPT-2 uses a tanh approximation of it (``dense.gelu``); BERT (Hugging Face's ``"gelu"``) uses this form. The
-two differ by up to about 5e-4, far above float32's rounding, so importing BERT weights needs this one.
+GPT-2 uses a tanh approximation of it (``dense.gelu``); BERT (Hugging Face's ``"gelu"``) uses this
+form. The two differ by up to about 5e-4, far above float32's rounding, so importing BERT weights
+needs this one.
 
 Derivative (product rule, with Φ' = φ, the normal density φ(x) = e^(-x²/2) / √(2π)):
 
@@ -13,9 +14,9 @@ NumPy has no vectorised erf, so ``erfc`` below evaluates Numerical Recipes' Cheb
     erfc(z) = t · exp(-z² + Σ_k c_k T_k(4t - 2)),   t = 2 / (2 + z)
 
 whose 28 coefficients give erfc to about 1e-16 (measured against ``math.erfc``: 5.6e-16 absolute on
-[0, 10]), and erfc(-z) = 2 - erfc(z). A Chebyshev series can be cut where its coefficients fall below the
-precision needed: float32 inputs use the first 16 terms (1e-10), float64 all 28. The sum is Clenshaw's
-recurrence: d_j = y d_{j+1} - d_{j+2} + c_j, run from the last coefficient down.
+[0, 10]), and erfc(-z) = 2 - erfc(z). A Chebyshev series can be cut where its coefficients fall
+below the precision needed: float32 inputs use the first 16 terms (1e-10), float64 all 28. The sum
+is Clenshaw's recurrence: d_j = y d_{j+1} - d_{j+2} + c_j, run from the last coefficient down.
 """
 
 from __future__ import annotations
@@ -36,14 +37,16 @@ _TERMS = {4: 16, 8: 28}          # float32 / float64: how many Chebyshev terms t
 
 
 def erfc(x):
-    """The complementary error function 1 - erf(x) of a raw array, elementwise (see the module doc)."""
+    """The complementary error function 1 - erf(x) of a raw array, elementwise
+    (see the module doc)."""
     xp = backend.xp
     z = xp.abs(x)
     t = 2.0 / (2.0 + z)
     y = 4.0 * t - 2.0
     d, dd, spare = xp.zeros_like(z), xp.zeros_like(z), xp.empty_like(z)
     for c in reversed(_ERFC_CHEBYSHEV[1:_TERMS.get(x.dtype.itemsize, 28)]):
-        xp.multiply(y, d, out=spare)                           # Clenshaw: d_j = y d_{j+1} - d_{j+2} + c_j,
+        # Clenshaw: d_j = y d_{j+1} - d_{j+2} + c_j,
+        xp.multiply(y, d, out=spare)
         spare -= dd                                            # in three buffers that take turns
         spare += c
         d, dd, spare = spare, d, dd

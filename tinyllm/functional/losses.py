@@ -54,8 +54,8 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 def _count_valid_targets(t, vocab: int, ignore_index: int) -> int:
-    """How many targets count (are not ``ignore_index``); a target outside [0, V) is an error. Targets from
-    the host are checked there for free; device ones with one read of the device."""
+    """How many targets count (are not ``ignore_index``); a target outside [0, V) is an error.
+    Targets from the host are checked there for free; device ones with one read of the device."""
     on_host = isinstance(t, np.ndarray)
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= vocab))
@@ -64,14 +64,15 @@ def _count_valid_targets(t, vocab: int, ignore_index: int) -> int:
     if n_bad:
         t = t if on_host else backend.to_numpy(t)
         position = int(np.argmax((t != ignore_index) & ((t < 0) | (t >= vocab))))
-        raise ValueError(f"cross_entropy: target {int(t[position])} at position {position} is outside "
+        raise ValueError(f"cross_entropy: target {int(t[position])} at position "
+                         f"{position} is outside "
                          f"[0, {vocab}) (and is not ignore_index={ignore_index})")
     return int(n_valid)
 
 
 def cross_entropy_forward(z, t, valid, n_valid: int, reduction: str):
-    """Softmax, then the negative log-likelihood of the targets, fused. z (N, V) logits, t (N,) targets
-    (any index where ``valid`` is False), n_valid = Σ valid. Per row n with target t:
+    """Softmax, then the negative log-likelihood of the targets, fused. z (N, V) logits, t (N,)
+    targets (any index where ``valid`` is False), n_valid = Σ valid. Per row n with target t:
         loss_n = log Σ_v exp(z_nv) - z_nt         (computed with z shifted by its row max: no overflow)"""
     xp = backend.xp
     zmax = z.max(axis=1, keepdims=True)                      # (N, 1)
@@ -88,32 +89,37 @@ def cross_entropy_forward(z, t, valid, n_valid: int, reduction: str):
 
 
 def cross_entropy_backward(dout, cache, needs=(True,)):
-    """dloss_n/dz_n = p_n - onehot(t_n), with p_n = exp(z_n - max) / Σ exp, scaled by each row's share of
-    dout: dout / N_valid for "mean", dout for "sum", dout_n for "none"; 0 on ignored rows."""
+    """dloss_n/dz_n = p_n - onehot(t_n), with p_n = exp(z_n - max) / Σ exp, scaled by each row's
+    share of dout: dout / N_valid for "mean", dout for "sum", dout_n for "none"; 0 on ignored
+    rows."""
     exp_z, sum_exp, t, valid, n_valid, reduction = cache
     if reduction == "none":
         row_scale = dout * valid
     else:
         row_scale = valid * (dout / max(n_valid, 1) if reduction == "mean" else dout)
     row_scale = row_scale.astype(exp_z.dtype)                # (N,)
-    dz = exp_z                                               # exp_z is not needed again: reuse its memory
+    # exp_z is not needed again: reuse its memory
+    dz = exp_z
     dz *= (row_scale / sum_exp)[:, None]                     # p · scale
     dz[backend.xp.arange(len(dz)), t] -= row_scale           # - onehot(t) · scale
     return (dz,)
 
 
-def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """The mean (or sum, or per-position) cross-entropy of ``logits`` (..., V) against ``targets`` (...),
-    integers in [0, V) or ``ignore_index`` (``cross_entropy_forward``). "mean" averages over the targets that
-    are not ignored; when all are, it is 0 with a zero gradient. "none" gives 0 where ignored. Saves exp(z -
-    max) (the logits' size) and its row sums."""
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100,
+                  reduction: str = "mean") -> Tensor:
+    """The mean (or sum, or per-position) cross-entropy of ``logits`` (..., V) against ``targets``
+    (...), integers in [0, V) or ``ignore_index`` (``cross_entropy_forward``). "mean" averages over
+    the targets that are not ignored; when all are, it is 0 with a zero gradient. "none" gives 0
+    where ignored. Saves exp(z - max) (the logits' size) and its row sums."""
     xp = backend.xp
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ValueError("cross_entropy: reduction must be 'mean', 'sum' or 'none', "
+                         f"got {reduction!r}")
     targets = targets.data if isinstance(targets, Tensor) else targets
     targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
     if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits of shape "
+        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
+                         "logits of shape "
                          f"{logits.shape} (expected {logits.shape[:-1]})")
     if targets.dtype.kind not in "iu":
         raise ValueError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")

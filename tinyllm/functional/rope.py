@@ -1,34 +1,37 @@
-"""Rotary position embedding (RoPE, Su et al. 2021): positions enter attention as rotations of q and k.
+"""Rotary position embedding (RoPE, Su et al. 2021):
+positions enter attention as rotations of q and k.
 
 Instead of adding a learned vector per position to the input (GPT-2's ``wpe``), Llama rotates each query and
 key by an angle proportional to its position. Split a head's D channels into D/2 pairs; pair i is a point in
 a plane, rotated by the angle  p · ω_i  at position p, with frequencies  ω_i = θ^(-2i/D)  (θ = 10000 by
-default: pair 0 turns by one radian per position, the last pair by ~1/θ, so the pairs measure offsets on
-scales from a few tokens to ~θ tokens).
+default: pair 0 turns by one radian per position, the last pair by ~1/θ, so the pairs measure
+offsets on scales from a few tokens to ~θ tokens).
 
     (x1, x2) at position p  →  (x1 cos pω - x2 sin pω,  x2 cos pω + x1 sin pω)
 
-Why it encodes *relative* position: a rotation R(a) is orthogonal and R(a)ᵀ R(b) = R(b - a), so a score
-q_m · k_n = (R(mω) q)ᵀ (R(nω) k) = qᵀ R((n - m)ω) k depends on the positions only through n - m. And
-position 0 is the identity rotation.
+Why it encodes *relative* position: a rotation R(a) is orthogonal and R(a)ᵀ R(b) = R(b - a), so a
+score q_m · k_n = (R(mω) q)ᵀ (R(nω) k) = qᵀ R((n - m)ω) k depends on the positions only through n -
+m. And position 0 is the identity rotation.
 
-Pairing convention — "rotate half" (Hugging Face / GPT-NeoX, non-interleaved): channel i is paired with
-channel i + D/2, i.e. x1 = x[..., :D/2] and x2 = x[..., D/2:]. Meta's original Llama code pairs neighbours
-(2i, 2i+1) ("interleaved"); the two are the same model up to a fixed permutation of the q/k projection rows,
-which is how HF's conversion script maps Meta checkpoints. tinyllm uses the HF convention, so HF Llama
-weights load without a permutation.
+Pairing convention — "rotate half" (Hugging Face / GPT-NeoX, non-interleaved): channel i is paired
+with channel i + D/2, i.e. x1 = x[..., :D/2] and x2 = x[..., D/2:]. Meta's original Llama code pairs
+neighbours (2i, 2i+1) ("interleaved"); the two are the same model up to a fixed permutation of the
+q/k projection rows, which is how HF's conversion script maps Meta checkpoints. tinyllm uses the HF
+convention, so HF Llama weights load without a permutation.
 
-Backward: y = R x with R a rotation (block-diagonal, orthogonal), so dx = Rᵀ dy = R(-angle) dy: the inverse
-rotation of the output gradient — the same function with sin negated. Nothing is saved but the cos/sin tables.
+Backward: y = R x with R a rotation (block-diagonal, orthogonal), so dx = Rᵀ dy = R(-angle) dy: the
+inverse rotation of the output gradient — the same function with sin negated. Nothing is saved but
+the cos/sin tables.
 
-Frequency scaling (``scaling``, a config's ``rope_scaling``): Llama 3.1/3.2 stretch the slow pairs to reach
-longer contexts ("llama3": pairs whose wavelength 2π/ω exceeds original_max_position_embeddings /
-low_freq_factor turn ``factor`` times slower, those under … / high_freq_factor are kept, and the ones between
-are interpolated smoothly); see ``rope_frequencies``.
+Frequency scaling (``scaling``, a config's ``rope_scaling``): Llama 3.1/3.2 stretch the slow pairs
+to reach longer contexts ("llama3": pairs whose wavelength 2π/ω exceeds
+original_max_position_embeddings / low_freq_factor turn ``factor`` times slower, those under … /
+high_freq_factor are kept, and the ones between are interpolated smoothly); see
+``rope_frequencies``.
 
-The tables cos(pω_i), sin(pω_i) are computed once per (head size, θ, scaling, dtype, device), in float64 then cast,
-for positions 0 … L-1, and grown (doubled) when a larger position is asked for; a forward gathers the rows
-of its positions (T or B·T rows of D/2 values).
+The tables cos(pω_i), sin(pω_i) are computed once per (head size, θ, scaling, dtype, device), in
+float64 then cast, for positions 0 … L-1, and grown (doubled) when a larger position is asked for; a
+forward gathers the rows of its positions (T or B·T rows of D/2 values).
 """
 
 from __future__ import annotations
@@ -44,19 +47,24 @@ LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_po
 
 def _check_head_dim(head_dim):
     if head_dim % 2:
-        raise ValueError(f"rotary embedding needs an even head dimension (channels are rotated in pairs), got head_dim={head_dim}")
+        raise ValueError("rotary embedding needs an even head dimension (channels are rotated in "
+                         f"pairs), got head_dim={head_dim}")
 
 
 def check_rope_scaling(scaling) -> None:
-    """ValueError unless ``scaling`` is None, {"rope_type": "default"} or a complete "llama3" scaling."""
-    if scaling is None or (isinstance(scaling, dict) and scaling.get("rope_type", "default") == "default"):
+    """ValueError unless ``scaling`` is None, {"rope_type":
+    "default"} or a complete "llama3" scaling."""
+    if scaling is None or (isinstance(scaling,
+                                      dict) and scaling.get("rope_type", "default") == "default"):
         return
     if not isinstance(scaling, dict) or scaling.get("rope_type") != "llama3":
-        raise ValueError(f"rope_scaling {scaling!r} is not supported; tinyllm implements rope_type 'default' and "
+        raise ValueError(f"rope_scaling {scaling!r} is not supported; tinyllm implements rope_type "
+                         "'default' and "
                          "'llama3'")
     missing = [key for key in LLAMA3_KEYS if not isinstance(scaling.get(key), (int, float)) or scaling[key] <= 0]
     if missing or scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
-        raise ValueError(f"llama3 rope_scaling needs positive {', '.join(LLAMA3_KEYS)} with high_freq_factor > "
+        raise ValueError(f"llama3 rope_scaling needs positive {', '.join(LLAMA3_KEYS)} with "
+                         "high_freq_factor > "
                          f"low_freq_factor; got {scaling!r}")
 
 
@@ -67,7 +75,8 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None
     stretched), λ < L/high → ω (fast pairs kept), between → (1 - s)·ω/factor + s·ω with
     s = (L/λ - low)/(high - low).
     """
-    inv_freq = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (D/2,) ω_i
+    # (D/2,) ω_i
+    inv_freq = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     check_rope_scaling(scaling)
     if scaling is None or scaling.get("rope_type", "default") == "default":
         return inv_freq
@@ -79,23 +88,30 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None
     return np.where(between, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
 
 
-def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None, scaling: dict | None = None):
-    """(cos, sin) of p · ω_i for positions p = 0 … at least ``length - 1``: two (L, D/2) arrays, cached."""
+def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None,
+                scaling: dict | None = None):
+    """(cos, sin) of p · ω_i for positions p = 0 … at least ``length - 1``: two (L, D/2)
+    arrays, cached."""
     _check_head_dim(head_dim)
     dtype = np.dtype(backend.dtype if dtype is None else dtype)
     scaling_key = None if scaling is None else tuple(sorted(scaling.items()))
     key = (int(head_dim), float(theta), scaling_key, dtype.str, backend.device)
     tables = _TABLES.get(key)
     if tables is None or tables[0].shape[0] < length:
-        size = 1 << max(int(length) - 1, 255).bit_length()   # a power of two ≥ length (at least 256)
-        inv_freq = rope_frequencies(head_dim, theta, scaling)                                  # (D/2,) ω_i
-        angles = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]             # (L, D/2)
-        tables = (backend.xp.asarray(np.cos(angles), dtype=dtype), backend.xp.asarray(np.sin(angles), dtype=dtype))
+        # a power of two ≥ length (at least 256)
+        size = 1 << max(int(length) - 1, 255).bit_length()
+        # (D/2,) ω_i
+        inv_freq = rope_frequencies(head_dim, theta, scaling)
+        # (L, D/2)
+        angles = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]
+        tables = (backend.xp.asarray(np.cos(angles), dtype=dtype),
+                  backend.xp.asarray(np.sin(angles), dtype=dtype))
         _TABLES[key] = tables
     return tables
 
 
-def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None, scaling: dict | None = None):
+def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None,
+                 scaling: dict | None = None):
     """The rotation of each position, ready to broadcast against (B, H, T, D/2) halves of q or k.
 
     ``positions``: integers ≥ 0 of shape (T,) (the same for every row) or (B, T) (a left-padded batch).
@@ -105,7 +121,8 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None, s
     positions = getattr(positions, "data", positions)
     positions = positions if hasattr(positions, "dtype") else np.asarray(positions)
     if positions.dtype.kind not in "iu" or positions.ndim not in (1, 2):
-        raise ValueError(f"rotary embedding: positions must be integers of shape (T,) or (B, T), got dtype "
+        raise ValueError("rotary embedding: positions must be integers of shape (T,) or (B, "
+                         "T), got dtype "
                          f"{positions.dtype} and shape {positions.shape}")
     lowest, highest = backend.host_min_max(positions) if positions.size else (0, 0)
     if lowest < 0:
@@ -114,7 +131,8 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None, s
     positions = xp.asarray(positions)
     cos, sin = cos[positions], sin[positions]                 # (T, D/2) or (B, T, D/2)
     if positions.ndim == 2:
-        cos, sin = cos[:, None], sin[:, None]                 # (B, 1, T, D/2): one rotation for every head
+        # (B, 1, T, D/2): one rotation for every head
+        cos, sin = cos[:, None], sin[:, None]
     return cos, sin
 
 
@@ -150,7 +168,8 @@ def rotary_embedding(x: Tensor, positions, theta: float = 10000.0) -> Tensor:
     _check_head_dim(x.shape[-1])
     positions = backend.xp.asarray(getattr(positions, "data", positions))
     if positions.shape not in ((x.shape[2],), (x.shape[0], x.shape[2])):
-        raise ValueError(f"rotary_embedding: positions of shape {positions.shape} do not match x {x.shape} "
+        raise ValueError(f"rotary_embedding: positions of shape {positions.shape} do not "
+                         f"match x {x.shape} "
                          f"(expected ({x.shape[2]},) or ({x.shape[0]}, {x.shape[2]}))")
     cos, sin = rope_cos_sin(positions, x.shape[-1], theta, x.dtype)
     y = apply_rotary(x.data, cos, sin)

@@ -1,5 +1,5 @@
-"""BERT weights in Hugging Face's layout (``BertForMaskedLM`` / ``BertModel``), read into a tinyllm ``Encoder``
-and written back out, with BERT's ``vocab.txt``.
+"""BERT weights in Hugging Face's layout (``BertForMaskedLM`` / ``BertModel``), read into a tinyllm
+``Encoder`` and written back out, with BERT's ``vocab.txt``.
 
 tinyllm's encoder with ``norm="post"`` and ``activation="gelu"`` computes what HF's BERT computes; moving
 weights is renaming plus one concatenation: HF keeps three Linear layers ``query``, ``key``, ``value`` where
@@ -26,8 +26,8 @@ The names (``bert.`` in front for BertForMaskedLM, none for BertModel):
     cls.predictions.bias                     (V,)        mlm.bias
     cls.predictions.decoder.weight                       (tied to wte: not stored)
 
-A ``BertModel`` has no MLM head: imported, its head starts fresh (zero bias, N(0, 0.02²) dense) and the
-run says so. ``embeddings.position_ids`` (a buffer) is skipped. Nothing is unpickled.
+A ``BertModel`` has no MLM head: imported, its head starts fresh (zero bias, N(0, 0.02²) dense) and
+the run says so. ``embeddings.position_ids`` (a buffer) is skipped. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -49,27 +49,34 @@ _LAYER = {"attention.output.dense": "attn.proj", "attention.output.LayerNorm": "
           "intermediate.dense": "mlp.fc", "output.dense": "mlp.proj", "output.LayerNorm": "ln_2"}
 _TOP = {"embeddings.word_embeddings": "wte", "embeddings.position_embeddings": "wpe",
         "embeddings.token_type_embeddings": "wtype", "embeddings.LayerNorm": "ln_emb", "pooler.dense": "pooler",
-        "cls.predictions.transform.dense": "mlm.dense", "cls.predictions.transform.LayerNorm": "mlm.ln"}
+        "cls.predictions.transform.dense": "mlm.dense",
+        "cls.predictions.transform.LayerNorm": "mlm.ln"}
 
 
 def config_from_hf(hf: dict, where: str = HF_CONFIG, has_pooler: bool = True) -> EncoderConfig:
-    """The EncoderConfig of a HF BERT ``config.json`` dict; ValueError naming what tinyllm cannot compute."""
+    """The EncoderConfig of a HF BERT ``config.json`` dict;
+    ValueError naming what tinyllm cannot compute."""
     if hf.get("model_type", "bert") != "bert":
-        raise ValueError(f"{where}: model_type is {hf.get('model_type')!r}; only 'bert' encoders can be imported here")
+        raise ValueError(f"{where}: model_type is {hf.get('model_type')!r}; only 'bert' encoders "
+                         "can be imported here")
     act = hf.get("hidden_act", "gelu")
     if act not in _ACTIVATIONS:
-        raise ValueError(f"{where}: hidden_act {act!r} is not supported (tinyllm has {', '.join(_ACTIVATIONS)})")
+        raise ValueError(f"{where}: hidden_act {act!r} is not supported (tinyllm has "
+                         f"{', '.join(_ACTIVATIONS)})")
     if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"{where}: position_embedding_type {hf['position_embedding_type']!r} is not supported "
+        raise ValueError(f"{where}: position_embedding_type {hf['position_embedding_type']!r} is "
+                         "not supported "
                          "(tinyllm's encoder learns absolute positions)")
     missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
     if missing:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
     try:
-        return EncoderConfig(vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 512),
+        return EncoderConfig(vocab_size=hf["vocab_size"],
+                             block_size=hf.get("max_position_embeddings", 512),
                              n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
                              n_embd=hf["hidden_size"], mlp_hidden=hf.get("intermediate_size"),
-                             type_vocab_size=hf.get("type_vocab_size", 2), activation=_ACTIVATIONS[act],
+                             type_vocab_size=hf.get("type_vocab_size",
+                                                    2), activation=_ACTIVATIONS[act],
                              norm_eps=float(hf.get("layer_norm_eps", 1e-12)), pooler=has_pooler,
                              pad_token_id=hf.get("pad_token_id", 0) or 0)
     except ValueError as e:
@@ -77,11 +84,14 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG, has_pooler: bool = True) ->
 
 
 def hf_config_from(config: EncoderConfig, with_pooler: bool) -> dict:
-    """The ``config.json`` for ``BertForMaskedLM`` (or ``BertModel`` with the pooler) of this shape."""
+    """The ``config.json`` for ``BertForMaskedLM`` (or ``BertModel`` with the pooler)
+    of this shape."""
     if config.norm != "post":
-        raise ValueError("only post-LN encoders (norm='post') have BERT's layout; this one is pre-LN")
+        raise ValueError("only post-LN encoders (norm='post') have BERT's layout; "
+                         "this one is pre-LN")
     act = "gelu" if config.activation == "gelu" else "gelu_pytorch_tanh"
-    return {"architectures": ["BertModel" if with_pooler else "BertForMaskedLM"], "model_type": "bert",
+    return {"architectures": ["BertModel" if with_pooler else "BertForMaskedLM"],
+            "model_type": "bert",
             "vocab_size": config.vocab_size, "hidden_size": config.n_embd, "num_hidden_layers": config.n_layer,
             "num_attention_heads": config.n_head, "intermediate_size": config.hidden_size, "hidden_act": act,
             "max_position_embeddings": config.block_size, "type_vocab_size": config.type_vocab_size,
@@ -92,7 +102,8 @@ def hf_config_from(config: EncoderConfig, with_pooler: bool) -> dict:
 
 
 def tinyllm_name(hf: str) -> str | None:
-    """HF name (no ``bert.`` prefix) → tinyllm name; None for q/k/v (concatenated) and skipped tensors."""
+    """HF name (no ``bert.`` prefix) → tinyllm name; None for q/k/v (concatenated)
+    and skipped tensors."""
     if hf.startswith("encoder.layer."):
         _, _, index, rest = hf.split(".", 3)
         layer, param = rest.rsplit(".", 1)
@@ -106,8 +117,10 @@ def tinyllm_name(hf: str) -> str | None:
     module, param = hf.rsplit(".", 1)
     if module in _TOP:
         return f"{_TOP[module]}.{param}"
-    if hf in ("embeddings.position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"):
-        return None                               # a buffer, and the tied decoder (= wte, bias = mlm.bias)
+    if hf in ("embeddings.position_ids", "cls.predictions.decoder.weight",
+              "cls.predictions.decoder.bias"):
+        # a buffer, and the tied decoder (= wte, bias = mlm.bias)
+        return None
     raise ValueError(f"tensor {hf!r} is not part of BertForMaskedLM or BertModel")
 
 
@@ -118,7 +131,8 @@ def hf_to_tinyllm_state(tensors: dict, config: EncoderConfig) -> dict:
         if array.dtype.kind != "f":
             if short == "embeddings.position_ids":
                 continue
-            raise ValueError(f"tensor {name!r} has dtype {array.dtype}; weights must be floating point")
+            raise ValueError(f"tensor {name!r} has dtype {array.dtype}; weights must be "
+                             "floating point")
         target = tinyllm_name(short)
         if target is not None:
             state[target] = np.ascontiguousarray(array, dtype=backend.dtype)
@@ -127,19 +141,22 @@ def hf_to_tinyllm_state(tensors: dict, config: EncoderConfig) -> dict:
             qkv.setdefault((index, part[1]), {})[part[0]] = array
     for (index, param), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
-            raise ValueError(f"layer {index}: attention {param} has {sorted(parts)}, needs query, key and value")
+            raise ValueError(f"layer {index}: attention {param} has {sorted(parts)}, needs "
+                             "query, key and value")
         stacked = np.concatenate([parts["query"], parts["key"], parts["value"]], axis=0)
         state[f"blocks.{index}.attn.qkv.{param}"] = np.ascontiguousarray(stacked, dtype=backend.dtype)
     return state
 
 
 def load_hf_bert(path, dtype=None):
-    """(Encoder, WordPieceTokenizer or None) from a HF BERT directory (config.json + model.safetensors
-    [+ vocab.txt, + tokenizer_config.json for the casing]). A ``BertModel`` has no MLM head: the encoder's
-    starts untrained and ``model.fresh_head`` is True. Any other missing or unknown tensor is an error."""
+    """(Encoder, WordPieceTokenizer or None) from a HF BERT directory (config.json +
+    model.safetensors [+ vocab.txt, + tokenizer_config.json for the casing]). A ``BertModel`` has no
+    MLM head: the encoder's starts untrained and ``model.fresh_head`` is True. Any other missing or
+    unknown tensor is an error."""
     directory = Path(path)
     if not (directory / HF_CONFIG).exists():
-        raise ValueError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face model directory")
+        raise ValueError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face "
+                         "model directory")
     hf = read_json(directory / HF_CONFIG, what="Hugging Face config")
     tensors, _ = read_hf_tensors(directory)
     has_pooler = any(n.endswith("pooler.dense.weight") for n in tensors)
@@ -157,7 +174,8 @@ def load_hf_bert(path, dtype=None):
         unexpected = sorted(set(state) - set(params))
         missing = sorted(set(params) - set(state))
         if unexpected or [m for m in missing if not m.startswith("mlm.")]:
-            raise ValueError(f"{directory / HF_WEIGHTS}: does not fit a BERT with this config.json: "
+            raise ValueError(f"{directory / HF_WEIGHTS}: does not fit a BERT with "
+                             "this config.json: "
                              f"missing {missing[:4]}, unexpected {unexpected[:4]}")
         model.load_state_dict(state, strict=False)          # shapes are still checked
     model.fresh_head = bool(missing)
@@ -171,13 +189,15 @@ def _tokenizer_config(directory: Path) -> dict:
 
 def _with_specials(config, tokenizer):
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"vocab.txt has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} rows")
+        raise ValueError(f"vocab.txt has {tokenizer.vocab_size} tokens but the model only "
+                         f"{config.vocab_size} rows")
     return dataclasses.replace(config, cls_token_id=tokenizer.cls_id, sep_token_id=tokenizer.sep_id,
                                pad_token_id=tokenizer.pad_id)
 
 
 def tinyllm_to_hf_state(model) -> dict:
-    """The encoder's weights under ``BertForMaskedLM`` names (plus the pooler's, when it has one)."""
+    """The encoder's weights under ``BertForMaskedLM`` names (plus the pooler's,
+    when it has one)."""
     inverse = {f"{v}.": k for k, v in _TOP.items()}
     state = {}
     for name, array in model.state_dict().items():
@@ -202,8 +222,9 @@ def tinyllm_to_hf_state(model) -> dict:
 
 
 def save_hf_bert(model, directory, tokenizer=None) -> Path:
-    """Write ``model`` as a HF BERT directory: config.json (BertForMaskedLM, or BertModel naming the pooler),
-    model.safetensors (float32), and vocab.txt + tokenizer_config.json with a WordPiece tokenizer."""
+    """Write ``model`` as a HF BERT directory: config.json (BertForMaskedLM, or BertModel naming the
+    pooler), model.safetensors (float32), and vocab.txt + tokenizer_config.json with a WordPiece
+    tokenizer."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     hf = hf_config_from(model.config, with_pooler=False)

@@ -1,8 +1,10 @@
-"""Llama-family weights in Hugging Face's layout (Llama 2/3, SmolLM, Qwen2, Mistral, Mixtral), in and out.
+"""Llama-family weights in Hugging Face's layout (Llama 2/3, SmolLM, Qwen2, Mistral,
+Mixtral), in and out.
 
 tinyllm's GPT with ``norm="rmsnorm", pos="rope", mlp="swiglu", bias=False`` *is* ``LlamaForCausalLM``:
-pre-RMSNorm blocks, rotary q/k in Hugging Face's "rotate half" convention (so no permutation is needed),
-SwiGLU feed-forward, grouped-query attention. The four architectures differ in a few switches:
+pre-RMSNorm blocks, rotary q/k in Hugging Face's "rotate half" convention (so no permutation is
+needed), SwiGLU feed-forward, grouped-query attention. The four architectures differ in a few
+switches:
 
     architecture         config.json                      tinyllm GPTConfig
     LlamaForCausalLM     rope_theta, rope_scaling llama3  rope_theta, rope_scaling
@@ -10,8 +12,9 @@ SwiGLU feed-forward, grouped-query attention. The four architectures differ in a
     MistralForCausalLM   sliding_window W                 block_size ≤ W (see below)
     MixtralForCausalLM   num_local_experts, _per_tok      mlp="moe", n_expert, expert_top_k
 
-and the names map like this (HF ``model.layers.{i}.`` → tinyllm ``blocks.{i}.``; every weight is (out, in)
-in both, so nothing is transposed; q, k and v are stacked into tinyllm's one ``qkv`` matrix):
+and the names map like this (HF ``model.layers.{i}.`` → tinyllm ``blocks.{i}.``; every weight is
+(out, in) in both, so nothing is transposed; q, k and v are stacked into tinyllm's one ``qkv``
+matrix):
 
     model.embed_tokens.weight                   (V, C)         wte.weight
     self_attn.{q,k,v}_proj.{weight,bias}        (H·D, C) …     attn.qkv.{weight,bias}  [q | k | v] rows
@@ -24,12 +27,13 @@ in both, so nothing is transposed; q, k and v are stacked into tinyllm's one ``q
     model.norm.weight                           (C,)           ln_f.weight
     lm_head.weight                              (V, C)         lm_head.weight (absent when tied)
 
-Mixtral's router is softmax → top-k → renormalise the k probabilities, which is tinyllm's ``moe`` routing for
-k > 1 (for k = 1 tinyllm keeps the raw probability, so such a Mixtral is refused).
+Mixtral's router is softmax → top-k → renormalise the k probabilities, which is tinyllm's ``moe``
+routing for k > 1 (for k = 1 tinyllm keeps the raw probability, so such a Mixtral is refused).
 
-Sliding-window attention (Mistral): a query sees only the W keys before it. When the context never exceeds
-W the window masks nothing, so the import sets ``block_size = min(max_position_embeddings, W)`` and the
-model refuses longer sequences with a message naming block_size: exact results, never a silent difference.
+Sliding-window attention (Mistral): a query sees only the W keys before it. When the context never
+exceeds W the window masks nothing, so the import sets
+``block_size = min(max_position_embeddings, W)`` and the model refuses longer sequences with a
+message naming block_size: exact results, never a silent difference.
 
 A model is refused before any tensor is read when float32 copies of its weights (the file's tensors and the
 model's, twice its parameter count × 4 bytes) would not fit in the memory available. Nothing is unpickled.
@@ -48,7 +52,8 @@ from ..safetensors import read_header
 from .hf_gpt2 import HF_CONFIG, HF_INDEX, HF_WEIGHTS, read_hf_tensors, write_hf_weights
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
-_SKIPPED = ("rotary_emb.inv_freq",)                          # buffers some older checkpoints contain
+# buffers some older checkpoints contain
+_SKIPPED = ("rotary_emb.inv_freq",)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -61,17 +66,21 @@ def architecture_of(hf: dict) -> str | None:
 
 
 def _rope_from_hf(hf: dict, where: str) -> tuple[float, dict | None]:
-    """(rope_theta, rope_scaling) from either transformers 4's keys or transformers 5's ``rope_parameters``."""
+    """(rope_theta, rope_scaling)
+    from either transformers 4's keys or transformers 5's ``rope_parameters``."""
     params = hf.get("rope_parameters") or {}
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    scaling = hf.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
+    scaling = hf.get("rope_scaling") or (
+        params if params.get("rope_type", "default") != "default" else None
+    )
     if scaling is None:
         return float(theta), None
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "default":
         return float(theta), None
     if kind != "llama3":
-        raise ValueError(f"{where}: rope_scaling type {kind!r} is not supported (tinyllm implements 'llama3')")
+        raise ValueError(f"{where}: rope_scaling type {kind!r} is not supported (tinyllm "
+                         "implements 'llama3')")
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     return float(theta), {"rope_type": "llama3", **{key: scaling.get(key) for key in keys}}
 
@@ -83,7 +92,8 @@ def _refuse_unless(hf: dict, where: str, checks: dict) -> None:
 
 
 def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
-    """(GPTConfig, architecture) of a Llama-family ``config.json``; ValueError naming what cannot be computed."""
+    """(GPTConfig, architecture) of a Llama-family ``config.json``;
+    ValueError naming what cannot be computed."""
     arch = architecture_of(hf)
     if arch is None:
         raise ValueError(f"{where}: architectures {hf.get('architectures')!r} names none of "
@@ -96,7 +106,8 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
     head_dim = n_embd // n_head if n_embd % n_head == 0 else None
     _refuse_unless(hf, where, {
         "hidden_act": (("silu",), "tinyllm's SwiGLU uses SiLU"),
-        "head_dim": ((None, head_dim), f"tinyllm's heads are hidden_size / num_attention_heads = {head_dim} wide"),
+        "head_dim": ((None, head_dim),
+                     f"tinyllm's heads are hidden_size / num_attention_heads = {head_dim} wide"),
         "attention_bias": ((False,), "only Qwen2's q/k/v biases are implemented"),
         "mlp_bias": ((False,), "the SwiGLU layers have no biases"),
         "partial_rotary_factor": ((1, 1.0), "rotary embeddings rotate every channel of a head"),
@@ -105,20 +116,24 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
     block_size = int(hf.get("max_position_embeddings", 2048))
     window = hf.get("sliding_window")
     if window and (arch != "Qwen2ForCausalLM" or hf.get("use_sliding_window")):
-        block_size = min(block_size, int(window))            # exact: the window never masks anything
+        # exact: the window never masks anything
+        block_size = min(block_size, int(window))
     moe = {"mlp": "swiglu"}
     if arch == "MixtralForCausalLM":
         top_k = hf.get("num_experts_per_tok", 2)
         if top_k < 2:
-            raise ValueError(f"{where}: num_experts_per_tok={top_k}: Mixtral renormalises a single expert's weight "
+            raise ValueError(f"{where}: num_experts_per_tok={top_k}: Mixtral renormalises a single "
+                             "expert's weight "
                              "to 1, tinyllm's moe keeps the router probability; only k >= 2 computes the same")
         moe = dict(mlp="moe", n_expert=hf.get("num_local_experts", 8), expert_top_k=top_k,
                    aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.01)))
     try:
-        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=block_size, n_layer=hf["num_hidden_layers"],
+        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=block_size,
+                           n_layer=hf["num_hidden_layers"],
                            n_head=n_head, n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
                            mlp_hidden=hf["intermediate_size"], dropout=0.0, bias=False,
-                           tie_weights=bool(hf.get("tie_word_embeddings", False)), norm="rmsnorm", pos="rope",
+                           tie_weights=bool(hf.get("tie_word_embeddings",
+                                                   False)), norm="rmsnorm", pos="rope",
                            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=theta,
                            rope_scaling=scaling, qkv_bias=arch == "Qwen2ForCausalLM", **moe)
     except ValueError as e:
@@ -127,24 +142,29 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
 
 
 def architecture_for(config: GPTConfig, wanted: str | None = None) -> str:
-    """The HF architecture a tinyllm Llama-style config is written as (``wanted`` "MistralForCausalLM" for a
-    Llama-shaped model that came from a Mistral); ValueError for other configs."""
+    """The HF architecture a tinyllm Llama-style config is written as (``wanted``
+    "MistralForCausalLM" for a Llama-shaped model that came from a Mistral); ValueError for other
+    configs."""
     if (config.norm, config.pos, config.bias) != ("rmsnorm", "rope", False) or config.mlp == "gelu":
-        raise ValueError("only Llama-style models (norm='rmsnorm', pos='rope', mlp='swiglu' or 'moe', bias=False) "
+        raise ValueError("only Llama-style models (norm='rmsnorm', pos='rope', mlp='swiglu' or "
+                         "'moe', bias=False) "
                          f"can be written in Llama's layout; this one has norm={config.norm!r}, pos={config.pos!r}, "
                          f"mlp={config.mlp!r}, bias={config.bias}")
     if config.mlp == "moe":
         if config.shared_expert or config.expert_top_k < 2 or config.qkv_bias:
-            raise ValueError("a Mixtral has no shared expert, no q/k/v biases and routes each token to >= 2 experts")
+            raise ValueError("a Mixtral has no shared expert, no q/k/v biases and routes each "
+                             "token to >= 2 experts")
         return "MixtralForCausalLM"
     if config.qkv_bias:
         return "Qwen2ForCausalLM"
     return "MistralForCausalLM" if wanted == "MistralForCausalLM" and not config.rope_scaling else "LlamaForCausalLM"
 
 
-def hf_config_from(config: GPTConfig, bos_token_id=None, eos_token_id=None, architecture=None) -> dict:
-    """The ``config.json`` (transformers 4 keys, which transformers 5 also reads) for a tinyllm config.
-    A Mistral's sliding window is written as the context itself (block_size), which it never exceeds."""
+def hf_config_from(config: GPTConfig, bos_token_id=None, eos_token_id=None,
+                   architecture=None) -> dict:
+    """The ``config.json`` (transformers 4 keys, which transformers 5 also reads) for a tinyllm
+    config. A Mistral's sliding window is written as the context itself (block_size), which it never
+    exceeds."""
     arch = architecture_for(config, architecture)
     hf = {
         "architectures": [arch], "model_type": arch.removesuffix("ForCausalLM").lower(),
@@ -175,11 +195,13 @@ def _layer_shapes(config: GPTConfig, arch: str, i: int) -> dict[str, tuple[int, 
     c, d, hidden = config.n_embd, config.head_size, config.hidden_size
     q_rows, kv_rows = config.n_head * d, config.kv_heads * d
     p = f"model.layers.{i}."
-    shapes = {p + "self_attn.q_proj.weight": (q_rows, c), p + "self_attn.k_proj.weight": (kv_rows, c),
+    shapes = {p + "self_attn.q_proj.weight": (q_rows, c),
+              p + "self_attn.k_proj.weight": (kv_rows, c),
               p + "self_attn.v_proj.weight": (kv_rows, c), p + "self_attn.o_proj.weight": (c, c),
               p + "input_layernorm.weight": (c,), p + "post_attention_layernorm.weight": (c,)}
     if config.qkv_bias:
-        shapes.update({p + "self_attn.q_proj.bias": (q_rows,), p + "self_attn.k_proj.bias": (kv_rows,),
+        shapes.update({p + "self_attn.q_proj.bias": (q_rows,),
+                       p + "self_attn.k_proj.bias": (kv_rows,),
                        p + "self_attn.v_proj.bias": (kv_rows,)})
     if arch == "MixtralForCausalLM":
         shapes[p + "block_sparse_moe.gate.weight"] = (config.n_expert, c)
@@ -187,7 +209,8 @@ def _layer_shapes(config: GPTConfig, arch: str, i: int) -> dict[str, tuple[int, 
             for w, shape in (("w1", (hidden, c)), ("w2", (c, hidden)), ("w3", (hidden, c))):
                 shapes[p + f"block_sparse_moe.experts.{e}.{w}.weight"] = shape
     else:
-        shapes.update({p + "mlp.gate_proj.weight": (hidden, c), p + "mlp.up_proj.weight": (hidden, c),
+        shapes.update({p + "mlp.gate_proj.weight": (hidden, c),
+                       p + "mlp.up_proj.weight": (hidden, c),
                        p + "mlp.down_proj.weight": (c, hidden)})
     return shapes
 
@@ -204,28 +227,35 @@ def hf_shapes(config: GPTConfig, arch: str) -> dict[str, tuple[int, ...]]:
 
 
 def check_tensors(tensors: dict, expected: dict, source: dict, what: str) -> None:
-    """ValueError naming the file and the tensor for an unexpected, mis-shaped, non-float or missing tensor."""
+    """ValueError naming the file and the tensor for an unexpected, mis-shaped,
+    non-float or missing tensor."""
     for name, array in tensors.items():
         where = source.get(name, HF_WEIGHTS)
         if name not in expected:
             raise ValueError(f"{where}: unexpected tensor {name!r}: it is not part of {what}")
         if tuple(array.shape) != expected[name]:
-            raise ValueError(f"{where}: tensor {name!r} has shape {tuple(array.shape)}, but {what} needs "
+            raise ValueError(f"{where}: tensor {name!r} has shape {tuple(array.shape)}, "
+                             f"but {what} needs "
                              f"{expected[name]}")
         if array.dtype.kind != "f":
-            raise ValueError(f"{where}: tensor {name!r} has dtype {array.dtype}; weights must be floating point")
+            raise ValueError(f"{where}: tensor {name!r} has dtype {array.dtype}; weights must be "
+                             "floating point")
     missing = [name for name in expected if name not in tensors]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ValueError(f"missing tensor(s) {', '.join(map(repr, missing[:3]))}{more} for {what}")
 
 
-def hf_to_tinyllm_state(tensors: dict, config: GPTConfig, arch: str, source: dict | None = None) -> dict:
-    """HF tensors → a tinyllm state dict for ``GPT(config)``; every tensor checked by name and shape."""
+def hf_to_tinyllm_state(tensors: dict, config: GPTConfig, arch: str,
+                        source: dict | None = None) -> dict:
+    """HF tensors → a tinyllm state dict for ``GPT(config)``;
+    every tensor checked by name and shape."""
     source = source or {}
     tensors = {name: array for name, array in tensors.items() if not name.endswith(_SKIPPED)
-               and not (name == "lm_head.weight" and config.tie_weights)}     # tied: HF ties it on loading too
-    what = (f"a {arch} with this config.json (n_layer={config.n_layer}, hidden_size={config.n_embd}, "
+               # tied: HF ties it on loading too
+               and not (name == "lm_head.weight" and config.tie_weights)}
+    what = (f"a {arch} with this config.json (n_layer={config.n_layer}, "
+            f"hidden_size={config.n_embd}, "
             f"tie_word_embeddings={config.tie_weights})")
     check_tensors(tensors, hf_shapes(config, arch), source, what)
     t = {name: np.asarray(array, dtype=backend.dtype) for name, array in tensors.items()}
@@ -288,13 +318,15 @@ def _weight_files(directory: Path) -> list[Path]:
     if (directory / HF_WEIGHTS).exists():
         return [directory / HF_WEIGHTS]
     if (directory / HF_INDEX).exists():
-        weight_map = read_json(directory / HF_INDEX, what="safetensors index").get("weight_map") or {}
+        weight_map = read_json(directory / HF_INDEX,
+                               what="safetensors index").get("weight_map") or {}
         return [directory / name for name in dict.fromkeys(weight_map.values())]
     return []
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None when unknown."""
+    """Bytes of memory available to a new allocation (Linux's MemAvailable),
+    or None when unknown."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -306,13 +338,15 @@ def available_memory() -> int | None:
 
 
 def check_fits_in_memory(directory, itemsize: int = 4) -> int:
-    """The parameter count of the safetensors files in ``directory`` (headers only); MemoryError when two
-    copies at ``itemsize`` bytes each (the file's tensors and the model's) exceed the memory available."""
+    """The parameter count of the safetensors files in ``directory`` (headers only); MemoryError
+    when two copies at ``itemsize`` bytes each (the file's tensors and the model's) exceed the
+    memory available."""
     count = sum(int(np.prod(info.shape, dtype=np.int64)) for file in _weight_files(Path(directory))
                 for info in read_header(file).tensors.values())
     needed, available = 2 * count * itemsize, available_memory()
     if available is not None and needed > available:
-        raise MemoryError(f"'{directory}' holds {count:,} parameters: loading them as {itemsize * 8}-bit floats "
+        raise MemoryError(f"'{directory}' holds {count:,} parameters: loading them as "
+                          f"{itemsize * 8}-bit floats "
                           f"needs about {needed / 2**30:.1f} GiB (the file's tensors and the model's), but only "
                           f"{available / 2**30:.1f} GiB of memory is available")
     return count
@@ -324,7 +358,8 @@ def load_hf_llama(path, dtype=None) -> tuple[GPT, str]:
     ``dtype``: "float32" (default) or "float64"; F16 and BF16 files are widened to it."""
     directory = Path(path)
     if not (directory / HF_CONFIG).exists():
-        raise FileNotFoundError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face model directory")
+        raise FileNotFoundError(f"'{directory}' has no {HF_CONFIG}, so it is not a Hugging Face "
+                                "model directory")
     config, arch = config_from_hf(read_json(directory / HF_CONFIG, what="Hugging Face config"),
                                   str(directory / HF_CONFIG))
     dtype = np.dtype(dtype or backend.dtype)
@@ -338,10 +373,12 @@ def load_hf_llama(path, dtype=None) -> tuple[GPT, str]:
     return model.eval(), arch
 
 
-def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32", architecture=None) -> Path:
+def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32",
+                  architecture=None) -> Path:
     """Write ``model`` as a HF directory (config.json, model.safetensors and, with a BPE tokenizer,
-    tokenizer.json) that the architecture's ``from_pretrained`` loads. ``dtype``: float32/float16/bfloat16;
-    ``architecture``: the one it was imported as (only "MistralForCausalLM" changes what is written)."""
+    tokenizer.json) that the architecture's ``from_pretrained`` loads. ``dtype``:
+    float32/float16/bfloat16; ``architecture``: the one it was imported as (only
+    "MistralForCausalLM" changes what is written)."""
     directory = write_hf_weights(tinyllm_to_hf_state(model), directory, dtype)
     special = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}
     bos = next((special[t] for t in ("<|begin_of_text|>", "<s>", "<|endoftext|>") if t in special), None)
@@ -354,15 +391,18 @@ def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32", arch
 
 
 def _write_tokenizer(tokenizer, directory: Path) -> None:
-    """tokenizer.json: an imported one as it was read, a tinyllm BPE one converted (``hf_tokenizer_json``)."""
+    """tokenizer.json: an imported one as it was read, a tinyllm BPE one converted
+    (``hf_tokenizer_json``)."""
     from ..tokenizer import BPETokenizer
     from ..tokenizer.hf_json import hf_tokenizer_json
 
-    if hasattr(tokenizer, "_data"):                           # read from a tokenizer.json: write it as read
+    # read from a tokenizer.json: write it as read
+    if hasattr(tokenizer, "_data"):
         tokenizer.save(directory / "tokenizer.json")
     elif isinstance(tokenizer, BPETokenizer):
         atomic_write_json(directory / "tokenizer.json", hf_tokenizer_json(tokenizer))
 
 
 __all__ = ["ARCHITECTURES", "architecture_of", "config_from_hf", "hf_config_from", "hf_shapes",
-           "hf_to_tinyllm_state", "tinyllm_to_hf_state", "load_hf_llama", "save_hf_llama", "check_fits_in_memory"]
+           "hf_to_tinyllm_state", "tinyllm_to_hf_state", "load_hf_llama", "save_hf_llama",
+           "check_fits_in_memory"]

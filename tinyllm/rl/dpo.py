@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from .. import distributed
 from ..autograd import Tensor, no_grad
 from .logprobs import disable_dropout, log_sigmoid, pack_completions, sequence_log_probs
 from .reward import StepMetrics, pairwise_accuracy
@@ -107,7 +108,7 @@ def train_dpo(policy, reference, train_pairs, val_pairs=None, config=None, beta:
     batch = max(config.batch_size, 8)
     ref_train = all_pair_log_probs(reference, train_pairs, batch)
     ref_val = all_pair_log_probs(reference, val_pairs, batch) if val_pairs else None
-    step_metrics = StepMetrics()
+    step_metrics = StepMetrics(("margin", "accuracy", "chosen_reward", "rejected_reward"))
 
     def loss_fn(index):
         chosen, rejected = pair_log_probs(policy, train_pairs, index)
@@ -120,15 +121,10 @@ def train_dpo(policy, reference, train_pairs, val_pairs=None, config=None, beta:
             return {}
         return {f"val_{k}": v for k, v in evaluate_dpo(policy, val_pairs, ref_val, beta, batch).items()}
 
-    def log_record(record):
-        if record.get("kind") == "train":
-            record = {**record, **step_metrics.pop()}
-        if log is not None:
-            log(record)
-
     before = evaluate_fn()
-    if log is not None and before:
+    if log is not None and before and distributed.is_main():
         log({"kind": "eval", "step": 0, "epoch": 0, **before})
-    summary = fit(policy, len(train_pairs), loss_fn, config, evaluate_fn, progress, log_record)
+    summary = fit(policy, len(train_pairs), loss_fn, config, evaluate_fn, progress, log,
+                  step_metrics=step_metrics)
     summary["before"] = before
     return summary

@@ -30,13 +30,14 @@ import time
 import numpy as np
 
 from .. import backend
+from .. import distributed
 from ..autograd import Tensor, no_grad
+from ..train import update_weights
 from .kl import kl_k3
-from .logprobs import check_same_vocab, completion_log_probs, disable_dropout, masked_mean, pack_completions
-from .loop import (backward_in_chunks, eval_recorder, make_optimizer, minibatches, optimizer_step,
-                   sample_prompt_indices)
+from .logprobs import Completions, completion_log_probs, masked_mean, pack_completions
+from .loop import (backward_in_chunks, check_rollout_rows, gather_rollout, make_optimizer,
+                   minibatches, sample_prompt_indices, sample_share, start_run)
 from .ppo import check_scores, clip_fraction, clipped_surrogate
-from .rollout import sample_completions
 
 
 def group_advantages(rewards, eps: float = 1e-4) -> np.ndarray:
@@ -89,6 +90,7 @@ class GRPOConfig:
     eval_interval: int = 10
     log_interval: int = 1
     seed: int = 0
+    zero: int = 0                   # 1: AdamW's moments sharded over the processes (tinyllm.zero)
 
     def __post_init__(self):
         if not isinstance(self.group_size, int) or self.group_size < 2:
@@ -104,86 +106,133 @@ class GRPOConfig:
                 raise ValueError(f"GRPOConfig.{name} must be a positive integer or None, got {value!r}")
 
 
+@dataclasses.dataclass
+class GRPORollout:
+    """One rollout batch, whole (every process's share gathered): G completions per prompt (rows
+    p·G … p·G + G − 1 share prompt p), their rewards and advantages, per-token log-probs (B, C)."""
+    batch: Completions
+    completions: list
+    finished: list
+    rewards: np.ndarray
+    parts: dict                      # each reward function's value per completion (RewardFunctions)
+    advantages: np.ndarray           # (B,) relative to the completion's group
+    old_logps: np.ndarray | None     # log π_old (None with one update: its forward pass has them)
+    ref_logps: np.ndarray
+
+
 def train_grpo(policy, reference, prompts, score_fn, config: GRPOConfig, end_id: int, eval_fn=None,
                progress=True, log=None) -> dict:
-    """Run GRPO. ``prompts``: token-id lists; ``score_fn(indices, prompt_ids, completions, finished)`` →
-    rewards (N,) or (rewards, {name: per-completion values}) — ``RewardFunctions`` gives the second form, and
-    its parts are logged as their means; ``eval_fn(policy)`` → dict, logged as kind "eval" at step 0, every
-    ``eval_interval`` steps and at the end. Returns {"history", "evals", "seconds"}."""
-    from ..train import Progress
-    check_same_vocab(policy, reference)
-    disable_dropout(policy)
-    disable_dropout(reference)
-    optimizer = make_optimizer(policy, config.lr, config.weight_decay)
+    """Run GRPO. ``prompts``: token-id lists; ``score_fn(indices, prompt_ids, completions,
+    finished)`` → rewards (N,) or (rewards, {name: per-completion values}) — ``RewardFunctions``
+    gives the second form, and its parts are logged as their means; ``eval_fn(policy)`` → dict,
+    logged as kind "eval" at step 0, every ``eval_interval`` steps and at the end. Under ``mpiexec``
+    every process runs it on its share of each rollout (``rl.loop``); rank 0 logs. Returns
+    {"history", "evals", "seconds"}."""
+    check_rollout_rows(config.prompts_per_step * config.group_size,
+                       "a rollout (--prompts-per-step × --group-size)")
+    optimizer = make_optimizer(policy, config.lr, config.weight_decay, zero=config.zero)
+    log, bar, run_eval, evals = start_run(policy, reference, config.steps, config.log_interval,
+                                          eval_fn, log, progress)
     rng = np.random.default_rng(config.seed)
-    log = log or (lambda record: None)
-    bar = Progress(config.steps, config.log_interval) if progress else None
     history = []
-    run_eval, evals = eval_recorder(policy, eval_fn, log, bar)
     started = time.perf_counter()
-    G = config.group_size
-
     run_eval(0)
     for step in range(config.steps):
         t0 = time.perf_counter()
-        # ---- rollout: G completions for each of P prompts (rows p·G … p·G + G − 1 share prompt p)
-        chosen = sample_prompt_indices(rng, len(prompts), config.prompts_per_step)
-        index = np.repeat(chosen, G)
-        used, completions, finished = sample_completions(
-            policy, [prompts[i] for i in index], config.max_new_tokens, end_id, config.temperature,
-            seed=config.seed * 1_000_003 + step * len(index))
-        result = score_fn(index, used, completions, finished)
-        rewards, parts = result if isinstance(result, tuple) else (result, {})
-        rewards = check_scores(rewards, len(index), "the reward function")
-        advantages = group_advantages(rewards.reshape(-1, G)).reshape(-1)
-        batch = pack_completions(used, completions, pad_id=end_id)
-        # With one update over the whole batch, π_old is the policy of that very update: its log-probs come
-        # from the update's own forward pass (ρ = 1, the gradient is the plain policy gradient), one pass saved.
-        single_pass = config.updates == 1 and not config.minibatch_size
-        with no_grad():
-            old_logps = None if single_pass else backend.to_numpy(completion_log_probs(policy, batch).data).astype(np.float64)
-            ref_logps = backend.to_numpy(completion_log_probs(reference, batch).data).astype(np.float64)
-        kl = None
-
-        # ---- update
-        stats = {"loss": [], "clip_frac": [], "grad_norm": []}
-        for update in range(config.updates):
-            for mb in minibatches(rng, len(batch), config.minibatch_size):
-                chunk_metrics = []                            # (completion tokens, metrics) of each chunk
-
-                def chunk_loss(rows):
-                    sub = batch.rows(rows)
-                    width = sub.mask.shape[1]
-                    logps = completion_log_probs(policy, sub)
-                    old = backend.to_numpy(logps.data) if single_pass else old_logps[rows, :width]
-                    loss, metrics = grpo_loss(logps, old, ref_logps[rows, :width], advantages[rows], sub.mask,
-                                              config.clip, config.beta)
-                    chunk_metrics.append((float(sub.mask.sum()), metrics))
-                    return policy.add_moe_aux_loss(loss)
-
-                loss = backward_in_chunks(mb, config.chunk_size, chunk_loss)
-                tokens = sum(n for n, _ in chunk_metrics)
-                metrics = {k: sum(n * m[k] for n, m in chunk_metrics) / tokens for k in ("kl", "clip_frac")}
-                if kl is None:                                # k3 per token before this step's updates
-                    kl = metrics["kl"]
-                stats["grad_norm"].append(optimizer_step(optimizer, loss, config.grad_clip, f"GRPO step {step + 1}"))
-                stats["loss"].append(loss)
-                stats["clip_frac"].append(metrics["clip_frac"])
-        group_std = rewards.reshape(-1, G).std(axis=1)
-        record = {"kind": "train", "step": step + 1, "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-                  **{name: float(np.mean(values)) for name, values in parts.items()},
-                  "kl": kl,
-                  "clip_frac": float(np.mean(stats["clip_frac"])), "loss": float(np.mean(stats["loss"])),
-                  "grad_norm": float(np.mean(stats["grad_norm"])),
-                  "zero_std_groups": float(np.mean(group_std == 0)),
-                  "completion_length": float(np.mean([len(c) for c in completions])),
-                  "finished": float(np.mean(finished)), "seconds": time.perf_counter() - t0}
+        rollout = grpo_rollout(policy, reference, prompts, score_fn, config, end_id, (rng, step))
+        stats = grpo_update(policy, optimizer, rollout, config, rng, step)
+        record = _grpo_record(step, rollout, stats, config.group_size, time.perf_counter() - t0)
         history.append(record)
         log(record)
         if bar:
             extra = f" | accuracy {record['correct']:.2f}" if "correct" in record else ""
-            bar.update(step, f"reward {record['reward']:.3f} ± {record['reward_std']:.2f}{extra} | KL {record['kl']:.4f} | "
-                             f"len {record['completion_length']:.1f}")
+            bar.update(step, f"reward {record['reward']:.3f} ± {record['reward_std']:.2f}{extra} | "
+                             f"KL {record['kl']:.4f} | len {record['completion_length']:.1f}")
         if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
             run_eval(step + 1)
     return {"history": history, "evals": evals, "seconds": time.perf_counter() - started}
+
+
+def grpo_rollout(policy, reference, prompts, score_fn, config: GRPOConfig, end_id: int,
+                 when) -> GRPORollout:
+    """G completions for each of P prompts, scored (each process its share, then gathered; ``when``:
+    the generator and the step), with their group-relative advantages and the reference's (and, with
+    several updates, the old policy's) log-probs."""
+    rng, step = when
+    chosen = sample_prompt_indices(rng, len(prompts), config.prompts_per_step)
+    index, used, completions, finished = sample_share(
+        policy, prompts, np.repeat(chosen, config.group_size), config.max_new_tokens, end_id,
+        config.temperature, config.seed * 1_000_003 + step * len(chosen) * config.group_size)
+    result = score_fn(index, used, completions, finished)
+    rewards, parts = result if isinstance(result, tuple) else (result, {})
+    rewards = check_scores(rewards, len(index), "the reward function")
+    share = pack_completions(used, completions, pad_id=end_id)
+    # With one update over the whole batch, π_old is the policy of that very update: its log-probs
+    # come from the update's own forward pass (ρ = 1, the gradient is the plain policy gradient),
+    # one pass saved.
+    single_pass = config.updates == 1 and not config.minibatch_size
+    with no_grad():
+        logps = {"ref_logps": completion_log_probs(reference, share)}
+        if not single_pass:
+            logps["old_logps"] = completion_log_probs(policy, share)
+    per_row = {"rewards": list(rewards), "parts": {k: list(v) for k, v in parts.items()}}
+    batch, whole, tokens = gather_rollout(used, completions, finished, per_row, logps, end_id)
+    rewards = np.asarray(whole["rewards"])
+    advantages = group_advantages(rewards.reshape(-1, config.group_size)).reshape(-1)
+    return GRPORollout(batch, whole["completions"], whole["finished"], rewards, whole["parts"],
+                       advantages, tokens.get("old_logps"), tokens["ref_logps"])
+
+
+def grpo_update(policy, optimizer, rollout: GRPORollout, config: GRPOConfig, rng,
+                step: int) -> dict:
+    """``updates`` passes of minibatch steps over the rollout; each step's loss, clip fraction and
+    gradient norm by name, and "kl": the k3 KL per token before this step's updates."""
+    stats = {"loss": [], "clip_frac": [], "grad_norm": [], "kl": None}
+    for _ in range(config.updates):
+        for mb in minibatches(rng, len(rollout.batch), config.minibatch_size):
+            result = _grpo_minibatch_step(policy, optimizer, rollout, mb, config, step)
+            if stats["kl"] is None:
+                stats["kl"] = result.pop("kl")
+            for name in ("loss", "clip_frac", "grad_norm"):
+                stats[name].append(result[name])
+    return stats
+
+
+def _grpo_minibatch_step(policy, optimizer, r: GRPORollout, mb, config: GRPOConfig,
+                         step: int) -> dict:
+    """One gradient step on the completions ``mb``: this process's share of them, ``chunk_size``
+    at a time (the loss is a mean over completions: each weighs 1/len(mb)); the processes add up."""
+    chunk_metrics = []                                # (completion tokens, metrics) of each chunk
+
+    def chunk_loss(rows):
+        sub = r.batch.rows(rows)
+        width = sub.mask.shape[1]
+        logps = completion_log_probs(policy, sub)
+        old = backend.to_numpy(logps.data) if r.old_logps is None else r.old_logps[rows, :width]
+        loss, metrics = grpo_loss(logps, old, r.ref_logps[rows, :width], r.advantages[rows],
+                                  sub.mask, config.clip, config.beta)
+        chunk_metrics.append((float(sub.mask.sum()), metrics))
+        return policy.add_moe_aux_loss(loss)
+
+    mine = mb[distributed.shard(len(mb))]
+    loss = backward_in_chunks(mine, config.chunk_size, chunk_loss, total=len(mb))
+    sums = [sum(n * m[k] for n, m in chunk_metrics) for k in ("kl", "clip_frac")]
+    tokens = sum(n for n, _ in chunk_metrics)
+    loss, norm, (tokens, kl, clipped) = update_weights(optimizer, loss, config.grad_clip,
+                                                       f"GRPO step {step + 1}", tokens, *sums)
+    return {"loss": loss, "grad_norm": norm, "kl": kl / tokens, "clip_frac": clipped / tokens}
+
+
+def _grpo_record(step: int, r: GRPORollout, stats: dict, group_size: int, seconds: float) -> dict:
+    """The logged record of a GRPO step: the rewards (and each reward function's mean), KL, the
+    update's means."""
+    group_std = r.rewards.reshape(-1, group_size).std(axis=1)
+    return {"kind": "train", "step": step + 1, "reward": float(r.rewards.mean()),
+            "reward_std": float(r.rewards.std()),
+            **{name: float(np.mean(values)) for name, values in r.parts.items()},
+            "kl": stats["kl"],
+            "clip_frac": float(np.mean(stats["clip_frac"])), "loss": float(np.mean(stats["loss"])),
+            "grad_norm": float(np.mean(stats["grad_norm"])),
+            "zero_std_groups": float(np.mean(group_std == 0)),
+            "completion_length": float(np.mean([len(c) for c in r.completions])),
+            "finished": float(np.mean(r.finished)), "seconds": seconds}

@@ -203,7 +203,7 @@ def completion_log_probs(model, batch: Completions, return_hidden: bool = False)
     """
     xp = backend.xp
     hidden = completion_hidden_states(model, batch)                                    # (B, C_max, C)
-    logits = F.linear(hidden, model.head_weight)                                       # (B, C_max, V)
+    logits = model.logits(hidden)                                                      # (B, C_max, V)
     targets = xp.where(xp.asarray(batch.mask) > 0, xp.asarray(batch.completion_ids), -100)
     logps = gather_log_probs(logits, targets)                                          # (B, C_max)
     return (logps, logits, hidden) if return_hidden else logps

@@ -47,13 +47,15 @@ import time
 import numpy as np
 
 from .. import backend
+from .. import distributed
 from ..autograd import Tensor, maximum, minimum, no_grad
 from ..model import GPT
 from ..nn import Linear
-from .logprobs import (Completions, check_same_vocab, completion_log_probs, disable_dropout, masked_mean,
-                       pack_completions, token_entropy)
-from .loop import make_optimizer, minibatches, optimizer_step, sample_prompt_indices, eval_recorder
-from .rollout import sample_completions
+from ..train import update_weights
+from .logprobs import (Completions, completion_log_probs, masked_mean, pack_completions,
+                       token_entropy)
+from .loop import (check_rollout_rows, gather_rollout, make_optimizer, minibatches,
+                   sample_prompt_indices, sample_share, start_run)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -215,6 +217,7 @@ class PPOConfig:
     eval_interval: int = 10
     log_interval: int = 1
     seed: int = 0
+    zero: int = 0                   # 1: AdamW's moments sharded over the processes (tinyllm.zero)
 
     def __post_init__(self):
         for name in ("steps", "rollout_batch", "minibatch_size", "ppo_epochs", "max_new_tokens"):
@@ -234,88 +237,139 @@ def check_scores(scores, n: int, what: str = "the score function") -> np.ndarray
     return scores
 
 
+@dataclasses.dataclass
+class PPORollout:
+    """One rollout batch, whole (every process's share gathered) and turned into PPO's targets:
+    per-token arrays (B, C_max) over the completion tokens of ``batch`` (0 past each one's end)."""
+    batch: Completions
+    completions: list
+    finished: list
+    scores: np.ndarray           # the reward model's scores, minus the missing-end penalty
+    old_logps: np.ndarray        # log π_old of each token: the policy that sampled
+    old_values: np.ndarray       # V_old of each token's state
+    kl_tokens: np.ndarray        # k1 = log π_old − log π_ref of each token
+    advantages: np.ndarray       # GAE, whitened over all the batch's tokens
+    returns: np.ndarray          # the value head's targets
+
+
 def train_ppo(policy: PolicyWithValue, reference, prompts, score_fn, config: PPOConfig, end_id: int,
               eval_fn=None, progress=True, log=None) -> dict:
-    """Run PPO. ``prompts``: token-id lists; ``score_fn(indices, prompt_ids, completions, finished)`` →
-    scores (N,) (e.g. ``reward_model_scorer``); ``reference``: a frozen copy of the starting policy;
-    ``eval_fn(policy)`` → dict, logged as kind "eval" at step 0, every ``eval_interval`` steps and at the end.
-    Returns {"history": per-step records, "evals": eval records, "seconds"}."""
-    from ..train import Progress
-    check_same_vocab(policy, reference)
-    disable_dropout(policy)
-    disable_dropout(reference)
-    kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon) if config.target_kl
-              else FixedKLController(config.kl_coef))
-    optimizer = make_optimizer(policy, config.lr, config.weight_decay, (policy.value_head, config.value_lr or config.lr))
+    """Run PPO. ``prompts``: token-id lists; ``score_fn(indices, prompt_ids, completions,
+    finished)`` → scores (N,) (e.g. ``reward_model_scorer``); ``reference``: a frozen copy of the
+    starting policy; ``eval_fn(policy)`` → dict, logged as kind "eval" at step 0, every
+    ``eval_interval`` steps and at the end. Under ``mpiexec`` every process runs it on its share of
+    each rollout (``rl.loop``); rank 0 logs. Returns {"history": per-step records, "evals",
+    "seconds"}."""
+    check_rollout_rows(config.rollout_batch, "a rollout (--rollout-batch)")
+    kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+              if config.target_kl else FixedKLController(config.kl_coef))
+    optimizer = make_optimizer(policy, config.lr, config.weight_decay,
+                               (policy.value_head, config.value_lr or config.lr), config.zero)
+    log, bar, run_eval, evals = start_run(policy, reference, config.steps, config.log_interval,
+                                          eval_fn, log, progress)
     rng = np.random.default_rng(config.seed)
-    log = log or (lambda record: None)
-    bar = Progress(config.steps, config.log_interval) if progress else None
     history = []
-    run_eval, evals = eval_recorder(policy, eval_fn, log, bar)
     started = time.perf_counter()
-
     run_eval(0)
     for step in range(config.steps):
         t0 = time.perf_counter()
-        # ---- rollout (no gradients)
-        index = sample_prompt_indices(rng, len(prompts), config.rollout_batch)
-        used, completions, finished = sample_completions(
-            policy, [prompts[i] for i in index], config.max_new_tokens, end_id, config.temperature,
-            seed=config.seed * 1_000_003 + step * config.rollout_batch)
-        scores = check_scores(score_fn(index, used, completions, finished), len(index))
-        # A reward model only ever saw finished answers; an unfinished one is outside what it can judge, and a
-        # policy would soon find the ones it overrates. A fixed penalty makes stopping the safe choice.
-        scores = scores - config.missing_end_penalty * ~np.asarray(finished, dtype=bool)
-        batch = pack_completions(used, completions, pad_id=end_id)
-        with no_grad():
-            old_logps, old_values, _ = policy.logprobs_and_values(batch)
-            ref_logps = completion_log_probs(reference, batch)
-        mask = batch.mask
-        old_logps = backend.to_numpy(old_logps.data).astype(np.float64)
-        old_values = backend.to_numpy(old_values.data).astype(np.float64) * mask
-        kl_tokens = (old_logps - backend.to_numpy(ref_logps.data)) * mask           # k1 per token
-        rewards = -kl_ctl.value * kl_tokens
-        rows = np.arange(len(batch))
-        rewards[rows, batch.completion_lengths - 1] += scores                        # the last completion token
-        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-        advantages = whiten(advantages, mask)
-        kl = float(kl_tokens.sum(axis=1).mean())
-
-        # ---- update: epochs of minibatches over this rollout
-        stats = {"policy_loss": [], "value_loss": [], "entropy": [], "clip_frac": [], "grad_norm": []}
-        for epoch in range(config.ppo_epochs):
-            for mb in minibatches(rng, len(batch), config.minibatch_size):
-                sub = batch.rows(mb)
-                width = sub.mask.shape[1]
-                logps, values, logits = policy.logprobs_and_values(sub, config.value_trains_trunk)
-                policy_loss, clip_frac = ppo_policy_loss(logps, old_logps[mb, :width], advantages[mb, :width],
-                                                         sub.mask, config.clip)
-                value_loss = ppo_value_loss(values, old_values[mb, :width], returns[mb, :width], sub.mask,
-                                            config.value_clip or None)
-                entropy = masked_mean(token_entropy(logits), sub.mask)
-                loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-                stats["grad_norm"].append(optimizer_step(optimizer, policy.add_moe_aux_loss(loss), config.grad_clip,
-                                                              f"PPO step {step + 1}"))
-                stats["policy_loss"].append(policy_loss.item())
-                stats["value_loss"].append(value_loss.item())
-                stats["entropy"].append(entropy.item())
-                stats["clip_frac"].append(clip_frac)
-        kl_coef = kl_ctl.value
-        kl_ctl.update(kl, len(batch))
-        record = {"kind": "train", "step": step + 1, "score": float(scores.mean()),
-                  "reward": float((scores - kl_coef * kl_tokens.sum(axis=1)).mean()), "kl": kl, "kl_coef": kl_coef,
-                  **{k: float(np.mean(v)) for k, v in stats.items()},
-                  "explained_variance": explained_variance(old_values, returns, mask),
-                  "completion_length": float(np.mean([len(c) for c in completions])),
-                  "finished": float(np.mean(finished)), "seconds": time.perf_counter() - t0}
+        rollout = ppo_rollout(policy, reference, prompts, score_fn, config, end_id, (rng, step),
+                              kl_ctl.value)
+        stats = ppo_update(policy, optimizer, rollout, config, rng, step)
+        record = _ppo_record(step, rollout, stats, kl_ctl.value, time.perf_counter() - t0)
+        kl_ctl.update(record["kl"], len(rollout.batch))
         history.append(record)
         log(record)
         if bar:
-            bar.update(step, f"score {record['score']:.3f} | KL {kl:.3f} | clip {record['clip_frac']:.2f} | "
-                             f"H {record['entropy']:.2f} | EV {record['explained_variance']:.2f}")
+            bar.update(step, f"score {record['score']:.3f} | KL {record['kl']:.3f} | "
+                             f"clip {record['clip_frac']:.2f} | H {record['entropy']:.2f} | "
+                             f"EV {record['explained_variance']:.2f}")
         if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
             run_eval(step + 1)
     return {"history": history, "evals": evals, "seconds": time.perf_counter() - started}
+
+
+def ppo_rollout(policy, reference, prompts, score_fn, config: PPOConfig, end_id: int, when,
+                kl_coef: float) -> PPORollout:
+    """Sample and score one rollout batch (each process its share, then gathered; ``when``: the
+    generator and the step), and compute the rewards, GAE advantages and returns over all of it."""
+    rng, step = when
+    index = sample_prompt_indices(rng, len(prompts), config.rollout_batch)
+    index, used, completions, finished = sample_share(
+        policy, prompts, index, config.max_new_tokens, end_id, config.temperature,
+        config.seed * 1_000_003 + step * len(index))
+    scores = check_scores(score_fn(index, used, completions, finished), len(index))
+    # A reward model only ever saw finished answers; an unfinished one is outside what it can
+    # judge, and a policy would soon find the ones it overrates. A fixed penalty makes stopping the
+    # safe choice.
+    scores = scores - config.missing_end_penalty * ~np.asarray(finished, dtype=bool)
+    share = pack_completions(used, completions, pad_id=end_id)
+    with no_grad():
+        old_logps, old_values, _ = policy.logprobs_and_values(share)
+        ref_logps = completion_log_probs(reference, share)
+    batch, whole, tokens = gather_rollout(
+        used, completions, finished, {"scores": list(scores)},
+        {"old_logps": old_logps, "old_values": old_values, "ref_logps": ref_logps}, end_id)
+    mask, old_logps, old_values = batch.mask, tokens["old_logps"], tokens["old_values"]
+    kl_tokens = (old_logps - tokens["ref_logps"]) * mask                     # k1 per token
+    scores = np.asarray(whole["scores"])
+    rewards = -kl_coef * kl_tokens
+    rewards[np.arange(len(batch)), batch.completion_lengths - 1] += scores  # the last token's
+    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+    return PPORollout(batch, whole["completions"], whole["finished"], scores, old_logps, old_values,
+                      kl_tokens, whiten(advantages, mask), returns)
+
+
+def ppo_update(policy, optimizer, rollout: PPORollout, config: PPOConfig, rng, step: int) -> dict:
+    """``ppo_epochs`` passes of minibatch steps over the rollout; each step's losses, clip fraction
+    and gradient norm, listed by name."""
+    stats = {"policy_loss": [], "value_loss": [], "entropy": [], "clip_frac": [], "grad_norm": []}
+    for _ in range(config.ppo_epochs):
+        for mb in minibatches(rng, len(rollout.batch), config.minibatch_size):
+            result = _ppo_minibatch_step(policy, optimizer, rollout, mb, config, step)
+            for name, value in result.items():
+                stats[name].append(value)
+    return stats
+
+
+def _ppo_minibatch_step(policy, optimizer, r: PPORollout, mb, config: PPOConfig, step: int) -> dict:
+    """One gradient step on the minibatch ``mb``: this process runs its share of the rows, weighted
+    by their share of the minibatch's tokens (the losses are means over tokens); the processes'
+    parts add up."""
+    mine = mb[distributed.shard(len(mb))]
+    weight = float(r.batch.mask[mine].sum() / r.batch.mask[mb].sum())
+    loss_value, parts = 0.0, [0.0] * 4             # this process's part of the loss and the stats
+    if len(mine):
+        sub = r.batch.rows(mine)
+        width = sub.mask.shape[1]
+        logps, values, logits = policy.logprobs_and_values(sub, config.value_trains_trunk)
+        policy_loss, clip_frac = ppo_policy_loss(logps, r.old_logps[mine, :width],
+                                                 r.advantages[mine, :width], sub.mask, config.clip)
+        value_loss = ppo_value_loss(values, r.old_values[mine, :width], r.returns[mine, :width],
+                                    sub.mask, config.value_clip or None)
+        entropy = masked_mean(token_entropy(logits), sub.mask)
+        loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+        weighted = policy.add_moe_aux_loss(loss) * weight
+        weighted.backward()
+        loss_value = weighted.item()
+        means = (policy_loss.item(), value_loss.item(), entropy.item(), clip_frac)
+        parts = [weight * v for v in means]
+    _, norm, parts = update_weights(optimizer, loss_value, config.grad_clip, f"PPO step {step + 1}",
+                                    *parts)
+    names = ("policy_loss", "value_loss", "entropy", "clip_frac")
+    return {**dict(zip(names, parts)), "grad_norm": norm}
+
+
+def _ppo_record(step: int, r: PPORollout, stats: dict, kl_coef: float, seconds: float) -> dict:
+    """The logged record of a PPO step: the rollout's score, reward and KL, the update's means."""
+    kl_per_completion = r.kl_tokens.sum(axis=1)
+    return {"kind": "train", "step": step + 1, "score": float(r.scores.mean()),
+            "reward": float((r.scores - kl_coef * kl_per_completion).mean()),
+            "kl": float(kl_per_completion.mean()), "kl_coef": kl_coef,
+            **{k: float(np.mean(v)) for k, v in stats.items()},
+            "explained_variance": explained_variance(r.old_values, r.returns, r.batch.mask),
+            "completion_length": float(np.mean([len(c) for c in r.completions])),
+            "finished": float(np.mean(r.finished)), "seconds": seconds}
 
 
 def reward_model_scorer(reward_model, batch_size: int = 32):

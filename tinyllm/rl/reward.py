@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from .. import distributed
 from ..autograd import Tensor, no_grad
 from ..finetune.classify import last_token_states, pad_batch
 from ..model import GPT, GPTConfig
@@ -45,14 +46,18 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
 
 
 class StepMetrics:
-    """A training step's metrics over its pairs, put together from the blocks of pairs it was split into.
+    """A training step's metrics over its pairs, put together from the blocks of pairs it was split
+    into.
 
-    ``fit`` splits each step's pairs over the CPU cores, so a loss function runs once per block, on several
-    threads at once. Each call adds its block's means (``add``); ``pop`` returns their means over all the
-    step's pairs, summed in a fixed order (the same bits on every run), and starts the next step.
+    ``fit`` splits each step's pairs over the processes and the CPU cores, so a loss function runs
+    once per block, on several threads at once. Each call adds its block's means (``add``); ``pop``
+    returns their means over all the step's pairs, summed in a fixed order (the same bits on every
+    run) and over the processes (so every process must call it, and know the metrics' ``names``: one
+    may have no block), and starts the next step.
     """
 
-    def __init__(self):
+    def __init__(self, names=None):
+        self.names = tuple(names) if names is not None else None
         self.blocks = []
 
     def add(self, index, metrics: dict) -> None:
@@ -60,8 +65,13 @@ class StepMetrics:
 
     def pop(self) -> dict:
         blocks, self.blocks = sorted(self.blocks, key=lambda block: block[0]), []
-        pairs = sum(n for _, n, _ in blocks)
-        return {k: sum(n * m[k] for _, n, m in blocks) / pairs for k in blocks[0][2]} if blocks else {}
+        names = self.names if self.names is not None else tuple(blocks[0][2]) if blocks else ()
+        if self.names is None and distributed.active():
+            raise ValueError("StepMetrics needs the metrics' names when several processes train "
+                             "together")
+        sums = [sum(n * m[k] for _, n, m in blocks) for k in names] + [sum(n for _, n, _ in blocks)]
+        *sums, pairs = distributed.sum_over_ranks(sums).tolist()
+        return {k: total / pairs for k, total in zip(names, sums)} if pairs else {}
 
 
 class RewardModel(GPT):
@@ -136,7 +146,7 @@ def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=N
     from .logprobs import disable_dropout
     config = config or FinetuneConfig()
     disable_dropout(model)
-    step_metrics = StepMetrics()
+    step_metrics = StepMetrics(("accuracy", "margin"))
 
     def loss_fn(index):
         chosen, rejected = pair_scores(model, train_pairs, index)
@@ -151,13 +161,8 @@ def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=N
         result = evaluate_reward_model(model, val_pairs, config.batch_size * 2)
         return {"val_accuracy": result["accuracy"], "val_loss": result["loss"], "val_margin": result["margin"]}
 
-    def log_record(record):
-        if record.get("kind") == "train":
-            record = {**record, **step_metrics.pop()}
-        if log is not None:
-            log(record)
-
-    return fit(model, len(train_pairs), loss_fn, config, evaluate_fn, progress, log_record)
+    return fit(model, len(train_pairs), loss_fn, config, evaluate_fn, progress, log,
+               step_metrics=step_metrics)
 
 
 def save_reward_model(run_dir, model: RewardModel, tokenizer=None, extra_config: dict | None = None) -> None:

@@ -17,13 +17,13 @@ import json
 
 def completion_response(job, tokenizer, usage: dict) -> dict:
     if job.kind == "completion":
-        choices = [{"index": i, "text": c.text.text, "finish_reason": c.finish_reason,
+        choices = [{"index": i, "text": _text(c), "finish_reason": c.finish_reason,
                     "logprobs": completion_logprobs(c.logprobs, tokenizer) if job.logprobs is not None else None}
                    for i, c in enumerate(job.choices)]
         return _envelope(job, "text_completion", choices, usage)
     choices = []
     for i, c in enumerate(job.choices):
-        message = {"role": "assistant", "content": c.text.text if not c.tool_calls else _before_call(c) or None}
+        message = {"role": "assistant", "content": _text(c) if not c.tool_calls else _before_call(c) or None}
         if c.tool_calls:
             message["tool_calls"] = c.tool_calls
         choices.append({"index": i, "message": message, "finish_reason": c.finish_reason,
@@ -31,8 +31,13 @@ def completion_response(job, tokenizer, usage: dict) -> dict:
     return _envelope(job, "chat.completion", choices, usage)
 
 
+def _text(choice) -> str:
+    """The choice's text: what the output filter released, when the server has one."""
+    return choice.shown if choice.filter is not None else choice.text.text
+
+
 def _before_call(choice) -> str:
-    text = choice.text.text
+    text = _text(choice)
     return text[:text.index("<tool_call>")] if "<tool_call>" in text else text
 
 

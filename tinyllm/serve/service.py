@@ -6,6 +6,11 @@ engine, and shape the result as OpenAI's JSON (a whole response, or the chunks o
 A ``Job`` holds one request's choices; each choice turns its tokens into text with an ``IncrementalText``
 (so stop strings and a tool call being written are never streamed half-way) and ends with a
 ``finish_reason``: "stop" (end token or stop string), "length" (max_tokens) or "tool_calls".
+
+With a blocklist (``tinyllm serve --filter FILE``), each choice's released text also goes through a
+``FilterStream`` (``tinyllm.safety.blocklist``): blocked terms are masked, or in block mode the choice ends
+before the first one with OpenAI's finish_reason "content_filter". Log-probabilities are then refused,
+since the tokens they list would show the text the filter removed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from .api import (APIError, CHAT_FIELDS, COMPLETION_FIELDS, Limits, check_fields
                   parse_messages, parse_sampling, parse_tools)
 from .chat import TOOL_CALL, TOOL_CALL_END, ChatTemplate, IncrementalText, end_token_ids, parse_tool_call
 from .engine import Engine, QueueFull, Request, SamplingParams
+from ..safety.blocklist import FilterStream
 
 @dataclass
 class Choice:
@@ -27,6 +33,8 @@ class Choice:
     finish_reason: str | None = None
     tool_calls: list | None = None
     logprobs: list = field(default_factory=list)     # (token id, logprob, [(id, logprob)] top) per token
+    filter: FilterStream | None = None                # the output filter, when the server has one
+    shown: str = ""                                   # the text released to the client (filtered)
 
 
 @dataclass
@@ -48,8 +56,11 @@ class Service:
     """A loaded model behind the OpenAI API: ``model_id`` is the name clients pass as "model"."""
 
     def __init__(self, model, tokenizer, run_config: dict, model_id: str, max_batch: int = 8, max_queue: int = 64,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, blocklist=None, filter_mode: str = "mask"):
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
+        self.blocklist, self.filter_mode = blocklist, filter_mode
+        if blocklist is not None:
+            FilterStream(blocklist, filter_mode)               # checks the mode now, not at the first request
         self.template = ChatTemplate(run_config.get("template"))
         self.stop_ids = frozenset(end_token_ids(tokenizer, run_config))
         context = model.config.block_size
@@ -111,11 +122,16 @@ class Service:
     def _job(self, kind, prompt_ids, sampling, default_tokens, logprobs, param, stops=None, tool_names=(),
              prefix="") -> Job:
         max_tokens = check_room(len(prompt_ids), sampling, self.limits, default_tokens, param)
+        if self.blocklist is not None and logprobs is not None:
+            raise APIError(400, "this server filters its output, so it gives no logprobs (their tokens would show "
+                                "the filtered text)", param="logprobs", code="unsupported_value")
         params = SamplingParams(max_tokens, sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed,
                                 self.stop_ids, logprobs)
         stops = sampling.stop if stops is None else stops
         marker = TOOL_CALL if tool_names else None
-        choices = [Choice(IncrementalText(self.tokenizer, stops, marker, prefix)) for _ in range(sampling.n)]
+        choices = [Choice(IncrementalText(self.tokenizer, stops, marker, prefix),
+                          filter=FilterStream(self.blocklist, self.filter_mode) if self.blocklist else None)
+                   for _ in range(sampling.n)]
         return Job(kind, Request(prompt_ids, params, sampling.n), len(prompt_ids), choices, sampling.stream,
                    sampling.include_usage, list(tool_names), logprobs, self.model_id)
 
@@ -160,10 +176,10 @@ class Service:
         choice.tokens += 1
         if logprobs is not None:
             choice.logprobs.append((token, *logprobs))
-        new_text = choice.text.add(token)
+        new_text = self._release(choice, choice.text.add(token))
         if new_text:
             yield index, new_text
-        if choice.text.stopped is not None:
+        if choice.text.stopped is not None or choice.finish_reason == "content_filter":
             yield from self._finish(job, index, open_choices)
 
     def _finish(self, job, index, open_choices):
@@ -172,17 +188,29 @@ class Service:
         job.request.stop_row(index)
         rest = choice.text.finish()
         call_text = choice.text.call_text
-        if call_text is not None:
+        if call_text is not None and choice.finish_reason != "content_filter":
             call = parse_tool_call(call_text, job.tool_names) if choice.text.stopped == TOOL_CALL_END else None
             if call is not None:
                 choice.tool_calls, choice.finish_reason = [call], "tool_calls"
             else:                              # not a well-formed call: the text is the reply, as written
                 rest += choice.text.text[choice.text.released:] + (choice.text.stopped or "")
+        rest = self._release(choice, rest, final=True)
         if choice.finish_reason is None:
             choice.finish_reason = "stop"
         if rest:
             yield index, rest
         yield index, None
+
+    @staticmethod
+    def _release(choice, text: str, final: bool = False) -> str:
+        """``text`` as the client gets it: through the choice's output filter, if any (which may end the
+        choice: finish_reason "content_filter")."""
+        if choice.filter is not None:
+            text = choice.filter.feed(text) + (choice.filter.finish() if final else "")
+            if choice.filter.blocked is not None:
+                choice.finish_reason = "content_filter"
+        choice.shown += text
+        return text
 
     def usage(self, job: Job) -> dict:
         completion = sum(c.tokens for c in job.choices)

@@ -1,8 +1,8 @@
 """Byte-level BPE: the tokenizer of GPT-2, GPT-4 and most LLMs since.
 
 Text becomes UTF-8 bytes, so any string can be encoded and nothing is ever "unknown". The 256 single
-bytes are the first 256 tokens; every other token is the concatenation of two earlier tokens, learned
-by merging the most frequent adjacent pair in the training text (see ``bpe_train.py``).
+bytes are the first 256 tokens; every other token is the concatenation of two earlier tokens,
+learned by merging the most frequent adjacent pair in the training text (see ``bpe_train.py``).
 
 The core of a tokenizer is one table, ``ranks: dict[bytes, int]``, exactly what a ``.tiktoken`` file
 holds: every token's bytes and its id. The id is also its *rank*, its age: a lower id was learned
@@ -47,9 +47,9 @@ class BPETokenizer:
     'hello world<|endoftext|>'
 
     ``BPETokenizer(ranks, pattern, special_tokens)`` builds one from a tiktoken-style table
-    ``{token bytes: id}``: the 256 single bytes must have ids 0..255 (in any order) and the ids must be
-    0..len(ranks)-1. ``special_tokens`` maps strings to ids from len(ranks) on. ``merges``, if known,
-    are the merges that made ``ranks`` (otherwise they are recovered when asked for).
+    ``{token bytes: id}``: the 256 single bytes must have ids 0..255 (in any order) and the ids must
+    be 0..len(ranks)-1. ``special_tokens`` maps strings to ids from len(ranks) on. ``merges``, if
+    known, are the merges that made ``ranks`` (otherwise they are recovered when asked for).
     """
 
     format_name = bpe_vocab.FORMAT_NAME
@@ -72,7 +72,8 @@ class BPETokenizer:
         self._bytes_are_ids = self._byte_ids == list(range(256))
         self._pair_ranks = pair_ranks_of(self._ranks)
         self._merges = merges
-        self._special_tokens = bpe_vocab.check_special_tokens(special_tokens or {}, len(self._ranks))
+        self._special_tokens = bpe_vocab.check_special_tokens(special_tokens or {},
+                                                              len(self._ranks))
         for text, token_id in self._special_tokens.items():
             self._decoder[token_id] = text.encode("utf-8")
         self._vocab_size = max(self._decoder) + 1
@@ -91,13 +92,14 @@ class BPETokenizer:
         verbose: bool = False,
         progress: Callable[[int, bytes, int], None] | None = None,
     ) -> BPETokenizer:
-        """Learn a tokenizer of ``vocab_size`` tokens (256 bytes + merges + special tokens) from text.
+        """Learn a tokenizer of ``vocab_size`` tokens
+        (256 bytes + merges + special tokens) from text.
 
-        ``text_or_iterable`` is one string or an iterable of strings (documents; no merge crosses from
-        one to the next). ``pattern`` is "gpt4" (default), "gpt2", a regex string or None (see
-        ``patterns.py``). Special tokens get the last ids, in the order given. If the text runs out of
-        pairs to merge, the tokenizer is smaller than asked (``vocab_size`` tells). Ties between equally
-        frequent pairs go to the smallest ``(id, id)`` pair, so training is deterministic.
+        ``text_or_iterable`` is one string or an iterable of strings (documents; no merge crosses
+        from one to the next). ``pattern`` is "gpt4" (default), "gpt2", a regex string or None (see
+        ``patterns.py``). Special tokens get the last ids, in the order given. If the text runs out
+        of pairs to merge, the tokenizer is smaller than asked (``vocab_size`` tells). Ties between
+        equally frequent pairs go to the smallest ``(id, id)`` pair, so training is deterministic.
 
         ``verbose=True`` shows progress on stderr; ``progress(merges_done, new_token_bytes, count)``, if
         given, is called after every merge instead.
@@ -143,8 +145,8 @@ class BPETokenizer:
     ) -> BPETokenizer:
         """Build a tokenizer from merges: merge ``i`` joins two earlier ids into id ``256 + i``.
 
-        ``byte_order[i]`` is the byte whose id is ``i`` (default: byte ``i``). Special tokens given as a
-        list get the ids after the merges; a dict gives their ids explicitly.
+        ``byte_order[i]`` is the byte whose id is ``i`` (default: byte ``i``). Special tokens given
+        as a list get the ids after the merges; a dict gives their ids explicitly.
         """
         ranks = bpe_vocab.ranks_from_merges(merges, byte_order)
         if not isinstance(special_tokens, dict):
@@ -210,7 +212,8 @@ class BPETokenizer:
             return self._encode_ordinary(_replace_surrogates(text))
 
     def clear_cache(self) -> None:
-        """Forget the cached ids of every chunk (for timing a cold encode; never needed otherwise)."""
+        """Forget the cached ids of every chunk (for timing a cold encode;
+        never needed otherwise)."""
         self._cache.clear()
 
     def _encode_ordinary(self, text: str) -> list[int]:
@@ -228,7 +231,8 @@ class BPETokenizer:
         return ids
 
     def _encode_chunk(self, chunk: str) -> list[int]:
-        """BPE on one chunk (uncached): the whole chunk if it is a token, else merge byte by byte."""
+        """BPE on one chunk (uncached): the whole chunk if it is a token,
+        else merge byte by byte."""
         piece = chunk.encode("utf-8")
         rank = self._ranks.get(piece)
         if rank is not None:
@@ -274,7 +278,8 @@ class BPETokenizer:
     def encode_batch(self, texts: Iterable[str], allowed_special="none_raise") -> list[list[int]]:
         """Encode each text of a list (see :meth:`encode`)."""
         if isinstance(texts, str):
-            raise TypeError("encode_batch takes a list of texts, not one str; use encode() for a single text")
+            raise TypeError("encode_batch takes a list of texts, not one str; use encode() "
+                            "for a single text")
         return [self.encode(text, allowed_special) for text in texts]
 
     def _allowed_special_set(self, allowed_special) -> frozenset:
@@ -289,7 +294,8 @@ class BPETokenizer:
         allowed = frozenset(allowed_special)
         unknown = sorted(allowed - self._special_tokens.keys())
         if unknown:
-            raise ValueError(f"allowed_special names {unknown[0]!r}, which is not a special token of this tokenizer")
+            raise ValueError(f"allowed_special names {unknown[0]!r}, which is not a special token "
+                             "of this tokenizer")
         return allowed
 
     # ----------------------------------------------------------------------------------------- decoding
@@ -308,14 +314,16 @@ class BPETokenizer:
             raise
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Token ids -> text. Bytes that are not valid UTF-8 (a multi-byte character cut off by the end
-        of the list) become U+FFFD, the replacement character "�"."""
+        """Token ids -> text. Bytes that are not valid UTF-8 (a multi-byte character cut off by the
+        end of the list) become U+FFFD, the replacement character "�"."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def _bad_id(self, token_id) -> Exception:
         if not isinstance(token_id, numbers.Integral):
-            return TypeError(f"token ids must be ints, got {token_id!r} of type {type(token_id).__name__}")
-        return ValueError(f"token id {token_id} is not in this tokenizer (ids are 0..{self.vocab_size - 1})")
+            return TypeError(f"token ids must be ints, got {token_id!r} of type "
+                             f"{type(token_id).__name__}")
+        return ValueError(f"token id {token_id} is not in this tokenizer (ids are "
+                          f"0..{self.vocab_size - 1})")
 
     # ------------------------------------------------------------------------------------- files, interop
 
@@ -330,13 +338,14 @@ class BPETokenizer:
 
     def to_tiktoken_ranks(self) -> dict[bytes, int]:
         """``{token bytes: id}`` for ``tiktoken.Encoding(name, pat_str=tok.pattern,
-        mergeable_ranks=tok.to_tiktoken_ranks(), special_tokens=tok.special_tokens)``, which then encodes
-        exactly as this tokenizer does."""
+        mergeable_ranks=tok.to_tiktoken_ranks(), special_tokens=tok.special_tokens)``, which then
+        encodes exactly as this tokenizer does."""
         return dict(self._ranks)
 
     @classmethod
     def from_tiktoken_file(
-        cls, path: str | os.PathLike, pattern: str | None, special_tokens: dict[str, int] | None = None
+        cls, path: str | os.PathLike, pattern: str | None,
+        special_tokens: dict[str, int] | None = None
     ) -> BPETokenizer:
         """Load a ``.tiktoken`` file (one ``base64(token) id`` per line), e.g. cl100k_base.tiktoken with
         ``pattern="gpt4"`` and ``special_tokens={"<|endoftext|>": 100257}``."""
@@ -358,5 +367,6 @@ def _checked_text(text) -> str:
 
 
 def _replace_surrogates(text: str) -> str:
-    """Lone surrogates (not valid Unicode, so not encodable as UTF-8) become U+FFFD, as in tiktoken."""
+    """Lone surrogates (not valid Unicode, so not encodable as UTF-8) become U+FFFD,
+    as in tiktoken."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

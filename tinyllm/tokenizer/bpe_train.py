@@ -5,16 +5,18 @@ O(merges x text). Three ideas make it fast (1 MB of text to 4096 tokens in about
 pure Python, instead of about a minute):
 
 1. Work on *unique* chunks. After the split pattern has cut the text into chunks, " the" appears
-   thousands of times but is stored once, with its count; every pair count is weighted by the count of
-   the chunk it sits in. A megabyte of English has only some tens of thousands of distinct chunks.
+   thousands of times but is stored once, with its count; every pair count is weighted by the count
+   of the chunk it sits in. A megabyte of English has only some tens of thousands of distinct
+   chunks.
 2. Update counts locally. A merge of (a, b) only changes the chunks that contain a next to b, found
    through an index ``pair -> chunk numbers``, and in them only the pairs that touch a merged
    occurrence: in "x a b y" -> "x Z y" the pairs (x, a), (a, b), (b, y) go and (x, Z), (Z, y) come.
-   Everything else keeps its count, so a merge costs about as much as the number of places it applies.
-3. Find the most frequent pair with a heap of ``(-count, pair)`` and *lazy deletion*: when a count goes
-   down we leave the old entry in the heap; when an entry comes out of the heap we compare it with the
-   true count and, if it is stale, push the true count back and try again. Counts only go *up* for pairs
-   that contain the new token, and those are the only ones we push.
+   Everything else keeps its count,
+   so a merge costs about as much as the number of places it applies.
+3. Find the most frequent pair with a heap of ``(-count, pair)`` and *lazy deletion*: when a count
+   goes down we leave the old entry in the heap; when an entry comes out of the heap we compare it
+   with the true count and, if it is stale, push the true count back and try again. Counts only go
+   *up* for pairs that contain the new token, and those are the only ones we push.
 
 Ties: of the pairs with the highest count, the one that is smallest as a tuple ``(first id, second id)``
 is merged. The heap gives this order for free and it makes training deterministic.
@@ -37,7 +39,8 @@ def count_chunks(texts: Iterable[str], split: Callable[[str], list[str]]) -> Cou
     return counts
 
 
-def merge_pair(word: list[int], first: int, second: int, new_id: int) -> tuple[list[int], list[int], list[int]]:
+def merge_pair(word: list[int], first: int, second: int,
+               new_id: int) -> tuple[list[int], list[int], list[int]]:
     """Replace each ``first, second`` in ``word``, left to right, by ``new_id``.
 
     Returns the new word, the positions of the replaced pairs in the old word, and the positions of
@@ -73,16 +76,17 @@ def learn_merges(
 ) -> list[tuple[int, int]]:
     """Learn up to ``num_merges`` merges from byte-string chunks and their counts.
 
-    Byte ``b`` is token id ``b``; merge number ``i`` makes token ``256 + i``. Returns the merged pairs in
-    order. Fewer merges come back when no adjacent pair is left (every chunk is a single token).
-    ``on_merge(new_id, pair, count)`` is called after each merge.
+    Byte ``b`` is token id ``b``; merge number ``i`` makes token ``256 + i``. Returns the merged
+    pairs in order. Fewer merges come back when no adjacent pair is left (every chunk is a single
+    token). ``on_merge(new_id, pair, count)`` is called after each merge.
     """
     # Chunks of one byte have no pair and can never change: leave them out.
     words = [list(chunk) for chunk in chunk_counts if len(chunk) > 1]
     freqs = [count for chunk, count in chunk_counts.items() if len(chunk) > 1]
 
     pair_counts: defaultdict[tuple[int, int], int] = defaultdict(int)
-    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> chunks that may hold it
+    # pair -> chunks that may hold it
+    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
     for index, (word, freq) in enumerate(zip(words, freqs)):
         for pair in zip(word, word[1:]):
             pair_counts[pair] += freq
@@ -106,7 +110,8 @@ def learn_merges(
         for index in where.pop(pair):
             word = words[index]
             new_word, old_positions, new_positions = merge_pair(word, first, second, new_id)
-            if not old_positions:  # the index is lazy too: this chunk lost the pair in an earlier merge
+            # the index is lazy too: this chunk lost the pair in an earlier merge
+            if not old_positions:
                 continue
             made = _recount(word, new_word, old_positions, new_positions, freqs[index], pair_counts)
             for new in made:
@@ -123,10 +128,11 @@ def learn_merges(
 
 
 def _recount(word, new_word, old_positions, new_positions, freq, pair_counts) -> set:
-    """Update ``pair_counts`` for one chunk (seen ``freq`` times) after a merge; returns the pairs made.
+    """Update ``pair_counts`` for one chunk (seen ``freq`` times) after a merge;
+    returns the pairs made.
 
-    The pairs that touch a merged occurrence disappear; the pairs that touch a new token appear. (Sets,
-    because neighbouring occurrences share pairs.) All other pairs stay as they were.
+    The pairs that touch a merged occurrence disappear; the pairs that touch a new token appear.
+    (Sets, because neighbouring occurrences share pairs.) All other pairs stay as they were.
     """
     gone = set()
     for j in old_positions:
@@ -144,8 +150,8 @@ def _recount(word, new_word, old_positions, new_positions, freq, pair_counts) ->
 
 
 def progress_printer(num_merges: int, stream=None) -> Callable[[int, bytes, int], None]:
-    """A progress callback ``(merges_done, new_token, count)`` that keeps one live line on a terminal
-    (or prints a line every 10% when the output is a file or a pipe)."""
+    """A progress callback ``(merges_done, new_token, count)`` that keeps one live line on a
+    terminal (or prints a line every 10% when the output is a file or a pipe)."""
     stream = stream or sys.stderr
     live = stream.isatty()
     start = last = time.perf_counter()

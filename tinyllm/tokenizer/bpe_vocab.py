@@ -3,11 +3,12 @@
 A vocabulary has two equivalent descriptions:
 
 - *ranks*, ``{token bytes: id}`` (tiktoken's table), and
-- *merges*, ``[(id, id), ...]``: merge ``i`` joins two earlier tokens into token ``256 + i``, given the
-  order of the 256 single bytes (``byte_order[i]`` is the byte with id ``i``).
+- *merges*, ``[(id, id), ...]``: merge ``i`` joins two earlier tokens into token ``256 + i``, given
+  the order of the 256 single bytes (``byte_order[i]`` is the byte with id ``i``).
 
 Merges -> ranks is concatenation. Ranks -> merges asks, for each token, which two tokens made it:
-run BPE on the token's bytes allowing only lower ranks; it stops at the two halves it was built from.
+run BPE on the token's bytes allowing only lower ranks;
+it stops at the two halves it was built from.
 
 The JSON file (``format: "tinyllm-bpe"``, version 1) looks like this, one merge per line::
 
@@ -55,7 +56,8 @@ FORMAT_NAME, FORMAT_VERSION = "tinyllm-bpe", 1
 
 
 def check_ranks(ranks: dict[bytes, int], decoder: dict[int, bytes]) -> None:
-    """Raise ValueError unless ids are 0..n-1, one per token, and the single bytes have ids 0..255."""
+    """Raise ValueError unless ids are 0..n-1, one per token,
+    and the single bytes have ids 0..255."""
     if len(decoder) != len(ranks):
         seen: dict[int, bytes] = {}
         for token, rank in ranks.items():
@@ -63,18 +65,21 @@ def check_ranks(ranks: dict[bytes, int], decoder: dict[int, bytes]) -> None:
                 raise ValueError(f"tokens {seen[rank]!r} and {token!r} both have id {rank}")
             seen[rank] = token
     if ranks and (min(decoder) != 0 or max(decoder) != len(ranks) - 1):
-        raise ValueError(f"token ids must be 0..{len(ranks) - 1}, found {min(decoder)}..{max(decoder)}")
+        raise ValueError(f"token ids must be 0..{len(ranks) - 1}, found "
+                         f"{min(decoder)}..{max(decoder)}")
     for byte in range(256):
         rank = ranks.get(bytes((byte,)))
         if rank is None or rank >= 256:
             where = "is missing" if rank is None else f"has id {rank}"
-            raise ValueError(f"byte {byte} {where}: the 256 single bytes must be tokens with ids 0..255")
+            raise ValueError(f"byte {byte} {where}: the 256 single bytes must be tokens "
+                             "with ids 0..255")
 
 
 def check_special_list(special_tokens: Iterable[str]) -> list[str]:
     """A list of distinct, non-empty special token strings, or ValueError naming the bad one."""
     if isinstance(special_tokens, str):
-        raise TypeError(f"special_tokens must be a list of strings, not the single str {special_tokens!r}")
+        raise TypeError("special_tokens must be a list of strings, not the single str "
+                        f"{special_tokens!r}")
     result: list[str] = []
     for token in special_tokens:
         if not isinstance(token, str) or not token:
@@ -86,7 +91,8 @@ def check_special_list(special_tokens: Iterable[str]) -> list[str]:
 
 
 def check_special_tokens(special_tokens: dict[str, int], first_free_id: int) -> dict[str, int]:
-    """Special token -> id, each a non-empty string with its own id at or after ``first_free_id``."""
+    """Special token -> id,
+    each a non-empty string with its own id at or after ``first_free_id``."""
     check_special_list(list(special_tokens))
     owner: dict[int, str] = {}
     for token, token_id in special_tokens.items():
@@ -95,13 +101,15 @@ def check_special_tokens(special_tokens: dict[str, int], first_free_id: int) -> 
                 f"special token {token!r} has id {token_id!r}; ids 0..{first_free_id - 1} are ordinary tokens"
             )
         if token_id in owner:
-            raise ValueError(f"special tokens {owner[token_id]!r} and {token!r} both have id {token_id}")
+            raise ValueError(f"special tokens {owner[token_id]!r} and {token!r} both "
+                             f"have id {token_id}")
         owner[token_id] = token
     return dict(special_tokens)
 
 
 def special_splitter(allowed: Iterable[str]):
-    """``split(text)`` -> [text, special, text, special, ..., text], longest special first on overlap."""
+    """``split(text)`` -> [text, special, text, special, ..., text],
+    longest special first on overlap."""
     alternatives = "|".join(re.escape(token) for token in sorted(allowed, key=len, reverse=True))
     return re.compile(f"({alternatives})").split
 
@@ -109,7 +117,8 @@ def special_splitter(allowed: Iterable[str]):
 # -------------------------------------------------------------------------------------- merges <-> ranks
 
 
-def ranks_from_merges(merges: list[tuple[int, int]], byte_order: list[int] | None = None) -> dict[bytes, int]:
+def ranks_from_merges(merges: list[tuple[int, int]],
+                      byte_order: list[int] | None = None) -> dict[bytes, int]:
     """Replay the merges: ``{token bytes: id}`` with the single bytes first, in ``byte_order``."""
     order = list(range(256)) if byte_order is None else list(byte_order)
     if sorted(order) != list(range(256)):
@@ -121,14 +130,16 @@ def ranks_from_merges(merges: list[tuple[int, int]], byte_order: list[int] | Non
             raise ValueError(f"merge {i} is {pair!r}; it must join two ids from 0..{len(vocab) - 1}")
         token = vocab[pair[0]] + vocab[pair[1]]
         if token in ranks:
-            raise ValueError(f"merge {i} makes {escape_bytes(token)!r}, which is already token {ranks[token]}")
+            raise ValueError(f"merge {i} makes {escape_bytes(token)!r}, which is already token "
+                             f"{ranks[token]}")
         ranks[token] = len(vocab)
         vocab.append(token)
     return ranks
 
 
 def recover_merges(ranks: dict[bytes, int], decoder: dict[int, bytes], pair_ranks: dict) -> list:
-    """Which two tokens made each token of rank >= 256? BPE on its bytes, only lower ranks allowed."""
+    """Which two tokens made each token of rank >= 256? BPE on its bytes,
+    only lower ranks allowed."""
     byte_ids = [ranks[bytes((byte,))] for byte in range(256)]
     merges = []
     for rank in range(256, len(ranks)):
@@ -138,7 +149,8 @@ def recover_merges(ranks: dict[bytes, int], decoder: dict[int, bytes], pair_rank
             halves = [(ranks.get(token[:cut], rank), ranks.get(token[cut:], rank)) for cut in range(1, len(token))]
             lower = [(left, right) for left, right in halves if left < rank and right < rank]
             if not lower:
-                raise ValueError(f"token {rank} ({escape_bytes(token)!r}) is not two lower-ranked tokens joined")
+                raise ValueError(f"token {rank} ({escape_bytes(token)!r}) is not two "
+                                 "lower-ranked tokens joined")
             parts = lower[0]
         merges.append(tuple(parts))
     return merges
@@ -177,11 +189,13 @@ def load_json(cls, path: str | os.PathLike):
         ranks = {bytes((byte,)): i for i, byte in enumerate(byte_order)}
         merges = []
         for i, pair in enumerate(data["merges"]):
-            if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(s, str) for s in pair):
+            if not isinstance(pair,
+                              list) or len(pair) != 2 or not all(isinstance(s, str) for s in pair):
                 raise ValueError(f"merge {i} is {pair!r}, expected two strings")
             ids = [ranks.get(unescape_bytes(s)) for s in pair]
             if None in ids:
-                raise ValueError(f"merge {i} joins {pair[ids.index(None)]!r}, which is not a token yet")
+                raise ValueError(f"merge {i} joins {pair[ids.index(None)]!r}, which is "
+                                 "not a token yet")
             merges.append((ids[0], ids[1]))
             ranks[unescape_bytes(pair[0]) + unescape_bytes(pair[1])] = 256 + i
         if data.get("num_merges", len(merges)) != len(merges):
@@ -194,7 +208,8 @@ def load_json(cls, path: str | os.PathLike):
 
 
 def read_tiktoken_file(path: str | os.PathLike) -> dict[bytes, int]:
-    """``{token bytes: rank}`` from a ``.tiktoken`` file; ValueError naming the file and line if malformed."""
+    """``{token bytes: rank}`` from a ``.tiktoken`` file;
+    ValueError naming the file and line if malformed."""
     ranks: dict[bytes, int] = {}
     with open(path, "rb") as f:
         for line_number, line in enumerate(f, 1):

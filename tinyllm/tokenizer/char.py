@@ -1,9 +1,10 @@
 """The character tokenizer: one token per distinct character of the training text.
 
-The simplest tokenizer there is (nanoGPT's Tiny Shakespeare model uses it): the vocabulary is the sorted
-set of characters in the text, a character's id is its position in that list. It compresses nothing,
-so a model sees long sequences, but every id means one visible character, which makes it the easiest
-one to watch a model learn with. Unlike byte-level BPE it cannot encode a character it has not seen.
+The simplest tokenizer there is (nanoGPT's Tiny Shakespeare model uses it): the vocabulary is the
+sorted set of characters in the text, a character's id is its position in that list. It compresses
+nothing, so a model sees long sequences, but every id means one visible character, which makes it
+the easiest one to watch a model learn with. Unlike byte-level BPE it cannot encode a character it
+has not seen.
 
 It has the same method names as :class:`BPETokenizer` (``encode``, ``decode``, ``encode_batch``,
 ``save``, ``load``, ``vocab_size``, ``special_tokens``), so the rest of tinyllm can take either.
@@ -90,7 +91,8 @@ class CharTokenizer:
 
     def encode_batch(self, texts: Iterable[str], allowed_special="none_raise") -> list[list[int]]:
         if isinstance(texts, str):
-            raise TypeError("encode_batch takes a list of texts, not one str; use encode() for a single text")
+            raise TypeError("encode_batch takes a list of texts, not one str; use encode() "
+                            "for a single text")
         return [self.encode(text) for text in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -125,7 +127,8 @@ class CharTokenizer:
         check_format(data, path, FORMAT_NAME, FORMAT_VERSION)
         chars = data.get("chars")
         if not isinstance(chars, str) or len(set(chars)) != len(chars):
-            raise ValueError(f"tokenizer file '{path}': \"chars\" must be a string of distinct characters")
+            raise ValueError(f"tokenizer file '{path}': \"chars\" must be a string of "
+                             "distinct characters")
         return cls(chars)
 
     def __repr__(self) -> str:

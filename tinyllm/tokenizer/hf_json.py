@@ -1,6 +1,7 @@
 """Hugging Face ``tokenizer.json`` (the ``tokenizers`` library's file) for byte-level BPE models.
 
-GPT-2, Llama 3, Qwen2, SmolLM and most open models since ship one file that describes the whole pipeline:
+GPT-2, Llama 3, Qwen2,
+SmolLM and most open models since ship one file that describes the whole pipeline:
 
     {"normalizer":     null | {"type": "NFC"},
      "pre_tokenizer":  {"type": "Sequence", "pretokenizers": [
@@ -11,21 +12,23 @@ GPT-2, Llama 3, Qwen2, SmolLM and most open models since ship one file that desc
      "added_tokens":   [{"id": 128000, "content": "<|begin_of_text|>", "special": true, ...}, ...],
      "decoder":        {"type": "ByteLevel"}}
 
-Encoding text is the same four steps as tinyllm's ``BPETokenizer``: cut out the added tokens, split the rest
-with the pre-tokenizer's regexes (GPT-2's is ``ByteLevel`` with ``use_regex: true``; Llama 3 and Qwen2 put
-their own ``Split`` regex first), write each chunk as bytes, and merge. Two details differ, and this
-sibling class follows Hugging Face in both:
+Encoding text is the same four steps as tinyllm's ``BPETokenizer``: cut out the added tokens, split
+the rest with the pre-tokenizer's regexes (GPT-2's is ``ByteLevel`` with ``use_regex: true``; Llama
+3 and Qwen2 put their own ``Split`` regex first), write each chunk as bytes, and merge. Two details
+differ, and this sibling class follows Hugging Face in both:
 
-- *Which pairs merge.* tiktoken (and ``BPETokenizer``) merges any adjacent pair whose bytes form a token,
-  lowest token id first. Hugging Face merges only the pairs listed in ``merges``, in list order. So here
-  the pair table comes straight from the merges list: merge i joins (a, b) into a token with internal id
-  256 + i, and the internal ids are translated to the file's ids at the end (the file may number its
-  tokens in any order: a trainer puts special tokens first, Llama 3 puts them last).
-- *Whole chunks.* With ``ignore_merges`` (Llama 3), a chunk that is itself in the vocabulary is that token
-  without merging; without it (GPT-2), merges alone decide.
+- *Which pairs merge.* tiktoken (and ``BPETokenizer``) merges any adjacent pair whose bytes form a
+  token, lowest token id first. Hugging Face merges only the pairs listed in ``merges``, in list
+  order. So here the pair table comes straight from the merges list: merge i joins (a, b) into a
+  token with internal id 256 + i, and the internal ids are translated to the file's ids at the end
+  (the file may number its tokens in any order: a trainer puts special tokens first, Llama 3 puts
+  them last).
+- *Whole chunks.* With ``ignore_merges`` (Llama 3), a chunk that is itself in the vocabulary is that
+  token without merging; without it (GPT-2), merges alone decide.
 
-Vocabulary entries use GPT-2's byte-level characters (``Ġ`` is a space; see ``interop/gpt2_tokenizer.py``).
-Added tokens, special or not, are what tinyllm calls special tokens: a string that encodes to one id.
+Vocabulary entries use GPT-2's byte-level characters (``Ġ`` is a space; see
+``interop/gpt2_tokenizer.py``). Added tokens, special or not, are what tinyllm calls special tokens:
+a string that encodes to one id.
 
 SentencePiece-style BPE (TinyLlama, Mistral, Llama 2: ``▁`` for spaces, ``byte_fallback``) is a different
 pipeline, read by ``hf_sentencepiece.py``; ``load_hf_tokenizer`` picks the class. ``save`` writes the file
@@ -48,7 +51,8 @@ FORMAT_NAME = "huggingface-tokenizer-json"
 
 
 def is_hf_tokenizer_json(data) -> bool:
-    """Whether a parsed JSON object is a ``tokenizers`` file (it has a "model" object and no tinyllm "format")."""
+    """Whether a parsed JSON object is a ``tokenizers`` file
+    (it has a "model" object and no tinyllm "format")."""
     return isinstance(data, dict) and "format" not in data and isinstance(data.get("model"), dict)
 
 
@@ -58,15 +62,18 @@ def _byte_chars() -> dict[str, int]:
 
 
 def _refuse(where: str, part: str, why: str):
-    raise ValueError(f"{where}: {part} is not supported: {why}. tinyllm reads byte-level BPE tokenizers "
+    raise ValueError(f"{where}: {part} is not supported: {why}. tinyllm reads byte-level "
+                     "BPE tokenizers "
                      "(GPT-2, Llama 3, Qwen2, SmolLM) and SentencePiece-style BPE as transformers converts it "
                      "(▁ and byte_fallback: Llama 2, TinyLlama, Mistral v0.1)")
 
 
 def _split_patterns(pre, where: str) -> list[str]:
-    """The regexes a pre-tokenizer cuts text with, in order (each applied to the previous one's chunks)."""
+    """The regexes a pre-tokenizer cuts text with, in order
+    (each applied to the previous one's chunks)."""
     if pre is None:
-        _refuse(where, "a tokenizer without a pre_tokenizer", "byte-level BPE needs the ByteLevel pre-tokenizer")
+        _refuse(where, "a tokenizer without a pre_tokenizer",
+                "byte-level BPE needs the ByteLevel pre-tokenizer")
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     patterns, byte_level = [], False
     for step in steps:
@@ -79,7 +86,8 @@ def _split_patterns(pre, where: str) -> list[str]:
             patterns.append(pattern["Regex"])
         elif kind == "ByteLevel":
             if step.get("add_prefix_space"):
-                _refuse(where, "ByteLevel add_prefix_space=true", "text is encoded without an added leading space")
+                _refuse(where, "ByteLevel add_prefix_space=true",
+                        "text is encoded without an added leading space")
             if step.get("use_regex", True):
                 patterns.append(GPT2_SPLIT_PATTERN)
             byte_level = True
@@ -103,43 +111,49 @@ def _token_bytes(token: str, where: str) -> bytes:
     try:
         return bytes(table[char] for char in token)
     except KeyError as e:
-        _refuse(where, f"vocabulary entry {token!r}", f"{e.args[0]!r} is not one of the 256 byte-level characters")
+        _refuse(where, f"vocabulary entry {token!r}",
+                f"{e.args[0]!r} is not one of the 256 byte-level characters")
 
 
 def _merge_pairs(merges, where: str) -> list[tuple[str, str]]:
-    """The merges as (left, right) strings: a file has "a b" strings (older) or [a, b] lists (newer)."""
+    """The merges as (left, right) strings: a file has "a b" strings (older) or [a,
+    b] lists (newer)."""
     pairs = []
     for i, merge in enumerate(merges):
         pair = merge.split(" ") if isinstance(merge, str) else merge
-        if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+        if not isinstance(pair,
+                          list) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
             raise ValueError(f"{where}: merge {i} is {merge!r}; expected \"a b\" or [\"a\", \"b\"]")
         pairs.append((pair[0], pair[1]))
     return pairs
 
 
 def merge_table(base: list, pairs: list, vocab, where: str) -> tuple[list, dict]:
-    """Internal ids for BPE by merge order: ``base`` tokens get 0 … K-1 and merge i's result K + i, so that
-    ``merge_short``'s rule "merge the adjacent pair whose result has the lowest id" applies the merges in list
-    order. Returns (internal id → token, {(left id, right id): result id})."""
+    """Internal ids for BPE by merge order: ``base`` tokens get 0 … K-1 and merge i's result K + i,
+    so that ``merge_short``'s rule "merge the adjacent pair whose result has the lowest id" applies
+    the merges in list order. Returns (internal id → token, {(left id, right id): result id})."""
     internal, internal_id, pair_ranks = list(base), {token: i for i, token in enumerate(base)}, {}
     for i, (left, right) in enumerate(pairs):
         if left not in internal_id or right not in internal_id or left + right not in vocab:
-            raise ValueError(f"{where}: merge {i} ({left!r}, {right!r}) uses or makes a token that is not in the "
+            raise ValueError(f"{where}: merge {i} ({left!r}, {right!r}) uses or makes a token that "
+                             "is not in the "
                              "vocabulary or not made by an earlier merge")
         pair_ranks.setdefault((internal_id[left], internal_id[right]), len(internal))
-        internal_id.setdefault(left + right, len(internal))   # a token two merges make keeps its first id
+        # a token two merges make keeps its first id
+        internal_id.setdefault(left + right, len(internal))
         internal.append(left + right)
     return internal, pair_ranks
 
 
 class HFBPETokenizer(BPETokenizer):
-    """A byte-level BPE tokenizer read from a Hugging Face ``tokenizer.json``; ids are the file's ids.
+    """A byte-level BPE tokenizer read from a Hugging Face ``tokenizer.json``;
+    ids are the file's ids.
 
     >>> tok = HFBPETokenizer.from_file("SmolLM2-135M/tokenizer.json")
     >>> tok.encode("Hello<|im_end|>", allowed_special="all")
 
-    ``encode``/``decode`` behave like ``BPETokenizer``'s (``allowed_special`` decides what happens to
-    added-token strings in the text); ``save`` writes the original file.
+    ``encode``/``decode`` behave like ``BPETokenizer``'s (``allowed_special`` decides what happens
+    to added-token strings in the text); ``save`` writes the original file.
     """
 
     format_name = FORMAT_NAME
@@ -159,7 +173,8 @@ class HFBPETokenizer(BPETokenizer):
         file_ids = {_token_bytes(token, where_vocab): token_id for token, token_id in vocab.items()}
         missing = [b for b in range(256) if bytes((b,)) not in file_ids]
         if missing:
-            raise ValueError(f"{where}: the vocabulary lacks {len(missing)} of the 256 single bytes (first: byte "
+            raise ValueError(f"{where}: the vocabulary lacks {len(missing)} of the 256 single "
+                             "bytes (first: byte "
                              f"{missing[0]}), so some text could not be encoded; train it with "
                              "initial_alphabet=ByteLevel.alphabet()")
         pairs = [(_token_bytes(left, where), _token_bytes(right, where))
@@ -168,7 +183,8 @@ class HFBPETokenizer(BPETokenizer):
         added = {}
         for entry in data.get("added_tokens", []):
             if entry.get("lstrip") or entry.get("rstrip") or entry.get("single_word"):
-                _refuse(where, f"added token {entry.get('content')!r} with lstrip/rstrip/single_word",
+                _refuse(where,
+                        f"added token {entry.get('content')!r} with lstrip/rstrip/single_word",
                         "added tokens are matched exactly")
             added[entry["content"]] = int(entry["id"])
         self._data, self._where = data, where
@@ -177,7 +193,8 @@ class HFBPETokenizer(BPETokenizer):
         self._init_tables(patterns, pair_ranks, added)
 
     def _init_tables(self, patterns, pair_ranks, added):
-        """What ``BPETokenizer``'s encode/decode read: the splitter, pair table, special tokens, decoder."""
+        """What ``BPETokenizer``'s encode/decode read: the splitter, pair table,
+        special tokens, decoder."""
         self._pattern = patterns[-1] if patterns else None
         splitters = [make_splitter(p) for p in patterns]
 
@@ -202,7 +219,8 @@ class HFBPETokenizer(BPETokenizer):
     load = from_file
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the ``tokenizer.json`` this tokenizer was read from (``tokenizers`` loads it unchanged)."""
+        """Write the ``tokenizer.json`` this tokenizer was read from
+        (``tokenizers`` loads it unchanged)."""
         write_text_atomically(path, json.dumps(self._data, ensure_ascii=False, indent=2) + "\n")
 
     def __repr__(self) -> str:
@@ -222,10 +240,12 @@ class HFBPETokenizer(BPETokenizer):
 
     @property
     def merges(self):
-        raise NotImplementedError("a Hugging Face tokenizer's merges are in its tokenizer.json (model.merges)")
+        raise NotImplementedError("a Hugging Face tokenizer's merges are in its tokenizer.json "
+                                  "(model.merges)")
 
     def to_tiktoken_ranks(self):
-        raise NotImplementedError("Hugging Face tokenizers merge by merge order, not token id: no tiktoken form")
+        raise NotImplementedError("Hugging Face tokenizers merge by merge order, not token id: "
+                                  "no tiktoken form")
 
 
 def read_tokenizer_json_file(path) -> dict:
@@ -241,8 +261,9 @@ def read_tokenizer_json_file(path) -> dict:
 
 
 def load_hf_tokenizer(path):
-    """A Hugging Face ``tokenizer.json`` as the class that reads its kind: ``HFBPETokenizer`` (byte-level
-    BPE) or ``SentencePieceBPETokenizer`` (``▁`` and byte fallback: Llama 2, TinyLlama, Mistral v0.1)."""
+    """A Hugging Face ``tokenizer.json`` as the class that reads its kind: ``HFBPETokenizer``
+    (byte-level BPE) or ``SentencePieceBPETokenizer`` (``▁`` and byte fallback: Llama 2, TinyLlama,
+    Mistral v0.1)."""
     from .hf_sentencepiece import SentencePieceBPETokenizer, is_sentencepiece_style
     data = read_tokenizer_json_file(path)
     kind = SentencePieceBPETokenizer if is_sentencepiece_style(data) else HFBPETokenizer
@@ -250,26 +271,36 @@ def load_hf_tokenizer(path):
 
 
 def hf_tokenizer_json(bpe: BPETokenizer) -> dict:
-    """A tinyllm ``BPETokenizer`` as a ``tokenizer.json`` object: its split regex as a ``Split`` pre-tokenizer,
-    its ids, merges and special tokens unchanged. Merge i makes id 256 + i, so "merge in list order" (Hugging
-    Face) ranks pairs as "lowest resulting id" (tinyllm) does; the two rules differ only for a pair whose
-    bytes form a token that training built from another split (see ``bpe.py``)."""
+    """A tinyllm ``BPETokenizer`` as a ``tokenizer.json`` object: its split regex as a ``Split``
+    pre-tokenizer, its ids, merges and special tokens unchanged. Merge i makes id 256 + i, so "merge
+    in list order" (Hugging Face) ranks pairs as "lowest resulting id" (tinyllm) does; the two rules
+    differ only for a pair whose bytes form a token that training built from another split (see
+    ``bpe.py``)."""
     from ..interop.gpt2_tokenizer import encode_token
 
     vocab = {encode_token(bpe.token_to_bytes(i)): i for i in range(bpe.vocab_size) if i not in
              bpe.special_tokens.values()}
     merges = [[encode_token(bpe.token_to_bytes(a)), encode_token(bpe.token_to_bytes(b))] for a, b in bpe.merges]
-    steps = [{"type": "Split", "pattern": {"Regex": bpe.pattern}, "behavior": "Isolated", "invert": False}] \
+    steps = [{"type": "Split", "pattern": {"Regex": bpe.pattern}, "behavior": "Isolated",
+              "invert": False}] \
         if bpe.pattern else []
-    steps.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False})
-    added = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for text, i in sorted(bpe.special_tokens.items(), key=lambda item: item[1])]
-    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+    steps.append(
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    )
+    added = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False,
+              "special": True} for text,
+              i in sorted(bpe.special_tokens.items(), key=lambda item: item[1])]
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": None,
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps}, "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                        "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                       "vocab": vocab, "merges": merges}}
 
 
-__all__ = ["HFBPETokenizer", "hf_tokenizer_json", "is_hf_tokenizer_json", "load_hf_tokenizer", "FORMAT_NAME"]
+__all__ = ["HFBPETokenizer", "hf_tokenizer_json", "is_hf_tokenizer_json", "load_hf_tokenizer",
+           "FORMAT_NAME"]

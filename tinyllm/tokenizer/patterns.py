@@ -38,9 +38,11 @@ GPT2_SPLIT_PATTERN = "|".join(
 GPT4_SPLIT_PATTERN = "|".join(
     [
         r"'(?i:[sdmt]|ll|ve|re)",  # contractions in any case: 's 'T 're 'LL
-        r"[^\r\n\p{L}\p{N}]?+\p{L}+",  # a word, with at most one non-letter before it: " the", "(if", "_x"
+        # a word, with at most one non-letter before it: " the", "(if", "_x"
+        r"[^\r\n\p{L}\p{N}]?+\p{L}+",
         r"\p{N}{1,3}",  # numbers, in groups of up to three digits
-        r" ?[^\s\p{L}\p{N}]++[\r\n]*",  # a run of symbols, with a space before and newlines after it
+        # a run of symbols, with a space before and newlines after it
+        r" ?[^\s\p{L}\p{N}]++[\r\n]*",
         r"\s*[\r\n]",  # whitespace up to the end of a line
         r"\s+(?!\S)",  # whitespace, but not the last space before a word
         r"\s+",  # any other whitespace, e.g. the space before a number
@@ -58,7 +60,8 @@ def resolve_pattern(pattern: str | None) -> str | None:
     if pattern is None:
         return None
     if not isinstance(pattern, str):
-        raise TypeError(f"split pattern must be a name, a regex string or None, not {type(pattern).__name__}")
+        raise TypeError("split pattern must be a name, a regex string or None, not "
+                        f"{type(pattern).__name__}")
     pattern = PATTERNS.get(pattern, pattern)
     try:
         regex.compile(pattern)

@@ -1,10 +1,10 @@
 """Reading and writing tokenizer files: JSON with clear errors, and byte strings a person can read.
 
 A BPE token is a byte string, not always valid UTF-8 (a merge can split a multi-byte character). In
-files we write each token as text: its valid UTF-8 stays as it is, each byte that is not part of valid
-UTF-8 becomes ``\\xNN`` (two lowercase hex digits) and a backslash becomes ``\\\\``. So ``b" the"`` is
-``" the"`` and the first two bytes of "€" (``b"\\xe2\\x82"``) are ``"\\xe2\\x82"``. The escaping is
-reversible: ``unescape_bytes(escape_bytes(b)) == b`` for every ``b``.
+files we write each token as text: its valid UTF-8 stays as it is, each byte that is not part of
+valid UTF-8 becomes ``\\xNN`` (two lowercase hex digits) and a backslash becomes ``\\\\``. So
+``b" the"`` is ``" the"`` and the first two bytes of "€" (``b"\\xe2\\x82"``) are ``"\\xe2\\x82"``.
+The escaping is reversible: ``unescape_bytes(escape_bytes(b)) == b`` for every ``b``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ _ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
 
 
 def escape_bytes(token: bytes) -> str:
-    """Bytes -> readable text: UTF-8 where valid, ``\\xNN`` for other bytes, ``\\\\`` for a backslash."""
+    """Bytes -> readable text: UTF-8 where valid, ``\\xNN`` for other bytes,
+    ``\\\\`` for a backslash."""
     return token.replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
 
 
@@ -50,14 +51,16 @@ def read_tokenizer_json(path: str | os.PathLike) -> dict:
             f"tokenizer file '{path}' is not valid JSON, is it truncated? line {e.lineno}, column {e.colno}: {e.msg}"
         ) from None
     if not isinstance(data, dict) or "format" not in data:
-        raise ValueError(f"tokenizer file '{path}' has no \"format\" field; it is not a tinyllm tokenizer")
+        raise ValueError(f"tokenizer file '{path}' has no \"format\" field; it is not a "
+                         "tinyllm tokenizer")
     return data
 
 
 def check_format(data: dict, path, name: str, version: int) -> None:
     """Raise ValueError unless ``data`` says it is format ``name`` at a ``version`` we can read."""
     if data.get("format") != name:
-        raise ValueError(f"tokenizer file '{path}' has format {data.get('format')!r}, expected {name!r}")
+        raise ValueError(f"tokenizer file '{path}' has format {data.get('format')!r}, "
+                         f"expected {name!r}")
     if data.get("version") != version:
         raise ValueError(
             f"tokenizer file '{path}' is {name} version {data.get('version')!r}; this tinyllm reads version {version}"
@@ -73,7 +76,8 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
 
 
 def dump_json_lines(header: dict, list_key: str, items: list) -> str:
-    """JSON text for ``header`` plus one list whose items go one per line, so a diff or a reader can follow it."""
+    """JSON text for ``header`` plus one list whose items go one per line,
+    so a diff or a reader can follow it."""
     lines = ["{"]
     for key, value in header.items():
         lines.append(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)},")

@@ -2,28 +2,29 @@
 
 Three steps turn text into ids (the same three as Hugging Face's ``BertTokenizerFast``):
 
-1. Normalise (``normalize``): drop NUL, U+FFFD and control characters, turn every whitespace character into
-   a space, put spaces around CJK ideographs (Chinese text has no spaces, so each character is a word),
-   and for an *uncased* vocabulary strip accents (NFD, then drop the combining marks: "café" → "cafe") and
-   lower-case.
-2. Pre-tokenise (``pre_tokenize``): split on whitespace, and make every punctuation character a word of its
-   own: "Hello, world!" → ["Hello", ",", "world", "!"].
-3. WordPiece (``word_pieces``): greedy longest-match-first. Take the longest prefix of the word that is in
-   the vocabulary, then the longest vocabulary piece of the rest *with the "##" continuation prefix*, and
-   so on: "unaffable" → ["un", "##aff", "##able"]. A word with a remainder no piece matches, or longer than
-   ``max_input_chars_per_word`` characters, becomes a single ``[UNK]``.
+1. Normalise (``normalize``): drop NUL, U+FFFD and control characters, turn every whitespace
+   character into a space, put spaces around CJK ideographs (Chinese text has no spaces, so each
+   character is a word), and for an *uncased* vocabulary strip accents (NFD, then drop the combining
+   marks: "café" → "cafe") and lower-case.
+2. Pre-tokenise (``pre_tokenize``): split on whitespace, and make every punctuation character a word
+   of its own: "Hello, world!" → ["Hello", ",", "world", "!"].
+3. WordPiece (``word_pieces``): greedy longest-match-first. Take the longest prefix of the word that
+   is in the vocabulary, then the longest vocabulary piece of the rest *with the "##" continuation
+   prefix*, and so on: "unaffable" → ["un", "##aff", "##able"]. A word with a remainder no piece
+   matches, or longer than ``max_input_chars_per_word`` characters, becomes a single ``[UNK]``.
 
-Five special tokens frame and fill BERT's inputs: ``[CLS]`` starts every sequence (its final hidden state
-stands for the whole text), ``[SEP]`` ends each segment, ``[PAD]`` fills short rows, ``[MASK]`` hides the
-tokens masked-LM pretraining predicts, ``[UNK]`` stands for what the vocabulary cannot spell. A pair of
-texts is ``[CLS] a [SEP] b [SEP]`` with token type ids 0 for the first part and 1 for the second
-(``encode_pair``). The special tokens' strings are recognised in the text (as Hugging Face does), so
-"Paris is the [MASK] of France." encodes the mask as ``[MASK]``'s id.
+Five special tokens frame and fill BERT's inputs: ``[CLS]`` starts every sequence (its final hidden
+state stands for the whole text), ``[SEP]`` ends each segment, ``[PAD]`` fills short rows,
+``[MASK]`` hides the tokens masked-LM pretraining predicts, ``[UNK]`` stands for what the vocabulary
+cannot spell. A pair of texts is ``[CLS] a [SEP] b [SEP]`` with token type ids 0 for the first part
+and 1 for the second (``encode_pair``). The special tokens' strings are recognised in the text (as
+Hugging Face does), so "Paris is the [MASK] of France." encodes the mask as ``[MASK]``'s id.
 
 Decoding joins the tokens with spaces and glues each "##" piece to the token before it.
 
-Files: ``vocab.txt`` (BERT's: one token per line, the line number is the id; ``load_vocab``/``save_vocab``)
-and tinyllm's JSON (``save``/``load``), which also records the casing::
+Files: ``vocab.txt`` (BERT's: one token per line, the line number is the id;
+``load_vocab``/``save_vocab``) and tinyllm's JSON (``save``/``load``), which also records the
+casing::
 
     {"format": "tinyllm-wordpiece", "version": 1, "lowercase": true, "strip_accents": null,
      "max_input_chars_per_word": 100, "vocab": ["[PAD]", "[UNK]", ...]}
@@ -45,37 +46,44 @@ FORMAT_NAME, FORMAT_VERSION = "tinyllm-wordpiece", 1
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 PREFIX = "##"                   # marks a piece that continues a word
-MAX_INPUT_CHARS_PER_WORD = 100  # BERT's limit: a longer "word" is [UNK] rather than hundreds of pieces
+# BERT's limit: a longer "word" is [UNK] rather than hundreds of pieces
+MAX_INPUT_CHARS_PER_WORD = 100
 
-# The whitespace of Unicode's White_Space property (Rust's char::is_whitespace, which HF tokenizers uses).
+# The whitespace of Unicode's White_Space property (Rust's char::is_whitespace,
+# which HF tokenizers uses).
 _WHITESPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | \
     {chr(c) for c in range(0x2000, 0x200B)}
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F),
                (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 
 
 # ---------------------------------------------------------------------------------------------- text → words
 
 def is_cjk(char: str) -> bool:
-    """A CJK Unified Ideograph (BERT's definition: Han characters, not Japanese kana or Korean hangul)."""
+    """A CJK Unified Ideograph (BERT's definition: Han characters,
+    not Japanese kana or Korean hangul)."""
     code = ord(char)
     return any(low <= code <= high for low, high in _CJK_RANGES)
 
 
 def is_control(char: str) -> bool:
-    """Unicode "other" characters (control, format, unassigned, private use), except tab/newline/CR."""
+    """Unicode "other" characters (control, format, unassigned, private use),
+    except tab/newline/CR."""
     return char not in "\t\n\r" and unicodedata.category(char)[0] == "C"
 
 
 def is_punctuation(char: str) -> bool:
-    """ASCII punctuation and symbols (``$``, ``+``, ``^``... count too) or any Unicode punctuation (P*)."""
+    """ASCII punctuation and symbols (``$``, ``+``, ``^``... count too)
+    or any Unicode punctuation (P*)."""
     code = ord(char)
     return 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126 or \
         unicodedata.category(char).startswith("P")
 
 
 def _normalized_char(char: str) -> str:
-    """What the cleaning and CJK steps make of one character: nothing, a space, itself spaced, or itself."""
+    """What the cleaning and CJK steps make of one character: nothing, a space, itself spaced,
+    or itself."""
     if char in ("\0", "\ufffd") or is_control(char):
         return ""
     if char in _WHITESPACE:
@@ -84,19 +92,24 @@ def _normalized_char(char: str) -> str:
 
 
 def normalize(text: str, lowercase: bool = True, strip_accents: bool | None = None) -> str:
-    """BERT's normaliser: clean, space out CJK, strip accents (default: when lower-casing), lower-case.
+    """BERT's normaliser: clean, space out CJK, strip accents (default:
+    when lower-casing), lower-case.
 
-    The first two steps look at one character at a time, so they are one ``str.translate`` with a table
-    built for the distinct characters of the text (a few hundred, even in a large text)."""
+    The first two steps look at one character at a time, so they are one ``str.translate`` with a
+    table built for the distinct characters of the text (a few hundred, even in a large text)."""
     text = text.translate({ord(c): _normalized_char(c) for c in set(text)})
     if lowercase if strip_accents is None else strip_accents:
-        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-    if lowercase:   # character by character, as Hugging Face does (str.lower() turns a word-final Σ into ς)
+        text = "".join(
+            c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn"
+        )
+    # character by character, as Hugging Face does (str.lower() turns a word-final Σ into ς)
+    if lowercase:
         text = text.translate({ord(c): c.lower() for c in set(text)})
     return text
 
 
-# A punctuation character (ASCII punctuation and symbols, or Unicode P*), or a run of anything else but spaces.
+# A punctuation character (ASCII punctuation and symbols, or Unicode P*),
+# or a run of anything else but spaces.
 _PUNCT = r"!-/:-@\[-`{-~\p{P}"
 _WORD = regex.compile(rf"[{_PUNCT}]|[^ {_PUNCT}]+")
 
@@ -107,8 +120,10 @@ def pre_tokenize(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def word_pieces(word: str, vocab: dict[str, int], max_chars: int = MAX_INPUT_CHARS_PER_WORD) -> list[str] | None:
-    """Greedy longest-match-first pieces of one word, or None when it cannot be spelled (→ one [UNK])."""
+def word_pieces(word: str, vocab: dict[str, int],
+                max_chars: int = MAX_INPUT_CHARS_PER_WORD) -> list[str] | None:
+    """Greedy longest-match-first pieces of one word, or None when it cannot be spelled
+    (→ one [UNK])."""
     if len(word) > max_chars:
         return None
     pieces, start = [], 0
@@ -127,17 +142,21 @@ def word_pieces(word: str, vocab: dict[str, int], max_chars: int = MAX_INPUT_CHA
 # ---------------------------------------------------------------------------------------------- the tokenizer
 
 def check_vocab(tokens: list[str], where: str) -> dict[str, int]:
-    """token → id, refusing an empty or duplicated token and a vocabulary without BERT's special tokens."""
+    """token → id,
+    refusing an empty or duplicated token and a vocabulary without BERT's special tokens."""
     vocab = {}
     for i, token in enumerate(tokens):
         if not token or token != token.strip():
-            raise ValueError(f"{where}: line {i + 1} holds {token!r}; every line must be one token without spaces")
+            raise ValueError(f"{where}: line {i + 1} holds {token!r}; every line must be one token "
+                             "without spaces")
         if token in vocab:
-            raise ValueError(f"{where}: token {token!r} appears twice (lines {vocab[token] + 1} and {i + 1})")
+            raise ValueError(f"{where}: token {token!r} appears twice (lines "
+                             f"{vocab[token] + 1} and {i + 1})")
         vocab[token] = i
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
-        raise ValueError(f"{where}: the vocabulary lacks {', '.join(missing)}; a BERT vocabulary needs all of "
+        raise ValueError(f"{where}: the vocabulary lacks {', '.join(missing)}; a BERT "
+                         "vocabulary needs all of "
                          f"{' '.join(SPECIAL_TOKENS)}")
     return vocab
 
@@ -153,13 +172,16 @@ class WordPieceTokenizer:
     format_name = FORMAT_NAME
 
     def __init__(self, vocab, lowercase: bool = True, strip_accents: bool | None = None,
-                 max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD, where: str = "vocabulary"):
+                 max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD,
+                 where: str = "vocabulary"):
         self.tokens = list(vocab)
         self.vocab = check_vocab(self.tokens, where)
         self.lowercase, self.strip_accents = bool(lowercase), strip_accents
         self.max_input_chars_per_word = int(max_input_chars_per_word)
         self.special_tokens = {t: self.vocab[t] for t in SPECIAL_TOKENS}
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.vocab[t] for t in SPECIAL_TOKENS)
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            self.vocab[t] for t in SPECIAL_TOKENS
+        )
         self._cache = {}                        # word → its pieces
 
     @property
@@ -168,13 +190,14 @@ class WordPieceTokenizer:
 
     def id_to_token(self, token_id: int) -> str:
         if not 0 <= token_id < len(self.tokens):
-            raise ValueError(f"token id {token_id} is not in this tokenizer (ids are 0..{len(self.tokens) - 1})")
+            raise ValueError(f"token id {token_id} is not in this tokenizer (ids are "
+                             f"0..{len(self.tokens) - 1})")
         return self.tokens[token_id]
 
     def tokenize(self, text: str, allowed_special="all") -> list[str]:
-        """Text → token strings (no [CLS]/[SEP] added). ``allowed_special``: "all" (the special tokens'
-        strings in the text are those tokens, as in Hugging Face), "none" (they are ordinary text) or
-        "none_raise" (one in the text is an error)."""
+        """Text → token strings (no [CLS]/[SEP] added). ``allowed_special``: "all" (the special
+        tokens' strings in the text are those tokens, as in Hugging Face), "none" (they are ordinary
+        text) or "none_raise" (one in the text is an error)."""
         if not isinstance(text, str):
             raise TypeError(f"expected text as a str, got {type(text).__name__}")
         tokens = []
@@ -194,10 +217,12 @@ class WordPieceTokenizer:
     def _split_special(self, text, allowed_special):
         """(part, is_special) pieces of the text, cut at the special tokens' strings."""
         if allowed_special not in ("all", "none", "none_raise"):
-            raise ValueError(f"allowed_special must be 'all', 'none' or 'none_raise', got {allowed_special!r}")
+            raise ValueError("allowed_special must be 'all', 'none' or 'none_raise', got "
+                             f"{allowed_special!r}")
         found = [t for t in SPECIAL_TOKENS if t in text]
         if found and allowed_special == "none_raise":
-            raise ValueError(f"the text contains the special token {found[0]}; pass allowed_special='all' to "
+            raise ValueError(f"the text contains the special token {found[0]}; pass "
+                             "allowed_special='all' to "
                              "encode it as one, or 'none' to encode it as ordinary text")
         if not found or allowed_special == "none":
             return [(text, False)]
@@ -219,7 +244,8 @@ class WordPieceTokenizer:
 
     def encode_batch(self, texts, allowed_special="all") -> list[list[int]]:
         if isinstance(texts, str):
-            raise TypeError("encode_batch takes a list of texts, not one str; use encode() for a single text")
+            raise TypeError("encode_batch takes a list of texts, not one str; use encode() "
+                            "for a single text")
         return [self.encode(text, allowed_special) for text in texts]
 
     def encode_pair(self, first: str, second: str | None = None, allowed_special="all"):
@@ -247,14 +273,16 @@ class WordPieceTokenizer:
         write_text_atomically(path, "".join(token + "\n" for token in self.tokens))
 
     @classmethod
-    def from_vocab_file(cls, path, lowercase: bool = True, strip_accents: bool | None = None) -> "WordPieceTokenizer":
+    def from_vocab_file(cls, path, lowercase: bool = True,
+                        strip_accents: bool | None = None) -> "WordPieceTokenizer":
         """Read BERT's ``vocab.txt``. The file does not say whether the vocabulary is cased: pass
         ``lowercase=False`` for a cased one (bert-base-cased)."""
         return cls(load_vocab(path), lowercase, strip_accents, where=str(path))
 
     def save(self, path) -> None:
         data = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "lowercase": self.lowercase,
-                "strip_accents": self.strip_accents, "max_input_chars_per_word": self.max_input_chars_per_word}
+                "strip_accents": self.strip_accents,
+                "max_input_chars_per_word": self.max_input_chars_per_word}
         text = json.dumps(data, ensure_ascii=False)[:-1] + ',\n "vocab": [\n'
         tokens = ",\n".join(json.dumps(t, ensure_ascii=False) for t in self.tokens)   # one per line
         write_text_atomically(path, text + tokens + "\n]}\n")
