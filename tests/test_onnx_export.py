@@ -30,7 +30,7 @@ from tinyllm.kv_cache import KVCache  # noqa: E402
 from tinyllm.lora import apply_lora  # noqa: E402
 from tinyllm.model import GPT, preset  # noqa: E402
 from tinyllm.nn import LayerNorm, RMSNorm  # noqa: E402
-from tinyllm.quantize import save_compressed  # noqa: E402
+from tinyllm.quantize import quantize_model, save_compressed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = dict(vocab_size=61, block_size=16, n_embd=32, n_head=4)
@@ -230,7 +230,7 @@ def test_cli_bad_inputs_get_clear_errors(tmp_path):
     save_model(tmp_path / "moe", GPT(preset("moe-nano", **SHAPE)))
     model = random_model("gpt2")
     save_model(tmp_path / "gpt2", model)
-    save_compressed(tmp_path / "gpt2", tmp_path / "int8", model, "int8")
+    save_compressed(tmp_path / "gpt2", tmp_path / "int8", quantize_model(model))
     out = str(tmp_path / "m.onnx")
     cases = [(["export-onnx", str(tmp_path / "moe"), "--out", out], "mlp='moe'"),
              (["export-onnx", str(tmp_path / "int8"), "--out", out], "quantization 'int8'"),
