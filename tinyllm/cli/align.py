@@ -187,7 +187,7 @@ def base_checkpoint(ckpt) -> Path:
         if (Path(candidate) / "model.safetensors").exists():
             return Path(candidate)
     raise FileNotFoundError(f"no --ckpt given and none of {', '.join(DEFAULT_BASES)} exists; create one with "
-                            "`tinyllm demo` (3–5 minutes) and optionally `tinyllm finetune instruct`")
+                            "`tinyllm demo` (about 5 minutes) and optionally `tinyllm finetune instruct`")
 
 
 def _start(args):

@@ -11,7 +11,7 @@ from .. import backend, distributed
 from .common import (fraction, non_negative_float, non_negative_int, positive_float, positive_int, probability,
                      tokenizer_choice)
 
-DEMO_MINUTES = "3–5"   # on 2 CPU cores: 3.2 min idle, 4.9 min with other work running (README, Examples)
+DEMO_MINUTES = "about 5"   # on 2 CPU cores: 4.9–5.2 min in 4 runs (README, Examples)
 
 
 def add_commands(sub) -> None:
@@ -277,7 +277,7 @@ def run_demo(args) -> int:
     from ..train import TrainConfig, pretrain
 
     out = Path(args.out)
-    print(f"tinyllm demo: tokenizer, GPT and pretraining on Python's own documentation text (~{DEMO_MINUTES} min)\n")
+    print(f"tinyllm demo: tokenizer, GPT and pretraining on Python's own documentation text ({DEMO_MINUTES} min)\n")
     text = builtin_corpus()
     t0 = time.perf_counter()
     tokenizer = BPETokenizer.train(text, 2048, pattern="gpt4", special_tokens=("<|endoftext|>",))
