@@ -81,11 +81,12 @@ def test_embedding_pair_adds_repeated_rows():
     assert to_numpy(dw)[:, 0].tolist() == [2.0, 1.0, 3.0, 0.0], "dW[v] counts every lookup of row v"
 
 
-@pytest.mark.parametrize("name", ["gelu", "silu", "gelu_erf"])
-def test_elementwise_pairs(name):
-    module = gelu_erf if name == "gelu_erf" else dense
-    check_pair(getattr(module, f"{name}_forward"), getattr(module, f"{name}_backward"),
-               [leaf(3 * R.standard_normal((4, 5)))])
+@pytest.mark.parametrize("pair", [(dense.gelu_forward, dense.gelu_backward),
+                                  (dense.silu_forward, dense.silu_backward),
+                                  (gelu_erf.gelu_erf_forward, gelu_erf.gelu_erf_backward)],
+                         ids=["gelu", "silu", "gelu_erf"])
+def test_elementwise_pairs(pair):
+    check_pair(*pair, [leaf(3 * R.standard_normal((4, 5)))])
 
 
 def test_swiglu_pair_and_the_silu_derivative():
@@ -213,3 +214,35 @@ def test_attention_bias_is_zero_where_allowed_and_minus_infinity_elsewhere():
     bias = to_numpy(attention.attention_bias(2, 4, True, None, np.float32))
     assert np.array_equal(np.isfinite(bias), [[True, True, True, False], [True, True, True, True]])
     assert attention.attention_bias(2, 4, False, None, np.float32) is None
+
+
+def test_softmax_rows_gives_zero_probabilities_to_a_row_that_sees_no_key():
+    S = backend.asarray(np.array([[0.0, 1.0, -np.inf], [-np.inf, -np.inf, -np.inf]]))
+    P = to_numpy(attention.softmax_rows_(S))
+    np.testing.assert_allclose(P[0], np.exp([0, 1, -np.inf]) / np.exp([0, 1]).sum(), rtol=1e-15)
+    assert np.array_equal(P[1], [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("t_q", [3, 5], ids=["one_block", "query_blocks"])
+def test_multi_head_attention_pair_in_one_block_and_in_query_blocks(t_q, monkeypatch):
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 2)            # 5 queries: blocks of 2, 2 and 1
+    q, k, v = (leaf(R.standard_normal(shape)) for shape in ((1, 2, t_q, 3), (1, 1, 6, 3), (1, 1, 6, 3)))
+    check_pair(attention.multi_head_attention_forward,
+               no_grads_for_constants(attention.multi_head_attention_backward, 2), [q, k, v],
+               constants=(True, None))
+
+
+def test_self_attention_pair_with_grouped_heads_and_rope():
+    qkv = leaf(R.standard_normal((2, 4, (4 + 2 * 2) * 2)))         # H = 4, H_kv = 2, D = 2
+    rope_tables = rope.rope_cos_sin(np.arange(4), 2, dtype=np.float64)
+    check_pair(attention.self_attention_forward,
+               no_grads_for_constants(lambda dy, cache: attention.self_attention_backward(dy, cache)[:1], 5),
+               [qkv], constants=(4, 2, True, None, rope_tables))
+
+
+def test_row_blocks_cover_every_row_once_with_at_most_row_block_weights(monkeypatch):
+    from tinyllm.functional import int8
+    monkeypatch.setattr(int8, "ROW_BLOCK", 10)
+    blocks = int8.row_blocks(7, 3)                               # 3 rows of 3 weights per block
+    assert blocks == [(0, 3), (3, 6), (6, 7)]
+    assert int8.row_blocks(2, 50) == [(0, 1), (1, 2)]            # a row wider than a block: one row each
