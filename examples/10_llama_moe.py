@@ -26,7 +26,6 @@ import time
 
 import numpy as np
 
-from tinyllm.autograd import no_grad
 from tinyllm.data.text import builtin_corpus
 from tinyllm.data.tokens import random_batch, split_train_val, tokenize
 from tinyllm.generate import generate
@@ -71,15 +70,10 @@ for name, config in models.items():
     val = evaluate(model, val_ids, BATCH_SIZE, CONTEXT)               # every validation window, not a sample
 
     load = "-"
-    if model.expert_load() is not None:
+    if model.moe_layers():
         # Route a few validation batches and report each layer's share of (token, expert) assignments.
-        model.eval()
-        with no_grad():
-            shares = []
-            for i in range(4):
-                x, _ = random_batch(val_ids, BATCH_SIZE, CONTEXT, np.random.default_rng(i))
-                model(x)
-                shares.append(model.expert_load())
+        shares = [model.expert_load(random_batch(val_ids, BATCH_SIZE, CONTEXT, np.random.default_rng(i))[0])
+                  for i in range(4)]
         per_layer = np.mean(shares, axis=0)                           # (n_layer, n_expert)
         load = " | ".join("/".join(f"{100 * f:.0f}" for f in layer) for layer in per_layer)
     prompt = tokenizer.encode("The for statement")

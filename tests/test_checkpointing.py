@@ -67,7 +67,7 @@ def test_same_gradients_on_the_data_parallel_threads():
     for checkpointed in (False, True):
         enable_checkpointing(model, checkpointed)
         model.zero_grad()
-        data_parallel_backward(model, lambda rows: model(rows[:, :-1], rows[:, 1:])[1], ids)
+        data_parallel_backward(lambda rows: model(rows[:, :-1], rows[:, 1:])[1], ids)
         grads.append({name: backend.to_numpy(p.grad).copy() for name, p in model.named_parameters() if p.requires_grad})
     for name in grads[0]:
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, err_msg=name)

@@ -139,19 +139,34 @@ def test_dropout_masks_do_not_depend_on_how_the_batch_is_split(monkeypatch):
 
 
 @pytest.mark.usefixtures("float64")
-def test_forward_backward_runs_a_mixture_of_experts_model_whole(two_threads, monkeypatch):
-    moe = dict(TINY, mlp="moe", n_expert=4, expert_top_k=2, norm="rmsnorm", pos="rope", bias=False)
+@pytest.mark.parametrize("coef", [0.0, 0.01])
+def test_a_mixture_of_experts_batch_splits_over_the_cores_like_any_other(two_threads, coef):
+    """Each block's loss adds the balancing loss of its own rows' forward (GPT.trunk), weighted like
+    its cross-entropy: without that term the split step is the whole batch's; with it, the step is
+    Σ_k (rows_k / B)·(CE_k + aux_k), blocks of 2 and 3 rows."""
+    moe = dict(TINY, mlp="moe", n_expert=4, expert_top_k=2, norm="rmsnorm", pos="rope", bias=False,
+               aux_loss_coef=coef)
     model, reference = GPT(GPTConfig(**moe), seed=0), GPT(GPTConfig(**moe), seed=0)
-    monkeypatch.setattr(parallel, "data_parallel", lambda *a: pytest.fail("a MoE model must not be split"))
-    x, y = _batch()
+    x, y = _batch(rows=5)
 
     loss = forward_backward(model, x, y)
+    if not parallel._openblas:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads tinyllm can set: nothing is split")
 
-    _, expected = reference(x, y)                            # includes the balancing loss of this very batch
-    expected.backward()
-    assert loss == pytest.approx(expected.item(), rel=1e-12)
+    expected = 0.0
+    for rows in (slice(0, 2), slice(2, 5)):
+        _, block = reference(x[rows], y[rows])                # CE + this block's balancing loss
+        weighted = block * ((rows.stop - rows.start) / 5)
+        weighted.backward()
+        expected += weighted.item()
+    assert loss == pytest.approx(expected, rel=1e-12)
     for p, q in zip(model.parameters(), reference.parameters()):
         np.testing.assert_allclose(to_numpy(p.grad), to_numpy(q.grad), rtol=1e-10, atol=1e-13)
+    if coef == 0:                                             # nothing but the cross-entropy: the whole batch
+        whole = GPT(GPTConfig(**moe), seed=0)
+        whole(x, y)[1].backward()
+        for p, q in zip(model.parameters(), whole.parameters()):
+            np.testing.assert_allclose(to_numpy(p.grad), to_numpy(q.grad), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.usefixtures("float64")
@@ -179,7 +194,7 @@ def test_a_loss_over_unmasked_targets_splits_by_their_count(two_threads):
     expected.backward()
     for weight, matches in ((targets, True), (None, False)):
         split = GPT(GPTConfig(**TINY), seed=0)
-        loss = data_parallel_backward(split, block_loss(split), x, y, weight=weight)
+        loss = data_parallel_backward(block_loss(split), x, y, weight=weight)
         if not parallel._openblas:
             pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads tinyllm can set: nothing is split")
         assert (loss == pytest.approx(expected.item(), rel=1e-12)) is matches

@@ -14,7 +14,7 @@ import pytest
 
 import tinyllm.functional as F
 from tinyllm import backend
-from tinyllm.autograd import no_grad
+from tinyllm.autograd import Tensor, no_grad
 from tinyllm.checkpoint import load_pretrained, save_model
 from tinyllm.data.tokens import split_train_val
 from tinyllm.files import read_jsonl
@@ -149,8 +149,9 @@ def test_training_loss_adds_the_balancing_loss_and_eval_loss_does_not(rng):
 
     with no_grad():
         eval_loss = model.eval()(idx, targets)[1].item()
+        assert model.trunk(idx)[1].loss is None, "no balancing loss in eval mode"
         train_loss = model.train()(idx, targets)[1].item()
-        aux = sum(block.mlp.aux_loss.item() for block in model.blocks)
+        aux = model.trunk(idx)[1].loss.item() / 0.1          # Σ_layers L_aux of this forward
 
     assert train_loss == pytest.approx(eval_loss + 0.1 * aux, rel=1e-5)
     assert aux == pytest.approx(2.0, abs=0.5), "two layers of a near-uniform router: about 1 each"
@@ -159,18 +160,29 @@ def test_training_loss_adds_the_balancing_loss_and_eval_loss_does_not(rng):
 def test_expert_load_is_reported_per_layer_and_routing_is_deterministic(rng):
     model = GPT(GPTConfig(**MOE), seed=0)
     idx = rng.integers(0, 40, size=(4, 8))
-    assert model.expert_load() is None, "no forward yet"
 
+    load = model.expert_load(idx)
     with no_grad():
-        first = model(idx)[0].numpy()
-        load = model.expert_load()
-        again = model(idx)[0].numpy()
+        _, balance = model.trunk(idx)
 
+    assert model.training, "expert_load measures in eval mode and restores the mode"
     assert load.shape == (2, 3)
     np.testing.assert_allclose(load.sum(axis=1), 1.0)
-    np.testing.assert_array_equal(model.expert_load(), load)
-    np.testing.assert_array_equal(again, first)
-    assert GPT(GPTConfig(**LLAMA)).expert_load() is None
+    np.testing.assert_array_equal(model.expert_load(idx), load)
+    np.testing.assert_array_equal(backend.to_numpy(balance.load), load), "the forward returns the same load"
+    assert GPT(GPTConfig(**LLAMA)).expert_load(idx) is None
+
+
+def test_moe_forward_returns_its_balancing_loss_and_load_and_keeps_no_state(rng):
+    layer = GPT(GPTConfig(**MOE), seed=0).moe_layers()[0]
+    before = set(vars(layer))
+    x = Tensor(backend.asarray(rng.standard_normal((2, 8, 16))))
+
+    y, aux_loss, load = layer(x)
+
+    assert y.shape == (2, 8, 16) and aux_loss.requires_grad and aux_loss.data.shape == ()
+    assert backend.to_numpy(load).shape == (3,)
+    assert set(vars(layer)) == before, "nothing of the forward is kept on the module"
 
 
 @uses_float64
@@ -340,7 +352,8 @@ def test_pretraining_a_moe_model_logs_expert_load_and_resumes(tmp_path):
 
     records = [r for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "train"]
     assert summary["start_step"] == 4 and [r["step"] for r in records] == list(range(1, 7))
-    load = np.array(records[-1]["expert_load"])
+    evals = [r for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "eval"]
+    load = np.array(evals[-1]["expert_load"])
     assert load.shape == (2, 3) and np.allclose(load.sum(axis=1), 1.0, atol=1e-3)
     assert math.isfinite(summary["last_val"]["loss"])
 
@@ -362,16 +375,15 @@ def test_a_run_saved_before_the_new_options_still_resumes(tmp_path):
     assert summary["start_step"] == 2
 
 
-def test_moe_layers_expose_their_balancing_loss_for_other_training_loops(rng):
-    # Stages that compute their own loss from hidden_states (classification, reward models, RL) add this.
+def test_the_balancing_loss_carries_gradient_to_the_router(rng):
     model = GPT(GPTConfig(**MOE))
-    model.hidden_states(rng.integers(0, 40, size=(2, 8)))
+    _, balance = model.trunk(rng.integers(0, 40, size=(2, 8)))
 
-    aux = model.moe_aux_loss()
+    balance.loss.backward()
 
-    assert aux.requires_grad and aux.item() == pytest.approx(
-        model.config.aux_loss_coef * sum(m.aux_loss.item() for m in model.moe_layers()))
-    assert all(isinstance(m, MoE) for m in model.moe_layers()) and GPT(GPTConfig(**LLAMA)).moe_aux_loss() is None
+    routers = [layer.router.weight.grad for layer in model.moe_layers()]
+    assert all(g is not None and float(np.abs(backend.to_numpy(g)).max()) > 0 for g in routers)
+    assert GPT(GPTConfig(**LLAMA)).trunk(rng.integers(0, 40, size=(2, 8)))[1].loss is None
 
 
 def test_cli_pretrain_takes_the_llama_and_moe_presets(tmp_path):
@@ -402,25 +414,57 @@ def test_default_lora_targets_fit_each_architecture(config, expected):
     assert len(report["wrapped"]) == 2 * len(expected)
 
 
-def test_every_training_loop_keeps_the_experts_balancing_loss(rng):
-    """GPT.add_moe_aux_loss adds aux_loss_coef × the balancing loss for an MoE model (and nothing for a dense
-    one); finetune.loop.fit (classifiers, instructions, reward models, DPO) applies it to its loss_fn's loss."""
-    from tinyllm.finetune.loop import FinetuneConfig, fit
-
+def _training_losses(model, rng):
+    """Every training loss of the package that runs a GPT forward, on one small batch each."""
+    from tinyllm.distill import Distillation
+    from tinyllm.finetune.classify import GPTClassifier
+    from tinyllm.finetune.instruct import instruction_loss
+    from tinyllm.rl.dpo import pair_log_probs
+    from tinyllm.rl.logprobs import completion_pass, pack_completions
+    from tinyllm.rl.reward import RewardModel, pair_scores
+    from tinyllm.rl.data import EncodedPairs
     idx, targets = rng.integers(0, 40, size=(4, 8)), rng.integers(0, 40, size=(4, 8))
-    dense = GPT(GPTConfig(**LLAMA), seed=0)
-    loss = F.cross_entropy(dense(idx)[0], targets)
-    assert dense.add_moe_aux_loss(loss) is loss
+    pairs = EncodedPairs([[1, 2], [3]], [[4, 5], [6]], [[7], [8, 9]])
+    batch = pack_completions([[1, 2], [3]], [[4, 5], [6, 7]])
+    distill = Distillation(GPT(model.config, seed=1), idx.ravel(), 2, 4)
+    return {
+        "pretrain": model(idx, targets)[1],
+        "instructions": instruction_loss(model, idx, targets),
+        "classifier": GPTClassifier.from_gpt(model, 2)(idx, labels=np.array([0, 1, 0, 1]))[1],
+        "reward model": pair_scores(RewardModel.from_gpt(model), pairs, [0, 1])[2].added_to(0.0),
+        "DPO": pair_log_probs(model, pairs, [0, 1])[2].added_to(0.0),
+        "PPO/GRPO": completion_pass(model, batch).balance.added_to(0.0),
+        "distillation": distill.loss(model, idx, targets),
+    }
+
+
+def test_every_training_loss_keeps_the_experts_balancing_loss(rng):
+    """Each loss adds aux_loss_coef × the balancing loss of its own forward: with coefficient 1 it exceeds
+    the coefficient-0 loss by about 2 (2 layers, about 1 each for evenly used experts)."""
+    with no_grad():
+        without = _training_losses(GPT(GPTConfig(**MOE, aux_loss_coef=0.0), seed=0), np.random.default_rng(0))
+        with_aux = _training_losses(GPT(GPTConfig(**MOE, aux_loss_coef=1.0), seed=0), np.random.default_rng(0))
+    for name in without:
+        added = float(getattr(with_aux[name], "item", lambda: with_aux[name])()) - \
+            float(getattr(without[name], "item", lambda: without[name])())
+        assert added == pytest.approx(2.0, abs=0.5), name
+
+
+def test_fit_splits_a_moe_batch_over_the_cores_with_its_balancing_loss(rng, monkeypatch):
+    from tinyllm import parallel
+    from tinyllm.finetune.loop import FinetuneConfig, fit
+    idx, targets = rng.integers(0, 40, size=(4, 8)), rng.integers(0, 40, size=(4, 8))
+    blocks = []
+    split = parallel.data_parallel
+    monkeypatch.setattr(parallel, "data_parallel", lambda fn, *a: blocks.append(len(a[0])) or split(fn, *a))
 
     first_losses = {}
     for coef in (0.0, 1.0):
         model = GPT(GPTConfig(**MOE, aux_loss_coef=coef), seed=0)
-        if coef:
-            loss = F.cross_entropy(model(idx)[0], targets)
-            assert model.add_moe_aux_loss(loss).item() == pytest.approx(loss.item() + model.moe_aux_loss().item())
         records = []
-        fit(model, 4, lambda rows: F.cross_entropy(model(idx[rows])[0], targets[rows]),
+        fit(model, 4, lambda rows: model(idx[rows], targets[rows])[1],
             FinetuneConfig(epochs=1, batch_size=4, warmup=1), progress=False, log=records.append)
         first_losses[coef] = records[0]["loss"]
-    # each of the 2 layers' balancing loss is about 1 (its value for evenly used experts)
+
+    assert blocks, "the MoE batch goes through data_parallel like any other"
     assert first_losses[1.0] - first_losses[0.0] == pytest.approx(2.0, abs=0.5)

@@ -37,9 +37,9 @@ def obvious_pairs(n, seed):
 def test_dpo_loss_is_log_2_when_the_policy_is_the_reference():
     policy = _tiny()
     pairs = obvious_pairs(6, seed=0)
-    chosen, rejected = pair_log_probs(policy, pairs, np.arange(6))
+    chosen, rejected, _ = pair_log_probs(policy, pairs, np.arange(6))
     reference = frozen_copy(policy)
-    ref_c, ref_r = pair_log_probs(reference, pairs, np.arange(6))
+    ref_c, ref_r, _ = pair_log_probs(reference, pairs, np.arange(6))
     loss, metrics = dpo_loss(chosen, rejected, ref_c.numpy(), ref_r.numpy(), beta=0.5)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
     assert metrics["margin"] == pytest.approx(0.0, abs=1e-6) and metrics["accuracy"] == 0.5
@@ -61,7 +61,7 @@ def test_dpo_gradient_through_a_tiny_gpt_float64(float64):
     ref_c, ref_r = ref_c + 0.3, ref_r - 0.2                   # away from the start, so the gradient is not symmetric
 
     def loss(weight):
-        chosen, rejected = pair_log_probs(policy, pairs, np.arange(3))
+        chosen, rejected, _ = pair_log_probs(policy, pairs, np.arange(3))
         return dpo_loss(chosen, rejected, ref_c, ref_r, 0.5)[0]
     assert gradcheck(loss, [policy.blocks[0].mlp.fc.weight], max_elements=25) < 1e-5
 

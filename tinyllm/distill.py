@@ -54,9 +54,10 @@ class Distillation:
     def loss(self, model, x, y):
         """T²·KL + α·CE of the student ``model`` against the teacher on windows x with next tokens y."""
         teacher_logits, _ = self.teacher(x)                           # (B, T, V), no graph
-        student_logits, _ = model(x)                                  # (B, T, V)
+        hidden, balance = model.trunk(x)                              # (B, T, C)
+        student_logits = model.logits(hidden)                         # (B, T, V)
         loss = F.distillation_loss(student_logits, teacher_logits, y, self.temperature, self.alpha, self.kl)
-        return model.add_moe_aux_loss(loss) if model.training else loss
+        return balance.added_to(loss)
 
     def evaluate(self, model, ids, max_batches=None) -> dict:
         """The student's next-token loss and perplexity (``train.evaluate``)."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -190,6 +191,20 @@ def make_norm(config: GPTConfig):
     return LayerNorm(config.n_embd, config.bias, config.norm_eps)
 
 
+class MoEBalance(NamedTuple):
+    """What one forward's mixture-of-experts layers report (``GPT.trunk``).
+
+    ``loss``: aux_loss_coef × Σ_layers L_aux (``tinyllm.functional.moe``), a scalar Tensor for a training
+    loss to add; None without experts, with aux_loss_coef 0, or in eval mode. ``load``: (n_layer, n_expert)
+    array, each layer's share of (token, expert) assignments per expert; None without experts."""
+    loss: Tensor | None = None
+    load: object = None
+
+    def added_to(self, loss):
+        """``loss`` plus the balancing loss (``loss`` itself when there is none)."""
+        return loss if self.loss is None else loss + self.loss
+
+
 class Block(Module):
     def __init__(self, config: GPTConfig, generator):
         proj_std = 0.02 / math.sqrt(2 * config.n_layer)
@@ -208,10 +223,13 @@ class Block(Module):
             self.mlp = MoE(c, hidden, config.n_expert, config.expert_top_k, config.shared_expert, config.bias,
                            config.dropout, 0.02, proj_std, generator)
 
-    def forward(self, x, mask=None, cache=None, rope=None, prefix=None):   # (B, T, C) → (B, T, C)
+    def forward(self, x, mask=None, cache=None, rope=None, prefix=None):
+        """(B, T, C) → ((B, T, C), routing): routing is a MoE layer's (L_aux, load), None otherwise."""
         x = x + self.attn(self.ln_1(x), mask, cache, rope, prefix)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        if isinstance(self.mlp, MoE):
+            y, aux_loss, load = self.mlp(self.ln_2(x))
+            return x + y, (aux_loss, load)
+        return x + self.mlp(self.ln_2(x)), None
 
 
 class GPT(Module):
@@ -235,7 +253,16 @@ class GPT(Module):
         return self.wte.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
 
     def hidden_states(self, idx, mask=None, positions=None, cache=None):
-        """The final normalised hidden state of every position: (B, T) ids → (B, T, C).
+        """The final normalised hidden state of every position: (B, T) ids → (B, T, C) (``trunk``
+        without its ``MoEBalance``: for inference and evaluation)."""
+        return self.trunk(idx, mask, positions, cache)[0]
+
+    def trunk(self, idx, mask=None, positions=None, cache=None):
+        """(B, T) ids → (hidden states (B, T, C), ``MoEBalance`` of this forward).
+
+        A training loss adds ``balance.loss`` (``balance.added_to(loss)``): the experts' load-balancing
+        loss of this very forward, None for a model without experts or in eval mode. Returned rather
+        than kept on the model, so threads may run forwards of different rows side by side.
 
         ``positions`` (B, T) or (T,): the position of each token, 0 … T-1 by default (continuing after the
         cached ones when there is a cache). A left-padded batch passes each row's own: the number of real
@@ -272,59 +299,58 @@ class GPT(Module):
         if self.wpe is None:
             rope = rope_cos_sin(positions, self.config.head_size, self.config.rope_theta, self.wte.weight.dtype,
                                 self.config.rope_scaling)
-        x = self.drop(x)
+        x, balance = self._run_blocks(self.drop(x), mask, cache, rope, prefixes)
+        return self.ln_f(x[:, x.shape[1] - time:] if x.shape[1] > time else x), balance   # the text only
+
+    def _run_blocks(self, x, mask, cache, rope, prefixes):
+        """x through every block → (x, ``MoEBalance`` of the MoE layers' routing)."""
         layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
+        routings = []                                          # (L_aux, load) of each MoE layer
         for block, layer_cache, prefix in zip(self.blocks, layer_caches, prefixes):
             if getattr(self, "checkpoint_activations", False) and cache is None:   # see tinyllm.checkpointing
-                x = checkpoint(lambda h, block=block, prefix=prefix: block(h, mask, None, rope, prefix), x,
-                               block.parameters() + [t for t in prefix or () if isinstance(t, Parameter)])
+                x = checkpoint(lambda h, block=block, prefix=prefix: block(h, mask, None, rope, prefix)[0],
+                               x, block.parameters() + [t for t in prefix or () if isinstance(t, Parameter)])
             else:
-                x = block(x, mask, layer_cache, rope, prefix)
-        return self.ln_f(x[:, x.shape[1] - time:] if x.shape[1] > time else x)   # the text's positions only
+                x, routing = block(x, mask, layer_cache, rope, prefix)
+                routings += [routing] if routing is not None else []
+        if not routings:
+            return x, MoEBalance()
+        loss = None
+        if self.training and self.config.aux_loss_coef > 0:   # aux_loss_coef × Σ_layers L_aux
+            loss = routings[0][0]
+            for aux_loss, _ in routings[1:]:
+                loss = loss + aux_loss
+            loss = loss * self.config.aux_loss_coef
+        return x, MoEBalance(loss, backend.xp.stack([load for _, load in routings]))
 
     def forward(self, idx, targets=None, mask=None, positions=None, cache=None):
         """idx (B, T) token ids → (logits (B, T, V), loss or None).
 
         The loss is the mean cross-entropy against ``targets`` (B, T); for a mixture-of-experts model in
-        training mode it also includes ``aux_loss_coef`` × the layers' load-balancing losses (see
-        ``moe_aux_loss``). In eval mode it is the cross-entropy alone, comparable across architectures."""
-        logits = self.logits(self.hidden_states(idx, mask, positions, cache))   # (B, T, V)
-        loss = None if targets is None else F.cross_entropy(logits, targets)
-        if loss is not None and self.training:
-            loss = self.add_moe_aux_loss(loss)
+        training mode it also includes ``aux_loss_coef`` × the layers' load-balancing losses of this
+        forward (``trunk``). In eval mode it is the cross-entropy alone, comparable across architectures."""
+        hidden, balance = self.trunk(idx, mask, positions, cache)
+        logits = self.logits(hidden)                          # (B, T, V)
+        loss = None if targets is None else balance.added_to(F.cross_entropy(logits, targets))
         return logits, loss
-
-    def add_moe_aux_loss(self, loss):
-        """``loss`` plus the experts' load-balancing loss of the last forward (``moe_aux_loss``) for a
-        mixture-of-experts model; ``loss`` itself otherwise. Finetuning (``finetune.loop.fit``: classifiers,
-        instructions, reward models, DPO) and PPO/GRPO updates add it to their own losses, so the experts stay
-        evenly used after pretraining too."""
-        aux = self.moe_aux_loss()
-        return loss if aux is None else loss + aux
 
     def moe_layers(self):
         return [block.mlp for block in self.blocks if isinstance(block.mlp, MoE)]
 
-    def moe_aux_loss(self):
-        """aux_loss_coef × Σ_layers load-balancing loss of the last forward (a scalar Tensor), or None for a
-        model without experts. ``forward`` adds it to the loss in training mode; training code that computes
-        its own loss from ``hidden_states`` (classification, reward models, RL) can add it the same way."""
-        layers = self.moe_layers()
-        if not layers or self.config.aux_loss_coef == 0 or layers[0].aux_loss is None:
+    def expert_load(self, idx) -> np.ndarray | None:
+        """(n_layer, n_expert) NumPy array: the fraction of (token, expert) assignments each expert gets
+        when the model routes the ids ``idx`` (B, T) (eval mode, no gradients), per MoE layer. Each row
+        sums to 1; 1/n_expert everywhere is perfect balance. None for a model without experts."""
+        if not self.moe_layers():
             return None
-        total = layers[0].aux_loss
-        for layer in layers[1:]:
-            total = total + layer.aux_loss
-        return total * self.config.aux_loss_coef
-
-    def expert_load(self):
-        """(n_layer, n_expert) NumPy array: the fraction of (token, expert) assignments each expert got in
-        the last forward, per MoE layer (each row sums to 1; 1/n_expert everywhere is perfect balance).
-        None for a model without experts, or before the first forward."""
-        layers = self.moe_layers()
-        if not layers or layers[0].load is None:
-            return None
-        return np.stack([layer.load for layer in layers])
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                load = self.trunk(idx)[1].load
+        finally:
+            self.train(was_training)
+        return None if load is None else backend.to_numpy(load)
 
     def active_parameters(self) -> int:
         """Parameters used per token: all of them, except that a MoE layer uses only ``expert_top_k`` of its

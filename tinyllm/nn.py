@@ -238,8 +238,9 @@ class MoE(Module):
 
     Parameters: ``router.weight`` (E, C); ``experts.gate.weight``, ``experts.up.weight`` (E, H, C);
     ``experts.proj.weight`` (E, C, H); ``shared.{gate,up,proj}.weight`` with a shared expert.
-    After each forward, ``aux_loss`` holds the load-balancing loss (a scalar Tensor) and ``load`` the fraction
-    of assignments each expert received (a NumPy (E,) array).
+    ``forward`` returns the mixed output with what this very forward's routing did: its load-balancing
+    loss (a scalar Tensor) and the fraction of assignments each expert received ((E,), an array on the
+    device). Nothing is kept on the module, so threads may run it on different rows at once.
     """
 
     def __init__(self, n_embd, hidden, n_expert, top_k, shared_expert=False, bias=False, dropout=0.0, std=0.02,
@@ -250,15 +251,14 @@ class MoE(Module):
         self.experts = Experts(n_expert, n_embd, hidden, std, proj_std, generator)
         self.shared = SwiGLU(n_embd, hidden, bias, 0.0, std, proj_std, generator) if shared_expert else None
         self.dropout = Dropout(dropout)
-        self.aux_loss, self.load = None, None
 
-    def forward(self, x):                                     # (B, T, C)
+    def forward(self, x):                     # (B, T, C) → ((B, T, C), L_aux scalar, load (E,))
         e = self.experts
-        y, self.aux_loss, load = F.moe(x, self.router.weight, e.gate.weight, e.up.weight, e.proj.weight, self.top_k)
-        self.load = backend.to_numpy(load)
+        y, aux_loss, load = F.moe(x, self.router.weight, e.gate.weight, e.up.weight, e.proj.weight,
+                                  self.top_k)
         if self.shared is not None:
             y = y + self.shared(x)
-        return self.dropout(y)
+        return self.dropout(y), aux_loss, load
 
 
 class CausalSelfAttention(Module):

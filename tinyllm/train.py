@@ -81,10 +81,10 @@ def forward_backward(model, x, y, scale: float = 1.0, weight=None, loss=None) ->
     (``data_parallel_backward``); ``weight(x, y)`` counts a block's targets otherwise (masked LM).
     ``loss(x, y)``: a scalar Tensor to use instead of the model's own loss (distillation)."""
     loss = loss or (lambda x, y: model(x, y)[1])
-    return data_parallel_backward(model, loss, x, y, weight=weight, scale=scale)
+    return data_parallel_backward(loss, x, y, weight=weight, scale=scale)
 
 
-def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float = 1.0) -> float:
+def data_parallel_backward(block_loss, *arrays, weight=None, scale: float = 1.0) -> float:
     """Forward and backward of a batch's mean loss, split over the processes and the CPU cores;
     returns this process's part of the loss's value (the whole value in a world of one).
 
@@ -97,8 +97,9 @@ def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float
     Each thread collects its own parameter gradients and they are added here in block order: the
     result equals the whole batch's up to float rounding, and is the same on every run. Each row
     draws its dropout masks from its own generator (``backend.RowGenerators``), seeded from the
-    global stream, so the masks do not depend on the split. Mixture-of-experts models run the batch
-    whole (``_split_over_cores``).
+    global stream, so the masks do not depend on the split. A mixture of experts' balancing loss is
+    the one exception: ``block_loss`` includes it for its own rows (``GPT.trunk``), as every data-
+    parallel MoE computes it per device, so that term (not the cross-entropy) depends on the split.
 
     With several processes (``tinyllm.distributed``) ``arrays`` is the global batch, the same in
     each; a process runs its own rows (``distributed.shard``) and the weights are shares of the
@@ -121,17 +122,9 @@ def data_parallel_backward(model, block_loss, *arrays, weight=None, scale: float
             loss.backward(backend.xp.asarray(scale * share, dtype=loss.dtype), leaf_grads=grads)
         return loss.item() * share, grads
 
-    blocks = _split_over_cores(model, run_block, seeds, *arrays)
+    blocks = parallel.data_parallel(run_block, seeds, *arrays)
     parallel.add_leaf_grads(*(grads for _, grads in blocks))
     return sum(loss for loss, _ in blocks)
-
-
-def _split_over_cores(model, fn, *arrays) -> list:
-    """``parallel.data_parallel(fn, *arrays)``, or ``[fn(*arrays)]`` for a mixture-of-experts model (its
-    layers keep per-batch state on the module, which threads would overwrite for each other)."""
-    if getattr(model.config, "mlp", None) == "moe":
-        return [fn(*arrays)]
-    return parallel.data_parallel(fn, *arrays)
 
 
 def update_weights(optimizer, loss: float, grad_clip: float, where: str, *sums,
@@ -178,7 +171,7 @@ def evaluate(model, ids, batch_size: int, context: int, max_batches: int | None 
         for x, y in windows.batches(batch_size):
             mine = distributed.shard(len(x))
             if mine.start < mine.stop:
-                for block in _split_over_cores(model, summed_loss, x[mine], y[mine]):
+                for block in parallel.data_parallel(summed_loss, x[mine], y[mine]):
                     total += block[0]
                     count += block[1]
     model.train(was_training)
@@ -375,9 +368,6 @@ class Pretraining:
         tokens_per_s = self.tokens_per_step / (time.perf_counter() - t0)
         record = {"kind": "train", "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": tokens_per_s}
-        load = self.model.expert_load() if hasattr(self.model, "expert_load") else None
-        if load is not None:   # mixture of experts: each layer's share of assignments per expert (last micro-batch)
-            record["expert_load"] = [[round(float(f), 4) for f in layer] for layer in load]
         self.log(record)
         if self.bar:
             self.bar.update(step, f"loss {loss_value:.4f} | lr {lr:.2e} | "
@@ -391,8 +381,12 @@ class Pretraining:
             (lambda model, ids, limit: evaluate(model, ids, config.batch_size, self.context, limit))
         val = measure(self.model, self.val_ids, config.eval_iters)
         train = measure(self.model, self.train_ids, config.eval_iters)
-        self.log({"kind": "eval", "step": step, "val_loss": val["loss"], "val_ppl": val["ppl"],
-                  "train_loss": train["loss"]})
+        record = {"kind": "eval", "step": step, "val_loss": val["loss"], "val_ppl": val["ppl"],
+                  "train_loss": train["loss"]}
+        load = self._expert_load(step)
+        if load is not None:   # mixture of experts: each layer's share of assignments per expert
+            record["expert_load"] = [[round(float(f), 4) for f in layer] for layer in load]
+        self.log(record)
         self.say(f"step {step}: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}, "
                  f"val perplexity {val['ppl']:.2f}")
         self.summary.setdefault("first_val", val)
@@ -401,6 +395,15 @@ class Pretraining:
             sample = _sample(self.model, self.tokenizer, self.val_ids[:8], config.sample_tokens,
                              config.seed + step)
             self.say("  sample: " + repr(sample))
+
+    def _expert_load(self, step: int):
+        """(n_layer, n_expert) shares of assignments per expert on one batch of validation windows, for
+        a mixture-of-experts model (None otherwise)."""
+        if not getattr(self.model, "moe_layers", list)():
+            return None
+        x, _ = random_batch(self.val_ids, self.config.batch_size, self.context,
+                            np.random.default_rng(step))
+        return self.model.expert_load(x)
 
     def log(self, record: dict) -> None:
         if self.writes:

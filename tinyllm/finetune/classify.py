@@ -88,13 +88,15 @@ class GPTClassifier(GPT):
 
     def forward(self, idx, lengths=None, labels=None):
         """idx (B, T) right-padded ids, lengths (B,) real tokens per row (default: all T) → (logits (B, K),
-        mean cross-entropy against ``labels`` (B,) or None)."""
+        mean cross-entropy against ``labels`` (B,) — plus a mixture of experts' balancing loss in
+        training mode — or None)."""
         idx = backend.xp.asarray(getattr(idx, "data", idx))
         if lengths is None:
             lengths = backend.xp.full(idx.shape[0], idx.shape[1])
-        hidden = self.hidden_states(idx)                      # (B, T, C); no mask needed (see module doc)
+        hidden, balance = self.trunk(idx)                     # (B, T, C); no mask needed (see module doc)
         logits = self.classifier(last_token_states(hidden, lengths))   # (B, K)
-        loss = None if labels is None else F.cross_entropy(logits, backend.xp.asarray(labels))
+        loss = None if labels is None else balance.added_to(
+            F.cross_entropy(logits, backend.xp.asarray(labels)))
         return logits, loss
 
 

@@ -26,9 +26,11 @@ from ..functional import cross_entropy
 
 
 def instruction_loss(model, x, y):
-    """Mean cross-entropy over the unmasked targets (response and end tokens) of a collated batch."""
-    logits, _ = model(backend.asarray(x))                                # (B, L, V)
-    return cross_entropy(logits, backend.asarray(y), ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy over the unmasked targets (response and end tokens) of a collated batch
+    (plus a mixture of experts' balancing loss in training mode)."""
+    hidden, balance = model.trunk(backend.asarray(x))                    # (B, L, C)
+    logits = model.logits(hidden)                                        # (B, L, V)
+    return balance.added_to(cross_entropy(logits, backend.asarray(y), ignore_index=IGNORE_INDEX))
 
 
 def train_instructions(model, tokenizer, train_records, val_records=(), config=None, template: str = "alpaca",

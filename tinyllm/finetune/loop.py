@@ -77,8 +77,8 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
     """Train ``model`` for ``config.epochs`` epochs over ``num_examples`` examples.
 
     ``loss_fn(indices)``: the mean loss (a scalar Tensor) of the examples at ``indices`` (an int
-    array), computed without ``GPT.forward``'s targets: for a mixture-of-experts model ``fit`` adds
-    the experts' load-balancing loss itself (``GPT.add_moe_aux_loss``). Each batch's examples are
+    array); for a mixture-of-experts model it includes the balancing loss of the forward it ran
+    (``GPT.trunk``; ``GPT.forward`` and the heads in this package do so). Each batch's examples are
     split over the processes and CPU cores (``train.data_parallel_backward``):
     ``weight_fn(indices)`` counts what ``loss_fn``'s mean is over (default: the examples; for a loss
     over tokens, their number), so that the blocks' means add up to the batch's. ``loss_fn`` runs on
@@ -106,13 +106,7 @@ def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=N
         say(describe_zero(optimizer))
     history, step, stopped = [], 0, False
 
-    def block_loss(indices):
-        loss = loss_fn(indices)
-        if hasattr(model, "add_moe_aux_loss"):                # a mixture of experts keeps balancing its experts
-            loss = model.add_moe_aux_loss(loss)
-        return loss
-
-    train_step = functools.partial(_train_step, model, optimizer, block_loss, config, total_steps,
+    train_step = functools.partial(_train_step, model, optimizer, loss_fn, config, total_steps,
                                    weight_fn, step_metrics)
     model.train()
     started = time.perf_counter()
@@ -172,7 +166,7 @@ def _train_step(model, optimizer, block_loss, config, total_steps, weight_fn, st
     """One step on the examples ``indices`` (this process's share of them, over its cores); its
     record."""
     optimizer.lr = lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup, total_steps)
-    loss = data_parallel_backward(model, block_loss, indices, weight=weight_fn)
+    loss = data_parallel_backward(block_loss, indices, weight=weight_fn)
     loss, grad_norm, _ = update_weights(optimizer, loss, config.grad_clip,
                                         f"step {step + 1} (epoch {epoch + 1})", what="finetuning")
     record = {"kind": "train", "step": step + 1, "epoch": epoch + 1, "loss": loss, "lr": lr,

@@ -30,7 +30,7 @@ import numpy as np
 from .. import backend
 from .. import distributed
 from ..autograd import Tensor, no_grad
-from .logprobs import disable_dropout, log_sigmoid, pack_completions, sequence_log_probs
+from .logprobs import completion_pass, disable_dropout, log_sigmoid, pack_completions
 from .reward import StepMetrics, pairwise_accuracy
 
 
@@ -56,12 +56,14 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
 
 
 def pair_log_probs(model, pairs, index):
-    """Sequence log-probs (B,) of the chosen and of the rejected responses of pairs ``index``, one pass of 2B rows."""
+    """Sequence log-probs (B,) of the chosen and of the rejected responses of pairs ``index``, one pass of 2B
+    rows, and that forward's ``MoEBalance`` (a training loss adds ``balance.added_to(loss)``)."""
     prompts = [pairs.prompts[i] for i in index]
     batch = pack_completions(prompts + prompts, [pairs.chosen[i] for i in index] + [pairs.rejected[i] for i in index])
-    logps = sequence_log_probs(model, batch)                  # (2B,)
+    out = completion_pass(model, batch)
+    logps = out.logps.sum(axis=1)                             # (2B,)
     n = len(index)
-    return logps[:n], logps[n:]
+    return logps[:n], logps[n:], out.balance
 
 
 def all_pair_log_probs(model, pairs, batch_size: int = 16):
@@ -76,7 +78,7 @@ def all_pair_log_probs(model, pairs, batch_size: int = 16):
         with no_grad():
             for first in range(0, len(order), batch_size):
                 rows = order[first:first + batch_size]
-                c, r = pair_log_probs(model, pairs, rows)
+                c, r, _ = pair_log_probs(model, pairs, rows)
                 chosen[rows], rejected[rows] = backend.to_numpy(c.data), backend.to_numpy(r.data)
     finally:
         model.train(was_training)
@@ -111,10 +113,10 @@ def train_dpo(policy, reference, train_pairs, val_pairs=None, config=None, beta:
     step_metrics = StepMetrics(("margin", "accuracy", "chosen_reward", "rejected_reward"))
 
     def loss_fn(index):
-        chosen, rejected = pair_log_probs(policy, train_pairs, index)
+        chosen, rejected, balance = pair_log_probs(policy, train_pairs, index)
         loss, metrics = dpo_loss(chosen, rejected, ref_train[0][index], ref_train[1][index], beta)
         step_metrics.add(index, metrics)
-        return loss
+        return balance.added_to(loss)
 
     def evaluate_fn():
         if not val_pairs:

@@ -34,7 +34,7 @@ from .. import distributed
 from ..autograd import Tensor, no_grad
 from ..train import update_weights
 from .kl import kl_k3
-from .logprobs import Completions, completion_log_probs, masked_mean, pack_completions
+from .logprobs import Completions, completion_log_probs, completion_pass, masked_mean, pack_completions
 from .loop import (backward_in_chunks, check_rollout_rows, gather_rollout, make_optimizer,
                    minibatches, sample_prompt_indices, sample_share, start_run)
 from .ppo import check_scores, clip_fraction, clipped_surrogate
@@ -207,12 +207,12 @@ def _grpo_minibatch_step(policy, optimizer, r: GRPORollout, mb, config: GRPOConf
     def chunk_loss(rows):
         sub = r.batch.rows(rows)
         width = sub.mask.shape[1]
-        logps = completion_log_probs(policy, sub)
+        logps, *_, balance = completion_pass(policy, sub)
         old = backend.to_numpy(logps.data) if r.old_logps is None else r.old_logps[rows, :width]
         loss, metrics = grpo_loss(logps, old, r.ref_logps[rows, :width], r.advantages[rows],
                                   sub.mask, config.clip, config.beta)
         chunk_metrics.append((float(sub.mask.sum()), metrics))
-        return policy.add_moe_aux_loss(loss)
+        return balance.added_to(loss)
 
     mine = mb[distributed.shard(len(mb))]
     loss = backward_in_chunks(mine, config.chunk_size, chunk_loss, total=len(mb))

@@ -11,7 +11,8 @@ between the policy now and the policy that sampled the completion. This file has
     token_entropy        the fused op  z (…, V) → H = −Σ_v p_v log p_v  (…), for PPO's entropy bonus
     log_sigmoid          the fused op  x → log σ(x), stable for any x (Bradley-Terry and DPO losses)
     pack_completions     prompt + completion id lists → one batch, completions aligned, and their mask
-    completion_log_probs run a model on a packed batch: per-token log-probs of the completion tokens (B, C)
+    completion_pass      run a model on a packed batch: per-token log-probs of the completion tokens (B, C),
+                         with the logits, hidden states and a mixture of experts' balancing loss
     frozen_copy          the reference model: a copy whose weights never change
     check_same_vocab     policy and reference (or reward model) must speak the same vocabulary
     disable_dropout      alignment compares log-probs of the same text under two passes: no randomness allowed
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -186,27 +188,39 @@ def fit_to_block(prompt, completion, block_size: int, min_prompt: int = 1):
 
 
 def completion_hidden_states(model, batch: Completions):
-    """The final hidden states (B, C_max, C) of the positions that predict the completion tokens.
+    """(the final hidden states (B, C_max, C) of the positions that predict the completion tokens,
+    the forward's ``MoEBalance``).
 
     The model runs over ids[:, :−1] (the last token predicts nothing); the window is a gather
     (``getitem`` with index arrays), whose backward scatters the window's gradient back into (B, L − 1, C)."""
-    hidden = model.hidden_states(backend.xp.asarray(batch.ids[:, :-1]))                # (B, L − 1, C)
+    hidden, balance = model.trunk(backend.xp.asarray(batch.ids[:, :-1]))               # (B, L − 1, C)
     rows, columns = batch.window()
-    return hidden[backend.xp.asarray(rows), backend.xp.asarray(columns)]                # (B, C_max, C)
+    return hidden[backend.xp.asarray(rows), backend.xp.asarray(columns)], balance      # (B, C_max, C)
 
 
-def completion_log_probs(model, batch: Completions, return_hidden: bool = False):
-    """Per-token log-probs (B, C_max) of the completion tokens under ``model``, 0 where ``batch.mask`` is 0.
+class CompletionPass(NamedTuple):
+    """One forward over a packed batch's completion window (``completion_pass``)."""
+    logps: Tensor            # (B, C_max) log-probs of the completion tokens, 0 where the mask is 0
+    logits: Tensor           # (B, C_max, V)
+    hidden: Tensor           # (B, C_max, C)
+    balance: object          # the model's MoEBalance: a training loss adds balance.added_to(loss)
 
-    With ``return_hidden`` also returns the logits (B, C_max, V) and hidden states (B, C_max, C) of the
-    completion window (PPO's entropy bonus and value head read them). Gradients flow outside ``no_grad``.
-    """
+
+def completion_pass(model, batch: Completions) -> CompletionPass:
+    """Log-probs, logits and hidden states of the completion window under ``model``, and the
+    forward's ``MoEBalance`` (PPO's entropy bonus and value head read the logits and hidden states;
+    a training loss adds the balance). Gradients flow outside ``no_grad``."""
     xp = backend.xp
-    hidden = completion_hidden_states(model, batch)                                    # (B, C_max, C)
+    hidden, balance = completion_hidden_states(model, batch)                           # (B, C_max, C)
     logits = model.logits(hidden)                                                      # (B, C_max, V)
     targets = xp.where(xp.asarray(batch.mask) > 0, xp.asarray(batch.completion_ids), -100)
     logps = gather_log_probs(logits, targets)                                          # (B, C_max)
-    return (logps, logits, hidden) if return_hidden else logps
+    return CompletionPass(logps, logits, hidden, balance)
+
+
+def completion_log_probs(model, batch: Completions) -> Tensor:
+    """Per-token log-probs (B, C_max) of the completion tokens under ``model``, 0 where ``batch.mask`` is 0."""
+    return completion_pass(model, batch).logps
 
 
 def sequence_log_probs(model, batch: Completions) -> Tensor:

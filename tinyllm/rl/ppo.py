@@ -52,7 +52,7 @@ from ..autograd import Tensor, maximum, minimum, no_grad
 from ..model import GPT
 from ..nn import Linear
 from ..train import update_weights
-from .logprobs import (Completions, completion_log_probs, masked_mean, pack_completions,
+from .logprobs import (Completions, completion_log_probs, completion_pass, masked_mean, pack_completions,
                        token_entropy)
 from .loop import (check_rollout_rows, gather_rollout, make_optimizer, minibatches,
                    sample_prompt_indices, sample_share, start_run)
@@ -78,8 +78,8 @@ class PolicyWithValue(GPT):
         return gpt
 
     def logprobs_and_values(self, batch: Completions, value_trains_trunk: bool = False):
-        """(log-probs (B, C), values (B, C), logits (B, C, V)) of a packed batch's completion window, one
-        forward pass. values[:, j] = V(prompt + the first j completion tokens): the state in which completion
+        """(log-probs (B, C), values (B, C), logits (B, C, V), ``MoEBalance``) of a packed batch's
+        completion window, one forward pass. values[:, j] = V(prompt + the first j completion tokens): the state in which completion
         token j is chosen.
 
         ``value_trains_trunk`` False (the default) stops the value loss at the hidden states: the head learns
@@ -87,10 +87,10 @@ class PolicyWithValue(GPT):
         prompts (one task scores ~4, another ~−4) than between answers to one prompt, so a fresh value head
         is wrong by several units at first; sharing those errors' gradients with the transformer would
         disturb the policy while the head catches up."""
-        logps, logits, hidden = completion_log_probs(self, batch, return_hidden=True)
-        features = hidden if value_trains_trunk else hidden.detach()
-        values = self.value_head(features).reshape(hidden.shape[0], hidden.shape[1])  # (B, C)
-        return logps, values, logits
+        out = completion_pass(self, batch)
+        features = out.hidden if value_trains_trunk else out.hidden.detach()
+        values = self.value_head(features).reshape(out.hidden.shape[0], out.hidden.shape[1])  # (B, C)
+        return out.logps, values, out.logits, out.balance
 
 
 # ---------------------------------------------------------------------------------------------- the pieces
@@ -305,7 +305,7 @@ def ppo_rollout(policy, reference, prompts, score_fn, config: PPOConfig, end_id:
     scores = scores - config.missing_end_penalty * ~np.asarray(finished, dtype=bool)
     share = pack_completions(used, completions, pad_id=end_id)
     with no_grad():
-        old_logps, old_values, _ = policy.logprobs_and_values(share)
+        old_logps, old_values, *_ = policy.logprobs_and_values(share)
         ref_logps = completion_log_probs(reference, share)
     batch, whole, tokens = gather_rollout(
         used, completions, finished, {"scores": list(scores)},
@@ -342,14 +342,14 @@ def _ppo_minibatch_step(policy, optimizer, r: PPORollout, mb, config: PPOConfig,
     if len(mine):
         sub = r.batch.rows(mine)
         width = sub.mask.shape[1]
-        logps, values, logits = policy.logprobs_and_values(sub, config.value_trains_trunk)
+        logps, values, logits, balance = policy.logprobs_and_values(sub, config.value_trains_trunk)
         policy_loss, clip_frac = ppo_policy_loss(logps, r.old_logps[mine, :width],
                                                  r.advantages[mine, :width], sub.mask, config.clip)
         value_loss = ppo_value_loss(values, r.old_values[mine, :width], r.returns[mine, :width],
                                     sub.mask, config.value_clip or None)
         entropy = masked_mean(token_entropy(logits), sub.mask)
         loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-        weighted = policy.add_moe_aux_loss(loss) * weight
+        weighted = balance.added_to(loss) * weight
         weighted.backward()
         loss_value = weighted.item()
         means = (policy_loss.item(), value_loss.item(), entropy.item(), clip_frac)

@@ -95,12 +95,17 @@ class RewardModel(GPT):
 
     def forward(self, idx, lengths=None):
         """idx (B, T) right-padded ids, lengths (B,) real tokens per row (default: all T) → scores (B,)."""
+        return self.scores(idx, lengths)[0]
+
+    def scores(self, idx, lengths=None):
+        """``forward``'s scores (B,) and the forward's ``MoEBalance`` (for a training loss to add)."""
         xp = backend.xp
         idx = xp.asarray(getattr(idx, "data", idx))
         if lengths is None:
             lengths = xp.full(idx.shape[0], idx.shape[1])
-        hidden = self.hidden_states(idx)                      # (B, T, C)
-        return self.score_head(last_token_states(hidden, xp.asarray(lengths))).reshape(-1)   # (B,)
+        hidden, balance = self.trunk(idx)                     # (B, T, C)
+        scores = self.score_head(last_token_states(hidden, xp.asarray(lengths))).reshape(-1)   # (B,)
+        return scores, balance
 
     def score_ids(self, sequences, batch_size: int = 32) -> np.ndarray:
         """Scores (N,) of token-id lists (each a whole prompt + response), batched, in eval mode, no gradients."""
@@ -119,14 +124,15 @@ class RewardModel(GPT):
         return scores
 
 
-def pair_scores(model: RewardModel, pairs, index) -> tuple[Tensor, Tensor]:
-    """Scores of the chosen and rejected sequences of pairs ``index``, in one forward pass of 2B rows."""
+def pair_scores(model: RewardModel, pairs, index) -> tuple:
+    """Scores (B,) of the chosen and rejected sequences of pairs ``index``, in one forward pass of 2B
+    rows, and that forward's ``MoEBalance``."""
     chosen = [pairs.prompts[i] + pairs.chosen[i] for i in index]
     rejected = [pairs.prompts[i] + pairs.rejected[i] for i in index]
     ids, lengths = pad_batch(chosen + rejected)
-    scores = model(ids, lengths)                              # (2B,)
+    scores, balance = model.scores(ids, lengths)              # (2B,)
     n = len(index)
-    return scores[:n], scores[n:]
+    return scores[:n], scores[n:], balance
 
 
 def evaluate_reward_model(model: RewardModel, pairs, batch_size: int = 32) -> dict:
@@ -149,8 +155,8 @@ def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=N
     step_metrics = StepMetrics(("accuracy", "margin"))
 
     def loss_fn(index):
-        chosen, rejected = pair_scores(model, train_pairs, index)
-        loss = bradley_terry_loss(chosen, rejected)
+        chosen, rejected, balance = pair_scores(model, train_pairs, index)
+        loss = balance.added_to(bradley_terry_loss(chosen, rejected))
         c, r = backend.to_numpy(chosen.data), backend.to_numpy(rejected.data)
         step_metrics.add(index, {"accuracy": pairwise_accuracy(c, r), "margin": float((c - r).mean())})
         return loss
