@@ -123,7 +123,7 @@ def virtual_keys_values(model, embeddings) -> list:
         with no_grad():
             x = Tensor(embeddings[None], dtype=embeddings.dtype)           # (1, P, C)
             for block, layer in zip(model.blocks, cache.layers):
-                x = block(x, None, layer, rope)
+                x, _ = block(x, None, layer, rope)            # (the routing is not needed)
     finally:
         model.train(was_training)
     return [(layer.keys[0].copy(), layer.values[0].copy()) for layer in cache.layers]
