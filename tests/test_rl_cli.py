@@ -83,3 +83,26 @@ def test_bad_input_gives_clear_errors(runs, tmp_path, capsys):
     assert main(["align", "ppo", "--ckpt", str(runs / "base"), "--out", str(tmp_path / "z"),
                  "--reward-model", str(tmp_path / "none")]) == 2
     assert "no reward model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, config_class", [("ppo", "PPOConfig"), ("grpo", "GRPOConfig")])
+def test_align_flags_are_generated_from_the_config_fields(method, config_class):
+    """Every ``flags.option`` field of PPOConfig / GRPOConfig is a flag with the field's default,
+    and its check refuses a bad value with a one-line message."""
+    import dataclasses
+    from tinyllm.cli import build_parser
+    from tinyllm.rl.grpo import GRPOConfig
+    from tinyllm.rl.ppo import PPOConfig
+    config = {"PPOConfig": PPOConfig, "GRPOConfig": GRPOConfig}[config_class]
+    parser = build_parser()
+    args = parser.parse_args(["align", method])
+    options = [f for f in dataclasses.fields(config) if "help" in f.metadata]
+    assert len(options) >= 8
+    for f in options:
+        if f.name != "max_new_tokens" or method == "ppo":   # GRPO's depends on the task
+            assert getattr(args, f.name) == f.default, f.name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["align", method, "--steps", "0"])
+    flag = "--gamma" if method == "ppo" else "--group-size"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["align", method, flag, "1.5" if method == "ppo" else "1"])

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from .. import distributed
-from .common import (group_size, non_negative_float, non_negative_int, positive_float, positive_int,
-                     split_fractions, stop_if_interrupted, unit_interval)
+from .common import (add_config_flags, non_negative_float, non_negative_int, positive_float,
+                     positive_int, split_fractions, stop_if_interrupted)
 from .train import add_zero_flag
 
 DEFAULT_BASES = ("runs/instruct", "runs/demo")
@@ -51,51 +51,26 @@ def add_commands(sub) -> None:
 
     from ..rl.grpo import GRPOConfig
     from ..rl.ppo import PPOConfig
-    c = PPOConfig()
     o = methods.add_parser("ppo", help="RLHF with PPO against a reward model",
                            description="PPO: sample completions, score them with --reward-model, subtract β·KL to the "
                                        "starting policy per token, GAE advantages with a value head, clipped policy and "
                                        "value losses over several minibatch epochs per rollout.")
-    _common(o, out="runs/ppo", lr=c.lr)
+    _common(o, out="runs/ppo", lr=PPOConfig.lr)
     o.add_argument("--reward-model", default="runs/reward", help="reward-model run (from `tinyllm align reward`)")
     o.add_argument("--data", default=None, help="prompts: a preference or Alpaca file (JSON/JSONL); default: the "
                                                 "built-in instruction tasks")
     o.add_argument("--train-size", type=positive_int, default=400, help="built-in prompts to sample from")
     o.add_argument("--test-size", type=non_negative_int, default=60, help="held-out prompts scored (greedy) at each evaluation")
-    o.add_argument("--steps", type=positive_int, default=c.steps, help="rollout batches")
-    o.add_argument("--rollout-batch", type=positive_int, default=c.rollout_batch, help="prompts (one completion each) per rollout")
-    o.add_argument("--minibatch-size", type=positive_int, default=c.minibatch_size, help="completions per gradient step")
-    o.add_argument("--ppo-epochs", type=positive_int, default=c.ppo_epochs, help="passes over each rollout batch")
-    o.add_argument("--clip", type=positive_float, default=c.clip, help="ε: the ratio π/π_old is clipped to [1−ε, 1+ε]")
-    o.add_argument("--value-clip", type=non_negative_float, default=c.value_clip, help="ε of the clipped value loss (0 = unclipped)")
-    o.add_argument("--vf-coef", type=non_negative_float, default=c.vf_coef, help="weight of the value loss")
-    o.add_argument("--value-lr", type=positive_float, default=c.value_lr,
-                   help="the value head's own learning rate (it starts from scratch, so faster than the policy's)")
-    o.add_argument("--ent-coef", type=non_negative_float, default=c.ent_coef, help="weight of the entropy bonus")
-    o.add_argument("--kl-coef", type=non_negative_float, default=c.kl_coef, help="β of the per-token KL penalty (initial value if adaptive)")
-    o.add_argument("--target-kl", type=non_negative_float, default=c.target_kl, help="adapt β towards this KL per completion, in nats "
-                                                                      "(0 = keep β fixed)")
-    o.add_argument("--kl-horizon", type=positive_int, default=c.kl_horizon, help="adaptive β: completions over which it may change "
-                                                                       "by ±20%% (Ziegler et al. use 10,000 for long runs)")
-    o.add_argument("--gamma", type=unit_interval, default=c.gamma, help="discount γ of GAE")
-    o.add_argument("--lam", type=unit_interval, default=c.lam, help="λ of GAE")
-    o.add_argument("--max-new-tokens", type=positive_int, default=c.max_new_tokens, help="longest completion")
-    o.add_argument("--missing-end-penalty", type=non_negative_float, default=c.missing_end_penalty,
-                   help="subtracted from the score of a completion that never wrote the end token")
-    o.add_argument("--value-trains-trunk", action="store_true",
-                   help="let the value loss's gradient flow into the shared transformer (default: value head only)")
-    o.add_argument("--temperature", type=non_negative_float, default=c.temperature, help="sampling temperature of the rollouts")
-    o.add_argument("--eval-interval", type=positive_int, default=c.eval_interval, help="steps between held-out evaluations")
+    add_config_flags(o, PPOConfig)
     _lora_flags(o)
     o.set_defaults(func=run_ppo)
 
-    g = GRPOConfig()
     q = methods.add_parser("grpo", help="GRPO on verifiable problems (counting words, arithmetic, ...)",
                            description="GRPO: for each prompt a group of completions, rewards from checking the answer "
                                        "(correctness) and its form (format), advantages relative to the group, a "
                                        "clipped ratio loss with a k3 KL penalty to the starting policy. Reports the "
                                        "held-out greedy accuracy before and after.")
-    _common(q, out="runs/grpo", lr=g.lr)
+    _common(q, out="runs/grpo", lr=GRPOConfig.lr)
     q.add_argument("--task", default="count", help="built-in problems: count (how many words), arithmetic, add, "
                                                    "subtract, words, field or all; or gsm8k (grade-school math "
                                                    "with worked steps: --data a GSM8K JSONL, else the official "
@@ -105,20 +80,10 @@ def add_commands(sub) -> None:
     q.add_argument("--split", default="0.85,0.05,0.1", type=split_fractions, help="train,val,test fractions of --data, in file order")
     q.add_argument("--train-size", type=positive_int, default=300, help="built-in training problems")
     q.add_argument("--test-size", type=non_negative_int, default=100, help="built-in held-out problems")
-    q.add_argument("--steps", type=positive_int, default=g.steps, help="rollout batches")
-    q.add_argument("--prompts-per-step", type=positive_int, default=g.prompts_per_step, help="prompts per rollout batch")
-    q.add_argument("--group-size", type=group_size, default=g.group_size, help="G: completions per prompt (≥ 2)")
-    q.add_argument("--updates", type=positive_int, default=g.updates, help="passes over each rollout batch")
-    q.add_argument("--chunk-size", type=positive_int, default=g.chunk_size,
-                   help="completions per forward/backward pass inside a step (bounds memory; the step is the same)")
-    q.add_argument("--minibatch-size", type=positive_int, default=None, help="completions per gradient step (default: the whole batch)")
-    q.add_argument("--clip", type=positive_float, default=g.clip, help="ε of the clipped ratio")
-    q.add_argument("--beta", type=positive_float, default=g.beta, help="weight of the k3 KL penalty")
+    add_config_flags(q, GRPOConfig, skip=("max_new_tokens",))
     q.add_argument("--format-weight", type=non_negative_float, default=0.2, help="weight of the format reward (correctness has 1)")
-    q.add_argument("--max-new-tokens", type=positive_int, default=None, help=f"longest completion (default: {g.max_new_tokens}; "
+    q.add_argument("--max-new-tokens", type=positive_int, default=None, help=f"longest completion (default: {GRPOConfig.max_new_tokens}; "
                                                                               "gsm8k: half the model's context, at most 256)")
-    q.add_argument("--temperature", type=non_negative_float, default=g.temperature, help="sampling temperature of the rollouts")
-    q.add_argument("--eval-interval", type=positive_int, default=g.eval_interval, help="steps between held-out evaluations")
     _lora_flags(q)
     q.set_defaults(func=run_grpo)
 

@@ -10,6 +10,7 @@ with a one-line message before any data is read, any model built or any file wri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shutil
@@ -89,6 +90,24 @@ def group_size(text: str) -> int:
 def fraction(text: str) -> float:
     """A share of the data held out: strictly between 0 and 1."""
     return _number(text, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
+
+
+def add_config_flags(parser, config_class, skip=()) -> None:
+    """A flag for every ``flags.option`` field of the dataclass ``config_class`` (but those named in
+    ``skip``): ``--field-name``, its default, help and check; a bool field is an on/off switch."""
+    for f in dataclasses.fields(config_class):
+        if "help" not in f.metadata or f.name in skip:
+            continue
+        name, text = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
+        if isinstance(f.default, bool):
+            parser.add_argument(name, action="store_true", help=text)
+            continue
+        integer = "int" in str(f.type) and "float" not in str(f.type)
+        check = f.metadata["check"] or ("positive" if integer else "non_negative")
+        parse = {("positive", True): positive_int, ("positive", False): positive_float,
+                 ("non_negative", True): non_negative_int, ("non_negative", False): non_negative_float,
+                 ("unit", False): unit_interval, ("group", True): group_size}[check, integer]
+        parser.add_argument(name, type=parse, default=f.default, help=text)
 
 
 def split_fractions(text: str) -> tuple[float, float, float]:

@@ -32,6 +32,7 @@ import numpy as np
 from .. import backend
 from .. import distributed
 from ..autograd import Tensor, no_grad
+from ..flags import option
 from ..train import update_weights
 from .kl import kl_k3
 from .logprobs import Completions, completion_log_probs, completion_pass, masked_mean, pack_completions
@@ -73,21 +74,23 @@ def grpo_loss(logps: Tensor, old_logps, ref_logps, advantages, mask, clip: float
 
 @dataclasses.dataclass
 class GRPOConfig:
-    steps: int = 40
-    prompts_per_step: int = 16
-    group_size: int = 8             # G completions per prompt
-    updates: int = 1                # passes over each rollout batch (μ; 1 = plain policy gradient, ρ = 1)
-    minibatch_size: int | None = None   # completions per gradient step (None = the whole batch)
-    chunk_size: int | None = 16     # completions per forward/backward pass inside a step: bounds the memory,
-                                    # not the gradient (the chunks' gradients add up; None = all at once)
+    """GRPO's settings; each ``option`` is also a flag of ``tinyllm align grpo`` (``tinyllm.flags``)."""
+    steps: int = option(40, "rollout batches")
+    prompts_per_step: int = option(16, "prompts per rollout batch")
+    group_size: int = option(8, "G: completions per prompt (≥ 2)", "group")
+    updates: int = option(1, "passes over each rollout batch (μ; 1 = plain policy gradient)")
+    minibatch_size: int | None = option(None, "completions per gradient step (default: the whole "
+                                              "batch)")
+    chunk_size: int | None = option(16, "completions per forward/backward pass inside a step "
+                                        "(bounds memory; the chunks' gradients add up to the step's)")
     lr: float = 2e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    clip: float = 0.2
-    beta: float = 0.04              # weight of the k3 KL penalty
+    clip: float = option(0.2, "ε of the clipped ratio", "positive")
+    beta: float = option(0.04, "weight of the k3 KL penalty", "positive")
     max_new_tokens: int = 12
-    temperature: float = 1.0
-    eval_interval: int = 10
+    temperature: float = option(1.0, "sampling temperature of the rollouts")
+    eval_interval: int = option(10, "steps between held-out evaluations")
     log_interval: int = 1
     seed: int = 0
     zero: int = 0                   # 1: AdamW's moments sharded over the processes (tinyllm.zero)

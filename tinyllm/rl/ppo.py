@@ -49,6 +49,7 @@ import numpy as np
 from .. import backend
 from .. import distributed
 from ..autograd import Tensor, maximum, minimum, no_grad
+from ..flags import option
 from ..model import GPT
 from ..nn import Linear
 from ..train import update_weights
@@ -193,28 +194,34 @@ class AdaptiveKLController:
 
 @dataclasses.dataclass
 class PPOConfig:
-    steps: int = 40                 # rollout batches
-    rollout_batch: int = 32         # prompts (one completion each) per rollout
-    minibatch_size: int = 8
-    ppo_epochs: int = 4             # passes over each rollout batch
+    """PPO's settings; each ``option`` is also a flag of ``tinyllm align ppo`` (``tinyllm.flags``)."""
+    steps: int = option(40, "rollout batches")
+    rollout_batch: int = option(32, "prompts (one completion each) per rollout")
+    minibatch_size: int = option(8, "completions per gradient step")
+    ppo_epochs: int = option(4, "passes over each rollout batch")
     lr: float = 3e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    clip: float = 0.2               # ε of the ratio
-    value_clip: float = 0.2         # ε_v of the value loss (0 = unclipped)
-    vf_coef: float = 0.1
-    value_lr: float | None = 1e-3   # the value head's own learning rate (None = lr)
-    value_trains_trunk: bool = False    # let the value loss's gradient into the shared transformer
-    ent_coef: float = 0.0
-    kl_coef: float = 0.3            # β (initial value when adaptive)
-    target_kl: float | None = 1.0   # per-completion KL (nats) to steer β towards (None or 0 = fixed β)
-    kl_horizon: int = 100           # completions over which adaptive β may change by ±20% (Ziegler: 10,000)
-    gamma: float = 1.0
-    lam: float = 0.95
-    max_new_tokens: int = 16
-    missing_end_penalty: float = 1.0    # subtracted from the score of a completion that never wrote the end token
-    temperature: float = 1.0
-    eval_interval: int = 10
+    clip: float = option(0.2, "ε: the ratio π/π_old is clipped to [1−ε, 1+ε]", "positive")
+    value_clip: float = option(0.2, "ε of the clipped value loss (0 = unclipped)")
+    vf_coef: float = option(0.1, "weight of the value loss")
+    value_lr: float | None = option(1e-3, "the value head's own learning rate (it starts from "
+                                          "scratch, so faster than the policy's)", "positive")  # None: lr
+    value_trains_trunk: bool = option(False, "let the value loss's gradient flow into the shared "
+                                             "transformer (default: value head only)")
+    ent_coef: float = option(0.0, "weight of the entropy bonus")
+    kl_coef: float = option(0.3, "β of the per-token KL penalty (initial value if adaptive)")
+    target_kl: float | None = option(1.0, "adapt β towards this KL per completion, in nats "
+                                          "(0 = keep β fixed)")
+    kl_horizon: int = option(100, "adaptive β: completions over which it may change by ±20% "
+                                  "(Ziegler et al. use 10,000 for long runs)")
+    gamma: float = option(1.0, "discount γ of GAE", "unit")
+    lam: float = option(0.95, "λ of GAE", "unit")
+    max_new_tokens: int = option(16, "longest completion")
+    missing_end_penalty: float = option(1.0, "subtracted from the score of a completion that "
+                                             "never wrote the end token")
+    temperature: float = option(1.0, "sampling temperature of the rollouts")
+    eval_interval: int = option(10, "steps between held-out evaluations")
     log_interval: int = 1
     seed: int = 0
     zero: int = 0                   # 1: AdamW's moments sharded over the processes (tinyllm.zero)
