@@ -37,6 +37,7 @@ from . import parallel
 from .autograd import no_grad
 from .checkpoint import (check_resumable, config_differences, load_config, load_train_state, load_weights, save_model,
                          save_train_state)
+from .flags import option
 from .data.tokens import TokenWindows, check_length, random_batch
 from .files import append_jsonl, atomic_write, read_jsonl, written_together
 from .interrupt import StopRequests, TrainingInterrupted
@@ -46,21 +47,24 @@ from .zero import describe as describe_zero, make_adamw
 
 @dataclasses.dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 12
-    grad_accum: int = 1            # micro-batches per optimizer step
-    lr: float = 1e-3               # peak learning rate, reached after warmup
-    min_lr: float = 1e-4           # floor of the cosine decay, reached at the last step
-    warmup: int = 100
-    beta1: float = 0.9
-    beta2: float = 0.99
-    weight_decay: float = 0.1      # on matrices only; biases and norm weights are not decayed
-    grad_clip: float = 1.0         # max global gradient norm (0 = no clipping)
-    eval_interval: int = 250
-    eval_iters: int = 20           # validation batches per evaluation
-    log_interval: int = 10
-    sample_tokens: int = 40        # length of the sample printed at each evaluation (0 = none)
-    seed: int = 1337
+    """Pretraining's settings; each ``option`` is also a flag of ``tinyllm pretrain`` (``tinyllm.flags``)."""
+    steps: int = option(1000, "optimizer steps (the total, also when resuming)")
+    batch_size: int = option(12, "windows of --context tokens per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3, "peak learning rate, reached after warmup", "positive")
+    min_lr: float = option(1e-4, "learning rate at the end of the cosine decay (the last step)")
+    warmup: int = option(100, "linear warmup steps", "non_negative")
+    beta1: float = option(0.9, "AdamW decay rate of the gradient average", "probability")
+    beta2: float = option(0.99, "AdamW decay rate of the squared-gradient average", "probability")
+    weight_decay: float = option(0.1, "AdamW weight decay, on matrices only (biases and norm "
+                                      "weights are not decayed)")
+    grad_clip: float = option(1.0, "max global gradient norm (0 = off)")
+    eval_interval: int = option(250, "evaluate, sample and save every this many steps")
+    eval_iters: int = option(20, "validation batches per evaluation")
+    log_interval: int = option(10, "steps between progress lines when not on a terminal")
+    sample_tokens: int = option(40, "tokens sampled at each evaluation (0 = none)", "non_negative")
+    seed: int = option(1337, "seed of the initial weights, the data order and dropout",
+                       "non_negative")
     zero: int = 0                  # 1: AdamW's moments sharded over the processes (tinyllm.zero)
 
 

@@ -106,7 +106,8 @@ def add_config_flags(parser, config_class, skip=()) -> None:
         check = f.metadata["check"] or ("positive" if integer else "non_negative")
         parse = {("positive", True): positive_int, ("positive", False): positive_float,
                  ("non_negative", True): non_negative_int, ("non_negative", False): non_negative_float,
-                 ("unit", False): unit_interval, ("group", True): group_size}[check, integer]
+                 ("probability", False): probability, ("unit", False): unit_interval,
+                 ("group", True): group_size}[check, integer]
         parser.add_argument(name, type=parse, default=f.default, help=text)
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .. import backend, distributed
-from .common import (fraction, non_negative_float, non_negative_int, positive_float, positive_int, probability,
+from .common import (add_config_flags, fraction, non_negative_int, positive_int, probability,
                      tokenizer_choice)
 
 DEMO_MINUTES = "about 5"   # on 2 CPU cores: 4.9–5.2 min in 4 runs (README, Examples)
@@ -104,23 +104,8 @@ def add_model_flags(p, preset: bool = True) -> None:
 
 def add_training_flags(p) -> None:
     from ..train import TrainConfig
-    d = TrainConfig()
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps (the total, also when resuming)")
-    g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="windows of --context tokens per micro-batch")
-    g.add_argument("--grad-accum", type=positive_int, default=d.grad_accum, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate")
-    g.add_argument("--min-lr", type=non_negative_float, default=d.min_lr, help="learning rate at the end of the cosine decay")
-    g.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear warmup steps")
-    g.add_argument("--beta1", type=probability, default=d.beta1, help="AdamW decay rate of the gradient average")
-    g.add_argument("--beta2", type=probability, default=d.beta2, help="AdamW decay rate of the squared-gradient average")
-    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="AdamW weight decay, on matrices only")
-    g.add_argument("--grad-clip", type=non_negative_float, default=d.grad_clip, help="max gradient norm (0 = off)")
-    g.add_argument("--eval-interval", type=positive_int, default=d.eval_interval, help="evaluate, sample and save every this many steps")
-    g.add_argument("--eval-iters", type=positive_int, default=d.eval_iters, help="validation batches per evaluation")
-    g.add_argument("--log-interval", type=positive_int, default=d.log_interval, help="steps between progress lines when not on a terminal")
-    g.add_argument("--sample-tokens", type=non_negative_int, default=d.sample_tokens, help="tokens sampled at each evaluation")
-    g.add_argument("--seed", type=non_negative_int, default=d.seed, help="seed of the initial weights, the data order and dropout")
+    add_config_flags(g, TrainConfig)
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type of weights and math")
     add_zero_flag(g)
 
