@@ -3,12 +3,13 @@ model was trained on, e.g. ChatML (SmolLM2, Qwen2):
 
     <|im_start|>user\\nHello!<|im_end|>\\n<|im_start|>assistant\\n        ← add_generation_prompt: the reply follows
 
-A Hugging Face model ships its template as a Jinja program in ``tokenizer_config.json`` (``"chat_template"``).
-With the optional ``jinja2`` package (extra ``[hf]``) it is rendered the way ``transformers``'
-``apply_chat_template`` does: a sandboxed, immutable environment with ``trim_blocks`` and ``lstrip_blocks``,
-the variables ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token`` and a
-``raise_exception(message)`` function. Without ``jinja2``, two built-in templates cover most small
-models — ChatML and Llama 3's header format —, picked by the special tokens the tokenizer has.
+A Hugging Face model ships its template as a Jinja program in ``tokenizer_config.json``
+(``"chat_template"``). With the optional ``jinja2`` package (extra ``[hf]``) it is rendered the way
+``transformers``' ``apply_chat_template`` does: a sandboxed, immutable environment with
+``trim_blocks`` and ``lstrip_blocks``, the variables ``messages``, ``add_generation_prompt``,
+``bos_token``, ``eos_token`` and a ``raise_exception(message)`` function. Without ``jinja2``, two
+built-in templates cover most small models — ChatML and Llama 3's header format —, picked by the
+special tokens the tokenizer has.
 """
 
 from __future__ import annotations

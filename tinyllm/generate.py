@@ -29,9 +29,10 @@ The ``Decoder`` below does the feeding, the same way with or without a KV cache:
   from a full window). A prompt longer than ``block_size`` is cut to its last ``block_size`` tokens
   when sliding, and is an error when stopping.
 
-Determinism: with ``seed=s``, row b of a batch draws its random numbers from ``numpy.random.default_rng(s + b)``,
-so it gets exactly the tokens that ``generate(model, prompt_b, ..., seed=s + b)`` gives (up to float
-rounding in the logits). Greedy decoding (``temperature=0``) needs no seed.
+Determinism: with ``seed=s``, row b of a batch draws its random numbers from
+``numpy.random.default_rng(s + b)``, so it gets exactly the tokens that
+``generate(model, prompt_b, ..., seed=s + b)`` gives (up to float rounding in the logits). Greedy
+decoding (``temperature=0``) needs no seed.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class Decoder:
         return backend.asarray(np.arange(width) >= self.pad[:, None])[:, None, None, :]
 
 
-# ---------------------------------------------------------------------------------------------- sampling
+# ----------------------------------------------------------------------------------------- sampling
 
 def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
              repetition_penalty=1.0,
@@ -259,7 +260,7 @@ def _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, rep
             logits = decoder.feed([tokens[i] for i in still_going])
 
 
-# ------------------------------------------------------------------------------------------- beam search
+# -------------------------------------------------------------------------------------- beam search
 
 @dataclass
 class _Beam:
@@ -313,7 +314,8 @@ def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.
             # only these can make the beam
             best = np.argsort(-scores.ravel(), kind="stable")[:beam_width]
             vocab = scores.shape[1]
-            proposals = [(beam.score(length_penalty), 0, i, beam, None) for i, beam in enumerate(beams) if beam.finished]
+            proposals = [(beam.score(length_penalty), 0, i, beam, None)
+                         for i, beam in enumerate(beams) if beam.finished]
             proposals += [
                 (float(scores.flat[f]), 1, int(f), None, divmod(int(f), vocab)) for f in best
             ]
@@ -340,10 +342,11 @@ def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.
 
     # stable: ties keep beam order
     beams.sort(key=lambda beam: -beam.score(length_penalty))
-    return [(beam.tokens[:-1] if beam.finished else beam.tokens, beam.score(length_penalty)) for beam in beams]
+    return [(beam.tokens[:-1] if beam.finished else beam.tokens, beam.score(length_penalty))
+            for beam in beams]
 
 
-# ----------------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------------ helpers
 
 def _as_prompts(prompt_ids, vocab_size):
     """(list of prompts, each a list of ints; True if a single prompt was given), checked."""
@@ -360,7 +363,8 @@ def _as_prompts(prompt_ids, vocab_size):
         raise ValueError("the prompt is empty: give at least one token id (e.g. an end-of-text id "
                          "to start from nothing)")
     single = all(isinstance(t, numbers.Integral) for t in prompt_ids)
-    prompts = [prompt_ids] if single else [list(p) if not isinstance(p, numbers.Integral) else None for p in prompt_ids]
+    prompts = [prompt_ids] if single else [list(p) if not isinstance(p, numbers.Integral) else None
+                                           for p in prompt_ids]
     for row, prompt in enumerate(prompts):
         which = "the prompt" if single else f"prompt {row}"
         if prompt is None or not all(isinstance(t, numbers.Integral) for t in prompt):
