@@ -225,15 +225,12 @@ class Tensor:
     def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
     def max(self, axis=None, keepdims=False): return max(self, axis, keepdims)
     def reshape(self, *shape): return reshape(self,
-                                              shape[0] if len(shape) == 1 and isinstance(shape[0],
-                                                                                         (tuple,
-                                                                                          list))
-                                              else shape)
+                                              shape[0] if len(shape) == 1
+                                              and isinstance(shape[0], (tuple, list)) else shape)
     def transpose(self, *axes): return transpose(self,
-                                                 axes[0] if len(axes) == 1 and isinstance(axes[0],
-                                                                                          (tuple,
-                                                                                           list))
-                                                 else (axes or None))
+                                                 axes[0] if len(axes) == 1
+                                                 and isinstance(axes[0],
+                                                                (tuple, list)) else (axes or None))
     permute = transpose
     T = property(lambda self: transpose(self))
     def exp(self): return exp(self)

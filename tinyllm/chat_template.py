@@ -35,7 +35,8 @@ class ChatTemplate:
                  eos_token: str = ""):
         if kind not in ("jinja", "chatml", "llama3"):
             raise ValueError(f"unknown chat template kind {kind!r}")
-        self.source, self.kind, self.bos_token, self.eos_token = source, kind, bos_token or "", eos_token or ""
+        self.source, self.kind = source, kind
+        self.bos_token, self.eos_token = bos_token or "", eos_token or ""
         stops = {"chatml": CHATML_STOPS,
                  "llama3": LLAMA3_STOPS}.get(kind, CHATML_STOPS + LLAMA3_STOPS)
         self.stop_tokens = tuple(
@@ -108,7 +109,8 @@ def load_chat_template(directory, tokenizer=None) -> ChatTemplate | None:
     # [{"name": "default", "template": ...}, {"name": "tool_use"}]
     if isinstance(source, list):
         source = next((t.get("template") for t in source if t.get("name") == "default"), None)
-    bos, eos = _token_text(config.get("bos_token")) or "", _token_text(config.get("eos_token")) or ""
+    bos = _token_text(config.get("bos_token")) or ""
+    eos = _token_text(config.get("eos_token")) or ""
     special = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}
     kind = builtin_kind(special)
     if source and (jinja_available() or kind is None):

@@ -26,7 +26,8 @@ from .files import atomic_write_json, read_json
 from .model import GPT, GPTConfig
 from .safetensors import load_file, load_metadata, read_header, save_file
 
-CONFIG, WEIGHTS, TOKENIZER, TRAIN_STATE = "config.json", "model.safetensors", "tokenizer.json", "train_state.safetensors"
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+TOKENIZER, TRAIN_STATE = "tokenizer.json", "train_state.safetensors"
 
 
 # config.json keys that say how layers are stored, beyond the model's GPTConfig (see

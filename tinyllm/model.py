@@ -349,8 +349,8 @@ class GPT(Module):
                 x = checkpoint(lambda h, block=block,
                                prefix=prefix: block(h, mask, None, rope, prefix)[0],
                                x, block.parameters() + [t
-                                                        for t in prefix or () if isinstance(t,
-                                                                                            Parameter)])
+                                                        for t in prefix or ()
+                                                        if isinstance(t, Parameter)])
             else:
                 x, routing = block(x, mask, layer_cache, rope, prefix)
                 routings += [routing] if routing is not None else []

@@ -359,17 +359,19 @@ def plot_run(run_dir, out=None) -> str:
     """
     run_dir = os.fspath(run_dir)
     log_path = os.path.join(run_dir, "log.jsonl")
-    records = [r for r in read_jsonl(log_path, what="training log") if isinstance(r,
-                                                                                  dict)
-               and _is_number(r.get("step"))]
+    records = [r
+               for r in read_jsonl(log_path,
+                                   what="training "
+                                        "log") if isinstance(r, dict) and _is_number(r.get("step"))]
 
     def points(kind, key):
         return sorted(
             (r["step"], r[key]) for r in records if r.get("kind") == kind and _is_number(r.get(key))
         )
 
-    train, val, train_at_eval = points("train", "loss"), points("eval", "val_loss"), points("eval",
-                                                                                            "train_loss")
+    train, val, train_at_eval = points("train",
+                                       "loss"), points("eval", "val_loss"), points("eval",
+                                                                                   "train_loss")
     series, styles = {}, {}
     if train:
         steps, losses = zip(*train)

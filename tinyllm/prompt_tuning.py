@@ -195,8 +195,8 @@ def _check_settings(model, n_virtual, kind) -> None:
         raise ValueError(f"prompt tuning: kind must be one of {', '.join(map(repr, KINDS))}, got "
                          f"{kind!r}")
     block = model.config.block_size
-    if isinstance(n_virtual, bool) or not isinstance(n_virtual,
-                                                     numbers.Integral) or not 1 <= n_virtual < block:
+    if (isinstance(n_virtual, bool) or not isinstance(n_virtual, numbers.Integral)
+            or not 1 <= n_virtual < block):
         raise ValueError(f"{kind} tuning needs a number of virtual tokens in 1 … {block - 1} "
                          f"(below the model's block_size {block}), got {n_virtual!r}")
     if getattr(model, "prompt_adapter", None) is not None or getattr(model, "lora_config",

@@ -184,8 +184,8 @@ def dequantize_model(model):
     the model."""
     for name, module in list(model.named_modules()):
         if isinstance(module, (Int8Linear, Int8Embedding)):
-            plain = Linear.__new__(Linear) if isinstance(module,
-                                                         Int8Linear) else Embedding.__new__(Embedding)
+            plain_class = Linear if isinstance(module, Int8Linear) else Embedding
+            plain = plain_class.__new__(plain_class)
             plain.weight = Parameter(module.weight.dequantize(), dtype=module.weight.dtype)
             if isinstance(module, Int8Linear):
                 plain.bias = module.bias

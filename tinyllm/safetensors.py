@@ -289,7 +289,8 @@ def _check_layout(path: str, infos: list[TensorInfo], data_length: int) -> list[
                 f"{info.name!r} [{info.begin}, {info.end}) overlap"
             )
         if info.begin > position:
-            after = f"after tensor {previous.name!r}" if previous else "at the start of the data section"
+            after = (f"after tensor {previous.name!r}" if previous
+                     else "at the start of the data section")
             raise ValueError(f"{path}: {info.begin - position} unused bytes {after} (before tensor "
                              f"{info.name!r})")
         position, previous = info.end, info

@@ -152,8 +152,8 @@ def run_prepare(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"'{out}' is not empty; choose another --out or remove it")
-    weights = [1.0] * len(args.inputs) if args.weights is None else [float(w)
-                                                                     for w in args.weights.split(",")]
+    weights = ([1.0] * len(args.inputs) if args.weights is None
+               else [float(w) for w in args.weights.split(",")])
     if len(weights) != len(args.inputs) or any(w < 0 for w in weights):
         raise ValueError(f"--weights needs one non-negative number per input ({len(args.inputs)}), "
                          f"got {args.weights!r}")

@@ -68,8 +68,8 @@ def run_distill(args) -> int:
     print(f"teacher: {args.teacher} ({n_teacher:,} parameters); student: {n_student:,} parameters "
           f"({n_student / n_teacher:.2f}× the teacher), context {student.config.block_size}; "
           f"data: {len(train_ids):,} train / {len(val_ids):,} val tokens")
-    print(f"loss: {args.temperature:g}²·KL({'teacher ‖ student' if args.kl == 'forward' else 'student ‖ teacher'}) "
-          f"+ {args.alpha:g}·cross-entropy")
+    divergence = "teacher ‖ student" if args.kl == "forward" else "student ‖ teacher"
+    print(f"loss: {args.temperature:g}²·KL({divergence}) + {args.alpha:g}·cross-entropy")
     summary = distill(teacher, student, train_ids, val_ids, train_config, args.temperature,
                       args.alpha, args.kl,
                       run_dir=out, tokenizer=tokenizer or teacher_tokenizer, resume=args.resume,

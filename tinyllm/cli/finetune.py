@@ -31,8 +31,8 @@ def add_commands(sub) -> None:
     c = tasks.add_parser("classify", help="a classification head on the last token's hidden state "
                                           "([CLS] for an encoder)",
                          description="Train a classifier from a pretrained run on labelled texts "
-                                     "(label<TAB>text, CSV or JSONL). Writes a run directory whose config.json has "
-                                     '"task": "classify" and the label names.')
+                                     "(label<TAB>text, CSV or JSONL). Writes a run directory whose "
+                                     'config.json has "task": "classify" and the label names.')
     _base_flags(c, out="runs/classify", epochs=5, batch_size=8, lr=5e-4, lora_lr=2e-3,
                 prompt_lr=3e-2)
     g = c.add_argument_group("data")
@@ -52,9 +52,10 @@ def add_commands(sub) -> None:
 
     i = tasks.add_parser("instruct", help="instruction following in the Alpaca prompt template",
                          description="Instruction-tune a pretrained run on Alpaca records "
-                                     '{"instruction", "input", "output"} (JSON list or JSONL); the loss covers only the '
-                                     'responses. Writes a run directory whose config.json has "task": "instruct" and '
-                                     'the Alpaca "template" that `tinyllm chat` uses; with --template chat, '
+                                     '{"instruction", "input", "output"} (JSON list or JSONL); the '
+                                     'loss covers only the responses. Writes a run directory whose '
+                                     'config.json has "task": "instruct" and the Alpaca "template" '
+                                     'that `tinyllm chat` uses; with --template chat, '
                                      "the base model's own chat template instead (an imported model's).")
     _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=1e-3, lora_lr=2e-3,
                 prompt_lr=3e-2)
@@ -189,7 +190,8 @@ def _finetune_config(args):
     from ..finetune.loop import FinetuneConfig
     prompt = _prompt_tuning(args)
     if args.lr is None:
-        args.lr = args.default_lora_lr if args.lora_rank else args.default_prompt_lr if prompt else args.default_lr
+        args.lr = (args.default_lora_lr if args.lora_rank
+                   else args.default_prompt_lr if prompt else args.default_lr)
     if args.weight_decay is None:
         args.weight_decay = 0.0 if prompt else FinetuneConfig.weight_decay
     return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -439,7 +441,8 @@ def run_instruct(args) -> int:
     if args.template == "chat":
         base = Path(args.ckpt) if Path(args.ckpt).is_dir() else Path(args.ckpt).parent
         if (base / "tokenizer_config.json").exists():
-            (out / "tokenizer_config.json").write_bytes((base / "tokenizer_config.json").read_bytes())
+            hf_config = (base / "tokenizer_config.json").read_bytes()
+            (out / "tokenizer_config.json").write_bytes(hf_config)
     stop_if_interrupted(summary, out)
     after = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens,
                                   template) if scored else None

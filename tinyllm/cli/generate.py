@@ -6,17 +6,17 @@ holding it back while it ends in an incomplete character (decoded as U+FFFD "�
 
 Chat uses the run's instruction template when its ``config.json`` has a ``"template"`` key: either a
 format string with an ``{instruction}`` field (the model's reply follows it), or an object
-``{"prompt": "...{instruction}...", "separator": "\\n\\n", "stop": "..."}``, which is what ``tinyllm
-finetune
-instruct`` writes (``tinyllm.data.instructions.chat_template``). Replies also end at the run's ``"end_token"``. A run whose config.json lists ``"tools": ["calculator"]`` (``examples/13_tools.py``) is offered the calculator
-with each message; when it writes a call, chat runs it (``tinyllm.serve.tools``, an arithmetic
-parser, never ``eval``), prints the result and lets the model finish its answer.
+``{"prompt": "...{instruction}...", "separator": "\\n\\n", "stop": "..."}``, which is what
+``tinyllm finetune instruct`` writes (``tinyllm.data.instructions.chat_template``). Replies also end
+at the run's ``"end_token"``.
+A run whose config.json lists ``"tools": ["calculator"]`` (``examples/13_tools.py``) is offered the
+calculator with each message; when it writes a call, chat runs it (``tinyllm.serve.tools``, an
+arithmetic parser, never ``eval``), prints the result and lets the model finish its answer.
 A run imported from Hugging Face chats with the model's own template instead
 (``tinyllm.chat_template``: ``tokenizer_config.json``'s ``chat_template`` rendered with jinja2, or
 built-in ChatML / Llama 3), and ``generate --chat`` wraps the prompt as one user message in it.
-Without a template, chat is plain
-continuation: your line is appended to the conversation and the model continues it up to the end of
-a line.
+Without a template, chat is plain continuation: your line is appended to the conversation and the
+model continues it up to the end of a line.
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ def run_generate(args) -> int:
     new_filter = output_filter(args)
     model, tokenizer, config = _load(args.ckpt, args.dtype)
     stop_ids = _stop_ids(tokenizer, config)
-    start = [tokenizer.special_tokens[END_OF_TEXT]] if END_OF_TEXT in tokenizer.special_tokens else []
+    special = tokenizer.special_tokens
+    start = [special[END_OF_TEXT]] if END_OF_TEXT in special else []
     if args.chat:
         template = _chat_template(args.ckpt, tokenizer, required=True)
         stop_ids = sorted(set(stop_ids) | set(_template_stop_ids(tokenizer, template)))

@@ -150,7 +150,8 @@ def _import_gpt2(args) -> int:
     files = find_tokenizer_files(args.dir)
     # written by export-hf: the exact tokenizer
     own = Path(args.dir) / TINYLLM_TOKENIZER
-    tokenizer = load_tokenizer(own) if own.exists() else load_gpt2_tokenizer(*files) if files else None
+    tokenizer = (load_tokenizer(own) if own.exists()
+                 else load_gpt2_tokenizer(*files) if files else None)
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer in '{args.dir}' has {tokenizer.vocab_size} tokens but the "
                          f"model only {model.config.vocab_size} embedding rows")
@@ -231,7 +232,8 @@ def _export_gpt2(args, model, tokenizer) -> int:
     from ..interop.hf_gpt2 import TINYLLM_TOKENIZER
     from ..tokenizer import BPETokenizer
 
-    if model.config.head_dim is not None and model.config.head_dim * model.config.n_head != model.config.n_embd:
+    config = model.config
+    if config.head_dim is not None and config.head_dim * config.n_head != config.n_embd:
         raise ValueError(f"GPT-2's config cannot describe {model.config.n_head} heads of width "
                          f"{model.config.head_dim} in {model.config.n_embd} dimensions (heads were "
                          "pruned): export the run before pruning")

@@ -181,7 +181,8 @@ def _prose_lines() -> tuple[str, ...]:
         text = "\n\n".join(topics[name] for name in sorted(topics))
     lines = []
     for line in text.splitlines():
-        if len(line) >= 40 and not line[0].isspace() and line[0].isalpha() and not set(line) & set("*=+|"):
+        if (len(line) >= 40 and not line[0].isspace() and line[0].isalpha()
+                and not set(line) & set("*=+|")):
             letters = sum(c.isalpha() or c == " " for c in line)
             if letters >= 0.85 * len(line):
                 lines.append(line.strip())

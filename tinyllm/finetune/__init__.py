@@ -3,9 +3,9 @@ the shared training loop (``loop``), and loading any finetuned run (``load_finet
 
 A finetuned run directory is a pretraining run directory plus keys in ``config.json``:
 ``"task": "classify"`` with ``"labels"``, or ``"task": "instruct"`` with ``"template"`` — the Alpaca
-template as
-``{"name": "alpaca", "prompt": "...### Instruction:\n{instruction}\n\n### Response:\n", "separator": "\n\n"}``, the form ``tinyllm chat`` reads. Both also record their data settings, so ``tinyllm evaluate`` can rebuild
-the held-out split. A LoRA run also holds ``adapter.safetensors`` and
+template as ``{"name": "alpaca", "prompt": "...### Instruction:\n{instruction}\n\n### Response:\n",
+"separator": "\n\n"}``, the form ``tinyllm chat`` reads. Both also record their data settings, so
+``tinyllm evaluate`` can rebuild the held-out split. A LoRA run also holds ``adapter.safetensors`` and
 ``adapter_config.json`` — the adapter alone, loadable on top of its base run.
 """
 
@@ -22,9 +22,8 @@ from .loop import FinetuneConfig, fit, freeze_except_last, optimizer_bytes
 __all__ = [
     "GPTClassifier", "last_token_states", "train_classifier", "predict", "classification_report",
     "save_classifier", "load_classifier", "train_instructions", "response_perplexity",
-    "generate_responses",
-    "evaluate_instructions", "FinetuneConfig", "fit", "freeze_except_last", "optimizer_bytes",
-    "load_finetuned",
+    "generate_responses", "evaluate_instructions", "FinetuneConfig", "fit", "freeze_except_last",
+    "optimizer_bytes", "load_finetuned",
 ]
 
 

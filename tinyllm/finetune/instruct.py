@@ -105,9 +105,8 @@ def generate_responses(model, tokenizer, records, max_new_tokens: int = 64,
     ``max_new_tokens``)."""
     end = end_token(tokenizer, template).id
     prompts = [encode_prompt(tokenizer, record, template) for record in records]
-    return [tokenizer.decode(ids).strip() for ids in greedy_completions(model, prompts,
-                                                                        max_new_tokens, (end,),
-                                                                        batch_size)]
+    return [tokenizer.decode(ids).strip()
+            for ids in greedy_completions(model, prompts, max_new_tokens, (end,), batch_size)]
 
 
 def greedy_completions(model, prompts, max_new_tokens: int, stop_ids,
@@ -150,9 +149,8 @@ def evaluate_instructions(model, tokenizer, records, max_new_tokens: int = 64,
               "rouge_l": mean_rouge_l(responses, references).f1,
               "bleu": bleu_report(responses, references, smoothing="add1")["bleu"]}
     if perplexity:
-        result.update({f"response_{k}": v for k, v in response_perplexity(model, tokenizer, records,
-                                                                          template,
-                                                                          batch_size).items()})
+        scores = response_perplexity(model, tokenizer, records, template, batch_size)
+        result.update({f"response_{k}": v for k, v in scores.items()})
     by_task = defaultdict(list)
     for record, response in zip(records, responses):
         if "task" in record:

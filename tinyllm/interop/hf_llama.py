@@ -159,7 +159,9 @@ def architecture_for(config: GPTConfig, wanted: str | None = None) -> str:
         return "MixtralForCausalLM"
     if config.qkv_bias:
         return "Qwen2ForCausalLM"
-    return "MistralForCausalLM" if wanted == "MistralForCausalLM" and not config.rope_scaling else "LlamaForCausalLM"
+    if wanted == "MistralForCausalLM" and not config.rope_scaling:
+        return "MistralForCausalLM"
+    return "LlamaForCausalLM"
 
 
 def hf_config_from(config: GPTConfig, bos_token_id=None, eos_token_id=None,

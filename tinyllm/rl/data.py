@@ -113,8 +113,8 @@ def _wrong_answer(record: dict, kind: str, rng: random.Random) -> str:
             rng.shuffle(words)
         return WORD_SEPARATOR.join(words)
     if kind == "field":
-        others = [part.split(": ", 1)[1] for part in record["input"].split("; ") if part.split(": ",
-                                                                                               1)[1] != out]
+        others = [part.split(": ", 1)[1]
+                  for part in record["input"].split("; ") if part.split(": ", 1)[1] != out]
         return rng.choice(others) if others else rng.choice(WORDS)
     raise ValueError(f"unknown task kind {kind!r}")
 

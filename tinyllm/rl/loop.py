@@ -169,6 +169,6 @@ def eval_recorder(policy, eval_fn, log, bar):
         log(record)
         if bar:
             bar.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                     if k not in ("kind", "step") and isinstance(v,
-                                                                                                 float)))
+                                                     if k not in ("kind", "step")
+                                                     and isinstance(v, float)))
     return run_eval, evals

@@ -131,7 +131,6 @@ def task_accuracy(model, tokenizer, records, max_new_tokens: int = 12,
         for kind in kinds:
             result[f"accuracy_{kind}"] = float(np.mean([c
                                                         for c,
-                                                        r in zip(correct,
-                                                                 records)
+                                                        r in zip(correct, records)
                                                         if r.get("task") == kind]))
     return result

@@ -104,7 +104,8 @@ def format_dialogue(report: dict) -> str:
              f"{report['dropped_turns']} dropped by the end"]
     lines += [f"  {failure}" for failure in report["failures"][:10]]
     for fact in report["facts"]:
-        where = "still in the context" if fact["in_context"] else f"dropped at turn {fact['dropped_at_turn']}"
+        where = ("still in the context" if fact["in_context"]
+                 else f"dropped at turn {fact['dropped_at_turn']}")
         lines.append(f"  {fact['fact']!r} ({where}) — asked {fact['question']!r} → "
                      f"{fact['reply'][:80]!r} "
                      f"({'answered' if fact['answered'] else 'not answered'})")

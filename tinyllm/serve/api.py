@@ -38,7 +38,8 @@ class APIError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param=None,
                  code=None):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.status, self.message = status, message
+        self.type, self.param, self.code = type, param, code
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
@@ -53,9 +54,8 @@ def get(body: dict, name: str, kind: str, default=MISSING, check=None, hint: str
         if default is MISSING:
             raise APIError(400, f"'{name}' is required", param=name, code="missing_field")
         return default
-    wrong_type = not isinstance(value, TYPES[kind]) or (kind in ("integer",
-                                                                 "number") and isinstance(value,
-                                                                                          bool))
+    wrong_type = (not isinstance(value, TYPES[kind])
+                  or (kind in ("integer", "number") and isinstance(value, bool)))
     if wrong_type:
         raise APIError(400, f"'{name}' must be a{'n' if kind[0] in 'aeiou' else ''} {kind}, got "
                             f"{value!r}"[:300],
@@ -224,8 +224,8 @@ def parse_tools(body: dict):
     tools = get(body, "tools", "array", [])
     names = []
     for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool,
-                                                      dict) and tool.get("type") == "function" else None
+        is_function = isinstance(tool, dict) and tool.get("type") == "function"
+        function = tool.get("function") if is_function else None
         if not isinstance(function, dict) or not isinstance(function.get("name"),
                                                             str) or not function["name"]:
             raise APIError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": "

@@ -79,7 +79,8 @@ class ChatTemplate:
 
     def __init__(self, template=None):
         if template is None:
-            self.name, self.prompt, self.separator, self.stop_text = "plain", "{instruction}\n", "\n", "\n"
+            self.name, self.prompt = "plain", "{instruction}\n"
+            self.separator, self.stop_text = "\n", "\n"
         elif isinstance(template, str):
             self.name, self.prompt, self.separator, self.stop_text = "custom", template, "\n\n", None
         elif isinstance(template, dict) and isinstance(template.get("prompt"), str):

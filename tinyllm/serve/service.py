@@ -116,7 +116,8 @@ class Service:
         check_fields(body, CHAT_FIELDS)
         check_model(body, self.model_id)
         messages = parse_messages(body)
-        field_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        field_name = ("max_completion_tokens" if body.get("max_completion_tokens") is not None
+                      else "max_tokens")
         sampling = parse_sampling(body, self.limits, field_name)
         tool_names, forced = parse_tools(body)
         prefix = forced_call_prefix(forced)

@@ -40,8 +40,8 @@ __all__ = [
 _CLASSES = {cls.format_name: cls for cls in (BPETokenizer, CharTokenizer, WordPieceTokenizer)}
 
 
-def load_tokenizer(path: str
-                   | os.PathLike) -> BPETokenizer | CharTokenizer | HFBPETokenizer | WordPieceTokenizer:
+def load_tokenizer(path: str | os.PathLike
+                   ) -> BPETokenizer | CharTokenizer | HFBPETokenizer | WordPieceTokenizer:
     """Load a tokenizer file saved by ``BPETokenizer.save``, ``CharTokenizer.save`` or
     ``WordPieceTokenizer.save`` (or the ``tokenizer.json`` of a run directory, when ``path`` is
     one).

@@ -73,7 +73,8 @@ class SentencePieceBPETokenizer(BPETokenizer):
 
     def __init__(self, data: dict, where: str = "tokenizer.json"):
         model = data.get("model") or {}
-        if model.get("type") != "BPE" or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        if (model.get("type") != "BPE" or model.get("continuing_subword_prefix")
+                or model.get("end_of_word_suffix")):
             _refuse(where, f"model {model.get('type')!r}", "only plain BPE models are")
         self._always_prepend = _check_pipeline(data, where)
         vocab = model.get("vocab")
