@@ -221,18 +221,11 @@ def bleu_report(
         hyp_tokens = tokenize(hypothesis)
         ref_tokens = [tokenize(ref) for ref in refs]
         hypothesis_length += len(hyp_tokens)
-        # The reference length closest to the hypothesis length; ties go to the shorter reference.
-        reference_length += min((abs(len(r) - len(hyp_tokens)), len(r)) for r in ref_tokens)[1]
+        reference_length += _closest_reference_length(len(hyp_tokens), ref_tokens)
         for n in range(1, max_n + 1):
-            hyp_counts = _ngram_counts(hyp_tokens, n)
-            # Clipping: an n-gram counts at most as often as it occurs in any single reference, so
-            # "the the the the" earns no more than the number of "the"s a reference has.
-            max_ref_counts: Counter = Counter()
-            for tokens in ref_tokens:
-                max_ref_counts |= _ngram_counts(tokens, n)  # | keeps the maximum count per n-gram
-            matched[n] += sum(min(count, max_ref_counts[gram])
-                              for gram, count in hyp_counts.items())
-            total[n] += sum(hyp_counts.values())
+            clipped, count = _clipped_ngram_matches(hyp_tokens, ref_tokens, n)
+            matched[n] += clipped
+            total[n] += count
 
     precisions = []
     for n in range(1, max_n + 1):
@@ -240,12 +233,7 @@ def bleu_report(
             precisions.append((matched[n] + 1) / (total[n] + 1))
         else:
             precisions.append(_ratio(matched[n], total[n]))
-    if hypothesis_length == 0:
-        brevity_penalty = 0.0
-    elif hypothesis_length > reference_length:
-        brevity_penalty = 1.0
-    else:
-        brevity_penalty = math.exp(1 - reference_length / hypothesis_length)
+    brevity_penalty = _brevity_penalty(hypothesis_length, reference_length)
     if min(precisions) == 0:
         bleu = 0.0  # the geometric mean of anything with a zero factor; log(0) would be -inf
     else:
@@ -257,6 +245,34 @@ def bleu_report(
         "hypothesis_length": hypothesis_length,
         "reference_length": reference_length,
     }
+
+
+def _closest_reference_length(hypothesis_length: int, ref_tokens: list[list[str]]) -> int:
+    """The reference length closest to the hypothesis length; ties go to the shorter reference."""
+    return min((abs(len(r) - hypothesis_length), len(r)) for r in ref_tokens)[1]
+
+
+def _clipped_ngram_matches(hyp_tokens: list[str], ref_tokens: list[list[str]], n: int):
+    """(clipped matches, n-grams) of one hypothesis's n-grams against its references.
+
+    Clipping: an n-gram counts at most as often as it occurs in any single reference, so
+    "the the the the" earns no more than the number of "the"s a reference has.
+    """
+    hyp_counts = _ngram_counts(hyp_tokens, n)
+    max_ref_counts: Counter = Counter()
+    for tokens in ref_tokens:
+        max_ref_counts |= _ngram_counts(tokens, n)  # | keeps the maximum count per n-gram
+    matched = sum(min(count, max_ref_counts[gram]) for gram, count in hyp_counts.items())
+    return matched, sum(hyp_counts.values())
+
+
+def _brevity_penalty(hypothesis_length: int, reference_length: int) -> float:
+    """1 when the hypotheses are longer than the references, else exp(1 - r/c) (0 for no output)."""
+    if hypothesis_length == 0:
+        return 0.0
+    if hypothesis_length > reference_length:
+        return 1.0
+    return math.exp(1 - reference_length / hypothesis_length)
 
 
 def corpus_bleu(

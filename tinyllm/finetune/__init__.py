@@ -5,8 +5,8 @@ A finetuned run directory is a pretraining run directory plus keys in ``config.j
 ``"task": "classify"`` with ``"labels"``, or ``"task": "instruct"`` with ``"template"`` — the Alpaca
 template as ``{"name": "alpaca", "prompt": "...### Instruction:\n{instruction}\n\n### Response:\n",
 "separator": "\n\n"}``, the form ``tinyllm chat`` reads. Both also record their data settings, so
-``tinyllm evaluate`` can rebuild the held-out split. A LoRA run also holds ``adapter.safetensors`` and
-``adapter_config.json`` — the adapter alone, loadable on top of its base run.
+``tinyllm evaluate`` can rebuild the held-out split. A LoRA run also holds ``adapter.safetensors``
+and ``adapter_config.json`` — the adapter alone, loadable on top of its base run.
 """
 
 from __future__ import annotations

@@ -213,8 +213,8 @@ def tinyllm_to_hf_state(model) -> dict:
             prefix = f"bert.encoder.layer.{index}."
             if layer == "attn.qkv":
                 for j, part in enumerate(np.split(array, 3, axis=0)):
-                    projection = ("query", "key", "value")[j]
-                    state[f"{prefix}attention.self.{projection}.{param}"] = np.ascontiguousarray(part)
+                    hf_name = f"{prefix}attention.self.{('query', 'key', 'value')[j]}.{param}"
+                    state[hf_name] = np.ascontiguousarray(part)
                 continue
             hf_layer = {v: k for k, v in _LAYER.items()}[layer]
             state[f"{prefix}{hf_layer}.{param}"] = array
