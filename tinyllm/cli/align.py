@@ -467,8 +467,9 @@ def run_ppo(args) -> int:
     quarter = max(len(history) // 4, 1)
     mean = lambda key, rows: float(np.mean([h[key] for h in rows]))  # noqa: E731
     print(f"\ndone in {summary['seconds']:.0f}s: held-out reward-model score (greedy) "
-          f"{first['test_score']:.3f} → {last['test_score']:.3f}" + (f", accuracy {first['test_accuracy']:.3f} → "
-                                         f"{last['test_accuracy']:.3f}" if checkable else "")
+          f"{first['test_score']:.3f} → {last['test_score']:.3f}"
+          + (f", accuracy {first['test_accuracy']:.3f} → {last['test_accuracy']:.3f}"
+             if checkable else "")
           + f"; sampled score, first quarter of the steps {mean('score', history[:quarter]):.3f} → "
             f"last quarter {mean('score', history[-quarter:]):.3f}; KL per completion in the last "
             f"quarter {mean('kl', history[-quarter:]):.3f} (β {history[-1]['kl_coef']:.3f})")

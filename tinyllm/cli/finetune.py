@@ -55,8 +55,8 @@ def add_commands(sub) -> None:
                                      '{"instruction", "input", "output"} (JSON list or JSONL); the '
                                      'loss covers only the responses. Writes a run directory whose '
                                      'config.json has "task": "instruct" and the Alpaca "template" '
-                                     'that `tinyllm chat` uses; with --template chat, '
-                                     "the base model's own chat template instead (an imported model's).")
+                                     "that `tinyllm chat` uses; with --template chat, the base "
+                                     "model's own chat template instead (an imported model's).")
     _base_flags(i, out="runs/instruct", epochs=3, batch_size=8, lr=1e-3, lora_lr=2e-3,
                 prompt_lr=3e-2)
     g = i.add_argument_group("data")

@@ -82,7 +82,8 @@ class ChatTemplate:
             self.name, self.prompt = "plain", "{instruction}\n"
             self.separator, self.stop_text = "\n", "\n"
         elif isinstance(template, str):
-            self.name, self.prompt, self.separator, self.stop_text = "custom", template, "\n\n", None
+            self.name, self.prompt = "custom", template
+            self.separator, self.stop_text = "\n\n", None
         elif isinstance(template, dict) and isinstance(template.get("prompt"), str):
             self.name = template.get("name", "custom")
             self.prompt, self.separator = template["prompt"], template.get("separator", "\n\n")
