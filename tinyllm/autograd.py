@@ -12,9 +12,10 @@ layer_norm, attention, cross_entropy, ...) whose backward is derived by hand, so
 builds a graph of a few dozen nodes. The primitives are for composition: LoRA, RL losses, and your
 own experiments.
 
-Memory: once a node's backward has run, its saved arrays (captured by the closure), its link to its parents
-and its gradient are dropped, so activations are freed as the backward pass moves towards the inputs.
-Gradients of leaves (parameters) are accumulated: call ``zero_grad`` (or set ``.grad = None``) between steps.
+Memory: once a node's backward has run, its saved arrays (captured by the closure), its link to its
+parents and its gradient are dropped, so activations are freed as the backward pass moves towards
+the inputs. Gradients of leaves (parameters) are accumulated: call ``zero_grad`` (or set
+``.grad = None``) between steps.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def is_grad_enabled() -> bool:
 class Tensor:
     """An array with an optional gradient and a link to the op that produced it.
 
-    ``Tensor(data, requires_grad=False, dtype=None)``: float data is stored in the backend's default dtype
-    (float32, or float64 for gradient checks) unless ``dtype`` is given; integer data (token ids) keeps its
-    integer dtype.
+    ``Tensor(data, requires_grad=False, dtype=None)``: float data is stored in the backend's default
+    dtype (float32, or float64 for gradient checks) unless ``dtype`` is given; integer data (token
+    ids) keeps its integer dtype.
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_grad_owned", "_op",
@@ -125,13 +126,15 @@ class Tensor:
         where L is this tensor.
 
         ``grad`` is dL/d(self); it may be omitted only for a single-element tensor (it is then 1).
-        ``leaf_grads``: a dict that receives the leaves' gradients (``{id(leaf): [leaf, gradient]}``) instead
-        of their ``.grad``, for backward passes that run side by side in threads (``tinyllm.parallel``).
+        ``leaf_grads``: a dict that receives the leaves' gradients
+        (``{id(leaf): [leaf, gradient]}``) instead of their ``.grad``, for backward passes that run
+        side by side in threads (``tinyllm.parallel``).
         """
         if not self.requires_grad:
             raise RuntimeError(
-                f"backward() called on a tensor of shape {self.shape} that does not require grad: no input "
-                "of the computation had requires_grad=True, or it was computed under no_grad()"
+                f"backward() called on a tensor of shape {self.shape} that does not require grad: "
+                "no input of the computation had requires_grad=True, or it was computed under "
+                "no_grad()"
             )
         grad = self._seed_grad(grad)
         self._accumulate(grad)
@@ -163,8 +166,8 @@ class Tensor:
         if grad is None:
             if self.data.size != 1:
                 raise RuntimeError(
-                    f"backward() without a gradient needs a single-element tensor, but this one has shape "
-                    f"{self.shape}; call .sum() first or pass grad= of that shape"
+                    "backward() without a gradient needs a single-element tensor, but this one has "
+                    f"shape {self.shape}; call .sum() first or pass grad= of that shape"
                 )
             return xp.ones_like(self.data)
         grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
@@ -221,8 +224,13 @@ class Tensor:
     def sum(self, axis=None, keepdims=False): return sum(self, axis, keepdims)
     def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
     def max(self, axis=None, keepdims=False): return max(self, axis, keepdims)
-    def reshape(self, *shape): return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-    def transpose(self, *axes): return transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    def reshape(self, *shape): return reshape(self,
+                                              shape[0] if len(shape) == 1
+                                              and isinstance(shape[0], (tuple, list)) else shape)
+    def transpose(self, *axes): return transpose(self,
+                                                 axes[0] if len(axes) == 1
+                                                 and isinstance(axes[0],
+                                                                (tuple, list)) else (axes or None))
     permute = transpose
     T = property(lambda self: transpose(self))
     def exp(self): return exp(self)
@@ -353,9 +361,10 @@ def power(a, exponent) -> Tensor:
 def matmul(a, b) -> Tensor:
     """out = a @ b, batched over leading axes with broadcasting (as ``numpy.matmul``).
 
-    For 2-D: out[i,j] = Σ_k a[i,k] b[k,j], so da = dout @ bᵀ and db = aᵀ @ dout. Batched operands use the
-    same formulas per matrix; an operand that was broadcast over batch axes sums its gradient over
-    them. A 1-D operand is treated as a row (left) or column (right) vector, as NumPy does.
+    For 2-D: out[i,j] = Σ_k a[i,k] b[k,j], so da = dout @ bᵀ and db = aᵀ @ dout. Batched operands
+    use the same formulas per matrix; an operand that was broadcast over batch axes sums its
+    gradient over them. A 1-D operand is treated as a row (left) or column (right) vector, as NumPy
+    does.
     """
     a, b = _lift(a, b), _lift(b, a)
     if a.ndim == 0 or b.ndim == 0:
@@ -365,7 +374,8 @@ def matmul(a, b) -> Tensor:
     b2 = b.data if b.ndim > 1 else b.data[:, None]
     if a2.shape[-1] != b2.shape[-2]:
         raise ValueError(
-            f"matmul shape mismatch: {a.shape} @ {b.shape} (inner dimensions {a2.shape[-1]} and {b2.shape[-2]} differ)"
+            f"matmul shape mismatch: {a.shape} @ {b.shape} (inner dimensions {a2.shape[-1]} and "
+            f"{b2.shape[-2]} differ)"
         )
     out2 = a2 @ b2
     out = out2
@@ -411,7 +421,8 @@ def mean(a, axis=None, keepdims=False) -> Tensor:
 
 
 def max(a, axis=None, keepdims=False) -> Tensor:  # noqa: A001
-    """out = max of a over ``axis``;  da = dout at the maximum (split evenly between ties), 0 elsewhere."""
+    """out = max of a over ``axis``;  da = dout at the maximum (split evenly between ties), 0
+    elsewhere."""
     axes = _axes(axis, a.ndim)
     out_keep = a.data.max(axis=axes, keepdims=True)
     def backward(g):
@@ -419,7 +430,9 @@ def max(a, axis=None, keepdims=False) -> Tensor:  # noqa: A001
             g = g.reshape(out_keep.shape)
         is_max = a.data == out_keep
         return (is_max * (g / is_max.sum(axis=axes, keepdims=True, dtype=g.dtype)),)
-    out = out_keep if keepdims else out_keep.reshape([n for i, n in enumerate(a.shape) if i not in axes])
+    out = out_keep if keepdims else out_keep.reshape([n
+                                                      for i,
+                                                      n in enumerate(a.shape) if i not in axes])
     return Tensor._make(out, (a,), backward)
 
 
@@ -430,7 +443,8 @@ def reshape(a, shape) -> Tensor:
 
 
 def transpose(a, axes=None) -> Tensor:
-    """out = a with its axes permuted (reversed by default);  da = dout with the inverse permutation."""
+    """out = a with its axes permuted (reversed by default);  da = dout with the inverse
+    permutation."""
     axes = tuple(reversed(range(a.ndim))) if axes is None else tuple(ax % a.ndim for ax in axes)
     if sorted(axes) != list(range(a.ndim)):
         raise ValueError(f"transpose axes {axes} are not a permutation of the {a.ndim} axes of "
@@ -440,13 +454,15 @@ def transpose(a, axes=None) -> Tensor:
 
 
 def getitem(a, index) -> Tensor:
-    """out = a[index] (slices, integers, integer or boolean arrays);  da = dout scattered back to index.
+    """out = a[index] (slices, integers, integer or boolean arrays);  da = dout scattered back to
+    index.
 
     With integer arrays an element can be picked twice, so the scatter must add (``add.at``); basic
     slicing picks each element at most once, so a plain assignment does.
     """
     xp = backend.xp
-    index = tuple(i.data if isinstance(i, Tensor) else i for i in index) if isinstance(index, tuple) \
+    index = tuple(i.data if isinstance(i, Tensor) else i
+                  for i in index) if isinstance(index, tuple) \
         else (index.data if isinstance(index, Tensor) else index)
     parts = index if isinstance(index, tuple) else (index,)
     fancy = any(isinstance(p, (list, np.ndarray, xp.ndarray)) for p in parts)
@@ -467,11 +483,13 @@ def concatenate(tensors, axis=0) -> Tensor:
     bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1].tolist()
     def backward(g):
         return tuple(backend.xp.split(g, bounds, axis=axis))
-    return Tensor._make(backend.xp.concatenate([t.data for t in tensors], axis=axis), tensors, backward)
+    return Tensor._make(backend.xp.concatenate([t.data for t in tensors], axis=axis), tensors,
+                        backward)
 
 
 def stack(tensors, axis=0) -> Tensor:
-    """out = the tensors stacked along a new ``axis``;  each input's gradient is dout taken at its index."""
+    """out = the tensors stacked along a new ``axis``;  each input's gradient is dout taken at its
+    index."""
     tensors = [_lift(t) for t in tensors]
     def backward(g):
         return tuple(backend.xp.take(g, i, axis=axis) for i in range(len(tensors)))

@@ -9,8 +9,8 @@ Pick the device once, before building models::
 Other modules must read the module attribute at call time (``backend.xp``), never ``from
 tinyllm.backend import xp``, so that ``set_device`` takes effect everywhere.
 
-The default float dtype is float32; gradient checks switch to float64 with ``set_dtype("float64")`` or
-the ``default_dtype("float64")`` context manager.
+The default float dtype is float32; gradient checks switch to float64 with ``set_dtype("float64")``
+or the ``default_dtype("float64")`` context manager.
 """
 
 from __future__ import annotations
@@ -55,16 +55,18 @@ def _cupy():
     try:
         import cupy  # the only import of cupy in tinyllm
     except ImportError:
-        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip "
-                          "install -e '.[gpu]' "
-                          "(or the cupy-cuda12x / cupy-cuda13x wheel that matches your CUDA)") from None
+        raise DeviceError("device 'cuda' needs CuPy, which is not installed: pip install -e "
+                          "'.[gpu]' (or the cupy-cuda12x / cupy-cuda13x wheel that matches your "
+                          "CUDA)") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CuPy raises its own CUDARuntimeError when no driver is present
-        raise DeviceError(f"device 'cuda': CuPy is installed but finds no usable GPU "
-                          f"({type(e).__name__}: {e}); check nvidia-smi and the CUDA driver") from None
+        raise DeviceError("device 'cuda': CuPy is installed but finds no usable GPU "
+                          f"({type(e).__name__}: {e}); check nvidia-smi and the CUDA "
+                          "driver") from None
     if count == 0:
-        raise DeviceError("device 'cuda': CuPy is installed but no GPU is visible (CUDA_VISIBLE_DEVICES?)")
+        raise DeviceError("device 'cuda': CuPy is installed but no GPU is visible "
+                          "(CUDA_VISIBLE_DEVICES?)")
     from .distributed import local_rank_from_launcher
     cupy.cuda.Device(local_rank_from_launcher() % count).use()   # a GPU per process of a job
     return cupy

@@ -3,12 +3,13 @@ model was trained on, e.g. ChatML (SmolLM2, Qwen2):
 
     <|im_start|>user\\nHello!<|im_end|>\\n<|im_start|>assistant\\n        ← add_generation_prompt: the reply follows
 
-A Hugging Face model ships its template as a Jinja program in ``tokenizer_config.json`` (``"chat_template"``).
-With the optional ``jinja2`` package (extra ``[hf]``) it is rendered the way ``transformers``'
-``apply_chat_template`` does: a sandboxed, immutable environment with ``trim_blocks`` and ``lstrip_blocks``,
-the variables ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token`` and a
-``raise_exception(message)`` function. Without ``jinja2``, two built-in templates cover most small
-models — ChatML and Llama 3's header format —, picked by the special tokens the tokenizer has.
+A Hugging Face model ships its template as a Jinja program in ``tokenizer_config.json``
+(``"chat_template"``). With the optional ``jinja2`` package (extra ``[hf]``) it is rendered the way
+``transformers``' ``apply_chat_template`` does: a sandboxed, immutable environment with
+``trim_blocks`` and ``lstrip_blocks``, the variables ``messages``, ``add_generation_prompt``,
+``bos_token``, ``eos_token`` and a ``raise_exception(message)`` function. Without ``jinja2``, two
+built-in templates cover most small models — ChatML and Llama 3's header format —, picked by the
+special tokens the tokenizer has.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class ChatTemplate:
                  eos_token: str = ""):
         if kind not in ("jinja", "chatml", "llama3"):
             raise ValueError(f"unknown chat template kind {kind!r}")
-        self.source, self.kind, self.bos_token, self.eos_token = source, kind, bos_token or "", eos_token or ""
+        self.source, self.kind = source, kind
+        self.bos_token, self.eos_token = bos_token or "", eos_token or ""
         stops = {"chatml": CHATML_STOPS,
                  "llama3": LLAMA3_STOPS}.get(kind, CHATML_STOPS + LLAMA3_STOPS)
         self.stop_tokens = tuple(
@@ -107,7 +109,8 @@ def load_chat_template(directory, tokenizer=None) -> ChatTemplate | None:
     # [{"name": "default", "template": ...}, {"name": "tool_use"}]
     if isinstance(source, list):
         source = next((t.get("template") for t in source if t.get("name") == "default"), None)
-    bos, eos = _token_text(config.get("bos_token")) or "", _token_text(config.get("eos_token")) or ""
+    bos = _token_text(config.get("bos_token")) or ""
+    eos = _token_text(config.get("eos_token")) or ""
     special = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}
     kind = builtin_kind(special)
     if source and (jinja_available() or kind is None):

@@ -1,15 +1,18 @@
-"""Run directories: everything a run learns, in files other tools can read, written so a crash never corrupts them.
+"""Run directories: everything a run learns, in files other tools can read, written so a crash never
+corrupts them.
 
     runs/NAME/
       config.json              {"model": GPTConfig fields, "tokenizer": "tokenizer.json", ...later stages' keys}
       model.safetensors        the weights, named like ``blocks.0.attn.qkv.weight``; metadata {"step": "N"}
       tokenizer.json           the tokenizer (BPE or char), human-readable
-      train_state.safetensors  what ``--resume`` needs: AdamW's moments, plus metadata JSON with the step,
+      train_state.safetensors  what ``--resume`` needs: AdamW's moments, plus metadata JSON with the
+      step,
                                the random generators' states and the training settings
       log.jsonl, loss.svg      the training log and its picture
 
-Every file is written atomically (temp file, fsync, rename: see ``tinyllm.files``). The weights and the
-train state each record the step they belong to, and resuming checks that they agree. Nothing is ever
+Every file is written atomically (temp file, fsync, rename: see ``tinyllm.files``). The weights and
+the train state each record the step they belong to, and resuming checks that they agree. Nothing is
+ever
 unpickled: safetensors is a JSON header plus raw bytes, read with NumPy.
 """
 
@@ -23,17 +26,20 @@ from .files import atomic_write_json, read_json
 from .model import GPT, GPTConfig
 from .safetensors import load_file, load_metadata, read_header, save_file
 
-CONFIG, WEIGHTS, TOKENIZER, TRAIN_STATE = "config.json", "model.safetensors", "tokenizer.json", "train_state.safetensors"
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+TOKENIZER, TRAIN_STATE = "tokenizer.json", "train_state.safetensors"
 
 
-# config.json keys that say how layers are stored, beyond the model's GPTConfig (see ``layout_config``)
+# config.json keys that say how layers are stored, beyond the model's GPTConfig (see
+# ``layout_config``)
 LAYOUT_KEYS = ("quantization", "low_rank")
 
 
 def layout_config(model) -> dict:
-    """What config.json must say, beyond GPTConfig, for the weights to load back into the same layers:
-    ``"quantization": "int8"`` when some layers hold int8 weights (``tinyllm.quantize``), ``"low_rank":
-    {layer: rank}`` for Linear layers factored in two (``tinyllm.low_rank``)."""
+    """What config.json must say, beyond GPTConfig, for the weights to load back into the same
+    layers:
+    ``"quantization": "int8"`` when some layers hold int8 weights (``tinyllm.quantize``),
+    ``"low_rank": {layer: rank}`` for Linear layers factored in two (``tinyllm.low_rank``)."""
     from .low_rank import low_rank_ranks
     from .quantize import int8_layers
     layout = {"quantization": "int8"} if int8_layers(model) else {}
@@ -45,7 +51,8 @@ def layout_config(model) -> dict:
 
 def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict | None = None,
                tensors: dict | None = None) -> None:
-    """Write the weights, the config (merged with ``extra_config``) and the tokenizer into ``run_dir``.
+    """Write the weights, the config (merged with ``extra_config``) and the tokenizer into
+    ``run_dir``.
     ``tensors``: the arrays to write instead of the model's state dict (e.g. its float16 copies)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +65,8 @@ def save_model(run_dir, model, tokenizer=None, step: int = 0, extra_config: dict
     for key in LAYOUT_KEYS:
         config.pop(key, None)
     config.update(layout_config(model))
-    if getattr(model, "architecture", None):           # "encoder" (tinyllm.encoder); a GPT writes no key
+    # "encoder" (tinyllm.encoder); a GPT writes no key
+    if getattr(model, "architecture", None):
         config["architecture"] = model.architecture
     if tokenizer is not None:
         tokenizer.save(run_dir / TOKENIZER)
@@ -77,25 +85,29 @@ def save_train_state(run_dir, optimizer, state: dict) -> None:
             arrays[f"optimizer.{key}"] = backend.to_numpy(value)
         else:
             scalars[key] = value
-    metadata = {"format": "tinyllm-train-state", "state": json.dumps({**state, "optimizer": scalars})}
+    metadata = {"format": "tinyllm-train-state", "state": json.dumps({**state,
+                                                                      "optimizer": scalars})}
     save_file(arrays, Path(run_dir) / TRAIN_STATE, metadata=metadata)
 
 
 def load_train_state(run_dir, optimizer) -> dict:
-    """Restore the optimizer from ``run_dir`` and return the saved state dict (checked against the weights)."""
+    """Restore the optimizer from ``run_dir`` and return the saved state dict (checked against the
+    weights)."""
     run_dir = Path(run_dir)
     path = run_dir / TRAIN_STATE
     if not path.exists():
-        raise FileNotFoundError(f"cannot resume: no {TRAIN_STATE} in '{run_dir}' (was the run saved with a training state?)")
+        raise FileNotFoundError(f"cannot resume: no {TRAIN_STATE} in '{run_dir}' (was the run "
+                                "saved with a training state?)")
     metadata = load_metadata(path)
     if metadata.get("format") != "tinyllm-train-state" or "state" not in metadata:
-        raise ValueError(f"{path} is not a tinyllm training state (its metadata lacks format/state)")
+        raise ValueError(f"{path} is not a tinyllm training state (its metadata lacks "
+                         "format/state)")
     state = json.loads(metadata["state"])
     weights_step = load_metadata(run_dir / WEIGHTS).get("step")
     if weights_step != str(state["step"]):
         raise ValueError(
-            f"cannot resume: {WEIGHTS} is from step {weights_step} but {TRAIN_STATE} is from step {state['step']} "
-            "(a save was interrupted between the two files)"
+            f"cannot resume: {WEIGHTS} is from step {weights_step} but {TRAIN_STATE} is from step "
+            f"{state['step']} (a save was interrupted between the two files)"
         )
     arrays = {k[len("optimizer."):]: v for k, v in load_file(path).items()}
     optimizer.load_state_dict({**arrays, **state.pop("optimizer")})
@@ -106,18 +118,21 @@ def check_resumable(run_dir) -> None:
     """FileNotFoundError saying why ``run_dir`` cannot be resumed, when it holds no checkpoint."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"cannot resume: there is no run directory '{run_dir}' (is the path right? "
-                                "--resume continues the run in --out)")
+        raise FileNotFoundError(f"cannot resume: there is no run directory '{run_dir}' (is the "
+                                "path right? --resume continues the run in --out)")
     if not (run_dir / WEIGHTS).exists() or not (run_dir / CONFIG).exists():
-        started = " A run started there but stopped before its first checkpoint." if any(run_dir.iterdir()) else ""
-        raise FileNotFoundError(f"cannot resume: '{run_dir}' holds no checkpoint ({WEIGHTS} + {CONFIG}).{started} "
-                                "Pretraining saves one at every evaluation, at the end and on Ctrl-C; check the "
-                                "path, or start the run again without --resume")
+        started = (" A run started there but stopped before its first "
+                   "checkpoint.") if any(run_dir.iterdir()) else ""
+        raise FileNotFoundError(f"cannot resume: '{run_dir}' holds no checkpoint ({WEIGHTS} + "
+                                f"{CONFIG}).{started} Pretraining saves one at every evaluation, "
+                                "at the end and on Ctrl-C; check the path, or start the run again "
+                                "without --resume")
 
 
 def load_config(path) -> dict:
-    """The ``config.json`` of a run directory (or of the directory holding a ``model.safetensors``); for a run
-    that keeps an adapter alone (LoRA without merged weights, prompt tuning), its ``adapter_config.json``."""
+    """The ``config.json`` of a run directory (or of the directory holding a ``model.safetensors``);
+    for a run that keeps an adapter alone (LoRA without merged weights, prompt tuning), its
+    ``adapter_config.json``."""
     run_dir = _run_dir(path)
     if _adapter_only(run_dir):
         from .lora import read_adapter_config
@@ -133,7 +148,8 @@ def _adapter_only(run_dir: Path) -> bool:
 def _run_dir(path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at '{path}' (expected a run directory or a {WEIGHTS} file)")
+        raise FileNotFoundError(f"no checkpoint at '{path}' (expected a run directory or a "
+                                f"{WEIGHTS} file)")
     return path.parent if path.is_file() else path
 
 
@@ -146,7 +162,8 @@ def _weights_file(path) -> Path:
 
 
 def load_weights(model, path) -> int:
-    """Load weights into ``model`` from a run directory or a ``.safetensors`` file; returns the saved step."""
+    """Load weights into ``model`` from a run directory or a ``.safetensors`` file; returns the
+    saved step."""
     file = _weights_file(path)
     weights = load_file(file)                   # its errors name the file already
     try:
@@ -157,13 +174,16 @@ def load_weights(model, path) -> int:
 
 
 def load_weights_as_saved(model, path, config: dict) -> int:
-    """Load weights into ``model`` after giving it the layers that the run's ``config`` (its config.json)
-    describes beyond GPTConfig (``layout_config``): factored ones, int8 ones. Returns the saved step."""
+    """Load weights into ``model`` after giving it the layers that the run's ``config`` (its
+    config.json) describes beyond GPTConfig (``layout_config``): factored ones, int8 ones. Returns
+    the saved step."""
     file = _weights_file(path)
-    if config.get("low_rank"):                 # written by `tinyllm compress --low-rank`: factored layers
+    # written by `tinyllm compress --low-rank`: factored layers
+    if config.get("low_rank"):
         from .low_rank import factored_layout
         factored_layout(model, config["low_rank"], _run_dir(file) / CONFIG)
-    if "quantization" in config:               # written by `tinyllm compress --int8`: int8 weights + scales
+    # written by `tinyllm compress --int8`: int8 weights + scales
+    if "quantization" in config:
         from .quantize import load_quantized_weights
         return load_quantized_weights(model, file, config["quantization"])
     return load_weights(model, file)
@@ -178,12 +198,14 @@ def load_tokenizer_of(path):
 
 
 def load_pretrained(path, dtype=None, allow_encoder: bool = False):
-    """(model, tokenizer) from a run directory (or its ``model.safetensors``), ready for any later stage.
+    """(model, tokenizer) from a run directory (or its ``model.safetensors``), ready for any later
+    stage.
 
-    ``dtype``: "float32" or "float64"; by default the one the weights were saved in (float64 when they all
-    are, else float32), so a float64 run is not silently rounded to float32 on loading. A run that keeps an
-    adapter alone (``adapter_config.json``, no ``config.json``) loads as its base run with the adapter. An encoder run
-    (``tinyllm.encoder``) loads only with ``allow_encoder=True``: every other stage needs a GPT.
+    ``dtype``: "float32" or "float64"; by default the one the weights were saved in (float64 when
+    they all are, else float32), so a float64 run is not silently rounded to float32 on loading. A
+    run that keeps an adapter alone (``adapter_config.json``, no ``config.json``) loads as its base
+    run with the adapter. An encoder run (``tinyllm.encoder``) loads only with
+    ``allow_encoder=True``: every other stage needs a GPT.
     """
     run_dir = _run_dir(path)
     if _adapter_only(run_dir):                 # the base run it names, with the adapter applied
@@ -191,12 +213,14 @@ def load_pretrained(path, dtype=None, allow_encoder: bool = False):
         return load_pretrained_with_adapter(run_dir)
     config = load_config(run_dir)
     if "model" not in config:
-        raise ValueError(f"{run_dir / CONFIG} has no 'model' section; is '{run_dir}' a tinyllm run directory?")
+        raise ValueError(f"{run_dir / CONFIG} has no 'model' section; is '{run_dir}' a tinyllm run "
+                         "directory?")
     encoder = config.get("architecture") == "encoder"
     if encoder and not allow_encoder:
-        raise ValueError(f"'{run_dir}' holds an encoder (BERT-style masked language model): it fills in [MASK] "
-                         "tokens but cannot generate or score text left to right; use `tinyllm fill-mask --ckpt "
-                         f"{run_dir}`, `tinyllm finetune classify` or `tinyllm export-hf` with it")
+        raise ValueError(f"'{run_dir}' holds an encoder (BERT-style masked language model): it "
+                         "fills in [MASK] tokens but cannot generate or score text left to right; "
+                         f"use `tinyllm fill-mask --ckpt {run_dir}`, `tinyllm finetune classify` "
+                         "or `tinyllm export-hf` with it")
     file = _weights_file(path)
     if dtype is None:
         saved = {info.dtype for info in read_header(file).tensors.values()}
@@ -208,11 +232,13 @@ def load_pretrained(path, dtype=None, allow_encoder: bool = False):
         else:
             model = GPT(GPTConfig.from_dict(config["model"]))
         load_weights_as_saved(model, file, config)
-    tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer", TOKENIZER)).exists() else None
+    tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer",
+                                                                    TOKENIZER)).exists() else None
     return model, tokenizer
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """'key: saved vs current' for every key whose value differs (for resume and load errors)."""
     keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in keys if saved.get(k) != current.get(k)]
+    return [f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)"
+            for k in keys if saved.get(k) != current.get(k)]

@@ -14,8 +14,9 @@ the parameters are returned like any op's (so data-parallel threads collect them
 tables). Memory: the n_layer block inputs plus one block's intermediates at a time, instead of all
 n_layer blocks' intermediates; cost: one more forward per block (≈ a third more compute).
 
-The recomputation must compute exactly what the first forward did. Dropout would draw new random masks, and a
-mixture-of-experts block's load-balancing loss is read from its first forward, so both are refused.
+The recomputation must compute exactly what the first forward did. Dropout would draw new random
+masks, and a mixture-of-experts block's load-balancing loss is read from its first forward, so both
+are refused.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ def checkpoint(function, x: Tensor, parameters) -> Tensor:
     backward, and make the result require a gradient even when x does not:
     LoRA on frozen embeddings).
 
-    The first forward runs on a detached copy of x and only its output array is kept, so the graph it built
-    (and every array that graph saved) is freed as soon as the block returns. (``no_grad`` would say the
-    same thing, but it is a process-wide switch and finetuning runs forwards on several threads at once.)
+    The first forward runs on a detached copy of x and only its output array is kept, so the graph
+    it built (and every array that graph saved) is freed as soon as the block returns. (``no_grad``
+    would say the same thing, but it is a process-wide switch and finetuning runs forwards on
+    several threads at once.)
     """
     if not autograd.is_grad_enabled():
         return function(x)

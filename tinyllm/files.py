@@ -21,8 +21,8 @@ The readers turn low-level errors into messages that name the file and what was 
     >>> read_json("bad.json")
     ValueError: bad.json is not valid JSON: line 3, column 5: Expecting ',' delimiter
 
-JSON Lines (``log.jsonl``: one JSON object per line) is the training log format: appending one line is
-cheap and a crash loses at most the last, partial line.
+JSON Lines (``log.jsonl``: one JSON object per line) is the training log format: appending one line
+is cheap and a crash loses at most the last, partial line.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def _create_temp_file(directory: str, name: str) -> tuple[int, str]:
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Create or replace ``path`` atomically with whatever ``write(file)`` writes to the binary file it is given.
+    """Create or replace ``path`` atomically with whatever ``write(file)`` writes to the binary file
+    it is given.
 
     Use this when the contents are produced in pieces (a safetensors header, then each tensor's
     bytes) and joining them into one ``bytes`` object first would double the memory.
@@ -166,7 +167,8 @@ def _parse_json(text: str, where: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
+        raise ValueError(f"{where} is not valid JSON: line {e.lineno}, column {e.colno}: "
+                         f"{e.msg}") from None
     except RecursionError:
         raise ValueError(f"{where} is not usable JSON: it is nested too deeply") from None
 
@@ -182,7 +184,8 @@ def read_utf8(path, what: str) -> str:
     except IsADirectoryError:
         raise IsADirectoryError(f"expected a {what} file at {path}, found a directory") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{what} file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise ValueError(f"{what} file {path} is not UTF-8 text (byte {e.start}: "
+                         f"{e.reason})") from None
 
 
 def read_json(path: str | os.PathLike, what: str = "config") -> Any:
@@ -257,8 +260,8 @@ def read_records(path, check, what: str) -> list[dict]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column "
-                             f"{e.colno}); a .json file "
-                             "must hold one list of records (use .jsonl for one record per line)") from None
+                             f"{e.colno}); a .json file must hold one list of records (use .jsonl "
+                             "for one record per line)") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of {what} records, got "
                              f"{type(data).__name__}")

@@ -29,9 +29,10 @@ The ``Decoder`` below does the feeding, the same way with or without a KV cache:
   from a full window). A prompt longer than ``block_size`` is cut to its last ``block_size`` tokens
   when sliding, and is an error when stopping.
 
-Determinism: with ``seed=s``, row b of a batch draws its random numbers from ``numpy.random.default_rng(s + b)``,
-so it gets exactly the tokens that ``generate(model, prompt_b, ..., seed=s + b)`` gives (up to float
-rounding in the logits). Greedy decoding (``temperature=0``) needs no seed.
+Determinism: with ``seed=s``, row b of a batch draws its random numbers from
+``numpy.random.default_rng(s + b)``, so it gets exactly the tokens that
+``generate(model, prompt_b, ..., seed=s + b)`` gives (up to float rounding in the logits). Greedy
+decoding (``temperature=0``) needs no seed.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class Decoder:
         return backend.asarray(np.arange(width) >= self.pad[:, None])[:, None, None, :]
 
 
-# ---------------------------------------------------------------------------------------------- sampling
+# ----------------------------------------------------------------------------------------- sampling
 
 def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
              repetition_penalty=1.0,
@@ -259,7 +260,7 @@ def _sample_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, rep
             logits = decoder.feed([tokens[i] for i in still_going])
 
 
-# ------------------------------------------------------------------------------------------- beam search
+# -------------------------------------------------------------------------------------- beam search
 
 @dataclass
 class _Beam:
@@ -272,8 +273,7 @@ class _Beam:
 
 
 def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.0, stop_ids=(),
-                use_cache=True,
-                on_full="slide"):
+                use_cache=True, on_full="slide"):
     """The ``beam_width`` best continuations of one prompt, as a list of (new token ids,
     score), best first.
 
@@ -288,14 +288,8 @@ def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.
     beam index, then lower token id). It stops when every hypothesis is finished or after
     ``max_new_tokens`` steps. With beam_width=1 this is greedy decoding.
     """
-    _check_count("beam_width", beam_width, minimum=1)
-    _check_count("max_new_tokens", max_new_tokens, minimum=0)
-    if not isinstance(length_penalty, numbers.Real):
-        raise ValueError(f"length_penalty must be a number, got {length_penalty!r}")
-    prompts, single = _as_prompts(prompt_ids, model.config.vocab_size)
-    if not single:
-        raise ValueError("beam_search takes one prompt (a list of ids), not a batch")
-    stop_ids = _as_stop_ids(stop_ids)
+    prompts, stop_ids = _check_beam_search(model, prompt_ids, beam_width, max_new_tokens,
+                                           length_penalty, stop_ids)
     beams = [_Beam([], 0.0)]
     if max_new_tokens == 0:
         return [([], 0.0)]
@@ -305,31 +299,8 @@ def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.
         # one decoder row per unfinished beam
         logits = decoder.prefill()
         for step in range(max_new_tokens):
-            live = [beam for beam in beams if not beam.finished]
-            logprobs = token_log_probabilities(backend.to_numpy(logits))          # (n_live, V)
-            totals = np.array([beam.logprob for beam in live])[:, None] + logprobs
-            # every live proposal has step + 1 tokens
-            scores = totals / (step + 1) ** length_penalty
-            # only these can make the beam
-            best = np.argsort(-scores.ravel(), kind="stable")[:beam_width]
-            vocab = scores.shape[1]
-            proposals = [(beam.score(length_penalty), 0, i, beam, None) for i, beam in enumerate(beams) if beam.finished]
-            proposals += [
-                (float(scores.flat[f]), 1, int(f), None, divmod(int(f), vocab)) for f in best
-            ]
-            proposals.sort(key=lambda p: (-p[0], p[1], p[2]))
-            beams, parents, tokens = [], [], []
-            for _, _, _, kept, expansion in proposals[:beam_width]:
-                if kept is not None:
-                    beams.append(kept)
-                    continue
-                parent, token = expansion
-                beam = _Beam(live[parent].tokens + [token], float(totals[parent, token]),
-                             token in stop_ids)
-                beams.append(beam)
-                if not beam.finished:
-                    parents.append(parent)
-                    tokens.append(token)
+            beams, parents, tokens = _beam_step(beams, backend.to_numpy(logits), step, beam_width,
+                                                length_penalty, stop_ids)
             if not parents or step == max_new_tokens - 1:
                 break
             decoder.select_rows(parents)
@@ -340,10 +311,52 @@ def beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty=1.
 
     # stable: ties keep beam order
     beams.sort(key=lambda beam: -beam.score(length_penalty))
-    return [(beam.tokens[:-1] if beam.finished else beam.tokens, beam.score(length_penalty)) for beam in beams]
+    return [(beam.tokens[:-1] if beam.finished else beam.tokens, beam.score(length_penalty))
+            for beam in beams]
 
 
-# ----------------------------------------------------------------------------------------------- helpers
+def _check_beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty, stop_ids):
+    """(the prompt as a one-row list of prompts, the stop ids), once the arguments are checked."""
+    _check_count("beam_width", beam_width, minimum=1)
+    _check_count("max_new_tokens", max_new_tokens, minimum=0)
+    if not isinstance(length_penalty, numbers.Real):
+        raise ValueError(f"length_penalty must be a number, got {length_penalty!r}")
+    prompts, single = _as_prompts(prompt_ids, model.config.vocab_size)
+    if not single:
+        raise ValueError("beam_search takes one prompt (a list of ids), not a batch")
+    return prompts, _as_stop_ids(stop_ids)
+
+
+def _beam_step(beams, logits, step, beam_width, length_penalty, stop_ids):
+    """One step of beam search: (the new beams, and for each new unfinished one the decoder row of
+    its parent and its new token). ``logits`` (n_live, V) has one row per unfinished beam."""
+    live = [beam for beam in beams if not beam.finished]
+    logprobs = token_log_probabilities(logits)                                # (n_live, V)
+    totals = np.array([beam.logprob for beam in live])[:, None] + logprobs
+    # every live proposal has step + 1 tokens
+    scores = totals / (step + 1) ** length_penalty
+    # only these can make the beam
+    best = np.argsort(-scores.ravel(), kind="stable")[:beam_width]
+    vocab = scores.shape[1]
+    proposals = [(beam.score(length_penalty), 0, i, beam, None)
+                 for i, beam in enumerate(beams) if beam.finished]
+    proposals += [(float(scores.flat[f]), 1, int(f), None, divmod(int(f), vocab)) for f in best]
+    proposals.sort(key=lambda p: (-p[0], p[1], p[2]))
+    new_beams, parents, tokens = [], [], []
+    for _, _, _, kept, expansion in proposals[:beam_width]:
+        if kept is not None:
+            new_beams.append(kept)
+            continue
+        parent, token = expansion
+        beam = _Beam(live[parent].tokens + [token], float(totals[parent, token]), token in stop_ids)
+        new_beams.append(beam)
+        if not beam.finished:
+            parents.append(parent)
+            tokens.append(token)
+    return new_beams, parents, tokens
+
+
+# ------------------------------------------------------------------------------------------ helpers
 
 def _as_prompts(prompt_ids, vocab_size):
     """(list of prompts, each a list of ints; True if a single prompt was given), checked."""
@@ -360,7 +373,8 @@ def _as_prompts(prompt_ids, vocab_size):
         raise ValueError("the prompt is empty: give at least one token id (e.g. an end-of-text id "
                          "to start from nothing)")
     single = all(isinstance(t, numbers.Integral) for t in prompt_ids)
-    prompts = [prompt_ids] if single else [list(p) if not isinstance(p, numbers.Integral) else None for p in prompt_ids]
+    prompts = [prompt_ids] if single else [list(p) if not isinstance(p, numbers.Integral) else None
+                                           for p in prompt_ids]
     for row, prompt in enumerate(prompts):
         which = "the prompt" if single else f"prompt {row}"
         if prompt is None or not all(isinstance(t, numbers.Integral) for t in prompt):

@@ -50,8 +50,8 @@ def store_half(model, dtype: str = "bfloat16"):
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if any(p.dtype.kind != "f" for p in model.parameters()):
-        raise ValueError(f"the model holds int8 weights already (a quarter of float32); {dtype} storage is for "
-                         "float ones")
+        raise ValueError(f"the model holds int8 weights already (a quarter of float32); {dtype} "
+                         "storage is for float ones")
     for block in model.blocks:
         matrices = [p for _, p in block.named_parameters() if p.ndim >= 2]
         stored = [_narrow(p.data, dtype) for p in matrices]

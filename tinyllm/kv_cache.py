@@ -23,12 +23,13 @@ bytes = 75 MB.
 With rotary positions (Llama) the keys are stored already rotated: a key's rotation depends only on
 its own position, so it never changes either.
 
-The cache knows nothing about padding or positions: every row of a batch has the same ``length`` (prompts are
-left-padded, see ``tinyllm.generate``), and the attention mask and position ids come from the caller. Since a
-key carries its position inside it (added or rotated in before it was cached), a row's keys can move
-to other columns without changing what they mean: ``append_rows`` lets new sequences join a running
-batch (left-padded to the common length) and ``select_rows(rows, start)`` can drop leading columns
-that every row has as padding. That is all continuous batching (``tinyllm.serve``) needs.
+The cache knows nothing about padding or positions: every row of a batch has the same ``length``
+(prompts are left-padded, see ``tinyllm.generate``), and the attention mask and position ids come
+from the caller. Since a key carries its position inside it (added or rotated in before it was
+cached), a row's keys can move to other columns without changing what they mean: ``append_rows``
+lets new sequences join a running batch (left-padded to the common length) and
+``select_rows(rows, start)`` can drop leading columns that every row has as padding. That is all
+continuous batching (``tinyllm.serve``) needs.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ class LayerKV:
             self._grow(end)
         if end > self.capacity:
             raise ValueError(
-                f"KV cache is full: it holds {start} positions and {k.shape[2]} more do not fit in its "
-                f"{self.limit} (the model's block_size); slide the window or reset the cache"
+                f"KV cache is full: it holds {start} positions and {k.shape[2]} more do not fit in "
+                f"its {self.limit} (the model's block_size); slide the window or reset the cache"
             )
         self.keys[:, :, start:end] = k
         self.values[:, :, start:end] = v
@@ -91,10 +92,11 @@ class KVCache:
         (default all)."""
         dtype = backend.dtype if dtype is None else dtype
         first = capacity if initial is None else min(initial, capacity)
-        self.layers = [LayerKV(batch_size, n_head, first, head_size, dtype, capacity) for _ in range(n_layer)]
-        # Keys and values that every row sees in front of its own, one (keys, values) pair per layer, kept for
-        # the whole generation: a soft prompt's, computed at the prefill (tinyllm.prompt_tuning). Not counted
-        # in ``length``: the cache's positions are the text's.
+        self.layers = [LayerKV(batch_size, n_head, first, head_size, dtype, capacity)
+                       for _ in range(n_layer)]
+        # Keys and values that every row sees in front of its own, one (keys, values) pair per
+        # layer, kept for the whole generation: a soft prompt's, computed at the prefill
+        # (tinyllm.prompt_tuning). Not counted in ``length``: the cache's positions are the text's.
         self.prefixes = None
 
     @classmethod
@@ -103,8 +105,8 @@ class KVCache:
         first, doubled as needed), and as many heads as the model has key/value heads
         (``n_kv_head``: fewer than ``n_head`` with grouped-query attention)."""
         n_kv_head = getattr(config, "n_kv_head", None) or config.n_head
-        return cls(config.n_layer, batch_size, n_kv_head, config.block_size, config.head_size, dtype,
-                   initial=256)
+        return cls(config.n_layer, batch_size, n_kv_head, config.block_size, config.head_size,
+                   dtype, initial=256)
 
     @property
     def length(self) -> int:

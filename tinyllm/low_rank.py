@@ -4,22 +4,24 @@ The singular value decomposition writes any W as a sum of rank-one matrices of d
 
     W = U Σ Vᵀ = Σ_i σ_i u_i v_iᵀ          σ_1 ≥ σ_2 ≥ … ≥ 0
 
-and its first r terms W_r are the closest rank-r matrix to W (Eckart–Young): the error ‖W − W_r‖_F² =
-Σ_{i>r} σ_i² is exactly the squared singular values ("energy") left out. So the rank of each layer is chosen by
-an energy threshold e: the smallest r with Σ_{i≤r} σ_i² ≥ e · Σ_i σ_i² (e = 0.9 keeps 90% of ‖W‖_F²).
+and its first r terms W_r are the closest rank-r matrix to W (Eckart–Young): the error ‖W − W_r‖_F²
+= Σ_{i>r} σ_i² is exactly the squared singular values ("energy") left out. So the rank of each layer
+is chosen by an energy threshold e: the smallest r with Σ_{i≤r} σ_i² ≥ e · Σ_i σ_i² (e = 0.9 keeps
+90% of ‖W‖_F²).
 
 W_r is stored as two Linear layers, the singular values' square roots shared between them:
 
     down = √Σ_r V_rᵀ   (r × in)          up = U_r √Σ_r   (out × r)          W_r = up · down
 
-so y = x W_rᵀ + b = (x downᵀ) upᵀ + b, with r·(in + out) weights and multiply-adds per token instead of
-in·out. That pays only while r < in·out / (in + out) (half the side of a square W); a layer whose rank would
-not be below that stays as it is. Trained weights are far from low rank, so a high threshold saves little and a
-low one costs perplexity: the README's table shows both.
+so y = x W_rᵀ + b = (x downᵀ) upᵀ + b, with r·(in + out) weights and multiply-adds per token instead
+of in·out. That pays only while r < in·out / (in + out) (half the side of a square W); a layer whose
+rank would not be below that stays as it is. Trained weights are far from low rank, so a high
+threshold saves little and a low one costs perplexity: the README's table shows both.
 
-Only the blocks' attention and MLP layers are factored (not the embeddings, the head or a MoE router).
-``factorize_model`` works in place; config.json records the ranks as ``"low_rank": {layer: rank}``
-(``checkpoint.layout_config``), from which ``factored_layout`` rebuilds the layers before the weights load.
+Only the blocks' attention and MLP layers are factored (not the embeddings, the head or a MoE
+router). ``factorize_model`` works in place; config.json records the ranks as
+``"low_rank": {layer: rank}`` (``checkpoint.layout_config``), from which ``factored_layout``
+rebuilds the layers before the weights load.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from .quantize import int8_layers
 
 class LowRankLinear(Module):
     """y = (x Aᵀ) Bᵀ + b: a Linear layer factored through rank r, A = ``down.weight`` (r, in) and
-    B = ``up.weight`` (out, r), the bias on ``up``. Two ordinary linear ops, so it trains like any layer."""
+    B = ``up.weight`` (out, r), the bias on ``up``. Two ordinary linear ops, so it trains like any
+    layer."""
 
     def __init__(self, in_features, out_features, rank, bias=True, generator=None):
         self.down = Linear(in_features, rank, False, None, generator)
@@ -49,7 +52,8 @@ class LowRankLinear(Module):
 
 def check_energy(energy) -> float:
     if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not 0.0 < energy <= 1.0:
-        raise ValueError(f"the energy threshold must be in (0, 1] (the share of Σσ² to keep), got {energy!r}")
+        raise ValueError("the energy threshold must be in (0, 1] (the share of Σσ² to keep), got "
+                         f"{energy!r}")
     return float(energy)
 
 
@@ -60,7 +64,8 @@ def energy_rank(singular_values, energy: float) -> int:
     total = squared.sum()
     if total == 0:
         return 1
-    kept = np.cumsum(squared) / total                         # kept[r - 1]: the share the first r keep
+    # kept[r - 1]: the share the first r keep
+    kept = np.cumsum(squared) / total
     return int(min(np.searchsorted(kept, energy * (1 - 1e-12)) + 1, len(squared)))
 
 
@@ -71,14 +76,16 @@ def factorable_layers(model) -> list[tuple[str, Linear]]:
 
 
 def factorize_model(model, energy: float) -> dict:
-    """Replace each factorable Linear whose energy rank saves weights by a ``LowRankLinear``, in place.
+    """Replace each factorable Linear whose energy rank saves weights by a ``LowRankLinear``, in
+    place.
 
-    Returns {layer: {"rank": r, "full_rank": min(out, in), "kept_energy": share of Σσ²}} for the factored ones.
+    Returns {layer: {"rank": r, "full_rank": min(out, in), "kept_energy": share of Σσ²}} for the
+    factored ones.
     """
     energy = check_energy(energy)
     if getattr(model, "lora_config", None) is not None or int8_layers(model):
-        raise ValueError("factor a plain float model: merge LoRA adapters first, and quantize to int8 after "
-                         "factoring")
+        raise ValueError("factor a plain float model: merge LoRA adapters first, and quantize to "
+                         "int8 after factoring")
     report = {}
     for name, layer in factorable_layers(model):
         weight = backend.to_numpy(layer.weight.data).astype(np.float64)      # (out, in)
@@ -86,16 +93,19 @@ def factorize_model(model, energy: float) -> dict:
         rank = energy_rank(sigma, energy)
         out_features, in_features = weight.shape
         if rank * (in_features + out_features) >= in_features * out_features:
-            continue                                                          # two factors would be larger
+            # two factors would be larger
+            continue
         root = np.sqrt(sigma[:rank])                                          # √Σ_r
         factored = LowRankLinear(in_features, out_features, rank, layer.bias is not None)
-        factors = {"down.weight": root[:, None] * vt[:rank], "up.weight": u[:, :rank] * root}   # √Σ_r V_rᵀ, U_r √Σ_r
+        # √Σ_r V_rᵀ, U_r √Σ_r
+        factors = {"down.weight": root[:, None] * vt[:rank], "up.weight": u[:, :rank] * root}
         if layer.bias is not None:
             factors["up.bias"] = layer.bias.data
         factored.load_state_dict(factors)
         model.set_submodule(name, factored)
         report[name] = {"rank": rank, "full_rank": int(len(sigma)),
-                        "kept_energy": float((sigma[:rank] ** 2).sum() / max((sigma ** 2).sum(), 1e-300))}
+                        "kept_energy": float((sigma[:rank] ** 2).sum() / max((sigma ** 2).sum(),
+                                                                             1e-300))}
     return report
 
 
@@ -105,8 +115,9 @@ def low_rank_ranks(model) -> dict[str, int]:
 
 
 def factored_layout(model, ranks: dict, where="config.json") -> None:
-    """Turn the Linear layers named in ``ranks`` into (untrained) ``LowRankLinear`` layers of those ranks, for
-    a factored checkpoint to load into; ValueError naming ``where`` for a layer or rank that cannot be."""
+    """Turn the Linear layers named in ``ranks`` into (untrained) ``LowRankLinear`` layers of those
+    ranks, for a factored checkpoint to load into; ValueError naming ``where`` for a layer or rank
+    that cannot be."""
     if not isinstance(ranks, dict):
         raise ValueError(f"{where}: 'low_rank' must map layer names to ranks, got {ranks!r}")
     for name, rank in ranks.items():
@@ -115,9 +126,12 @@ def factored_layout(model, ranks: dict, where="config.json") -> None:
         except (AttributeError, IndexError):
             layer = None
         if not isinstance(layer, Linear):
-            raise ValueError(f"{where}: low_rank names {name!r}, which is not a Linear layer of the model")
+            raise ValueError(f"{where}: low_rank names {name!r}, which is not a Linear layer of "
+                             "the model")
         out_features, in_features = layer.weight.shape
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(out_features, in_features):
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(out_features,
+                                                                                       in_features):
             raise ValueError(f"{where}: the rank of {name!r} must be an integer in "
                              f"[1, {min(out_features, in_features)}], got {rank!r}")
-        model.set_submodule(name, LowRankLinear(in_features, out_features, rank, layer.bias is not None))
+        model.set_submodule(name, LowRankLinear(in_features, out_features, rank,
+                                                layer.bias is not None))

@@ -52,7 +52,7 @@ def _check_parallel(first: Sequence, second: Sequence, names: tuple[str, str]) -
         raise ValueError(f"{names[0]} and {names[1]} are empty; a score needs at least one example")
 
 
-# ---------------------------------------------------------------------------------------------- classification
+# ------------------------------------------------------------------------------- classification
 
 
 def accuracy(labels: Sequence[Hashable], preds: Sequence[Hashable]) -> float:
@@ -74,8 +74,9 @@ def confusion_matrix(labels: Sequence[Hashable], preds: Sequence[Hashable],
     """Counts ``(K, K)``: row i is the true class ``classes[i]``,
     column j the predicted class ``classes[j]``.
 
-    ``classes`` fixes the order (and lets a class that never occurs have its row); by default it is the
-    sorted set of values seen in ``labels`` and ``preds``. The diagonal holds the correct predictions.
+    ``classes`` fixes the order (and lets a class that never occurs have its row); by default it is
+    the sorted set of values seen in ``labels`` and ``preds``. The diagonal holds the correct
+    predictions.
     """
     _check_parallel(labels, preds, ("labels", "preds"))
     if classes is None:
@@ -129,8 +130,8 @@ def precision_recall_f1(
     matrix_classes = _sorted_classes(set(labels) | set(preds)) if classes is None else list(classes)
     if average == "binary" and positive not in matrix_classes:
         raise ValueError(
-            f"positive class {positive!r} occurs in neither labels nor preds (classes seen: {matrix_classes}); "
-            "pass positive= to name the positive class"
+            f"positive class {positive!r} occurs in neither labels nor preds (classes seen: "
+            f"{matrix_classes}); pass positive= to name the positive class"
         )
     counts = confusion_matrix(labels, preds, matrix_classes)
     true_positives = np.diag(counts)
@@ -156,7 +157,7 @@ def f1_score(labels: Sequence[Hashable], preds: Sequence[Hashable], *, positive:
     return precision_recall_f1(labels, preds, positive=positive, average=average).f1
 
 
-# ---------------------------------------------------------------------------------------------- language modelling
+# ------------------------------------------------------------------------------- language modelling
 
 
 def perplexity(mean_nll: float) -> float:
@@ -175,7 +176,7 @@ def perplexity(mean_nll: float) -> float:
         return math.inf
 
 
-# ---------------------------------------------------------------------------------------------- text generation
+# ------------------------------------------------------------------------------- text generation
 
 _WORD_OR_SYMBOL = regex.compile(r"\w+|[^\w\s]")
 
@@ -220,17 +221,11 @@ def bleu_report(
         hyp_tokens = tokenize(hypothesis)
         ref_tokens = [tokenize(ref) for ref in refs]
         hypothesis_length += len(hyp_tokens)
-        # The reference length closest to the hypothesis length; ties go to the shorter reference.
-        reference_length += min((abs(len(r) - len(hyp_tokens)), len(r)) for r in ref_tokens)[1]
+        reference_length += _closest_reference_length(len(hyp_tokens), ref_tokens)
         for n in range(1, max_n + 1):
-            hyp_counts = _ngram_counts(hyp_tokens, n)
-            # Clipping: an n-gram counts at most as often as it occurs in any single reference, so
-            # "the the the the" earns no more than the number of "the"s a reference has.
-            max_ref_counts: Counter = Counter()
-            for tokens in ref_tokens:
-                max_ref_counts |= _ngram_counts(tokens, n)  # | keeps the maximum count per n-gram
-            matched[n] += sum(min(count, max_ref_counts[gram]) for gram, count in hyp_counts.items())
-            total[n] += sum(hyp_counts.values())
+            clipped, count = _clipped_ngram_matches(hyp_tokens, ref_tokens, n)
+            matched[n] += clipped
+            total[n] += count
 
     precisions = []
     for n in range(1, max_n + 1):
@@ -238,12 +233,7 @@ def bleu_report(
             precisions.append((matched[n] + 1) / (total[n] + 1))
         else:
             precisions.append(_ratio(matched[n], total[n]))
-    if hypothesis_length == 0:
-        brevity_penalty = 0.0
-    elif hypothesis_length > reference_length:
-        brevity_penalty = 1.0
-    else:
-        brevity_penalty = math.exp(1 - reference_length / hypothesis_length)
+    brevity_penalty = _brevity_penalty(hypothesis_length, reference_length)
     if min(precisions) == 0:
         bleu = 0.0  # the geometric mean of anything with a zero factor; log(0) would be -inf
     else:
@@ -255,6 +245,34 @@ def bleu_report(
         "hypothesis_length": hypothesis_length,
         "reference_length": reference_length,
     }
+
+
+def _closest_reference_length(hypothesis_length: int, ref_tokens: list[list[str]]) -> int:
+    """The reference length closest to the hypothesis length; ties go to the shorter reference."""
+    return min((abs(len(r) - hypothesis_length), len(r)) for r in ref_tokens)[1]
+
+
+def _clipped_ngram_matches(hyp_tokens: list[str], ref_tokens: list[list[str]], n: int):
+    """(clipped matches, n-grams) of one hypothesis's n-grams against its references.
+
+    Clipping: an n-gram counts at most as often as it occurs in any single reference, so
+    "the the the the" earns no more than the number of "the"s a reference has.
+    """
+    hyp_counts = _ngram_counts(hyp_tokens, n)
+    max_ref_counts: Counter = Counter()
+    for tokens in ref_tokens:
+        max_ref_counts |= _ngram_counts(tokens, n)  # | keeps the maximum count per n-gram
+    matched = sum(min(count, max_ref_counts[gram]) for gram, count in hyp_counts.items())
+    return matched, sum(hyp_counts.values())
+
+
+def _brevity_penalty(hypothesis_length: int, reference_length: int) -> float:
+    """1 when the hypotheses are longer than the references, else exp(1 - r/c) (0 for no output)."""
+    if hypothesis_length == 0:
+        return 0.0
+    if hypothesis_length > reference_length:
+        return 1.0
+    return math.exp(1 - reference_length / hypothesis_length)
 
 
 def corpus_bleu(
@@ -277,9 +295,10 @@ def corpus_bleu(
       the reference length closest to each hypothesis's length, BP = 1 if c > r else exp(1 − r/c).
       Precision alone would reward saying very little; BP takes that back.
 
-    If any p_n is 0 (say, no 4-gram of the corpus matches) the geometric mean, and so BLEU, is 0.0; that
-    is the standard definition and happens easily on a few short sentences. ``smoothing="add1"`` uses
-    (matches + 1) / (n-grams + 1) for n ≥ 2 (Lin & Och 2004), which keeps short-text scores informative.
+    If any p_n is 0 (say, no 4-gram of the corpus matches) the geometric mean, and so BLEU, is 0.0;
+    that is the standard definition and happens easily on a few short sentences.
+    ``smoothing="add1"`` uses (matches + 1) / (n-grams + 1) for n ≥ 2 (Lin & Och 2004), which keeps
+    short-text scores informative.
     """
     return bleu_report(hypotheses, references, max_n=max_n, smoothing=smoothing,
                        tokenize=tokenize)["bleu"]
@@ -289,9 +308,9 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
     """Length of the longest common subsequence (in order, not necessarily adjacent),
     by dynamic programming.
 
-    ``row[j]`` is the LCS of the first i tokens of ``a`` and the first j of ``b``; each new token of ``a``
-    either extends a match diagonally or carries the best of the left and upper neighbours. O(len a · len b)
-    time, one row of memory.
+    ``row[j]`` is the LCS of the first i tokens of ``a`` and the first j of ``b``; each new token of
+    ``a`` either extends a match diagonally or carries the best of the left and upper neighbours.
+    O(len a · len b) time, one row of memory.
     """
     if len(b) > len(a):
         a, b = b, a  # keep the row short
@@ -328,14 +347,17 @@ def mean_rouge_l(hypotheses: Sequence[str], references: Sequence[str],
                  **kwargs) -> PrecisionRecallF1:
     """ROUGE-L precision, recall and F averaged over pairs (each pair scored by ``rouge_l``)."""
     _check_parallel(hypotheses, references, ("hypotheses", "references"))
-    scores = np.array([rouge_l(h, r, **kwargs) for h, r in zip(hypotheses, references)], dtype=np.float64)
+    scores = np.array([rouge_l(h, r, **kwargs) for h, r in zip(hypotheses, references)],
+                      dtype=np.float64)
     return PrecisionRecallF1(*(float(s) for s in scores.mean(axis=0)))
 
 
 def normalize_answer(text: str) -> str:
-    """Strip, lowercase and collapse runs of whitespace to one space: ``"  Paris\\n"`` -> ``"paris"``.
+    """Strip, lowercase and collapse runs of whitespace to one space: ``"  Paris\\n"`` ->
+    ``"paris"``.
 
-    Punctuation and articles are kept (unlike SQuAD's normaliser), so "Paris." does not match "Paris".
+    Punctuation and articles are kept (unlike SQuAD's normaliser), so "Paris." does not match
+    "Paris".
     """
     return " ".join(text.lower().split())
 
@@ -343,4 +365,5 @@ def normalize_answer(text: str) -> str:
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Fraction of predictions equal to their reference after ``normalize_answer`` on both."""
     _check_parallel(predictions, references, ("predictions", "references"))
-    return sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references)) / len(predictions)
+    return sum(normalize_answer(p) == normalize_answer(r)
+               for p, r in zip(predictions, references)) / len(predictions)

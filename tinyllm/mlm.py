@@ -71,9 +71,9 @@ def word_start_table(tokenizer) -> np.ndarray:
 
 def require_mlm_tokenizer(tokenizer) -> None:
     if not hasattr(tokenizer, "mask_id"):
-        raise ValueError("masked-LM training needs a WordPiece tokenizer (with [CLS] "
-                         "[SEP] [MASK]); got "
-                         f"{type(tokenizer).__name__}: pass --tokenizer wordpiece, or a WordPiece tokenizer file")
+        raise ValueError("masked-LM training needs a WordPiece tokenizer (with [CLS] [SEP] "
+                         f"[MASK]); got {type(tokenizer).__name__}: pass --tokenizer wordpiece, or "
+                         "a WordPiece tokenizer file")
 
 
 class MaskedLM:
@@ -107,7 +107,8 @@ class MaskedLM:
         masked by ``rng``."""
         width = self.context - 2
         starts = rng.integers(0, len(self.train_ids) - width + 1, size=self.batch_size)
-        return self.corrupt(self.frame(np.stack([self.train_ids[s:s + width] for s in starts])), rng)
+        return self.corrupt(self.frame(np.stack([self.train_ids[s:s + width] for s in starts])),
+                            rng)
 
     @staticmethod
     def targets(x, labels) -> int:
@@ -130,7 +131,8 @@ class MaskedLM:
         total, count = 0.0, 0
         with no_grad():
             for first in range(0, len(starts), self.batch_size):
-                windows = np.stack([ids[s:s + width] for s in starts[first:first + self.batch_size]])
+                windows = np.stack([ids[s:s + width]
+                                    for s in starts[first:first + self.batch_size]])
                 x, labels = self.corrupt(self.frame(windows), rng)
                 n = self.targets(x, labels)
                 if n:

@@ -1,8 +1,8 @@
 """Layers: a ``Module`` holds ``Parameter``s and other modules; its ``forward`` calls fused ops.
 
-Registration is automatic and has no magic: ``named_parameters()`` walks the attributes of a module in the
-order they were set, yielding every ``Parameter`` and recursing into every ``Module`` (and into lists of
-modules, named by their index: ``blocks.0.attn.qkv.weight``).
+Registration is automatic and has no magic: ``named_parameters()`` walks the attributes of a module
+in the order they were set, yielding every ``Parameter`` and recursing into every ``Module`` (and
+into lists of modules, named by their index: ``blocks.0.attn.qkv.weight``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from .functional.rope import apply_rotary
 
 
 class Parameter(Tensor):
-    """A Tensor that is learned: it requires grad, and modules find it by walking their attributes."""
+    """A Tensor that is learned: it requires grad, and modules find it by walking their
+    attributes."""
 
     def __init__(self, data, requires_grad: bool = True, dtype=None):
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)
@@ -57,7 +58,8 @@ class Module:
         return module
 
     def set_submodule(self, dotted: str, value: "Module") -> None:
-        """Put ``value`` at a dotted path in place of the module there (to swap one kind of layer for another)."""
+        """Put ``value`` at a dotted path in place of the module there (to swap one kind of layer
+        for another)."""
         parent_path, _, last = dotted.rpartition(".")
         parent = self.get_submodule(parent_path)
         if last.isdigit():
@@ -66,7 +68,8 @@ class Module:
             setattr(parent, last, value)
 
     def named_parameters(self, prefix=""):
-        """(name, Parameter) pairs, each parameter once (a tied weight appears under its first name)."""
+        """(name, Parameter) pairs, each parameter once (a tied weight appears under its first
+        name)."""
         seen = set()
         for module_name, module in self.named_modules(prefix):
             for name, value in vars(module).items():
@@ -98,13 +101,15 @@ class Module:
         return {name: p.data for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into the parameters. Names must match exactly (unless ``strict=False``, which skips
-        missing and unexpected names) and shapes always; the error lists every offending name."""
+        """Copy arrays into the parameters. Names must match exactly (unless ``strict=False``, which
+        skips missing and unexpected names) and shapes always; the error lists every offending
+        name."""
         params = dict(self.named_parameters())
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
         mis_shaped = [f"{name}: checkpoint {tuple(state[name].shape)} vs model {params[name].shape}"
-                      for name in params if name in state and tuple(state[name].shape) != params[name].shape]
+                      for name in params if name in state
+                      and tuple(state[name].shape) != params[name].shape]
         problems = []
         if strict and missing:
             problems.append(f"missing keys: {', '.join(missing)}")
@@ -188,11 +193,13 @@ class GELU(Module):
 class MLP(Module):
     """The transformer's feed-forward block: Linear(C → 4C) → GELU → Linear(4C → C) → dropout."""
 
-    def __init__(self, n_embd, hidden=None, bias=True, dropout=0.0, std=0.02, proj_std=0.02, generator=None):
+    def __init__(self, n_embd, hidden=None, bias=True, dropout=0.0, std=0.02, proj_std=0.02,
+                 generator=None):
         hidden = 4 * n_embd if hidden is None else hidden
         self.fc = Linear(n_embd, hidden, bias, std, generator)
         self.proj = Linear(hidden, n_embd, bias, proj_std, generator)
-        self.dropout = Dropout(dropout)  # masks come from the global generator (tinyllm.manual_seed)
+        # masks come from the global generator (tinyllm.manual_seed)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):                                     # (B, T, C)
         return self.dropout(self.proj(F.gelu(self.fc(x))))    # (B, T, 4C) inside
@@ -204,7 +211,8 @@ class SwiGLU(Module):
     Three matrices instead of GPT-2's two, so for the same parameter count H is 2/3 of GPT-2's 4C
     (``tinyllm.model.swiglu_hidden``)."""
 
-    def __init__(self, n_embd, hidden, bias=False, dropout=0.0, std=0.02, proj_std=0.02, generator=None):
+    def __init__(self, n_embd, hidden, bias=False, dropout=0.0, std=0.02, proj_std=0.02,
+                 generator=None):
         self.gate = Linear(n_embd, hidden, bias, std, generator)
         self.up = Linear(n_embd, hidden, bias, std, generator)
         self.proj = Linear(hidden, n_embd, bias, proj_std, generator)
@@ -215,8 +223,9 @@ class SwiGLU(Module):
 
 
 class ExpertLinear(Module):
-    """The weights of one bias-free linear layer per expert, stacked: ``weight`` (E, out, in). It has no
-    forward of its own: ``functional.moe_experts`` applies expert e's slice to the tokens routed to e."""
+    """The weights of one bias-free linear layer per expert, stacked: ``weight`` (E, out, in). It
+    has no forward of its own: ``functional.moe_experts`` applies expert e's slice to the tokens
+    routed to e."""
 
     def __init__(self, n_expert, in_features, out_features, std=0.02, generator=None):
         self.weight = Parameter(_normal((n_expert, out_features, in_features), std, generator))
@@ -232,24 +241,26 @@ class Experts(Module):
 
 
 class MoE(Module):
-    """Mixture-of-experts feed-forward block (see ``tinyllm.functional.moe``): a router picks ``top_k`` of
-    ``n_expert`` SwiGLU experts per token and mixes their outputs by the router's weights; an optional shared
-    expert (a plain SwiGLU every token goes through) is added.
+    """Mixture-of-experts feed-forward block (see ``tinyllm.functional.moe``): a router picks
+    ``top_k`` of ``n_expert`` SwiGLU experts per token and mixes their outputs by the router's
+    weights; an optional shared expert (a plain SwiGLU every token goes through) is added.
 
     Parameters: ``router.weight`` (E, C); ``experts.gate.weight``, ``experts.up.weight`` (E, H, C);
     ``experts.proj.weight`` (E, C, H); ``shared.{gate,up,proj}.weight`` with a shared expert.
-    ``forward`` returns the mixed output with what this very forward's routing did: its load-balancing
-    loss (a scalar Tensor) and the fraction of assignments each expert received ((E,), an array on the
-    device). Nothing is kept on the module, so threads may run it on different rows at once.
+    ``forward`` returns the mixed output with what this very forward's routing did: its
+    load-balancing loss (a scalar Tensor) and the fraction of assignments each expert received
+    ((E,), an array on the device). Nothing is kept on the module, so threads may run it on
+    different rows at once.
     """
 
-    def __init__(self, n_embd, hidden, n_expert, top_k, shared_expert=False, bias=False, dropout=0.0, std=0.02,
-                 proj_std=0.02, generator=None):
+    def __init__(self, n_embd, hidden, n_expert, top_k, shared_expert=False, bias=False,
+                 dropout=0.0, std=0.02, proj_std=0.02, generator=None):
         check_expert_top_k(top_k, n_expert)
         self.top_k = top_k
         self.router = Linear(n_embd, n_expert, False, std, generator)
         self.experts = Experts(n_expert, n_embd, hidden, std, proj_std, generator)
-        self.shared = SwiGLU(n_embd, hidden, bias, 0.0, std, proj_std, generator) if shared_expert else None
+        self.shared = SwiGLU(n_embd, hidden, bias, 0.0, std, proj_std,
+                             generator) if shared_expert else None
         self.dropout = Dropout(dropout)
 
     def forward(self, x):                     # (B, T, C) → ((B, T, C), L_aux scalar, load (E,))
@@ -262,16 +273,18 @@ class MoE(Module):
 
 
 class CausalSelfAttention(Module):
-    """Multi-head causal self-attention: one linear layer makes queries, keys and values for all heads,
-    fused attention mixes them over time, and a second linear layer projects the heads back to C.
+    """Multi-head causal self-attention: one linear layer makes queries, keys and values for all
+    heads, fused attention mixes them over time, and a second linear layer projects the heads back
+    to C.
 
-    ``n_kv_head`` < ``n_head`` makes it grouped-query attention: ``qkv`` then makes H query heads and only
-    H_kv key and value heads (its output is (H + 2 H_kv)·D wide), and the KV cache holds H_kv heads.
-    ``forward(..., rope=(cos, sin))`` rotates queries and keys by their positions (Llama). ``head_size``:
-    D, by default C / H; H·D may then differ from C (heads pruned away: ``tinyllm.pruning``)."""
+    ``n_kv_head`` < ``n_head`` makes it grouped-query attention: ``qkv`` then makes H query heads
+    and only H_kv key and value heads (its output is (H + 2 H_kv)·D wide), and the KV cache holds
+    H_kv heads. ``forward(..., rope=(cos, sin))`` rotates queries and keys by their positions
+    (Llama). ``head_size``: D, by default C / H; H·D may then differ from C (heads pruned away:
+    ``tinyllm.pruning``)."""
 
-    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, std=0.02, proj_std=0.02, generator=None, n_kv_head=None,
-                 head_size=None):
+    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, std=0.02, proj_std=0.02,
+                 generator=None, n_kv_head=None, head_size=None):
         if head_size is None and n_embd % n_head:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
         self.n_head = n_head
@@ -279,19 +292,21 @@ class CausalSelfAttention(Module):
         head_size = n_embd // n_head if head_size is None else head_size
         self.qkv = Linear(n_embd, (n_head + 2 * self.n_kv_head) * head_size, bias, std, generator)
         self.proj = Linear(n_head * head_size, n_embd, bias, proj_std, generator)
-        self.dropout = Dropout(dropout)  # masks come from the global generator (tinyllm.manual_seed)
+        # masks come from the global generator (tinyllm.manual_seed)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x, mask=None, cache=None, rope=None, prefix=None):    # (B, T, C)
-        """``cache``: this layer's ``LayerKV`` when generating (see ``tinyllm.kv_cache``). The new keys and
-        values are appended to it and the queries attend over everything cached; ``mask`` then covers all
-        those keys: (B, 1, 1 or T, cached + T). Inference only: no gradient flows through the cache.
+        """``cache``: this layer's ``LayerKV`` when generating (see ``tinyllm.kv_cache``). The new
+        keys and values are appended to it and the queries attend over everything cached; ``mask``
+        then covers all those keys: (B, 1, 1 or T, cached + T). Inference only: no gradient flows
+        through the cache.
         ``rope``: (cos, sin) of this call's positions (``functional.rope.rope_cos_sin``), or None.
-        ``prefix``: (keys, values), each (H_kv, P, D), that every query sees in front of the text's own
-        (``tinyllm.prompt_tuning``), or None."""
+        ``prefix``: (keys, values), each (H_kv, P, D), that every query sees in front of the text's
+        own (``tinyllm.prompt_tuning``), or None."""
         qkv = self.qkv(x)                                     # (B, T, (H + 2 H_kv)·D)
         if cache is None:
-            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask, n_kv_head=self.n_kv_head, rope=rope,
-                                 prefix=prefix)
+            y = F.self_attention(qkv, self.n_head, causal=True, mask=mask, n_kv_head=self.n_kv_head,
+                                 rope=rope, prefix=prefix)
         else:
             y = self._attend_cached(qkv.data, cache, mask, rope, prefix)
             y = Tensor(y, dtype=y.dtype)
@@ -299,16 +314,24 @@ class CausalSelfAttention(Module):
 
     def _attend_cached(self, qkv, cache, mask, rope=None, prefix=None):
         if is_grad_enabled():
-            raise RuntimeError("attention with a KV cache is for inference only: run it under tinyllm.no_grad()")
+            raise RuntimeError("attention with a KV cache is for inference only: run it under "
+                               "tinyllm.no_grad()")
         batch, time, _ = qkv.shape
-        q, k, v = split_qkv(qkv, self.n_head, self.n_kv_head)                # (B, H, T, D), (B, H_kv, T, D) × 2
-        if rope is not None:  # keys are cached rotated: a key's rotation depends only on its own position
+        # (B, H, T, D), (B, H_kv, T, D) × 2
+        q, k, v = split_qkv(qkv, self.n_head, self.n_kv_head)
+        # keys are cached rotated: a key's rotation depends only on its own position
+        if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        keys, values = cache.append(k, v)                                      # (B, H_kv, cached + T, D)
-        if prefix is not None:                                                 # (B, H_kv, P + cached + T, D)
-            prefix_k, prefix_v = (t.data if isinstance(t, Tensor) else t for t in prefix)   # (H_kv, P, D)
-            keys, values = prepend_forward(prefix_k, keys, 2)[0], prepend_forward(prefix_v, values, 2)[0]
+        # (B, H_kv, cached + T, D)
+        keys, values = cache.append(k, v)
+        # (B, H_kv, P + cached + T, D)
+        if prefix is not None:
+            # (H_kv, P, D)
+            prefix_k, prefix_v = (t.data if isinstance(t, Tensor) else t for t in prefix)
+            keys, values = prepend_forward(prefix_k, keys, 2)[0], prepend_forward(prefix_v, values,
+                                                                                  2)[0]
             mask = mask_with_prefix(mask, prefix_k.shape[1])
-        # The same forward as training. A single query sits after every cached key: no causal mask needed.
+        # The same forward as training. A single query sits after every cached key: no causal mask
+        # needed.
         y, _ = multi_head_attention_forward(q, keys, values, time > 1, mask)   # (B, H, T, D)
         return y.transpose(0, 2, 1, 3).reshape(batch, time, -1)              # (B, T, C)

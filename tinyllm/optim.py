@@ -19,7 +19,8 @@ def _groups(params, defaults):
     if not params:
         raise ValueError("the optimizer got an empty parameter list")
     groups = params if isinstance(params[0], dict) else [{"params": params}]
-    return [{**defaults, **g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    return [{**defaults, **g, "params": [p for p in g["params"] if p.requires_grad]}
+            for g in groups]
 
 
 class Optimizer:
@@ -86,7 +87,8 @@ class AdamW(Optimizer):
             m = β1 m + (1-β1) g,   v = β2 v + (1-β2) g²          running means of g and g²
             m̂ = m / (1-β1ᵗ),       v̂ = v / (1-β2ᵗ)               bias corrections (m, v start at 0)
             p = p - lr (m̂ / (√v̂ + ε) + λ p)                     decoupled weight decay λ
-        ``grad_scale`` multiplies every gradient as it is read: gradient clipping (``clip_factor``)."""
+        ``grad_scale`` multiplies every gradient as it is read: gradient clipping
+        (``clip_factor``)."""
         grad_scale = float(grad_scale)
         self.step_count += 1
         i = 0
@@ -150,7 +152,8 @@ def grad_norm(params) -> float:
 
     Each parameter's Σ g² is added in float64, in parameter order, on the device: one read of the
     device in all (on a GPU a read per parameter would stop it a hundred times a step)."""
-    squares = [backend.xp.vdot(p.grad.ravel(), p.grad.ravel()) for p in params if p.grad is not None]
+    squares = [backend.xp.vdot(p.grad.ravel(), p.grad.ravel())
+               for p in params if p.grad is not None]
     total = 0.0
     for square in squares:
         total = total + square.astype(np.float64)

@@ -17,8 +17,8 @@ Two things make the threads safe and the result repeatable:
   associative, and a fixed order gives the same bits on every run.
 
 Nothing in the maths (``autograd``, ``functional``, ``model``) knows about threads; ``train`` calls
-``data_parallel``. On a GPU, with one thread, or when NumPy's BLAS is not an OpenBLAS whose thread count can be
-set, ``data_parallel`` runs the batch whole.
+``data_parallel``. On a GPU, with one thread, or when NumPy's BLAS is not an OpenBLAS whose thread
+count can be set, ``data_parallel`` runs the batch whole.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def _openblas_thread_functions():
             )
     except OSError:
         return None
-    names = [(prefix, suffix) for prefix in ("scipy_openblas", "openblas") for suffix in ("64_", "")]
+    names = [(prefix, suffix) for prefix in ("scipy_openblas", "openblas")
+             for suffix in ("64_", "")]
     for path in paths:
         try:
             lib = ctypes.CDLL(path)

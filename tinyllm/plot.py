@@ -153,7 +153,8 @@ def _legend_corner(traced: list[tuple[float, float]], frame: tuple[float, float,
     corners = [(right - width - 8, top + 8), (left + 8, top + 8),
                (right - width - 8, bottom - height - 8), (left + 8, bottom - height - 8)]
     near = 6  # line width and marker radius
-    covered = lambda c: sum(c[0] - near <= x <= c[0] + width + near and c[1] - near <= y <= c[1] + height + near for x, y in traced)
+    covered = lambda c: sum(c[0] - near <= x <= c[0] + width + near and c[1] - near <= y <= c[1]
+                            + height + near for x, y in traced)
     # ties: the first, top-right, where falling loss curves rarely are
     return min(corners, key=covered)
 
@@ -171,10 +172,11 @@ def line_chart_svg(
     """An SVG line chart with one polyline per named series ``{name: (xs, ys)}``, grid,
     ticks and legend.
 
-    Points that are NaN or infinite (or not positive, with ``log_y``) are left out; a series left with
-    no points is dropped. Series of at most ``MARKERS_UP_TO`` points also get a dot per point. Raises
-    ValueError if nothing is left to draw. ``styles[name]`` may change a series' look: ``color``,
-    ``width`` and ``opacity`` of its line, ``line=False`` (dots only), ``markers`` (True/False).
+    Points that are NaN or infinite (or not positive, with ``log_y``) are left out; a series left
+    with no points is dropped. Series of at most ``MARKERS_UP_TO`` points also get a dot per point.
+    Raises ValueError if nothing is left to draw. ``styles[name]`` may change a series' look:
+    ``color``, ``width`` and ``opacity`` of its line, ``line=False`` (dots only), ``markers``
+    (True/False).
     """
     usable = {name: _usable_points(xs, ys, log_y) for name, (xs, ys) in series.items()}
     usable = {name: points for name, points in usable.items() if points}
@@ -244,8 +246,8 @@ def _draw_series(out, name, points, look, frame) -> list:
     if look["line"]:
         coordinates = " ".join(f"{x:.1f},{y:.1f}" for x, y in pixels)
         out.append(f'<polyline fill="none" stroke="{look["color"]}" stroke-width="{look["width"]}" '
-                   f'stroke-opacity="{look["opacity"]}" stroke-linejoin="round" points="{coordinates}">'
-                   f'<title>{escape(name)}</title></polyline>')
+                   f'stroke-opacity="{look["opacity"]}" stroke-linejoin="round" '
+                   f'points="{coordinates}"><title>{escape(name)}</title></polyline>')
     if look["markers"]:
         out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{look["color"]}" '
                    'stroke="white" '
@@ -284,9 +286,11 @@ def _style(index: int, num_points: int, overrides: dict | None) -> dict:
 
 def _stack_vertically(charts: list[str], width: int, height: int) -> str:
     """One SVG holding several same-sized charts one below the other (nested ``<svg>`` elements)."""
-    body = [chart.replace("<svg ", f'<svg x="0" y="{i * height}" ', 1) for i, chart in enumerate(charts)]
+    body = [chart.replace("<svg ", f'<svg x="0" y="{i * height}" ', 1)
+            for i, chart in enumerate(charts)]
     total = height * len(charts)
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total}" viewBox="0 0 {width} {total}">\n' + "".join(body) + "</svg>\n"
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total}" viewBox="0 '
+            f'0 {width} {total}">\n') + "".join(body) + "</svg>\n"
 
 
 def _is_number(value) -> bool:
@@ -320,7 +324,8 @@ def plot_log(log_path, out=None, keys: list[str] | None = None, x: str = "step",
         if not values:
             continue
         log_y = min(values) > 0 and max(values) >= 100 * min(values)
-        series = {f"{kind} {key}" if len(by_kind) > 1 else key: tuple(zip(*sorted(points))) for kind, points in by_kind.items()}
+        series = {f"{kind} {key}" if len(by_kind) > 1 else key: tuple(zip(*sorted(points)))
+                  for kind, points in by_kind.items()}
         chart_title = f"{title}: {key}" if title else key
         charts.append(line_chart_svg(series, title=chart_title, xlabel=x, ylabel=key, width=width,
                                      height=height, log_y=log_y))
@@ -344,7 +349,8 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_run(run_dir, out=None) -> str:
-    """Draw train and validation loss against step from ``run_dir/log.jsonl`` into ``run_dir/loss.svg``.
+    """Draw train and validation loss against step from ``run_dir/log.jsonl`` into
+    ``run_dir/loss.svg``.
 
     Reads ``{"kind": "train", "step", "loss"}`` records and ``{"kind": "eval", "step", "val_loss",
     "train_loss"}`` records; returns the path written. The loss of each step's batch is noisy, so it
@@ -353,14 +359,19 @@ def plot_run(run_dir, out=None) -> str:
     """
     run_dir = os.fspath(run_dir)
     log_path = os.path.join(run_dir, "log.jsonl")
-    records = [r for r in read_jsonl(log_path, what="training log") if isinstance(r, dict) and _is_number(r.get("step"))]
+    records = [r
+               for r in read_jsonl(log_path,
+                                   what="training "
+                                        "log") if isinstance(r, dict) and _is_number(r.get("step"))]
 
     def points(kind, key):
         return sorted(
             (r["step"], r[key]) for r in records if r.get("kind") == kind and _is_number(r.get(key))
         )
 
-    train, val, train_at_eval = points("train", "loss"), points("eval", "val_loss"), points("eval", "train_loss")
+    train, val, train_at_eval = points("train",
+                                       "loss"), points("eval", "val_loss"), points("eval",
+                                                                                   "train_loss")
     series, styles = {}, {}
     if train:
         steps, losses = zip(*train)

@@ -78,7 +78,8 @@ DTYPES: dict[str, np.dtype] = {
 }
 # NumPy dtype (by kind and size, byte order aside) -> safetensors name,
 # for writing. BF16 is chosen explicitly.
-_NAME_OF_NUMPY_DTYPE = {(dt.kind, dt.itemsize): name for name, dt in DTYPES.items() if name != "BF16"}
+_NAME_OF_NUMPY_DTYPE = {(dt.kind, dt.itemsize): name
+                        for name, dt in DTYPES.items() if name != "BF16"}
 
 _HEADER_LENGTH_BYTES = 8
 # the reference library's limit; a larger "header" is a corrupt length field
@@ -87,19 +88,20 @@ _METADATA_KEY = "__metadata__"
 _READ_CHUNK_BYTES = 1 << 30
 
 
-# ---------------------------------------------------------------------------------------------- bfloat16
+# ----------------------------------------------------------------------------------------- bfloat16
 
 
 def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     """Round float values to bfloat16, returned as the uint16 bit patterns (round to nearest,
     ties to even).
 
-    Keeping the top 16 bits of a float32 truncates; to round instead, add just under half of the dropped
-    part's range before cutting: ``0x7FFF`` plus the lowest kept bit, so that an exact tie (dropped part
-    ``0x8000``) rounds up only when that makes the kept part even. A carry out of the mantissa correctly
-    bumps the exponent, and the largest floats round to infinity, as IEEE rounding does. NaN is the one
-    case the trick breaks (a NaN with only low mantissa bits set would round to infinity), so NaNs become
-    the canonical quiet NaN ``0x7FC0`` with their sign kept. float64 input is converted to float32 first.
+    Keeping the top 16 bits of a float32 truncates; to round instead, add just under half of the
+    dropped part's range before cutting: ``0x7FFF`` plus the lowest kept bit, so that an exact tie
+    (dropped part ``0x8000``) rounds up only when that makes the kept part even. A carry out of the
+    mantissa correctly bumps the exponent, and the largest floats round to infinity, as IEEE
+    rounding does. NaN is the one case the trick breaks (a NaN with only low mantissa bits set would
+    round to infinity), so NaNs become the canonical quiet NaN ``0x7FC0`` with their sign kept.
+    float64 input is converted to float32 first.
     """
     # asarray keeps 0-d arrays 0-d
     bits = np.asarray(values, dtype=np.float32, order="C").view(np.uint32)
@@ -123,7 +125,7 @@ def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     return widened.view(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------- writing
+# ----------------------------------------------------------------------------------------- writing
 
 
 def _prepare_tensor(name, value, as_bf16: bool) -> tuple[str, np.ndarray]:
@@ -136,8 +138,8 @@ def _prepare_tensor(name, value, as_bf16: bool) -> tuple[str, np.ndarray]:
                          "cannot name a tensor")
     if not isinstance(value, (np.ndarray, np.generic)):
         raise TypeError(
-            f"tensor {name!r} is a {type(value).__module__}.{type(value).__name__}, not a NumPy array "
-            "(convert GPU arrays with tinyllm.backend.to_numpy first)"
+            f"tensor {name!r} is a {type(value).__module__}.{type(value).__name__}, not a NumPy "
+            "array (convert GPU arrays with tinyllm.backend.to_numpy first)"
         )
     array = np.asarray(value)
     # the second: an ml_dtypes.bfloat16 array, if a caller has one
@@ -211,7 +213,7 @@ def save_file(
     atomic_write_with(path, write)
 
 
-# ---------------------------------------------------------------------------------------------- reading
+# ----------------------------------------------------------------------------------------- reading
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,8 @@ def _check_tensor_entry(path: str, name: str, entry) -> TensorInfo:
         raise ValueError(f"{where}: header entry lacks {', '.join(missing)}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise ValueError(f"{where}: unsupported dtype {dtype!r} (tinyllm reads {', '.join(DTYPES)})")
+        raise ValueError(f"{where}: unsupported dtype {dtype!r} (tinyllm reads "
+                         f"{', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
@@ -263,8 +266,8 @@ def _check_tensor_entry(path: str, name: str, entry) -> TensorInfo:
     expected = DTYPES[dtype].itemsize * math.prod(shape)
     if end - begin != expected:
         raise ValueError(
-            f"{where}: data_offsets {offsets} span {end - begin} bytes, but dtype {dtype} with shape {shape} "
-            f"needs {expected}"
+            f"{where}: data_offsets {offsets} span {end - begin} bytes, but dtype {dtype} with "
+            f"shape {shape} needs {expected}"
         )
     return TensorInfo(name, dtype, tuple(shape), begin, end)
 
@@ -277,16 +280,17 @@ def _check_layout(path: str, infos: list[TensorInfo], data_length: int) -> list[
     for info in infos:
         if info.end > data_length:
             raise ValueError(
-                f"{path}: tensor {info.name!r} ends at byte {info.end} of the data section, which has only "
-                f"{data_length} bytes (truncated file?)"
+                f"{path}: tensor {info.name!r} ends at byte {info.end} of the data section, which "
+                f"has only {data_length} bytes (truncated file?)"
             )
         if info.begin < position:
             raise ValueError(
-                f"{path}: tensors {previous.name!r} [{previous.begin}, {previous.end}) and {info.name!r} "
-                f"[{info.begin}, {info.end}) overlap"
+                f"{path}: tensors {previous.name!r} [{previous.begin}, {previous.end}) and "
+                f"{info.name!r} [{info.begin}, {info.end}) overlap"
             )
         if info.begin > position:
-            after = f"after tensor {previous.name!r}" if previous else "at the start of the data section"
+            after = (f"after tensor {previous.name!r}" if previous
+                     else "at the start of the data section")
             raise ValueError(f"{path}: {info.begin - position} unused bytes {after} (before tensor "
                              f"{info.name!r})")
         position, previous = info.end, info
@@ -303,8 +307,8 @@ def _read_header_from(file, path: str) -> Header:
     (header_length,) = struct.unpack("<Q", file.read(_HEADER_LENGTH_BYTES))
     if header_length > file_size - _HEADER_LENGTH_BYTES:
         raise ValueError(
-            f"{path} is not a safetensors file (or is truncated): its header length field says {header_length} "
-            f"bytes, but only {file_size - _HEADER_LENGTH_BYTES} bytes follow"
+            f"{path} is not a safetensors file (or is truncated): its header length field says "
+            f"{header_length} bytes, but only {file_size - _HEADER_LENGTH_BYTES} bytes follow"
         )
     if header_length > _MAX_HEADER_BYTES:
         raise ValueError(f"{path}: header length {header_length} exceeds the "
@@ -313,12 +317,14 @@ def _read_header_from(file, path: str) -> Header:
     try:
         header = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a safetensors file: header is not UTF-8 (byte {e.start})") from None
+        raise ValueError(f"{path} is not a safetensors file: header is not UTF-8 (byte "
+                         f"{e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not a safetensors file: header is not valid JSON (char "
                          f"{e.pos}: {e.msg})") from None
     except RecursionError:  # "[[[[..." thousands deep: a hostile header, not a tinyllm bug
-        raise ValueError(f"{path} is not a safetensors file: header JSON is nested too deeply") from None
+        raise ValueError(f"{path} is not a safetensors file: header JSON is nested too "
+                         "deeply") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: header must be a JSON object, got {type(header).__name__}")
 
@@ -348,8 +354,8 @@ def load_metadata(path: str | os.PathLike) -> dict[str, str]:
 def _read_into(file, buffer: memoryview) -> int:
     """Fill ``buffer`` from ``file``; returns the bytes read, fewer only at the end of the file.
 
-    Reads at most 1 GiB at a time: a single read on Linux moves at most about 2 GiB, and a short read
-    must not be mistaken for a truncated file.
+    Reads at most 1 GiB at a time: a single read on Linux moves at most about 2 GiB, and a short
+    read must not be mistaken for a truncated file.
     """
     filled = 0
     while filled < len(buffer):
@@ -364,8 +370,8 @@ def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read every tensor of a safetensors file into NumPy arrays
     (BF16 tensors come back as float32).
 
-    Each tensor is read straight from the file into its own new, aligned, writable array, so peak memory
-    is the size of the tensors, not twice it.
+    Each tensor is read straight from the file into its own new, aligned, writable array, so peak
+    memory is the size of the tensors, not twice it.
     """
     path = os.fspath(path)
     tensors = {}

@@ -26,7 +26,9 @@ def check_sampling_args(temperature=1.0, top_k=None, top_p=None, repetition_pena
     """Raise ValueError naming the first setting that makes no sense."""
     if not isinstance(temperature, numbers.Real) or not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+    if top_k is not None and (isinstance(top_k,
+                                         bool) or not isinstance(top_k,
+                                                                 numbers.Integral) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 (or None for no limit), got {top_k!r}")
     if top_p is not None and (not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p!r}")
@@ -139,9 +141,9 @@ def sample_from_logits(logits, generator):
     distribution: with u ~ U[0, 1), pick the first token whose cumulative probability exceeds u
     (tokens of probability 0 have an empty interval and are never picked).
 
-    ``generator``: a ``numpy.random.Generator``, or one per row for (B, V) logits (so each row's stream of
-    random numbers does not depend on the other rows). Returns an int for (V,) logits, an int array (B,)
-    otherwise.
+    ``generator``: a ``numpy.random.Generator``, or one per row for (B, V) logits (so each row's
+    stream of random numbers does not depend on the other rows). Returns an int for (V,) logits, an
+    int array (B,) otherwise.
     """
     probs = token_probabilities(logits)
     # (..., V), ends at 1 up to rounding

@@ -16,7 +16,8 @@ below. Its arrays hold an ordinary NumPy array and compute with NumPy, but they 
 - Random generators have CuPy's ``Generator`` methods only (``random``, ``standard_normal``,
   ``integers``, ``uniform``, ...; no ``normal``, ``choice``, ``permutation``), and ``integers``
   without ``size`` gives a 0-d array.
-- ``ufunc.at`` / ``reduce`` / ``accumulate`` / ``reduceat`` exist only for the ufuncs CuPy implements.
+- ``ufunc.at`` / ``reduce`` / ``accumulate`` / ``reduceat`` exist only for the ufuncs CuPy
+  implements.
 
 Reading a value on the host (``.item()``, ``float()``, ``int()``, ``bool()``, ``.tolist()``,
 formatting) works, as on CuPy, where it waits for the GPU: each such read is a *sync*, counted in
@@ -66,7 +67,7 @@ def _host_read(kind: str) -> None:
     counts[kind] += 1
 
 
-# ------------------------------------------------------------------------ crossing the device boundary
+# --------------------------------------------------------------------- crossing the device boundary
 
 def _unwrap(value, what="argument"):
     """The NumPy array inside a device array; host arrays (and lists holding them) are refused."""
@@ -123,7 +124,7 @@ def _device_function(fn, name):
     return call
 
 
-# ------------------------------------------------------------------------------------ the array
+# --------------------------------------------------------------------------------- the array
 
 class ndarray:
     """A device array: a NumPy array behind CuPy's rules (see the module docstring)."""
@@ -234,7 +235,8 @@ def _unary(name):
     return lambda self: _wrap(op(self._a))
 
 
-for _name in ("add sub mul truediv floordiv mod pow matmul and or xor lshift rshift divmod").split():
+for _name in ("add sub mul truediv floordiv mod pow matmul and or xor lshift rshift "
+              "divmod").split():
     for _form in ("__{}__", "__r{}__", "__i{}__"):
         if hasattr(np.ndarray, _form.format(_name)):
             setattr(ndarray, _form.format(_name), _binary(_form.format(_name)))
@@ -244,7 +246,7 @@ for _name in ("neg", "pos", "abs", "invert"):
     setattr(ndarray, f"__{_name}__", _unary(f"__{_name}__"))
 
 
-# ------------------------------------------------------------------------- the xp namespace
+# ---------------------------------------------------------------------- the xp namespace
 
 # ufunc methods CuPy implements, and for which ufuncs (beyond these, CuPy raises).
 _UFUNC_METHODS = {

@@ -6,8 +6,8 @@ the same thing from the forward alone:
 
     dL/dx[i] ≈ (L(x + eps·e_i) - L(x - eps·e_i)) / (2 eps)
 
-with an error of O(eps²) from truncation plus O(1e-16 |L| / eps) from rounding; in float64 with eps = 1e-6
-both are far below 1e-6 relative,
+with an error of O(eps²) from truncation plus O(1e-16 |L| / eps) from rounding; in float64 with eps
+= 1e-6 both are far below 1e-6 relative,
 so any larger disagreement is a bug in the backward. Use it on your own ops:
 
     from tinyllm import Tensor, default_dtype
@@ -36,7 +36,8 @@ def gradcheck(fn, inputs, eps=1e-6, rtol=1e-6, atol=1e-8, seed=0, max_elements=N
     max_elements: check at most this many randomly chosen elements per input (None = all of them).
 
     Returns the largest norm-wise relative error over the inputs, ‖a - n‖ / max(‖a‖, ‖n‖).
-    Raises AssertionError naming the input, the worst element and both values when any element fails.
+    Raises AssertionError naming the input, the worst element and both values when any element
+    fails.
     """
     def output(*args):
         out = fn(*args)
@@ -88,7 +89,8 @@ def _analytic_gradients(output, inputs, checked, seed):
     out = output(*inputs)
     upstream = backend.rng(seed).standard_normal(out.shape)
     out.backward(upstream)
-    return {i: (t.grad.copy() if t.grad is not None else backend.xp.zeros_like(t.data)) for i, t in checked}, upstream
+    return {i: (t.grad.copy() if t.grad is not None else backend.xp.zeros_like(t.data))
+            for i, t in checked}, upstream
 
 
 def _central_difference(flat, k, loss, eps) -> float:

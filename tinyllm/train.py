@@ -4,9 +4,10 @@ checkpoints.
 One step:   x, y = random windows of the training ids      (B, T) each, y = x shifted by one
             loss = cross_entropy(model(x), y)                mean over B·T positions
             loss.backward()                                   (× grad_accum micro-batches, each scaled 1/grad_accum;
-                                                              each split over the CPU cores: forward_backward)
-            global gradient norm, scheduled learning rate, AdamW step on the gradients clipped to grad_clip
-            (the clip factor is folded into the update: optim.clip_factor)
+                                                              each split over the CPU cores:
+                                                              forward_backward)
+            global gradient norm, scheduled learning rate, AdamW step on the gradients clipped to
+            grad_clip (the clip factor is folded into the update: optim.clip_factor)
 
 Every ``eval_interval`` steps the mean loss on a fixed set of validation windows (and perplexity =
 e^loss) is logged, a short sample is printed and the run is saved; so is the current step when
@@ -35,10 +36,10 @@ from . import backend
 from . import distributed
 from . import parallel
 from .autograd import no_grad
-from .checkpoint import (check_resumable, config_differences, load_config, load_train_state, load_weights, save_model,
-                         save_train_state)
-from .flags import option
+from .checkpoint import (check_resumable, config_differences, load_config, load_train_state,
+                         load_weights, save_model, save_train_state)
 from .data.tokens import TokenWindows, check_length, random_batch
+from .flags import option
 from .files import append_jsonl, atomic_write, read_jsonl, written_together
 from .interrupt import StopRequests, TrainingInterrupted
 from .optim import clip_factor, grad_norm as global_grad_norm, warmup_cosine_lr
@@ -47,7 +48,8 @@ from .zero import describe as describe_zero, make_adamw
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Pretraining's settings; each ``option`` is also a flag of ``tinyllm pretrain`` (``tinyllm.flags``)."""
+    """Pretraining's settings; each ``option`` is also a flag of ``tinyllm pretrain``
+    (``tinyllm.flags``)."""
     steps: int = option(1000, "optimizer steps (the total, also when resuming)")
     batch_size: int = option(12, "windows of --context tokens per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer step")
@@ -73,17 +75,19 @@ class TrainingDiverged(RuntimeError):
 
 
 def param_groups(model, weight_decay):
-    """Decay matrices (weights of linear layers and embeddings); leave vectors (biases, norm gains) alone."""
+    """Decay matrices (weights of linear layers and embeddings); leave vectors (biases, norm gains)
+    alone."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def forward_backward(model, x, y, scale: float = 1.0, weight=None, loss=None) -> float:
-    """The model's mean loss on inputs x and targets y (B, T); adds scale × its gradient to the parameters'
-    ``.grad``. Every position has a target in next-token pretraining, so a block of rows weighs rows / B
-    (``data_parallel_backward``); ``weight(x, y)`` counts a block's targets otherwise (masked LM).
-    ``loss(x, y)``: a scalar Tensor to use instead of the model's own loss (distillation)."""
+    """The model's mean loss on inputs x and targets y (B, T); adds scale × its gradient to the
+    parameters' ``.grad``. Every position has a target in next-token pretraining, so a block of rows
+    weighs rows / B (``data_parallel_backward``); ``weight(x, y)`` counts a block's targets
+    otherwise (masked LM). ``loss(x, y)``: a scalar Tensor to use instead of the model's own loss
+    (distillation)."""
     loss = loss or (lambda x, y: model(x, y)[1])
     return data_parallel_backward(loss, x, y, weight=weight, scale=scale)
 
@@ -120,7 +124,8 @@ def data_parallel_backward(block_loss, *arrays, weight=None, scale: float = 1.0)
 
     def run_block(seeds_block, *block):
         share = weight(*block) / total if total else 0.0
-        grads = {}                                    # this block's parameter gradients, added below in order
+        # this block's parameter gradients, added below in order
+        grads = {}
         with backend.thread_rng(backend.RowGenerators(seeds_block)):
             loss = block_loss(*block)
             loss.backward(backend.xp.asarray(scale * share, dtype=loss.dtype), leaf_grads=grads)
@@ -185,7 +190,8 @@ def evaluate(model, ids, batch_size: int, context: int, max_batches: int | None 
 
 
 class Progress:
-    """One live status line on a terminal (rewritten in place); plain lines every ``every`` steps otherwise."""
+    """One live status line on a terminal (rewritten in place); plain lines every ``every`` steps
+    otherwise."""
 
     def __init__(self, total: int, every: int, stream=None):
         self.total, self.every = total, max(1, every)
@@ -219,7 +225,8 @@ def _duration(seconds: float) -> str:
 
 
 def pretrain(model, train_ids, val_ids, config: TrainConfig, run_dir=None, tokenizer=None,
-             resume: bool = False, progress=True, extra_config=None, batch_sampler=None, objective=None) -> dict:
+             resume: bool = False, progress=True, extra_config=None, batch_sampler=None,
+             objective=None) -> dict:
     """Train ``model`` on ``train_ids`` and return a summary (first/last validation loss, time,
     tokens/s).
 
@@ -292,13 +299,15 @@ class Pretraining:
             pass
         differences = config_differences(saved_model, self.model.config.to_dict())
         if differences:
-            raise ValueError(f"cannot resume '{run_dir}' with a different model config: {'; '.join(differences)}")
+            raise ValueError(f"cannot resume '{run_dir}' with a different model config: "
+                             f"{'; '.join(differences)}")
         load_weights(self.model, run_dir)
         state = load_train_state(run_dir, self.optimizer)
         differences = config_differences(_same_run_settings(state["train_config"]),
                                          _same_run_settings(self.settings))
         if differences:
-            raise ValueError(f"cannot resume '{run_dir}' with different training settings: {'; '.join(differences)}")
+            raise ValueError(f"cannot resume '{run_dir}' with different training settings: "
+                             f"{'; '.join(differences)}")
         self.start = self.saved_step = state["step"]
         self.data_rng.bit_generator.state = state["data_rng"]
         if state.get("dropout_rng") is not None:
@@ -370,8 +379,8 @@ class Pretraining:
             advice=f"{kept}. Try a lower --lr or stronger --grad-clip")
         loss_value = loss_sum / config.grad_accum
         tokens_per_s = self.tokens_per_step / (time.perf_counter() - t0)
-        record = {"kind": "train", "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_s": tokens_per_s}
+        record = {"kind": "train", "step": step + 1, "loss": loss_value, "lr": lr,
+                  "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
         self.log(record)
         if self.bar:
             self.bar.update(step, f"loss {loss_value:.4f} | lr {lr:.2e} | "
@@ -401,8 +410,8 @@ class Pretraining:
             self.say("  sample: " + repr(sample))
 
     def _expert_load(self, step: int):
-        """(n_layer, n_expert) shares of assignments per expert on one batch of validation windows, for
-        a mixture-of-experts model (None otherwise)."""
+        """(n_layer, n_expert) shares of assignments per expert on one batch of validation windows,
+        for a mixture-of-experts model (None otherwise)."""
         if not getattr(self.model, "moe_layers", list)():
             return None
         x, _ = random_batch(self.val_ids, self.config.batch_size, self.context,
@@ -471,14 +480,16 @@ def _same_run_settings(settings: dict) -> dict:
 
 
 def _drop_log_after(path: Path, step: int) -> dict | None:
-    """Forget what a stopped run logged after its last checkpoint: the resumed run redoes those steps.
-    Returns the run's first validation result as ``evaluate`` gives it (for the before → after summary)."""
+    """Forget what a stopped run logged after its last checkpoint: the resumed run redoes those
+    steps. Returns the run's first validation result as ``evaluate`` gives it (for the before →
+    after summary)."""
     if not path.exists():
         return None
     kept = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", 0) <= step]
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     first = next((r for r in kept if r.get("kind") == "eval" and "val_loss" in r), None)
-    return {"loss": first["val_loss"], "ppl": math.exp(min(first["val_loss"], 700.0))} if first else None
+    return {"loss": first["val_loss"], "ppl": math.exp(min(first["val_loss"],
+                                                           700.0))} if first else None
 
 
 def _sample(model, tokenizer, prompt_ids, max_new_tokens, seed) -> str:

@@ -27,14 +27,15 @@ from . import encoder as _encoder
 from . import distill as _distill
 
 # The stages, in pipeline order. A new stage adds its module here.
-STAGES = [_data, _tokenizer, _train, _encoder, _distill, _generate, _finetune, _interop, _compress, _align,
-          _serve]
+STAGES = [_data, _tokenizer, _train, _encoder, _distill, _generate, _finetune, _interop, _compress,
+          _align, _serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyllm",
-        description="The whole life of a small GPT on NumPy: tokenize, pretrain, evaluate, finetune, align, generate.",
+        description="The whole life of a small GPT on NumPy: tokenize, pretrain, evaluate, "
+                    "finetune, align, generate.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     for command in _leaf_parsers(parser):
         command.add_argument(
             "--device", choices=backend.DEVICES, default=None,
-            help="where the arrays live: cpu (NumPy), cuda (CuPy on an NVIDIA GPU), strict (NumPy under "
-                 "CuPy's rules, to test the GPU path on a CPU) (default: $TINYLLM_DEVICE, else cpu)")
+            help="where the arrays live: cpu (NumPy), cuda (CuPy on an NVIDIA GPU), strict (NumPy "
+                 "under CuPy's rules, to test the GPU path on a CPU) (default: $TINYLLM_DEVICE, "
+                 "else cpu)")
     use_help_formatter(parser)
     return parser
 
@@ -54,14 +56,16 @@ def _leaf_parsers(parser):
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         return [parser]
-    return [leaf for a in subs for p in dict.fromkeys(a.choices.values()) for leaf in _leaf_parsers(p)]
+    return [leaf for a in subs for p in dict.fromkeys(a.choices.values())
+            for leaf in _leaf_parsers(p)]
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:        # --help, --version, or a flag refused (argparse printed why): its exit status
+    # --help, --version, or a flag refused (argparse printed why): its exit status
+    except SystemExit as e:
         return e.code
     if not getattr(args, "func", None):
         parser.print_help()

@@ -1,5 +1,5 @@
-"""What every command shares: flag types that refuse nonsense, the help layout, tokenizer choices and
-an ``--out`` folder that a failed command does not leave behind.
+"""What every command shares: flag types that refuse nonsense, the help layout, tokenizer choices
+and an ``--out`` folder that a failed command does not leave behind.
 
 The flag types run while argparse reads the command line, so ``--steps 0`` or ``--lr -1`` is refused
 with a one-line message before any data is read, any model built or any file written::
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..interrupt import TrainingInterrupted
 
-TOKENIZER_FILE = "tokenizer.json"   # the name a run directory keeps its tokenizer under (checkpoint.TOKENIZER)
+# the name a run directory keeps its tokenizer under (checkpoint.TOKENIZER)
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def _integer(text: str, minimum: int) -> int:
@@ -78,7 +79,8 @@ def top_p(text: str) -> float:
 
 
 def energy_share(text: str) -> float:
-    """A share of a total to keep (the singular values' energy of a low-rank factorisation): in (0, 1]."""
+    """A share of a total to keep (the singular values' energy of a low-rank factorisation): in (0,
+    1]."""
     return _number(text, lambda v: 0 < v <= 1, "a share in (0, 1]")
 
 
@@ -105,7 +107,8 @@ def add_config_flags(parser, config_class, skip=()) -> None:
         integer = "int" in str(f.type) and "float" not in str(f.type)
         check = f.metadata["check"] or ("positive" if integer else "non_negative")
         parse = {("positive", True): positive_int, ("positive", False): positive_float,
-                 ("non_negative", True): non_negative_int, ("non_negative", False): non_negative_float,
+                 ("non_negative", True): non_negative_int,
+                 ("non_negative", False): non_negative_float,
                  ("probability", False): probability, ("unit", False): unit_interval,
                  ("group", True): group_size}[check, integer]
         parser.add_argument(name, type=parse, default=f.default, help=text)
@@ -117,14 +120,16 @@ def split_fractions(text: str) -> tuple[float, float, float]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or abs(sum(values) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated fractions summing to 1, like 0.7,0.1,0.2; "
-                                         f"got {text!r}")
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0
+                                   for v in values) or abs(sum(values) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError("expected three comma-separated fractions summing to 1, "
+                                         f"like 0.7,0.1,0.2; got {text!r}")
     return values
 
 
 def _tokenizer_path(text: str) -> str:
-    """``text`` if it is a file, its tokenizer.json if it is a run directory; else ArgumentTypeError why not."""
+    """``text`` if it is a file, its tokenizer.json if it is a run directory; else ArgumentTypeError
+    why not."""
     path = Path(text)
     if path.is_dir():
         if not (path / TOKENIZER_FILE).is_file():
@@ -140,25 +145,27 @@ def tokenizer_file(text: str) -> str:
     try:
         return _tokenizer_path(text)
     except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"expected a tokenizer .json file (from `tinyllm tokenizer train`) or a "
-                                         f"run directory holding one; {e}") from None
+        raise argparse.ArgumentTypeError("expected a tokenizer .json file (from `tinyllm tokenizer "
+                                         f"train`) or a run directory holding one; {e}") from None
 
 
 def tokenizer_choice(text: str) -> str:
-    """``bpe`` or ``wordpiece`` (train one on the data), ``char``, or a tokenizer to reuse (``tokenizer_file``)."""
+    """``bpe`` or ``wordpiece`` (train one on the data), ``char``, or a tokenizer to reuse
+    (``tokenizer_file``)."""
     if text in ("bpe", "char", "wordpiece"):
         return text
     try:
         return _tokenizer_path(text)
     except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"expected 'bpe' or 'wordpiece' (train one), 'char', a tokenizer .json file or a run "
-                                         f"directory holding one; {e}") from None
+        raise argparse.ArgumentTypeError("expected 'bpe' or 'wordpiece' (train one), 'char', a "
+                                         "tokenizer .json file or a run directory holding one; "
+                                         f"{e}") from None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` with each flag's default appended, except where saying it adds nothing: the help
-    already names its default, the flag is required, or the default is None or "" (no value) or False
-    (a switch)."""
+    already names its default, the flag is required, or the default is None or "" (no value) or
+    False (a switch)."""
 
     def _get_help_string(self, action):
         help_text = action.help or ""
@@ -179,9 +186,10 @@ def use_help_formatter(parser: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def no_leftover_folder(out, scratch=("cache",)):
-    """Run a command that writes into the folder ``out``. If it fails and ``out`` did not exist before,
-    remove what it made there unless results were written: the ``scratch`` sub-folders (a token cache)
-    and the then-empty ``out``. A refused command leaves the file system as it found it."""
+    """Run a command that writes into the folder ``out``. If it fails and ``out`` did not exist
+    before, remove what it made there unless results were written: the ``scratch`` sub-folders (a
+    token cache) and the then-empty ``out``. A refused command leaves the file system as it found
+    it."""
     out = Path(out) if out is not None else None
     existed = out is None or out.exists()
     try:
@@ -198,32 +206,36 @@ def no_leftover_folder(out, scratch=("cache",)):
 
 
 def stop_if_interrupted(summary: dict, out, save=None) -> None:
-    """After a finetuning loop that Ctrl-C stopped (``summary["interrupted"]``, see ``finetune.loop.fit``):
-    save the model as trained so far with ``save()`` (unless the caller saved it already), then stop, saying
-    so. These runs keep no optimizer state, so unlike pretraining they cannot be resumed."""
+    """After a finetuning loop that Ctrl-C stopped (``summary["interrupted"]``, see
+    ``finetune.loop.fit``): save the model as trained so far with ``save()`` (unless the caller
+    saved it already), then stop, saying so. These runs keep no optimizer state, so unlike
+    pretraining they cannot be resumed."""
     if not summary.get("interrupted"):
         return
     if save is not None:
         save()
     steps, total = summary["steps"], summary["total_steps"]
-    raise TrainingInterrupted(f"interrupted after step {steps} of {total}: the model as trained so far is saved "
-                              f"in {out}/, not scored (finetuning cannot be resumed: run the command again to "
-                              "train it fully)", steps)
+    raise TrainingInterrupted(f"interrupted after step {steps} of {total}: the model as trained so "
+                              f"far is saved in {out}/, not scored (finetuning cannot be resumed: "
+                              "run the command again to train it fully)", steps)
 
 
 def add_filter_flags(p) -> None:
-    """``--filter BLOCKLIST`` and ``--filter-mode`` (generate, chat, serve; see tinyllm.safety.blocklist)."""
+    """``--filter BLOCKLIST`` and ``--filter-mode`` (generate, chat, serve; see
+    tinyllm.safety.blocklist)."""
     g = p.add_argument_group("output filter")
     g.add_argument("--filter", metavar="BLOCKLIST", default=None,
-                   help="a file of words and phrases (one per line, # comments) that must not reach the output: "
-                        "matched case-insensitively as whole words, also across streamed pieces")
+                   help="a file of words and phrases (one per line, # comments) that must not "
+                        "reach the output: matched case-insensitively as whole words, also across "
+                        "streamed pieces")
     g.add_argument("--filter-mode", choices=("mask", "block"), default="mask",
-                   help="mask: replace each blocked term by asterisks; block: end the reply before the first one")
+                   help="mask: replace each blocked term by asterisks; block: end the reply before "
+                        "the first one")
 
 
 def output_filter(args):
-    """A function making one ``FilterStream`` per reply (None without ``--filter``); the file is read and
-    checked here, before any model is loaded."""
+    """A function making one ``FilterStream`` per reply (None without ``--filter``); the file is
+    read and checked here, before any model is loaded."""
     if args.filter is None:
         return lambda: None
     from ..safety.blocklist import FilterStream, load_blocklist

@@ -1,4 +1,5 @@
-"""``tinyllm data list|get|prepare``: named public datasets, and the cleaning pipeline before tokenization.
+"""``tinyllm data list|get|prepare``: named public datasets, and the cleaning pipeline before
+tokenization.
 
     tinyllm data list                                   # the datasets, their sizes and whether they are cached
     tinyllm data get tiny-shakespeare                   # download, verify and cache; prints the path and licence
@@ -16,35 +17,40 @@ def add_commands(sub) -> None:
     p = sub.add_parser("data",
                        help="public datasets by name (list, get) and the cleaning "
                             "pipeline (prepare)",
-                       description="Datasets the README and examples use, fetched from their original sources "
-                                   "(checked against pinned SHA-256 hashes, cached under $TINYLLM_DATA_DIR or "
-                                   "~/.cache/tinyllm), and `prepare`, the cleaning pipeline. Any --data flag of "
-                                   "another command accepts a dataset name too.")
+                       description="Datasets the README and examples use, fetched from their "
+                                   "original sources (checked against pinned SHA-256 hashes, "
+                                   "cached under $TINYLLM_DATA_DIR or ~/.cache/tinyllm), and "
+                                   "`prepare`, the cleaning pipeline. Any --data flag of another "
+                                   "command accepts a dataset name too.")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
     a = actions.add_parser("list", help="the named datasets",
-                           description="The named datasets: size, whether they are cached, what they are.")
+                           description="The named datasets: size, whether they are cached, what "
+                                       "they are.")
     a.add_argument("--dir", default=None,
                    help="cache directory (default: $TINYLLM_DATA_DIR or ~/.cache/tinyllm)")
     a.set_defaults(func=run_list)
 
     a = actions.add_parser("get",
                            help="download a dataset (resumable), verify its SHA-256 and cache it",
-                           description="Download datasets from their original sources (resuming a partial "
-                                       "download), check each file's SHA-256 and cache it; prints where it is, "
-                                       "its licence and how to cite it.")
+                           description="Download datasets from their original sources (resuming a "
+                                       "partial download), check each file's SHA-256 and cache it; "
+                                       "prints where it is, its licence and how to cite it.")
     a.add_argument("names", nargs="+", metavar="NAME",
                    help="dataset name(s), from `tinyllm data list`")
     a.add_argument("--dir", default=None,
                    help="cache directory (default: $TINYLLM_DATA_DIR or ~/.cache/tinyllm)")
     a.set_defaults(func=run_get)
     _add_prepare(actions.add_parser(
-        "prepare", help="clean, deduplicate, filter and mix text into shards (or a token file) for pretraining",
+        "prepare", help="clean, deduplicate, filter and mix text into shards (or a token file) for "
+                        "pretraining",
         description="Read documents (JSONL 'text' records; blank-line separated paragraphs of "
-        "other files), then: clean (markup, Unicode normalisation) → exact dedup → quality rules (Gopher/C4) → "
-        "blocklist → near dedup (MinHash + LSH) → mix by weight. Writes OUT/shard-*.txt, OUT/report.json and, "
-        "with --tokenizer, OUT/tokens.npy + OUT/tokenizer.json; `tinyllm pretrain --data OUT` uses either."))
+                    "other files), then: clean (markup, Unicode normalisation) → exact dedup → "
+                    "quality rules (Gopher/C4) → blocklist → near dedup (MinHash + LSH) → mix by "
+                    "weight. Writes OUT/shard-*.txt, OUT/report.json and, with --tokenizer, "
+                    "OUT/tokens.npy + OUT/tokenizer.json; `tinyllm pretrain --data OUT` uses "
+                    "either."))
 
 
 def run_list(args) -> int:
@@ -87,15 +93,16 @@ def _add_prepare(a) -> None:
     a.add_argument("--keep-markup", action="store_true", help="do not strip HTML tags and entities")
     a.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates")
     a.add_argument("--near-dup-threshold", type=float, default=0.7,
-                   help="drop a document whose word-shingle Jaccard similarity to an earlier one is at least this "
-                        "(default: 0.7; 0 = no near dedup)")
-    a.add_argument("--shingle", type=int, default=3, help="words per shingle for near dedup (default: 3)")
+                   help="drop a document whose word-shingle Jaccard similarity to an earlier one "
+                        "is at least this (default: 0.7; 0 = no near dedup)")
+    a.add_argument("--shingle", type=int, default=3,
+                   help="words per shingle for near dedup (default: 3)")
     a.add_argument("--no-quality", action="store_true", help="skip the quality rules")
     a.add_argument("--min-words", type=int, default=q.min_words,
                    help="quality: fewest words in a document (default: %(default)s)")
     a.add_argument("--stop-words", default=None,
-                   help="quality: comma-separated stop words, or 'english' for Gopher's (default: the 8 words found "
-                        "in the most documents of the corpus, for any language)")
+                   help="quality: comma-separated stop words, or 'english' for Gopher's (default: "
+                        "the 8 words found in the most documents of the corpus, for any language)")
     a.add_argument("--min-stop-words", type=int, default=q.min_stop_words,
                    help="quality: fewest stop words (default: %(default)s; 0 = off)")
     a.add_argument("--blocklist", default=None,
@@ -126,7 +133,8 @@ def _prepare_config(args):
         stop_words=_stop_words(args.stop_words))
     return PrepareConfig(normalize=None if args.normalize == "none" else args.normalize,
                          strip_html=not args.keep_markup, exact_dedup=not args.no_exact_dedup,
-                         near_dup_threshold=args.near_dup_threshold, shingle=args.shingle, quality=quality,
+                         near_dup_threshold=args.near_dup_threshold, shingle=args.shingle,
+                         quality=quality,
                          blocklist=blocklist, shuffle=not args.no_shuffle, seed=args.seed)
 
 
@@ -144,7 +152,8 @@ def run_prepare(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"'{out}' is not empty; choose another --out or remove it")
-    weights = [1.0] * len(args.inputs) if args.weights is None else [float(w) for w in args.weights.split(",")]
+    weights = ([1.0] * len(args.inputs) if args.weights is None
+               else [float(w) for w in args.weights.split(",")])
     if len(weights) != len(args.inputs) or any(w < 0 for w in weights):
         raise ValueError(f"--weights needs one non-negative number per input ({len(args.inputs)}), "
                          f"got {args.weights!r}")
@@ -157,7 +166,8 @@ def run_prepare(args) -> int:
         raise ValueError("no document survived the pipeline (see the report above); loosen the "
                          "quality flags?")
     shards = write_shards(out, documents, int(args.shard_size * 1e6))
-    summary = {"sources": [dataclasses.asdict(s) for s in sources], "read": report.read, "stages": report.stages,
+    summary = {"sources": [dataclasses.asdict(s) for s in sources], "read": report.read,
+               "stages": report.stages,
                "quality_rules": report.rules, "stop_words": report.stop_words,
                "output": {"documents": len(documents),
                "characters": sum(map(len, documents)), "shards": [p.name for p in shards]},
@@ -179,14 +189,16 @@ def format_report(report, output=None) -> str:
     lines = [f"read {report.read['documents']:,} documents, "
              f"{report.read['characters']:,} characters: "
              + ", ".join(f"{n} {c:,}" for n, c in zip(names, report.read["per_source"])),
-             f"{'stage':12} {'docs in':>9} {'removed':>8} {'chars removed':>14}  removed per source"]
+             f"{'stage':12} {'docs in':>9} {'removed':>8} {'chars removed':>14}  removed per "
+             "source"]
     for row in report.stages:
         per_source = ", ".join(f"{n} {c:,}" for n, c in zip(names, row["removed_per_source"]) if c)
         lines.append(f"{row['stage']:12} {row['documents_in']:9,} {row['removed']:8,} "
                      f"{row['characters_removed']:14,}  {per_source}")
         if row["stage"] == "quality" and report.rules:
             lines.append(" " * 13 + "rules: " + ", ".join(f"{k} {v:,}" for k, v in
-                                                        sorted(report.rules.items(), key=lambda kv: -kv[1])))
+                                                        sorted(report.rules.items(),
+                                                               key=lambda kv: -kv[1])))
             lines.append(" " * 13 + "stop words: " + ", ".join(report.stop_words or ()))
     if output is not None:
         tokens = f", {output['tokens']:,} tokens" if "tokens" in output else ""

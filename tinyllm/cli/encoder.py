@@ -9,10 +9,11 @@ from .common import positive_int
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("fill-mask", help="the most likely tokens for each [MASK] in a text (an encoder run)",
-                       description="Run an encoder (from `tinyllm pretrain --objective mlm` or a BERT imported "
-                                   "with import-hf) on a text holding [MASK] tokens and print the top-k fillers "
-                                   "of each with their probabilities.")
+    p = sub.add_parser("fill-mask",
+                       help="the most likely tokens for each [MASK] in a text (an encoder run)",
+                       description="Run an encoder (from `tinyllm pretrain --objective mlm` or a "
+                                   "BERT imported with import-hf) on a text holding [MASK] tokens "
+                                   "and print the top-k fillers of each with their probabilities.")
     p.add_argument("--ckpt", required=True, help="encoder run directory")
     p.add_argument("--text", required=True,
                    help='text with at least one [MASK], e.g. "The capital of France is [MASK]."')
@@ -25,16 +26,17 @@ def run_fill_mask(args) -> int:
     from ..mlm import fill_mask
     if load_config(args.ckpt).get("architecture") != "encoder":
         raise ValueError(f"'{args.ckpt}' is a decoder (GPT) run: it predicts the next token and "
-                         "has no masked-LM "
-                         "head, so it cannot fill in [MASK]; use `tinyllm generate` with it, or give an encoder run "
-                         "(`tinyllm pretrain --objective mlm`, or a BERT from `tinyllm import-hf`)")
+                         "has no masked-LM head, so it cannot fill in [MASK]; use `tinyllm "
+                         "generate` with it, or give an encoder run (`tinyllm pretrain --objective "
+                         "mlm`, or a BERT from `tinyllm import-hf`)")
     model, tokenizer = load_pretrained(args.ckpt, allow_encoder=True)
     if tokenizer is None:
         raise ValueError(f"'{args.ckpt}' has no tokenizer, so the text cannot be encoded for it")
     model.eval()
     results = fill_mask(model, tokenizer, args.text, args.top_k)
     best = iter(fillers[0][0] for fillers in results)
-    print(" ".join(next(best) if token == "[MASK]" else token for token in tokenizer.tokenize(args.text))
+    print(" ".join(next(best) if token == "[MASK]" else token
+                   for token in tokenizer.tokenize(args.text))
           .replace(" ##", ""))
     for n, fillers in enumerate(results, 1):
         print(f"[MASK] #{n}:")
@@ -43,7 +45,7 @@ def run_fill_mask(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- pretraining
+# -------------------------------------------------------------------------------------- pretraining
 
 def encoder_config(args, vocab_size: int):
     """The EncoderConfig for ``pretrain --objective mlm``: the GPT preset's shape,
@@ -102,10 +104,10 @@ def run_pretrain_mlm(args) -> int:
     train_config = TrainConfig(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     )
-    print(f"data: {len(ids):,} tokens ({len(train_ids):,} train / {len(val_ids):,} val); "
-          "model: encoder with "
-          f"{model.num_parameters():,} parameters, {config.n_layer} layers, {config.n_head} heads, {config.n_embd} "
-          f"dims, context {config.block_size} ({config.norm}-LN); masked LM: {args.mask_prob:.0%} of the "
+    print(f"data: {len(ids):,} tokens ({len(train_ids):,} train / {len(val_ids):,} val); model: "
+          f"encoder with {model.num_parameters():,} parameters, {config.n_layer} layers, "
+          f"{config.n_head} heads, {config.n_embd} dims, context {config.block_size} "
+          f"({config.norm}-LN); masked LM: {args.mask_prob:.0%} of the "
           f"{'words' if args.whole_word_mask else 'tokens'} (80% [MASK] / 10% random / 10% kept)")
     summary = pretrain(model, train_ids, val_ids, train_config, run_dir=out, tokenizer=tokenizer,
                        resume=args.resume,

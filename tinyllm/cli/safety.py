@@ -1,4 +1,5 @@
-"""``tinyllm evaluate --task safety`` and ``--task dialogue`` (``evaluate`` itself is in ``finetune.py``)."""
+"""``tinyllm evaluate --task safety`` and ``--task dialogue`` (``evaluate`` itself is in
+``finetune.py``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import time
 
 def _check_generator(model, args) -> None:
     if hasattr(model, "label_names"):
-        raise ValueError(f"'{args.ckpt}' is a classifier run: it does not write text, so --task {args.task} "
-                         "cannot run on it")
+        raise ValueError(f"'{args.ckpt}' is a classifier run: it does not write text, so --task "
+                         f"{args.task} cannot run on it")
 
 
 def evaluate_safety(args, model, tokenizer, config) -> int:
@@ -24,15 +25,17 @@ def evaluate_safety(args, model, tokenizer, config) -> int:
             else f"the built-in word list ({len(wordlist)} mild terms)")
     fmt = prompt_format(args.ckpt, tokenizer, config)
     t0 = time.perf_counter()
-    report, scored = red_team(model.eval(), tokenizer, fmt, prompt_set, wordlist, name, args.max_new_tokens,
-                              args.limit)
+    report, scored = red_team(model.eval(), tokenizer, fmt, prompt_set, wordlist, name,
+                              args.max_new_tokens, args.limit)
     if args.json:
-        replies = [{"category": r.category, "instruction": r.prompt["instruction"], "input": r.prompt["input"],
+        replies = [{"category": r.category, "instruction": r.prompt["instruction"],
+                    "input": r.prompt["input"],
                     "reply": r.text, "refused": r.refused, "toxic": r.toxic} for r in scored]
         print(json.dumps({**report, "format": fmt.description, "replies": replies}))
         return 0
-    print(f"safety report of {args.ckpt} ({fmt.description}; greedy replies of at most {args.max_new_tokens} "
-          f"tokens; {len(scored)} prompts of {args.data or 'the built-in red-team set'})")
+    print(f"safety report of {args.ckpt} ({fmt.description}; greedy replies of at most "
+          f"{args.max_new_tokens} tokens; {len(scored)} prompts of "
+          f"{args.data or 'the built-in red-team set'})")
     print(format_report(report, scored, args.show))
     print(f"how: {HOW_MEASURED}. ({time.perf_counter() - t0:.0f}s)")
     return 0
@@ -55,8 +58,9 @@ def evaluate_dialogue(args, model, tokenizer, config) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"long dialogue with {args.ckpt} ({fmt.description}, context {model.config.block_size} tokens, "
-              f"replies of at most {args.max_new_tokens} tokens, greedy)")
+        print(f"long dialogue with {args.ckpt} ({fmt.description}, context "
+              f"{model.config.block_size} tokens, replies of at most {args.max_new_tokens} tokens, "
+              "greedy)")
         print(format_dialogue(report))
     if not report["passed"]:
         print("the chat history broke its promises (see above)", file=sys.stderr)

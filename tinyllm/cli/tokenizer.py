@@ -23,7 +23,8 @@ def add_commands(subparsers) -> None:
     parser = subparsers.add_parser(
         "tokenizer",
         help="train a tokenizer, or encode text with one",
-        description="Train a byte-level BPE (or character) tokenizer, or encode text with a trained one.",
+        description="Train a byte-level BPE (or character) tokenizer, or encode text with a "
+                    "trained one.",
     )
     parser.set_defaults(func=lambda args: parser.print_help())
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="COMMAND")
@@ -36,14 +37,16 @@ def add_commands(subparsers) -> None:
     train.add_argument(
         "--data",
         metavar="FILE",
-        help="UTF-8 text file to learn from (default: the built-in corpus, Python's help topics, ~465 KB)",
+        help="UTF-8 text file to learn from (default: the built-in corpus, Python's help topics, "
+             "~465 KB)",
     )
     train.add_argument(
         "--vocab-size",
         type=positive_int,
         default=4096,
         metavar="N",
-        help="number of tokens, counting the 256 single bytes and the special tokens (default: 4096)",
+        help="number of tokens, counting the 256 single bytes and the special tokens (default: "
+             "4096)",
     )
     train.add_argument(
         "--out", default="tokenizer.json", metavar="PATH",
@@ -53,15 +56,16 @@ def add_commands(subparsers) -> None:
         "--pattern",
         default="gpt4",
         metavar="PATTERN",
-        help="split regex applied before BPE: 'gpt4' (cl100k), 'gpt2', 'none' (no split) or a regex "
-        "of your own (default: gpt4)",
+        help="split regex applied before BPE: 'gpt4' (cl100k), 'gpt2', 'none' (no split) or a "
+             "regex of your own (default: gpt4)",
     )
     train.add_argument(
         "--special",
         nargs="*",
         default=["<|endoftext|>"],
         metavar="TOKEN",
-        help="special tokens, given the last ids (default: <|endoftext|>; '--special' alone for none)",
+        help="special tokens, given the last ids (default: <|endoftext|>; '--special' alone for "
+             "none)",
     )
     train.add_argument(
         "--kind",
@@ -76,8 +80,8 @@ def add_commands(subparsers) -> None:
         "--criterion",
         choices=["likelihood", "count"],
         default="likelihood",
-        help="wordpiece: merge the pair with the best count(ab)/(count(a)count(b)) (WordPiece's) or the most "
-        "frequent one (BPE's, as HF tokenizers)",
+        help="wordpiece: merge the pair with the best count(ab)/(count(a)count(b)) (WordPiece's) "
+             "or the most frequent one (BPE's, as HF tokenizers)",
     )
     train.add_argument(
         "--min-frequency",
@@ -89,7 +93,8 @@ def add_commands(subparsers) -> None:
     train.add_argument(
         "--cased",
         action="store_true",
-        help="wordpiece: keep case and accents (default: lower-case and strip accents, as bert-base-uncased)",
+        help="wordpiece: keep case and accents (default: lower-case and strip accents, as "
+             "bert-base-uncased)",
     )
     train.add_argument("--quiet", action="store_true",
                        help="no progress line while merging (default: show it)")
@@ -98,14 +103,16 @@ def add_commands(subparsers) -> None:
     encode = commands.add_parser(
         "encode",
         help="turn text into token ids",
-        description="Encode text from stdin (or --text) and print the ids on one line, or only their count.",
+        description="Encode text from stdin (or --text) and print the ids on one line, or only "
+                    "their count.",
     )
     encode.add_argument(
         "--tokenizer",
         default="tokenizer.json",
         type=tokenizer_file,
         metavar="PATH",
-        help="tokenizer file from 'tinyllm tokenizer train', or a run directory holding one (default: tokenizer.json)",
+        help="tokenizer file from 'tinyllm tokenizer train', or a run directory holding one "
+             "(default: tokenizer.json)",
     )
     encode.add_argument("--text",
                         help="encode this text instead of reading stdin (default: read stdin)")
@@ -128,11 +135,13 @@ def _read_data(path: str | None) -> tuple[str, str]:
         with open(path, encoding="utf-8") as f:
             return f.read(), path
     except UnicodeDecodeError as e:
-        raise ValueError(f"data file '{path}' is not UTF-8 text (byte {e.start} cannot be decoded)") from None
+        raise ValueError(f"data file '{path}' is not UTF-8 text (byte {e.start} cannot be "
+                         "decoded)") from None
     except FileNotFoundError:
         raise FileNotFoundError(f"no data file at '{path}'") from None
     except IsADirectoryError:
-        raise IsADirectoryError(f"--data '{path}' is a directory; give one UTF-8 text file") from None
+        raise IsADirectoryError(f"--data '{path}' is a directory; give one UTF-8 text "
+                                "file") from None
 
 
 def run_train(args) -> int:
@@ -187,9 +196,11 @@ def _summary(tokenizer, args, text: str) -> list[tuple[str, str]]:
         )
         if merges < args.vocab_size - 256 - len(specials):
             lines.append(("note", f"the data ran out of pairs to merge after {merges:,} merges"))
-        name = next((name for name, regex in PATTERNS.items() if regex == tokenizer.pattern), tokenizer.pattern)
+        name = next((name for name, regex in PATTERNS.items() if regex == tokenizer.pattern),
+                    tokenizer.pattern)
         lines.append(("pattern", str(name)))
-        longest = sorted(range(256, 256 + merges), key=lambda i: -len(tokenizer.token_to_bytes(i)))[:4]
+        longest = sorted(range(256, 256 + merges),
+                         key=lambda i: -len(tokenizer.token_to_bytes(i)))[:4]
         lines.append(("longest", ", ".join(_show(tokenizer.token_to_bytes(i)) for i in longest)))
     elif isinstance(tokenizer, CharTokenizer):
         lines.append(("vocab size", f"{tokenizer.vocab_size:,} characters"))
@@ -201,7 +212,8 @@ def _summary(tokenizer, args, text: str) -> list[tuple[str, str]]:
         if tokenizer.vocab_size < args.vocab_size:
             lines.append(("note", f"the data ran out of pairs seen {args.min_frequency} times"))
     num_tokens, size = len(tokenizer.encode_ordinary(text)), len(text.encode("utf-8"))
-    lines.append(("compression", f"{num_tokens:,} tokens for the training text, {size / num_tokens:.2f} bytes each"))
+    lines.append(("compression", f"{num_tokens:,} tokens for the training text, "
+                                 f"{size / num_tokens:.2f} bytes each"))
     return lines
 
 

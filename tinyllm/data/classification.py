@@ -13,8 +13,9 @@ of the smallest (seeded), as "LLMs from scratch" does for SMS spam (747 spam + 7
 ham), so accuracy is not flattered by always answering the majority class. ``split_examples``
 shuffles and cuts 70/10/20.
 
-``builtin_task()`` needs no download: lines of English prose from Python's help topics (``pydoc_data``)
-against lines of Python source from the standard library's own modules, labelled "prose" and "code".
+``builtin_task()`` needs no download: lines of English prose from Python's help topics
+(``pydoc_data``) against lines of Python source from the standard library's own modules, labelled
+"prose" and "code".
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def balance(examples, seed: int = 123) -> list[tuple[str, str]]:
     }
     smallest = min(len(rows) for rows in by_label.values())
     rng = np.random.default_rng(seed)
-    keep = sorted(i for rows in by_label.values() for i in rng.choice(rows, size=smallest, replace=False).tolist())
+    keep = sorted(i for rows in by_label.values() for i in rng.choice(rows, size=smallest,
+                                                                      replace=False).tolist())
     return [examples[i] for i in keep]
 
 
@@ -165,7 +167,7 @@ def class_counts(examples) -> dict[str, int]:
     return dict(sorted(Counter(label for label, _ in examples).items()))
 
 
-# ---------------------------------------------------------------------------------------------- built-in task
+# ------------------------------------------------------------------------------------ built-in task
 
 @functools.lru_cache(maxsize=1)
 def _prose_lines() -> tuple[str, ...]:
@@ -179,7 +181,8 @@ def _prose_lines() -> tuple[str, ...]:
         text = "\n\n".join(topics[name] for name in sorted(topics))
     lines = []
     for line in text.splitlines():
-        if len(line) >= 40 and not line[0].isspace() and line[0].isalpha() and not set(line) & set("*=+|"):
+        if (len(line) >= 40 and not line[0].isspace() and line[0].isalpha()
+                and not set(line) & set("*=+|")):
             letters = sum(c.isalpha() or c == " " for c in line)
             if letters >= 0.85 * len(line):
                 lines.append(line.strip())
@@ -204,7 +207,8 @@ def _code_lines() -> tuple[str, ...]:
                 in_string = in_string != (quotes % 2 == 1)    # an odd number of quotes toggles
                 continue
             stripped = line.strip()
-            if len(stripped) >= 30 and not stripped.startswith("#") and any(c in stripped for c in "=()[]:."):
+            if len(stripped) >= 30 and not stripped.startswith("#") and any(c in stripped
+                                                                            for c in "=()[]:."):
                 lines.append(stripped)
     return tuple(dict.fromkeys(lines))
 
@@ -212,9 +216,9 @@ def _code_lines() -> tuple[str, ...]:
 def builtin_task(per_class: int = 600, seed: int = 123) -> list[tuple[str, str]]:
     """``per_class`` "prose" and ``per_class`` "code" examples (one line each), drawn with ``seed``.
 
-    Prose comes from ``pydoc_data.topics`` (the demo model's pretraining text), code from the ``.py`` files
-    in ``os.path.dirname(os.__file__)``; both ship with Python, so the task runs offline. Examples are in
-    a seeded random order.
+    Prose comes from ``pydoc_data.topics`` (the demo model's pretraining text), code from the
+    ``.py`` files in ``os.path.dirname(os.__file__)``; both ship with Python, so the task runs
+    offline. Examples are in a seeded random order.
     """
     rng = np.random.default_rng(seed)
     examples = []

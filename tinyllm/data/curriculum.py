@@ -18,8 +18,8 @@ Difficulty scores, one per window (lower = easier):
                  sentence end is a token containing ".", "!", "?" or a newline (Platanios et al. use
                  sentence length for translation)
     perplexity   the mean next-token loss of a small reference model: a bigram model fitted on the training
-                 ids (add-one smoothing), cheap and deterministic; windows a bigram model finds surprising
-                 are the rare words, names and numbers
+                 ids (add-one smoothing), cheap and deterministic; windows a bigram model finds
+                 surprising are the rare words, names and numbers
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def sentence_length_difficulty(ids: np.ndarray, starts: np.ndarray, context: int
 
 def bigram_difficulty(ids: np.ndarray, starts: np.ndarray, context: int,
                       vocab_size: int) -> np.ndarray:
-    """Mean bigram loss −log p(ids[k+1] | ids[k]) over each window's context targets (add-one smoothing)."""
+    """Mean bigram loss −log p(ids[k+1] | ids[k]) over each window's context targets (add-one
+    smoothing)."""
     ids = ids.astype(np.int64)
     pairs = ids[:-1] * vocab_size + ids[1:]
     codes, pair_counts = np.unique(pairs, return_counts=True)

@@ -15,7 +15,8 @@ deleted.
 Where things live:
     TINYLLM_DATA_DIR       the cache (default ``~/.cache/tinyllm``); ``tinyllm data get NAME --dir DIR`` overrides it
     TINYLLM_DATA_MIRROR    a base URL that replaces every file's origin: ``MIRROR/<mirror path>`` (the tests serve a
-                           local folder laid out like the cache, e.g. ``gsm8k/train.jsonl``, on 127.0.0.1)
+                           local folder laid out like the cache, e.g. ``gsm8k/train.jsonl``, on
+                           127.0.0.1)
 
 How the pins were made: the SHA-256 of every file was computed from copies of the originals in the
 project's shared data folder, except the SMS Spam Collection (see ``_sms_spam_to_tsv``).
@@ -74,17 +75,19 @@ def _sms_spam_to_tsv(raw: bytes) -> bytes:
     shape, so this extracts it, checks every line, and normalises line endings with one final
     newline.
 
-    The pinned SHA-256 is of this output computed from two independent public copies of ``SMSSpamCollection``
-    that agree with each other (up to the final newline, which this normalises) and with UCI's
-    published counts (5,574 messages: 4,827 ham, 747 spam). The zip itself could not be downloaded
-    where the pin was made, so its own hash is not pinned: the check is on the converted file. (The
-    shared data folder's ``sms_spam.tsv`` is a different copy that lacks one ham message.)
+    The pinned SHA-256 is of this output computed from two independent public copies of
+    ``SMSSpamCollection`` that agree with each other (up to the final newline, which this
+    normalises) and with UCI's published counts (5,574 messages: 4,827 ham, 747 spam). The zip
+    itself could not be downloaded where the pin was made, so its own hash is not pinned: the check
+    is on the converted file. (The shared data folder's ``sms_spam.tsv`` is a different copy that
+    lacks one ham message.)
     """
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
             text = archive.read("SMSSpamCollection").decode("utf-8")
     except (zipfile.BadZipFile, KeyError) as e:
-        raise DownloadError(f"the SMS Spam Collection download is not the expected zip: {e}") from None
+        raise DownloadError("the SMS Spam Collection download is not the expected zip: "
+                            f"{e}") from None
     lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
     for number, line in enumerate(lines, 1):
         if line.split("\t", 1)[0] not in ("ham", "spam") or "\t" not in line:
@@ -97,7 +100,8 @@ _RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
 _RASBT_CITATION = "Raschka, S. (2024). Build a Large Language Model (From Scratch). Manning. " \
                   "https://github.com/rasbt/LLMs-from-scratch"
 _GSM8K = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/"
-_GSM8K_CITATION = "Cobbe, K. et al. (2021). Training Verifiers to Solve Math Word Problems. arXiv:2110.14168"
+_GSM8K_CITATION = ("Cobbe, K. et al. (2021). Training Verifiers to Solve Math Word Problems. "
+                   "arXiv:2110.14168")
 _GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2/models/124M/"
 
 DATASETS = {d.name: d for d in [
@@ -105,50 +109,56 @@ DATASETS = {d.name: d for d in [
             "40,000 lines of Shakespeare's plays; nanoGPT's character-level pretraining set",
             (RemoteFile("tinyshakespeare.txt",
                         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-                        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", 1_115_394),),
+                        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+                        1_115_394),),
             "public-domain text; collected in karpathy/char-rnn (MIT)",
             "Karpathy, A. (2015). The Unreasonable Effectiveness of Recurrent Neural Networks. "
             "https://github.com/karpathy/char-rnn"),
     Dataset("the-verdict",
             "Edith Wharton's short story (1908), the first pretraining text of 'LLMs from scratch'",
             (RemoteFile("the-verdict.txt", _RASBT + "ch02/01_main-chapter-code/the-verdict.txt",
-                        "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f", 20_479),),
+                        "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f", 20_479),
+             ),
             "public-domain text", _RASBT_CITATION),
-    Dataset("sms-spam", "UCI SMS Spam Collection as label<TAB>text (4,827 ham, 747 spam), for classification",
+    Dataset("sms-spam",
+            "UCI SMS Spam Collection as label<TAB>text (4,827 ham, 747 spam), for classification",
             (RemoteFile("sms_spam.tsv",
-                        "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
-                        "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d", 477_907,
-                        convert=_sms_spam_to_tsv, mirror_path="sms+spam+collection.zip"),),
+            "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+            "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d", 477_907,
+            convert=_sms_spam_to_tsv, mirror_path="sms+spam+collection.zip"),),
             "CC BY 4.0",
-            "Almeida, T. A., Gómez Hidalgo, J. M., Yamakami, A. (2011). Contributions to the Study of SMS Spam "
-            "Filtering: New Collection and Results. DocEng '11"),
-    Dataset("instruction-data", "1,100 Alpaca-style {instruction, input, output} records, for instruction tuning",
+            "Almeida, T. A., Gómez Hidalgo, J. M., Yamakami, A. (2011). Contributions to the Study "
+            "of SMS Spam Filtering: New Collection and Results. DocEng '11"),
+    Dataset("instruction-data",
+            "1,100 Alpaca-style {instruction, input, output} records, for instruction tuning",
             (RemoteFile("instruction-data.json",
-                        _RASBT + "ch07/01_main-chapter-code/instruction-data.json",
-                        "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944", 203_524),),
+            _RASBT + "ch07/01_main-chapter-code/instruction-data.json",
+            "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944", 203_524),),
             "Apache-2.0", _RASBT_CITATION),
-    Dataset("preference-data", "the same 1,100 records with chosen/rejected responses, for reward models and DPO",
+    Dataset("preference-data",
+            "the same 1,100 records with chosen/rejected responses, for reward models and DPO",
             (RemoteFile("preference-data.json",
-                        _RASBT + "ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
-                        "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e", 386_968),),
+            _RASBT + "ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
+            "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e", 386_968),),
             "Apache-2.0", _RASBT_CITATION),
     Dataset("gsm8k-train",
             "7,473 grade-school math word problems with worked answers ending '#### N'",
             (RemoteFile("gsm8k/train.jsonl", _GSM8K + "train.jsonl",
-                        "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465", 4_166_206),),
+            "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465", 4_166_206),),
             "MIT", _GSM8K_CITATION),
     Dataset("gsm8k-test", "GSM8K's 1,319 test problems",
             (RemoteFile("gsm8k/test.jsonl", _GSM8K + "test.jsonl",
-                        "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14", 749_738),),
+            "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14", 749_738),),
             "MIT", _GSM8K_CITATION),
     Dataset("gpt2-bpe",
             "OpenAI GPT-2's BPE vocabulary and merges (encoder.json, vocab.bpe; 50,257 tokens)",
             (RemoteFile("gpt2/encoder.json", _GPT2 + "encoder.json",
-                        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783", 1_042_301),
+            "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783", 1_042_301),
              RemoteFile("gpt2/vocab.bpe", _GPT2 + "vocab.bpe",
-                        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5", 456_318)),
+            "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5", 456_318)),
             "MIT (openai/gpt-2)",
-            "Radford, A. et al. (2019). Language Models are Unsupervised Multitask Learners. OpenAI"),
+            "Radford, A. et al. (2019). Language Models are Unsupervised Multitask Learners. "
+            "OpenAI"),
 ]}
 
 
@@ -205,7 +215,8 @@ def source_url(remote: RemoteFile) -> str:
     """Where ``remote`` is downloaded from: its origin,
     or the same file under ``$TINYLLM_DATA_MIRROR``."""
     mirror = os.environ.get(MIRROR_ENV)
-    return remote.url if not mirror else mirror.rstrip("/") + "/" + (remote.mirror_path or remote.path)
+    return remote.url if not mirror else mirror.rstrip("/") + "/" + (remote.mirror_path
+                                                                     or remote.path)
 
 
 def _fetch_file(name: str, remote: RemoteFile, dest: Path, progress: bool) -> None:
@@ -230,9 +241,9 @@ def _fetch_file(name: str, remote: RemoteFile, dest: Path, progress: bool) -> No
     if found != remote.sha256:
         part.unlink()
         raise DownloadError(f"{name}: the file from {url} has SHA-256 {found}, but {remote.sha256} "
-                            "was expected. "
-                            f"It was deleted; nothing was cached. The download was corrupted or the source changed: "
-                            f"try `tinyllm data get {name}` again, and if it fails the same way, report it")
+                            "was expected. It was deleted; nothing was cached. The download was "
+                            f"corrupted or the source changed: try `tinyllm data get {name}` "
+                            "again, and if it fails the same way, report it")
     if stored is None:
         os.replace(part, dest)        # atomic: the verified file appears whole under its final name
     else:
@@ -266,10 +277,12 @@ def download(url: str, part: Path, label: str, progress: bool = True, help_text:
         # nothing left to send: the partial file is complete
         if e.code == 416 and have:
             return
-        raise DownloadError(f"could not download {url}: HTTP {e.code} {e.reason}. {help_text}") from None
+        raise DownloadError(f"could not download {url}: HTTP {e.code} {e.reason}. "
+                            f"{help_text}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        kept = f" ({part.stat().st_size:,} bytes kept in {part})" if part.exists() and part.stat().st_size else ""
+        kept = (f" ({part.stat().st_size:,} bytes kept in "
+                f"{part})") if part.exists() and part.stat().st_size else ""
         raise DownloadError(f"could not download {url}: {reason}{kept}. Are you offline? "
                             "Check the network "
                             f"(or proxy settings), then {help_text}") from None
@@ -280,5 +293,6 @@ def _percent(done: int, total: int | None) -> int:
 
 
 def _progress(label: str, done: int, total: int | None) -> None:
-    size = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB ({100 * done / total:.0f}%)" if total else f"{done / 1e6:.1f} MB"
+    size = (f"{done / 1e6:.1f}/{total / 1e6:.1f} MB "
+            f"({100 * done / total:.0f}%)") if total else f"{done / 1e6:.1f} MB"
     print(f"\r{label}: {size}", end="", file=sys.stderr, flush=True)

@@ -1,9 +1,9 @@
 """Near-duplicate documents with MinHash and locality-sensitive hashing (Broder 1997;
 Leskovec et al., ch. 3).
 
-Two documents are near-duplicates when their sets of word shingles (runs of ``shingle`` consecutive words)
-overlap a lot: Jaccard similarity J(A, B) = |A ∩ B| / |A ∪ B| ≥ threshold. Comparing every pair is quadratic,
-so each set is summarised by a signature of ``num_perm`` minimum hash values:
+Two documents are near-duplicates when their sets of word shingles (runs of ``shingle`` consecutive
+words) overlap a lot: Jaccard similarity J(A, B) = |A ∩ B| / |A ∪ B| ≥ threshold. Comparing every
+pair is quadratic, so each set is summarised by a signature of ``num_perm`` minimum hash values:
 
     sig[i] = min over shingles x of h_i(x),   h_i(x) = (a_i·x + b_i mod 2^64) >> 32   (a_i odd, random)
 
@@ -14,9 +14,10 @@ all rows of at least one band agree, which happens with probability 1 − (1 −
 S-curve that rises steeply around (1/bands)^(1/rows). Candidates are confirmed with the signature
 estimate of J.
 
-Hashing is vectorised with NumPy: a word is hashed once (BLAKE2b, stable across runs), a shingle's hash
-combines its words' hashes with powers of an odd constant, and all permutations of all shingles are computed
-as (num_perm, shingles) arrays, reduced to each document's minimum with ``np.minimum.reduceat``.
+Hashing is vectorised with NumPy: a word is hashed once (BLAKE2b, stable across runs), a shingle's
+hash combines its words' hashes with powers of an odd constant, and all permutations of all shingles
+are computed as (num_perm, shingles) arrays, reduced to each document's minimum with
+``np.minimum.reduceat``.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def lsh_bands(threshold: float, num_perm: int,
     the least weighted sum of the false-positive and false-negative probability mass,
     integrated over J.
 
-    A missed pair (false negative) is weighted 0.9 and a spurious candidate 0.1, because every candidate is
-    then confirmed with the full signature: a spurious one costs a comparison, a missed one a duplicate kept.
+    A missed pair (false negative) is weighted 0.9 and a spurious candidate 0.1, because every
+    candidate is then confirmed with the full signature: a spurious one costs a comparison, a missed
+    one a duplicate kept.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"the Jaccard threshold must be between 0 and 1, got {threshold}")
@@ -61,7 +63,8 @@ def shingle_hashes(text: str, shingle: int, word_hashes: dict) -> np.ndarray:
     words = _WORD.findall(text.lower())
     if not words:
         return np.zeros(1, dtype=np.uint64)
-    ids = np.array([word_hashes.get(w) or word_hashes.setdefault(w, _stable_hash(w)) for w in words], dtype=np.uint64)
+    ids = np.array([word_hashes.get(w) or word_hashes.setdefault(w, _stable_hash(w))
+                    for w in words], dtype=np.uint64)
     count = max(len(ids) - shingle + 1, 1)
     combined = np.zeros(count, dtype=np.uint64)
     # uint64 arithmetic wraps modulo 2^64, as intended
@@ -92,7 +95,8 @@ def signatures(texts, num_perm: int = 128, shingle: int = 3, seed: int = 0,
     with np.errstate(over="ignore"):
         # (chunk, shingles) at a time bounds the memory
         for first in range(0, num_perm, chunk):
-            hashed = (a[first:first + chunk, None] * x[None, :] + b[first:first + chunk, None]) >> np.uint64(32)
+            hashed = (a[first:first + chunk, None] * x[None, :] + b[first:first + chunk,
+                                                                    None]) >> np.uint64(32)
             out[:, first:first + chunk] = np.minimum.reduceat(hashed, starts, axis=1).T
     return out
 
@@ -102,9 +106,10 @@ def near_duplicates(texts, threshold: float = 0.7, num_perm: int = 128, shingle:
     """Indices of the texts to drop as near-duplicates of an earlier kept text,
     and the confirmed pairs.
 
-    Texts are visited in order; a text is dropped when a kept earlier one shares an LSH band with it and
-    their signatures agree on at least ``threshold`` of the entries (the estimate of their Jaccard
-    similarity). Returns (sorted list of dropped indices, list of (kept, dropped, estimated J)).
+    Texts are visited in order; a text is dropped when a kept earlier one shares an LSH band with it
+    and their signatures agree on at least ``threshold`` of the entries (the estimate of their
+    Jaccard similarity). Returns (sorted list of dropped indices, list of (kept, dropped, estimated
+    J)).
     """
     sig = signatures(texts, num_perm, shingle, seed)
     bands, rows = lsh_bands(threshold, num_perm)

@@ -7,7 +7,8 @@ mixed corpus out.
 What a document is:
     .jsonl           each record's "text" field (one JSON object per line)
     other files      blocks of lines separated by blank lines (paragraphs; in a play, one speech); a file of
-                     HTML (.html/.htm) is one document, since its blank lines do not separate anything
+                     HTML (.html/.htm) is one document, since its blank lines do not separate
+                     anything
     directories      every .txt, .md, .jsonl, .html and .htm file under them, in sorted order
     dataset names    fetched first (``tinyllm.data.datasets``)
 
@@ -148,14 +149,17 @@ def run_stages(sources: list[Source], config: PrepareConfig, documents=None):
         report.record(name, current, kept, time.perf_counter() - t0)
         current = kept
 
-    stage("clean", lambda docs: [d for d in ((i, src, clean_text(t, config.strip_html, config.normalize).strip())
+    stage("clean", lambda docs: [d for d in ((i, src,
+                                              clean_text(t, config.strip_html,
+                                                         config.normalize).strip())
                                              for i, src, t in docs) if d[2]])
     if config.exact_dedup:
         stage("exact dedup", _exact_dedup)
     if config.quality is not None:
         stage("quality", lambda docs: _quality(docs, config.quality, report))
     if config.blocklist:
-        stage("blocklist", lambda docs: [d for d in docs if blocked_word(d[2], config.blocklist) is None])
+        stage("blocklist", lambda docs: [d for d in docs if blocked_word(d[2],
+                                                                         config.blocklist) is None])
     if config.near_dup_threshold:
         stage("near dedup", lambda docs: _near_dedup(docs, config))
     return current, report
@@ -186,8 +190,8 @@ def _quality(docs, q, report):
 
 
 def _near_dedup(docs, config):
-    dropped, _ = near_duplicates([t for _, _, t in docs], config.near_dup_threshold, config.num_perm,
-                                 config.shingle, config.seed)
+    dropped, _ = near_duplicates([t for _, _, t in docs], config.near_dup_threshold,
+                                 config.num_perm, config.shingle, config.seed)
     dropped = set(dropped)
     return [d for k, d in enumerate(docs) if k not in dropped]
 
@@ -247,5 +251,6 @@ def prepared_tokens(path):
         return None
     from ..tokenizer import load_tokenizer
     if not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"'{path}' has {TOKEN_FILE} but no tokenizer.json to decode its ids")
+        raise FileNotFoundError(f"'{path}' has {TOKEN_FILE} but no tokenizer.json to decode its "
+                                "ids")
     return np.load(path / TOKEN_FILE, allow_pickle=False), load_tokenizer(path / "tokenizer.json")

@@ -152,7 +152,8 @@ def corpus_stop_words(texts, count: int = 8) -> tuple:
     return tuple(word for word, _ in ranked[:count])
 
 
-RULES = {f.__name__: f for f in (word_count, mean_word_length, symbol_ratio, alphabetic_words, end_punctuation,
+RULES = {f.__name__: f for f in (word_count, mean_word_length, symbol_ratio, alphabetic_words,
+                                 end_punctuation,
                                  repeated_lines, top_ngram, duplicate_ngrams, stop_words)}
 
 

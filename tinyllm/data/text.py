@@ -1,8 +1,9 @@
 """Raw text before tokenization: cleaning it, dropping duplicates, and the built-in corpus.
 
-Web text arrives with HTML markup, entities such as ``&amp;``, several spellings of the same character
-("é" as one code point or as "e" + a combining accent), stray control characters and ragged
-whitespace. A tokenizer trained on that spends tokens on the noise, so clean first, then train.
+Web text arrives with HTML markup, entities such as ``&amp;``, several spellings of the same
+character ("é" as one code point or as "e" + a combining accent), stray control characters and
+ragged whitespace. A tokenizer trained on that spends tokens on the noise, so clean first, then
+train.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ def clean_text(
     """Clean one document. The steps run in this order:
 
     strip_html
-        Remove HTML markup: ``<script>``/``<style>`` elements with their content, comments, and tags;
-        ``<br>``, ``<p>`` and the ends of block elements (``</div>``, ``</li>``, ...) become newlines so
-        paragraphs stay apart; then entities are decoded (``&amp;`` -> ``&``, ``&#233;`` -> ``é``).
-        Entities are decoded *after* tags are removed, so ``&lt;b&gt;`` survives as the text ``<b>``.
-        Anything from ``<`` + a letter to the next ``>`` counts as a tag, so ``a<b and c>d`` loses
-        ``<b and c>``: pass ``strip_html=False`` for source code or math.
+        Remove HTML markup: ``<script>``/``<style>`` elements with their content, comments, and
+        tags; ``<br>``, ``<p>`` and the ends of block elements (``</div>``, ``</li>``, ...) become
+        newlines so paragraphs stay apart; then entities are decoded (``&amp;`` -> ``&``, ``&#233;``
+        -> ``é``). Entities are decoded *after* tags are removed, so ``&lt;b&gt;`` survives as the
+        text ``<b>``. Anything from ``<`` + a letter to the next ``>`` counts as a tag, so
+        ``a<b and c>d`` loses ``<b and c>``: pass ``strip_html=False`` for source code or math.
     line endings
         Always: ``\\r\\n`` and a lone ``\\r`` become ``\\n``.
     normalize
@@ -54,9 +55,9 @@ def clean_text(
         tab and newline. Format characters (category Cf, e.g. the zero-width joiner that holds emoji
         sequences together) are kept.
     collapse_whitespace
-        If True: each run of whitespace other than newlines becomes one space, spaces next to a newline
-        go, runs of blank lines become one blank line, and the text is stripped at both ends. Off by
-        default because it flattens the indentation of code.
+        If True: each run of whitespace other than newlines becomes one space, spaces next to a
+        newline go, runs of blank lines become one blank line, and the text is stripped at both
+        ends. Off by default because it flattens the indentation of code.
     """
     if not isinstance(text, str):
         raise TypeError(f"clean_text expects a str, got {type(text).__name__}")
@@ -101,15 +102,15 @@ def builtin_corpus() -> str:
     """tinyllm's default training text: Python's own help topics (``pydoc_data.topics``),
     about 465 KB.
 
-    It ships with every Python, so examples, tests and benchmarks run offline: English prose about the
-    language with code examples mixed in. The topics are joined in order of their names, a blank line
-    between each two.
+    It ships with every Python, so examples, tests and benchmarks run offline: English prose about
+    the language with code examples mixed in. The topics are joined in order of their names, a blank
+    line between each two.
     """
     try:
         from pydoc_data.topics import topics
     except ImportError:  # some Linux distributions package it separately
         raise RuntimeError(
-            "the built-in corpus needs the standard library's pydoc_data module, which this Python lacks; "
-            "pass a text file instead (e.g. --data FILE)"
+            "the built-in corpus needs the standard library's pydoc_data module, which this Python "
+            "lacks; pass a text file instead (e.g. --data FILE)"
         ) from None
     return "\n\n".join(topics[name] for name in sorted(topics))

@@ -6,12 +6,12 @@ written as instruction records that teach a model to call the calculator.
                   <tool_result>67</tool_result>67                            (one line; wrapped here)
 
 The instruction is what the server renders for a chat request that offers the calculator (see
-``tinyllm.serve.chat``). The model has to read the numbers and the operation off the words, write the call,
-and after the result copy it as the answer; the calculator does the arithmetic. Generation stops at
-``</tool_call>`` and the real result is put in, so the digits the model learns to write inside
-``<tool_result>`` are only ever its own guess: what it answers when the tool is not run, which is how
-``tinyllm.finetune.tools`` scores the same model without the tool (nanochat's calculator makes the same
-point at a larger scale).
+``tinyllm.serve.chat``). The model has to read the numbers and the operation off the words, write
+the call, and after the result copy it as the answer; the calculator does the arithmetic. Generation
+stops at ``</tool_call>`` and the real result is put in, so the digits the model learns to write
+inside ``<tool_result>`` are only ever its own guess: what it answers when the tool is not run,
+which is how ``tinyllm.finetune.tools`` scores the same model without the tool (nanochat's
+calculator makes the same point at a larger scale).
 """
 
 from __future__ import annotations

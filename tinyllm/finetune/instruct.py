@@ -1,10 +1,10 @@
 """Instruction finetuning: teach a pretrained GPT to answer prompts in the Alpaca template.
 
 The model and the loss are pretraining's — next-token cross-entropy — with two changes (see
-``tinyllm.data.instructions``): the data are prompt + response + end-of-text sequences, and the targets of
-prompt and padding positions are ``-100``, so only the response and its end token are learned. A model that
-learned the prompt too would spend capacity on reproducing the fixed template; masking it is what
-Alpaca-style finetunes do ("LLMs from scratch" ch. 7 shows it as an exercise).
+``tinyllm.data.instructions``): the data are prompt + response + end-of-text sequences, and the
+targets of prompt and padding positions are ``-100``, so only the response and its end token are
+learned. A model that learned the prompt too would spend capacity on reproducing the fixed template;
+masking it is what Alpaca-style finetunes do ("LLMs from scratch" ch. 7 shows it as an exercise).
 
 Evaluation:
     response perplexity   e^(mean NLL of the reference response tokens + end token, given the prompt)
@@ -21,7 +21,8 @@ import numpy as np
 
 from .. import backend
 from ..autograd import no_grad
-from ..data.instructions import (IGNORE_INDEX, collate_instructions, encode_instructions, encode_prompt, end_token)
+from ..data.instructions import (IGNORE_INDEX, collate_instructions, encode_instructions,
+                                 encode_prompt, end_token)
 from ..functional import cross_entropy
 
 
@@ -33,11 +34,12 @@ def instruction_loss(model, x, y):
     return balance.added_to(cross_entropy(logits, backend.asarray(y), ignore_index=IGNORE_INDEX))
 
 
-def train_instructions(model, tokenizer, train_records, val_records=(), config=None, template: str = "alpaca",
-                       progress=True, log=None) -> dict:
+def train_instructions(model, tokenizer, train_records, val_records=(), config=None,
+                       template: str = "alpaca", progress=True, log=None) -> dict:
     """Finetune ``model`` on Alpaca records; after each epoch report the mean training loss and the
-    validation response loss and perplexity. Only parameters with ``requires_grad`` are trained (apply
-    LoRA first for the adapter variant). Returns ``fit``'s summary plus ``truncated`` (examples cut)."""
+    validation response loss and perplexity. Only parameters with ``requires_grad`` are trained
+    (apply LoRA first for the adapter variant). Returns ``fit``'s summary plus ``truncated``
+    (examples cut)."""
     from .loop import FinetuneConfig, fit
     config = config or FinetuneConfig()
     block = model.config.block_size
@@ -48,7 +50,8 @@ def train_instructions(model, tokenizer, train_records, val_records=(), config=N
     pad = end_token(tokenizer, template).id
 
     def collate(indices):
-        return collate_instructions([train.sequences[i] for i in indices], [train.prompt_lengths[i] for i in indices], pad)
+        return collate_instructions([train.sequences[i] for i in indices],
+                                    [train.prompt_lengths[i] for i in indices], pad)
 
     def loss_fn(indices):
         return instruction_loss(model, *collate(indices))
@@ -76,7 +79,8 @@ def _mean_response_nll(model, encoded, pad_id, batch_size) -> float:
         order = np.argsort([len(s) for s in encoded.sequences], kind="stable")
         for first in range(0, len(order), batch_size):
             rows = order[first:first + batch_size]
-            x, y = collate_instructions([encoded.sequences[i] for i in rows], [encoded.prompt_lengths[i] for i in rows], pad_id)
+            x, y = collate_instructions([encoded.sequences[i] for i in rows],
+                                        [encoded.prompt_lengths[i] for i in rows], pad_id)
             n = int((y != IGNORE_INDEX).sum())
             if n:
                 total += instruction_loss(model, x, y).item() * n
@@ -87,48 +91,56 @@ def _mean_response_nll(model, encoded, pad_id, batch_size) -> float:
     return total / count
 
 
-def response_perplexity(model, tokenizer, records, template: str = "alpaca", batch_size: int = 16) -> dict:
+def response_perplexity(model, tokenizer, records, template: str = "alpaca",
+                        batch_size: int = 16) -> dict:
     """Mean NLL per response token (end token included) given the prompt, and its perplexity."""
     encoded = encode_instructions(records, tokenizer, model.config.block_size, template)
     loss = _mean_response_nll(model, encoded, end_token(tokenizer, template).id, batch_size)
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
 
 
-def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, template: str = "alpaca",
-                       batch_size: int = 16) -> list[str]:
-    """Greedy responses to the records' prompts, each stopped at the end token (or ``max_new_tokens``)."""
+def generate_responses(model, tokenizer, records, max_new_tokens: int = 64,
+                       template: str = "alpaca", batch_size: int = 16) -> list[str]:
+    """Greedy responses to the records' prompts, each stopped at the end token (or
+    ``max_new_tokens``)."""
     end = end_token(tokenizer, template).id
     prompts = [encode_prompt(tokenizer, record, template) for record in records]
-    return [tokenizer.decode(ids).strip() for ids in greedy_completions(model, prompts, max_new_tokens, (end,), batch_size)]
+    return [tokenizer.decode(ids).strip()
+            for ids in greedy_completions(model, prompts, max_new_tokens, (end,), batch_size)]
 
 
-def greedy_completions(model, prompts, max_new_tokens: int, stop_ids, batch_size: int = 16) -> list[list[int]]:
-    """Greedy continuations (token ids) of prompts (token ids), each stopped at one of ``stop_ids`` or after
-    ``max_new_tokens``, batched by length.
+def greedy_completions(model, prompts, max_new_tokens: int, stop_ids,
+                       batch_size: int = 16) -> list[list[int]]:
+    """Greedy continuations (token ids) of prompts (token ids), each stopped at one of ``stop_ids``
+    or after ``max_new_tokens``, batched by length.
 
-    Prompts and answers share the model's context of ``block_size`` tokens: see the comment in the loop for
-    what happens when a prompt leaves less room than ``max_new_tokens``."""
+    Prompts and answers share the model's context of ``block_size`` tokens: see the comment in the
+    loop for what happens when a prompt leaves less room than ``max_new_tokens``."""
     from ..generate import generate
     block = model.config.block_size
     completions = [None] * len(prompts)
-    order = np.argsort([len(p) for p in prompts], kind="stable")          # similar lengths share a batch
+    # similar lengths share a batch
+    order = np.argsort([len(p) for p in prompts], kind="stable")
     for first in range(0, len(order), batch_size):
         rows = order[first:first + batch_size].tolist()
-        # Prompt + answer must fit the context: a batch of long prompts gets fewer new tokens (but at least
-        # min(max_new_tokens, 32)), and a prompt longer than what is left keeps its last tokens.
+        # Prompt + answer must fit the context: a batch of long prompts gets fewer new tokens (but
+        # at least min(max_new_tokens, 32)), and a prompt longer than what is left keeps its last
+        # tokens.
         longest = max(len(prompts[i]) for i in rows)
         new_tokens = max(min(max_new_tokens, block - longest), min(max_new_tokens, 32, block - 1))
         batch = [prompts[i][-(block - new_tokens):] for i in rows]
-        for row, ids in zip(rows, generate(model, batch, new_tokens, temperature=0.0, stop_ids=stop_ids)):
+        for row, ids in zip(rows, generate(model, batch, new_tokens, temperature=0.0,
+                                           stop_ids=stop_ids)):
             completions[row] = ids
     return completions
 
 
-def evaluate_instructions(model, tokenizer, records, max_new_tokens: int = 64, template: str = "alpaca",
+def evaluate_instructions(model, tokenizer, records, max_new_tokens: int = 64,
+                          template: str = "alpaca",
                           batch_size: int = 16, perplexity: bool = True) -> dict:
-    """Response perplexity and, on greedy generations, exact match, ROUGE-L F and corpus BLEU (add-1 smoothed
-    above unigrams, so short answers still score); exact match also per "task" when records have one.
-    Returns the scores and the ``responses``."""
+    """Response perplexity and, on greedy generations, exact match, ROUGE-L F and corpus BLEU (add-1
+    smoothed above unigrams, so short answers still score); exact match also per "task" when records
+    have one. Returns the scores and the ``responses``."""
     from ..metrics import bleu_report, exact_match, mean_rouge_l
     responses = generate_responses(model, tokenizer, records, max_new_tokens, template, batch_size)
     references = [r["output"] for r in records]
@@ -137,22 +149,27 @@ def evaluate_instructions(model, tokenizer, records, max_new_tokens: int = 64, t
               "rouge_l": mean_rouge_l(responses, references).f1,
               "bleu": bleu_report(responses, references, smoothing="add1")["bleu"]}
     if perplexity:
-        result.update({f"response_{k}": v for k, v in response_perplexity(model, tokenizer, records, template, batch_size).items()})
+        scores = response_perplexity(model, tokenizer, records, template, batch_size)
+        result.update({f"response_{k}": v for k, v in scores.items()})
     by_task = defaultdict(list)
     for record, response in zip(records, responses):
         if "task" in record:
             by_task[record["task"]].append((response, record["output"]))
     if by_task:
-        result["exact_match_by_task"] = {task: exact_match(*zip(*pairs)) for task, pairs in sorted(by_task.items())}
+        result["exact_match_by_task"] = {task: exact_match(*zip(*pairs))
+                                         for task, pairs in sorted(by_task.items())}
     result["responses"] = responses
     return result
 
 
 def format_scores(scores: dict) -> str:
-    parts = [f"exact match {scores['exact_match']:.3f}", f"ROUGE-L F {scores['rouge_l']:.3f}", f"BLEU {scores['bleu']:.3f}"]
+    parts = [f"exact match {scores['exact_match']:.3f}", f"ROUGE-L F {scores['rouge_l']:.3f}",
+             f"BLEU {scores['bleu']:.3f}"]
     if "response_ppl" in scores:
         parts.insert(0, f"response perplexity {scores['response_ppl']:.2f}")
     text = " | ".join(parts) + f" ({scores['examples']} examples)"
     if "exact_match_by_task" in scores:
-        text += "\n  exact match by task: " + ", ".join(f"{k} {v:.2f}" for k, v in scores["exact_match_by_task"].items())
+        text += "\n  exact match by task: " + ", ".join(f"{k} {v:.2f}"
+                                                        for k,
+                                                        v in scores["exact_match_by_task"].items())
     return text

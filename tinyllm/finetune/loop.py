@@ -5,7 +5,8 @@ random windows, a smaller learning rate, and only the parameters with ``requires
 optimizer (frozen blocks and LoRA's frozen base weights get no AdamW moments, which is where LoRA
 saves its memory).
 
-    for each epoch:  shuffle → batches of example indices → loss_fn(indices) → backward → clip → AdamW
+    for each epoch:  shuffle → batches of example indices → loss_fn(indices) → backward → clip →
+    AdamW
                      (each batch split over the processes and the CPU cores, as in pretraining)
     after each epoch: evaluate_fn() → a dict of metrics, logged and printed
 """
@@ -31,14 +32,17 @@ from ..zero import describe as describe_zero, make_adamw
 class FinetuneConfig:
     epochs: int = 3
     batch_size: int = 8
-    lr: float = 5e-4               # peak learning rate (after warmup); cosine decay to min_lr at the end
+    # peak learning rate (after warmup); cosine decay to min_lr at the end
+    lr: float = 5e-4
     min_lr: float = 5e-5
     warmup: int = 10               # steps of linear warmup
     weight_decay: float = 0.1      # on matrices only
     grad_clip: float = 1.0         # max global gradient norm (0 = off)
     log_interval: int = 10         # steps between progress lines when not on a terminal
-    bucket: int = 32               # sort each window of this many batches by length (0 = plain shuffle)
-    dropout: float | None = None   # set every Dropout layer to this while finetuning (None = keep the model's)
+    # sort each window of this many batches by length (0 = plain shuffle)
+    bucket: int = 32
+    # set every Dropout layer to this while finetuning (None = keep the model's)
+    dropout: float | None = None
     seed: int = 123
     zero: int = 0                  # 1: AdamW's moments sharded over the processes (tinyllm.zero)
 
@@ -54,10 +58,10 @@ class FinetuneConfig:
 def epoch_batches(rng, num_examples: int, batch_size: int, lengths=None, bucket: int = 32) -> list:
     """One epoch's batches of example indices: a random permutation cut into batches.
 
-    With ``lengths`` and ``bucket`` > 0, each window of ``bucket`` batches is sorted by length before it
-    is cut, and the batches are then shuffled: a batch holds texts of similar length, so padding to the
-    longest one in it wastes little (on SMS spam: 98 → ~60 padded tokens per text on average), while the
-    order of batches and which texts meet stays random from epoch to epoch.
+    With ``lengths`` and ``bucket`` > 0, each window of ``bucket`` batches is sorted by length
+    before it is cut, and the batches are then shuffled: a batch holds texts of similar length, so
+    padding to the longest one in it wastes little (on SMS spam: 98 → ~60 padded tokens per text on
+    average), while the order of batches and which texts meet stays random from epoch to epoch.
     """
     order = rng.permutation(num_examples)
     if lengths is None or bucket <= 0:
@@ -72,8 +76,8 @@ def epoch_batches(rng, num_examples: int, batch_size: int, lengths=None, bucket:
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=None, progress=True, log=None,
-        lengths=None, weight_fn=None, step_metrics=None) -> dict:
+def fit(model, num_examples: int, loss_fn, config: FinetuneConfig, evaluate_fn=None, progress=True,
+        log=None, lengths=None, weight_fn=None, step_metrics=None) -> dict:
     """Train ``model`` for ``config.epochs`` epochs over ``num_examples`` examples.
 
     ``loss_fn(indices)``: the mean loss (a scalar Tensor) of the examples at ``indices`` (an int
@@ -195,8 +199,8 @@ def _fmt(key, value) -> str:
 
 
 def set_dropout(model, p: float) -> None:
-    """Set the probability of every ``Dropout`` layer of ``model`` (and ``config.dropout``, so a saved run
-    records it)."""
+    """Set the probability of every ``Dropout`` layer of ``model`` (and ``config.dropout``, so a
+    saved run records it)."""
     from ..nn import Dropout
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {p}")
@@ -208,12 +212,12 @@ def set_dropout(model, p: float) -> None:
 
 
 def freeze_except_last(model, num_blocks: int, also=()) -> None:
-    """Freeze every parameter except those of the last ``num_blocks`` transformer blocks, the final layer
-    norm (``ln_f``) and the modules named in ``also`` (e.g. ``("classifier",)``). ``num_blocks`` < 0 leaves
-    everything trainable; 0 trains only ``ln_f`` and ``also``.
+    """Freeze every parameter except those of the last ``num_blocks`` transformer blocks, the final
+    layer norm (``ln_f``) and the modules named in ``also`` (e.g. ``("classifier",)``).
+    ``num_blocks`` < 0 leaves everything trainable; 0 trains only ``ln_f`` and ``also``.
 
-    Freezing is ``requires_grad = False``: the backward pass then skips those weights' gradients (each fused
-    op checks ``requires_grad``) and the optimizer never sees them.
+    Freezing is ``requires_grad = False``: the backward pass then skips those weights' gradients
+    (each fused op checks ``requires_grad``) and the optimizer never sees them.
     """
     if num_blocks < 0:
         for p in model.parameters():
@@ -221,7 +225,8 @@ def freeze_except_last(model, num_blocks: int, also=()) -> None:
         return
     n_layer = len(model.blocks)
     if num_blocks > n_layer:
-        raise ValueError(f"cannot keep the last {num_blocks} blocks trainable: the model has {n_layer}")
+        raise ValueError(f"cannot keep the last {num_blocks} blocks trainable: the model has "
+                         f"{n_layer}")
     keep = [f"blocks.{i}" for i in range(n_layer - num_blocks, n_layer)] + ["ln_f", *also]
     for name, p in model.named_parameters():
         p.requires_grad = any(name.startswith(prefix + ".") for prefix in keep)

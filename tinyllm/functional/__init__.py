@@ -1,8 +1,9 @@
 """Fused ops: each keeps its forward, its hand-derived backward and the derivation in one place.
 
-A fused op computes on raw ``xp`` arrays, saves only what its backward needs, and returns one Tensor whose
-backward closure applies the derived formula, so a transformer layer is a handful of graph nodes
-rather than hundreds of primitive ones. Every op here has a finite-difference test in ``tests/``.
+A fused op computes on raw ``xp`` arrays, saves only what its backward needs, and returns one Tensor
+whose backward closure applies the derived formula, so a transformer layer is a handful of graph
+nodes rather than hundreds of primitive ones. Every op here has a finite-difference test in
+``tests/``.
 """
 
 from .dense import linear, embedding, gelu, silu, swiglu, dropout
@@ -16,8 +17,8 @@ from .prefix import prepend, mask_with_prefix
 from .moe import moe, moe_experts, router_weights, load_balancing_loss, top_k_experts
 
 __all__ = [
-    "linear", "int8_linear", "embedding", "gelu", "silu", "swiglu", "dropout", "layer_norm", "rms_norm",
-    "rotary_embedding", "softmax", "log_softmax", "cross_entropy", "distillation_loss",
+    "linear", "int8_linear", "embedding", "gelu", "silu", "swiglu", "dropout", "layer_norm",
+    "rms_norm", "rotary_embedding", "softmax", "log_softmax", "cross_entropy", "distillation_loss",
     "scaled_dot_product_attention", "self_attention", "prepend", "mask_with_prefix",
     "moe", "moe_experts", "router_weights", "load_balancing_loss", "top_k_experts",
 ]

@@ -228,9 +228,10 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
 
 def self_attention_forward(qkv, n_head, n_kv_head, causal=True, mask=None, rope=None, prefix_k=None,
                            prefix_v=None):
-    """qkv (B, T, (H + 2 H_kv)·D) = [queries | keys | values] from one linear layer → y (B, T, H·D), cache.
-    ``prefix_k``, ``prefix_v`` (H_kv, P, D): keys and values in front of every row's, which every query sees
-    (prefix tuning: ``tinyllm.prompt_tuning``); the causal rule then puts query i at position P + i."""
+    """qkv (B, T, (H + 2 H_kv)·D) = [queries | keys | values] from one linear layer → y (B, T, H·D),
+    cache. ``prefix_k``, ``prefix_v`` (H_kv, P, D): keys and values in front of every row's, which
+    every query sees (prefix tuning: ``tinyllm.prompt_tuning``); the causal rule then puts query i
+    at position P + i."""
     batch, time, _ = qkv.shape
     # views: (B, H, T, D), (B, H_kv, T, D) × 2
     q, k, v = split_qkv(qkv, n_head, n_kv_head)
@@ -246,14 +247,15 @@ def self_attention_forward(qkv, n_head, n_kv_head, causal=True, mask=None, rope=
 
 
 def self_attention_backward(dy, cache, needs=(True, False, False)):
-    """d qkv (B, T, (H + 2 H_kv)·D) from dy (B, T, H·D), written straight into one array; and the gradients
-    of the key and value prefixes, if any (else None)."""
+    """d qkv (B, T, (H + 2 H_kv)·D) from dy (B, T, H·D), written straight into one array; and the
+    gradients of the key and value prefixes, if any (else None)."""
     (batch, time, width), n_head, n_kv_head, rope, attention_cache, front = cache
     head_size = width // (n_head + 2 * n_kv_head)
     dy = dy.reshape(batch, time, n_head, head_size).transpose(0, 2, 1, 3)    # undoes the merge
     dq, dk, dv = multi_head_attention_backward(dy, attention_cache)
     d_prefix_k = d_prefix_v = None
-    if front is not None:                                   # undoes  k, v = [K_prefix ; k], [V_prefix ; v]
+    # undoes  k, v = [K_prefix ; k], [V_prefix ; v]
+    if front is not None:
         d_prefix_k, dk = prepend_backward(dk, front, (needs[1], True))
         d_prefix_v, dv = prepend_backward(dv, front, (needs[2], True))
     if rope is not None:                                    # undoes  q, k = R q, R k
@@ -265,20 +267,21 @@ def self_attention_backward(dy, cache, needs=(True, False, False)):
     return d_heads.reshape(batch, time, width), d_prefix_k, d_prefix_v
 
 
-def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None, n_kv_head: int | None = None,
-                   rope=None, prefix=None) -> Tensor:
+def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None,
+                   n_kv_head: int | None = None, rope=None, prefix=None) -> Tensor:
     """Multi-head (or grouped-query) self-attention on packed projections: (B, T, (H + 2 H_kv)·D) →
     (B, T, H·D). For H_kv = H the input is GPT-2's (B, T, 3C). ``rope``: (cos, sin) from
     ``rope.rope_cos_sin`` to rotate q and k by their positions (Llama), or None (GPT-2). ``prefix``:
-    (keys, values) Tensors (H_kv, P, D) in front of the text's, or None (see ``self_attention_forward``)."""
+    (keys, values) Tensors (H_kv, P, D) in front of the text's, or None (see
+    ``self_attention_forward``)."""
     n_kv_head = _check_packed_heads(qkv.shape[-1], n_head, n_kv_head)
     mask = _check_mask(mask, (qkv.shape[0], n_head, qkv.shape[1], qkv.shape[1]))
     prefix_k, prefix_v = (None, None) if prefix is None else prefix
     if prefix is not None:
         expected = (n_kv_head, prefix_k.shape[1], qkv.shape[-1] // (n_head + 2 * n_kv_head))
         if prefix_k.shape != expected or prefix_v.shape != expected:
-            raise ValueError(f"self_attention: key/value prefixes must be (H_kv, P, D) = {expected}; got "
-                             f"{prefix_k.shape} and {prefix_v.shape}")
+            raise ValueError("self_attention: key/value prefixes must be (H_kv, P, D) = "
+                             f"{expected}; got {prefix_k.shape} and {prefix_v.shape}")
     arrays = (None, None) if prefix is None else (prefix_k.data, prefix_v.data)
     y, cache = self_attention_forward(qkv.data, n_head, n_kv_head, causal, mask, rope, *arrays)
     return fused_op(self_attention_backward, y, cache, qkv, prefix_k, prefix_v)
@@ -328,10 +331,9 @@ def _check_shapes(q, k, v, causal):
                          "matching B and D; "
                          f"got q {q.shape}, k {k.shape}, v {v.shape}")
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"attention: the {q.shape[1]} query heads must be a multiple of "
-                         f"the {k.shape[1]} "
-                         f"key/value heads (grouped-query attention); got q {q.shape}, k {k.shape}, "
-                         f"v {v.shape}")
+        raise ValueError(f"attention: the {q.shape[1]} query heads must be a multiple of the "
+                         f"{k.shape[1]} key/value heads (grouped-query attention); got q "
+                         f"{q.shape}, k {k.shape}, v {v.shape}")
     if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError("causal attention needs at least as many keys as queries; got "
                          f"{q.shape[-2]} "

@@ -1,8 +1,9 @@
 """Linear layer, embedding lookup, GELU, SiLU/SwiGLU and dropout.
 
-Each op is a pair on raw ``xp`` arrays, ``name_forward(inputs) -> (out, cache)`` and ``name_backward(dout,
-cache, needs) -> one gradient per input`` (``needs[i]``: does input i want one), written as the
-derivation reads, then a few lines that make it a Tensor op (``autograd.fused_op``).
+Each op is a pair on raw ``xp`` arrays, ``name_forward(inputs) -> (out, cache)`` and
+``name_backward(dout, cache, needs) -> one gradient per input`` (``needs[i]``: does input i want
+one), written as the derivation reads, then a few lines that make it a Tensor op
+(``autograd.fused_op``).
 """
 
 from __future__ import annotations

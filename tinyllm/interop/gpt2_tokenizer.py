@@ -15,16 +15,16 @@ other 68 (controls, space, 0x7F-0xA0, 0xAD) become ``chr(256 + n)`` in byte orde
 the 33rd of them) is ``Ġ`` (U+0120) and newline is ``Ċ``.
 
 The ids are vocab.json's, unchanged, so they match the rows of GPT-2's embedding table. In GPT-2 the
-256 single bytes are ids 0..255 in the order of that mapping (``!`` is 0, byte 0 is 188), merge ``i``
-makes id ``256 + i``, and ``<|endoftext|>`` is 50256: exactly the shape ``BPETokenizer`` takes, a rank
-table ``{token bytes: id}`` whose bytes have ids 0..255 in any order. Because merge ``i`` makes id
-``256 + i``, "apply the merges in merges.txt order" (Hugging Face) and "merge the adjacent pair
-whose result has the lowest id" (tiktoken, tinyllm) rank the merges alike; tiktoken's own gpt2
-encoding is built from these two files in exactly this way. This module checks the ``256 + i`` rule
-and refuses files that break it.
+256 single bytes are ids 0..255 in the order of that mapping (``!`` is 0, byte 0 is 188), merge
+``i`` makes id ``256 + i``, and ``<|endoftext|>`` is 50256: exactly the shape ``BPETokenizer``
+takes, a rank table ``{token bytes: id}`` whose bytes have ids 0..255 in any order. Because merge
+``i`` makes id ``256 + i``, "apply the merges in merges.txt order" (Hugging Face) and "merge the
+adjacent pair whose result has the lowest id" (tiktoken, tinyllm) rank the merges alike; tiktoken's
+own gpt2 encoding is built from these two files in exactly this way. This module checks the
+``256 + i`` rule and refuses files that break it.
 
-Entries of vocab.json that are neither a byte nor made by a merge (GPT-2 has one, "<|endoftext|>") are
-special tokens: ordinary text can never produce them.
+Entries of vocab.json that are neither a byte nor made by a merge (GPT-2 has one, "<|endoftext|>")
+are special tokens: ordinary text can never produce them.
 
 Text is split with GPT-2's pattern before BPE. An exported tokenizer that was trained with another
 pattern (tinyllm trains with GPT-4's by default) keeps its ids and merges, but Hugging Face's GPT-2
@@ -114,11 +114,13 @@ def load_gpt2_tokenizer(vocab_file, merges_file, pattern: str | None = "gpt2") -
     """A ``BPETokenizer`` from GPT-2-style ``vocab.json`` and ``merges.txt``
     (or encoder.json, vocab.bpe).
 
-    Ids are vocab.json's; entries no merge makes become special tokens (GPT-2's "<|endoftext|>" = 50256).
-    ValueError names the file and the entry when the files do not describe one byte-level BPE.
+    Ids are vocab.json's; entries no merge makes become special tokens (GPT-2's "<|endoftext|>" =
+    50256). ValueError names the file and the entry when the files do not describe one byte-level
+    BPE.
     """
     vocab_json = read_json(vocab_file, what="GPT-2 vocabulary")
-    if not isinstance(vocab_json, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab_json.values()):
+    if not isinstance(vocab_json, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                   for v in vocab_json.values()):
         raise ValueError(f"'{vocab_file}' must be a JSON object mapping token strings "
                          "to integer ids")
     merges_text = read_merges(merges_file)
@@ -176,8 +178,8 @@ def save_gpt2_tokenizer(tokenizer: BPETokenizer, directory) -> tuple[Path, Path]
     """Write ``tokenizer`` as ``vocab.json`` + ``merges.txt`` in ``directory``;
     returns the two paths.
 
-    Ids are kept (bytes, merges, special tokens). The split pattern is not part of these files: readers
-    assume GPT-2's (see the module docstring).
+    Ids are kept (bytes, merges, special tokens). The split pattern is not part of these files:
+    readers assume GPT-2's (see the module docstring).
     """
     if not isinstance(tokenizer, BPETokenizer):
         raise TypeError("only a BPETokenizer can be written as vocab.json + merges.txt, not a "

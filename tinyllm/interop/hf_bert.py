@@ -1,9 +1,10 @@
 """BERT weights in Hugging Face's layout (``BertForMaskedLM`` / ``BertModel``), read into a tinyllm
 ``Encoder`` and written back out, with BERT's ``vocab.txt``.
 
-tinyllm's encoder with ``norm="post"`` and ``activation="gelu"`` computes what HF's BERT computes; moving
-weights is renaming plus one concatenation: HF keeps three Linear layers ``query``, ``key``, ``value`` where
-tinyllm has one ``qkv`` whose rows are [queries | keys | values] (the same heads side by side), so
+tinyllm's encoder with ``norm="post"`` and ``activation="gelu"`` computes what HF's BERT computes;
+moving weights is renaming plus one concatenation: HF keeps three Linear layers ``query``, ``key``,
+``value`` where tinyllm has one ``qkv`` whose rows are [queries | keys | values] (the same heads
+side by side), so
 
     qkv.weight (3C, C) = concat(query.weight, key.weight, value.weight)       (both store (out, in))
 
@@ -48,8 +49,8 @@ _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "g
 _LAYER = {"attention.output.dense": "attn.proj", "attention.output.LayerNorm": "ln_1",
           "intermediate.dense": "mlp.fc", "output.dense": "mlp.proj", "output.LayerNorm": "ln_2"}
 _TOP = {"embeddings.word_embeddings": "wte", "embeddings.position_embeddings": "wpe",
-        "embeddings.token_type_embeddings": "wtype", "embeddings.LayerNorm": "ln_emb", "pooler.dense": "pooler",
-        "cls.predictions.transform.dense": "mlm.dense",
+        "embeddings.token_type_embeddings": "wtype", "embeddings.LayerNorm": "ln_emb",
+        "pooler.dense": "pooler", "cls.predictions.transform.dense": "mlm.dense",
         "cls.predictions.transform.LayerNorm": "mlm.ln"}
 
 
@@ -67,7 +68,8 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG, has_pooler: bool = True) ->
         raise ValueError(f"{where}: position_embedding_type {hf['position_embedding_type']!r} is "
                          "not supported "
                          "(tinyllm's encoder learns absolute positions)")
-    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                           "num_attention_heads") if k not in hf]
     if missing:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
     try:
@@ -92,8 +94,10 @@ def hf_config_from(config: EncoderConfig, with_pooler: bool) -> dict:
     act = "gelu" if config.activation == "gelu" else "gelu_pytorch_tanh"
     return {"architectures": ["BertModel" if with_pooler else "BertForMaskedLM"],
             "model_type": "bert",
-            "vocab_size": config.vocab_size, "hidden_size": config.n_embd, "num_hidden_layers": config.n_layer,
-            "num_attention_heads": config.n_head, "intermediate_size": config.hidden_size, "hidden_act": act,
+            "vocab_size": config.vocab_size, "hidden_size": config.n_embd,
+            "num_hidden_layers": config.n_layer,
+            "num_attention_heads": config.n_head, "intermediate_size": config.hidden_size,
+            "hidden_act": act,
             "max_position_embeddings": config.block_size, "type_vocab_size": config.type_vocab_size,
             "layer_norm_eps": config.norm_eps, "hidden_dropout_prob": config.dropout,
             "attention_probs_dropout_prob": config.dropout, "initializer_range": 0.02,
@@ -144,7 +148,8 @@ def hf_to_tinyllm_state(tensors: dict, config: EncoderConfig) -> dict:
             raise ValueError(f"layer {index}: attention {param} has {sorted(parts)}, needs "
                              "query, key and value")
         stacked = np.concatenate([parts["query"], parts["key"], parts["value"]], axis=0)
-        state[f"blocks.{index}.attn.qkv.{param}"] = np.ascontiguousarray(stacked, dtype=backend.dtype)
+        state[f"blocks.{index}.attn.qkv.{param}"] = np.ascontiguousarray(stacked,
+                                                                         dtype=backend.dtype)
     return state
 
 
@@ -208,7 +213,8 @@ def tinyllm_to_hf_state(model) -> dict:
             prefix = f"bert.encoder.layer.{index}."
             if layer == "attn.qkv":
                 for j, part in enumerate(np.split(array, 3, axis=0)):
-                    state[f"{prefix}attention.self.{('query', 'key', 'value')[j]}.{param}"] = np.ascontiguousarray(part)
+                    hf_name = f"{prefix}attention.self.{('query', 'key', 'value')[j]}.{param}"
+                    state[hf_name] = np.ascontiguousarray(part)
                 continue
             hf_layer = {v: k for k, v in _LAYER.items()}[layer]
             state[f"{prefix}{hf_layer}.{param}"] = array

@@ -25,11 +25,11 @@ files have none, ``save_pretrained`` writes it):
     lm_head.weight               (V, C)         lm_head.weight (only when untied)
 
 ᵀ: GPT-2 was written in TensorFlow, and its ``Conv1D`` layers store weights as (in, out) and compute
-``x @ W + b``; tinyllm's ``Linear`` stores (out, in) as PyTorch does and computes ``x @ Wᵀ + b``, so those
-four matrices are transposed. Both split the 3C outputs of ``c_attn``/``qkv`` as [q | k | v], each C wide
-with the heads side by side, so no reshuffling is needed inside. The buffers ``h.{i}.attn.bias``
-(the causal mask) and ``h.{i}.attn.masked_bias`` are not weights and are skipped. The output head is
-tied to ``wte`` unless the config says ``"tie_word_embeddings": false``.
+``x @ W + b``; tinyllm's ``Linear`` stores (out, in) as PyTorch does and computes ``x @ Wᵀ + b``, so
+those four matrices are transposed. Both split the 3C outputs of ``c_attn``/``qkv`` as [q | k | v],
+each C wide with the heads side by side, so no reshuffling is needed inside. The buffers
+``h.{i}.attn.bias`` (the causal mask) and ``h.{i}.attn.masked_bias`` are not weights and are
+skipped. The output head is tied to ``wte`` unless the config says ``"tie_word_embeddings": false``.
 
 "gelu_new" (GPT-2's tanh approximation, 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))) is exactly
 tinyllm's GELU; another activation is refused rather than silently computed differently. LayerNorm's
@@ -68,7 +68,7 @@ _LAYER_NAMES = {
 }
 
 
-# ---------------------------------------------------------------------------------------------- config
+# ------------------------------------------------------------------------------------------ config
 
 
 def config_from_hf(hf: dict, where: str = HF_CONFIG) -> GPTConfig:
@@ -85,8 +85,8 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> GPTConfig:
     activation = hf.get("activation_function", "gelu_new")
     if activation not in SUPPORTED_ACTIVATIONS:
         raise ValueError(
-            f"{where}: activation_function {activation!r} is not supported; tinyllm's GELU is GPT-2's tanh "
-            f"form, which HF calls {' or '.join(map(repr, SUPPORTED_ACTIVATIONS))}"
+            f"{where}: activation_function {activation!r} is not supported; tinyllm's GELU is "
+            f"GPT-2's tanh form, which HF calls {' or '.join(map(repr, SUPPORTED_ACTIVATIONS))}"
         )
     for key, needed in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                         ("add_cross_attention", False)):
@@ -122,7 +122,8 @@ def require_gpt2_style(config: GPTConfig) -> None:
     """ValueError unless ``config`` is a GPT-2 stack
     (the Llama-style options have no GPT-2 file layout)."""
     gpt2_parts = {"norm": "layernorm", "pos": "learned", "mlp": "gelu"}
-    different = [f"{key}={getattr(config, key)!r}" for key, gpt2 in gpt2_parts.items() if getattr(config, key) != gpt2]
+    different = [f"{key}={getattr(config, key)!r}"
+                 for key, gpt2 in gpt2_parts.items() if getattr(config, key) != gpt2]
     if config.n_kv_head not in (None, config.n_head):
         different.append(f"n_kv_head={config.n_kv_head}")
     if different:
@@ -161,7 +162,7 @@ def hf_config_from(config: GPTConfig, eos_token_id: int | None = None) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------- names
+# ------------------------------------------------------------------------------------------ names
 
 
 def hf_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
@@ -195,7 +196,7 @@ def _is_conv1d_weight(hf_name: str) -> bool:
     return hf_name.endswith(".weight") and any(f".{layer}." in hf_name for layer in _CONV1D)
 
 
-# ---------------------------------------------------------------------------------------------- loading
+# ------------------------------------------------------------------------------------------ loading
 
 
 def read_hf_tensors(directory) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -230,8 +231,9 @@ def hf_to_tinyllm_state(tensors: dict, config: GPTConfig,
     """HF GPT-2 tensors (either naming) → a tinyllm state dict for ``GPT(config)``,
     checked name by name.
 
-    ``source``: the file name used in errors (or a dict tensor name → file). Raises ValueError naming the
-    file and the tensor for an unknown, missing, duplicated, mis-shaped or non-float tensor.
+    ``source``: the file name used in errors (or a dict tensor name → file). Raises ValueError
+    naming the file and the tensor for an unknown, missing, duplicated, mis-shaped or non-float
+    tensor.
     """
     default = next(iter(source.values()), HF_WEIGHTS) if isinstance(source, dict) else source
 
@@ -249,17 +251,17 @@ def hf_to_tinyllm_state(tensors: dict, config: GPTConfig,
             # tied: HF ties it to wte on loading as well
             continue
         if short not in expected:
-            raise ValueError(f"{where(name)}: tensor {name!r} is not part of a GPT-2 with "
-                             "this config.json "
-                             f"(n_layer={config.n_layer}, tie_word_embeddings={config.tie_weights})")
+            raise ValueError(f"{where(name)}: tensor {name!r} is not part of a GPT-2 with this "
+                             f"config.json (n_layer={config.n_layer}, "
+                             f"tie_word_embeddings={config.tie_weights})")
         if short in found:
             raise ValueError(f"{where(name)}: tensor {short!r} appears twice, as "
                              f"{found[short][0]!r} and {name!r}")
         if tuple(array.shape) != expected[short]:
-            raise ValueError(f"{where(name)}: tensor {name!r} has shape {tuple(array.shape)}, "
-                             "but config.json "
-                             f"(n_embd={config.n_embd}, vocab_size={config.vocab_size}, n_positions="
-                             f"{config.block_size}) needs {expected[short]}")
+            raise ValueError(f"{where(name)}: tensor {name!r} has shape {tuple(array.shape)}, but "
+                             f"config.json (n_embd={config.n_embd}, "
+                             f"vocab_size={config.vocab_size}, n_positions={config.block_size}) "
+                             f"needs {expected[short]}")
         if array.dtype.kind != "f":
             raise ValueError(f"{where(name)}: tensor {name!r} has dtype {array.dtype}; weights "
                              "must be floating point")
@@ -300,14 +302,14 @@ def load_hf_gpt2(path, dtype=None) -> GPT:
     return model.eval()
 
 
-# ---------------------------------------------------------------------------------------------- saving
+# ------------------------------------------------------------------------------------------ saving
 
 
 def tinyllm_to_hf_state(model) -> dict[str, np.ndarray]:
     """``model``'s weights under HF GPT-2 names (no ``transformer.`` prefix) in HF's layouts.
 
-    A model built with ``bias=False`` gets zero biases: HF GPT-2 always has them, and a zero bias adds
-    nothing, so the function is unchanged.
+    A model built with ``bias=False`` gets zero biases: HF GPT-2 always has them, and a zero bias
+    adds nothing, so the function is unchanged.
     """
     config = model.config
     require_gpt2_style(config)
@@ -326,13 +328,14 @@ def tinyllm_to_hf_state(model) -> dict[str, np.ndarray]:
 
 
 def save_hf_gpt2(model, directory, tokenizer=None, dtype: str = "float32") -> Path:
-    """Write ``model`` as a Hugging Face GPT-2 directory that ``GPT2LMHeadModel.from_pretrained`` loads.
+    """Write ``model`` as a Hugging Face GPT-2 directory that ``GPT2LMHeadModel.from_pretrained``
+    loads.
 
-    Writes ``config.json`` and ``model.safetensors`` (``dtype``: "float32", "float16" or "bfloat16"). With a
-    tokenizer, also ``tinyllm_tokenizer.json`` (tinyllm's own file, split pattern included, so that
-    ``tinyllm import-hf`` gets exactly this tokenizer back; HF ignores it) and, for a ``BPETokenizer``,
-    ``vocab.json`` + ``merges.txt`` (see ``gpt2_tokenizer.py``). Its "<|endoftext|>" id becomes the
-    config's bos/eos token id. Returns the directory.
+    Writes ``config.json`` and ``model.safetensors`` (``dtype``: "float32", "float16" or
+    "bfloat16"). With a tokenizer, also ``tinyllm_tokenizer.json`` (tinyllm's own file, split
+    pattern included, so that ``tinyllm import-hf`` gets exactly this tokenizer back; HF ignores it)
+    and, for a ``BPETokenizer``, ``vocab.json`` + ``merges.txt`` (see ``gpt2_tokenizer.py``). Its
+    "<|endoftext|>" id becomes the config's bos/eos token id. Returns the directory.
     """
     directory = write_hf_weights(tinyllm_to_hf_state(model), directory, dtype)
     eos = None

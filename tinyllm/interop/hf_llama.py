@@ -1,10 +1,10 @@
 """Llama-family weights in Hugging Face's layout (Llama 2/3, SmolLM, Qwen2, Mistral,
 Mixtral), in and out.
 
-tinyllm's GPT with ``norm="rmsnorm", pos="rope", mlp="swiglu", bias=False`` *is* ``LlamaForCausalLM``:
-pre-RMSNorm blocks, rotary q/k in Hugging Face's "rotate half" convention (so no permutation is
-needed), SwiGLU feed-forward, grouped-query attention. The four architectures differ in a few
-switches:
+tinyllm's GPT with ``norm="rmsnorm", pos="rope", mlp="swiglu", bias=False`` *is*
+``LlamaForCausalLM``: pre-RMSNorm blocks, rotary q/k in Hugging Face's "rotate half" convention (so
+no permutation is needed), SwiGLU feed-forward, grouped-query attention. The four architectures
+differ in a few switches:
 
     architecture         config.json                      tinyllm GPTConfig
     LlamaForCausalLM     rope_theta, rope_scaling llama3  rope_theta, rope_scaling
@@ -35,8 +35,9 @@ exceeds W the window masks nothing, so the import sets
 ``block_size = min(max_position_embeddings, W)`` and the model refuses longer sequences with a
 message naming block_size: exact results, never a silent difference.
 
-A model is refused before any tensor is read when float32 copies of its weights (the file's tensors and the
-model's, twice its parameter count × 4 bytes) would not fit in the memory available. Nothing is unpickled.
+A model is refused before any tensor is read when float32 copies of its weights (the file's tensors
+and the model's, twice its parameter count × 4 bytes) would not fit in the memory available. Nothing
+is unpickled.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "
 _SKIPPED = ("rotary_emb.inv_freq",)
 
 
-# ---------------------------------------------------------------------------------------------- config
+# ------------------------------------------------------------------------------------------- config
 
 
 def architecture_of(hf: dict) -> str | None:
@@ -98,8 +99,8 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
     if arch is None:
         raise ValueError(f"{where}: architectures {hf.get('architectures')!r} names none of "
                          f"{', '.join(ARCHITECTURES)}")
-    missing = [key for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "intermediate_size") if key not in hf]
+    missing = [key for key in ("vocab_size", "hidden_size", "num_hidden_layers",
+                               "num_attention_heads", "intermediate_size") if key not in hf]
     if missing:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
@@ -123,14 +124,15 @@ def config_from_hf(hf: dict, where: str = HF_CONFIG) -> tuple[GPTConfig, str]:
         top_k = hf.get("num_experts_per_tok", 2)
         if top_k < 2:
             raise ValueError(f"{where}: num_experts_per_tok={top_k}: Mixtral renormalises a single "
-                             "expert's weight "
-                             "to 1, tinyllm's moe keeps the router probability; only k >= 2 computes the same")
+                             "expert's weight to 1, tinyllm's moe keeps the router probability; "
+                             "only k >= 2 computes the same")
         moe = dict(mlp="moe", n_expert=hf.get("num_local_experts", 8), expert_top_k=top_k,
                    aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.01)))
     try:
         config = GPTConfig(vocab_size=hf["vocab_size"], block_size=block_size,
                            n_layer=hf["num_hidden_layers"],
-                           n_head=n_head, n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
+                           n_head=n_head, n_embd=n_embd,
+                           n_kv_head=hf.get("num_key_value_heads") or n_head,
                            mlp_hidden=hf["intermediate_size"], dropout=0.0, bias=False,
                            tie_weights=bool(hf.get("tie_word_embeddings",
                                                    False)), norm="rmsnorm", pos="rope",
@@ -147,9 +149,9 @@ def architecture_for(config: GPTConfig, wanted: str | None = None) -> str:
     configs."""
     if (config.norm, config.pos, config.bias) != ("rmsnorm", "rope", False) or config.mlp == "gelu":
         raise ValueError("only Llama-style models (norm='rmsnorm', pos='rope', mlp='swiglu' or "
-                         "'moe', bias=False) "
-                         f"can be written in Llama's layout; this one has norm={config.norm!r}, pos={config.pos!r}, "
-                         f"mlp={config.mlp!r}, bias={config.bias}")
+                         "'moe', bias=False) can be written in Llama's layout; this one has "
+                         f"norm={config.norm!r}, pos={config.pos!r}, mlp={config.mlp!r}, "
+                         f"bias={config.bias}")
     if config.mlp == "moe":
         if config.shared_expert or config.expert_top_k < 2 or config.qkv_bias:
             raise ValueError("a Mixtral has no shared expert, no q/k/v biases and routes each "
@@ -157,7 +159,9 @@ def architecture_for(config: GPTConfig, wanted: str | None = None) -> str:
         return "MixtralForCausalLM"
     if config.qkv_bias:
         return "Qwen2ForCausalLM"
-    return "MistralForCausalLM" if wanted == "MistralForCausalLM" and not config.rope_scaling else "LlamaForCausalLM"
+    if wanted == "MistralForCausalLM" and not config.rope_scaling:
+        return "MistralForCausalLM"
+    return "LlamaForCausalLM"
 
 
 def hf_config_from(config: GPTConfig, bos_token_id=None, eos_token_id=None,
@@ -168,13 +172,16 @@ def hf_config_from(config: GPTConfig, bos_token_id=None, eos_token_id=None,
     arch = architecture_for(config, architecture)
     hf = {
         "architectures": [arch], "model_type": arch.removesuffix("ForCausalLM").lower(),
-        "vocab_size": config.vocab_size, "hidden_size": config.n_embd, "intermediate_size": config.hidden_size,
+        "vocab_size": config.vocab_size, "hidden_size": config.n_embd,
+        "intermediate_size": config.hidden_size,
         "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
         "num_key_value_heads": config.kv_heads, "head_dim": config.head_size, "hidden_act": "silu",
         "max_position_embeddings": config.block_size, "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta, "rope_scaling": config.rope_scaling,
-        "tie_word_embeddings": config.tie_weights, "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
-        "attention_dropout": 0.0, "initializer_range": 0.02, "torch_dtype": "float32", "use_cache": True,
+        "tie_word_embeddings": config.tie_weights, "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "attention_dropout": 0.0, "initializer_range": 0.02, "torch_dtype": "float32",
+        "use_cache": True,
     }
     if arch == "LlamaForCausalLM":
         hf.update(attention_bias=False, mlp_bias=False)
@@ -188,7 +195,7 @@ def hf_config_from(config: GPTConfig, bos_token_id=None, eos_token_id=None,
     return hf
 
 
-# ---------------------------------------------------------------------------------------------- names
+# ------------------------------------------------------------------------------------------- names
 
 
 def _layer_shapes(config: GPTConfig, arch: str, i: int) -> dict[str, tuple[int, ...]]:
@@ -286,7 +293,8 @@ def hf_to_tinyllm_state(tensors: dict, config: GPTConfig, arch: str,
 def tinyllm_to_hf_state(model) -> dict[str, np.ndarray]:
     """``model``'s weights under HF names, float32 (the inverse of ``hf_to_tinyllm_state``)."""
     config, arch = model.config, architecture_for(model.config)
-    w = {name: backend.to_numpy(array).astype(np.float32) for name, array in model.state_dict().items()}
+    w = {name: backend.to_numpy(array).astype(np.float32)
+         for name, array in model.state_dict().items()}
     out = {"model.embed_tokens.weight": w["wte.weight"], "model.norm.weight": w["ln_f.weight"]}
     if not config.tie_weights:
         out["lm_head.weight"] = w["lm_head.weight"]
@@ -311,7 +319,7 @@ def tinyllm_to_hf_state(model) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(array) for name, array in out.items()}
 
 
-# ---------------------------------------------------------------------------------------------- files
+# ------------------------------------------------------------------------------------------- files
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -346,9 +354,9 @@ def check_fits_in_memory(directory, itemsize: int = 4) -> int:
     needed, available = 2 * count * itemsize, available_memory()
     if available is not None and needed > available:
         raise MemoryError(f"'{directory}' holds {count:,} parameters: loading them as "
-                          f"{itemsize * 8}-bit floats "
-                          f"needs about {needed / 2**30:.1f} GiB (the file's tensors and the model's), but only "
-                          f"{available / 2**30:.1f} GiB of memory is available")
+                          f"{itemsize * 8}-bit floats needs about {needed / 2**30:.1f} GiB (the "
+                          f"file's tensors and the model's), but only {available / 2**30:.1f} GiB "
+                          "of memory is available")
     return count
 
 
@@ -381,8 +389,10 @@ def save_hf_llama(model, directory, tokenizer=None, dtype: str = "float32",
     "MistralForCausalLM" changes what is written)."""
     directory = write_hf_weights(tinyllm_to_hf_state(model), directory, dtype)
     special = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}
-    bos = next((special[t] for t in ("<|begin_of_text|>", "<s>", "<|endoftext|>") if t in special), None)
-    eos = next((special[t] for t in ("<|eot_id|>", "<|im_end|>", "</s>", "<|endoftext|>") if t in special), None)
+    bos = next((special[t] for t in ("<|begin_of_text|>", "<s>", "<|endoftext|>") if t in special),
+               None)
+    eos = next((special[t] for t in ("<|eot_id|>", "<|im_end|>", "</s>",
+                                     "<|endoftext|>") if t in special), None)
     hf = hf_config_from(model.config, bos, eos, architecture)
     hf["torch_dtype"] = dtype
     atomic_write_json(directory / HF_CONFIG, hf)

@@ -1,11 +1,13 @@
-"""Running a graph written by ``onnx_export`` in onnxruntime, fed the way ``tinyllm.generate`` feeds the model,
-and comparing its logits with tinyllm's (what ``tinyllm export-onnx`` does after writing the file).
+"""Running a graph written by ``onnx_export`` in onnxruntime, fed the way ``tinyllm.generate`` feeds
+the model, and comparing its logits with tinyllm's (what ``tinyllm export-onnx`` does after writing
+the file).
 
     session = onnxruntime_session("model.onnx")
     logits, present = run_onnx(session, prompt_ids)                    # prefill: the past is empty
     logits, present = run_onnx(session, next_ids, past=present)        # one decode step
 
-``onnxruntime`` is needed only here (``pip install onnxruntime``); nothing else in tinyllm imports it.
+``onnxruntime`` is needed only here (``pip install onnxruntime``); nothing else in tinyllm imports
+it.
 """
 
 from __future__ import annotations
@@ -17,19 +19,22 @@ from ..model import GPT
 
 
 def onnxruntime_session(path):
-    """An onnxruntime ``InferenceSession`` of an exported file on the CPU (RuntimeError when not installed)."""
+    """An onnxruntime ``InferenceSession`` of an exported file on the CPU (RuntimeError when not
+    installed)."""
     try:
         import onnxruntime
     except ImportError:
-        raise RuntimeError("running an ONNX file needs onnxruntime: pip install onnxruntime") from None
+        raise RuntimeError("running an ONNX file needs onnxruntime: pip install "
+                           "onnxruntime") from None
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, ids, attention_mask=None, past=None):
-    """(logits (B, T, V), present) from a session of an exported graph, fed as ``tinyllm.generate`` feeds
-    the model: ``ids`` (B, T); ``attention_mask`` (B, P + T) of 1s and 0s (all 1s by default); position_ids
-    counted from each row's first real token. ``past``: a list of (keys, values) per layer, the ``present``
-    of the call before (empty by default); ``present`` is None for a graph without a cache."""
+    """(logits (B, T, V), present) from a session of an exported graph, fed as ``tinyllm.generate``
+    feeds the model: ``ids`` (B, T); ``attention_mask`` (B, P + T) of 1s and 0s (all 1s by default);
+    position_ids counted from each row's first real token. ``past``: a list of (keys, values) per
+    layer, the ``present`` of the call before (empty by default); ``present`` is None for a graph
+    without a cache."""
     ids = np.asarray(ids, dtype=np.int64)
     cached = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
     if cached and past is None:
@@ -48,10 +53,12 @@ def run_onnx(session, ids, attention_mask=None, past=None):
     return logits, (list(zip(present[0::2], present[1::2])) if cached else None)
 
 
-def compare_with_onnxruntime(model: GPT, session, tokens: int = 8, seed: int = 0) -> tuple[float, float]:
-    """(largest |logit difference|, largest |logit|) between tinyllm and the session on ``tokens`` random
-    tokens: in one call for a graph without a cache; with one, a prefill of all but the last token and then
-    one decode step fed the prefill's present keys and values."""
+def compare_with_onnxruntime(model: GPT, session, tokens: int = 8, seed: int = 0) -> tuple[float,
+                                                                                           float]:
+    """(largest |logit difference|, largest |logit|) between tinyllm and the session on ``tokens``
+    random
+    tokens: in one call for a graph without a cache; with one, a prefill of all but the last token
+    and then one decode step fed the prefill's present keys and values."""
     from ..autograd import no_grad
     tokens = min(tokens, model.config.block_size)
     ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, (1, tokens))

@@ -1,25 +1,29 @@
-"""GRPO, Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath): PPO without a value model.
+"""GRPO, Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath): PPO without a value
+model.
 
-For each prompt the policy samples a *group* of G completions, a reward function scores each one (for a
-verifiable task: is the final answer right, is the format right), and each completion's advantage is its
-reward relative to its own group:
+For each prompt the policy samples a *group* of G completions, a reward function scores each one
+(for a verifiable task: is the final answer right, is the format right), and each completion's
+advantage is its reward relative to its own group:
 
     A_i = (r_i − mean(r_1 … r_G)) / (std(r_1 … r_G) + eps)          the same A_i for every token of y_i
 
-The group mean replaces PPO's learned value baseline ("how good is this prompt's typical answer"), so there
-is no value head to train and no GAE. A group whose completions all score alike has A = 0: nothing to learn
-from it (which is why G must be at least 2, and why all-wrong or all-right groups are wasted samples).
-Advantages of a group average to 0: the update moves probability from the group's worse answers to its better.
+The group mean replaces PPO's learned value baseline ("how good is this prompt's typical answer"),
+so there is no value head to train and no GAE. A group whose completions all score alike has A = 0:
+nothing to learn from it (which is why G must be at least 2, and why all-wrong or all-right groups
+are wasted samples). Advantages of a group average to 0: the update moves probability from the
+group's worse answers to its better.
 
 The loss per token is PPO's clipped surrogate with the KL to the reference as a penalty term (k3, an
-unbiased, non-negative estimator; see ``kl.py``), averaged over each completion's tokens, then over the batch:
+unbiased, non-negative estimator; see ``kl.py``), averaged over each completion's tokens, then over
+the batch:
 
     ρ_t = π(y_t)/π_old(y_t)
     L = −mean_i (1/|y_i|) Σ_t [ min(ρ_t A_i, clip(ρ_t, 1−ε, 1+ε) A_i) − β · k3_t ]
 
-Each rollout batch is used for ``updates`` passes (μ in the paper); π_old is the policy that sampled, so ρ = 1
-in the first pass. Logged: reward mean and std, each reward function's mean (for a task with a correctness
-check, that mean is the sampling accuracy), KL (k3 per token), clip fraction, completion length.
+Each rollout batch is used for ``updates`` passes (μ in the paper); π_old is the policy that
+sampled, so ρ = 1 in the first pass. Logged: reward mean and std, each reward function's mean (for a
+task with a correctness check, that mean is the sampling accuracy), KL (k3 per token), clip
+fraction, completion length.
 """
 
 from __future__ import annotations
@@ -35,33 +39,40 @@ from ..autograd import Tensor, no_grad
 from ..flags import option
 from ..train import update_weights
 from .kl import kl_k3
-from .logprobs import Completions, completion_log_probs, completion_pass, masked_mean, pack_completions
+from .logprobs import (Completions, completion_log_probs, completion_pass, masked_mean,
+                       pack_completions)
 from .loop import (backward_in_chunks, check_rollout_rows, gather_rollout, make_optimizer,
                    minibatches, sample_prompt_indices, sample_share, start_run)
 from .ppo import check_scores, clip_fraction, clipped_surrogate
 
 
 def group_advantages(rewards, eps: float = 1e-4) -> np.ndarray:
-    """(r − group mean) / (group std + eps) for rewards of shape (P, G): P prompts, G completions each."""
+    """(r − group mean) / (group std + eps) for rewards of shape (P, G): P prompts, G completions
+    each."""
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.ndim != 2:
-        raise ValueError(f"group_advantages needs rewards of shape (prompts, group size), got shape {rewards.shape}")
+        raise ValueError("group_advantages needs rewards of shape (prompts, group size), got shape "
+                         f"{rewards.shape}")
     if rewards.shape[1] < 2:
-        raise ValueError(f"GRPO's group size must be at least 2 (got {rewards.shape[1]}): each completion is judged "
-                         "against the other completions of its prompt, and a group of one has nothing to compare to")
+        raise ValueError(f"GRPO's group size must be at least 2 (got {rewards.shape[1]}): each "
+                         "completion is judged against the other completions of its prompt, and a "
+                         "group of one has nothing to compare to")
     mean = rewards.mean(axis=1, keepdims=True)
     std = rewards.std(axis=1, keepdims=True)
     return (rewards - mean) / (std + eps)
 
 
-def grpo_loss(logps: Tensor, old_logps, ref_logps, advantages, mask, clip: float = 0.2, beta: float = 0.04):
+def grpo_loss(logps: Tensor, old_logps, ref_logps, advantages, mask, clip: float = 0.2,
+              beta: float = 0.04):
     """The GRPO loss (module docstring) and its diagnostics.
 
-    logps (B, T) Tensor; old_logps, ref_logps (B, T) and advantages (B,) constants; mask (B, T) of the
-    completion tokens. Returns (loss, {"kl": mean k3 per token, "clip_frac": share of clipped tokens}).
+    logps (B, T) Tensor; old_logps, ref_logps (B, T) and advantages (B,) constants; mask (B, T) of
+    the completion tokens. Returns (loss, {"kl": mean k3 per token, "clip_frac": share of clipped
+    tokens}).
     """
     xp = backend.xp
-    advantages = xp.asarray(advantages).reshape(-1, 1)                           # (B, 1): every token of y_i
+    # (B, 1): every token of y_i
+    advantages = xp.asarray(advantages).reshape(-1, 1)
     surrogate, ratio = clipped_surrogate(logps, old_logps, advantages, clip)
     kl = kl_k3(logps, Tensor(xp.asarray(ref_logps), dtype=logps.dtype))
     per_token = surrogate - beta * kl if beta else surrogate
@@ -74,7 +85,8 @@ def grpo_loss(logps: Tensor, old_logps, ref_logps, advantages, mask, clip: float
 
 @dataclasses.dataclass
 class GRPOConfig:
-    """GRPO's settings; each ``option`` is also a flag of ``tinyllm align grpo`` (``tinyllm.flags``)."""
+    """GRPO's settings; each ``option`` is also a flag of ``tinyllm align grpo``
+    (``tinyllm.flags``)."""
     steps: int = option(40, "rollout batches")
     prompts_per_step: int = option(16, "prompts per rollout batch")
     group_size: int = option(8, "G: completions per prompt (≥ 2)", "group")
@@ -82,7 +94,8 @@ class GRPOConfig:
     minibatch_size: int | None = option(None, "completions per gradient step (default: the whole "
                                               "batch)")
     chunk_size: int | None = option(16, "completions per forward/backward pass inside a step "
-                                        "(bounds memory; the chunks' gradients add up to the step's)")
+                                        "(bounds memory; the chunks' gradients add up to the "
+                                        "step's)")
     lr: float = 2e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -97,8 +110,9 @@ class GRPOConfig:
 
     def __post_init__(self):
         if not isinstance(self.group_size, int) or self.group_size < 2:
-            raise ValueError(f"GRPO's group size must be at least 2 (got {self.group_size!r}): each completion is "
-                             "judged against the other completions of its prompt")
+            raise ValueError(f"GRPO's group size must be at least 2 (got {self.group_size!r}): "
+                             "each completion is judged against the other completions of its "
+                             "prompt")
         for name in ("steps", "prompts_per_step", "updates", "max_new_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -106,7 +120,8 @@ class GRPOConfig:
         for name in ("minibatch_size", "chunk_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"GRPOConfig.{name} must be a positive integer or None, got {value!r}")
+                raise ValueError(f"GRPOConfig.{name} must be a positive integer or None, got "
+                                 f"{value!r}")
 
 
 @dataclasses.dataclass

@@ -30,7 +30,8 @@ from .rollout import sample_completions
 
 def make_optimizer(model, lr: float, weight_decay: float = 0.0, own_rate=None, zero: int = 0):
     """AdamW over the trainable parameters (decay on matrices only), β₂ = 0.99 as in pretraining.
-    ``own_rate``: (module, learning rate) for a part that learns at its own rate, undecayed (PPO's value head)."""
+    ``own_rate``: (module, learning rate) for a part that learns at its own rate, undecayed (PPO's
+    value head)."""
     groups = param_groups(model, weight_decay)
     if own_rate is not None:
         module, rate = own_rate
@@ -123,14 +124,16 @@ def _padded(rows, width: int) -> np.ndarray:
 
 
 def sample_prompt_indices(rng: np.random.Generator, num_prompts: int, count: int) -> np.ndarray:
-    """``count`` prompt indices: without repeats while there are enough prompts, with repeats otherwise."""
+    """``count`` prompt indices: without repeats while there are enough prompts, with repeats
+    otherwise."""
     if num_prompts < 1:
         raise ValueError("reinforcement learning needs at least one prompt")
     return rng.choice(num_prompts, size=count, replace=num_prompts < count)
 
 
 def minibatches(rng: np.random.Generator, n: int, size: int | None):
-    """Shuffled index arrays covering 0 … n−1 in chunks of ``size`` (None: one chunk of everything)."""
+    """Shuffled index arrays covering 0 … n−1 in chunks of ``size`` (None: one chunk of
+    everything)."""
     order = rng.permutation(n)
     size = n if not size else size
     return [order[i:i + size] for i in range(0, n, size)]
@@ -166,5 +169,6 @@ def eval_recorder(policy, eval_fn, log, bar):
         log(record)
         if bar:
             bar.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                     if k not in ("kind", "step") and isinstance(v, float)))
+                                                     if k not in ("kind", "step")
+                                                     and isinstance(v, float)))
     return run_eval, evals

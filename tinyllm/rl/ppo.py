@@ -1,42 +1,46 @@
-"""PPO for RLHF (Ziegler et al. 2019, Ouyang et al. 2022): make a reward model's score go up, a little at a time.
+"""PPO for RLHF (Ziegler et al. 2019, Ouyang et al. 2022): make a reward model's score go up, a
+little at a time.
 
-The policy writes a completion y for a prompt x, token by token: each token is an *action*, the text so far
-the *state*. The reward is the reward model's score on the finished text, given at the last token, minus a
-per-token KL penalty that keeps the policy near the reference π_ref (the model we started from):
+The policy writes a completion y for a prompt x, token by token: each token is an *action*, the text
+so far the *state*. The reward is the reward model's score on the finished text, given at the last
+token, minus a per-token KL penalty that keeps the policy near the reference π_ref (the model we
+started from):
 
     r_t = −β · (log π_old(y_t) − log π_ref(y_t))   + [t = last] · score(x, y)           (k1, see ``kl.py``)
 
-(score minus a fixed penalty when the completion ran out of tokens before writing the end token: the reward
-model never saw such texts, and their scores are the easiest to exploit.)
+(score minus a fixed penalty when the completion ran out of tokens before writing the end token: the
+reward model never saw such texts, and their scores are the easiest to exploit.)
 
-A *value head* (Linear(C, 1) on the policy's hidden states; by default its loss does not flow back into the
-transformer, see ``PolicyWithValue.logprobs_and_values``) predicts V(s_t), the reward still to come. It
-starts knowing nothing and must catch up with the scores' scale within a few rollouts, while the policy
-should move slowly: AdamW moves each weight by about its learning rate per update, so the head has its own,
-larger one (``value_lr``). Generalised advantage estimation (Schulman et al. 2016) turns rewards and values
-into how much better each action was than expected:
+A *value head* (Linear(C, 1) on the policy's hidden states; by default its loss does not flow back
+into the transformer, see ``PolicyWithValue.logprobs_and_values``) predicts V(s_t), the reward still
+to come. It starts knowing nothing and must catch up with the scores' scale within a few rollouts,
+while the policy should move slowly: AdamW moves each weight by about its learning rate per update,
+so the head has its own, larger one (``value_lr``). Generalised advantage estimation (Schulman et
+al. 2016) turns rewards and values into how much better each action was than expected:
 
     δ_t = r_t + γ V(s_{t+1}) − V(s_t)        A_t = δ_t + γλ A_{t+1}        (V = 0 and A = 0 after the end)
     returns R_t = A_t + V(s_t)               (the value head's regression target)
 
-λ trades bias (λ = 0: trust V, one-step TD) for variance (λ = 1: the Monte-Carlo return minus V). The
-advantages are whitened (mean 0, std 1 over the batch's tokens) before the update.
+λ trades bias (λ = 0: trust V, one-step TD) for variance (λ = 1: the Monte-Carlo return minus V).
+The advantages are whitened (mean 0, std 1 over the batch's tokens) before the update.
 
-The update runs several epochs of minibatches over one rollout batch. The ratio ρ = π(y_t)/π_old(y_t) of the
-policy now to the one that sampled is 1 at the first minibatch and drifts; the *clipped surrogate*
+The update runs several epochs of minibatches over one rollout batch. The ratio ρ =
+π(y_t)/π_old(y_t) of the policy now to the one that sampled is 1 at the first minibatch and drifts;
+the *clipped surrogate*
 
     L_policy = −mean_t min(ρ A, clip(ρ, 1−ε, 1+ε) A)
 
-stops following a token once ρ has left [1−ε, 1+ε] in the direction its advantage pushes (for A > 0 above
-1+ε, for A < 0 below 1−ε: there the min picks the clipped, constant term and the gradient is 0). The value
-loss is clipped the same way around the old values, and an entropy bonus keeps the policy from collapsing:
+stops following a token once ρ has left [1−ε, 1+ε] in the direction its advantage pushes (for A > 0
+above 1+ε, for A < 0 below 1−ε: there the min picks the clipped, constant term and the gradient is
+0). The value loss is clipped the same way around the old values, and an entropy bonus keeps the
+policy from collapsing:
 
     L_value = ½ mean_t max((V − R)², (V_old + clip(V − V_old, −ε_v, ε_v) − R)²)
     L = L_policy + c_v · L_value − c_H · mean_t H(π(·|s_t))
 
-β is fixed, or adapted towards a target KL (Ziegler et al.): β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon).
-Logged every step: mean score, KL (per sequence, k1), β, clip fraction, entropy, value loss, explained
-variance 1 − Var(R − V)/Var(R) of the old values, completion length.
+β is fixed, or adapted towards a target KL (Ziegler et al.): β ← β·(1 + clip(KL/target − 1,
+±0.2)·n/horizon). Logged every step: mean score, KL (per sequence, k1), β, clip fraction, entropy,
+value loss, explained variance 1 − Var(R − V)/Var(R) of the old values, completion length.
 """
 
 from __future__ import annotations
@@ -53,54 +57,59 @@ from ..flags import option
 from ..model import GPT
 from ..nn import Linear
 from ..train import update_weights
-from .logprobs import (Completions, completion_log_probs, completion_pass, masked_mean, pack_completions,
-                       token_entropy)
+from .logprobs import (Completions, completion_log_probs, completion_pass, masked_mean,
+                       pack_completions, token_entropy)
 from .loop import (check_rollout_rows, gather_rollout, make_optimizer, minibatches,
                    sample_prompt_indices, sample_share, start_run)
 
 
-# ---------------------------------------------------------------------------------------------- the model
+# --------------------------------------------------------------------------------------- the model
 
 class PolicyWithValue(GPT):
     """A GPT (the policy) plus ``value_head`` = Linear(C, 1) reading the same hidden states."""
 
     @classmethod
     def from_gpt(cls, gpt: GPT, seed: int = 0) -> "PolicyWithValue":
-        """Shares ``gpt``'s parameters (no copy); adds a value head with small weights (V ≈ 0 at first)."""
+        """Shares ``gpt``'s parameters (no copy); adds a value head with small weights (V ≈ 0 at
+        first)."""
         model = cls.__new__(cls)
-        model.__dict__.update({k: v for k, v in vars(gpt).items() if k not in ("score_head", "classifier")})
+        model.__dict__.update({k: v for k, v in vars(gpt).items() if k not in ("score_head",
+                                                                               "classifier")})
         model.value_head = Linear(gpt.config.n_embd, 1, True, 0.02, backend.rng(seed + 2))
         return model
 
     def as_gpt(self) -> GPT:
-        """A plain GPT sharing this policy's parameters, without the value head (to save or generate)."""
+        """A plain GPT sharing this policy's parameters, without the value head (to save or
+        generate)."""
         gpt = GPT.__new__(GPT)
         gpt.__dict__.update({k: v for k, v in vars(self).items() if k != "value_head"})
         return gpt
 
     def logprobs_and_values(self, batch: Completions, value_trains_trunk: bool = False):
         """(log-probs (B, C), values (B, C), logits (B, C, V), ``MoEBalance``) of a packed batch's
-        completion window, one forward pass. values[:, j] = V(prompt + the first j completion tokens): the state in which completion
-        token j is chosen.
+        completion window, one forward pass. values[:, j] = V(prompt + the first j completion
+        tokens): the state in which completion token j is chosen.
 
-        ``value_trains_trunk`` False (the default) stops the value loss at the hidden states: the head learns
-        on the policy's features but does not move them. A reward model's scores differ far more between
-        prompts (one task scores ~4, another ~−4) than between answers to one prompt, so a fresh value head
-        is wrong by several units at first; sharing those errors' gradients with the transformer would
-        disturb the policy while the head catches up."""
+        ``value_trains_trunk`` False (the default) stops the value loss at the hidden states: the
+        head learns on the policy's features but does not move them. A reward model's scores differ
+        far more between prompts (one task scores ~4, another ~−4) than between answers to one
+        prompt, so a fresh value head is wrong by several units at first; sharing those errors'
+        gradients with the transformer would disturb the policy while the head catches up."""
         out = completion_pass(self, batch)
         features = out.hidden if value_trains_trunk else out.hidden.detach()
-        values = self.value_head(features).reshape(out.hidden.shape[0], out.hidden.shape[1])  # (B, C)
+        # (B, C)
+        values = self.value_head(features).reshape(out.hidden.shape[0], out.hidden.shape[1])
         return out.logps, values, out.logits, out.balance
 
 
-# ---------------------------------------------------------------------------------------------- the pieces
+# --------------------------------------------------------------------------------------- the pieces
 
 def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     """(advantages, returns), each (B, T), by the recursion in the module docstring, right to left.
 
-    rewards, values, mask: (B, T) arrays over target positions; a row's actions are its contiguous run of
-    mask = 1. Past a row's last action the next value and advantage are 0 (the episode is over)."""
+    rewards, values, mask: (B, T) arrays over target positions; a row's actions are its contiguous
+    run of mask = 1. Past a row's last action the next value and advantage are 0 (the episode is
+    over)."""
     rewards, values, mask = (np.asarray(a, dtype=np.float64) for a in (rewards, values, mask))
     advantages = np.zeros_like(rewards)
     next_value = np.zeros(rewards.shape[0])
@@ -124,8 +133,8 @@ def whiten(x, mask, eps: float = 1e-8):
 
 
 def clipped_surrogate(logps: Tensor, old_logps, advantages, clip: float):
-    """Per token min(ρA, clip(ρ, 1−ε, 1+ε)A) with ρ = exp(logp − old logp): PPO's objective, and GRPO's.
-    ``advantages`` broadcast against ``logps``. Returns (the surrogate Tensor, ρ)."""
+    """Per token min(ρA, clip(ρ, 1−ε, 1+ε)A) with ρ = exp(logp − old logp): PPO's objective, and
+    GRPO's. ``advantages`` broadcast against ``logps``. Returns (the surrogate Tensor, ρ)."""
     xp = backend.xp
     old = Tensor(xp.asarray(old_logps), dtype=logps.dtype)
     adv = Tensor(xp.asarray(advantages), dtype=logps.dtype)
@@ -134,7 +143,8 @@ def clipped_surrogate(logps: Tensor, old_logps, advantages, clip: float):
 
 
 def clip_fraction(ratio: Tensor, mask, clip: float) -> float:
-    """The share of the masked tokens whose ratio lies outside [1−ε, 1+ε] (those the clip stopped)."""
+    """The share of the masked tokens whose ratio lies outside [1−ε, 1+ε] (those the clip
+    stopped)."""
     r = backend.to_numpy(ratio.data)[backend.to_numpy(backend.xp.asarray(mask)) > 0]
     return float(np.mean((r < 1.0 - clip) | (r > 1.0 + clip))) if r.size else 0.0
 
@@ -146,7 +156,8 @@ def ppo_policy_loss(logps: Tensor, old_logps, advantages, mask, clip: float = 0.
 
 
 def ppo_value_loss(values: Tensor, old_values, returns, mask, clip: float | None = 0.2) -> Tensor:
-    """½ masked mean of max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²); ``clip`` None = unclipped."""
+    """½ masked mean of max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²); ``clip`` None =
+    unclipped."""
     xp = backend.xp
     old = Tensor(xp.asarray(old_values), dtype=values.dtype)
     target = Tensor(xp.asarray(returns), dtype=values.dtype)
@@ -159,7 +170,8 @@ def ppo_value_loss(values: Tensor, old_values, returns, mask, clip: float | None
 
 
 def explained_variance(values, returns, mask) -> float:
-    """1 − Var(R − V) / Var(R) over masked positions: 1 = perfect values, 0 = no better than a constant."""
+    """1 − Var(R − V) / Var(R) over masked positions: 1 = perfect values, 0 = no better than a
+    constant."""
     m = np.asarray(mask) > 0
     v, r = np.asarray(values)[m], np.asarray(returns)[m]
     var = r.var()
@@ -177,8 +189,9 @@ class FixedKLController:
 
 
 class AdaptiveKLController:
-    """β ← β · (1 + clip(KL/target − 1, −0.2, 0.2) · n / horizon)  (Ziegler et al. 2019): β grows while the
-    measured KL is above the target and shrinks while it is below, by at most 20% per horizon of samples."""
+    """β ← β · (1 + clip(KL/target − 1, −0.2, 0.2) · n / horizon)  (Ziegler et al. 2019): β grows
+    while the measured KL is above the target and shrinks while it is below, by at most 20% per
+    horizon of samples."""
 
     def __init__(self, value: float, target: float, horizon: int = 100):
         if not target > 0:
@@ -190,11 +203,12 @@ class AdaptiveKLController:
         self.value *= 1.0 + error * n / self.horizon
 
 
-# ---------------------------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------------------- training
 
 @dataclasses.dataclass
 class PPOConfig:
-    """PPO's settings; each ``option`` is also a flag of ``tinyllm align ppo`` (``tinyllm.flags``)."""
+    """PPO's settings; each ``option`` is also a flag of ``tinyllm align ppo``
+    (``tinyllm.flags``)."""
     steps: int = option(40, "rollout batches")
     rollout_batch: int = option(32, "prompts (one completion each) per rollout")
     minibatch_size: int = option(8, "completions per gradient step")
@@ -205,8 +219,9 @@ class PPOConfig:
     clip: float = option(0.2, "ε: the ratio π/π_old is clipped to [1−ε, 1+ε]", "positive")
     value_clip: float = option(0.2, "ε of the clipped value loss (0 = unclipped)")
     vf_coef: float = option(0.1, "weight of the value loss")
+    # None: lr
     value_lr: float | None = option(1e-3, "the value head's own learning rate (it starts from "
-                                          "scratch, so faster than the policy's)", "positive")  # None: lr
+                                          "scratch, so faster than the policy's)", "positive")
     value_trains_trunk: bool = option(False, "let the value loss's gradient flow into the shared "
                                              "transformer (default: value head only)")
     ent_coef: float = option(0.0, "weight of the entropy bonus")
@@ -239,8 +254,9 @@ def check_scores(scores, n: int, what: str = "the score function") -> np.ndarray
         raise ValueError(f"{what} returned {scores.size} scores for {n} completions")
     bad = np.flatnonzero(~np.isfinite(scores))
     if bad.size:
-        raise ValueError(f"{what} returned a non-finite value ({scores[bad[0]]}) for completion {int(bad[0])} "
-                         f"({bad.size} of {n} are non-finite); rewards must be finite numbers")
+        raise ValueError(f"{what} returned a non-finite value ({scores[bad[0]]}) for completion "
+                         f"{int(bad[0])} ({bad.size} of {n} are non-finite); rewards must be "
+                         "finite numbers")
     return scores
 
 
@@ -380,8 +396,8 @@ def _ppo_record(step: int, r: PPORollout, stats: dict, kl_coef: float, seconds: 
 
 
 def reward_model_scorer(reward_model, batch_size: int = 32):
-    """A ``score_fn`` for ``train_ppo``: the reward model's score of prompt + completion (cut from the left
-    to the reward model's block size)."""
+    """A ``score_fn`` for ``train_ppo``: the reward model's score of prompt + completion (cut from
+    the left to the reward model's block size)."""
     from .reward import RewardModel  # noqa: F401 - documents the expected type
     block = reward_model.config.block_size
 

@@ -1,21 +1,23 @@
-"""The reward model: a GPT that reads a prompt + response and outputs one number, "how good is this".
+"""The reward model: a GPT that reads a prompt + response and outputs one number, "how good is
+this".
 
     prompt + response + end (B, T), right-padded ──GPT──► hidden (B, T, C) ──last real token──► (B, C)
                                                                           ──score_head──► r (B,)
 
-It is ``GPTClassifier``'s idea (``tinyllm.finetune.classify``) with one output instead of K: the last real
-token is the only position that has seen the whole text. It learns from pairs, never from absolute scores
-(people agree more on "A is better than B" than on "A is a 7"): the Bradley-Terry model says
+It is ``GPTClassifier``'s idea (``tinyllm.finetune.classify``) with one output instead of K: the
+last real token is the only position that has seen the whole text. It learns from pairs, never from
+absolute scores (people agree more on "A is better than B" than on "A is a 7"): the Bradley-Terry
+model says
 
     P(chosen ≻ rejected) = σ(r_c − r_r),      loss = −log σ(r_c − r_r)   (mean over pairs)
 
 and   d loss / d r_c = −σ(−(r_c − r_r)) = −(1 − P),   d loss / d r_r = +(1 − P):
-a pair the model already orders confidently (P → 1) teaches almost nothing, a misordered one a lot. Only
-differences matter, so a constant added to every score changes nothing (rewards have no natural zero;
-PPO's advantages subtract a baseline anyway).
+a pair the model already orders confidently (P → 1) teaches almost nothing, a misordered one a lot.
+Only differences matter, so a constant added to every score changes nothing (rewards have no natural
+zero; PPO's advantages subtract a baseline anyway).
 
-Pairwise accuracy: the fraction of held-out pairs with r_c > r_r (a tie counts ½, so an untrained model
-that scores everything alike sits at 50%).
+Pairwise accuracy: the fraction of held-out pairs with r_c > r_r (a tie counts ½, so an untrained
+model that scores everything alike sits at 50%).
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ from .logprobs import log_sigmoid
 def bradley_terry_loss(chosen_scores: Tensor, rejected_scores: Tensor) -> Tensor:
     """mean over pairs of −log σ(r_chosen − r_rejected). Shapes (B,) and (B,) → scalar."""
     if chosen_scores.shape != rejected_scores.shape:
-        raise ValueError(f"bradley_terry_loss: chosen scores {chosen_scores.shape} and rejected scores "
-                         f"{rejected_scores.shape} must have the same shape (one of each per pair)")
+        raise ValueError(f"bradley_terry_loss: chosen scores {chosen_scores.shape} and rejected "
+                         f"scores {rejected_scores.shape} must have the same shape (one of each "
+                         "per pair)")
     return -log_sigmoid(chosen_scores - rejected_scores).mean()
 
 
 def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
     """Fraction of pairs with chosen > rejected; a tie counts ½."""
-    c, r = np.asarray(chosen_scores, dtype=np.float64), np.asarray(rejected_scores, dtype=np.float64)
+    c, r = np.asarray(chosen_scores, dtype=np.float64), np.asarray(rejected_scores,
+                                                                   dtype=np.float64)
     return float(np.mean((c > r) + 0.5 * (c == r))) if c.size else float("nan")
 
 
@@ -61,7 +65,8 @@ class StepMetrics:
         self.blocks = []
 
     def add(self, index, metrics: dict) -> None:
-        self.blocks.append((int(index[0]), len(index), metrics))   # one append: safe from several threads
+        # one append: safe from several threads
+        self.blocks.append((int(index[0]), len(index), metrics))
 
     def pop(self) -> dict:
         blocks, self.blocks = sorted(self.blocks, key=lambda block: block[0]), []
@@ -75,7 +80,8 @@ class StepMetrics:
 
 
 class RewardModel(GPT):
-    """A GPT with ``score_head`` = Linear(C, 1) on the last real token: ``model(ids, lengths)`` → scores (B,)."""
+    """A GPT with ``score_head`` = Linear(C, 1) on the last real token: ``model(ids, lengths)`` →
+    scores (B,)."""
 
     def __init__(self, config: GPTConfig, seed: int = 0):
         super().__init__(config, seed)
@@ -85,7 +91,8 @@ class RewardModel(GPT):
     def from_gpt(cls, gpt: GPT, seed: int = 0) -> "RewardModel":
         """A reward model sharing ``gpt``'s parameters (no copy) with a fresh scalar head."""
         model = cls.__new__(cls)
-        model.__dict__.update({k: v for k, v in vars(gpt).items() if k not in ("value_head", "classifier")})
+        model.__dict__.update({k: v for k, v in vars(gpt).items() if k not in ("value_head",
+                                                                               "classifier")})
         model._add_head(seed)
         return model
 
@@ -94,25 +101,31 @@ class RewardModel(GPT):
         self.score_head = Linear(self.config.n_embd, 1, True, 0.02, backend.rng(seed + 1))
 
     def forward(self, idx, lengths=None):
-        """idx (B, T) right-padded ids, lengths (B,) real tokens per row (default: all T) → scores (B,)."""
+        """idx (B, T) right-padded ids, lengths (B,) real tokens per row (default: all T) → scores
+        (B,)."""
         return self.scores(idx, lengths)[0]
 
     def scores(self, idx, lengths=None):
-        """``forward``'s scores (B,) and the forward's ``MoEBalance`` (for a training loss to add)."""
+        """``forward``'s scores (B,) and the forward's ``MoEBalance`` (for a training loss to
+        add)."""
         xp = backend.xp
         idx = xp.asarray(getattr(idx, "data", idx))
         if lengths is None:
             lengths = xp.full(idx.shape[0], idx.shape[1])
         hidden, balance = self.trunk(idx)                     # (B, T, C)
-        scores = self.score_head(last_token_states(hidden, xp.asarray(lengths))).reshape(-1)   # (B,)
+        # (B,)
+        scores = self.score_head(last_token_states(hidden, xp.asarray(lengths))).reshape(-1)
         return scores, balance
 
     def score_ids(self, sequences, batch_size: int = 32) -> np.ndarray:
-        """Scores (N,) of token-id lists (each a whole prompt + response), batched, in eval mode, no gradients."""
+        """Scores (N,) of token-id lists (each a whole prompt + response), batched, in eval mode, no
+        gradients."""
         scores = np.empty(len(sequences))
-        order = np.argsort([len(s) for s in sequences], kind="stable")   # similar lengths share a batch
+        # similar lengths share a batch
+        order = np.argsort([len(s) for s in sequences], kind="stable")
         was_training = self.training
-        self.eval()                                           # no dropout: a score is a deterministic judgement
+        # no dropout: a score is a deterministic judgement
+        self.eval()
         try:
             with no_grad():
                 for first in range(0, len(order), batch_size):
@@ -125,8 +138,8 @@ class RewardModel(GPT):
 
 
 def pair_scores(model: RewardModel, pairs, index) -> tuple:
-    """Scores (B,) of the chosen and rejected sequences of pairs ``index``, in one forward pass of 2B
-    rows, and that forward's ``MoEBalance``."""
+    """Scores (B,) of the chosen and rejected sequences of pairs ``index``, in one forward pass of
+    2B rows, and that forward's ``MoEBalance``."""
     chosen = [pairs.prompts[i] + pairs.chosen[i] for i in index]
     rejected = [pairs.prompts[i] + pairs.rejected[i] for i in index]
     ids, lengths = pad_batch(chosen + rejected)
@@ -141,13 +154,15 @@ def evaluate_reward_model(model: RewardModel, pairs, batch_size: int = 32) -> di
     rejected = model.score_ids([p + r for p, r in zip(pairs.prompts, pairs.rejected)], batch_size)
     margin = chosen - rejected
     loss = float(np.mean(np.logaddexp(0.0, -margin)))         # −log σ(m) = log(1 + e^(−m))
-    return {"accuracy": pairwise_accuracy(chosen, rejected), "loss": loss, "margin": float(margin.mean()),
-            "chosen_scores": chosen, "rejected_scores": rejected}
+    return {"accuracy": pairwise_accuracy(chosen, rejected), "loss": loss,
+            "margin": float(margin.mean()), "chosen_scores": chosen, "rejected_scores": rejected}
 
 
-def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=None, progress=True, log=None) -> dict:
-    """Bradley-Terry training on ``EncodedPairs``, epochs of shuffled pairs (the finetuning loop, ``fit``).
-    Each step logs loss, accuracy and margin of its batch; each epoch the held-out accuracy, loss, margin."""
+def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=None, progress=True,
+                       log=None) -> dict:
+    """Bradley-Terry training on ``EncodedPairs``, epochs of shuffled pairs (the finetuning loop,
+    ``fit``). Each step logs loss, accuracy and margin of its batch; each epoch the held-out
+    accuracy, loss, margin."""
     from ..finetune.loop import FinetuneConfig, fit
     from .logprobs import disable_dropout
     config = config or FinetuneConfig()
@@ -158,20 +173,23 @@ def train_reward_model(model: RewardModel, train_pairs, val_pairs=None, config=N
         chosen, rejected, balance = pair_scores(model, train_pairs, index)
         loss = balance.added_to(bradley_terry_loss(chosen, rejected))
         c, r = backend.to_numpy(chosen.data), backend.to_numpy(rejected.data)
-        step_metrics.add(index, {"accuracy": pairwise_accuracy(c, r), "margin": float((c - r).mean())})
+        step_metrics.add(index, {"accuracy": pairwise_accuracy(c, r),
+                                 "margin": float((c - r).mean())})
         return loss
 
     def evaluate_fn():
         if not val_pairs:
             return {}
         result = evaluate_reward_model(model, val_pairs, config.batch_size * 2)
-        return {"val_accuracy": result["accuracy"], "val_loss": result["loss"], "val_margin": result["margin"]}
+        return {"val_accuracy": result["accuracy"], "val_loss": result["loss"],
+                "val_margin": result["margin"]}
 
     return fit(model, len(train_pairs), loss_fn, config, evaluate_fn, progress, log,
                step_metrics=step_metrics)
 
 
-def save_reward_model(run_dir, model: RewardModel, tokenizer=None, extra_config: dict | None = None) -> None:
+def save_reward_model(run_dir, model: RewardModel, tokenizer=None,
+                      extra_config: dict | None = None) -> None:
     """A run directory with the GPT + score head and ``"task": "reward"`` in config.json."""
     from ..checkpoint import save_model
     save_model(run_dir, model, tokenizer, extra_config={**(extra_config or {}), "task": "reward"})
@@ -184,16 +202,17 @@ def load_reward_model(path):
     run_dir = _run_dir(path)
     config = load_config(run_dir)
     if config.get("task") != "reward":
-        raise ValueError(f"'{run_dir}' is not a reward-model run (its config.json has task {config.get('task')!r}); "
-                         "train one with `tinyllm align reward`")
+        raise ValueError(f"'{run_dir}' is not a reward-model run (its config.json has task "
+                         f"{config.get('task')!r}); train one with `tinyllm align reward`")
     saved = {info.dtype for info in read_header(run_dir / "model.safetensors").tensors.values()}
     with backend.default_dtype("float64" if saved == {"F64"} else "float32"):
         model = RewardModel(GPTConfig.from_dict(config["model"]))
     load_weights(model, run_dir)
     model.eval()
-    tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer", TOKENIZER)).exists() else None
+    tokenizer = load_tokenizer_of(run_dir) if (run_dir / config.get("tokenizer",
+                                                                    TOKENIZER)).exists() else None
     return model, tokenizer
 
 
-__all__ = ["RewardModel", "bradley_terry_loss", "pairwise_accuracy", "pair_scores", "evaluate_reward_model",
-           "train_reward_model", "save_reward_model", "load_reward_model"]
+__all__ = ["RewardModel", "bradley_terry_loss", "pairwise_accuracy", "pair_scores",
+           "evaluate_reward_model", "train_reward_model", "save_reward_model", "load_reward_model"]

@@ -15,12 +15,13 @@
 from __future__ import annotations
 
 
-def start(run_dir, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch: int = 8,
+def start(run_dir, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          max_batch: int = 8,
           max_queue: int = 64, max_tokens: int | None = None, model_id: str | None = None, log=None,
           blocklist=None, filter_mode: str = "mask"):
     """Load a run and return a started ``Server`` (call ``serve_forever()``, or run it in a thread).
-    ``blocklist``: a ``tinyllm.safety.blocklist.Blocklist`` every reply is filtered with (``filter_mode``
-    "mask" or "block")."""
+    ``blocklist``: a ``tinyllm.safety.blocklist.Blocklist`` every reply is filtered with
+    (``filter_mode`` "mask" or "block")."""
     from pathlib import Path
 
     from ..checkpoint import load_config, load_pretrained
@@ -28,11 +29,13 @@ def start(run_dir, host: str = "127.0.0.1", port: int = 8000, api_key: str | Non
     from .service import Service
     model, tokenizer = load_pretrained(run_dir)
     if tokenizer is None:
-        raise FileNotFoundError(f"the run '{run_dir}' has no tokenizer file; serving text needs one")
+        raise FileNotFoundError(f"the run '{run_dir}' has no tokenizer file; serving text needs "
+                                "one")
     path = Path(run_dir)
     name = model_id or (path.parent.name if path.suffix == ".safetensors" else path.name)
-    service = Service(model.eval(), tokenizer, load_config(run_dir), name, max_batch, max_queue, max_tokens,
-                      blocklist, filter_mode)
-    server = Server(service, host, port, api_key, log=log)         # binds (or fails) before the engine starts
+    service = Service(model.eval(), tokenizer, load_config(run_dir), name, max_batch, max_queue,
+                      max_tokens, blocklist, filter_mode)
+    # binds (or fails) before the engine starts
+    server = Server(service, host, port, api_key, log=log)
     service.start()
     return server

@@ -1,4 +1,5 @@
-"""The HTTP side: Python's ``http.server``, one thread per connection, all of them feeding one ``Engine``.
+"""The HTTP side: Python's ``http.server``, one thread per connection, all of them feeding one
+``Engine``.
 
     GET  /                      the chat page (static/chat.html)
     GET  /health                {"status": "ok", "running": rows in the batch, "waiting": queued requests, ...}
@@ -6,12 +7,12 @@
     POST /v1/completions        OpenAI completions (``stream: true`` for server-sent events)
     POST /v1/chat/completions   OpenAI chat completions, with tools
 
-Safety, because a server is an open door: it binds 127.0.0.1 unless told otherwise; with an API key, every
-/v1 request must send ``Authorization: Bearer KEY``, compared in constant time (``hmac.compare_digest``, so
-the response time does not reveal how many leading characters were right); bodies over ``max_body`` bytes
-are refused before they are read; each socket read times out; max_tokens, n and the queue are bounded (see
-``api.Limits`` and ``Engine``); and a streaming client that disconnects is noticed between tokens and its
-rows leave the batch before the next step.
+Safety, because a server is an open door: it binds 127.0.0.1 unless told otherwise; with an API key,
+every /v1 request must send ``Authorization: Bearer KEY``, compared in constant time
+(``hmac.compare_digest``, so the response time does not reveal how many leading characters were
+right); bodies over ``max_body`` bytes are refused before they are read; each socket read times out;
+max_tokens, n and the queue are bounded (see ``api.Limits`` and ``Engine``); and a streaming client
+that disconnects is noticed between tokens and its rows leave the batch before the next step.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-
 
 
 class Server(ThreadingHTTPServer):
-    """An HTTP server for a ``Service``. ``port=0`` picks a free port (``server.port`` tells which)."""
+    """An HTTP server for a ``Service``. ``port=0`` picks a free port (``server.port`` tells
+    which)."""
     daemon_threads = True
-    request_queue_size = 128      # the listen backlog: with the default 5, a burst of clients waits for SYN retries
+    # the listen backlog: with the default 5, a burst of clients waits for SYN retries
+    request_queue_size = 128
 
-    def __init__(self, service, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+    def __init__(self, service, host: str = "127.0.0.1", port: int = 8000,
+                 api_key: str | None = None,
                  max_body: int = 1 << 20, timeout: float = 30.0, log=None):
         self.service, self.api_key, self.max_body, self.log = service, api_key, max_body, log
         handler = type("Handler", (Handler,), {"timeout": timeout})
@@ -70,15 +74,18 @@ class Handler(BaseHTTPRequestHandler):
         self._route("POST")
 
     def _route(self, method: str) -> None:
-        routes = {"/": ("GET", self._page), "/health": ("GET", self._health), "/v1/models": ("GET", self._models),
-                  "/v1/completions": ("POST", self._completions), "/v1/chat/completions": ("POST", self._chat)}
+        routes = {"/": ("GET", self._page), "/health": ("GET", self._health),
+                  "/v1/models": ("GET", self._models),
+                  "/v1/completions": ("POST", self._completions),
+                  "/v1/chat/completions": ("POST", self._chat)}
         path = self.path.split("?", 1)[0]
         try:
             if path not in routes:
                 raise APIError(404, f"no such endpoint: {method} {path}", code="not_found")
             wanted, action = routes[path]
             if method != wanted:
-                raise APIError(405, f"{path} takes {wanted}, not {method}", code="method_not_allowed")
+                raise APIError(405, f"{path} takes {wanted}, not {method}",
+                               code="method_not_allowed")
             if path.startswith("/v1/"):
                 self._check_key()
             action()
@@ -101,7 +108,8 @@ class Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             self.close_connection = True
-            raise APIError(411, "send the JSON body with a Content-Length header", code="length_required")
+            raise APIError(411, "send the JSON body with a Content-Length header",
+                           code="length_required")
         if int(length) > self.server.max_body:
             self.close_connection = True            # the body is left unread
             raise APIError(413, f"the request body has {length} bytes; this server takes at most "
@@ -110,7 +118,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+            raise APIError(400, f"the request body is not valid JSON: {e}",
+                           code="invalid_json") from None
 
     # ----------------------------------------------------------------------------------- endpoints
 
@@ -143,11 +152,13 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(200, completion_response(job, service.tokenizer, service.usage(job)))
 
     def _stream(self, job) -> None:
-        """Server-sent events: each choice's first chunk, text as it is released, its last chunk with the
-        finish reason; then the usage and [DONE]."""
-        service, started, sent = self.server.service, set(), {}               # sent: logprob entries per choice
+        """Server-sent events: each choice's first chunk, text as it is released, its last chunk
+        with the finish reason; then the usage and [DONE]."""
+        # sent: logprob entries per choice
+        service, started, sent = self.server.service, set(), {}
         events = service.run_job(job, self._client_gone)
-        first = next(events, None)                                 # errors before the first token are JSON
+        # errors before the first token are JSON
+        first = next(events, None)
         if first is None:                                          # the client left while queued
             self.close_connection = True
             return
@@ -163,10 +174,13 @@ class Handler(BaseHTTPRequestHandler):
                     started.add(index)
                     self.wfile.write(sse(stream_chunk(job, index, first=True)))
                 choice = job.choices[index]
-                new_logprobs, sent[index] = choice.logprobs[sent.get(index, 0):], len(choice.logprobs)
-                chunk = (stream_chunk(job, index, text=text, logprobs=new_logprobs, tokenizer=service.tokenizer)
+                new_logprobs, sent[index] = choice.logprobs[sent.get(index,
+                                                                     0):], len(choice.logprobs)
+                chunk = (stream_chunk(job, index, text=text, logprobs=new_logprobs,
+                                      tokenizer=service.tokenizer)
                          if text is not None else
-                         stream_chunk(job, index, finish_reason=choice.finish_reason, tool_calls=choice.tool_calls))
+                         stream_chunk(job, index, finish_reason=choice.finish_reason,
+                                      tool_calls=choice.tool_calls))
                 self.wfile.write(sse(chunk))
                 self.wfile.flush()
             if job.include_usage:

@@ -1,11 +1,12 @@
-"""The calculator tool: arithmetic on numbers, parsed into a syntax tree and walked by hand, never ``eval``.
+"""The calculator tool: arithmetic on numbers, parsed into a syntax tree and walked by hand, never
+``eval``.
 
-``eval("2+3")`` would also run ``__import__('os').system(...)``: a tool whose input a model writes (and a
-prompt can steer) must not execute code. ``calculate`` parses the text with ``ast.parse(mode="eval")`` and
-evaluates only a whitelist of nodes — numbers, + - * / // % ** and unary minus — so anything else (names,
-calls, attributes, strings, comparisons) is refused by construction. Sizes are bounded too: an expression of
-at most 200 characters, exponents up to 64 and results up to 1e30 in magnitude, so ``9**9**9`` cannot take the
-server's memory.
+``eval("2+3")`` would also run ``__import__('os').system(...)``: a tool whose input a model writes
+(and a prompt can steer) must not execute code. ``calculate`` parses the text with
+``ast.parse(mode="eval")`` and evaluates only a whitelist of nodes — numbers, + - * / // % ** and
+unary minus — so anything else (names, calls, attributes, strings, comparisons) is refused by
+construction. Sizes are bounded too: an expression of at most 200 characters, exponents up to 64 and
+results up to 1e30 in magnitude, so ``9**9**9`` cannot take the server's memory.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import math
 import operator
 
 MAX_LENGTH, MAX_EXPONENT, MAX_MAGNITUDE = 200, 64, 1e30
-BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+          ast.Div: operator.truediv,
           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 CALCULATOR = {"type": "function", "function": {
     "name": "calculator",
     "description": "Evaluate an arithmetic expression with + - * / // % ** and parentheses.",
-    "parameters": {"type": "object", "properties": {"expression": {"type": "string", "description": "e.g. 37*48+5"}},
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string",
+                                                                   "description": "e.g. 37*48+5"}},
                    "required": ["expression"]}}}
 
 
@@ -62,11 +65,13 @@ def _evaluate(node):
         if isinstance(value, complex) or abs(value) > MAX_MAGNITUDE or not math.isfinite(value):
             raise CalculatorError("the result is too large or not a real number")
         return value
-    raise CalculatorError(f"only numbers, + - * / // % ** and parentheses are allowed, not {type(node).__name__}")
+    raise CalculatorError("only numbers, + - * / // % ** and parentheses are allowed, not "
+                          f"{type(node).__name__}")
 
 
 def format_number(value) -> str:
-    """An int as it is; a float with up to 10 significant digits, without a trailing .0 (6.0 → "6")."""
+    """An int as it is; a float with up to 10 significant digits, without a trailing .0 (6.0 →
+    "6")."""
     if isinstance(value, float):
         text = f"{value:.10g}"
         return text[:-2] if text.endswith(".0") else text

@@ -40,13 +40,15 @@ __all__ = [
 _CLASSES = {cls.format_name: cls for cls in (BPETokenizer, CharTokenizer, WordPieceTokenizer)}
 
 
-def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer | HFBPETokenizer | WordPieceTokenizer:
+def load_tokenizer(path: str | os.PathLike
+                   ) -> BPETokenizer | CharTokenizer | HFBPETokenizer | WordPieceTokenizer:
     """Load a tokenizer file saved by ``BPETokenizer.save``, ``CharTokenizer.save`` or
     ``WordPieceTokenizer.save`` (or the ``tokenizer.json`` of a run directory, when ``path`` is
     one).
 
-    The file's ``"format"`` field picks the class; ValueError names the file if it is neither. A Hugging
-    Face ``tokenizer.json`` (no "format", a "model" object) is read as an :class:`HFBPETokenizer`.
+    The file's ``"format"`` field picks the class; ValueError names the file if it is neither. A
+    Hugging Face ``tokenizer.json`` (no "format", a "model" object) is read as an
+    :class:`HFBPETokenizer`.
     """
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "tokenizer.json")):

@@ -18,10 +18,10 @@ vocabulary learned by BPE it gives the same tokens as replaying the learned merg
 rule is a little more generous: a pair may merge whenever its concatenation is a token, even if
 training made that token from a different split; on the test corpora that never changes a token).
 
-Ids: single bytes are 0..255 (in byte order after training; imported vocabularies such as GPT-2's and
-cl100k's use another order, which ``byte_order`` records), merged tokens follow in the order they were
-learned, and special tokens (strings like "<|endoftext|>" that encode to one id and never come out of
-ordinary text) get the ids after that.
+Ids: single bytes are 0..255 (in byte order after training; imported vocabularies such as GPT-2's
+and cl100k's use another order, which ``byte_order`` records), merged tokens follow in the order
+they were learned, and special tokens (strings like "<|endoftext|>" that encode to one id and never
+come out of ordinary text) get the ids after that.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class BPETokenizer:
         self._special_splitters: dict = {}
         self._cache: dict[str, list[int]] = {}  # chunk -> ids
 
-    # ----------------------------------------------------------------------------------------- training
+    # ----------------------------------------------------------------------------------- training
 
     @classmethod
     def train(
@@ -101,8 +101,9 @@ class BPETokenizer:
         of pairs to merge, the tokenizer is smaller than asked (``vocab_size`` tells). Ties between
         equally frequent pairs go to the smallest ``(id, id)`` pair, so training is deterministic.
 
-        ``verbose=True`` shows progress on stderr; ``progress(merges_done, new_token_bytes, count)``, if
-        given, is called after every merge instead.
+        ``verbose=True`` shows progress on stderr;
+        ``progress(merges_done, new_token_bytes, count)``, if given, is called after every merge
+        instead.
         """
         special_tokens = bpe_vocab.check_special_list(special_tokens)
         if not isinstance(vocab_size, numbers.Integral):
@@ -151,10 +152,11 @@ class BPETokenizer:
         ranks = bpe_vocab.ranks_from_merges(merges, byte_order)
         if not isinstance(special_tokens, dict):
             first = len(ranks)
-            special_tokens = {text: first + i for i, text in enumerate(bpe_vocab.check_special_list(special_tokens))}
+            special_tokens = {text: first + i for i,
+                              text in enumerate(bpe_vocab.check_special_list(special_tokens))}
         return cls(ranks, pattern, special_tokens, merges=[tuple(pair) for pair in merges])
 
-    # --------------------------------------------------------------------------------------- properties
+    # --------------------------------------------------------------------------------- properties
 
     @property
     def vocab_size(self) -> int:
@@ -184,7 +186,8 @@ class BPETokenizer:
         """The merges in the order learned: merge ``i`` joined two ids into id ``256 + i``.
 
         Known from training; for a tokenizer built from ranks alone (a ``.tiktoken`` file) they are
-        recovered once, on first use, by running BPE on each token's bytes with the lower ranks only.
+        recovered once, on first use, by running BPE on each token's bytes with the lower ranks
+        only.
         """
         if self._merges is None:
             self._merges = bpe_vocab.recover_merges(self._ranks, self._decoder, self._pair_ranks)
@@ -199,9 +202,10 @@ class BPETokenizer:
 
     def __repr__(self) -> str:
         pattern = next((name for name, p in PATTERNS.items() if p == self._pattern), self._pattern)
-        return f"BPETokenizer(vocab_size={self.vocab_size}, pattern={pattern!r}, special_tokens={self._special_tokens})"
+        return (f"BPETokenizer(vocab_size={self.vocab_size}, pattern={pattern!r}, "
+                f"special_tokens={self._special_tokens})")
 
-    # ----------------------------------------------------------------------------------------- encoding
+    # ----------------------------------------------------------------------------------- encoding
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text, treating special-token strings in it as ordinary text."""
@@ -245,8 +249,8 @@ class BPETokenizer:
 
         ``allowed_special`` says what happens to special-token strings found in the text:
 
-        - ``"none_raise"`` (default): ValueError if the text contains one. Text from users or the web
-          should not be able to inject an "<|endoftext|>".
+        - ``"none_raise"`` (default): ValueError if the text contains one. Text from users or the
+          web should not be able to inject an "<|endoftext|>".
         - ``"none"``: encode them as ordinary text (same as :meth:`encode_ordinary`).
         - ``"all"``: each one becomes its special id.
         - a set of strings: those become special ids; any other special token in the text raises.
@@ -257,9 +261,10 @@ class BPETokenizer:
             for special in self._special_tokens.keys() - allowed:
                 if special in text:
                     raise ValueError(
-                        f"the text contains the special token {special!r}, which is not allowed here; "
-                        f"pass allowed_special={{{special!r}}} or 'all' to encode it as id "
-                        f"{self._special_tokens[special]}, or 'none' / encode_ordinary() to encode it as plain text"
+                        f"the text contains the special token {special!r}, which is not allowed "
+                        f"here; pass allowed_special={{{special!r}}} or 'all' to encode it as id "
+                        f"{self._special_tokens[special]}, or 'none' / encode_ordinary() to encode "
+                        "it as plain text"
                     )
         if not allowed:
             return self.encode_ordinary(text)
@@ -289,7 +294,8 @@ class BPETokenizer:
             return frozenset(self._special_tokens)
         if isinstance(allowed_special, str):
             raise ValueError(
-                f"allowed_special={allowed_special!r}: expected 'none_raise', 'none', 'all' or a set of special tokens"
+                f"allowed_special={allowed_special!r}: expected 'none_raise', 'none', 'all' or a "
+                "set of special tokens"
             )
         allowed = frozenset(allowed_special)
         unknown = sorted(allowed - self._special_tokens.keys())
@@ -298,7 +304,7 @@ class BPETokenizer:
                              "of this tokenizer")
         return allowed
 
-    # ----------------------------------------------------------------------------------------- decoding
+    # ----------------------------------------------------------------------------------- decoding
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes that ``ids`` stand for (accepts a list, a tuple or a NumPy array)."""
@@ -325,7 +331,7 @@ class BPETokenizer:
         return ValueError(f"token id {token_id} is not in this tokenizer (ids are "
                           f"0..{self.vocab_size - 1})")
 
-    # ------------------------------------------------------------------------------------- files, interop
+    # ------------------------------------------------------------------------------- files, interop
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as readable JSON (format described in ``bpe_vocab.py``)."""
@@ -347,8 +353,8 @@ class BPETokenizer:
         cls, path: str | os.PathLike, pattern: str | None,
         special_tokens: dict[str, int] | None = None
     ) -> BPETokenizer:
-        """Load a ``.tiktoken`` file (one ``base64(token) id`` per line), e.g. cl100k_base.tiktoken with
-        ``pattern="gpt4"`` and ``special_tokens={"<|endoftext|>": 100257}``."""
+        """Load a ``.tiktoken`` file (one ``base64(token) id`` per line), e.g. cl100k_base.tiktoken
+        with ``pattern="gpt4"`` and ``special_tokens={"<|endoftext|>": 100257}``."""
         ranks = bpe_vocab.read_tiktoken_file(path)
         try:
             return cls(ranks, pattern, special_tokens)

@@ -50,9 +50,10 @@ def merge_long(ids: list[int], pair_ranks: dict) -> list[int]:
     """The same merges as :func:`merge_short` in O(n log n), for long chunks
     (a 1 MB run of letters).
 
-    The tokens form a linked list (``next_``/``prev`` hold positions); a heap holds ``(rank, position)``
-    of candidate merges, so the lowest rank, then the leftmost, comes out first. An entry is stale when
-    its left token was merged away or its pair no longer makes that rank; stale entries are skipped.
+    The tokens form a linked list (``next_``/``prev`` hold positions); a heap holds
+    ``(rank, position)`` of candidate merges, so the lowest rank, then the leftmost, comes out
+    first. An entry is stale when its left token was merged away or its pair no longer makes that
+    rank; stale entries are skipped.
     """
     get = pair_ranks.get
     n = len(ids)
@@ -60,7 +61,8 @@ def merge_long(ids: list[int], pair_ranks: dict) -> list[int]:
     tokens: list[int | None] = list(ids)
     next_ = list(range(1, n + 1))
     prev = list(range(-1, n - 1))
-    heap = [(rank, i) for i, pair in enumerate(zip(ids, ids[1:])) if (rank := get(pair)) is not None]
+    heap = [(rank, i) for i, pair in enumerate(zip(ids,
+                                                   ids[1:])) if (rank := get(pair)) is not None]
     heapify(heap)
     while heap:
         rank, i = heappop(heap)

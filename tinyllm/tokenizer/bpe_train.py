@@ -18,8 +18,9 @@ pure Python, instead of about a minute):
    with the true count and, if it is stale, push the true count back and try again. Counts only go
    *up* for pairs that contain the new token, and those are the only ones we push.
 
-Ties: of the pairs with the highest count, the one that is smallest as a tuple ``(first id, second id)``
-is merged. The heap gives this order for free and it makes training deterministic.
+Ties: of the pairs with the highest count, the one that is smallest as a tuple
+``(first id, second id)`` is merged. The heap gives this order for free and it makes training
+deterministic.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def merge_pair(word: list[int], first: int, second: int,
     """Replace each ``first, second`` in ``word``, left to right, by ``new_id``.
 
     Returns the new word, the positions of the replaced pairs in the old word, and the positions of
-    ``new_id`` in the new one. ``list.index`` does the searching in C, so a long word costs little more
-    than its number of matches.
+    ``new_id`` in the new one. ``list.index`` does the searching in C, so a long word costs little
+    more than its number of matches.
     """
     out: list[int] = []
     old_positions: list[int] = []
@@ -168,7 +169,8 @@ def progress_printer(num_merges: int, stream=None) -> Callable[[int, bytes, int]
         rate = done / max(now - start, 1e-9)
         line = (
             f"merge {done:>6}/{num_merges} ({100 * done / num_merges:3.0f}%)  "
-            f"{token.decode('utf-8', errors='replace')!r:<18.18} x{count:<8}  {rate:7.0f} merges/s  {now - start:6.2f}s"
+            f"{token.decode('utf-8', errors='replace')!r:<18.18} x{count:<8}  {rate:7.0f} merges/s "
+            f" {now - start:6.2f}s"
         )
         end = "\n" if not live or done == num_merges else ""
         print(("\r" + line) if live else line, end=end, file=stream, flush=True)

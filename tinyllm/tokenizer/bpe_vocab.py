@@ -52,7 +52,7 @@ from .serialize import (
 FORMAT_NAME, FORMAT_VERSION = "tinyllm-bpe", 1
 
 
-# ---------------------------------------------------------------------------------------------- checks
+# ----------------------------------------------------------------------------------------- checks
 
 
 def check_ranks(ranks: dict[bytes, int], decoder: dict[int, bytes]) -> None:
@@ -98,7 +98,8 @@ def check_special_tokens(special_tokens: dict[str, int], first_free_id: int) -> 
     for token, token_id in special_tokens.items():
         if not isinstance(token_id, int) or token_id < first_free_id:
             raise ValueError(
-                f"special token {token!r} has id {token_id!r}; ids 0..{first_free_id - 1} are ordinary tokens"
+                f"special token {token!r} has id {token_id!r}; ids 0..{first_free_id - 1} are "
+                "ordinary tokens"
             )
         if token_id in owner:
             raise ValueError(f"special tokens {owner[token_id]!r} and {token!r} both "
@@ -114,7 +115,7 @@ def special_splitter(allowed: Iterable[str]):
     return re.compile(f"({alternatives})").split
 
 
-# -------------------------------------------------------------------------------------- merges <-> ranks
+# --------------------------------------------------------------------------------- merges <-> ranks
 
 
 def ranks_from_merges(merges: list[tuple[int, int]],
@@ -127,7 +128,8 @@ def ranks_from_merges(merges: list[tuple[int, int]],
     ranks = {token: i for i, token in enumerate(vocab)}
     for i, pair in enumerate(merges):
         if len(pair) != 2 or not all(isinstance(t, int) and 0 <= t < len(vocab) for t in pair):
-            raise ValueError(f"merge {i} is {pair!r}; it must join two ids from 0..{len(vocab) - 1}")
+            raise ValueError(f"merge {i} is {pair!r}; it must join two ids from "
+                             f"0..{len(vocab) - 1}")
         token = vocab[pair[0]] + vocab[pair[1]]
         if token in ranks:
             raise ValueError(f"merge {i} makes {escape_bytes(token)!r}, which is already token "
@@ -146,7 +148,8 @@ def recover_merges(ranks: dict[bytes, int], decoder: dict[int, bytes], pair_rank
         token = decoder[rank]
         parts = merge_short([byte_ids[byte] for byte in token], pair_ranks, limit=rank)
         if len(parts) != 2:  # BPE cannot reach it; any two lower-ranked halves will do
-            halves = [(ranks.get(token[:cut], rank), ranks.get(token[cut:], rank)) for cut in range(1, len(token))]
+            halves = [(ranks.get(token[:cut], rank), ranks.get(token[cut:], rank))
+                      for cut in range(1, len(token))]
             lower = [(left, right) for left, right in halves if left < rank and right < rank]
             if not lower:
                 raise ValueError(f"token {rank} ({escape_bytes(token)!r}) is not two "
@@ -156,7 +159,7 @@ def recover_merges(ranks: dict[bytes, int], decoder: dict[int, bytes], pair_rank
     return merges
 
 
-# ------------------------------------------------------------------------------------------------ files
+# ------------------------------------------------------------------------------------------- files
 
 
 def save_json(tokenizer, path: str | os.PathLike) -> None:
@@ -223,7 +226,8 @@ def read_tiktoken_file(path: str | os.PathLike) -> dict[bytes, int]:
                 ranks[token] = int(rank)
             except (ValueError, binascii.Error) as e:
                 raise ValueError(
-                    f"'{path}' line {line_number}: expected 'base64-token rank', got {line[:60]!r} ({e})"
+                    f"'{path}' line {line_number}: expected 'base64-token rank', got {line[:60]!r} "
+                    f"({e})"
                 ) from None
     return ranks
 

@@ -74,7 +74,8 @@ class CharTokenizer:
     def encode(self, text: str, allowed_special="none_raise") -> list[int]:
         """Text -> ids. ValueError names the first character not in the vocabulary and its position.
 
-        ``allowed_special`` is accepted for interchangeability with BPETokenizer; there are no special tokens.
+        ``allowed_special`` is accepted for interchangeability with BPETokenizer; there are no
+        special tokens.
         """
         if not isinstance(text, str):
             raise TypeError(f"expected text as a str, got {type(text).__name__}")
@@ -83,8 +84,8 @@ class CharTokenizer:
         except KeyError as e:
             char = e.args[0]
             raise ValueError(
-                f"character {char!r} (U+{ord(char):04X}) at position {text.index(char)} is not in the "
-                f"vocabulary of {self.vocab_size} characters this tokenizer was built from"
+                f"character {char!r} (U+{ord(char):04X}) at position {text.index(char)} is not in "
+                f"the vocabulary of {self.vocab_size} characters this tokenizer was built from"
             ) from None
 
     encode_ordinary = encode
@@ -111,7 +112,8 @@ class CharTokenizer:
                     known = False
                 if not known:
                     raise ValueError(
-                        f"token id {token_id!r} is not in this tokenizer (ids are 0..{self.vocab_size - 1})"
+                        f"token id {token_id!r} is not in this tokenizer (ids are "
+                        f"0..{self.vocab_size - 1})"
                     ) from None
             raise
 

@@ -5,8 +5,9 @@ SmolLM and most open models since ship one file that describes the whole pipelin
 
     {"normalizer":     null | {"type": "NFC"},
      "pre_tokenizer":  {"type": "Sequence", "pretokenizers": [
-                          {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|...)|..."}, "behavior": "Isolated"},
-                          {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]},
+                          {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|...)|..."}, "behavior":
+                          "Isolated"}, {"type": "ByteLevel", "add_prefix_space": false, "use_regex":
+                          false}]},
      "model":          {"type": "BPE", "vocab": {"Ġthe": 262, ...}, "merges": ["Ġ t", ...] or [["Ġ", "t"], ...],
                         "ignore_merges": true | false, "byte_fallback": false},
      "added_tokens":   [{"id": 128000, "content": "<|begin_of_text|>", "special": true, ...}, ...],
@@ -30,9 +31,10 @@ Vocabulary entries use GPT-2's byte-level characters (``Ġ`` is a space; see
 ``interop/gpt2_tokenizer.py``). Added tokens, special or not, are what tinyllm calls special tokens:
 a string that encodes to one id.
 
-SentencePiece-style BPE (TinyLlama, Mistral, Llama 2: ``▁`` for spaces, ``byte_fallback``) is a different
-pipeline, read by ``hf_sentencepiece.py``; ``load_hf_tokenizer`` picks the class. ``save`` writes the file
-back exactly as read (it is the tokenizer's definition), so ``from_file`` in ``tokenizers`` loads it.
+SentencePiece-style BPE (TinyLlama, Mistral, Llama 2: ``▁`` for spaces, ``byte_fallback``) is a
+different pipeline, read by ``hf_sentencepiece.py``; ``load_hf_tokenizer`` picks the class. ``save``
+writes the file back exactly as read (it is the tokenizer's definition), so ``from_file`` in
+``tokenizers`` loads it.
 """
 
 from __future__ import annotations
@@ -62,10 +64,10 @@ def _byte_chars() -> dict[str, int]:
 
 
 def _refuse(where: str, part: str, why: str):
-    raise ValueError(f"{where}: {part} is not supported: {why}. tinyllm reads byte-level "
-                     "BPE tokenizers "
-                     "(GPT-2, Llama 3, Qwen2, SmolLM) and SentencePiece-style BPE as transformers converts it "
-                     "(▁ and byte_fallback: Llama 2, TinyLlama, Mistral v0.1)")
+    raise ValueError(f"{where}: {part} is not supported: {why}. tinyllm reads byte-level BPE "
+                     "tokenizers (GPT-2, Llama 3, Qwen2, SmolLM) and SentencePiece-style BPE as "
+                     "transformers converts it (▁ and byte_fallback: Llama 2, TinyLlama, Mistral "
+                     "v0.1)")
 
 
 def _split_patterns(pre, where: str) -> list[str]:
@@ -179,7 +181,8 @@ class HFBPETokenizer(BPETokenizer):
                              "initial_alphabet=ByteLevel.alphabet()")
         pairs = [(_token_bytes(left, where), _token_bytes(right, where))
                  for left, right in _merge_pairs(model.get("merges", []), where)]
-        internal, pair_ranks = merge_table([bytes((b,)) for b in range(256)], pairs, file_ids, where)
+        internal, pair_ranks = merge_table([bytes((b,)) for b in range(256)], pairs, file_ids,
+                                           where)
         added = {}
         for entry in data.get("added_tokens", []):
             if entry.get("lstrip") or entry.get("rstrip") or entry.get("single_word"):
@@ -224,7 +227,8 @@ class HFBPETokenizer(BPETokenizer):
         write_text_atomically(path, json.dumps(self._data, ensure_ascii=False, indent=2) + "\n")
 
     def __repr__(self) -> str:
-        return f"HFBPETokenizer(vocab_size={self.vocab_size}, added_tokens={len(self._special_tokens)})"
+        return (f"HFBPETokenizer(vocab_size={self.vocab_size}, "
+                f"added_tokens={len(self._special_tokens)})")
 
     def encode_ordinary(self, text: str) -> list[int]:
         if self._normalize is not None and isinstance(text, str):
@@ -280,7 +284,8 @@ def hf_tokenizer_json(bpe: BPETokenizer) -> dict:
 
     vocab = {encode_token(bpe.token_to_bytes(i)): i for i in range(bpe.vocab_size) if i not in
              bpe.special_tokens.values()}
-    merges = [[encode_token(bpe.token_to_bytes(a)), encode_token(bpe.token_to_bytes(b))] for a, b in bpe.merges]
+    merges = [[encode_token(bpe.token_to_bytes(a)), encode_token(bpe.token_to_bytes(b))]
+              for a, b in bpe.merges]
     steps = [{"type": "Split", "pattern": {"Regex": bpe.pattern}, "behavior": "Isolated",
               "invert": False}] \
         if bpe.pattern else []
@@ -298,8 +303,8 @@ def hf_tokenizer_json(bpe: BPETokenizer) -> dict:
                         "use_regex": True},
             "model": {"type": "BPE", "dropout": None, "unk_token": None,
                       "continuing_subword_prefix": None,
-                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": vocab, "merges": merges}}
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": False, "vocab": vocab, "merges": merges}}
 
 
 __all__ = ["HFBPETokenizer", "hf_tokenizer_json", "is_hf_tokenizer_json", "load_hf_tokenizer",

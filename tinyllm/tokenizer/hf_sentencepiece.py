@@ -16,14 +16,17 @@ differ from byte-level BPE (``hf_json.py``) in three ways:
 The file says so like this (both variants ``transformers`` writes are read):
 
     "normalizer":    {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
-                      {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},  "pre_tokenizer": null
-    or "normalizer": null, "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "split": false, ...}
+                      {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+                      "pre_tokenizer": null
+    or "normalizer": null, "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "split":
+    false, ...}
     "model":         {"type": "BPE", "byte_fallback": true, "unk_token": "<unk>",
-                      "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x00>": 3, ..., "▁t": 259, ...}, "merges": [...]}
+                      "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x00>": 3, ..., "▁t": 259, ...},
+                      "merges": [...]}
 
-Added tokens (``<s>``, ``</s>``, chat markers) are cut out first and each piece of text between them is
-encoded on its own, with its own leading ``▁`` (``Metaspace``: unless it starts with a space already), as
-``tokenizers`` does.
+Added tokens (``<s>``, ``</s>``, chat markers) are cut out first and each piece of text between them
+is encoded on its own, with its own leading ``▁`` (``Metaspace``: unless it starts with a space
+already), as ``tokenizers`` does.
 """
 
 from __future__ import annotations
@@ -70,14 +73,16 @@ class SentencePieceBPETokenizer(BPETokenizer):
 
     def __init__(self, data: dict, where: str = "tokenizer.json"):
         model = data.get("model") or {}
-        if model.get("type") != "BPE" or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        if (model.get("type") != "BPE" or model.get("continuing_subword_prefix")
+                or model.get("end_of_word_suffix")):
             _refuse(where, f"model {model.get('type')!r}", "only plain BPE models are")
         self._always_prepend = _check_pipeline(data, where)
         vocab = model.get("vocab")
         if not isinstance(vocab, dict):
             raise ValueError(f"{where}: model.vocab must be an object of token → id")
         self._data, self._where, self._file_ids = data, where, dict(vocab)
-        self._byte_ids = [vocab.get(f"<0x{b:02X}>") for b in range(256)] if model.get("byte_fallback") else None
+        self._byte_ids = [vocab.get(f"<0x{b:02X}>")
+                          for b in range(256)] if model.get("byte_fallback") else None
         self._unk = vocab.get(model.get("unk_token")) if model.get("unk_token") else None
         if self._byte_ids is not None and None in self._byte_ids:
             raise ValueError(f"{where}: byte_fallback is on but the vocabulary lacks "
@@ -88,7 +93,8 @@ class SentencePieceBPETokenizer(BPETokenizer):
         internal, pair_ranks = merge_table(base, _merge_pairs(model.get("merges", []), where),
                                            vocab, where)
         self._char_ids = {piece: i for i, piece in enumerate(base) if len(piece) == 1}
-        self._byte_internal = [base.index(f"<0x{b:02X}>") for b in range(256)] if self._byte_ids else None
+        self._byte_internal = [base.index(f"<0x{b:02X}>")
+                               for b in range(256)] if self._byte_ids else None
         self._internal_to_file = [vocab[piece] for piece in internal]
         self._pair_ranks, self._merges, self._pattern = pair_ranks, None, None
         self._split = lambda text: [text] if text else []
@@ -116,7 +122,8 @@ class SentencePieceBPETokenizer(BPETokenizer):
         HFBPETokenizer.save(self, path)                       # the file as read
 
     def __repr__(self) -> str:
-        return f"SentencePieceBPETokenizer(vocab_size={self.vocab_size}, added_tokens={len(self._special_tokens)})"
+        return (f"SentencePieceBPETokenizer(vocab_size={self.vocab_size}, "
+                f"added_tokens={len(self._special_tokens)})")
 
     def encode_ordinary(self, text: str) -> list[int]:
         if isinstance(text, str) and text:

@@ -6,17 +6,20 @@ start of the next, and lets the encoder cache each distinct chunk's ids.
 
 Two published patterns have names:
 
-``"gpt2"``  OpenAI GPT-2 (2019). Chunks are an optional space plus a run of letters, or of digits, or of
-            other symbols; English contractions ('s 't 're 've 'm 'll 'd) are their own chunks; a run of
-            spaces gives all but its last space to a chunk of its own, so " world" keeps its space.
+``"gpt2"``  OpenAI GPT-2 (2019). Chunks are an optional space plus a run of letters, or of digits,
+or of
+            other symbols; English contractions ('s 't 're 've 'm 'll 'd) are their own chunks; a
+            run of spaces gives all but its last space to a chunk of its own, so " world" keeps its
+            space.
 ``"gpt4"``  OpenAI cl100k_base (GPT-3.5/GPT-4). Like GPT-2, but contractions are case-insensitive,
             a letter run may start with any one non-letter, non-digit character (not just a space),
-            numbers are cut into groups of at most three digits, and newlines form chunks of their own.
+            numbers are cut into groups of at most three digits, and newlines form chunks of their
+            own.
 
-A pattern may also be any other regex string (the third-party ``regex`` module's syntax, so ``\\p{L}``
-works), or ``None`` for no split at all: the whole text is one chunk, the textbook BPE. Text that a
-custom pattern does not match is not dropped: each gap between matches becomes a chunk of its own, so
-every string still round-trips.
+A pattern may also be any other regex string (the third-party ``regex`` module's syntax, so
+``\\p{L}`` works), or ``None`` for no split at all: the whole text is one chunk, the textbook BPE.
+Text that a custom pattern does not match is not dropped: each gap between matches becomes a chunk
+of its own, so every string still round-trips.
 """
 
 from __future__ import annotations

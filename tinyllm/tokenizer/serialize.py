@@ -48,7 +48,8 @@ def read_tokenizer_json(path: str | os.PathLike) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(
-            f"tokenizer file '{path}' is not valid JSON, is it truncated? line {e.lineno}, column {e.colno}: {e.msg}"
+            f"tokenizer file '{path}' is not valid JSON, is it truncated? line {e.lineno}, column "
+            f"{e.colno}: {e.msg}"
         ) from None
     if not isinstance(data, dict) or "format" not in data:
         raise ValueError(f"tokenizer file '{path}' has no \"format\" field; it is not a "
@@ -63,7 +64,8 @@ def check_format(data: dict, path, name: str, version: int) -> None:
                          f"expected {name!r}")
     if data.get("version") != version:
         raise ValueError(
-            f"tokenizer file '{path}' is {name} version {data.get('version')!r}; this tinyllm reads version {version}"
+            f"tokenizer file '{path}' is {name} version {data.get('version')!r}; this tinyllm "
+            f"reads version {version}"
         )
 
 

@@ -58,7 +58,7 @@ _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700,
                (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 
 
-# ---------------------------------------------------------------------------------------------- text → words
+# ------------------------------------------------------------------------------------ text → words
 
 def is_cjk(char: str) -> bool:
     """A CJK Unified Ideograph (BERT's definition: Han characters,
@@ -139,7 +139,7 @@ def word_pieces(word: str, vocab: dict[str, int],
     return pieces
 
 
-# ---------------------------------------------------------------------------------------------- the tokenizer
+# ------------------------------------------------------------------------------------ the tokenizer
 
 def check_vocab(tokens: list[str], where: str) -> dict[str, int]:
     """token → id,
@@ -266,7 +266,7 @@ class WordPieceTokenizer:
             tokens = [t for t in tokens if t not in self.special_tokens]
         return " ".join(tokens).replace(" " + PREFIX, "")
 
-    # ------------------------------------------------------------------ files
+    # -------------------------------------------------------- files
 
     def save_vocab(self, path) -> None:
         """Write BERT's ``vocab.txt``: one token per line, in id order."""

@@ -26,7 +26,8 @@ gives 1.87 characters per token ("when" → wh ##e ##n), ``min_frequency=5`` (th
 the count criterion 3.24 (``criterion="count"``).
 
 Counts are kept per distinct word with its frequency and updated only for the words that contain the
-merged pair, so a merge costs a pass over the pair counts for the best score plus the affected words.
+merged pair, so a merge costs a pass over the pair counts for the best score plus the affected
+words.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-from .wordpiece import MAX_INPUT_CHARS_PER_WORD, PREFIX, SPECIAL_TOKENS, WordPieceTokenizer, normalize, pre_tokenize
+from .wordpiece import (MAX_INPUT_CHARS_PER_WORD, PREFIX, SPECIAL_TOKENS, WordPieceTokenizer,
+                        normalize, pre_tokenize)
 
 
 def _spell(word: str) -> list[str]:
