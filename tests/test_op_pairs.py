@@ -10,8 +10,15 @@ import pytest
 from tinyllm import backend, default_dtype
 from tinyllm.autograd import Tensor, fused_op
 from tinyllm.backend import to_numpy
+from tinyllm import lora
+from tinyllm.finetune import classify
 from tinyllm.functional import attention, dense, gelu_erf, int8, losses, norms, rope
-from tinyllm.functional.moe import check_expert_top_k, moe_experts_backward, moe_experts_forward
+from tinyllm.functional.moe import (check_expert_top_k, load_balancing_loss,
+                                    load_balancing_loss_backward, load_balancing_loss_forward,
+                                    moe_experts_backward, moe_experts_forward, router_weights,
+                                    router_weights_backward, router_weights_forward, top_k_experts)
+from tinyllm.quantize import Int8Weight
+from tinyllm.rl import kl, logprobs
 from tinyllm.testing import gradcheck
 
 TOLERANCE = 1e-6
@@ -246,3 +253,105 @@ def test_row_blocks_cover_every_row_once_with_at_most_row_block_weights(monkeypa
     blocks = int8.row_blocks(7, 3)                               # 3 rows of 3 weights per block
     assert blocks == [(0, 3), (3, 6), (6, 7)]
     assert int8.row_blocks(2, 50) == [(0, 1), (1, 2)]            # a row wider than a block: one row each
+
+
+# ------------------------------------------------------- the Tensor ops and the pairs they run
+
+def check_op_runs_its_pair(op, inputs, forward, backward, pair_args, needs):
+    """The Tensor op ``op(*inputs)`` against finite differences, then its raw pair run by hand,
+    ``forward(*pair_args)`` and ``backward(dout, cache, needs)``, giving the op's output and the
+    gradients the op left on the inputs that require grad (in order; the pair's Nones skipped)."""
+    error = gradcheck(op, inputs, seed=3)
+    assert error < TOLERANCE, f"{forward.__name__}: relative gradient error {error:.3g}"
+    tensors = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
+    for t in tensors:
+        t.grad = None
+    out = op(*inputs)
+    dout = backend.asarray(R.standard_normal(out.shape))
+    out.backward(dout.copy())
+    raw_out, cache = forward(*pair_args)
+    np.testing.assert_array_equal(to_numpy(raw_out), out.numpy())
+    grads = [g for g in backward(dout, cache, needs) if g is not None]
+    assert len(grads) == len(tensors), f"{backward.__name__}: {len(grads)} gradients"
+    for g, t in zip(grads, tensors):
+        np.testing.assert_allclose(to_numpy(g), to_numpy(t.grad), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_and_log_softmax_run_their_pairs(axis):
+    x = leaf(2 * R.standard_normal((3, 5)))
+    check_op_runs_its_pair(lambda x: losses.softmax(x, axis), [x], losses.softmax_forward,
+                           losses.softmax_backward, (x.data, axis), (True,))
+    check_op_runs_its_pair(lambda x: losses.log_softmax(x, axis), [x], losses.log_softmax_forward,
+                           losses.log_softmax_backward, (x.data, axis), (True,))
+
+
+@pytest.mark.parametrize("positions", [np.array([0, 3, 1]), np.array([[0, 1, 2], [4, 5, 6]])],
+                         ids=["shared", "per_row"])
+def test_rotary_embedding_runs_its_pair(positions):
+    x = leaf(R.standard_normal((2, 2, 3, 4)))
+    cos, sin = rope.rope_cos_sin(positions, 4, dtype=np.float64)
+    check_op_runs_its_pair(lambda x: rope.rotary_embedding(x, positions), [x],
+                           rope.rotary_embedding_forward, rope.rotary_embedding_backward,
+                           (x.data, cos, sin), (True,))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_router_weights_and_load_balancing_loss_run_their_pairs(normalize):
+    logits = R.standard_normal((2, 3, 4))                          # (N..., E)
+    probs = leaf(np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True))
+    indices = top_k_experts(probs.data, 2)
+    check_op_runs_its_pair(lambda p: router_weights(p, indices, normalize), [probs],
+                           router_weights_forward, router_weights_backward,
+                           (probs.data, indices, normalize), (True, False))
+    check_op_runs_its_pair(lambda p: load_balancing_loss(p, indices), [probs],
+                           load_balancing_loss_forward, load_balancing_loss_backward,
+                           (probs.data, indices), (True, False))
+
+
+def test_last_token_states_runs_its_pair():
+    hidden = leaf(R.standard_normal((3, 4, 2)))
+    lengths = backend.asarray(np.array([4, 1, 2]))
+    check_op_runs_its_pair(lambda h: classify.last_token_states(h, lengths), [hidden],
+                           classify.last_token_states_forward, classify.last_token_states_backward,
+                           (hidden.data, lengths), (True, False))
+
+
+def test_rl_ops_run_their_pairs():
+    logp, ref_logp = leaf(-R.random((3, 4))), leaf(-R.random(4))    # ref_logp broadcast over rows
+    check_op_runs_its_pair(kl.kl_k3, [logp, ref_logp], kl.kl_k3_forward, kl.kl_k3_backward,
+                           (logp.data, ref_logp.data), (True, True))
+    z = leaf(2 * R.standard_normal((2, 3, 5)))
+    check_op_runs_its_pair(logprobs.token_entropy, [z], logprobs.token_entropy_forward,
+                           logprobs.token_entropy_backward, (z.data,), (True,))
+    x = leaf(np.array([-40.0, -3.0, -0.5, 0.0, 0.7, 5.0, 40.0]))
+    check_op_runs_its_pair(logprobs.log_sigmoid, [x], logprobs.log_sigmoid_forward,
+                           logprobs.log_sigmoid_backward, (x.data,), (True,))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3], ids=["no_mask", "dropout_mask"])
+def test_lora_linear_runs_its_pair(dropout):
+    """A full finetune's view (W and b train too), with and without the adapter's dropout mask."""
+    x, w, b = leaf(R.standard_normal((2, 3, 4))), leaf(R.standard_normal((5, 4))), leaf(R.standard_normal(5))
+    lora_a, lora_b = leaf(R.standard_normal((2, 4))), leaf(R.standard_normal((5, 2)))
+    training = dropout > 0
+
+    def op(x, w, b, lora_a, lora_b):      # the same mask at every call: a fresh generator each time
+        return lora.lora_linear(x, w, b, lora_a, lora_b, 2.0, dropout, training, backend.rng(7))
+
+    mask = dense.dropout_mask((6, 4), dropout, np.float64, backend.rng(7)) if training else None
+    check_op_runs_its_pair(op, [x, w, b, lora_a, lora_b], lora.lora_linear_forward,
+                           lora.lora_linear_backward,
+                           (x.data, w.data, b.data, lora_a.data, lora_b.data, 2.0, mask),
+                           (True,) * 5)
+
+
+def test_lora_linear_on_an_int8_weight_runs_its_pair():
+    weight = Int8Weight.of(Tensor(backend.asarray(R.standard_normal((5, 4)))))
+    x, b = leaf(R.standard_normal((3, 4))), leaf(R.standard_normal(5))
+    lora_a, lora_b = leaf(R.standard_normal((2, 4))), leaf(R.standard_normal((5, 2)))
+    check_op_runs_its_pair(lambda x, b, a, bb: lora.lora_linear(x, weight, b, a, bb, 0.5),
+                           [x, b, lora_a, lora_b], lora.lora_linear_forward,
+                           lora.lora_linear_backward,
+                           (x.data, weight.int8.data, b.data, lora_a.data, lora_b.data, 0.5, None,
+                            weight.scale.data), (True, False, True, True, True))

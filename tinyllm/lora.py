@@ -28,7 +28,7 @@ import numbers
 from pathlib import Path
 
 from . import backend
-from .autograd import Tensor
+from .autograd import Tensor, fused_op
 from .functional.dense import dropout_mask
 from .functional.int8 import int8_linear_backward, int8_linear_forward
 from .files import atomic_write_json, read_json
@@ -41,75 +41,92 @@ DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.gate", "mlp.up", "mlp
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 
 
-# ---------------------------------------------------------------------------------------------- the fused op
+# ------------------------------------------------------------------------------------- the fused op
 
-def lora_linear(x: Tensor, weight: Tensor | Int8Weight, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor,
-                scale: float, dropout: float = 0.0, training: bool = False, generator=None) -> Tensor:
-    """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = dropout(x) on the adapter's path only (as in PEFT).
+def lora_linear_forward(x, w, b, lora_a, lora_b, scale: float, mask=None, w_scale=None):
+    """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = x ⊙ M (the adapter's dropout mask M, or x itself when
+    ``mask`` is None). x (..., in), w (out, in), b (out,) or None, A (r, in), B (out, r), s =
+    ``scale``; y (..., out). With ``w_scale`` (out,), w is int8 q and W = q · s_w row by row
+    (``functional.int8``)."""
+    x2d = x.reshape(-1, x.shape[-1])                         # X (N, in)
+    x_adapter = x2d if mask is None else x2d * mask          # x̃ = X ⊙ M
+    u = x_adapter @ lora_a.T                                 # u = x̃ Aᵀ          (N, r)
+    base_cache = None
+    if w_scale is None:
+        y = x2d @ w.T                                        # X Wᵀ              (N, out)
+    else:
+        y, base_cache = int8_linear_forward(x2d, w, w_scale, None)   # X (q · s_w)ᵀ
+    y += (u @ lora_b.T) * x2d.dtype.type(scale)              # + s · u Bᵀ        (N, out)
+    if b is not None:
+        y += b                                               # + b
+    cache = (x2d, x.shape, w, base_cache, lora_a, lora_b, scale, mask, x_adapter, u)
+    return y.reshape(*x.shape[:-1], w.shape[0]), cache
 
-    Shapes: x (..., in), W (out, in), b (out,), A (r, in), B (out, r), y (..., out).
-    With X the flattened x (N, in), M the dropout mask (x̃ = X ⊙ M; M = 1 without dropout), u = x̃ Aᵀ (N, r)
-    and dY (N, out), the chain rule through each product gives
-        dB = s · dYᵀ u                  (out, N) @ (N, r)      from  y ∋ s · u Bᵀ
+
+def lora_linear_backward(dy, cache, needs=(True, False, False, True, True)):
+    """One gradient per input (x, W, b, A, B), the chain rule through each product (dY (N, out)):
+        dB = s · dYᵀ u                  (out, N) @ (N, r)
         du = s · dY B                   (N, out) @ (out, r)
-        dA = duᵀ x̃                      (r, N) @ (N, in)       from  u = x̃ Aᵀ
+        dA = duᵀ x̃                      (r, N) @ (N, in)
         dX = dY W + (du A) ⊙ M          (N, out) @ (out, in) + (N, r) @ (r, in)
         dW = dYᵀ X,  db = Σ_n dY[n]     only if W / b require grad — in LoRA they are frozen, so the
-                                        (out × N) @ (N × in) product of a full finetune is skipped.
-    Saves u (N × r: small) and the dropout mask if any; x, W, A, B are inputs it keeps anyway.
+                                        (out × N) @ (N × in) product of a full finetune is skipped."""
+    x2d, x_shape, w, base_cache, lora_a, lora_b, scale, mask, x_adapter, u = cache
+    dy2d = dy.reshape(-1, w.shape[0])                        # dY (N, out)
+    s = dy2d.dtype.type(scale)
+    dB = (dy2d.T @ u) * s if needs[4] else None              # undoes y += s · u Bᵀ  (out, r)
+    du = (dy2d @ lora_b) * s                                 # undoes y += s · u Bᵀ  (N, r)
+    dA = du.T @ x_adapter if needs[3] else None              # undoes u = x̃ Aᵀ       (r, in)
+    dx = None
+    if needs[0]:
+        dx_adapter = du @ lora_a                             # undoes u = x̃ Aᵀ       (N, in)
+        if mask is not None:
+            dx_adapter *= mask                               # undoes x̃ = X ⊙ M
+        if base_cache is None:
+            dx_base = dy2d @ w                               # undoes y = X Wᵀ: dY W
+        else:
+            dx_base = int8_linear_backward(dy2d, base_cache, (True, False, False, False))[0]
+        dx = (dx_base + dx_adapter).reshape(x_shape)
+    dW = dy2d.T @ x2d if needs[1] else None                  # undoes y = X Wᵀ: dYᵀ X
+    db = dy2d.sum(axis=0) if needs[2] else None              # undoes y += b
+    return dx, dW, db, dA, dB
 
-    ``weight`` may be an ``Int8Weight`` (QLoRA-style, Dettmers et al. 2023: a frozen int8 base, float
-    adapters): X Wᵀ and dY W then come from the int8 rows (``functional.int8``), and W never gets a gradient.
+
+def lora_linear(x: Tensor, weight: Tensor | Int8Weight, bias: Tensor | None, lora_a: Tensor,
+                lora_b: Tensor, scale: float, dropout: float = 0.0, training: bool = False,
+                generator=None) -> Tensor:
+    """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = dropout(x) on the adapter's path only (as in PEFT)
+    (``lora_linear_forward``). Shapes: x (..., in), W (out, in), b (out,), A (r, in), B (out, r),
+    y (..., out). Saves u = x̃ Aᵀ (N × r: small) and the dropout mask if any; x, W, A, B are inputs
+    it keeps anyway.
+
+    ``weight`` may be an ``Int8Weight`` (QLoRA-style, Dettmers et al. 2023: a frozen int8 base,
+    float adapters): X Wᵀ and dY W then come from the int8 rows (``functional.int8``), and W never
+    gets a gradient.
     """
     c_out, c_in = weight.shape
     rank = lora_a.shape[0]
     if x.shape[-1] != c_in:
-        raise ValueError(f"lora_linear: input of shape {x.shape} has {x.shape[-1]} features but the weight {weight.shape} expects {c_in}")
+        raise ValueError(f"lora_linear: input of shape {x.shape} has {x.shape[-1]} features but "
+                         f"the weight {weight.shape} expects {c_in}")
     if lora_a.shape != (rank, c_in) or lora_b.shape != (c_out, rank):
-        raise ValueError(f"lora_linear: A {lora_a.shape} and B {lora_b.shape} must be ({rank}, {c_in}) and ({c_out}, {rank}) "
-                         f"for a weight of shape {weight.shape}")
+        raise ValueError(f"lora_linear: A {lora_a.shape} and B {lora_b.shape} must be ({rank}, "
+                         f"{c_in}) and ({c_out}, {rank}) for a weight of shape {weight.shape}")
     if bias is not None and bias.shape != (c_out,):
-        raise ValueError(f"lora_linear: bias of shape {bias.shape} does not match the weight's {c_out} outputs")
+        raise ValueError(f"lora_linear: bias of shape {bias.shape} does not match the weight's "
+                         f"{c_out} outputs")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"lora_linear: dropout must be in [0, 1), got {dropout}")
-    x2d = x.data.reshape(-1, c_in)                            # (N, in)
     mask = None
-    x_adapter = x2d
     if training and dropout > 0.0:
         generator = generator if generator is not None else backend.global_rng()
-        mask = dropout_mask(x2d.shape, dropout, x2d.dtype, generator)
-        x_adapter = x2d * mask
-    u = x_adapter @ lora_a.data.T                             # (N, r)
+        mask = dropout_mask((x.size // c_in, c_in), dropout, x.dtype, generator)
     quantized = isinstance(weight, Int8Weight)
-    if quantized:
-        y, base_cache = int8_linear_forward(x2d, weight.int8.data, weight.scale.data, None)   # (N, out)
-    else:
-        y = x2d @ weight.data.T                               # (N, out)
-    y += (u @ lora_b.data.T) * x2d.dtype.type(scale)          # (N, out)
-    if bias is not None:
-        y += bias.data
-
-    def backward(dy):
-        dy2d = dy.reshape(-1, c_out)                          # (N, out)
-        s = dy2d.dtype.type(scale)
-        dB = (dy2d.T @ u) * s if lora_b.requires_grad else None          # (out, r)
-        du = (dy2d @ lora_b.data) * s                                     # (N, r)
-        dA = du.T @ x_adapter if lora_a.requires_grad else None          # (r, in)
-        dx = None
-        if x.requires_grad:
-            dx_adapter = du @ lora_a.data                                 # (N, in)
-            if mask is not None:
-                dx_adapter *= mask
-            dx_base = (int8_linear_backward(dy2d, base_cache, (True, False, False, False))[0] if quantized
-                       else dy2d @ weight.data)                           # dY W
-            dx = (dx_base + dx_adapter).reshape(x.shape)
-        dW = dy2d.T @ x2d if base.requires_grad else None
-        db = dy2d.sum(axis=0) if bias is not None and bias.requires_grad else None
-        return (dx, dW, dA, dB) if bias is None else (dx, dW, dA, dB, db)
-
-    base = weight.int8 if quantized else weight               # the graph's parent for W (frozen when int8)
-    parents = (x, base, lora_a, lora_b) if bias is None else (x, base, lora_a, lora_b, bias)
-    return Tensor._make(y.reshape(*x.shape[:-1], c_out), parents, backward)
+    base = weight.int8 if quantized else weight     # the graph's input for W (frozen when int8)
+    y, cache = lora_linear_forward(x.data, base.data, None if bias is None else bias.data,
+                                   lora_a.data, lora_b.data, scale, mask,
+                                   weight.scale.data if quantized else None)
+    return fused_op(lora_linear_backward, y, cache, x, base, bias, lora_a, lora_b)
 
 
 # ---------------------------------------------------------------------------------------------- the layer

@@ -20,37 +20,45 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..autograd import Tensor, no_grad
+from ..autograd import Tensor, fused_op, no_grad
 from ..model import GPT, GPTConfig
 from ..nn import Linear
 
 
-def last_token_states(hidden: Tensor, lengths) -> Tensor:
+def last_token_states_forward(hidden, lengths):
     """out[b] = hidden[b, lengths[b] - 1]: the hidden state of each row's last real token.
-
-    Shapes: hidden (B, T, C), lengths (B,) integers in 1…T, out (B, C).
-    A gather: each output row is a copy of one input row, so dhidden is zero everywhere except at
-    (b, lengths[b] - 1), where it is dout[b]. Each (b, t) is picked at most once, so the scatter is a plain
-    assignment (no add.at). Saves only the positions.
-    """
-    xp = backend.xp
-    if hidden.ndim != 3:
-        raise ValueError(f"last_token_states: hidden must be (batch, time, channels), got shape {hidden.shape}")
-    batch, time, _ = hidden.shape
-    lengths = xp.asarray(getattr(lengths, "data", lengths))
-    if lengths.shape != (batch,) or lengths.dtype.kind not in "iu":
-        raise ValueError(f"last_token_states: lengths must be {batch} integers (one per row), got {lengths.dtype} of shape {lengths.shape}")
-    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > time):
-        raise ValueError(f"last_token_states: every length must be in 1…{time}, got {backend.to_numpy(lengths).tolist()}")
-    rows = xp.arange(batch)
+    hidden (B, T, C), lengths (B,) integers in 1…T, out (B, C)."""
+    rows = backend.xp.arange(hidden.shape[0])
     positions = lengths - 1                                   # (B,)
+    return hidden[rows, positions], (hidden.shape, rows, positions)
 
-    def backward(dout):                                       # dout (B, C)
-        dhidden = xp.zeros(hidden.shape, dtype=dout.dtype)    # (B, T, C)
-        dhidden[rows, positions] = dout
-        return (dhidden,)
 
-    return Tensor._make(hidden.data[rows, positions], (hidden,), backward)
+def last_token_states_backward(dout, cache, needs=(True, False)):
+    """A gather: each output row is a copy of one input row, so dhidden is zero everywhere except
+    at (b, lengths[b] - 1), where it is dout[b]. Each (b, t) is picked at most once, so the scatter
+    is a plain assignment (no add.at). The lengths get no gradient."""
+    hidden_shape, rows, positions = cache
+    dhidden = backend.xp.zeros(hidden_shape, dtype=dout.dtype)   # (B, T, C)
+    dhidden[rows, positions] = dout                              # undoes out[b] = hidden[b, t_b]
+    return dhidden, None
+
+
+def last_token_states(hidden: Tensor, lengths) -> Tensor:
+    """Each row's last real hidden state (``last_token_states_forward``); saves only the
+    positions."""
+    if hidden.ndim != 3:
+        raise ValueError("last_token_states: hidden must be (batch, time, channels), got shape "
+                         f"{hidden.shape}")
+    batch, time, _ = hidden.shape
+    lengths = backend.xp.asarray(getattr(lengths, "data", lengths))
+    if lengths.shape != (batch,) or lengths.dtype.kind not in "iu":
+        raise ValueError(f"last_token_states: lengths must be {batch} integers (one per row), got "
+                         f"{lengths.dtype} of shape {lengths.shape}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > time):
+        raise ValueError(f"last_token_states: every length must be in 1…{time}, got "
+                         f"{backend.to_numpy(lengths).tolist()}")
+    out, cache = last_token_states_forward(hidden.data, lengths)
+    return fused_op(last_token_states_backward, out, cache, hidden, lengths)
 
 
 class GPTClassifier(GPT):

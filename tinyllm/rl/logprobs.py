@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, fused_op
 
 
 # ---------------------------------------------------------------------------------------------- fused ops
@@ -50,39 +50,52 @@ def gather_log_probs(logits: Tensor, targets, ignore_index: int = -100) -> Tenso
     return -F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
 
 
-def token_entropy(logits: Tensor) -> Tensor:
-    """H_n = −Σ_v p_{n,v} log p_{n,v} of softmax(z_n): how spread out each next-token distribution is.
+def token_entropy_forward(z):
+    """H_n = −Σ_v p_{n,v} log p_{n,v} of p_n = softmax(z_n): z (..., V) → H (...)."""
+    xp = backend.xp
+    log_p = z - z.max(axis=-1, keepdims=True)
+    log_p -= xp.log(xp.exp(log_p).sum(axis=-1, keepdims=True))   # l = log p = z − logsumexp(z)
+    p = xp.exp(log_p)
+    entropy = -(p * log_p).sum(axis=-1)                          # H = −Σ_v p_v l_v   (...)
+    return entropy, (p, log_p, entropy)
 
-    Shapes: logits (..., V) → (...).  With l = log p = z − logsumexp(z) and H = −Σ_v p_v l_v:
+
+def token_entropy_backward(g, cache, needs=(True,)):
+    """With dp_v/dz_j = p_v (δ_vj − p_j) and dl_v/dz_j = δ_vj − p_j:
         dH/dz_j = −Σ_v (dp_v/dz_j · l_v + p_v · dl_v/dz_j)
                 = −Σ_v p_v (δ_vj − p_j) l_v − Σ_v p_v (δ_vj − p_j)
-                = −p_j l_j + p_j Σ_v p_v l_v − (p_j − p_j)  =  −p_j (l_j + H).
-    Saves p and log p (two arrays of the logits' size).
-    """
+                = −p_j l_j + p_j Σ_v p_v l_v − (p_j − p_j)  =  −p_j (l_j + H)."""
+    p, log_p, entropy = cache
+    return (-(g[..., None] * p) * (log_p + entropy[..., None]),)   # undoes H = −Σ_v p_v l_v
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """How spread out each next-token distribution is (``token_entropy_forward``): logits (..., V)
+    → (...). Saves p and log p (two arrays of the logits' size)."""
+    entropy, cache = token_entropy_forward(logits.data)
+    return fused_op(token_entropy_backward, entropy, cache, logits)
+
+
+def log_sigmoid_forward(x):
+    """log σ(x) = −log(1 + e^(−x)), written as min(x, 0) − log(1 + e^(−|x|)) so that no exp
+    overflows and a large negative x gives ≈ x instead of log(0) = −inf."""
     xp = backend.xp
-    z = logits.data
-    log_p = z - z.max(axis=-1, keepdims=True)
-    log_p -= xp.log(xp.exp(log_p).sum(axis=-1, keepdims=True))
-    p = xp.exp(log_p)
-    entropy = -(p * log_p).sum(axis=-1)                       # (...)
+    e = xp.exp(-xp.abs(x))                                   # in (0, 1]
+    out = xp.minimum(x, 0) - xp.log1p(e)
+    sigma_neg = xp.where(x >= 0, e / (1 + e), 1 / (1 + e))   # σ(−x), stable on both sides
+    return out, sigma_neg
 
-    def backward(g):
-        return (-(g[..., None] * p) * (log_p + entropy[..., None]),)
 
-    return Tensor._make(entropy, (logits,), backward)
+def log_sigmoid_backward(g, sigma_neg, needs=(True,)):
+    """d/dx log σ(x) = 1 − σ(x) = σ(−x)."""
+    return (g * sigma_neg,)                                  # undoes out = log σ(x)
 
 
 def log_sigmoid(x: Tensor) -> Tensor:
-    """log σ(x) = −log(1 + e^(−x)), written as min(x, 0) − log(1 + e^(−|x|)) so that no exp overflows and
-    a large negative x gives ≈ x instead of log(0) = −inf.  d/dx log σ(x) = 1 − σ(x) = σ(−x).
-    It is the log-probability of the binary event "chosen beats rejected" under Bradley-Terry.
-    Saves σ(−x) (x's size)."""
-    xp = backend.xp
-    a = x.data
-    e = xp.exp(-xp.abs(a))                                    # in (0, 1]
-    out = xp.minimum(a, 0) - xp.log1p(e)
-    sigma_neg = xp.where(a >= 0, e / (1 + e), 1 / (1 + e))   # σ(−x), stable on both sides
-    return Tensor._make(out, (x,), lambda g: (g * sigma_neg,))
+    """log σ(x) (``log_sigmoid_forward``): the log-probability of the binary event "chosen beats
+    rejected" under Bradley-Terry. Saves σ(−x) (x's size)."""
+    out, sigma_neg = log_sigmoid_forward(x.data)
+    return fused_op(log_sigmoid_backward, out, sigma_neg, x)
 
 
 def masked_mean(x: Tensor, mask, axis=None) -> Tensor:
