@@ -7,18 +7,19 @@ A frozen linear layer y = x Wᵀ + b (W is out × in) gets a trainable detour of
     x (N, in) ──Wᵀ──────────────────────────────► (N, out) ──+──► y
         └─────Aᵀ──► u (N, r) ──Bᵀ──► (N, out) ──× s─────────┘
 
-Only A and B learn: r·(in + out) numbers per layer instead of in·out, so AdamW keeps two moments for a few
-percent of the model, and an adapter file is a few hundred KB. B starts at zero, so a fresh LoRA model computes
-exactly what the base model computes, and training moves it away from there. A starts Kaiming-uniform, as
-in Microsoft's ``loralib`` and Hugging Face's PEFT: U(−1/√in, 1/√in) (``kaiming_uniform_(a=√5)`` on an
-(r × in) matrix), so u = x Aᵀ has roughly the scale of x. s = alpha / r keeps the size of the update roughly
-independent of r, so a learning rate tuned for one rank works for others.
+Only A and B learn: r·(in + out) numbers per layer instead of in·out, so AdamW keeps two moments for
+a few percent of the model, and an adapter file is a few hundred KB. B starts at zero, so a fresh
+LoRA model computes exactly what the base model computes, and training moves it away from there. A
+starts Kaiming-uniform, as in Microsoft's ``loralib`` and Hugging Face's PEFT: U(−1/√in, 1/√in)
+(``kaiming_uniform_(a=√5)`` on an (r × in) matrix), so u = x Aᵀ has roughly the scale of x.
+s = alpha / r keeps the size of the update roughly independent of r, so a learning rate tuned for
+one rank works for others.
 
-``apply_lora(model, ...)`` swaps matching ``Linear`` layers for ``LoRALinear`` (same ``weight`` and ``bias``
-Parameters, so the base state dict still loads by name) and freezes every other parameter;
+``apply_lora(model, ...)`` swaps matching ``Linear`` layers for ``LoRALinear`` (same ``weight`` and
+``bias`` Parameters, so the base state dict still loads by name) and freezes every other parameter;
 ``merge_lora(model)`` folds s·B A into W and puts plain ``Linear`` layers back; ``save_adapter`` /
-``load_adapter`` / ``load_pretrained_with_adapter`` keep the adapter as its own small file next to a base run
-(the same files hold prompt and prefix tuning's adapters: ``tinyllm.prompt_tuning``).
+``load_adapter`` / ``load_pretrained_with_adapter`` keep the adapter as its own small file next to a
+base run (the same files hold prompt and prefix tuning's adapters: ``tinyllm.prompt_tuning``).
 """
 
 from __future__ import annotations
@@ -28,110 +29,132 @@ import numbers
 from pathlib import Path
 
 from . import backend
-from .autograd import Tensor
+from .autograd import Tensor, fused_op
 from .functional.dense import dropout_mask
 from .functional.int8 import int8_linear_backward, int8_linear_forward
 from .files import atomic_write_json, read_json
 from .nn import Linear, Module, Parameter
 from .quantize import Int8Linear, Int8Weight, int8_layers
 
-# Every Linear of attention and of the MLP, whichever the architecture has: GPT-2's mlp.fc, Llama's SwiGLU
-# mlp.gate and mlp.up (an MoE model's experts are stacked weights, not Linear layers: attention only there).
+# Every Linear of attention and of the MLP, whichever the architecture has: GPT-2's mlp.fc, Llama's
+# SwiGLU mlp.gate and mlp.up (an MoE model's experts are stacked weights, not Linear layers:
+# attention only there).
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.gate", "mlp.up", "mlp.proj")
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 
 
-# ---------------------------------------------------------------------------------------------- the fused op
+# ------------------------------------------------------------------------------------- the fused op
 
-def lora_linear(x: Tensor, weight: Tensor | Int8Weight, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor,
-                scale: float, dropout: float = 0.0, training: bool = False, generator=None) -> Tensor:
-    """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = dropout(x) on the adapter's path only (as in PEFT).
+def lora_linear_forward(x, w, b, lora_a, lora_b, scale: float, mask=None, w_scale=None):
+    """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = x ⊙ M (the adapter's dropout mask M, or x itself
+    when ``mask`` is None). x (..., in), w (out, in), b (out,) or None, A (r, in), B (out, r),
+    s = ``scale``; y (..., out). With ``w_scale`` (out,), w is int8 q and W = q · s_w row by row
+    (``functional.int8``)."""
+    x2d = x.reshape(-1, x.shape[-1])                         # X (N, in)
+    x_adapter = x2d if mask is None else x2d * mask          # x̃ = X ⊙ M
+    u = x_adapter @ lora_a.T                                 # u = x̃ Aᵀ          (N, r)
+    base_cache = None
+    if w_scale is None:
+        y = x2d @ w.T                                        # X Wᵀ              (N, out)
+    else:
+        y, base_cache = int8_linear_forward(x2d, w, w_scale, None)   # X (q · s_w)ᵀ
+    y += (u @ lora_b.T) * x2d.dtype.type(scale)              # + s · u Bᵀ        (N, out)
+    if b is not None:
+        y += b                                               # + b
+    cache = (x2d, x.shape, w, base_cache, lora_a, lora_b, scale, mask, x_adapter, u)
+    return y.reshape(*x.shape[:-1], w.shape[0]), cache
 
-    Shapes: x (..., in), W (out, in), b (out,), A (r, in), B (out, r), y (..., out).
-    With X the flattened x (N, in), M the dropout mask (x̃ = X ⊙ M; M = 1 without dropout), u = x̃ Aᵀ (N, r)
-    and dY (N, out), the chain rule through each product gives
-        dB = s · dYᵀ u                  (out, N) @ (N, r)      from  y ∋ s · u Bᵀ
+
+def lora_linear_backward(dy, cache, needs=(True, False, False, True, True)):
+    """One gradient per input (x, W, b, A, B), the chain rule through each product (dY (N, out)):
+        dB = s · dYᵀ u                  (out, N) @ (N, r)
         du = s · dY B                   (N, out) @ (out, r)
-        dA = duᵀ x̃                      (r, N) @ (N, in)       from  u = x̃ Aᵀ
+        dA = duᵀ x̃                      (r, N) @ (N, in)
         dX = dY W + (du A) ⊙ M          (N, out) @ (out, in) + (N, r) @ (r, in)
-        dW = dYᵀ X,  db = Σ_n dY[n]     only if W / b require grad — in LoRA they are frozen, so the
-                                        (out × N) @ (N × in) product of a full finetune is skipped.
-    Saves u (N × r: small) and the dropout mask if any; x, W, A, B are inputs it keeps anyway.
+        dW = dYᵀ X,  db = Σ_n dY[n]     only if W / b require grad — in LoRA they are frozen, so
+                                        the (out × N) @ (N × in) product of a full finetune is
+                                        skipped."""
+    x2d, x_shape, w, base_cache, lora_a, lora_b, scale, mask, x_adapter, u = cache
+    dy2d = dy.reshape(-1, w.shape[0])                        # dY (N, out)
+    s = dy2d.dtype.type(scale)
+    dB = (dy2d.T @ u) * s if needs[4] else None              # undoes y += s · u Bᵀ  (out, r)
+    du = (dy2d @ lora_b) * s                                 # undoes y += s · u Bᵀ  (N, r)
+    dA = du.T @ x_adapter if needs[3] else None              # undoes u = x̃ Aᵀ       (r, in)
+    dx = None
+    if needs[0]:
+        dx_adapter = du @ lora_a                             # undoes u = x̃ Aᵀ       (N, in)
+        if mask is not None:
+            dx_adapter *= mask                               # undoes x̃ = X ⊙ M
+        if base_cache is None:
+            dx_base = dy2d @ w                               # undoes y = X Wᵀ: dY W
+        else:
+            dx_base = int8_linear_backward(dy2d, base_cache, (True, False, False, False))[0]
+        dx = (dx_base + dx_adapter).reshape(x_shape)
+    dW = dy2d.T @ x2d if needs[1] else None                  # undoes y = X Wᵀ: dYᵀ X
+    db = dy2d.sum(axis=0) if needs[2] else None              # undoes y += b
+    return dx, dW, db, dA, dB
 
-    ``weight`` may be an ``Int8Weight`` (QLoRA-style, Dettmers et al. 2023: a frozen int8 base, float
-    adapters): X Wᵀ and dY W then come from the int8 rows (``functional.int8``), and W never gets a gradient.
+
+def lora_linear(x: Tensor, weight: Tensor | Int8Weight, bias: Tensor | None, lora_a: Tensor,
+                lora_b: Tensor, scale: float, dropout: float = 0.0, training: bool = False,
+                generator=None) -> Tensor:
+    """y = x Wᵀ + b + s · (x̃ Aᵀ) Bᵀ, with x̃ = dropout(x) on the adapter's path only (as in PEFT)
+    (``lora_linear_forward``). Shapes: x (..., in), W (out, in), b (out,), A (r, in), B (out, r),
+    y (..., out). Saves u = x̃ Aᵀ (N × r: small) and the dropout mask if any; x, W, A, B are inputs
+    it keeps anyway.
+
+    ``weight`` may be an ``Int8Weight`` (QLoRA-style, Dettmers et al. 2023: a frozen int8 base,
+    float adapters): X Wᵀ and dY W then come from the int8 rows (``functional.int8``), and W never
+    gets a gradient.
     """
     c_out, c_in = weight.shape
     rank = lora_a.shape[0]
     if x.shape[-1] != c_in:
-        raise ValueError(f"lora_linear: input of shape {x.shape} has {x.shape[-1]} features but the weight {weight.shape} expects {c_in}")
+        raise ValueError(f"lora_linear: input of shape {x.shape} has {x.shape[-1]} features but "
+                         f"the weight {weight.shape} expects {c_in}")
     if lora_a.shape != (rank, c_in) or lora_b.shape != (c_out, rank):
-        raise ValueError(f"lora_linear: A {lora_a.shape} and B {lora_b.shape} must be ({rank}, {c_in}) and ({c_out}, {rank}) "
-                         f"for a weight of shape {weight.shape}")
+        raise ValueError(f"lora_linear: A {lora_a.shape} and B {lora_b.shape} must be ({rank}, "
+                         f"{c_in}) and ({c_out}, {rank}) for a weight of shape {weight.shape}")
     if bias is not None and bias.shape != (c_out,):
-        raise ValueError(f"lora_linear: bias of shape {bias.shape} does not match the weight's {c_out} outputs")
+        raise ValueError(f"lora_linear: bias of shape {bias.shape} does not match the weight's "
+                         f"{c_out} outputs")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"lora_linear: dropout must be in [0, 1), got {dropout}")
-    x2d = x.data.reshape(-1, c_in)                            # (N, in)
     mask = None
-    x_adapter = x2d
     if training and dropout > 0.0:
         generator = generator if generator is not None else backend.global_rng()
-        mask = dropout_mask(x2d.shape, dropout, x2d.dtype, generator)
-        x_adapter = x2d * mask
-    u = x_adapter @ lora_a.data.T                             # (N, r)
+        mask = dropout_mask((x.size // c_in, c_in), dropout, x.dtype, generator)
     quantized = isinstance(weight, Int8Weight)
-    if quantized:
-        y, base_cache = int8_linear_forward(x2d, weight.int8.data, weight.scale.data, None)   # (N, out)
-    else:
-        y = x2d @ weight.data.T                               # (N, out)
-    y += (u @ lora_b.data.T) * x2d.dtype.type(scale)          # (N, out)
-    if bias is not None:
-        y += bias.data
-
-    def backward(dy):
-        dy2d = dy.reshape(-1, c_out)                          # (N, out)
-        s = dy2d.dtype.type(scale)
-        dB = (dy2d.T @ u) * s if lora_b.requires_grad else None          # (out, r)
-        du = (dy2d @ lora_b.data) * s                                     # (N, r)
-        dA = du.T @ x_adapter if lora_a.requires_grad else None          # (r, in)
-        dx = None
-        if x.requires_grad:
-            dx_adapter = du @ lora_a.data                                 # (N, in)
-            if mask is not None:
-                dx_adapter *= mask
-            dx_base = (int8_linear_backward(dy2d, base_cache, (True, False, False, False))[0] if quantized
-                       else dy2d @ weight.data)                           # dY W
-            dx = (dx_base + dx_adapter).reshape(x.shape)
-        dW = dy2d.T @ x2d if base.requires_grad else None
-        db = dy2d.sum(axis=0) if bias is not None and bias.requires_grad else None
-        return (dx, dW, dA, dB) if bias is None else (dx, dW, dA, dB, db)
-
-    base = weight.int8 if quantized else weight               # the graph's parent for W (frozen when int8)
-    parents = (x, base, lora_a, lora_b) if bias is None else (x, base, lora_a, lora_b, bias)
-    return Tensor._make(y.reshape(*x.shape[:-1], c_out), parents, backward)
+    base = weight.int8 if quantized else weight     # the graph's input for W (frozen when int8)
+    y, cache = lora_linear_forward(x.data, base.data, None if bias is None else bias.data,
+                                   lora_a.data, lora_b.data, scale, mask,
+                                   weight.scale.data if quantized else None)
+    return fused_op(lora_linear_backward, y, cache, x, base, bias, lora_a, lora_b)
 
 
-# ---------------------------------------------------------------------------------------------- the layer
+# ---------------------------------------------------------------------------------------- the layer
 
 class LoRALinear(Module):
-    """A ``Linear`` with a frozen ``weight``/``bias`` (the very Parameters of the layer it wraps) and a
-    trainable low-rank update ``lora_A`` (r × in), ``lora_B`` (out × r), scaled by alpha / r."""
+    """A ``Linear`` with a frozen ``weight``/``bias`` (the very Parameters of the layer it wraps)
+    and a trainable low-rank update ``lora_A`` (r × in), ``lora_B`` (out × r), scaled by
+    alpha / r."""
 
-    def __init__(self, base: Linear | Int8Linear, rank: int, alpha: float, dropout: float = 0.0, generator=None):
+    def __init__(self, base: Linear | Int8Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 generator=None):
         out_features, in_features = base.weight.shape
         self.weight = base.weight                             # a Parameter, or an Int8Weight
         self.bias = base.bias
         for p in base.parameters():
             p.requires_grad = False
         generator = generator if generator is not None else backend.global_rng()
-        bound = 1.0 / math.sqrt(in_features)                  # Kaiming-uniform with a = √5, as in PEFT
+        bound = 1.0 / math.sqrt(in_features)       # Kaiming-uniform with a = √5, as in PEFT
         a = generator.random((rank, in_features), dtype=backend.dtype) * (2 * bound) - bound
         self.lora_A = Parameter(a.astype(base.weight.dtype, copy=False))
         self.lora_B = Parameter(backend.xp.zeros((out_features, rank), dtype=base.weight.dtype))
         self.rank, self.alpha, self.dropout = rank, float(alpha), float(dropout)
         self.scale = self.alpha / rank
-        self.generator = None  # dropout draws from the global generator (seeded by the training loop)
+        # dropout draws from the global generator (seeded by the training loop)
+        self.generator = None
 
     def forward(self, x):
         return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale,
@@ -142,24 +165,24 @@ class LoRALinear(Module):
         return (self.lora_B.data @ self.lora_A.data) * self.weight.dtype.type(self.scale)
 
 
-# ---------------------------------------------------------------------------------------------- apply / merge
+# ------------------------------------------------------------------------------------ apply / merge
 
 def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
 def _selects(param_name: str, pattern: str) -> bool:
-    """Whether ``pattern`` names this parameter, its module, or a module above it: "classifier" selects
-    ``classifier.weight``, "blocks.5" selects everything in block 5, "ln_1" selects ``blocks.0.ln_1.weight``
-    in every block (a suffix of the module path, on whole name parts)."""
+    """Whether ``pattern`` names this parameter, its module, or a module above it: "classifier"
+    selects ``classifier.weight``, "blocks.5" selects everything in block 5, "ln_1" selects
+    ``blocks.0.ln_1.weight`` in every block (a suffix of the module path, on whole name parts)."""
     module = param_name.rpartition(".")[0]
     return (param_name == pattern or param_name.startswith(pattern + ".")
             or module == pattern or module.endswith("." + pattern))
 
 
 def freeze_all_but(model, trainable=()) -> tuple:
-    """Freeze every parameter of ``model`` except those that ``trainable`` names (see ``_selects``); returns
-    ``trainable`` as a tuple of names."""
+    """Freeze every parameter of ``model`` except those that ``trainable`` names (see
+    ``_selects``); returns ``trainable`` as a tuple of names."""
     trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
     for name, p in model.named_parameters():
         p.requires_grad = any(_selects(name, t) for t in trainable)
@@ -180,22 +203,26 @@ def _check_settings(rank, alpha, dropout, targets):
 
 def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=None,
                trainable=(), seed: int = 0, verbose: bool = False) -> dict:
-    """Wrap every ``Linear`` whose module name ends with one of ``targets`` in a ``LoRALinear`` and freeze
-    every other parameter, except those that ``trainable`` names (a module path or its suffix, e.g.
-    ``("classifier",)`` to train a new classification head alongside the adapters, or ``("ln_1", "ln_2",
-    "ln_f")`` for every layer norm).
+    """Wrap every ``Linear`` whose module name ends with one of ``targets`` in a ``LoRALinear`` and
+    freeze every other parameter, except those that ``trainable`` names (a module path or its
+    suffix, e.g. ``("classifier",)`` to train a new classification head alongside the adapters, or
+    ``("ln_1", "ln_2", "ln_f")`` for every layer norm).
 
-    A target matches on whole name parts: "attn.qkv" matches ``blocks.3.attn.qkv`` but not ``xattn.qkv``.
-    Every target given must match at least one ``Linear``. ``targets=None`` means those of ``DEFAULT_TARGETS``
-    that the model has (all of attention and the MLP, for GPT-2, Llama and MoE models alike). Returns ``{"wrapped": names, "trainable": n,
-    "total": n, "fraction": n/n}`` (``verbose=True`` also prints it). The settings are stored on the model
-    as ``model.lora_config`` for ``save_adapter``.
+    A target matches on whole name parts: "attn.qkv" matches ``blocks.3.attn.qkv`` but not
+    ``xattn.qkv``. Every target given must match at least one ``Linear``. ``targets=None`` means
+    those of ``DEFAULT_TARGETS`` that the model has (all of attention and the MLP, for GPT-2, Llama
+    and MoE models alike). Returns ``{"wrapped": names, "trainable": n, "total": n, "fraction":
+    n/n}`` (``verbose=True`` also prints it). The settings are stored on the model as
+    ``model.lora_config`` for ``save_adapter``.
     """
     if getattr(model, "lora_config", None) is not None:
-        raise ValueError("this model already has LoRA adapters; merge_lora(model) first to add new ones")
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, (Linear, Int8Linear))]
+        raise ValueError("this model already has LoRA adapters; merge_lora(model) first to add "
+                         "new ones")
+    linears = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, (Linear, Int8Linear))]
     if targets is None:
-        targets = tuple(t for t in DEFAULT_TARGETS if any(_matches(name, t) for name, _ in linears)) or DEFAULT_TARGETS
+        targets = tuple(t for t in DEFAULT_TARGETS
+                        if any(_matches(name, t) for name, _ in linears)) or DEFAULT_TARGETS
     targets = tuple(targets) if not isinstance(targets, str) else targets
     _check_settings(rank, alpha, dropout, targets)
     unmatched = [t for t in targets if not any(_matches(name, t) for name, _ in linears)]
@@ -215,7 +242,8 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
     report = parameter_report(model)
     report["wrapped"] = wrapped
     if verbose:
-        print(f"LoRA rank {rank}, alpha {alpha:g} on {len(wrapped)} layers: {format_report(report)}")
+        print(f"LoRA rank {rank}, alpha {alpha:g} on {len(wrapped)} layers: "
+              f"{format_report(report)}")
     return report
 
 
@@ -227,7 +255,8 @@ def parameter_report(model) -> dict:
 
 
 def format_report(report: dict) -> str:
-    return f"{report['trainable']:,} trainable of {report['total']:,} parameters ({100 * report['fraction']:.2f}%)"
+    return (f"{report['trainable']:,} trainable of {report['total']:,} parameters "
+            f"({100 * report['fraction']:.2f}%)")
 
 
 def lora_layers(model):
@@ -236,19 +265,23 @@ def lora_layers(model):
 
 
 def merge_lora(model):
-    """Fold each adapter into its weight (W ← W + s·B A) and put a plain ``Linear`` back in its place.
+    """Fold each adapter into its weight (W ← W + s·B A) and put a plain ``Linear`` back in its
+    place.
 
-    The merged model computes the same function with no extra cost per token. Afterwards every parameter is
-    trainable again (a plain model, as before ``apply_lora``), except int8 weights. An int8 base layer becomes
-    a float Linear holding q·s + s·B A: rounding that back to int8 would round most of the update away.
+    The merged model computes the same function with no extra cost per token. Afterwards every
+    parameter is trainable again (a plain model, as before ``apply_lora``), except int8 weights. An
+    int8 base layer becomes a float Linear holding q·s + s·B A: rounding that back to int8 would
+    round most of the update away.
     Returns the model.
     """
     layers = lora_layers(model)
     if not layers:
-        raise ValueError("merge_lora: the model has no LoRA layers (apply_lora was not called, or it was merged already)")
+        raise ValueError("merge_lora: the model has no LoRA layers (apply_lora was not called, or "
+                         "it was merged already)")
     for name, layer in layers:
         if isinstance(layer.weight, Int8Weight):
-            weight = Parameter(layer.weight.dequantize() + layer.delta_weight(), dtype=layer.weight.dtype)
+            weight = Parameter(layer.weight.dequantize() + layer.delta_weight(),
+                               dtype=layer.weight.dtype)
         else:
             weight = layer.weight
             weight.data += layer.delta_weight()
@@ -262,7 +295,7 @@ def merge_lora(model):
     return model
 
 
-# ---------------------------------------------------------------------------------------------- files
+# -------------------------------------------------------------------------------------------- files
 
 def adapter_state(model) -> dict:
     """name → array of what the adapter training changed: every trainable parameter (A, B, and any
@@ -270,13 +303,14 @@ def adapter_state(model) -> dict:
     return {name: p.data for name, p in model.named_parameters() if p.requires_grad}
 
 
-# What an adapter directory can hold: the attribute its settings live on in a model, and the format name
-# its adapter_config.json records (prompt and prefix tuning: ``tinyllm.prompt_tuning``).
+# What an adapter directory can hold: the attribute its settings live on in a model, and the format
+# name its adapter_config.json records (prompt and prefix tuning: ``tinyllm.prompt_tuning``).
 ADAPTER_FORMATS = {"lora_config": "tinyllm-lora", "prompt_tuning_config": "tinyllm-prompt-tuning"}
 
 
 def adapter_settings(model):
-    """(format, settings) of the adapter ``model`` carries (LoRA, or prompt/prefix tuning), or (None, None)."""
+    """(format, settings) of the adapter ``model`` carries (LoRA, or prompt/prefix tuning), or
+    (None, None)."""
     for attribute, name in ADAPTER_FORMATS.items():
         if getattr(model, attribute, None) is not None:
             return name, getattr(model, attribute)
@@ -284,13 +318,15 @@ def adapter_settings(model):
 
 
 def save_adapter(directory, model, base=None, extra_config: dict | None = None) -> Path:
-    """Write ``adapter.safetensors`` (the trainable tensors) and ``adapter_config.json`` (the adapter's
-    settings, the path of the ``base`` run and ``extra_config``) into ``directory``. Returns the weights' path.
-    Works for LoRA and for prompt/prefix tuning (``tinyllm.prompt_tuning``) alike."""
+    """Write ``adapter.safetensors`` (the trainable tensors) and ``adapter_config.json`` (the
+    adapter's settings, the path of the ``base`` run and ``extra_config``) into ``directory``.
+    Returns the weights' path. Works for LoRA and for prompt/prefix tuning
+    (``tinyllm.prompt_tuning``) alike."""
     from .safetensors import save_file
     fmt, config = adapter_settings(model)
     if config is None:
-        raise ValueError("save_adapter: the model has no adapter (call apply_lora or apply_prompt_tuning first)")
+        raise ValueError("save_adapter: the model has no adapter (call apply_lora or "
+                         "apply_prompt_tuning first)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {name: backend.to_numpy(array) for name, array in adapter_state(model).items()}
@@ -305,38 +341,43 @@ def save_adapter(directory, model, base=None, extra_config: dict | None = None) 
 def read_adapter_config(directory) -> dict:
     path = Path(directory) / ADAPTER_CONFIG
     if not path.exists():
-        raise FileNotFoundError(f"no {ADAPTER_CONFIG} in '{directory}' (is it an adapter directory?)")
+        raise FileNotFoundError(f"no {ADAPTER_CONFIG} in '{directory}' (is it an adapter "
+                                "directory?)")
     config = read_json(path, what="adapter config")
     if config.get("format") not in ADAPTER_FORMATS.values():
-        raise ValueError(f"{path} is not a tinyllm adapter config (format {config.get('format')!r}; expected one of "
+        raise ValueError(f"{path} is not a tinyllm adapter config (format "
+                         f"{config.get('format')!r}; expected one of "
                          f"{', '.join(ADAPTER_FORMATS.values())})")
     return config
 
 
 def load_adapter(model, directory) -> dict:
-    """Apply the adapter saved in ``directory`` to ``model`` (LoRA with its settings, unless the model has
-    LoRA already; or prompt/prefix tuning, which first checks that the model is the one it was trained on)
-    and load its tensors. Every saved tensor must exist in the model with the same shape. Returns the
-    adapter config."""
+    """Apply the adapter saved in ``directory`` to ``model`` (LoRA with its settings, unless the
+    model has LoRA already; or prompt/prefix tuning, which first checks that the model is the one it
+    was trained on) and load its tensors. Every saved tensor must exist in the model with the same
+    shape. Returns the adapter config."""
     from .safetensors import load_file
     config = read_adapter_config(directory)
     if config["format"] == ADAPTER_FORMATS["prompt_tuning_config"]:
         from .prompt_tuning import apply_saved_prompt_tuning
         apply_saved_prompt_tuning(model, config, Path(directory) / ADAPTER_CONFIG)
     elif getattr(model, "lora_config", None) is None:
-        apply_lora(model, config["rank"], config["alpha"], config["dropout"], config["targets"], config.get("trainable", ()))
+        apply_lora(model, config["rank"], config["alpha"], config["dropout"], config["targets"],
+                   config.get("trainable", ()))
     weights = load_file(Path(directory) / ADAPTER_WEIGHTS)
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))
     if unknown:
-        raise ValueError(f"{Path(directory) / ADAPTER_WEIGHTS}: tensors {unknown[:5]} are not parameters of the model")
+        raise ValueError(f"{Path(directory) / ADAPTER_WEIGHTS}: tensors {unknown[:5]} are not "
+                         "parameters of the model")
     model.load_state_dict(weights, strict=False)
     return config
 
 
 def load_pretrained_with_adapter(directory, base=None):
-    """(model, tokenizer) = the base run named in ``adapter_config.json`` (or ``base``) with the adapter in
-    ``directory`` applied. A relative base path is tried as given, then relative to the adapter directory."""
+    """(model, tokenizer) = the base run named in ``adapter_config.json`` (or ``base``) with the
+    adapter in ``directory`` applied. A relative base path is tried as given, then relative to the
+    adapter directory."""
     from .checkpoint import load_pretrained
     config = read_adapter_config(directory)
     base = base if base is not None else config.get("base")

@@ -24,33 +24,43 @@ def _log_softmax_array(x, axis):
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def softmax_forward(x, axis):
+    """p = exp(x) / Σ exp(x) along ``axis``."""
+    p = _softmax_array(x, axis)
+    return p, (p, axis)
+
+
+def softmax_backward(dp, cache, needs=(True,)):
+    """The Jacobian dp_i/dx_j = p_i (δ_ij - p_j), so dx = p · (dp - Σ_j dp_j p_j)."""
+    p, axis = cache
+    dx = dp - (dp * p).sum(axis=axis, keepdims=True)         # undoes p = exp(x) / Σ exp(x)
+    dx *= p
+    return (dx,)
+
+
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """p = exp(x) / Σ exp(x) along ``axis``.
+    """softmax along ``axis`` (``softmax_forward``); saves p."""
+    p, cache = softmax_forward(x.data, axis)
+    return fused_op(softmax_backward, p, cache, x)
 
-    Jacobian dp_i/dx_j = p_i (δ_ij - p_j), so dx = p · (dp - Σ_j dp_j p_j). Saves p.
-    """
-    p = _softmax_array(x.data, axis)
 
-    def backward(dp):
-        dx = dp - (dp * p).sum(axis=axis, keepdims=True)
-        dx *= p
-        return (dx,)
+def log_softmax_forward(x, axis):
+    """y = x - log Σ exp(x) along ``axis``."""
+    y = _log_softmax_array(x, axis)
+    return y, (y, axis)
 
-    return Tensor._make(p, (x,), backward)
+
+def log_softmax_backward(dy, cache, needs=(True,)):
+    """dy_i/dx_j = δ_ij - p_j, so dx = dy - p · Σ dy, with p = exp(y) recomputed."""
+    y, axis = cache
+    # undoes y = x - log Σ exp(x)
+    return (dy - backend.xp.exp(y) * dy.sum(axis=axis, keepdims=True),)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """y = x - log Σ exp(x) along ``axis``.
-
-    dy_i/dx_j = δ_ij - p_j, so dx = dy - p · Σ dy. Saves y (p = exp y is recomputed in the backward).
-    """
-    xp = backend.xp
-    y = _log_softmax_array(x.data, axis)
-
-    def backward(dy):
-        return (dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True),)
-
-    return Tensor._make(y, (x,), backward)
+    """log-softmax along ``axis`` (``log_softmax_forward``); saves y."""
+    y, cache = log_softmax_forward(x.data, axis)
+    return fused_op(log_softmax_backward, y, cache, x)
 
 
 def _count_valid_targets(t, vocab: int, ignore_index: int) -> int:
@@ -73,7 +83,8 @@ def _count_valid_targets(t, vocab: int, ignore_index: int) -> int:
 def cross_entropy_forward(z, t, valid, n_valid: int, reduction: str):
     """Softmax, then the negative log-likelihood of the targets, fused. z (N, V) logits, t (N,)
     targets (any index where ``valid`` is False), n_valid = Σ valid. Per row n with target t:
-        loss_n = log Σ_v exp(z_nv) - z_nt         (computed with z shifted by its row max: no overflow)"""
+        loss_n = log Σ_v exp(z_nv) - z_nt
+    (computed with z shifted by its row max: no overflow)."""
     xp = backend.xp
     zmax = z.max(axis=1, keepdims=True)                      # (N, 1)
     exp_z = z - zmax                                         # (N, V), then exponentiated in place

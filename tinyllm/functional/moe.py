@@ -1,8 +1,10 @@
 """Mixture of experts:
 a router sends each token to k of E feed-forward "experts" and mixes their outputs.
 
-    x (N, C) ──router──► logits (N, E) ──softmax──► p (N, E) ──top-k──► experts e_1 … e_k, weights w_1 … w_k
-    y_n = Σ_j w_nj · FFN_{e_nj}(x_n)          FFN_e(x) = (silu(x W_gate,eᵀ) ⊙ x W_up,eᵀ) W_down,eᵀ  (SwiGLU)
+    x (N, C) ──router──► logits (N, E) ──softmax──► p (N, E) ──top-k──► experts e_1 … e_k,
+                                                                         weights w_1 … w_k
+    y_n = Σ_j w_nj · FFN_{e_nj}(x_n)
+    FFN_e(x) = (silu(x W_gate,eᵀ) ⊙ x W_up,eᵀ) W_down,eᵀ          (SwiGLU)
 
 A token pays for k experts, while the layer holds E of them: more parameters at the same compute per
 token (Shazeer et al. 2017; Switch Transformer, Fedus et al. 2021; Mixtral, Jiang et al. 2024).
@@ -32,13 +34,16 @@ auxiliary loss is
     L_aux = E · Σ_e f_e · P_e,      f_e = fraction of the N·k assignments that went to e  (Σ f = 1)
                                     P_e = mean over tokens of the router probability p_{n,e}
 
-f is a count (no gradient); P carries the gradient: dL_aux/dp_{n,e} = E f_e / N, pushing probability away
-from over-used experts. L_aux = 1 when routing is uniform (f = P = 1/E) and grows to E when one expert takes
-everything. (f here counts assignments, so it sums to 1 for any k; Hugging Face's Mixtral loss counts per
-top-k slot and is k times this.) The model adds ``aux_loss_coef · Σ_layers L_aux`` to its training loss.
+f is a count (no gradient); P carries the gradient: dL_aux/dp_{n,e} = E f_e / N, pushing probability
+away from over-used experts. L_aux = 1 when routing is uniform (f = P = 1/E) and grows to E when one
+expert takes everything. (f here counts assignments, so it sums to 1 for any k; Hugging Face's
+Mixtral loss counts per top-k slot and is k times this.) The model adds
+``aux_loss_coef · Σ_layers L_aux`` to its training loss.
 """
 
 from __future__ import annotations
+
+import math
 
 from .. import backend
 from ..autograd import Tensor, fused_op
@@ -60,35 +65,40 @@ def top_k_experts(probs, k: int):
     return backend.xp.argsort(-probs, axis=-1, kind="stable")[..., :k]
 
 
-def router_weights(probs: Tensor, indices, normalize: bool | None = None) -> Tensor:
-    """The mixing weight of each chosen expert: (N..., E) probabilities and (N..., k)
-    ids → (N..., k).
+def router_weights_forward(probs, indices, normalize: bool):
+    """The mixing weight of each chosen expert: probs (N..., E) and indices (N..., k) → (N..., k).
+    normalize:  w_j = p_j / S,  S = Σ_i p_i over the k chosen;  otherwise w_j = p_j."""
+    chosen = backend.xp.take_along_axis(probs, indices, axis=-1)     # p_j (N..., k)
+    total = chosen.sum(axis=-1, keepdims=True) if normalize else None   # S (N..., 1)
+    weights = chosen / total if normalize else chosen                 # w_j = p_j / S
+    return weights, (probs.shape, indices, weights, total)
 
-    normalize (default: k > 1):  w_j = p_j / S,  S = Σ_i p_i over the k chosen,
-        dp_i = Σ_j dw_j (δ_ij / S - p_j / S²) = (dw_i - Σ_j dw_j w_j) / S      for each chosen i;
-    otherwise w_j = p_j and dp_i = dw_i. Unchosen experts get dp = 0. Saves the weights (N·k) and S (N).
-    """
+
+def router_weights_backward(dw, cache, needs=(True, False)):
+    """One gradient per input (probs, indices); the ids get none. With normalisation,
+        dp_i = Σ_j dw_j (δ_ij / S - p_j / S²) = (dw_i - Σ_j dw_j w_j) / S      for each chosen i,
+    otherwise dp_i = dw_i. Unchosen experts get dp = 0."""
     xp = backend.xp
-    k = indices.shape[-1]
-    normalize = k > 1 if normalize is None else normalize
-    chosen = xp.take_along_axis(probs.data, indices, axis=-1)   # (N..., k)
-    total = chosen.sum(axis=-1, keepdims=True) if normalize else None
-    weights = chosen / total if normalize else chosen
+    probs_shape, indices, weights, total = cache
+    if total is not None:                                    # undoes w_j = p_j / S
+        dchosen = dw - xp.einsum("...j,...j->...", dw, weights)[..., None]
+        dchosen /= total
+    else:
+        dchosen = dw
+    n_expert, k = probs_shape[-1], indices.shape[-1]
+    dprobs = xp.zeros((indices.size // k, n_expert), dtype=dw.dtype)          # (N, E)
+    rows = xp.arange(dprobs.shape[0])[:, None]
+    # undoes chosen = p[indices]: the k chosen per row
+    dprobs[rows, indices.reshape(-1, k)] = dchosen.reshape(-1, k)
+    return dprobs.reshape(probs_shape), None
 
-    def backward(dw):
-        if normalize:
-            dchosen = dw - xp.einsum("...j,...j->...", dw, weights)[..., None]
-            dchosen /= total
-        else:
-            dchosen = dw
-        n_expert = probs.shape[-1]
-        dprobs = xp.zeros((probs.size // n_expert, n_expert), dtype=probs.dtype)     # (N, E)
-        rows = xp.arange(dprobs.shape[0])[:, None]
-        # the k chosen per row
-        dprobs[rows, indices.reshape(-1, k)] = dchosen.reshape(-1, k)
-        return (dprobs.reshape(probs.shape),)
 
-    return Tensor._make(weights, (probs,), backward)
+def router_weights(probs: Tensor, indices, normalize: bool | None = None) -> Tensor:
+    """The top-k mixing weights (``router_weights_forward``); ``normalize`` defaults to k > 1.
+    Saves the weights (N·k) and S (N)."""
+    normalize = indices.shape[-1] > 1 if normalize is None else normalize
+    weights, cache = router_weights_forward(probs.data, indices, normalize)
+    return fused_op(router_weights_backward, weights, cache, probs, indices)
 
 
 def expert_load(indices, n_expert: int):
@@ -98,25 +108,31 @@ def expert_load(indices, n_expert: int):
     return counts / max(indices.size, 1)
 
 
-def load_balancing_loss(probs: Tensor, indices) -> Tensor:
-    """E · Σ_e f_e · P_e (see the module docstring): a scalar. probs (N..., E), indices (N..., k).
-
-    dL/dp_{n,e} = E · f_e / N for every token n (f is a count and has no gradient). Saves f (E values).
-    """
-    xp = backend.xp
+def load_balancing_loss_forward(probs, indices):
+    """L_aux = E · Σ_e f_e · P_e (see the module docstring): a scalar. probs (N..., E),
+    indices (N..., k)."""
     n_expert = probs.shape[-1]
-    n_tokens = probs.size // n_expert
     fraction = expert_load(indices, n_expert).astype(probs.dtype)   # (E,) f_e
-    mean_prob = probs.data.reshape(-1, n_expert).mean(axis=0)       # (E,) P_e
-    loss = n_expert * xp.dot(fraction, mean_prob)
+    mean_prob = probs.reshape(-1, n_expert).mean(axis=0)            # (E,) P_e
+    loss = n_expert * backend.xp.dot(fraction, mean_prob)
+    return backend.xp.asarray(loss, dtype=probs.dtype), (fraction, probs.shape)
 
-    def backward(dloss):
-        # (E,) the same for every token
-        row = fraction * (n_expert / n_tokens)
-        row *= dloss
-        return (xp.broadcast_to(row, probs.shape).copy(),)
 
-    return Tensor._make(xp.asarray(loss, dtype=probs.dtype), (probs,), backward)
+def load_balancing_loss_backward(dloss, cache, needs=(True, False)):
+    """dL/dp_{n,e} = E · f_e / N for every token n (f is a count and has no gradient)."""
+    fraction, probs_shape = cache
+    n_expert = probs_shape[-1]
+    n_tokens = math.prod(probs_shape) // n_expert
+    # undoes L = E Σ_e f_e mean_n p_{n,e}: the same row for every token
+    row = fraction * (n_expert / n_tokens)
+    row *= dloss
+    return backend.xp.broadcast_to(row, probs_shape).copy(), None
+
+
+def load_balancing_loss(probs: Tensor, indices) -> Tensor:
+    """The Switch/Mixtral auxiliary loss (``load_balancing_loss_forward``). Saves f (E values)."""
+    loss, cache = load_balancing_loss_forward(probs.data, indices)
+    return fused_op(load_balancing_loss_backward, loss, cache, probs, indices)
 
 
 def moe_experts_forward(x, indices, weights, w_gate, w_up, w_down):
@@ -127,7 +143,8 @@ def moe_experts_forward(x, indices, weights, w_gate, w_up, w_down):
     w_down (E, C, H); y (..., C). For the rows X_e (n_e, C) routed to expert e with weights a
     (n_e,):
         G = X_e W_gateᵀ,  U = X_e W_upᵀ,  h = silu(G) ⊙ U,  O = h W_downᵀ,  y-slot = a ⊙ O
-    Saves the sort (N·k ids) and G, U (N·k × H each); X_e is re-gathered and h recomputed in the backward.
+    Saves the sort (N·k ids) and G, U (N·k × H each); X_e is re-gathered and h recomputed in the
+    backward.
     """
     xp = backend.xp
     n_expert, k, channels = w_gate.shape[0], indices.shape[-1], x.shape[-1]
@@ -169,7 +186,8 @@ def moe_experts_backward(dy, cache, needs=(True, False, True, True, True, True))
     and dx_n = Σ over n's k slots of dX (un-sorted: each slot is a distinct row, so no add.at is
     needed). Experts that no token chose get a zero gradient."""
     xp = backend.xp
-    x2d, x_shape, k, order, token_of, bounds, a_sorted, gate_pre, up_pre, w_gate, w_up, w_down = cache
+    x2d, x_shape, k, order, token_of, bounds, a_sorted, gate_pre, up_pre = cache[:9]
+    w_gate, w_up, w_down = cache[9:]
     dy_sorted = dy.reshape(-1, x2d.shape[1])[token_of]       # (N·k, C) each slot's output gradient
     x_sorted = x2d[token_of]                                 # (N·k, C)
     dx_sorted, da_sorted = xp.zeros_like(x_sorted), xp.empty(len(order), dtype=dy.dtype)
@@ -210,17 +228,14 @@ def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tenso
     n_expert, _, channels = w_gate.shape
     if w_up.shape != w_gate.shape or w_down.shape != (n_expert, channels, w_gate.shape[1]):
         raise ValueError(f"moe_experts: w_gate {w_gate.shape} and w_up {w_up.shape} must be "
-                         "(E, H, C) and "
-                         f"w_down {w_down.shape} must be (E, C, H)")
+                         f"(E, H, C) and w_down {w_down.shape} must be (E, C, H)")
     if x.shape[-1] != channels:
         raise ValueError(f"moe_experts: input of shape {x.shape} has {x.shape[-1]} features "
-                         "but the experts "
-                         f"expect {channels}")
+                         f"but the experts expect {channels}")
     indices = backend.xp.asarray(getattr(indices, "data", indices))
     if indices.shape != x.shape[:-1] + indices.shape[-1:] or weights.shape != indices.shape:
-        raise ValueError(f"moe_experts: indices {indices.shape} and weights "
-                         f"{weights.shape} must both be "
-                         f"{x.shape[:-1]} + (k,) for x of shape {x.shape}")
+        raise ValueError(f"moe_experts: indices {indices.shape} and weights {weights.shape} "
+                         f"must both be {x.shape[:-1]} + (k,) for x of shape {x.shape}")
     lowest, highest = backend.host_min_max(indices) if indices.size else (0, 0)
     if lowest < 0 or highest >= n_expert:
         raise ValueError(f"moe_experts: expert ids must be in [0, {n_expert}), got "

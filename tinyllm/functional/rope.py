@@ -1,11 +1,11 @@
 """Rotary position embedding (RoPE, Su et al. 2021):
 positions enter attention as rotations of q and k.
 
-Instead of adding a learned vector per position to the input (GPT-2's ``wpe``), Llama rotates each query and
-key by an angle proportional to its position. Split a head's D channels into D/2 pairs; pair i is a point in
-a plane, rotated by the angle  p · ω_i  at position p, with frequencies  ω_i = θ^(-2i/D)  (θ = 10000 by
-default: pair 0 turns by one radian per position, the last pair by ~1/θ, so the pairs measure
-offsets on scales from a few tokens to ~θ tokens).
+Instead of adding a learned vector per position to the input (GPT-2's ``wpe``), Llama rotates each
+query and key by an angle proportional to its position. Split a head's D channels into D/2 pairs;
+pair i is a point in a plane, rotated by the angle  p · ω_i  at position p, with frequencies
+ω_i = θ^(-2i/D)  (θ = 10000 by default: pair 0 turns by one radian per position, the last pair by
+~1/θ, so the pairs measure offsets on scales from a few tokens to ~θ tokens).
 
     (x1, x2) at position p  →  (x1 cos pω - x2 sin pω,  x2 cos pω + x1 sin pω)
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..autograd import Tensor
+from ..autograd import Tensor, fused_op
 
 _TABLES: dict = {}   # (head_dim, theta, scaling, dtype, device) → (cos, sin), each (L, D/2)
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -52,20 +52,19 @@ def _check_head_dim(head_dim):
 
 
 def check_rope_scaling(scaling) -> None:
-    """ValueError unless ``scaling`` is None, {"rope_type":
-    "default"} or a complete "llama3" scaling."""
-    if scaling is None or (isinstance(scaling,
-                                      dict) and scaling.get("rope_type", "default") == "default"):
+    """ValueError unless ``scaling`` is None, {"rope_type": "default"} or a complete "llama3"
+    scaling."""
+    if scaling is None or (isinstance(scaling, dict)
+                           and scaling.get("rope_type", "default") == "default"):
         return
     if not isinstance(scaling, dict) or scaling.get("rope_type") != "llama3":
         raise ValueError(f"rope_scaling {scaling!r} is not supported; tinyllm implements rope_type "
-                         "'default' and "
-                         "'llama3'")
-    missing = [key for key in LLAMA3_KEYS if not isinstance(scaling.get(key), (int, float)) or scaling[key] <= 0]
+                         "'default' and 'llama3'")
+    missing = [key for key in LLAMA3_KEYS
+               if not isinstance(scaling.get(key), (int, float)) or scaling[key] <= 0]
     if missing or scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
         raise ValueError(f"llama3 rope_scaling needs positive {', '.join(LLAMA3_KEYS)} with "
-                         "high_freq_factor > "
-                         f"low_freq_factor; got {scaling!r}")
+                         f"high_freq_factor > low_freq_factor; got {scaling!r}")
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None):
@@ -114,7 +113,8 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None,
                  scaling: dict | None = None):
     """The rotation of each position, ready to broadcast against (B, H, T, D/2) halves of q or k.
 
-    ``positions``: integers ≥ 0 of shape (T,) (the same for every row) or (B, T) (a left-padded batch).
+    ``positions``: integers ≥ 0 of shape (T,) (the same for every row) or (B, T) (a left-padded
+    batch).
     Returns (cos, sin), each (T, D/2) or (B, 1, T, D/2). ``scaling``: see ``rope_frequencies``.
     """
     xp = backend.xp
@@ -139,8 +139,9 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None,
 def apply_rotary(x, cos, sin, inverse: bool = False):
     """Raw-array rotation of x (..., T, D) by the angles whose cos/sin broadcast to (..., T, D/2).
 
-    Forward:  y1 = x1 cos - x2 sin,  y2 = x2 cos + x1 sin   (x1, x2 the two halves of the last axis).
-    ``inverse=True`` rotates by minus the angle (sin → -sin): the backward. Returns a new C-contiguous array.
+    Forward:  y1 = x1 cos - x2 sin,  y2 = x2 cos + x1 sin   (x1, x2 the two halves of the last
+    axis). ``inverse=True`` rotates by minus the angle (sin → -sin): the backward. Returns a new
+    C-contiguous array.
     """
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
@@ -157,24 +158,29 @@ def apply_rotary(x, cos, sin, inverse: bool = False):
     return out
 
 
-def rotary_embedding(x: Tensor, positions, theta: float = 10000.0) -> Tensor:
-    """Rotate queries or keys x (B, H, T, D) by their positions ((T,) or (B, T) integers).
+def rotary_embedding_forward(x, cos, sin):
+    """y = R(p ω) x pairwise (see the module docstring): x (B, H, T, D), cos and sin of the angles
+    broadcastable to (B, H, T, D/2) (``rope_cos_sin``)."""
+    return apply_rotary(x, cos, sin), (cos, sin)
 
-    y = R(p ω) x pairwise (see the module docstring); dx = R(-p ω) dy. Saves the gathered cos/sin
-    (T·D/2 or B·T·D/2 values each), no activations.
-    """
+
+def rotary_embedding_backward(dy, cache, needs=(True,)):
+    """R is orthogonal, so dx = Rᵀ dy = R(-p ω) dy: the same rotation with sin → -sin."""
+    cos, sin = cache
+    return (apply_rotary(dy, cos, sin, inverse=True),)        # undoes y = R(p ω) x
+
+
+def rotary_embedding(x: Tensor, positions, theta: float = 10000.0) -> Tensor:
+    """Rotate queries or keys x (B, H, T, D) by their positions ((T,) or (B, T) integers)
+    (``rotary_embedding_forward``). Saves the gathered cos/sin (T·D/2 or B·T·D/2 values each),
+    no activations."""
     if x.ndim != 4:
         raise ValueError(f"rotary_embedding expects x of shape (B, H, T, D), got {x.shape}")
     _check_head_dim(x.shape[-1])
     positions = backend.xp.asarray(getattr(positions, "data", positions))
     if positions.shape not in ((x.shape[2],), (x.shape[0], x.shape[2])):
-        raise ValueError(f"rotary_embedding: positions of shape {positions.shape} do not "
-                         f"match x {x.shape} "
-                         f"(expected ({x.shape[2]},) or ({x.shape[0]}, {x.shape[2]}))")
+        raise ValueError(f"rotary_embedding: positions of shape {positions.shape} do not match "
+                         f"x {x.shape} (expected ({x.shape[2]},) or ({x.shape[0]}, {x.shape[2]}))")
     cos, sin = rope_cos_sin(positions, x.shape[-1], theta, x.dtype)
-    y = apply_rotary(x.data, cos, sin)
-
-    def backward(dy):
-        return (apply_rotary(dy, cos, sin, inverse=True),)
-
-    return Tensor._make(y, (x,), backward)
+    y, cache = rotary_embedding_forward(x.data, cos, sin)
+    return fused_op(rotary_embedding_backward, y, cache, x)

@@ -2,23 +2,27 @@
 
 A language model scores a completion y = (y_1 … y_n) after a prompt x token by token:
 
-    log π(y | x) = Σ_t log π(y_t | x, y_<t),    log π(v | ·) = z_v − log Σ_u exp(z_u)   (z: the logits)
+    log π(y | x) = Σ_t log π(y_t | x, y_<t),    log π(v | ·) = z_v − log Σ_u exp(z_u)
+                                                                               (z: the logits)
 
-DPO compares these sums between a policy and a frozen reference, PPO and GRPO compare them token by token
-between the policy now and the policy that sampled the completion. This file has:
+DPO compares these sums between a policy and a frozen reference, PPO and GRPO compare them token by
+token between the policy now and the policy that sampled the completion. This file has:
 
-    gather_log_probs     the fused op  z (…, V), targets (…) → log softmax(z)[target]  (…), hand-written backward
-    token_entropy        the fused op  z (…, V) → H = −Σ_v p_v log p_v  (…), for PPO's entropy bonus
-    log_sigmoid          the fused op  x → log σ(x), stable for any x (Bradley-Terry and DPO losses)
-    pack_completions     prompt + completion id lists → one batch, completions aligned, and their mask
-    completion_pass      run a model on a packed batch: per-token log-probs of the completion tokens (B, C),
-                         with the logits, hidden states and a mixture of experts' balancing loss
-    frozen_copy          the reference model: a copy whose weights never change
-    check_same_vocab     policy and reference (or reward model) must speak the same vocabulary
-    disable_dropout      alignment compares log-probs of the same text under two passes: no randomness allowed
+    gather_log_probs   z (…, V), targets (…) → log softmax(z)[target] (…): −cross_entropy per
+                       position, the fused cross-entropy pair's backward with the sign flipped
+    token_entropy      the fused op  z (…, V) → H = −Σ_v p_v log p_v  (…), for PPO's entropy bonus
+    log_sigmoid        the fused op  x → log σ(x), stable for any x (Bradley-Terry and DPO losses)
+    pack_completions   prompt + completion id lists → one batch, completions aligned, and their mask
+    completion_pass    run a model on a packed batch: per-token log-probs of the completion tokens
+                       (B, C), with the logits, hidden states and a mixture of experts' balancing
+                       loss
+    frozen_copy        the reference model: a copy whose weights never change
+    check_same_vocab   policy and reference (or reward model) must speak the same vocabulary
+    disable_dropout    alignment compares log-probs of the same text under two passes: no randomness
+                       allowed
 
-Batches are right-padded; the output head runs only on the positions that predict completion tokens (see
-``Completions``).
+Batches are right-padded; the output head runs only on the positions that predict completion tokens
+(see ``Completions``).
 """
 
 from __future__ import annotations
@@ -31,58 +35,72 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, fused_op
 
 
-# ---------------------------------------------------------------------------------------------- fused ops
+# ---------------------------------------------------------------------------------------- fused ops
 
 def gather_log_probs(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
-    """out[n] = log softmax(z_n)[t_n]: the log-probability of each target token (0 where t_n is ignored).
+    """out[n] = log softmax(z_n)[t_n]: the log-probability of each target token (0 where t_n is
+    ignored).
 
     Shapes: logits (..., V), targets (...) integers in [0, V) or ``ignore_index``; out (...).
     With p_n = softmax(z_n):  out_n = z_{n,t} − log Σ_v exp(z_{n,v}),  so
         d out_n / d z_{n,v} = onehot(t_n)_v − p_{n,v}      and   dz_n = g_n · (onehot(t_n) − p_n).
-    That is exactly the per-position cross-entropy with the sign flipped, so it *is* ``-cross_entropy(...,
-    reduction="none")``: the fused softmax-cross-entropy op does the work, with a per-row weight g_n (the
-    upstream gradient) — what PPO/GRPO/DPO need: each token's log-prob gets its own weight (advantage, mask,
-    ratio).
+    That is exactly the per-position cross-entropy with the sign flipped, so it *is*
+    ``-cross_entropy(..., reduction="none")``: the fused softmax-cross-entropy pair does the work,
+    with a per-row weight g_n (the upstream gradient) — what PPO/GRPO/DPO need: each token's
+    log-prob gets its own weight (advantage, mask, ratio).
     """
     return -F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
 
 
-def token_entropy(logits: Tensor) -> Tensor:
-    """H_n = −Σ_v p_{n,v} log p_{n,v} of softmax(z_n): how spread out each next-token distribution is.
+def token_entropy_forward(z):
+    """H_n = −Σ_v p_{n,v} log p_{n,v} of p_n = softmax(z_n): z (..., V) → H (...)."""
+    xp = backend.xp
+    log_p = z - z.max(axis=-1, keepdims=True)
+    log_p -= xp.log(xp.exp(log_p).sum(axis=-1, keepdims=True))   # l = log p = z − logsumexp(z)
+    p = xp.exp(log_p)
+    entropy = -(p * log_p).sum(axis=-1)                          # H = −Σ_v p_v l_v   (...)
+    return entropy, (p, log_p, entropy)
 
-    Shapes: logits (..., V) → (...).  With l = log p = z − logsumexp(z) and H = −Σ_v p_v l_v:
+
+def token_entropy_backward(g, cache, needs=(True,)):
+    """With dp_v/dz_j = p_v (δ_vj − p_j) and dl_v/dz_j = δ_vj − p_j:
         dH/dz_j = −Σ_v (dp_v/dz_j · l_v + p_v · dl_v/dz_j)
                 = −Σ_v p_v (δ_vj − p_j) l_v − Σ_v p_v (δ_vj − p_j)
-                = −p_j l_j + p_j Σ_v p_v l_v − (p_j − p_j)  =  −p_j (l_j + H).
-    Saves p and log p (two arrays of the logits' size).
-    """
+                = −p_j l_j + p_j Σ_v p_v l_v − (p_j − p_j)  =  −p_j (l_j + H)."""
+    p, log_p, entropy = cache
+    return (-(g[..., None] * p) * (log_p + entropy[..., None]),)   # undoes H = −Σ_v p_v l_v
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """How spread out each next-token distribution is (``token_entropy_forward``): logits (..., V)
+    → (...). Saves p and log p (two arrays of the logits' size)."""
+    entropy, cache = token_entropy_forward(logits.data)
+    return fused_op(token_entropy_backward, entropy, cache, logits)
+
+
+def log_sigmoid_forward(x):
+    """log σ(x) = −log(1 + e^(−x)), written as min(x, 0) − log(1 + e^(−|x|)) so that no exp
+    overflows and a large negative x gives ≈ x instead of log(0) = −inf."""
     xp = backend.xp
-    z = logits.data
-    log_p = z - z.max(axis=-1, keepdims=True)
-    log_p -= xp.log(xp.exp(log_p).sum(axis=-1, keepdims=True))
-    p = xp.exp(log_p)
-    entropy = -(p * log_p).sum(axis=-1)                       # (...)
+    e = xp.exp(-xp.abs(x))                                   # in (0, 1]
+    out = xp.minimum(x, 0) - xp.log1p(e)
+    sigma_neg = xp.where(x >= 0, e / (1 + e), 1 / (1 + e))   # σ(−x), stable on both sides
+    return out, sigma_neg
 
-    def backward(g):
-        return (-(g[..., None] * p) * (log_p + entropy[..., None]),)
 
-    return Tensor._make(entropy, (logits,), backward)
+def log_sigmoid_backward(g, sigma_neg, needs=(True,)):
+    """d/dx log σ(x) = 1 − σ(x) = σ(−x)."""
+    return (g * sigma_neg,)                                  # undoes out = log σ(x)
 
 
 def log_sigmoid(x: Tensor) -> Tensor:
-    """log σ(x) = −log(1 + e^(−x)), written as min(x, 0) − log(1 + e^(−|x|)) so that no exp overflows and
-    a large negative x gives ≈ x instead of log(0) = −inf.  d/dx log σ(x) = 1 − σ(x) = σ(−x).
-    It is the log-probability of the binary event "chosen beats rejected" under Bradley-Terry.
-    Saves σ(−x) (x's size)."""
-    xp = backend.xp
-    a = x.data
-    e = xp.exp(-xp.abs(a))                                    # in (0, 1]
-    out = xp.minimum(a, 0) - xp.log1p(e)
-    sigma_neg = xp.where(a >= 0, e / (1 + e), 1 / (1 + e))   # σ(−x), stable on both sides
-    return Tensor._make(out, (x,), lambda g: (g * sigma_neg,))
+    """log σ(x) (``log_sigmoid_forward``): the log-probability of the binary event "chosen beats
+    rejected" under Bradley-Terry. Saves σ(−x) (x's size)."""
+    out, sigma_neg = log_sigmoid_forward(x.data)
+    return fused_op(log_sigmoid_backward, out, sigma_neg, x)
 
 
 def masked_mean(x: Tensor, mask, axis=None) -> Tensor:
@@ -96,21 +114,23 @@ def masked_mean(x: Tensor, mask, axis=None) -> Tensor:
     return (x * mask).sum(axis=axis) * Tensor(1.0 / count, dtype=x.dtype)
 
 
-# ---------------------------------------------------------------------------------------------- batches
+# ------------------------------------------------------------------------------------------ batches
 
 @dataclass
 class Completions:
-    """A packed batch of prompt + completion sequences, right-padded, and where each completion lies::
+    """A packed batch of prompt + completion sequences, right-padded, and where each completion
+    lies::
 
         row 0:   p  p  p  c  c  ·        (p prompt, c completion, · padding)
         row 1:   p  c  c  c  ·  ·
 
-    Only the positions that predict completion tokens need next-token scores: position P_b − 1 + j predicts
-    completion token j of row b (P_b its prompt length). ``completion_hidden_states`` gathers those positions
-    into a (B, C_max) window before the output head, so the head and the log-softmax over the vocabulary run
-    on B·C_max positions instead of B·L: with instruction prompts of ~80 tokens and answers of a few, that is
-    most of their work saved. Right padding is safe: causal attention never lets a real position see the
-    padding after it, so each row computes exactly what it would alone.
+    Only the positions that predict completion tokens need next-token scores: position P_b − 1 + j
+    predicts completion token j of row b (P_b its prompt length). ``completion_hidden_states``
+    gathers those positions into a (B, C_max) window before the output head, so the head and the
+    log-softmax over the vocabulary run on B·C_max positions instead of B·L: with instruction
+    prompts of ~80 tokens and answers of a few, that is most of their work saved. Right padding is
+    safe: causal attention never lets a real position see the padding after it, so each row
+    computes exactly what it would alone.
 
     ids (B, L);  mask (B, C_max): 1.0 where completion token j of row b exists;  prompt_lengths,
     completion_lengths (B,).
@@ -124,8 +144,8 @@ class Completions:
         return len(self.ids)
 
     def window(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rows (B, 1), columns (B, C_max)): the positions whose outputs predict the completion tokens
-        (columns past a row's end are clamped into range; the mask zeroes them)."""
+        """(rows (B, 1), columns (B, C_max)): the positions whose outputs predict the completion
+        tokens (columns past a row's end are clamped into range; the mask zeroes them)."""
         columns = self.prompt_lengths[:, None] - 1 + np.arange(self.mask.shape[1])
         return np.arange(len(self.ids))[:, None], np.minimum(columns, self.ids.shape[1] - 2)
 
@@ -139,30 +159,35 @@ class Completions:
         """The sub-batch of rows ``index``, cut to its own longest row and longest completion."""
         index = np.asarray(index)
         length = int((self.prompt_lengths[index] + self.completion_lengths[index]).max())
-        return Completions(self.ids[index, :length], self.mask[index, :int(self.completion_lengths[index].max())],
+        longest_completion = int(self.completion_lengths[index].max())
+        return Completions(self.ids[index, :length], self.mask[index, :longest_completion],
                            self.prompt_lengths[index], self.completion_lengths[index])
 
 
-def pack_completions(prompts, completions, pad_id: int = 0, block_size: int | None = None) -> Completions:
-    """One right-padded batch from lists of prompt ids and completion ids (row b = prompts[b] + completions[b]).
+def pack_completions(prompts, completions, pad_id: int = 0,
+                     block_size: int | None = None) -> Completions:
+    """One right-padded batch from lists of prompt ids and completion ids (row b = prompts[b] +
+    completions[b]).
 
-    Every prompt needs at least one token (the first completion token is predicted from the prompt's last
-    position) and every completion at least one. With ``block_size``, a row longer than that is an error:
-    cut prompts from the left before packing (``fit_to_block``)."""
+    Every prompt needs at least one token (the first completion token is predicted from the prompt's
+    last position) and every completion at least one. With ``block_size``, a row longer than that is
+    an error: cut prompts from the left before packing (``fit_to_block``)."""
     if len(prompts) != len(completions):
-        raise ValueError(f"pack_completions: {len(prompts)} prompts but {len(completions)} completions")
+        raise ValueError(f"pack_completions: {len(prompts)} prompts but {len(completions)} "
+                         "completions")
     if not prompts:
         raise ValueError("pack_completions: the batch is empty")
     for row, (p, c) in enumerate(zip(prompts, completions)):
         if not len(p) or not len(c):
-            raise ValueError(f"pack_completions: row {row} has a prompt of {len(p)} and a completion of {len(c)} "
-                             "tokens; both need at least one")
+            raise ValueError(f"pack_completions: row {row} has a prompt of {len(p)} and a "
+                             f"completion of {len(c)} tokens; both need at least one")
         if block_size is not None and len(p) + len(c) > block_size:
-            raise ValueError(f"pack_completions: row {row} has {len(p) + len(c)} tokens, more than the model's "
-                             f"block_size {block_size}")
+            raise ValueError(f"pack_completions: row {row} has {len(p) + len(c)} tokens, more than "
+                             f"the model's block_size {block_size}")
     prompt_lengths = np.array([len(p) for p in prompts])
     completion_lengths = np.array([len(c) for c in completions])
-    ids = np.full((len(prompts), int((prompt_lengths + completion_lengths).max())), pad_id, dtype=np.int64)
+    longest_row = int((prompt_lengths + completion_lengths).max())
+    ids = np.full((len(prompts), longest_row), pad_id, dtype=np.int64)
     mask = np.zeros((len(prompts), int(completion_lengths.max())), dtype=np.float64)
     for row, (p, c) in enumerate(zip(prompts, completions)):
         ids[row, :len(p)] = p
@@ -172,9 +197,10 @@ def pack_completions(prompts, completions, pad_id: int = 0, block_size: int | No
 
 
 def fit_to_block(prompt, completion, block_size: int, min_prompt: int = 1):
-    """(prompt, completion) cut so that together they fit ``block_size`` tokens: the prompt loses tokens
-    from its start first (the end, next to the answer, matters most), keeping at least ``min_prompt``; then
-    the completion loses tokens from its end. Returns the two lists and whether anything was cut."""
+    """(prompt, completion) cut so that together they fit ``block_size`` tokens: the prompt loses
+    tokens from its start first (the end, next to the answer, matters most), keeping at least
+    ``min_prompt``; then the completion loses tokens from its end. Returns the two lists and whether
+    anything was cut."""
     prompt, completion = list(prompt), list(completion)
     excess = len(prompt) + len(completion) - block_size
     if excess <= 0:
@@ -192,10 +218,11 @@ def completion_hidden_states(model, batch: Completions):
     the forward's ``MoEBalance``).
 
     The model runs over ids[:, :−1] (the last token predicts nothing); the window is a gather
-    (``getitem`` with index arrays), whose backward scatters the window's gradient back into (B, L − 1, C)."""
-    hidden, balance = model.trunk(backend.xp.asarray(batch.ids[:, :-1]))               # (B, L − 1, C)
+    (``getitem`` with index arrays), whose backward scatters the window's gradient back into
+    (B, L − 1, C)."""
+    hidden, balance = model.trunk(backend.xp.asarray(batch.ids[:, :-1]))      # (B, L − 1, C)
     rows, columns = batch.window()
-    return hidden[backend.xp.asarray(rows), backend.xp.asarray(columns)], balance      # (B, C_max, C)
+    return hidden[backend.xp.asarray(rows), backend.xp.asarray(columns)], balance   # (B, C_max, C)
 
 
 class CompletionPass(NamedTuple):
@@ -211,15 +238,16 @@ def completion_pass(model, batch: Completions) -> CompletionPass:
     forward's ``MoEBalance`` (PPO's entropy bonus and value head read the logits and hidden states;
     a training loss adds the balance). Gradients flow outside ``no_grad``."""
     xp = backend.xp
-    hidden, balance = completion_hidden_states(model, batch)                           # (B, C_max, C)
-    logits = model.logits(hidden)                                                      # (B, C_max, V)
+    hidden, balance = completion_hidden_states(model, batch)                  # (B, C_max, C)
+    logits = model.logits(hidden)                                             # (B, C_max, V)
     targets = xp.where(xp.asarray(batch.mask) > 0, xp.asarray(batch.completion_ids), -100)
-    logps = gather_log_probs(logits, targets)                                          # (B, C_max)
+    logps = gather_log_probs(logits, targets)                                 # (B, C_max)
     return CompletionPass(logps, logits, hidden, balance)
 
 
 def completion_log_probs(model, batch: Completions) -> Tensor:
-    """Per-token log-probs (B, C_max) of the completion tokens under ``model``, 0 where ``batch.mask`` is 0."""
+    """Per-token log-probs (B, C_max) of the completion tokens under ``model``, 0 where
+    ``batch.mask`` is 0."""
     return completion_pass(model, batch).logps
 
 
@@ -228,13 +256,14 @@ def sequence_log_probs(model, batch: Completions) -> Tensor:
     return completion_log_probs(model, batch).sum(axis=1)
 
 
-# ---------------------------------------------------------------------------------------------- models
+# ------------------------------------------------------------------------------------------- models
 
 def frozen_copy(model):
-    """A deep copy of ``model`` whose parameters do not require grad, in eval mode: the reference π_ref.
+    """A deep copy of ``model`` whose parameters do not require grad, in eval mode: the reference
+    π_ref.
 
-    Alignment keeps the policy close to where it started; the reference is that starting point, so it must
-    not move when the policy is updated (a copy, not a view of the same arrays)."""
+    Alignment keeps the policy close to where it started; the reference is that starting point, so
+    it must not move when the policy is updated (a copy, not a view of the same arrays)."""
     reference = copy.deepcopy(model)
     for p in reference.parameters():
         p.requires_grad = False
@@ -244,18 +273,19 @@ def frozen_copy(model):
 
 
 def check_same_vocab(policy, other, what: str = "reference") -> None:
-    """ValueError unless ``other`` scores the same vocabulary as ``policy`` (log-probs or scores of one
-    model's token ids under a model with another vocabulary would be meaningless)."""
+    """ValueError unless ``other`` scores the same vocabulary as ``policy`` (log-probs or scores of
+    one model's token ids under a model with another vocabulary would be meaningless)."""
     a, b = policy.config.vocab_size, other.config.vocab_size
     if a != b:
-        raise ValueError(f"the policy has a vocabulary of {a} tokens but the {what} model has {b}; both must come "
-                         "from the same tokenizer (start them from the same pretrained run)")
+        raise ValueError(f"the policy has a vocabulary of {a} tokens but the {what} model has {b}; "
+                         "both must come from the same tokenizer (start them from the same "
+                         "pretrained run)")
 
 
 def disable_dropout(model) -> None:
-    """Set every dropout probability to 0, LoRA adapters' included. PPO's ratio π/π_old and DPO's log π −
-    log π_ref compare two forward passes over the same text; dropout would make them differ even with
-    identical weights."""
+    """Set every dropout probability to 0, LoRA adapters' included. PPO's ratio π/π_old and DPO's
+    log π − log π_ref compare two forward passes over the same text; dropout would make them differ
+    even with identical weights."""
     from ..lora import LoRALinear
     from ..nn import Dropout
     for _, module in model.named_modules():
