@@ -349,14 +349,11 @@ def _prompt_records(args):
 
 
 def run_ppo(args) -> int:
-    import numpy as np
     from ..data.instructions import end_token
     from ..rl.data import encode_text
     from ..rl.logprobs import check_same_vocab, frozen_copy
     from ..rl.ppo import PolicyWithValue, PPOConfig, reward_model_scorer, train_ppo
     from ..rl.reward import load_reward_model
-    from ..rl.tasks import is_correct
-    from ..generate import generate
     config = _config_from_args(PPOConfig, args)
     if not (Path(args.reward_model) / "model.safetensors").exists():
         raise FileNotFoundError(f"no reward model at '{args.reward_model}'; train one with "
@@ -370,38 +367,57 @@ def run_ppo(args) -> int:
     end = end_token(tokenizer).id
     train, test = _prompt_records(args)
     prompts = [encode_text(tokenizer, r["prompt"]) for r in train]
-    test_prompts = [encode_text(tokenizer,
-                                r["prompt"])[-(policy.config.block_size - args.max_new_tokens):]
-                    for r in test]
     score = reward_model_scorer(reward_model)
     # answers to check (not preference text)
     checkable = all("output" in r and "chosen" not in r for r in test)
-
-    def evaluate(model):
-        new = generate(model, test_prompts, args.max_new_tokens, temperature=0.0, stop_ids=(end,),
-                       on_full="stop")
-        completions = [list(c) + [end] if len(c) < args.max_new_tokens else list(c) for c in new]
-        scores = score(None, test_prompts, completions, None)
-        result = {"test_score": float(np.mean(scores))}
-        if checkable:
-            result["test_accuracy"] = float(np.mean([is_correct(r, tokenizer.decode(c))
-                                                     for r, c in zip(test, new)]))
-        return result
-
+    evaluate = _ppo_evaluator(test, tokenizer, score, checkable, policy.config.block_size,
+                              args.max_new_tokens, end)
     print(f"PPO: {len(prompts)} training prompts, {len(test)} held-out; reward model "
           f"{args.reward_model}")
     summary = train_ppo(policy, reference, prompts, score, config, end, eval_fn=evaluate,
                         log=_logger(out))
     if not distributed.is_main():          # under mpiexec: rank 0 alone saves and reports
         return 0
-    first, last = summary["evals"][0], summary["evals"][-1]
     _merge_lora(policy, args)
     _save_policy(out, policy.as_gpt(), tokenizer, ckpt,
                  {"method": "ppo", "reward_model": str(args.reward_model), **vars(config),
                   "seconds": round(summary["seconds"], 1),
-                  "results": {"before": first, "after": last}})
+                  "results": {"before": summary["evals"][0], "after": summary["evals"][-1]}})
     plot = _plot(out, ["score", "kl", "kl_coef", "clip_frac", "entropy", "value_loss",
                        "explained_variance", "completion_length", "test_score", "test_accuracy"])
+    _report_ppo(summary, checkable)
+    print(f"curves: {plot}; run saved in {out}/")
+    return 0
+
+
+def _ppo_evaluator(test, tokenizer, score, checkable, block_size, max_new_tokens, end):
+    """PPO's held-out evaluation: greedy completions of the test prompts, their mean reward-model
+    score, and (for prompts with a right answer) their accuracy."""
+    import numpy as np
+    from ..generate import generate
+    from ..rl.data import encode_text
+    from ..rl.tasks import is_correct
+    test_prompts = [encode_text(tokenizer, r["prompt"])[-(block_size - max_new_tokens):]
+                    for r in test]
+
+    def evaluate(model):
+        new = generate(model, test_prompts, max_new_tokens, temperature=0.0, stop_ids=(end,),
+                       on_full="stop")
+        completions = [list(c) + [end] if len(c) < max_new_tokens else list(c) for c in new]
+        scores = score(None, test_prompts, completions, None)
+        result = {"test_score": float(np.mean(scores))}
+        if checkable:
+            result["test_accuracy"] = float(np.mean([is_correct(r, tokenizer.decode(c))
+                                                     for r, c in zip(test, new)]))
+        return result
+    return evaluate
+
+
+def _report_ppo(summary, checkable) -> None:
+    """The closing line: held-out score (and accuracy) before → after, the sampled score's first
+    quarter → last quarter, and the KL at the end."""
+    import numpy as np
+    first, last = summary["evals"][0], summary["evals"][-1]
     history = summary["history"]
     quarter = max(len(history) // 4, 1)
     mean = lambda key, rows: float(np.mean([h[key] for h in rows]))  # noqa: E731
@@ -412,25 +428,15 @@ def run_ppo(args) -> int:
           + f"; sampled score, first quarter of the steps {mean('score', history[:quarter]):.3f} → "
             f"last quarter {mean('score', history[-quarter:]):.3f}; KL per completion in the last "
             f"quarter {mean('kl', history[-quarter:]):.3f} (β {history[-1]['kl_coef']:.3f})")
-    print(f"curves: {plot}; run saved in {out}/")
-    return 0
 
 
 # ------------------------------------------------------------------------------------------- grpo
 
-def run_grpo(args) -> int:
-    from ..data.instructions import end_token, format_prompt
-    from ..rl.data import encode_text
-    from ..rl.grpo import GRPOConfig, train_grpo
-    from ..rl.logprobs import frozen_copy
-    from ..rl.tasks import (RewardFunctions, correctness_reward, format_reward, task_accuracy,
-                            verifiable_problems)
-    config = _config_from_args(GRPOConfig, args,
-                               max_new_tokens=args.max_new_tokens or GRPOConfig.max_new_tokens)
-    ckpt, policy, tokenizer, out = _start(args)
-    if args.task == "gsm8k" and args.max_new_tokens is None:    # worked steps need room
-        config = dataclasses.replace(config, max_new_tokens=min(256, policy.config.block_size // 2))
-    args.max_new_tokens = config.max_new_tokens
+def _grpo_problems(args):
+    """(training problems, held-out problems, where they come from) for --task / --data, each with
+    its formatted prompt."""
+    from ..data.instructions import format_prompt
+    from ..rl.tasks import verifiable_problems
     if args.task == "gsm8k":
         from ..rl.gsm8k import gsm8k_problems
         train, test = gsm8k_problems(args.data, args.train_size, args.test_size, args.seed + 7,
@@ -445,6 +451,22 @@ def run_grpo(args) -> int:
         source = args.data
     for r in train + test:
         r["prompt"] = format_prompt(r)
+    return train, test, source
+
+
+def run_grpo(args) -> int:
+    from ..data.instructions import end_token
+    from ..rl.data import encode_text
+    from ..rl.grpo import GRPOConfig, train_grpo
+    from ..rl.logprobs import frozen_copy
+    from ..rl.tasks import RewardFunctions, correctness_reward, format_reward, task_accuracy
+    config = _config_from_args(GRPOConfig, args,
+                               max_new_tokens=args.max_new_tokens or GRPOConfig.max_new_tokens)
+    ckpt, policy, tokenizer, out = _start(args)
+    if args.task == "gsm8k" and args.max_new_tokens is None:    # worked steps need room
+        config = dataclasses.replace(config, max_new_tokens=min(256, policy.config.block_size // 2))
+    args.max_new_tokens = config.max_new_tokens
+    train, test, source = _grpo_problems(args)
     end = end_token(tokenizer).id
     prompts = [encode_text(tokenizer, r["prompt"]) for r in train]
     functions = [("correct", correctness_reward, 1.0)]
@@ -465,13 +487,11 @@ def run_grpo(args) -> int:
         return 0
     first, last = summary["evals"][0], summary["evals"][-1]
     _merge_lora(policy, args)
-    _save_policy(out, policy, tokenizer, ckpt, {"method": "grpo",
-                                                "task": args.task if args.data is None
-                                                or args.task == "gsm8k" else None,
-                                                 "data": args.data, **vars(config),
-                                                "format_weight": args.format_weight,
-                                                 "seconds": round(summary["seconds"], 1),
-                                                 "results": {"before": first, "after": last}})
+    task = args.task if args.data is None or args.task == "gsm8k" else None
+    _save_policy(out, policy, tokenizer, ckpt,
+                 {"method": "grpo", "task": task, "data": args.data, **vars(config),
+                  "format_weight": args.format_weight, "seconds": round(summary["seconds"], 1),
+                  "results": {"before": first, "after": last}})
     plot = _plot(out, ["reward", "reward_std", "correct", "format", "kl", "completion_length",
                        "clip_frac", "test_accuracy"])
     print(f"\ndone in {time.perf_counter() - t0:.0f}s: held-out greedy accuracy "

@@ -357,7 +357,7 @@ def run_classify(args) -> int:
                                                      "majority_baseline")}, args)
     print(f"\ndone: {_summary_line(summary, trainable, total)}")
     if report:
-        print(f"test set: " + format_report(report))
+        print("test set: " + format_report(report))
     print(f"run saved in {out}/ — next: tinyllm evaluate --ckpt {out}")
     return 0
 
@@ -388,9 +388,34 @@ def _instruct_template(args, tokenizer):
     return template
 
 
+def _instruct_run_config(args, end, trainable: int, seconds: float) -> dict:
+    """What an instruction-tuned run's config.json records beside the model: its prompt template
+    (a chat run's is the base's tokenizer_config.json: ``_copy_chat_config``), end token, base,
+    data and finetuning settings."""
+    from ..data.instructions import END_OF_TEXT, chat_template
+    own = {} if args.template == "chat" else {"template": chat_template("alpaca")}
+    data = {"path": None if args.data is None else str(Path(args.data).resolve()),
+            "split": list(args.split), "seed": args.seed, "train_size": args.train_size,
+            "test_size": args.test_size, "refusals": args.refusals and args.data is None}
+    finetune = {"lora_rank": args.lora_rank, "prompt_tuning": args.prompt_tuning,
+                "prefix_tuning": args.prefix_tuning, "epochs": args.epochs, "lr": args.lr,
+                "trainable": trainable, "seconds": round(seconds, 1)}
+    return {"task": "instruct", **own,
+            "end_token": END_OF_TEXT if end.text == END_OF_TEXT else end.text,
+            "base": str(args.ckpt), "data": data, "finetune": finetune}
+
+
+def _copy_chat_config(args, out: Path) -> None:
+    """A chat-template run keeps its base's tokenizer_config.json (the template lives there)."""
+    base = Path(args.ckpt) if Path(args.ckpt).is_dir() else Path(args.ckpt).parent
+    if args.template == "chat" and (base / "tokenizer_config.json").exists():
+        from ..files import atomic_write
+        atomic_write(out / "tokenizer_config.json", (base / "tokenizer_config.json").read_bytes())
+
+
 def run_instruct(args) -> int:
     from ..checkpoint import save_model
-    from ..data.instructions import END_OF_TEXT, chat_template, end_token
+    from ..data.instructions import end_token
     from ..files import append_jsonl
     from ..finetune.instruct import evaluate_instructions, format_scores, train_instructions
     model, tokenizer = _load_base(args)
@@ -404,9 +429,9 @@ def run_instruct(args) -> int:
           f"records; responses end with {end.text!r} (id "
           f"{end.id}){'; ' + end.note if end.note else ''}")
     scored = test[:args.eval_limit] if args.eval_limit else test
-    # checks the adapter flags before the minutes of scoring below; new LoRA
+    # The adapter flags are checked before the minutes of scoring below; new LoRA adapters add
+    # exactly zero, so the model still computes what the base does.
     _prepare_training(model, args)
-    # adapters add exactly zero, so the model still computes what the base does
     before = None
     if args.compare_base and scored:
         from ..prompt_tuning import without_prompt
@@ -425,24 +450,9 @@ def run_instruct(args) -> int:
         return 0
     trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
     keys = ("exact_match", "rouge_l", "bleu", "response_ppl")
-    # chat: tokenizer_config.json
-    own = {} if args.template == "chat" else {"template": chat_template("alpaca")}
-    extra = {"task": "instruct", **own,
-             "end_token": END_OF_TEXT if end.text == END_OF_TEXT else end.text,
-             "base": str(args.ckpt),
-             "data": {"path": None if args.data is None else str(Path(args.data).resolve()),
-                      "split": list(fractions),
-                      "seed": args.seed, "train_size": args.train_size, "test_size": args.test_size,
-                      "refusals": args.refusals and args.data is None},
-             "finetune": {"lora_rank": args.lora_rank, "prompt_tuning": args.prompt_tuning,
-                          "prefix_tuning": args.prefix_tuning, "epochs": args.epochs, "lr": args.lr,
-                          "trainable": trainable, "seconds": round(summary["seconds"], 1)}}
+    extra = _instruct_run_config(args, end, trainable, summary["seconds"])
     _save_run(args, model, tokenizer, extra, lambda o, m, t, e: save_model(o, m, t, extra_config=e))
-    if args.template == "chat":
-        base = Path(args.ckpt) if Path(args.ckpt).is_dir() else Path(args.ckpt).parent
-        if (base / "tokenizer_config.json").exists():
-            hf_config = (base / "tokenizer_config.json").read_bytes()
-            (out / "tokenizer_config.json").write_bytes(hf_config)
+    _copy_chat_config(args, out)
     stop_if_interrupted(summary, out)
     after = evaluate_instructions(model, tokenizer, scored, args.max_new_tokens,
                                   template) if scored else None
