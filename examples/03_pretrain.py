@@ -1,6 +1,6 @@
 """Example 03: pretrain a small GPT from scratch, one visible step at a time.
 
-    python examples/03_pretrain.py              # about 1-2 minutes on a 2-core laptop CPU
+    python examples/03_pretrain.py              # about 1 minute on 2 CPU cores
     python examples/03_pretrain.py --steps 50   # a quick look
 
 (On a machine that is busy with other work, OPENBLAS_NUM_THREADS=1 can make it several times faster: BLAS

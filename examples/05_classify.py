@@ -18,7 +18,7 @@ Three ways to train it, side by side:
 
 What to look for: all three beat the majority-class baseline (~50%) by far (this task is easy: 98-100%);
 LoRA trains under 5% of the parameters with 1/20 of the optimizer memory and matches the full finetune.
-About 25 seconds on 2 CPU cores from runs/demo (the SMS spam file: about 5 minutes).
+About 30–40 seconds on 2 CPU cores from runs/demo (the SMS spam file: about 5 minutes).
 """
 
 from __future__ import annotations

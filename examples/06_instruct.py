@@ -43,8 +43,8 @@ LoRA scores as well with a tenth of the parameters and of the optimizer memory (
 moves by several points between runs that differ only in the order floating-point sums are added (how each
 batch is split over the threads): 0.43 to 0.53 across such runs. Arithmetic stays at or near 0 (LoRA's one
 or two right answers out of 20 are luck): the held-out sums and differences were never shown, and a few
-hundred examples do not teach this model to add. About 5 minutes on 2 CPU cores from runs/demo (full
-finetune 66 s, LoRA 210 s).
+hundred examples do not teach this model to add. About 6–6.5 minutes on 2 CPU cores from runs/demo
+(full finetune about 80 s, LoRA about 270 s).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Example 07: DPO — learn from "this answer is better than that one", with no reward model and no sampling.
 
-    python examples/07_dpo.py                                            # built-in pairs (about 1-2 minutes)
+    python examples/07_dpo.py                                            # built-in pairs (about 2.3 minutes)
     python examples/07_dpo.py --data preference-data                    # real pairs: polite vs impolite (~2 min)
 
 Runs used and made: the instruction-tuned ``--ckpt``, else runs/instruct (what ``tinyllm finetune instruct

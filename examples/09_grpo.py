@@ -18,7 +18,7 @@ ones less, and the k3 KL penalty keeps the policy near the instruction-tuned sta
 What to look for: the held-out greedy accuracy (100 problems never sampled in training) rises from the
 instruction-tuned model's; the sampled accuracy ("correct") and the reward rise over the steps while the KL
 stays small; groups where every answer scored alike (zero_std_groups) teach nothing. Curves in
-runs/example-grpo/log.svg. About 2 minutes on 2 CPU cores.
+runs/example-grpo/log.svg. About 3 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

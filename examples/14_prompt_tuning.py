@@ -19,7 +19,7 @@ are tens of KB); how close it comes to LoRA and to the full finetune on a 3M-par
 question Lester et al. answered for T5 (the gap closes as the model grows), and the "norm + head only" row
 says how much of it is the soft prompt's doing. Every variant's backward but the last still runs through the
 whole model (the gradient has to reach the virtual tokens at the bottom), and the virtual tokens lengthen
-every message, so prompt tuning saves memory, not time. About 6 minutes on 2 CPU cores from runs/demo.
+every message, so prompt tuning saves memory, not time. About 3.5–5 minutes on 2 CPU cores from runs/demo.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ train for the same steps on the same windows of the teacher's training text:
 What to look for: the validation loss and perplexity of the student on the next-token task itself (the
 distilled student is not scored on the teacher's distributions), with the teacher's as the ceiling. The
 distilled student gets a richer signal per step, so it should be ahead at equal steps; each of its steps costs
-a forward pass of the teacher too, so the table shows the time as well. About 5 minutes on 2 CPU cores.
+a forward pass of the teacher too, so the table shows the time as well. About 2.5–3 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The pretrained model examples 05 and 06 start from: ``--ckpt``, else runs/demo, else a tiny one trained here.
 
 Finetuning needs a model that already knows something about text. ``tinyllm demo`` writes a 3M-parameter GPT
-pretrained on Python's help pages to runs/demo (about 5 minutes). Without it, ``base_model`` pretrains a
+pretrained on Python's help pages to runs/demo (about 4 minutes). Without it, ``base_model`` pretrains a
 2-layer, 64-dim GPT with a 128-token context for about a minute and keeps it in runs/example-base.
 """
 

@@ -181,7 +181,7 @@ def base_checkpoint(ckpt) -> Path:
         if (Path(candidate) / "model.safetensors").exists():
             return Path(candidate)
     raise FileNotFoundError(f"no --ckpt given and none of {', '.join(DEFAULT_BASES)} exists; "
-                            "create one with `tinyllm demo` (about 5 minutes) and optionally "
+                            "create one with `tinyllm demo` (about 4 minutes) and optionally "
                             "`tinyllm finetune instruct`")
 
 

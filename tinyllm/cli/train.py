@@ -11,7 +11,7 @@ from .. import backend, distributed
 from .common import (add_config_flags, fraction, non_negative_int, positive_int, probability,
                      tokenizer_choice)
 
-DEMO_MINUTES = "about 5"   # on 2 CPU cores: 4.9–5.2 min in 4 runs (README, Examples)
+DEMO_MINUTES = "about 4"   # on 2 idle CPU cores: 4.1–4.4 min in 3 runs (README, Examples)
 
 
 def add_commands(sub) -> None:
