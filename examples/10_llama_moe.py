@@ -1,6 +1,6 @@
 """Example 10: a Llama-style mixture-of-experts model against a GPT-2 model of the same compute per token.
 
-    python examples/10_llama_moe.py               # about 3-4 minutes on a 2-core CPU
+    python examples/10_llama_moe.py               # about 2–2.5 minutes on a 2-core CPU
     python examples/10_llama_moe.py --steps 100   # a quick look
     python examples/10_llama_moe.py --dense       # also a dense Llama-style model (one more row, ~1.5 min)
 
