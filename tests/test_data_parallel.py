@@ -68,6 +68,36 @@ def test_data_parallel_passes_on_a_blocks_error_and_restores_blas_threads(two_th
     assert len(parallel.data_parallel(lambda a: a, np.arange(4.0))) == (2 if before is not None else 1)
 
 
+@pytest.mark.skipif(backend.device != "cpu", reason="CPU threads: on other devices it runs in order")
+def test_for_each_does_every_item_once_on_threads_with_balanced_loads(two_threads):
+    done = {}
+    sizes = [5, 1, 3, 2, 4]
+    parallel.for_each(lambda i: done.setdefault(i, threading.get_ident()), list(range(5)), sizes)
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    threads = set(done.values())
+    assert len(threads) == 2
+    loads = sorted(sum(sizes[i] for i in done if done[i] == t) for t in threads)
+    assert loads == [7, 8]                                  # {5, 2} and {4, 3, 1}
+
+
+def test_adamw_on_two_threads_equals_one(monkeypatch):
+    from tinyllm.optim import AdamW
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(parallel, "num_threads", threads)
+        model = GPT(GPTConfig(**TINY), seed=0)
+        optimizer = AdamW([{"params": model.parameters()[:3], "weight_decay": 0.1},
+                           {"params": model.parameters()[3:], "weight_decay": 0.0}], lr=1e-2)
+        r = np.random.default_rng(0)
+        for _ in range(2):
+            for p in model.parameters():
+                p.grad = backend.asarray(r.standard_normal(p.shape).astype(p.data.dtype))
+            optimizer.step(grad_scale=0.5)
+        results.append([to_numpy(p.data) for p in model.parameters()])
+    for one, two in zip(*results):
+        assert np.array_equal(one, two)
+
+
 def test_collected_leaf_gradients_stay_off_the_leaves_until_added():
     w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
     grads = {}

@@ -76,6 +76,26 @@ def data_parallel(fn, *arrays) -> list:
         set_blas_threads(blas_threads)
 
 
+def for_each(fn, items, sizes) -> None:
+    """Call ``fn(item)`` for every item, the items shared out over the CPU threads in groups of
+    about equal total ``sizes`` (largest first, each to the least loaded thread). For independent
+    work on many arrays that is limited by memory bandwidth, which one core cannot use up: the
+    optimizer's update of each parameter (``optim.AdamW``). Each item is done by one thread, so the
+    results do not depend on the grouping. Runs in order on this thread where ``data_parallel``
+    would run the batch whole."""
+    threads = min(num_threads, len(items))
+    if backend.xp is not np or threads < 2 or _running:
+        for item in items:
+            fn(item)
+        return
+    groups, loads = [[] for _ in range(threads)], [0] * threads
+    for i in sorted(range(len(items)), key=lambda i: -sizes[i]):
+        least = loads.index(min(loads))
+        groups[least].append(items[i])
+        loads[least] += sizes[i]
+    _run_on_threads(lambda group: [fn(item) for item in group], [[group] for group in groups])
+
+
 def set_num_threads(count: int) -> None:
     """Use ``count`` threads from now on: ``data_parallel``'s blocks, and OpenBLAS outside them."""
     global num_threads, _openblas

@@ -12,7 +12,7 @@ parameters to update:
 Reduce-scatter + all-gather is exactly what the plain all-reduce does, so the traffic is the same,
 while the moments' memory and the update's work shrink N-fold. The chunks are those of the gradient
 buckets (``distributed.make_buckets``), so one may cut a parameter in two; AdamW works element by
-element (``optim.adamw_update``), and each piece is updated with its own parameter's settings. The
+element (``optim.adamw_update_fast``), and each piece is updated with its own parameter's settings. The
 weights are those of plain AdamW, element for element; only the gradient norm for clipping is added
 in another order (each rank's sum of squares, then the ranks in order), which can change its last
 bit.
@@ -29,7 +29,7 @@ import numpy as np
 
 from . import backend
 from . import distributed
-from .optim import AdamW, Optimizer, adamw_update, optimizer_bytes
+from .optim import AdamW, Optimizer, adamw_update_fast, optimizer_bytes
 
 
 def make_adamw(params, zero: int = 0, **settings) -> AdamW:
@@ -103,11 +103,12 @@ class ShardedAdamW(AdamW):
         for k, bucket in enumerate(self.buckets):
             first = self.rank * bucket.chunk
             weights = bucket.flatten([p.data for p in bucket.params])[first:first + bucket.chunk]
-            grads = self.grad_shards[k] * grad_scale if grad_scale != 1.0 else self.grad_shards[k]
+            grads = self.grad_shards[k]
             for number, group, lo, hi in self.pieces[k]:
                 if self.has_grad[number]:
-                    adamw_update(weights[lo:hi], grads[lo:hi], self.exp_avg[k][lo:hi],
-                                 self.exp_avg_sq[k][lo:hi], self.lr, group, self.step_count)
+                    adamw_update_fast(weights[lo:hi], grads[lo:hi], self.exp_avg[k][lo:hi],
+                                      self.exp_avg_sq[k][lo:hi], self.lr, group, self.step_count,
+                                      grad_scale)
             for p, value in zip(bucket.params, bucket.views(distributed.all_gather(weights))):
                 p.data[...] = value
         self.grad_shards = [None] * len(self.buckets)
