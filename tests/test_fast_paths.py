@@ -2,9 +2,10 @@
 
 A fast path is the plain forward/backward pair (or AdamW's update) written in place or with einsum
 sums (``gelu_forward_fast``, ``layer_norm_forward_fast``, ``rms_norm_forward_fast``,
-``attention_backward_fast``, ``adamw_update_fast``). The models run the fast ones; the plain ones are what a reader reads and
-what ``test_op_pairs`` gradchecks. Here the fast ones are held equal to them, in float64 and float32,
-and gradchecked too. What each saves on a training step: ``benchmarks/bench_fast_paths.py``.
+``attention_backward_fast``, ``adamw_update_fast``). The models run the fast ones; the plain ones
+are what a reader reads and what ``test_op_pairs`` gradchecks. Here the fast ones are held equal to
+them, in float64 and float32, and gradchecked too. What each saves on a training step:
+``benchmarks/bench_fast_paths.py``.
 """
 
 import numpy as np
@@ -22,14 +23,16 @@ EPS = 1e-5
 PAIRS = {
     "gelu": (dense.gelu_forward, dense.gelu_backward, dense.gelu_forward_fast,
              dense.gelu_backward_fast, lambda r, dt: [3 * r.standard_normal((2, 5, 12))]),
-    "layer_norm": (lambda x, w, b: norms.layer_norm_forward(x, w, b, EPS), norms.layer_norm_backward,
+    "layer_norm": (lambda x, w, b: norms.layer_norm_forward(x, w, b, EPS),
+                   norms.layer_norm_backward,
                    lambda x, w, b: norms.layer_norm_forward_fast(x, w, b, EPS),
                    norms.layer_norm_backward_fast,
                    lambda r, dt: [2 + 3 * r.standard_normal((2, 5, 12)),
                                   1 + 0.3 * r.standard_normal(12), r.standard_normal(12)]),
     "rms_norm": (lambda x, w: norms.rms_norm_forward(x, w, EPS), norms.rms_norm_backward,
                  lambda x, w: norms.rms_norm_forward_fast(x, w, EPS), norms.rms_norm_backward_fast,
-                 lambda r, dt: [3 * r.standard_normal((2, 5, 12)), 1 + 0.3 * r.standard_normal(12)]),
+                 lambda r, dt: [3 * r.standard_normal((2, 5, 12)),
+                                1 + 0.3 * r.standard_normal(12)]),
     "attention": (lambda q, k, v: attention.attention_forward(q, k, v, _causal_bias()),
                   attention.attention_backward,
                   lambda q, k, v: attention.attention_forward(q, k, v, _causal_bias()),
@@ -130,7 +133,7 @@ def test_adamw_update_fast_equals_adamw_update(dtype, decay, lr_scale, grad_scal
     plain = [backend.asarray(r.standard_normal((6, 7)).astype(dtype))] + \
         [backend.xp.zeros((6, 7), dtype) for _ in range(2)]
     fast = [backend.xp.array(a, copy=True) for a in plain]
-    for t in range(1, 6):                                   # several steps: the bias corrections move
+    for t in range(1, 6):                                   # the bias corrections move each step
         g = backend.asarray(r.standard_normal((6, 7)).astype(dtype))
         weights, m, v = plain
         adamw_update(weights, g, m, v, 3e-3, group, t, grad_scale)
