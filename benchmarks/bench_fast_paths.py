@@ -6,7 +6,8 @@
 A fast path is the same maths as a plain forward/backward pair (or AdamW's update) written in place
 or with einsum row sums, so that it makes fewer passes over memory and fewer temporaries. The models
 run the fast one; the plain one is what a reader reads, what ``tests/test_op_pairs.py`` gradchecks,
-and what ``tests/test_fast_paths.py`` holds the fast one equal to.
+and what ``tests/test_fast_paths.py`` holds the fast one equal to. One more row, "adamw_on_cores",
+runs AdamW's per-parameter updates on one core instead of sharing them out (``parallel.for_each``).
 
 Each row times ``bench_train.py``'s tinyllm training step (forward + backward + clip + AdamW, batch
 8, float32, the batch split over the CPU cores) with every fast path on, and with one of them
@@ -31,7 +32,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train  # noqa: E402  (the step and the model shapes are bench_train's)
 
-# fast path: (module, {name of the fast function: name of the plain function that replaces it})
+
+
+def for_each_in_order(fn, items, sizes):
+    """``parallel.for_each`` on this thread alone: AdamW's updates one after the other."""
+    for item in items:
+        fn(item)
+
+
+# fast path: (module, {name of the fast function: the plain function, or its name, that replaces it})
 FAST_PATHS = {
     "gelu": ("tinyllm.functional.dense",
              {"gelu_forward_fast": "gelu_forward", "gelu_backward_fast": "gelu_backward"}),
@@ -44,6 +53,7 @@ FAST_PATHS = {
     "attention": ("tinyllm.functional.attention",
                   {"attention_backward_fast": "attention_backward"}),
     "adamw": ("tinyllm.optim", {"adamw_update_fast": "adamw_update"}),
+    "adamw_on_cores": ("tinyllm.parallel", {"for_each": for_each_in_order}),
 }
 
 
@@ -55,7 +65,8 @@ def use(path: str | None) -> None:
         for fast, plain in swaps.items():
             original = ORIGINALS.setdefault((module_name, fast), getattr(module, fast))
             replaced = path in (name, "all")
-            setattr(module, fast, getattr(module, plain) if replaced else original)
+            plain = getattr(module, plain) if isinstance(plain, str) else plain
+            setattr(module, fast, plain if replaced else original)
 
 
 ORIGINALS = {}
