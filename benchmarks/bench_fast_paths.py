@@ -1,13 +1,14 @@
 """What each fast path saves on a whole training step.
 
-    python benchmarks/bench_fast_paths.py                          # mini and llama-mini, 30 rounds
-    python benchmarks/bench_fast_paths.py --models medium --rounds 50 --paths gelu all
+    python benchmarks/bench_fast_paths.py                          # mini and medium, 30 rounds
+    python benchmarks/bench_fast_paths.py --models llama-mini --rounds 50 --paths adamw_on_cores
 
-A fast path is the same maths as a plain forward/backward pair (or AdamW's update) written in place
-or with einsum row sums, so that it makes fewer passes over memory and fewer temporaries. The models
-run the fast one; the plain one is what a reader reads, what ``tests/test_op_pairs.py`` gradchecks,
-and what ``tests/test_fast_paths.py`` holds the fast one equal to. One more row, "adamw_on_cores",
-runs AdamW's per-parameter updates on one core instead of sharing them out (``parallel.for_each``).
+A fast path is the same maths as a plain forward/backward pair written in place or with einsum row
+sums, so that it makes fewer passes over memory and fewer temporaries: ``gelu`` and ``layer_norm``.
+The models run the fast one; the plain one is what a reader reads, what ``tests/test_op_pairs.py``
+gradchecks, and what ``tests/test_fast_paths.py`` holds the fast one equal to. One more row,
+"adamw_on_cores", runs AdamW's per-parameter updates on one core instead of sharing them out
+(``parallel.for_each``).
 
 Each row times ``bench_train.py``'s tinyllm training step (forward + backward + clip + AdamW, batch
 8, float32, the batch split over the CPU cores) with every fast path on, and with one of them
@@ -33,26 +34,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train  # noqa: E402  (the step and the model shapes are bench_train's)
 
 
-
 def for_each_in_order(fn, items, sizes):
     """``parallel.for_each`` on this thread alone: AdamW's updates one after the other."""
     for item in items:
         fn(item)
 
 
-# fast path: (module, {name of the fast function: the plain function, or its name, that replaces it})
+# fast path: (module, {name of the fast function: the plain one, or its name, that replaces it})
 FAST_PATHS = {
     "gelu": ("tinyllm.functional.dense",
              {"gelu_forward_fast": "gelu_forward", "gelu_backward_fast": "gelu_backward"}),
     "layer_norm": ("tinyllm.functional.norms",
                    {"layer_norm_forward_fast": "layer_norm_forward",
                     "layer_norm_backward_fast": "layer_norm_backward"}),
-    "rms_norm": ("tinyllm.functional.norms",
-                 {"rms_norm_forward_fast": "rms_norm_forward",
-                  "rms_norm_backward_fast": "rms_norm_backward"}),
-    "attention": ("tinyllm.functional.attention",
-                  {"attention_backward_fast": "attention_backward"}),
-    "adamw": ("tinyllm.optim", {"adamw_update_fast": "adamw_update"}),
     "adamw_on_cores": ("tinyllm.parallel", {"for_each": for_each_in_order}),
 }
 
@@ -93,7 +87,7 @@ def measure(model: str, paths: list, steps: int, rounds: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["mini", "llama-mini"],
+    parser.add_argument("--models", nargs="+", default=["mini", "medium"],
                         choices=list(bench_train.MODELS))
     parser.add_argument("--paths", nargs="+", default=list(FAST_PATHS) + ["all"],
                         choices=list(FAST_PATHS) + ["all"], help="default: each, then all")

@@ -271,3 +271,25 @@ def test_epoch_batches_cover_every_example_once_and_bucketing_cuts_padding():
         assert sorted(np.concatenate(batches).tolist()) == list(range(203))
     padded = lambda batches: sum(len(b) * lengths[b].max() for b in batches)
     assert padded(bucketed) < 0.8 * padded(plain), "similar lengths together must mean less padding"
+
+
+@pytest.mark.parametrize("command, epochs, batch_size", [("classify", 5, 8), ("instruct", 3, 8)])
+def test_finetune_flags_are_generated_from_the_config_fields(command, epochs, batch_size):
+    """Every ``flags.option`` field of FinetuneConfig is a flag of ``finetune classify|instruct``
+    with the field's default (epochs and batch size: the command's), and the parsed flags build the
+    config the loop runs with."""
+    import dataclasses
+    from tinyllm.cli import build_parser
+    from tinyllm.cli.finetune import _finetune_config
+    parser = build_parser()
+    args = parser.parse_args(["finetune", command])
+    options = [f for f in dataclasses.fields(FinetuneConfig) if "help" in f.metadata]
+    assert len(options) >= 7
+    for f in options:
+        expected = {"epochs": epochs, "batch_size": batch_size}.get(f.name, f.default)
+        assert getattr(args, f.name) == expected, f.name
+    config = _finetune_config(parser.parse_args(["finetune", command, "--warmup", "3",
+                                                 "--seed", "7", "--lr", "1e-3"]))
+    assert (config.warmup, config.seed, config.lr, config.min_lr) == (3, 7, 1e-3, 1e-4)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["finetune", command, "--bucket", "-1"])

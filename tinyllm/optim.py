@@ -1,8 +1,6 @@
 """Optimizers, gradient clipping and learning-rate schedules.
 
-Every update works in place on the parameters' arrays. AdamW's is written twice: ``adamw_update``
-as the formulas read, and ``adamw_update_fast``, the one ``AdamW.step`` runs, with one scratch
-array per parameter (tested equal).
+Every update works in place on the parameters' arrays.
 """
 
 from __future__ import annotations
@@ -99,7 +97,7 @@ class AdamW(Optimizer):
 
         def update(job):
             p, m, v, group = job
-            adamw_update_fast(p.data, p.grad, m, v, self.lr, group, self.step_count, grad_scale)
+            adamw_update(p.data, p.grad, m, v, self.lr, group, self.step_count, grad_scale)
 
         # each parameter on its own: shared out over the CPU cores (tinyllm.parallel)
         parallel.for_each(update, updates, [p.data.size for p, *_ in updates])
@@ -145,35 +143,6 @@ def adamw_update(weights, g, m, v, lr: float, group: dict, t: int,
     m_hat = m / (1 - beta1 ** t)
     v_hat = v / (1 - beta2 ** t)
     weights -= lr * (m_hat / (backend.xp.sqrt(v_hat) + eps) + decay * weights)
-
-
-# Fast path: the update above in one scratch array, with the bias corrections and grad_scale
-# folded into scalars, so that it makes a few passes over the parameters' memory instead of a dozen
-# temporaries. Tested equal to ``adamw_update`` (tests/test_fast_paths.py); what it saves on a whole
-# training step: benchmarks/bench_fast_paths.py.
-
-def adamw_update_fast(weights, g, m, v, lr: float, group: dict, t: int,
-                      grad_scale: float = 1.0) -> None:
-    """``adamw_update``, using m̂ / (√v̂ + ε) = (√bc₂ / bc₁) · m / (√v + ε √bc₂), where bc₁ = 1-β₁ᵗ
-    and bc₂ = 1-β₂ᵗ, and the decay p - lr λ p as p (1 - lr λ)."""
-    xp = backend.xp
-    beta1, beta2 = group["betas"]
-    lr, decay = lr * group.get("lr_scale", 1.0), group["weight_decay"]
-    sqrt_bc2 = math.sqrt(1 - beta2 ** t)
-    if decay:
-        weights *= 1 - lr * decay                            # p (1 - lr λ), from the old p
-    scratch = g * ((1 - beta1) * grad_scale)
-    m *= beta1
-    m += scratch                                             # m = β₁ m + (1-β₁) g
-    xp.multiply(g, g, out=scratch)
-    scratch *= (1 - beta2) * grad_scale ** 2
-    v *= beta2
-    v += scratch                                             # v = β₂ v + (1-β₂) g²
-    xp.sqrt(v, out=scratch)
-    scratch += group["eps"] * sqrt_bc2
-    xp.divide(m, scratch, out=scratch)                       # m / (√v + ε √bc₂)
-    scratch *= lr * sqrt_bc2 / (1 - beta1 ** t)
-    weights -= scratch
 
 
 def optimizer_bytes(optimizer) -> int:

@@ -12,10 +12,10 @@ parameters to update:
 Reduce-scatter + all-gather is exactly what the plain all-reduce does, so the traffic is the same,
 while the moments' memory and the update's work shrink N-fold. The chunks are those of the gradient
 buckets (``distributed.make_buckets``), so one may cut a parameter in two; AdamW works element by
-element (``optim.adamw_update_fast``), and each piece is updated with its own parameter's
-settings. The weights are those of plain AdamW, element for element; only the gradient norm for
-clipping is added in another order (each rank's sum of squares, then the ranks in order), which can
-change its last bit.
+element (``optim.adamw_update``), and each piece is updated with its own parameter's settings. The
+weights are those of plain AdamW, element for element; only the gradient norm for clipping is added
+in another order (each rank's sum of squares, then the ranks in order), which can change its last
+bit.
 
 A checkpoint holds the whole moments in ``AdamW.state_dict``'s layout, gathered from every process
 when saving, so a ZeRO run resumes with or without ZeRO, on any number of processes.
@@ -29,7 +29,7 @@ import numpy as np
 
 from . import backend
 from . import distributed
-from .optim import AdamW, Optimizer, adamw_update_fast, optimizer_bytes
+from .optim import AdamW, Optimizer, adamw_update, optimizer_bytes
 
 
 def make_adamw(params, zero: int = 0, **settings) -> AdamW:
@@ -106,9 +106,9 @@ class ShardedAdamW(AdamW):
             grads = self.grad_shards[k]
             for number, group, lo, hi in self.pieces[k]:
                 if self.has_grad[number]:
-                    adamw_update_fast(weights[lo:hi], grads[lo:hi], self.exp_avg[k][lo:hi],
-                                      self.exp_avg_sq[k][lo:hi], self.lr, group, self.step_count,
-                                      grad_scale)
+                    adamw_update(weights[lo:hi], grads[lo:hi], self.exp_avg[k][lo:hi],
+                                 self.exp_avg_sq[k][lo:hi], self.lr, group, self.step_count,
+                                 grad_scale)
             for p, value in zip(bucket.params, bucket.views(distributed.all_gather(weights))):
                 p.data[...] = value
         self.grad_shards = [None] * len(self.buckets)

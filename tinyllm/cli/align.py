@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from .. import distributed
-from .common import (add_config_flags, non_negative_float, non_negative_int, positive_float,
-                     positive_int, split_fractions, stop_if_interrupted)
+from .common import (add_config_flags, config_from_args, non_negative_float, non_negative_int,
+                     positive_float, positive_int, split_fractions, stop_if_interrupted)
 from .train import add_zero_flag
 
 DEFAULT_BASES = ("runs/instruct", "runs/demo")
@@ -103,14 +103,6 @@ def add_commands(sub) -> None:
                         "the model's context, at most 256)")
     _lora_flags(q)
     q.set_defaults(func=run_grpo)
-
-
-def _config_from_args(config_class, args, **overrides):
-    """A config dataclass from the parsed flags of the same names (a field without a flag keeps its
-    default), then ``overrides``."""
-    values = {f.name: getattr(args, f.name)
-              for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
-    return config_class(**{**values, **overrides})
 
 
 def _common(p, out, lr) -> None:
@@ -354,7 +346,7 @@ def run_ppo(args) -> int:
     from ..rl.logprobs import check_same_vocab, frozen_copy
     from ..rl.ppo import PolicyWithValue, PPOConfig, reward_model_scorer, train_ppo
     from ..rl.reward import load_reward_model
-    config = _config_from_args(PPOConfig, args)
+    config = config_from_args(PPOConfig, args)
     if not (Path(args.reward_model) / "model.safetensors").exists():
         raise FileNotFoundError(f"no reward model at '{args.reward_model}'; train one with "
                                 "`tinyllm align reward` or pass --reward-model RUN")
@@ -460,7 +452,7 @@ def run_grpo(args) -> int:
     from ..rl.grpo import GRPOConfig, train_grpo
     from ..rl.logprobs import frozen_copy
     from ..rl.tasks import RewardFunctions, correctness_reward, format_reward, task_accuracy
-    config = _config_from_args(GRPOConfig, args,
+    config = config_from_args(GRPOConfig, args,
                                max_new_tokens=args.max_new_tokens or GRPOConfig.max_new_tokens)
     ckpt, policy, tokenizer, out = _start(args)
     if args.task == "gsm8k" and args.max_new_tokens is None:    # worked steps need room

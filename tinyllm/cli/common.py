@@ -94,9 +94,11 @@ def fraction(text: str) -> float:
     return _number(text, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
 
 
-def add_config_flags(parser, config_class, skip=()) -> None:
+def add_config_flags(parser, config_class, skip=(), defaults=None) -> None:
     """A flag for every ``flags.option`` field of the dataclass ``config_class`` (but those named in
-    ``skip``): ``--field-name``, its default, help and check; a bool field is an on/off switch."""
+    ``skip``): ``--field-name``, its default (or ``defaults[name]``, for a command whose default
+    differs), help and check; a bool field is an on/off switch."""
+    defaults = defaults or {}
     for f in dataclasses.fields(config_class):
         if "help" not in f.metadata or f.name in skip:
             continue
@@ -111,7 +113,15 @@ def add_config_flags(parser, config_class, skip=()) -> None:
                  ("non_negative", False): non_negative_float,
                  ("probability", False): probability, ("unit", False): unit_interval,
                  ("group", True): group_size}[check, integer]
-        parser.add_argument(name, type=parse, default=f.default, help=text)
+        parser.add_argument(name, type=parse, default=defaults.get(f.name, f.default), help=text)
+
+
+def config_from_args(config_class, args, **overrides):
+    """A config dataclass from the parsed flags of the same names (a field without a flag keeps its
+    default), then ``overrides``."""
+    values = {f.name: getattr(args, f.name)
+              for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
+    return config_class(**{**values, **overrides})
 
 
 def split_fractions(text: str) -> tuple[float, float, float]:

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from .. import distributed
-from .common import (non_negative_float, non_negative_int, positive_float, positive_int,
-                     probability, split_fractions, stop_if_interrupted)
+from .common import (add_config_flags, config_from_args, non_negative_float, non_negative_int,
+                     positive_float, positive_int, probability, split_fractions,
+                     stop_if_interrupted)
 from .train import add_zero_flag
 
 
@@ -151,32 +152,19 @@ def _base_flags(p, out, epochs, batch_size, lr, lora_lr, prompt_lr) -> None:
                    help="train only N learned keys and values in front of every attention layer's "
                         "(0 = off)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=positive_int, default=epochs,
-                   help="passes over the training examples")
-    g.add_argument("--batch-size", type=positive_int, default=batch_size,
-                   help="examples per step (padded to the longest)")
-    g.add_argument("--bucket", type=non_negative_int, default=d.bucket,
-                   help="batch texts of similar length: sort windows of this many batches by "
-                        "length (0 = off)")
+    add_config_flags(g, FinetuneConfig, defaults=dict(epochs=epochs, batch_size=batch_size))
     g.add_argument("--lr", type=positive_float, default=None,
                    help=f"peak learning rate; None means {lr:g}, {lora_lr:g} with LoRA (adapters "
                         f"learn from zero) or {prompt_lr:g} with prompt/prefix tuning (a few "
                         "vectors carry the whole change)")
     g.add_argument("--min-lr", type=non_negative_float, default=None,
                    help="learning rate at the end of the cosine decay; None means lr/10")
-    g.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear warmup steps")
     g.add_argument("--weight-decay", type=non_negative_float, default=None,
                    help="AdamW decay of matrices, not biases or norms (None means "
                         f"{d.weight_decay:g}, or 0 with prompt/prefix tuning: decay would pull the "
                         "virtual tokens towards zero)")
-    g.add_argument("--grad-clip", type=non_negative_float, default=d.grad_clip,
-                   help="max gradient norm (0 = off)")
     g.add_argument("--dropout", type=probability, default=None,
                    help="model dropout while finetuning; None keeps the base run's")
-    g.add_argument("--log-interval", type=positive_int, default=d.log_interval,
-                   help="steps between progress lines (when not on a terminal)")
-    g.add_argument("--seed", type=non_negative_int, default=d.seed,
-                   help="data shuffling, splits and the head's initialisation")
     g.add_argument("--checkpoint-activations", action="store_true",
                    help="keep only each block's input and recompute the block in the backward: "
                         "less memory, about a third more compute (needs dropout 0)")
@@ -194,12 +182,8 @@ def _finetune_config(args):
                    else args.default_prompt_lr if prompt else args.default_lr)
     if args.weight_decay is None:
         args.weight_decay = 0.0 if prompt else FinetuneConfig.weight_decay
-    return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          min_lr=args.lr / 10 if args.min_lr is None else args.min_lr,
-                          warmup=args.warmup,
-                          weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                          log_interval=args.log_interval,
-                          bucket=args.bucket, dropout=args.dropout, seed=args.seed, zero=args.zero)
+    return config_from_args(FinetuneConfig, args,
+                            min_lr=args.lr / 10 if args.min_lr is None else args.min_lr)
 
 
 def _load_base(args, allow_encoder=False):

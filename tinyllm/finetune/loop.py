@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import backend
 from .. import distributed
+from ..flags import option
 from ..interrupt import StopRequests
 from ..optim import optimizer_bytes, warmup_cosine_lr
 from ..train import Progress, data_parallel_backward, param_groups, update_weights
@@ -30,20 +31,24 @@ from ..zero import describe as describe_zero, make_adamw
 
 @dataclasses.dataclass
 class FinetuneConfig:
-    epochs: int = 3
-    batch_size: int = 8
+    """The finetuning loop's settings. The ``option`` fields are ``tinyllm finetune``'s flags of
+    the same names (``cli.common.add_config_flags``); the others have flags whose default depends
+    on the mode (LoRA, prompt tuning), written by hand in ``cli/finetune.py``."""
+    epochs: int = option(3, "passes over the training examples")
+    batch_size: int = option(8, "examples per step (padded to the longest)")
     # peak learning rate (after warmup); cosine decay to min_lr at the end
     lr: float = 5e-4
     min_lr: float = 5e-5
-    warmup: int = 10               # steps of linear warmup
+    warmup: int = option(10, "linear warmup steps", "non_negative")
     weight_decay: float = 0.1      # on matrices only
-    grad_clip: float = 1.0         # max global gradient norm (0 = off)
-    log_interval: int = 10         # steps between progress lines when not on a terminal
-    # sort each window of this many batches by length (0 = plain shuffle)
-    bucket: int = 32
+    grad_clip: float = option(1.0, "max gradient norm (0 = off)")
+    log_interval: int = option(10, "steps between progress lines (when not on a terminal)")
+    bucket: int = option(32, "batch texts of similar length: sort windows of this many batches by "
+                             "length (0 = off)", "non_negative")
     # set every Dropout layer to this while finetuning (None = keep the model's)
     dropout: float | None = None
-    seed: int = 123
+    seed: int = option(123, "data shuffling, splits and the head's initialisation",
+                       "non_negative")
     zero: int = 0                  # 1: AdamW's moments sharded over the processes (tinyllm.zero)
 
     def __post_init__(self):

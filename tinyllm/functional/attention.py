@@ -16,8 +16,7 @@ The backward runs those lines in reverse (like llm.c's attention_backward):
 Everything is batched over (B, H) with ``@``: no Python loop over batch, time or heads. The forward
 saves P (B, H, Tq, Tk); Q, K and V are its inputs.
 
-The file is built in layers around that one pair, ``attention_forward`` / ``attention_backward``
-(the models run its backward through ``attention_backward_fast``, the same lines in place):
+The file is built in layers around that one pair, ``attention_forward`` / ``attention_backward``:
 
 1. ``attention_bias``: M from a causal rule and/or a boolean mask. Causal with Tk ≥ Tq puts query i
    at position Tk - Tq + i (the keys before the queries came from a KV cache) and lets it see keys 0
@@ -74,27 +73,6 @@ def attention_backward(dy, cache, needs=None):
     return dQ, dK, dV
 
 
-# Fast path: the backward above with dP turned into dS in its own memory and the row sum an einsum
-# (no (B, H, Tq, Tk) temporaries: these are the largest arrays of attention). Tested equal to the
-# plain backward (tests/test_fast_paths.py); what it saves on a whole training step:
-# benchmarks/bench_fast_paths.py.
-
-def attention_backward_fast(dy, cache, needs=None):
-    """``attention_backward`` in place."""
-    q, k, v, P = cache
-    dV = P.swapaxes(-1, -2) @ dy                            # undoes  Y = P V
-    dP = dy @ v.swapaxes(-1, -2)                            # undoes  Y = P V
-    dP -= backend.xp.einsum("...ij,...ij->...i", dP, P)[..., None]   # dP - rowsum(dP ⊙ P)
-    dS = dP                                                 # dP's memory becomes dS:
-    dS *= P                                                 # dS = P ⊙ (dP - rowsum(dP ⊙ P))
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    dQ = dS @ k                                             # undoes  S = Q Kᵀ / √D
-    dQ *= scale
-    dK = dS.swapaxes(-1, -2) @ q
-    dK *= scale
-    return dQ, dK, dV
-
-
 def softmax_rows_(S):
     """softmax over the last axis, in place. A row that may see no key at all (all -∞, e.g. padding)
     gets all-zero probabilities instead of NaN."""
@@ -143,7 +121,7 @@ def grouped_query_attention_forward(q, k, v, bias=None):
 def grouped_query_attention_backward(dy, cache, needs=None):
     """dq (B, H, Tq, D), dk, dv (B, H_kv, Tk, D) from dy (B, H, Tq, D)."""
     q_grouped = cache[0]
-    dq, dk, dv = attention_backward_fast(dy.reshape(q_grouped.shape), cache)  # undoes the stacking
+    dq, dk, dv = attention_backward(dy.reshape(q_grouped.shape), cache)      # undoes the stacking
     return dq.reshape(dy.shape), dk, dv
 
 

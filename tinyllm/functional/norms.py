@@ -125,41 +125,12 @@ def rms_norm_backward(dy, cache, needs=(True, True)):
     return dx, dw
 
 
-# Fast path: the pair above with einsum row sums and g built in place, as layer norm's.
-
-def rms_norm_forward_fast(x, w, eps):
-    """``rms_norm_forward`` on (N, C) rows with an einsum row sum; the same cache."""
-    channels = x.shape[-1]
-    rows = x.reshape(-1, channels)                           # (N, C)
-    rstd = 1.0 / backend.xp.sqrt(_row_sums(rows, rows) / channels + eps)   # r  (N, 1)
-    x_hat = rows * rstd                                      # x̂ = x r
-    y = x_hat * w if w is not None else x_hat
-    batch_shape = x.shape[:-1]
-    return y.reshape(x.shape), (x_hat.reshape(x.shape), rstd.reshape(*batch_shape, 1), w)
-
-
-def rms_norm_backward_fast(dy, cache, needs=(True, True)):
-    """``rms_norm_backward`` with einsum sums, g built in place."""
-    x_hat, rstd, w = cache
-    channels = x_hat.shape[-1]
-    dy2d, x_hat2d = dy.reshape(-1, channels), x_hat.reshape(-1, channels)   # (N, C)
-    dx = None
-    if needs[0]:
-        g = dy2d * w if w is not None else dy2d.copy()      # g = dy w
-        g -= x_hat2d * (_row_sums(g, x_hat2d) / channels)    # g - x̂ mean(g x̂)
-        g *= rstd.reshape(-1, 1)                             # · r
-        dx = g.reshape(dy.shape)
-    dw = backend.xp.einsum("nc,nc->c", dy2d, x_hat2d) if needs[1] else None   # Σ dy x̂
-    return dx, dw
-
-
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float = 1e-5) -> Tensor:
-    """RMS norm (``rms_norm_forward``, run by its fast path); saves x̂ (x's size) and r (one value
-    per row)."""
+    """RMS norm (``rms_norm_forward``); saves x̂ (x's size) and r (one value per row)."""
     channels = x.shape[-1]
     if weight is not None and weight.shape != (channels,):
         raise ValueError(f"rms_norm: weight of shape {weight.shape} does not match the "
                          f"{channels} channels "
                          f"of x {x.shape}")
-    y, cache = rms_norm_forward_fast(x.data, None if weight is None else weight.data, eps)
-    return fused_op(rms_norm_backward_fast, y, cache, x, weight)
+    y, cache = rms_norm_forward(x.data, None if weight is None else weight.data, eps)
+    return fused_op(rms_norm_backward, y, cache, x, weight)
