@@ -576,3 +576,13 @@ def test_float32_stays_float32_in_results_and_gradients(fn, rng):
 
     assert out.dtype == np.float32, f"the result was upcast to {out.dtype}"
     assert x.grad.dtype == np.float32, f"the gradient was upcast to {x.grad.dtype}"
+
+
+def test_array_of_unwraps_tensors_and_passes_arrays_through():
+    """A raw array comes back itself, not its ``.data`` (on CuPy that is a memory pointer)."""
+    from tinyllm.autograd import array_of
+    a = np.arange(3)
+    assert array_of(a) is a
+    t = Tensor(a)
+    assert array_of(t) is t.data
+    assert array_of([1, 2]) == [1, 2]

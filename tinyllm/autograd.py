@@ -259,6 +259,12 @@ def fused_op(backward_fn, out, cache, *inputs) -> Tensor:
     return result
 
 
+def array_of(x):
+    """The array inside a Tensor, or x itself when it is not one. (Not ``getattr(x, "data", x)``:
+    a CuPy array's own ``.data`` is its memory pointer.)"""
+    return x.data if isinstance(x, Tensor) else x
+
+
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:
     """Shorthand for ``Tensor(...)``."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)

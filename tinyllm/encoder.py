@@ -37,7 +37,7 @@ import numpy as np
 
 from . import backend
 from . import functional as F
-from .autograd import Tensor
+from .autograd import Tensor, array_of
 from .functional.gelu_erf import gelu_erf
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module, Parameter
 
@@ -198,7 +198,7 @@ class Encoder(Module):
         ``token_types`` (B, T): segment of each token (default all 0). ``attention_mask`` (B, T): 1
         (or True) at real tokens, 0 at padding (default: all real)."""
         xp = backend.xp
-        idx = getattr(idx, "data", idx)
+        idx = array_of(idx)
         idx = idx if hasattr(idx, "ndim") else np.asarray(idx)
         if idx.ndim != 2:
             raise ValueError("the encoder expects token ids of shape (batch, time), got "
@@ -208,14 +208,14 @@ class Encoder(Module):
             raise ValueError(f"sequence of length {time} is longer than the model's block_size "
                              f"{self.config.block_size}")
         types = np.zeros(idx.shape, dtype=np.int64) if token_types is None else \
-            getattr(token_types, "data", token_types)
+            array_of(token_types)
         x = self.wte(idx) + self.wpe(np.arange(time)) + self.wtype(types)      # (B, T, C)
         if self.ln_emb is not None:
             x = self.ln_emb(x)
         x = self.drop(x)
         mask = None
         if attention_mask is not None:
-            mask = xp.asarray(getattr(attention_mask, "data", attention_mask)).astype(bool)
+            mask = xp.asarray(array_of(attention_mask)).astype(bool)
             if mask.shape != (batch, time):
                 raise ValueError(f"attention_mask of shape {mask.shape} does not match token "
                                  f"ids {idx.shape}")
@@ -233,7 +233,7 @@ class Encoder(Module):
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits,
-                                       backend.xp.asarray(getattr(targets, "data", targets)))
+                                       backend.xp.asarray(array_of(targets)))
 
     def pooled(self, hidden):
         """The text's vector: tanh(pooler([CLS] state)),

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..autograd import Tensor, fused_op, no_grad
+from ..autograd import Tensor, array_of, fused_op, no_grad
 from ..model import GPT, GPTConfig
 from ..nn import Linear
 
@@ -53,7 +53,7 @@ def last_token_states(hidden: Tensor, lengths) -> Tensor:
         raise ValueError("last_token_states: hidden must be (batch, time, channels), got shape "
                          f"{hidden.shape}")
     batch, time, _ = hidden.shape
-    lengths = backend.xp.asarray(getattr(lengths, "data", lengths))
+    lengths = backend.xp.asarray(array_of(lengths))
     if lengths.shape != (batch,) or lengths.dtype.kind not in "iu":
         raise ValueError(f"last_token_states: lengths must be {batch} integers (one per row), got "
                          f"{lengths.dtype} of shape {lengths.shape}")
@@ -103,7 +103,7 @@ class GPTClassifier(GPT):
         """idx (B, T) right-padded ids, lengths (B,) real tokens per row (default: all T) →
         (logits (B, K), mean cross-entropy against ``labels`` (B,) — plus a mixture of experts'
         balancing loss in training mode — or None)."""
-        idx = backend.xp.asarray(getattr(idx, "data", idx))
+        idx = backend.xp.asarray(array_of(idx))
         if lengths is None:
             lengths = backend.xp.full(idx.shape[0], idx.shape[1])
         hidden, balance = self.trunk(idx)          # (B, T, C); no mask needed (see module doc)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..autograd import array_of
 from ..encoder import Encoder, EncoderConfig
 
 
@@ -69,7 +70,7 @@ class EncoderClassifier(Encoder):
     def forward(self, idx, lengths=None, labels=None):
         """idx (B, T) right-padded ids, lengths (B,) (default: all T) → (logits (B, K), mean
         cross-entropy against ``labels`` or None)."""
-        idx = backend.to_numpy(getattr(idx, "data", idx))
+        idx = backend.to_numpy(array_of(idx))
         lengths = np.full(len(idx), idx.shape[1]) if lengths is None else lengths
         framed, mask = self.frame(idx, lengths)
         # (B, K)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
-from ..autograd import Tensor, fused_op
+from ..autograd import Tensor, array_of, fused_op
 from .dense import linear, sigmoid, silu_derivative
 from .losses import softmax
 
@@ -232,7 +232,7 @@ def moe_experts(x: Tensor, indices, weights: Tensor, w_gate: Tensor, w_up: Tenso
     if x.shape[-1] != channels:
         raise ValueError(f"moe_experts: input of shape {x.shape} has {x.shape[-1]} features "
                          f"but the experts expect {channels}")
-    indices = backend.xp.asarray(getattr(indices, "data", indices))
+    indices = backend.xp.asarray(array_of(indices))
     if indices.shape != x.shape[:-1] + indices.shape[-1:] or weights.shape != indices.shape:
         raise ValueError(f"moe_experts: indices {indices.shape} and weights {weights.shape} "
                          f"must both be {x.shape[:-1]} + (k,) for x of shape {x.shape}")

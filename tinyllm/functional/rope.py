@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..autograd import Tensor, fused_op
+from ..autograd import Tensor, array_of, fused_op
 
 _TABLES: dict = {}   # (head_dim, theta, scaling, dtype, device) → (cos, sin), each (L, D/2)
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -118,7 +118,7 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None,
     Returns (cos, sin), each (T, D/2) or (B, 1, T, D/2). ``scaling``: see ``rope_frequencies``.
     """
     xp = backend.xp
-    positions = getattr(positions, "data", positions)
+    positions = array_of(positions)
     positions = positions if hasattr(positions, "dtype") else np.asarray(positions)
     if positions.dtype.kind not in "iu" or positions.ndim not in (1, 2):
         raise ValueError("rotary embedding: positions must be integers of shape (T,) or (B, "
@@ -177,7 +177,7 @@ def rotary_embedding(x: Tensor, positions, theta: float = 10000.0) -> Tensor:
     if x.ndim != 4:
         raise ValueError(f"rotary_embedding expects x of shape (B, H, T, D), got {x.shape}")
     _check_head_dim(x.shape[-1])
-    positions = backend.xp.asarray(getattr(positions, "data", positions))
+    positions = backend.xp.asarray(array_of(positions))
     if positions.shape not in ((x.shape[2],), (x.shape[0], x.shape[2])):
         raise ValueError(f"rotary_embedding: positions of shape {positions.shape} do not match "
                          f"x {x.shape} (expected ({x.shape[2]},) or ({x.shape[0]}, {x.shape[2]}))")

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import backend
 from .. import distributed
-from ..autograd import Tensor, no_grad
+from ..autograd import Tensor, array_of, no_grad
 from .logprobs import completion_pass, disable_dropout, log_sigmoid, pack_completions
 from .reward import StepMetrics, pairwise_accuracy
 
@@ -47,8 +47,8 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     """
     if not beta > 0:
         raise ValueError(f"DPO's beta must be > 0 (it scales the implicit reward), got {beta!r}")
-    ref_c = getattr(reference_chosen, "data", reference_chosen)
-    ref_r = getattr(reference_rejected, "data", reference_rejected)
+    ref_c = array_of(reference_chosen)
+    ref_r = array_of(reference_rejected)
     # (B,) r̂(c)
     chosen_reward = (policy_chosen - Tensor(ref_c, dtype=policy_chosen.dtype)) * beta
     # (B,) r̂(r)

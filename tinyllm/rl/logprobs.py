@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..autograd import Tensor, fused_op
+from ..autograd import Tensor, array_of, fused_op
 
 
 # ---------------------------------------------------------------------------------------- fused ops
@@ -107,7 +107,7 @@ def masked_mean(x: Tensor, mask, axis=None) -> Tensor:
     """Σ x·m / Σ m (over ``axis``, or everything): the mean over the positions where ``mask`` is 1.
     A row (or batch) without any masked-in position gives 0 rather than 0/0."""
     xp = backend.xp
-    mask = xp.asarray(getattr(mask, "data", mask), dtype=x.dtype)
+    mask = xp.asarray(array_of(mask), dtype=x.dtype)
     if axis is None:
         return (x * mask).sum() * (1.0 / max(float(mask.sum()), 1.0))
     count = xp.maximum(mask.sum(axis=axis), 1)

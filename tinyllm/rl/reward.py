@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import backend
 from .. import distributed
-from ..autograd import Tensor, no_grad
+from ..autograd import Tensor, array_of, no_grad
 from ..finetune.classify import last_token_states, pad_batch
 from ..model import GPT, GPTConfig
 from ..nn import Linear
@@ -109,7 +109,7 @@ class RewardModel(GPT):
         """``forward``'s scores (B,) and the forward's ``MoEBalance`` (for a training loss to
         add)."""
         xp = backend.xp
-        idx = xp.asarray(getattr(idx, "data", idx))
+        idx = xp.asarray(array_of(idx))
         if lengths is None:
             lengths = xp.full(idx.shape[0], idx.shape[1])
         hidden, balance = self.trunk(idx)                     # (B, T, C)
