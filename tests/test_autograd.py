@@ -491,6 +491,42 @@ def test_no_grad_restores_the_previous_state_even_when_nested():
     assert ag.is_grad_enabled()
 
 
+def test_no_grad_in_one_thread_leaves_the_others_recording():
+    """Two threads whose no_grad blocks overlap (enter A, enter B, leave A, leave B) — a server's
+    threads generating while another trains — leave every thread recording gradients."""
+    import threading
+    steps = [threading.Event() for _ in range(3)]
+    seen = {}
+
+    def thread_a():
+        with no_grad():
+            steps[0].set()
+            steps[1].wait(5)
+        seen["a"] = ag.is_grad_enabled()
+        steps[2].set()
+
+    def thread_b():
+        steps[0].wait(5)
+        with no_grad():
+            steps[1].set()
+            steps[2].wait(5)
+            seen["b inside"] = ag.is_grad_enabled()
+        seen["b"] = ag.is_grad_enabled()
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    with no_grad():
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not ag.is_grad_enabled()
+    assert seen == {"a": True, "b inside": False, "b": True} and ag.is_grad_enabled()
+    with ag.set_grad_enabled(False):
+        with ag.set_grad_enabled(True):
+            assert ag.is_grad_enabled()
+        assert not ag.is_grad_enabled()
+
+
 def test_detach_cuts_the_graph():
     x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
 

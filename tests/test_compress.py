@@ -170,7 +170,9 @@ def test_an_exactly_low_rank_layer_is_factored_without_error_and_fewer_weights(f
     assert isinstance(model.blocks[1].mlp.fc, Linear), "a full-rank layer would not get smaller: it stays"
     np.testing.assert_allclose(logits_of(model, ids), expected, atol=1e-10)
     x = Tensor(rng.standard_normal((2, 32)), requires_grad=True)
-    assert gradcheck(lambda x, a, b: layer(x), [x, layer.down.weight, layer.up.weight]) < 1e-6
+    # The layer is linear in each input, so central differences have no truncation error and a
+    # wide step only shrinks the rounding error (these weights are large: L is in the hundreds).
+    assert gradcheck(lambda x, a, b: layer(x), [x, layer.down.weight, layer.up.weight], eps=1e-3) < 1e-6
 
 
 def test_a_factored_run_is_smaller_records_its_ranks_and_loads_and_generates(tmp_path):

@@ -222,6 +222,9 @@ def test_the_same_seed_gives_the_same_weights():
 
     assert all(np.array_equal(p.numpy(), q.numpy()) for p, q in zip(a.parameters(), b.parameters()))
     assert not np.array_equal(a.wte.weight.numpy(), c.wte.weight.numpy())
+    # drawn on the host by NumPy and copied to the device: the same weights on every device
+    first = np.random.default_rng(7).standard_normal((50, 16), dtype=backend.dtype) * 0.02
+    np.testing.assert_array_equal(a.wte.weight.numpy(), first.astype(backend.dtype))
 
 
 def test_tied_weights_share_one_array():

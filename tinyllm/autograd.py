@@ -20,27 +20,41 @@ the inputs. Gradients of leaves (parameters) are accumulated: call ``zero_grad``
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import backend
 
-_grad_enabled = True
+# Whether ops record a graph, per thread (as in PyTorch): a server thread that generates under
+# no_grad must not switch gradients off for another thread that is training at the same time.
+_grad_mode = threading.local()
 
 
-class no_grad:
-    """Context manager: ops inside build no graph (for evaluation and sampling)."""
+class set_grad_enabled:
+    """Context manager: ops inside record a graph if ``enabled``, in the calling thread (a worker
+    thread is handed its caller's setting this way: ``tinyllm.parallel``)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = bool(enabled)
 
     def __enter__(self):
-        global _grad_enabled
-        self._previous, _grad_enabled = _grad_enabled, False
+        self._previous = is_grad_enabled()
+        _grad_mode.enabled = self.enabled
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._previous
+        _grad_mode.enabled = self._previous
+
+
+class no_grad(set_grad_enabled):
+    """Context manager: ops inside build no graph (for evaluation and sampling)."""
+
+    def __init__(self):
+        super().__init__(False)
 
 
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    return getattr(_grad_mode, "enabled", True)
 
 
 class Tensor:
@@ -83,7 +97,7 @@ class Tensor:
         out.data = data
         out.grad = None
         out._grad_owned, out._retain = False, False
-        out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
+        out.requires_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
         out._parents = tuple(parents) if out.requires_grad else ()
         out._backward = backward if out.requires_grad else None
         out._op = backward.__qualname__.split(".")[0] if out.requires_grad else None

@@ -53,9 +53,12 @@ import numpy as np
 from . import backend
 
 BUCKET_BYTES = 32 * 2**20     # gradient bytes per message: enough that latency does not matter
-ABORT_GRACE_S = 1.0           # ranks > 0 wait this long before reporting an error, so that one
+ABORT_GRACE_S = 1.5           # ranks > 0 wait this long before reporting an error, so that one
                               # every rank hits (a bad flag) is printed once: by rank 0, whose abort
                               # stops them all
+OUTPUT_DRAIN_S = 0.5          # then every rank waits this long before MPI_Abort: mpiexec forwards a
+                              # process's output through a pipe, and the abort kills the job with
+                              # whatever is still in it lost
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK",
                          "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
@@ -165,6 +168,7 @@ def abort(message: str, code: int = 1) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
     if w.comm is not None:
+        time.sleep(OUTPUT_DRAIN_S)
         w.comm.Abort(code)
     raise SystemExit(code)
 

@@ -180,7 +180,7 @@ class Encoder(Module):
 
     def __init__(self, config: EncoderConfig, seed: int = 0):
         self.config = config
-        generator = backend.rng(seed)
+        generator = np.random.default_rng(seed)    # on the host: the same weights on every device
         c = config.n_embd
         self.wte = Embedding(config.vocab_size, c, 0.02, generator)
         self.wpe = Embedding(config.block_size, c, 0.02, generator)

@@ -28,6 +28,8 @@ import math
 import numbers
 from pathlib import Path
 
+import numpy as np
+
 from . import backend
 from .autograd import Tensor, fused_op
 from .functional.dense import dropout_mask
@@ -149,7 +151,7 @@ class LoRALinear(Module):
         generator = generator if generator is not None else backend.global_rng()
         bound = 1.0 / math.sqrt(in_features)       # Kaiming-uniform with a = √5, as in PEFT
         a = generator.random((rank, in_features), dtype=backend.dtype) * (2 * bound) - bound
-        self.lora_A = Parameter(a.astype(base.weight.dtype, copy=False))
+        self.lora_A = Parameter(backend.asarray(a, dtype=base.weight.dtype))
         self.lora_B = Parameter(backend.xp.zeros((out_features, rank), dtype=base.weight.dtype))
         self.rank, self.alpha, self.dropout = rank, float(alpha), float(dropout)
         self.scale = self.alpha / rank
@@ -231,7 +233,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
         raise ValueError(f"LoRA target(s) {unmatched} match no Linear layer of the model; "
                          f"its Linear layers end with: {', '.join(suffixes)}")
     trainable = freeze_all_but(model, trainable)
-    generator = backend.rng(seed)
+    generator = np.random.default_rng(seed)       # on the host: the same A on every device
     wrapped = []
     for name, linear in linears:
         if any(_matches(name, t) for t in targets):

@@ -260,7 +260,8 @@ class Block(Module):
 class GPT(Module):
     def __init__(self, config: GPTConfig, seed: int = 0):
         self.config = config
-        generator = backend.rng(seed)
+        # on the host, and copied to the device: one seed gives the same weights on every device
+        generator = np.random.default_rng(seed)
         self.wte = Embedding(config.vocab_size, config.n_embd, 0.02, generator)
         self.wpe = Embedding(config.block_size, config.n_embd, 0.02,
                              generator) if config.pos == "learned" else None

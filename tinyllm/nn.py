@@ -125,8 +125,11 @@ class Module:
 
 
 def _normal(shape, std, generator):
+    """N(0, std²) initial weights from ``generator``: a device generator, or a NumPy one on the host
+    (as models use, so that a seed gives the same weights on every device)."""
     generator = generator if generator is not None else backend.global_rng()
-    return generator.standard_normal(shape, dtype=backend.dtype) * backend.dtype.type(std)
+    return backend.asarray(generator.standard_normal(shape, dtype=backend.dtype)
+                           * backend.dtype.type(std))
 
 
 class Linear(Module):

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-from . import backend
+from . import autograd, backend
 
 
 def default_threads(processes_here: int = 1) -> int:
@@ -119,7 +119,13 @@ def _run_on_threads(fn, blocks) -> list:
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="tinyllm")
-    futures = [_pool.submit(fn, *block) for block in blocks[1:]]
+    grad = autograd.is_grad_enabled()                    # no_grad is per thread: pass it on
+
+    def on_worker(*block):
+        with autograd.set_grad_enabled(grad):
+            return fn(*block)
+
+    futures = [_pool.submit(on_worker, *block) for block in blocks[1:]]
     try:
         first = fn(*blocks[0])
     finally:

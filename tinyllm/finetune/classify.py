@@ -93,7 +93,8 @@ class GPTClassifier(GPT):
         self.label_names = names
         # Small weights: the first predictions are near uniform, so the first gradients are not
         # dominated by a random head's confident mistakes.
-        self.classifier = Linear(self.config.n_embd, num_classes, True, 0.02, backend.rng(seed + 1))
+        head_rng = np.random.default_rng(seed + 1)     # on the host, as GPT's
+        self.classifier = Linear(self.config.n_embd, num_classes, True, 0.02, head_rng)
 
     @property
     def num_classes(self) -> int:

@@ -75,7 +75,7 @@ class PolicyWithValue(GPT):
         model = cls.__new__(cls)
         model.__dict__.update({k: v for k, v in vars(gpt).items() if k not in ("score_head",
                                                                                "classifier")})
-        model.value_head = Linear(gpt.config.n_embd, 1, True, 0.02, backend.rng(seed + 2))
+        model.value_head = Linear(gpt.config.n_embd, 1, True, 0.02, np.random.default_rng(seed + 2))
         return model
 
     def as_gpt(self) -> GPT:

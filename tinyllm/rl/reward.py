@@ -98,7 +98,7 @@ class RewardModel(GPT):
 
     def _add_head(self, seed):
         # Small weights: scores start near 0 for every text, so the first pairs are near P = ½.
-        self.score_head = Linear(self.config.n_embd, 1, True, 0.02, backend.rng(seed + 1))
+        self.score_head = Linear(self.config.n_embd, 1, True, 0.02, np.random.default_rng(seed + 1))
 
     def forward(self, idx, lengths=None):
         """idx (B, T) right-padded ids, lengths (B,) real tokens per row (default: all T) → scores
