@@ -857,23 +857,24 @@ def saved_extra_elements(out, inputs):
     return extra
 
 
-def test_attention_backward_keeps_only_the_probabilities(rng):
+def test_attention_backward_keeps_only_the_probabilities_and_the_output(rng):
     b, h, t_q, t_k, d = 2, 3, 4, 6, 5
     q, k, v = (Tensor(a, requires_grad=True) for a in qkv_arrays(rng, b, h, t_q, t_k, d))
 
     out = F.scaled_dot_product_attention(q, k, v, causal=True, mask=padding_mask([6, 3], t_k))
 
-    assert saved_extra_elements(out, (q, k, v)) == b * h * t_q * t_k          # P (B, H, Tq, Tk)
+    # P (B, H, Tq, Tk) and Y (B, H, Tq, D), for rowsum(dP ⊙ P) = rowsum(dY ⊙ Y)
+    assert saved_extra_elements(out, (q, k, v)) == b * h * t_q * t_k + b * h * t_q * d
 
 
-def test_self_attention_backward_keeps_only_the_probabilities(rng):
+def test_self_attention_backward_keeps_only_the_probabilities_and_the_output(rng):
     b, t, n_head, c = 2, 6, 3, 12
     qkv = Tensor(rng.standard_normal((b, t, 3 * c)), requires_grad=True)
 
     out = F.self_attention(qkv, n_head)
 
-    # P (B, H, T, T); q, k and v are views into the input qkv.
-    assert saved_extra_elements(out, (qkv,)) == b * n_head * t * t
+    # P (B, H, T, T) and the heads' output (B, H, T, D); q, k and v are views into the input qkv.
+    assert saved_extra_elements(out, (qkv,)) == b * n_head * t * t + b * t * c
 
 
 def test_attention_in_query_blocks_keeps_only_the_probabilities_it_computed(small_query_blocks, rng):
@@ -882,8 +883,8 @@ def test_attention_in_query_blocks_keeps_only_the_probabilities_it_computed(smal
 
     out = F.scaled_dot_product_attention(q, k, v, causal=True)
 
-    # Blocks of 2 queries see 2, 4, 6, 8 keys: 40 probabilities per head instead of 64.
-    assert saved_extra_elements(out, (q, k, v)) == b * h * 2 * (2 + 4 + 6 + 8)
+    # Blocks of 2 queries see 2, 4, 6, 8 keys: 40 probabilities per head instead of 64; and Y.
+    assert saved_extra_elements(out, (q, k, v)) == b * h * 2 * (2 + 4 + 6 + 8) + b * h * t * d
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
@@ -927,13 +928,14 @@ def test_silu_and_swiglu_keep_one_array_of_the_input_size(rng):
 
 
 def test_grouped_self_attention_keeps_probs_and_queries_of_the_query_heads_only(rng):
-    # With H_kv < H: P (B, H, T, T) and the stacked queries (B, T, C): K and V are never repeated.
+    # With H_kv < H: P (B, H, T, T), the stacked queries (B, T, C) and the output Y (B, T, C): K
+    # and V are never repeated.
     b, t, n_head, n_kv_head, d = 2, 6, 4, 1, 3
     qkv = Tensor(rng.standard_normal((b, t, (n_head + 2 * n_kv_head) * d)), requires_grad=True)
 
     out = F.self_attention(qkv, n_head, n_kv_head=n_kv_head)
 
-    assert saved_extra_elements(out, (qkv,)) <= b * n_head * t * t + b * t * n_head * d
+    assert saved_extra_elements(out, (qkv,)) <= b * n_head * t * t + 2 * b * t * n_head * d
 
 
 def test_moe_experts_backward_keeps_the_hidden_pre_activations_and_the_sort(rng):

@@ -13,8 +13,11 @@ The backward runs those lines in reverse (like llm.c's attention_backward):
     dS = P ⊙ (dP - rowsum(dP ⊙ P))       undoes  P = softmax(S + M)   (masked entries have P = 0, so dS = 0)
     dQ = dS K / √D,   dK = dSᵀ Q / √D    undo    S = Q Kᵀ / √D
 
+The row sums need no (Tq, Tk) product: rowsum(dP ⊙ P)_i = Σ_j P_ij (dY_i · V_j) = dY_i · (Σ_j P_ij
+V_j) = dY_i · Y_i, a dot product of two D-vectors (FlashAttention-2 computes it the same way).
+
 Everything is batched over (B, H) with ``@``: no Python loop over batch, time or heads. The forward
-saves P (B, H, Tq, Tk); Q, K and V are its inputs.
+saves P (B, H, Tq, Tk) and Y; Q, K and V are its inputs.
 
 The file is built in layers around that one pair, ``attention_forward`` / ``attention_backward``:
 
@@ -51,22 +54,23 @@ QUERY_BLOCK = 64   # queries per block in blockwise attention (see benchmarks/be
 
 def attention_forward(q, k, v, bias=None):
     """q (B, H, Tq, D), k and v (B, H, Tk, D); ``bias`` M broadcastable to (B, H, Tq, Tk) or None.
-    Returns y (B, H, Tq, D) and the cache (q, k, v, P)."""
+    Returns y (B, H, Tq, D) and the cache (q, k, v, P, y)."""
     S = q @ k.swapaxes(-1, -2)                              # (B, H, Tq, Tk)
     S *= 1.0 / math.sqrt(q.shape[-1])                       # S = Q Kᵀ / √D
     if bias is not None:
         S += bias                                           # S + M
     P = softmax_rows_(S)                                    # P = softmax(S + M), in S's memory
     y = P @ v                                               # Y = P V
-    return y, (q, k, v, P)
+    return y, (q, k, v, P, y)
 
 
 def attention_backward(dy, cache, needs=None):
     """dq (B, H, Tq, D), dk, dv (B, H, Tk, D) from dy (B, H, Tq, D)."""
-    q, k, v, P = cache
+    q, k, v, P, y = cache
     dV = P.swapaxes(-1, -2) @ dy                            # undoes  Y = P V
     dP = dy @ v.swapaxes(-1, -2)                            # undoes  Y = P V
-    dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))    # undoes  P = softmax(S + M)
+    row_sums = (dy * y).sum(axis=-1, keepdims=True)         # rowsum(dP ⊙ P) = rowsum(dY ⊙ Y)
+    dS = P * (dP - row_sums)                                # undoes  P = softmax(S + M)
     scale = 1.0 / math.sqrt(q.shape[-1])
     dQ = (dS @ k) * scale                                   # undoes  S = Q Kᵀ / √D
     dK = (dS.swapaxes(-1, -2) @ q) * scale                  # undoes  S = Q Kᵀ / √D
