@@ -20,41 +20,11 @@ the inputs. Gradients of leaves (parameters) are accumulated: call ``zero_grad``
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from . import backend
-
-# Whether ops record a graph, per thread (as in PyTorch): a server thread that generates under
-# no_grad must not switch gradients off for another thread that is training at the same time.
-_grad_mode = threading.local()
-
-
-class set_grad_enabled:
-    """Context manager: ops inside record a graph if ``enabled``, in the calling thread (a worker
-    thread is handed its caller's setting this way: ``tinyllm.parallel``)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = bool(enabled)
-
-    def __enter__(self):
-        self._previous = is_grad_enabled()
-        _grad_mode.enabled = self.enabled
-
-    def __exit__(self, *exc):
-        _grad_mode.enabled = self._previous
-
-
-class no_grad(set_grad_enabled):
-    """Context manager: ops inside build no graph (for evaluation and sampling)."""
-
-    def __init__(self):
-        super().__init__(False)
-
-
-def is_grad_enabled() -> bool:
-    return getattr(_grad_mode, "enabled", True)
+# the graph switch (per thread), re-exported here: ``from tinyllm.autograd import no_grad``
+from .grad_mode import is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 
 
 class Tensor:

@@ -39,7 +39,7 @@ from . import backend
 from . import functional as F
 from .autograd import Tensor, array_of
 from .functional.gelu_erf import gelu_erf
-from .nn import Dropout, Embedding, LayerNorm, Linear, Module, Parameter
+from .nn import Dropout, Embedding, LayerNorm, Linear, Module, Parameter, init_rng
 
 ARCHITECTURE = "encoder"          # config.json's "architecture" for an encoder run
 NORMS = ("post", "pre")
@@ -180,7 +180,7 @@ class Encoder(Module):
 
     def __init__(self, config: EncoderConfig, seed: int = 0):
         self.config = config
-        generator = np.random.default_rng(seed)    # on the host: the same weights on every device
+        generator = init_rng(seed)
         c = config.n_embd
         self.wte = Embedding(config.vocab_size, c, 0.02, generator)
         self.wpe = Embedding(config.block_size, c, 0.02, generator)

@@ -28,14 +28,12 @@ import math
 import numbers
 from pathlib import Path
 
-import numpy as np
-
 from . import backend
 from .autograd import Tensor, fused_op
 from .functional.dense import dropout_mask
 from .functional.int8 import int8_linear_backward, int8_linear_forward
 from .files import atomic_write_json, read_json
-from .nn import Linear, Module, Parameter
+from .nn import Linear, Module, Parameter, init_rng
 from .quantize import Int8Linear, Int8Weight, int8_layers
 
 # Every Linear of attention and of the MLP, whichever the architecture has: GPT-2's mlp.fc, Llama's
@@ -233,7 +231,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
         raise ValueError(f"LoRA target(s) {unmatched} match no Linear layer of the model; "
                          f"its Linear layers end with: {', '.join(suffixes)}")
     trainable = freeze_all_but(model, trainable)
-    generator = np.random.default_rng(seed)       # on the host: the same A on every device
+    generator = init_rng(seed)
     wrapped = []
     for name, linear in linears:
         if any(_matches(name, t) for t in targets):

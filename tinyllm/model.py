@@ -53,7 +53,7 @@ from .checkpointing import checkpoint
 from .functional.moe import check_expert_top_k
 from .functional.rope import check_rope_scaling, rope_cos_sin
 from .nn import (CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear, MLP, MoE, Module,
-                 Parameter, RMSNorm, SwiGLU)
+                 Parameter, RMSNorm, SwiGLU, init_rng)
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
@@ -260,8 +260,7 @@ class Block(Module):
 class GPT(Module):
     def __init__(self, config: GPTConfig, seed: int = 0):
         self.config = config
-        # on the host, and copied to the device: one seed gives the same weights on every device
-        generator = np.random.default_rng(seed)
+        generator = init_rng(seed)
         self.wte = Embedding(config.vocab_size, config.n_embd, 0.02, generator)
         self.wpe = Embedding(config.block_size, config.n_embd, 0.02,
                              generator) if config.pos == "learned" else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import backend
 from . import functional as F
 from .autograd import Tensor, is_grad_enabled
@@ -124,9 +126,14 @@ class Module:
                 p.data[...] = backend.xp.asarray(state[name], dtype=p.dtype)
 
 
+def init_rng(seed: int) -> np.random.Generator:
+    """The generator a model draws its initial weights from: NumPy's, on the host. The draws are
+    copied to the device, so one seed gives the same weights on every device."""
+    return np.random.default_rng(seed)
+
+
 def _normal(shape, std, generator):
-    """N(0, std²) initial weights from ``generator``: a device generator, or a NumPy one on the host
-    (as models use, so that a seed gives the same weights on every device)."""
+    """N(0, std²) initial weights from ``generator`` (``init_rng``'s, or a device generator)."""
     generator = generator if generator is not None else backend.global_rng()
     return backend.asarray(generator.standard_normal(shape, dtype=backend.dtype)
                            * backend.dtype.type(std))

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-from . import autograd, backend
+from . import backend, grad_mode
 
 
 def default_threads(processes_here: int = 1) -> int:
@@ -119,10 +119,10 @@ def _run_on_threads(fn, blocks) -> list:
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="tinyllm")
-    grad = autograd.is_grad_enabled()                    # no_grad is per thread: pass it on
+    grad = grad_mode.is_grad_enabled()                    # no_grad is per thread: pass it on
 
     def on_worker(*block):
-        with autograd.set_grad_enabled(grad):
+        with grad_mode.set_grad_enabled(grad):
             return fn(*block)
 
     futures = [_pool.submit(on_worker, *block) for block in blocks[1:]]

@@ -25,7 +25,7 @@ from .. import backend
 from .. import functional as F
 from ..autograd import Tensor, array_of, fused_op, no_grad
 from ..model import GPT, GPTConfig
-from ..nn import Linear
+from ..nn import Linear, init_rng
 
 
 def last_token_states_forward(hidden, lengths):
@@ -93,8 +93,7 @@ class GPTClassifier(GPT):
         self.label_names = names
         # Small weights: the first predictions are near uniform, so the first gradients are not
         # dominated by a random head's confident mistakes.
-        head_rng = np.random.default_rng(seed + 1)     # on the host, as GPT's
-        self.classifier = Linear(self.config.n_embd, num_classes, True, 0.02, head_rng)
+        self.classifier = Linear(self.config.n_embd, num_classes, True, 0.02, init_rng(seed + 1))
 
     @property
     def num_classes(self) -> int:

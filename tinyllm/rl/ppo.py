@@ -55,7 +55,7 @@ from .. import distributed
 from ..autograd import Tensor, maximum, minimum, no_grad
 from ..flags import option
 from ..model import GPT
-from ..nn import Linear
+from ..nn import Linear, init_rng
 from ..train import update_weights
 from .logprobs import (Completions, completion_log_probs, completion_pass, masked_mean,
                        pack_completions, token_entropy)
@@ -75,7 +75,7 @@ class PolicyWithValue(GPT):
         model = cls.__new__(cls)
         model.__dict__.update({k: v for k, v in vars(gpt).items() if k not in ("score_head",
                                                                                "classifier")})
-        model.value_head = Linear(gpt.config.n_embd, 1, True, 0.02, np.random.default_rng(seed + 2))
+        model.value_head = Linear(gpt.config.n_embd, 1, True, 0.02, init_rng(seed + 2))
         return model
 
     def as_gpt(self) -> GPT:

@@ -29,7 +29,7 @@ from .. import distributed
 from ..autograd import Tensor, array_of, no_grad
 from ..finetune.classify import last_token_states, pad_batch
 from ..model import GPT, GPTConfig
-from ..nn import Linear
+from ..nn import Linear, init_rng
 from .logprobs import log_sigmoid
 
 
@@ -98,7 +98,7 @@ class RewardModel(GPT):
 
     def _add_head(self, seed):
         # Small weights: scores start near 0 for every text, so the first pairs are near P = ½.
-        self.score_head = Linear(self.config.n_embd, 1, True, 0.02, np.random.default_rng(seed + 1))
+        self.score_head = Linear(self.config.n_embd, 1, True, 0.02, init_rng(seed + 1))
 
     def forward(self, idx, lengths=None):
         """idx (B, T) right-padded ids, lengths (B,) real tokens per row (default: all T) → scores
