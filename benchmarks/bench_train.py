@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                 # all models below, float32, batch 8
     python benchmarks/bench_train.py --models llama-mini moe-mini --json out.json --steps 5
     python benchmarks/bench_train.py --models medium --rounds 5    # alternate tinyllm/torch 5 times, median
+    python benchmarks/bench_train.py --rounds 8 --baseline /tmp/before   # this checkout against another one
 
 For each model it times full training steps (forward + backward + gradient clipping + AdamW) after a
 warm-up step and reports the median ms/step, tokens/s and the peak resident memory of a process that did
@@ -15,6 +16,12 @@ with a PyTorch Llama block written the usual way (``F.rms_norm``, rotate-half Ro
 with ``enable_gqa``); the mixture-of-experts model with a PyTorch MoE routed the same way (softmax → top-k →
 renormalised weights, a loop over experts with ``index_add_``, the same load-balancing loss). Both start from
 tinyllm's weights, so their first losses agree (printed as a check).
+
+``--baseline DIR`` times a second tinyllm checkout (say ``git worktree add /tmp/before <commit>``) in
+every round too, right beside this one, and prints the median over rounds of this checkout's step time
+divided by the baseline's. On a noisy machine whole runs a few minutes apart differ by more than a
+small change does; steps timed back to back in the same round share the machine's mood, so their
+ratio is the fair measure of whether a change made training slower.
 """
 
 from __future__ import annotations
@@ -298,6 +305,22 @@ def _peak_gpu_mb(framework):
     return cupy.get_default_memory_pool().total_bytes() / 2**20
 
 
+def run_worker(framework, model_name, args) -> dict:
+    """One measurement in a fresh process: this checkout's tinyllm or PyTorch, or ('baseline') the
+    tinyllm of the checkout ``args.baseline`` through its own copy of this script."""
+    root, name = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), framework
+    if framework == "baseline":
+        root, framework = os.path.abspath(args.baseline), "tinyllm"
+    script = os.path.join(root, "benchmarks", "bench_train.py")
+    env = {**os.environ, "BENCH_DEVICE": args.device,
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, script, "--worker", framework, model_name, "--steps", str(args.steps)],
+                         capture_output=True, text=True, env=env, cwd=root)
+    if out.returncode:
+        sys.exit(f"{name} / {model_name} ({root}) failed:\n{out.stderr}")
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "framework": name}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS),
@@ -309,11 +332,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure each framework this many times, alternating, and report the median round "
                              "(a shared or noisy machine needs 3 or more)")
+    parser.add_argument("--baseline", metavar="DIR", default=None,
+                        help="another tinyllm checkout to time in every round beside this one (its own "
+                             "benchmarks/bench_train.py runs the steps); prints this / baseline per model")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(*args.worker, args.steps)
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "benchmarks", "bench_train.py")):
+        parser.error(f"--baseline {args.baseline}: no benchmarks/bench_train.py there (not a tinyllm checkout?)")
 
     try:
         import torch  # noqa: F401
@@ -321,20 +349,21 @@ def main():
     except ImportError:
         frameworks = ["tinyllm"]
         print("(PyTorch is not installed: timing tinyllm only)")
-    results = []
+    if args.baseline:
+        frameworks.insert(1, "baseline")
+    results, paired = [], {}
     for model_name in args.models:
         rounds = {framework: [] for framework in frameworks}
-        for _ in range(args.rounds):  # alternate the frameworks so that a busy spell on the machine hits both
-            for framework in frameworks:
-                out = subprocess.run([sys.executable, __file__, "--worker", framework, model_name, "--steps", str(args.steps)],
-                                     capture_output=True, text=True, env={**os.environ, "BENCH_DEVICE": args.device})
-                if out.returncode:
-                    sys.exit(f"{framework} / {model_name} failed:\n{out.stderr}")
-                rounds[framework].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for i in range(args.rounds):  # alternate the order so that a busy spell on the machine hits all
+            for framework in frameworks if i % 2 == 0 else frameworks[::-1]:
+                rounds[framework].append(run_worker(framework, model_name, args))
         for framework, runs in rounds.items():
             times = [r["ms_per_step"] for r in runs]
             median_run = sorted(runs, key=lambda r: r["ms_per_step"])[(len(runs) - 1) // 2]
             results.append({**median_run, "rounds_ms_per_step": times})
+        if args.baseline:
+            paired[model_name] = [a["ms_per_step"] / b["ms_per_step"]
+                                  for a, b in zip(rounds["tinyllm"], rounds["baseline"])]
 
     print(f"\ntraining step (forward + backward + clip + AdamW) on {args.device}, batch {BATCH}, float32, "
           f"median of {args.steps} steps"
@@ -345,14 +374,20 @@ def main():
           f"{'vs torch':>9} {'first loss':>11}")
     for r in results:
         torch_ms = next((t["ms_per_step"] for t in results if t["framework"] == "torch" and t["model"] == r["model"]), None)
-        ratio = f"{r['ms_per_step'] / torch_ms:.2f}x" if torch_ms and r["framework"] == "tinyllm" else ""
+        ratio = f"{r['ms_per_step'] / torch_ms:.2f}x" if torch_ms and r["framework"] != "torch" else ""
         active = r.get("active_params") or next((t.get("active_params") for t in results
                                                  if t["model"] == r["model"] and t.get("active_params")), r["params"])
         print(f"{r['model']:10} {r['params']:>11,} {active:>11,} {r['framework']:10} {r['ms_per_step']:>9.0f} "
               f"{r['tokens_per_s']:>10,.0f} {r['gpu_mb'] or r['peak_rss_mb']:>12,.0f} {ratio:>9} {r['first_loss']:>11.5f}")
+    if paired:
+        print(f"\nthis checkout / baseline ({args.baseline}), step time in the same round "
+              "(below 1 means this checkout is faster)")
+        for model_name, ratios in paired.items():
+            print(f"{model_name:10} median {statistics.median(ratios):.3f}   rounds: "
+                  + " ".join(f"{r:.3f}" for r in ratios))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump({"results": results, "vs_baseline": paired} if paired else results, f, indent=2)
 
 
 if __name__ == "__main__":
