@@ -152,11 +152,11 @@ def test_tables_are_cached_per_head_size_theta_and_dtype_and_grow_on_demand():
     assert rope.rope_tables(8, 10, 500.0, np.float64)[0] is not first[0]
     assert rope.rope_tables(8, 10, 10000.0, np.float32)[0].dtype == np.float32
     grown = rope.rope_tables(8, 5000, 10000.0, np.float64)
-    assert grown[0].shape[0] >= 5000 and grown[0].shape[1] == 4
+    assert grown[0].shape[0] >= 5000 and grown[0].shape[1] == 8
     np.testing.assert_array_equal(to_numpy(grown[0][: first[0].shape[0]]), to_numpy(first[0]))
 
 
 def test_tables_follow_the_default_dtype():
     with tinyllm.default_dtype("float64"):
         cos, _ = rope.rope_cos_sin(np.arange(3), 4)
-    assert cos.dtype == np.float64 and cos.shape == (3, 2)
+    assert cos.dtype == np.float64 and cos.shape == (3, 4)

@@ -19,6 +19,14 @@ neighbours (2i, 2i+1) ("interleaved"); the two are the same model up to a fixed 
 q/k projection rows, which is how HF's conversion script maps Meta checkpoints. tinyllm uses the HF
 convention, so HF Llama weights load without a permutation.
 
+In whole arrays, with cos and sin of each pair's angle written under both of its channels
+(cos = [cos pω, cos pω], sin likewise, D wide) and rotate_half(x) = (-x2, x1):
+
+    y = x · cos + rotate_half(x) · sin
+
+the same numbers as the pairwise formula (Hugging Face writes it this way), computed as four passes
+over whole rows instead of short strided half-rows.
+
 Backward: y = R x with R a rotation (block-diagonal, orthogonal), so dx = Rᵀ dy = R(-angle) dy: the
 inverse rotation of the output gradient — the same function with sin negated. Nothing is saved but
 the cos/sin tables.
@@ -30,8 +38,8 @@ high_freq_factor are kept, and the ones between are interpolated smoothly); see
 ``rope_frequencies``.
 
 The tables cos(pω_i), sin(pω_i) are computed once per (head size, θ, scaling, dtype, device), in
-float64 then cast, for positions 0 … L-1, and grown (doubled) when a larger position is asked for; a
-forward gathers the rows of its positions (T or B·T rows of D/2 values).
+float64 then cast, for positions 0 … L-1 (D values a row: each pair's twice), and grown (doubled)
+when a larger position is asked for; a forward gathers the rows of its positions (T or B·T rows).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Tensor, array_of, fused_op
 
-_TABLES: dict = {}   # (head_dim, theta, scaling, dtype, device) → (cos, sin), each (L, D/2)
+_TABLES: dict = {}   # (head_dim, theta, scaling, dtype, device) → (cos, sin), each (L, D)
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -89,8 +97,8 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None
 
 def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None,
                 scaling: dict | None = None):
-    """(cos, sin) of p · ω_i for positions p = 0 … at least ``length - 1``: two (L, D/2)
-    arrays, cached."""
+    """(cos, sin) of p · ω_i for positions p = 0 … at least ``length - 1``: two (L, D) arrays,
+    cached; columns i and i + D/2 hold pair i's angle, as x's two halves hold the pair."""
     _check_head_dim(head_dim)
     dtype = np.dtype(backend.dtype if dtype is None else dtype)
     scaling_key = None if scaling is None else tuple(sorted(scaling.items()))
@@ -101,8 +109,9 @@ def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None,
         size = 1 << max(int(length) - 1, 255).bit_length()
         # (D/2,) ω_i
         inv_freq = rope_frequencies(head_dim, theta, scaling)
-        # (L, D/2)
+        # (L, D/2), then (L, D): each pair's angle under both of its channels
         angles = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None, :]
+        angles = np.concatenate([angles, angles], axis=1)
         tables = (backend.xp.asarray(np.cos(angles), dtype=dtype),
                   backend.xp.asarray(np.sin(angles), dtype=dtype))
         _TABLES[key] = tables
@@ -111,11 +120,11 @@ def rope_tables(head_dim: int, length: int, theta: float = 10000.0, dtype=None,
 
 def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None,
                  scaling: dict | None = None):
-    """The rotation of each position, ready to broadcast against (B, H, T, D/2) halves of q or k.
+    """The rotation of each position, ready to broadcast against q or k (B, H, T, D).
 
     ``positions``: integers ≥ 0 of shape (T,) (the same for every row) or (B, T) (a left-padded
     batch).
-    Returns (cos, sin), each (T, D/2) or (B, 1, T, D/2). ``scaling``: see ``rope_frequencies``.
+    Returns (cos, sin), each (T, D) or (B, 1, T, D). ``scaling``: see ``rope_frequencies``.
     """
     xp = backend.xp
     positions = array_of(positions)
@@ -129,38 +138,31 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0, dtype=None,
         raise ValueError(f"rotary embedding: positions must be >= 0, got {lowest}")
     cos, sin = rope_tables(head_dim, highest + 1, theta, dtype, scaling)
     positions = xp.asarray(positions)
-    cos, sin = cos[positions], sin[positions]                 # (T, D/2) or (B, T, D/2)
+    cos, sin = cos[positions], sin[positions]                 # (T, D) or (B, T, D)
     if positions.ndim == 2:
-        # (B, 1, T, D/2): one rotation for every head
+        # (B, 1, T, D): one rotation for every head
         cos, sin = cos[:, None], sin[:, None]
     return cos, sin
 
 
-def apply_rotary(x, cos, sin, inverse: bool = False):
-    """Raw-array rotation of x (..., T, D) by the angles whose cos/sin broadcast to (..., T, D/2).
-
-    Forward:  y1 = x1 cos - x2 sin,  y2 = x2 cos + x1 sin   (x1, x2 the two halves of the last
-    axis). ``inverse=True`` rotates by minus the angle (sin → -sin): the backward. Returns a new
-    C-contiguous array.
-    """
+def rotate_half(x):
+    """(x1, x2) → (-x2, x1) on the two halves of the last axis: every pair turned a quarter turn."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    out = backend.xp.empty(x.shape, dtype=x.dtype)
-    out1, out2 = out[..., :half], out[..., half:]
-    backend.xp.multiply(x1, cos, out=out1)
-    backend.xp.multiply(x2, cos, out=out2)
+    return backend.xp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary(x, cos, sin, inverse: bool = False):
+    """Raw-array rotation of x (..., T, D) by the angles whose cos/sin (``rope_cos_sin``) broadcast
+    to (..., T, D):  y = x · cos + rotate_half(x) · sin, that is y1 = x1 cos - x2 sin and
+    y2 = x2 cos + x1 sin. ``inverse=True`` rotates by minus the angle (sin → -sin): the backward."""
     if inverse:
-        out1 += x2 * sin
-        out2 -= x1 * sin
-    else:
-        out1 -= x2 * sin
-        out2 += x1 * sin
-    return out
+        sin = -sin
+    return x * cos + rotate_half(x) * sin
 
 
 def rotary_embedding_forward(x, cos, sin):
     """y = R(p ω) x pairwise (see the module docstring): x (B, H, T, D), cos and sin of the angles
-    broadcastable to (B, H, T, D/2) (``rope_cos_sin``)."""
+    broadcastable to (B, H, T, D) (``rope_cos_sin``)."""
     return apply_rotary(x, cos, sin), (cos, sin)
 
 
@@ -172,7 +174,7 @@ def rotary_embedding_backward(dy, cache, needs=(True,)):
 
 def rotary_embedding(x: Tensor, positions, theta: float = 10000.0) -> Tensor:
     """Rotate queries or keys x (B, H, T, D) by their positions ((T,) or (B, T) integers)
-    (``rotary_embedding_forward``). Saves the gathered cos/sin (T·D/2 or B·T·D/2 values each),
+    (``rotary_embedding_forward``). Saves the gathered cos/sin (T·D or B·T·D values each),
     no activations."""
     if x.ndim != 4:
         raise ValueError(f"rotary_embedding expects x of shape (B, H, T, D), got {x.shape}")
